@@ -1,0 +1,1 @@
+"""The customer-deletion app's own package (imported as ``from shared import ...``)."""

@@ -1,0 +1,61 @@
+"""Composition root: settings, credential and clients built once per worker process, on first use."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from shared.config import get_settings
+from shared.service import Deps, handle_deletion_request, handle_poll
+
+__all__ = ["deps", "set_deps", "run_delete_customer", "run_poll_orders"]
+
+log = logging.getLogger("customer_deletion")
+
+_lock = threading.Lock()
+_deps: Deps | None = None
+
+
+def _build() -> Deps:
+    from azure.storage.queue import QueueServiceClient
+
+    from shared.auth import partner_center_credential, storage_credential
+    from shared.partner_center import PartnerCenterClient
+    from shared.queues import QueuePublisher
+
+    settings = get_settings()
+    if settings.storage.connection_string:
+        service = QueueServiceClient.from_connection_string(settings.storage.connection_string)
+    else:
+        service = QueueServiceClient(settings.storage.queue_service_uri, credential=storage_credential(settings.storage))
+    client = PartnerCenterClient(settings.base_url, partner_center_credential(settings), settings.scope)
+    log.info("customer deletion app configured: Partner Center %s, queues %s / %s / %s",
+             settings.base_url, settings.delete_queue, settings.poll_queue, settings.outcomes_queue)
+    return Deps(settings=settings, partner_center=client, publisher=QueuePublisher(service))
+
+
+def deps() -> Deps:
+    global _deps
+    with _lock:
+        if _deps is None:
+            _deps = _build()
+        return _deps
+
+
+def set_deps(value: Deps | None) -> None:
+    """Replace (or with ``None`` forget) the process-wide dependencies: tests only."""
+    global _deps
+    with _lock:
+        _deps = value
+
+
+def _invocation_id(context: Any) -> str:
+    return str(getattr(context, "invocation_id", None) or "-")
+
+
+def run_delete_customer(msg: Any, context: Any) -> None:
+    handle_deletion_request(msg, _invocation_id(context), deps())
+
+
+def run_poll_orders(msg: Any, context: Any) -> None:
+    handle_poll(msg, _invocation_id(context), deps())

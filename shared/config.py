@@ -1,0 +1,315 @@
+"""App settings: read once per worker process, validated all at once.
+
+``Settings.from_env`` names every missing or malformed setting in one ``ConfigurationError``, so an operator
+fixes the deployment in one pass instead of one error per restart.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from shared.ids import is_guid
+
+__all__ = [
+    "ConfigurationError",
+    "Settings",
+    "StorageConnection",
+    "DEFAULTS",
+    "get_settings",
+    "reset_settings",
+    "is_loopback_host",
+    "host_max_dequeue_count",
+]
+
+APP_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS: dict[str, str] = {
+    "DELETE_CUSTOMER_QUEUE": "customer-deletions",
+    "POLL_ORDERS_QUEUE": "customer-deletion-polls",
+    "DELETION_OUTCOMES_QUEUE": "customer-deletion-outcomes",
+    "PARTNER_CENTER_BASE_URL": "https://api.partnercenter.microsoft.com",
+    "PARTNER_CENTER_AUTHORITY_HOST": "https://login.microsoftonline.com",
+    "PARTNER_CENTER_SCOPE": "https://api.partnercenter.microsoft.com/.default",
+    "POLL_INTERVAL_SECONDS": "30",
+    "POLL_MAX_INTERVAL_SECONDS": "600",
+    "POLL_TIMEOUT_SECONDS": "21600",
+    "PROTECTED_CUSTOMER_IDS": "",
+}
+
+#: Entra ID authority hosts of the Microsoft clouds; any other host gets instance discovery switched off,
+#: so a private or emulated authority works without internet access.
+KNOWN_AUTHORITY_HOSTS = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoft.com",
+        "login.windows.net",
+        "sts.windows.net",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+        "login.microsoftonline.us",
+        "login.microsoftonline.de",
+    }
+)
+
+#: The longest delay a storage queue message can be hidden (7 days), less one second: Azure rejects visibility == TTL.
+MAX_QUEUE_DELAY_SECONDS = 7 * 24 * 3600 - 1
+
+_QUEUE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
+_DOMAIN_RE = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+
+
+class ConfigurationError(Exception):
+    """One or more app settings are missing or malformed; the message names every one."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid app settings: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class StorageConnection:
+    """How the app reaches its queues: a connection string, or an identity-based service URI."""
+
+    connection_string: str | None = None
+    queue_service_uri: str | None = None
+    client_id: str | None = None
+    use_managed_identity: bool = False
+
+    def __repr__(self) -> str:  # never print the account key
+        if self.connection_string:
+            return "StorageConnection(connection_string=<redacted>)"
+        return f"StorageConnection(queue_service_uri={self.queue_service_uri!r}, client_id={self.client_id!r})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageConnection
+    delete_queue: str
+    poll_queue: str
+    outcomes_queue: str
+    base_url: str
+    authority_host: str
+    scope: str
+    tenant_id: str | None
+    client_id: str | None
+    client_secret: str | None = field(repr=False)
+    client_certificate_path: str | None
+    poll_interval: int
+    poll_max_interval: int
+    poll_timeout: int
+    protected_ids: frozenset[str]
+    max_dequeue_count: int = 5
+
+    @property
+    def delete_poison_queue(self) -> str:
+        return self.delete_queue + "-poison"
+
+    @property
+    def poll_poison_queue(self) -> str:
+        return self.poll_queue + "-poison"
+
+    @property
+    def authority_is_known_cloud(self) -> bool:
+        return (urlsplit(self.authority_host).hostname or "").lower() in KNOWN_AUTHORITY_HOSTS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, app_root: Path = APP_ROOT) -> "Settings":
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str) -> str:
+            value = env.get(name)
+            if value is None or value.strip() == "":
+                return DEFAULTS.get(name, "")
+            return value.strip()
+
+        storage = _storage_connection(env, problems)
+        queues = {}
+        for name in ("DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "DELETION_OUTCOMES_QUEUE"):
+            queues[name] = _queue_name(name, get(name), problems)
+        if len(set(queues.values())) != len(queues):
+            problems.append("DELETE_CUSTOMER_QUEUE, POLL_ORDERS_QUEUE and DELETION_OUTCOMES_QUEUE must be different queues")
+
+        base_url = _url("PARTNER_CENTER_BASE_URL", get("PARTNER_CENTER_BASE_URL"), problems, allow_loopback_http=True)
+        authority = _url("PARTNER_CENTER_AUTHORITY_HOST", get("PARTNER_CENTER_AUTHORITY_HOST"), problems, allow_loopback_http=False)
+        scope = get("PARTNER_CENTER_SCOPE")
+        if not scope.endswith("/.default") or any(c.isspace() for c in scope):
+            problems.append(f"PARTNER_CENTER_SCOPE must be one scope ending in '/.default' (got {scope!r})")
+
+        tenant_id = env.get("PARTNER_CENTER_TENANT_ID", "").strip() or None
+        client_id = env.get("PARTNER_CENTER_CLIENT_ID", "").strip() or None
+        secret = env.get("PARTNER_CENTER_CLIENT_SECRET", "").strip() or None
+        cert = env.get("PARTNER_CENTER_CLIENT_CERTIFICATE_PATH", "").strip() or None
+        if any((tenant_id, client_id, secret, cert)):
+            if not tenant_id:
+                problems.append("PARTNER_CENTER_TENANT_ID is required with an app credential")
+            elif not (is_guid(tenant_id) or _DOMAIN_RE.fullmatch(tenant_id)):
+                problems.append("PARTNER_CENTER_TENANT_ID must be a tenant GUID or domain name")
+            if not client_id:
+                problems.append("PARTNER_CENTER_CLIENT_ID is required with an app credential")
+            elif not is_guid(client_id):
+                problems.append("PARTNER_CENTER_CLIENT_ID must be a GUID")
+            if secret and cert:
+                problems.append("set PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH, not both")
+            elif not secret and not cert:
+                problems.append("PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH is required with an app credential")
+
+        interval = _seconds("POLL_INTERVAL_SECONDS", get("POLL_INTERVAL_SECONDS"), problems, minimum=1)
+        max_interval = _seconds("POLL_MAX_INTERVAL_SECONDS", get("POLL_MAX_INTERVAL_SECONDS"), problems, minimum=1)
+        timeout = _seconds("POLL_TIMEOUT_SECONDS", get("POLL_TIMEOUT_SECONDS"), problems, minimum=1, maximum=None)
+        if interval and max_interval and max_interval < interval:
+            problems.append("POLL_MAX_INTERVAL_SECONDS must not be smaller than POLL_INTERVAL_SECONDS")
+
+        protected: set[str] = set()
+        for raw in get("PROTECTED_CUSTOMER_IDS").split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            if is_guid(item):
+                protected.add(item.lower())
+            else:
+                # A protection entry that cannot be read must stop the app: ignoring it could delete that customer.
+                problems.append(f"PROTECTED_CUSTOMER_IDS has an entry that is not a GUID: {item[:60]!r}")
+
+        max_dequeue = host_max_dequeue_count(app_root, env, problems)
+
+        if problems:
+            raise ConfigurationError(problems)
+        return cls(
+            storage=storage,  # type: ignore[arg-type]
+            delete_queue=queues["DELETE_CUSTOMER_QUEUE"],
+            poll_queue=queues["POLL_ORDERS_QUEUE"],
+            outcomes_queue=queues["DELETION_OUTCOMES_QUEUE"],
+            base_url=base_url.rstrip("/"),
+            authority_host=authority.rstrip("/"),
+            scope=scope,
+            tenant_id=tenant_id,
+            client_id=client_id,
+            client_secret=secret,
+            client_certificate_path=cert,
+            poll_interval=interval,
+            poll_max_interval=max_interval,
+            poll_timeout=timeout,
+            protected_ids=frozenset(protected),
+            max_dequeue_count=max_dequeue,
+        )
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageConnection | None:
+    conn = env.get("AzureWebJobsStorage", "").strip()
+    if conn:
+        if "=" not in conn:
+            problems.append("AzureWebJobsStorage must be a storage connection string")
+        return StorageConnection(connection_string=conn)
+    uri = env.get("AzureWebJobsStorage__queueServiceUri", "").strip()
+    account = env.get("AzureWebJobsStorage__accountName", "").strip()
+    if not uri and account:
+        uri = f"https://{account}.queue.core.windows.net"
+    if not uri:
+        problems.append("AzureWebJobsStorage is required (a connection string, or AzureWebJobsStorage__queueServiceUri for an identity)")
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(parts.hostname)):
+        problems.append("AzureWebJobsStorage__queueServiceUri must be an https URL")
+    client_id = env.get("AzureWebJobsStorage__clientId", "").strip() or None
+    if client_id and not is_guid(client_id):
+        problems.append("AzureWebJobsStorage__clientId must be a GUID")
+    managed = env.get("AzureWebJobsStorage__credential", "").strip().lower() == "managedidentity"
+    return StorageConnection(queue_service_uri=uri.rstrip("/"), client_id=client_id, use_managed_identity=managed)
+
+
+def _queue_name(setting: str, value: str, problems: list[str]) -> str:
+    name = value.lower()  # the host lower-cases %SETTING% queue names; so do we
+    if not (3 <= len(name) <= 56) or not _QUEUE_NAME_RE.fullmatch(name):
+        problems.append(
+            f"{setting} must be a queue name of 3-56 lower-case letters, digits and single hyphens "
+            f"(56, so that '<name>-poison' is still valid; got {value!r})"
+        )
+    return name
+
+
+def _url(setting: str, value: str, problems: list[str], *, allow_loopback_http: bool) -> str:
+    parts = urlsplit(value)
+    if parts.scheme == "https" or (allow_loopback_http and parts.scheme == "http" and is_loopback_host(parts.hostname)):
+        if not parts.hostname or parts.query or parts.fragment or parts.username or parts.password:
+            problems.append(f"{setting} must be a plain URL without credentials, query or fragment (got {value!r})")
+        return value
+    allowed = "https (http only for loopback hosts)" if allow_loopback_http else "https"
+    problems.append(f"{setting} must use {allowed}: {value!r}")
+    return value
+
+
+def _seconds(setting: str, value: str, problems: list[str], *, minimum: int, maximum: int | None = MAX_QUEUE_DELAY_SECONDS) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        problems.append(f"{setting} must be a whole number of seconds (got {value!r})")
+        return 0
+    if seconds < minimum or (maximum is not None and seconds > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        problems.append(f"{setting} must be at least {minimum}{upper} (got {seconds})")
+        return 0
+    return seconds
+
+
+def host_max_dequeue_count(app_root: Path, env: Mapping[str, str], problems: list[str] | None = None) -> int:
+    """The host's ``extensions.queues.maxDequeueCount``: app-setting override, then host.json, then 5."""
+    override = None
+    for key, value in env.items():
+        if key.lower() == "azurefunctionsjobhost__extensions__queues__maxdequeuecount":
+            override = value
+    raw: object = override
+    if raw is None:
+        try:
+            host = json.loads((app_root / "host.json").read_text(encoding="utf-8-sig"))
+            queues = {k.lower(): v for k, v in host.get("extensions", {}).get("queues", {}).items()}
+            raw = queues.get("maxdequeuecount", 5)
+        except (OSError, ValueError, AttributeError):
+            raw = 5
+    try:
+        count = int(raw)  # type: ignore[arg-type]
+        if count < 1:
+            raise ValueError
+        return count
+    except (TypeError, ValueError):
+        if problems is not None:
+            problems.append(f"maxDequeueCount must be a whole number >= 1 (got {raw!r})")
+        return 5
+
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use (never at import time)."""
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = Settings.from_env()
+        return _settings
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests; a real worker process reads them once)."""
+    global _settings
+    with _lock:
+        _settings = None

@@ -1,0 +1,101 @@
+"""Typed errors, by what the caller must do.
+
+    AppError
+    ├── InvalidMessageError          the queue message can never be processed: reject it, never retry
+    ├── UnsafeIdError                a value would have gone into a URL without matching its documented shape
+    └── PartnerCenterError           Partner Center answered with an error (status, code, description)
+        ├── RefusedError             a refusal no retry can change (400, 403, 404 on an order, 8000xx/9001xx codes)
+        │   └── NotFoundError        404
+        ├── ConflictError            409: the order is in progress; wait for the next poll
+        ├── AuthenticationError      401: raise, a token problem may pass
+        ├── ThrottledError           429 whose Retry-After outlasts the in-process retry budget
+        └── TransientError           408, 5xx, connection failures and timeouts that outlasted the retries
+"""
+from __future__ import annotations
+
+__all__ = [
+    "AppError",
+    "InvalidMessageError",
+    "UnsafeIdError",
+    "PartnerCenterError",
+    "RefusedError",
+    "NotFoundError",
+    "ConflictError",
+    "AuthenticationError",
+    "ThrottledError",
+    "TransientError",
+]
+
+
+class AppError(Exception):
+    """Base of the app's own errors."""
+
+
+class InvalidMessageError(AppError):
+    """A queue message is malformed; ``reason`` says why, ``customer_id``/``correlation_id`` what could be read."""
+
+    def __init__(self, reason: str, *, customer_id: str | None = None, correlation_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.customer_id = customer_id
+        self.correlation_id = correlation_id
+
+
+class UnsafeIdError(AppError):
+    """An id did not match its documented shape, so no request was built from it."""
+
+
+class PartnerCenterError(AppError):
+    """Partner Center answered with an error status."""
+
+    def __init__(
+        self,
+        status: int | None,
+        code: str | None = None,
+        description: str | None = None,
+        *,
+        method: str = "",
+        path: str = "",
+        retry_after: float | None = None,
+    ):
+        self.status = status
+        self.code = code
+        self.description = description
+        self.method = method
+        self.path = path
+        self.retry_after = retry_after
+        super().__init__(self.summary())
+
+    def summary(self) -> str:
+        where = f"{self.method} {self.path}".strip()
+        what = f"HTTP {self.status}" if self.status else "no response"
+        if self.code:
+            what += f", code {self.code}"
+        text = f"{where}: {what}" if where else what
+        if self.description:
+            text += f": {self.description}"
+        return text
+
+
+class RefusedError(PartnerCenterError):
+    """A refusal that no retry can change."""
+
+
+class NotFoundError(RefusedError):
+    """404."""
+
+
+class ConflictError(PartnerCenterError):
+    """409, e.g. 800060 'Your order is in progress'."""
+
+
+class AuthenticationError(PartnerCenterError):
+    """401 (or a token that could not be obtained)."""
+
+
+class ThrottledError(PartnerCenterError):
+    """429 whose Retry-After is longer than the in-process retry budget; ``retry_after`` says how long."""
+
+
+class TransientError(PartnerCenterError):
+    """A failure that may pass (408, 5xx, connection error, timeout) and outlasted the in-process retries."""

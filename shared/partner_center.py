@@ -1,0 +1,333 @@
+"""Partner Center REST client: the few calls the deletion needs, with typed errors and bounded retries.
+
+Every path segment is a validated GUID or order id (``shared.ids``); nothing read from a message or a response goes
+into a URL unchecked. Bodies are decoded with a UTF-8 BOM tolerated. Each logical call gets a new ``MS-RequestId``
+that its retries reuse; ``MS-CorrelationId`` is the deletion request's.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol
+from urllib.parse import urlsplit
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception
+
+from shared.config import is_loopback_host
+from shared.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PartnerCenterError,
+    RefusedError,
+    ThrottledError,
+    TransientError,
+    UnsafeIdError,
+)
+from shared.ids import is_guid, is_order_id
+
+__all__ = ["RetryPolicy", "TokenCredential", "PartnerCenterClient", "decode_body", "error_from_response"]
+
+log = logging.getLogger("customer_deletion.partner_center")
+
+MAX_DESCRIPTION = 1024
+MAX_PAGES = 200
+_CONTINUATION_RE = re.compile(r"[\x21-\x7e]{1,4096}")
+_NEXT_QUERY_RE = re.compile(r"[A-Za-z0-9=&_.~%+-]*")
+
+
+class TokenCredential(Protocol):
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds of the in-process retries of one logical call."""
+
+    max_attempts: int = 6
+    max_total_seconds: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+def decode_body(content: bytes) -> Any:
+    """JSON from a Partner Center body, tolerating the UTF-8 BOM it may start with. Empty body: ``None``."""
+    if not content or not content.strip():
+        return None
+    return json.loads(content.decode("utf-8-sig"))
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def error_from_response(resp: requests.Response, method: str, path: str) -> PartnerCenterError:
+    """Map an error response in any of the three documented body shapes to a typed error."""
+    code: str | None = None
+    description: str | None = None
+    try:
+        body = decode_body(resp.content)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        raw_code = body.get("code", body.get("statusCode"))
+        code = None if raw_code is None else str(raw_code)[:40]
+        for key in ("description", "message", "errorMessageExtended"):
+            if isinstance(body.get(key), str) and body[key].strip():
+                description = body[key]
+                break
+    if description is None:
+        text = resp.content[:MAX_DESCRIPTION].decode("utf-8-sig", errors="replace").strip()
+        description = text or (resp.reason or None)
+    if description:
+        description = " ".join(description.split())[:MAX_DESCRIPTION]
+    status = resp.status_code
+    kwargs = dict(method=method, path=path)
+    if status == 429:
+        return ThrottledError(status, code, description, retry_after=_retry_after(resp), **kwargs)
+    if status == 408 or status >= 500:
+        return TransientError(status, code, description, **kwargs)
+    if status == 401:
+        return AuthenticationError(status, code, description, **kwargs)
+    if status == 404:
+        return NotFoundError(status, code, description, **kwargs)
+    if status == 409:
+        return ConflictError(status, code, description, **kwargs)
+    return RefusedError(status, code, description, **kwargs)
+
+
+def _segment(value: str, kind: str) -> str:
+    ok = is_guid(value) if kind == "customer" else is_order_id(value)
+    if not ok:
+        raise UnsafeIdError(f"refusing to build a URL from a {kind} id that is not the documented shape: {str(value)[:80]!r}")
+    return value
+
+
+class PartnerCenterClient:
+    """The calls of a sandbox customer deletion. Build one per process; it is thread-safe (one session per thread)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credential: TokenCredential,
+        scope: str,
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        session_factory: Callable[[], requests.Session] = requests.Session,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        parts = urlsplit(base_url)
+        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(parts.hostname)):
+            # Checked before any token is requested: a bearer token must never travel in clear text.
+            raise ValueError(f"Partner Center base URL must be https (http only for loopback hosts): {base_url!r}")
+        self._base = base_url.rstrip("/")
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._credential = credential
+        self._scope = scope
+        self._policy = policy
+        self._session_factory = session_factory
+        self._sleep = sleep
+        self._local = threading.local()
+
+    # -- the calls -------------------------------------------------------------------------------------------
+
+    def get_customer(self, customer_id: str, *, correlation_id: str) -> dict:
+        path = f"/v1/customers/{_segment(customer_id, 'customer')}"
+        return self._call("GET", path, correlation_id=correlation_id) or {}
+
+    def list_entitlement_order_ids(self, customer_id: str, *, correlation_id: str) -> list[str]:
+        """Every ``referenceOrder.id`` of the customer's entitlements (nested ones too), de-duplicated, in order."""
+        seen: dict[str, None] = {}
+        for item in self._entitlements(customer_id, correlation_id):
+            for order_id in _reference_order_ids(item):
+                if not is_order_id(order_id):
+                    raise UnsafeIdError(
+                        f"entitlement names an order id that is not the documented shape: {str(order_id)[:80]!r}"
+                    )
+                seen.setdefault(order_id, None)
+        return list(seen)
+
+    def get_order(self, customer_id: str, order_id: str, *, correlation_id: str) -> dict:
+        path = f"/v1/customers/{_segment(customer_id, 'customer')}/orders/{_segment(order_id, 'order')}"
+        return self._call("GET", path, correlation_id=correlation_id) or {}
+
+    def cancel_order(self, customer_id: str, order_id: str, *, correlation_id: str) -> dict:
+        path = f"/v1/customers/{_segment(customer_id, 'customer')}/orders/{_segment(order_id, 'order')}"
+        body = {"id": order_id, "status": "cancelled"}
+        return self._call("PATCH", path, correlation_id=correlation_id, json_body=body) or {}
+
+    def delete_customer(self, customer_id: str, *, correlation_id: str) -> None:
+        self._call("DELETE", f"/v1/customers/{_segment(customer_id, 'customer')}", correlation_id=correlation_id)
+
+    # -- paging ----------------------------------------------------------------------------------------------
+
+    def _entitlements(self, customer_id: str, correlation_id: str) -> Iterator[dict]:
+        cid = _segment(customer_id, "customer")
+        path = f"/v1/customers/{cid}/entitlements"
+        headers: dict[str, str] = {}
+        visited: set[tuple[str, str]] = set()
+        for _ in range(MAX_PAGES):
+            page = self._call("GET", path, correlation_id=correlation_id, extra_headers=headers) or {}
+            items = page.get("items") if isinstance(page, dict) else None
+            if not isinstance(items, list):
+                raise TransientError(200, None, "entitlements response has no 'items' list", method="GET", path=path)
+            yield from (i for i in items if isinstance(i, dict))
+            nxt = (page.get("links") or {}).get("next") if isinstance(page.get("links"), dict) else None
+            if not nxt:
+                return
+            path, headers = self._next_link(nxt, cid)
+            key = (path, headers.get("MS-ContinuationToken", ""))
+            if key in visited:
+                raise TransientError(200, None, "entitlements paging repeats a page", method="GET", path=path)
+            visited.add(key)
+        raise TransientError(200, None, f"entitlements paging exceeded {MAX_PAGES} pages", method="GET", path=path)
+
+    def _next_link(self, link: Any, customer_id: str) -> tuple[str, dict[str, str]]:
+        """Validate a ``links.next`` from a response; it may only page the same customer's entitlements."""
+        uri = link.get("uri") if isinstance(link, dict) else None
+        if not isinstance(uri, str):
+            raise UnsafeIdError("entitlements links.next has no uri")
+        parts = urlsplit(uri)
+        if parts.scheme or parts.netloc:
+            if f"{parts.scheme}://{parts.netloc}" != self._origin:
+                raise UnsafeIdError(f"entitlements links.next points to another host: {uri[:120]!r}")
+        path = parts.path if parts.path.startswith("/v1/") else "/v1" + parts.path
+        if path.rstrip("/").lower() != f"/v1/customers/{customer_id}/entitlements".lower() or parts.fragment:
+            raise UnsafeIdError(f"entitlements links.next is not this customer's entitlements: {uri[:120]!r}")
+        if not _NEXT_QUERY_RE.fullmatch(parts.query):
+            raise UnsafeIdError(f"entitlements links.next has an unexpected query: {uri[:120]!r}")
+        headers: dict[str, str] = {}
+        for header in link.get("headers") or []:
+            if not isinstance(header, dict):
+                continue
+            if str(header.get("key", "")).lower() == "ms-continuationtoken":
+                value = header.get("value")
+                if not isinstance(value, str) or not _CONTINUATION_RE.fullmatch(value):
+                    raise UnsafeIdError("entitlements links.next has a malformed MS-ContinuationToken")
+                headers["MS-ContinuationToken"] = value
+        full = f"/v1/customers/{customer_id}/entitlements" + (f"?{parts.query}" if parts.query else "")
+        return full, headers
+
+    # -- transport -------------------------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._session_factory()
+            self._local.session = session
+        return session
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        correlation_id: str,
+        json_body: Any = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> Any:
+        request_id = str(uuid.uuid4())  # one per logical call, the same on its retries
+        policy = self._policy
+        started = time.monotonic()
+
+        def remaining() -> float:
+            return policy.max_total_seconds - (time.monotonic() - started)
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= policy.max_attempts or remaining() <= 0:
+                return True
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, ThrottledError) and exc.retry_after is not None and exc.retry_after > remaining():
+                return True  # not slept through: the caller decides (a poll hop re-enqueues itself)
+            return False
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, ThrottledError) and exc.retry_after is not None:
+                return exc.retry_after
+            ceiling = min(policy.backoff_max, policy.backoff_initial * (2 ** (state.attempt_number - 1)))
+            return max(0.0, min(random.uniform(0, ceiling), remaining()))
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "retrying %s %s after %s (attempt %d, request %s, correlation %s, sleeping %.1fs)",
+                method, path, exc, state.attempt_number, request_id, correlation_id, state.upcoming_sleep,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, (TransientError, ThrottledError))),
+            stop=stop,
+            wait=wait,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(self._attempt, method, path, request_id, correlation_id, json_body, extra_headers or {})
+
+    def _attempt(
+        self, method: str, path: str, request_id: str, correlation_id: str, json_body: Any, extra: dict[str, str]
+    ) -> Any:
+        try:
+            token = self._credential.get_token(self._scope).token
+        except Exception as exc:  # azure-identity raises ClientAuthenticationError / ServiceRequestError
+            raise TransientError(None, None, f"could not obtain a token: {type(exc).__name__}", method=method, path=path) from exc
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "MS-RequestId": request_id,
+            "MS-CorrelationId": correlation_id,
+            **extra,
+        }
+        data = None
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(json_body).encode("utf-8")
+        try:
+            resp = self._session().request(
+                method,
+                self._base + path,
+                headers=headers,
+                data=data,
+                timeout=(self._policy.connect_timeout, self._policy.read_timeout),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise TransientError(None, None, f"{type(exc).__name__} talking to Partner Center", method=method, path=path) from exc
+        if 200 <= resp.status_code < 300:
+            try:
+                return decode_body(resp.content)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise TransientError(resp.status_code, None, "response body is not JSON", method=method, path=path) from exc
+        if 300 <= resp.status_code < 400:
+            raise RefusedError(resp.status_code, None, "unexpected redirect (not followed)", method=method, path=path)
+        raise error_from_response(resp, method, path)
+
+
+def _reference_order_ids(entitlement: dict) -> Iterator[Any]:
+    """``referenceOrder.id`` of an entitlement and of its nested ``includedEntitlements`` (iteratively: no depth limit)."""
+    stack = [entitlement]
+    while stack:
+        item = stack.pop()
+        ref = item.get("referenceOrder")
+        if isinstance(ref, dict) and ref.get("id") is not None:
+            yield ref.get("id")
+        nested = item.get("includedEntitlements")
+        if isinstance(nested, list):
+            stack.extend(reversed([n for n in nested if isinstance(n, dict)]))
