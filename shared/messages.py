@@ -123,23 +123,24 @@ def _load_json(text: str) -> Any:
 
 def parse_deletion_request(body: bytes | str, *, message_id: str, insertion_time: datetime | None, now: datetime) -> DeletionRequest:
     """Parse a deletion request: the JSON object form, or a bare GUID as the whole body."""
-    requested_at = insertion_time.astimezone(timezone.utc) if insertion_time else now
-    text = _text(body).strip()
-    if not text:
-        raise InvalidMessageError("message is empty", correlation_id=derived_correlation_id(message_id))
-    if is_guid(text):
-        return DeletionRequest(text.lower(), derived_correlation_id(message_id), False, requested_at)
-
     derived = derived_correlation_id(message_id)
     try:
-        data = _load_json(text)
+        return _parse_deletion_request(body, derived, insertion_time.astimezone(timezone.utc) if insertion_time else now)
     except InvalidMessageError as exc:
-        exc.correlation_id = derived
+        exc.correlation_id = exc.correlation_id or derived
         raise
+
+
+def _parse_deletion_request(body: bytes | str, derived: str, requested_at: datetime) -> DeletionRequest:
+    text = _text(body).strip()
+    if not text:
+        raise InvalidMessageError("message is empty")
+    if is_guid(text):
+        return DeletionRequest(text.lower(), derived, False, requested_at)
+
+    data = _load_json(text)
     if not isinstance(data, dict):
-        raise InvalidMessageError(
-            f"message must be a JSON object or a bare GUID, not a JSON {type(data).__name__}", correlation_id=derived
-        )
+        raise InvalidMessageError(f"message must be a JSON object or a bare GUID, not a JSON {type(data).__name__}")
 
     customer = data.get("customerTenantId")
     customer_id = customer.strip().lower() if isinstance(customer, str) and is_guid(customer.strip()) else None
@@ -150,7 +151,7 @@ def parse_deletion_request(body: bytes | str, *, message_id: str, insertion_time
     elif isinstance(correlation, str) and is_guid(correlation.strip()):
         correlation_id = correlation.strip().lower()
     else:
-        raise InvalidMessageError("correlationId must be a GUID string when given", customer_id=customer_id, correlation_id=derived)
+        raise InvalidMessageError("correlationId must be a GUID string when given", customer_id=customer_id)
 
     if customer is None:
         raise InvalidMessageError("customerTenantId is missing", correlation_id=correlation_id)

@@ -1,0 +1,132 @@
+"""In-memory fakes of the app's ports, for unit tests (integration tests use Azurite and the emulator)."""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from azure.functions.queue import QueueMessage
+
+from shared.errors import ConflictError, NotFoundError, RefusedError, ThrottledError
+
+
+@dataclass
+class FakeOrder:
+    status: str = "completed"
+    pending_reads: int = 0  # reads that still say "pending" after a cancel
+    refuse: RefusedError | None = None
+    conflict: bool = False
+
+
+@dataclass
+class FakeCustomer:
+    orders: dict[str, FakeOrder] = field(default_factory=dict)
+    entitlement_ids: list[str] | None = None  # default: the order ids
+
+
+class FakePartnerCenter:
+    def __init__(self):
+        self.customers: dict[str, FakeCustomer] = {}
+        self.calls: list[tuple[str, ...]] = []
+        self.throttle_next: float | None = None
+        self.delete_refusals = 0  # DELETEs to refuse with the active-orders description
+        self.lose_delete_answer = False
+
+    def _enter(self, *call):
+        self.calls.append(call)
+        if self.throttle_next is not None:
+            retry, self.throttle_next = self.throttle_next, None
+            raise ThrottledError(429, "429", "Rate limit is exceeded.", retry_after=retry)
+
+    def _customer(self, cid):
+        if cid not in self.customers:
+            raise NotFoundError(404, "60003", "Tenant not found", method="GET", path=f"/v1/customers/{cid}")
+        return self.customers[cid]
+
+    def get_customer(self, cid, *, correlation_id):
+        self._enter("get_customer", cid)
+        self._customer(cid)
+        return {"id": cid}
+
+    def list_entitlement_order_ids(self, cid, *, correlation_id):
+        self._enter("entitlements", cid)
+        c = self._customer(cid)
+        return list(c.entitlement_ids if c.entitlement_ids is not None else c.orders)
+
+    def get_order(self, cid, oid, *, correlation_id):
+        self._enter("get_order", cid, oid)
+        order = self._customer(cid).orders.get(oid)
+        if order is None:
+            raise NotFoundError(404, "20000", "Order Id not found", method="GET", path="/orders")
+        if order.status == "pending" and order.pending_reads > 0:
+            order.pending_reads -= 1
+            if order.pending_reads == 0:
+                order.status = "cancelled"
+            return {"id": oid, "status": "pending"}
+        return {"id": oid, "status": order.status}
+
+    def cancel_order(self, cid, oid, *, correlation_id):
+        self._enter("cancel_order", cid, oid)
+        order = self._customer(cid).orders[oid]
+        if order.refuse:
+            raise order.refuse
+        if order.conflict:
+            order.conflict = False
+            raise ConflictError(409, "800060", "Your order is in progress.", method="PATCH", path="/orders")
+        order.status = "pending" if order.pending_reads else "cancelled"
+        return {"id": oid, "status": order.status}
+
+    def delete_customer(self, cid, *, correlation_id):
+        self._enter("delete_customer", cid)
+        c = self._customer(cid)
+        if self.delete_refusals:
+            self.delete_refusals -= 1
+            raise RefusedError(400, "800000", "Customer relationship cannot be removed due to active Azure reserved "
+                               "instances.Please cancel the following orders: 0bed3bbca6c", method="DELETE", path="/v1/customers")
+        assert all(o.status.lower() == "cancelled" for o in c.orders.values()), "DELETE while an order is open"
+        del self.customers[cid]
+        if self.lose_delete_answer:
+            self.lose_delete_answer = False
+            raise ConnectionError("answer lost")
+
+    def count(self, name):
+        return sum(1 for c in self.calls if c[0] == name)
+
+
+class FakePublisher:
+    def __init__(self):
+        self.sent: list[tuple[str, bytes, int]] = []
+
+    def send(self, queue, data, *, delay=0, time_to_live=-1):
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        self.sent.append((queue, raw, delay))
+        return f"id-{len(self.sent)}"
+
+    def on(self, queue):
+        return [(raw, delay) for q, raw, delay in self.sent if q == queue]
+
+    def json_on(self, queue):
+        return [json.loads(raw) for raw, _ in self.on(queue)]
+
+
+class Clock:
+    def __init__(self, start=datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)):
+        self.now = start
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += timedelta(seconds=seconds)
+
+
+def queue_message(body: bytes | str, *, id="msg-1", dequeue_count=1, inserted=None) -> QueueMessage:
+    """A message as the worker builds it for a queue trigger."""
+    inserted = inserted or datetime(2026, 11, 24, 11, 59, tzinfo=timezone.utc)
+    return QueueMessage(id=id, body=body, dequeue_count=dequeue_count, insertion_time=inserted,
+                        expiration_time=inserted + timedelta(days=7), time_next_visible=inserted + timedelta(minutes=10), pop_receipt="pr")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

@@ -1,0 +1,123 @@
+"""Settings validation and credential selection (which credential, never its token)."""
+import json
+
+import pytest
+from azure.identity import CertificateCredential, ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
+
+from shared.auth import partner_center_credential, storage_credential
+from shared.config import ConfigurationError, Settings
+
+CONN = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+TENANT, CLIENT = "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000"
+
+
+def settings(tmp_path, **env):
+    base = {"AzureWebJobsStorage": CONN}
+    base.update(env)
+    return Settings.from_env({k: v for k, v in base.items() if v is not None}, app_root=tmp_path)
+
+
+def test_defaults(tmp_path):
+    s = settings(tmp_path)
+    assert (s.delete_queue, s.poll_queue, s.outcomes_queue) == ("customer-deletions", "customer-deletion-polls", "customer-deletion-outcomes")
+    assert s.delete_poison_queue == "customer-deletions-poison"
+    assert s.base_url == "https://api.partnercenter.microsoft.com"
+    assert s.scope == "https://api.partnercenter.microsoft.com/.default"
+    assert (s.poll_interval, s.poll_max_interval, s.poll_timeout) == (30, 600, 21600)
+    assert s.protected_ids == frozenset()
+    assert s.max_dequeue_count == 5
+    assert "a2V5" not in repr(s) and "a2V5" not in repr(s.storage)
+
+
+def test_every_problem_is_named_at_once(tmp_path):
+    with pytest.raises(ConfigurationError) as info:
+        settings(tmp_path, AzureWebJobsStorage=None, POLL_INTERVAL_SECONDS="soon", PARTNER_CENTER_BASE_URL="http://pc.example.com",
+                 PROTECTED_CUSTOMER_IDS="not-a-guid", DELETE_CUSTOMER_QUEUE="Bad_Queue", PARTNER_CENTER_CLIENT_ID="x")
+    text = str(info.value)
+    for name in ("AzureWebJobsStorage", "POLL_INTERVAL_SECONDS", "PARTNER_CENTER_BASE_URL", "PROTECTED_CUSTOMER_IDS",
+                 "DELETE_CUSTOMER_QUEUE", "PARTNER_CENTER_TENANT_ID", "PARTNER_CENTER_CLIENT_SECRET"):
+        assert name in text
+    assert len(info.value.problems) >= 7
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("https://api.partnercenter.microsoft.com", True),
+    ("http://127.0.0.1:8443", True),
+    ("http://localhost:8443", True),
+    ("http://[::1]:8443", True),
+    ("http://api.partnercenter.microsoft.com", False),
+    ("http://10.0.0.5", False),
+    ("ftp://127.0.0.1", False),
+    ("https://user:pw@api.partnercenter.microsoft.com", False),
+    ("https://api.partnercenter.microsoft.com?x=1", False),
+])
+def test_base_url_https_except_loopback(tmp_path, url, ok):
+    if ok:
+        assert settings(tmp_path, PARTNER_CENTER_BASE_URL=url).base_url == url.rstrip("/")
+    else:
+        with pytest.raises(ConfigurationError, match="PARTNER_CENTER_BASE_URL"):
+            settings(tmp_path, PARTNER_CENTER_BASE_URL=url)
+
+
+def test_queue_names_are_lower_cased_and_checked(tmp_path):
+    assert settings(tmp_path, DELETE_CUSTOMER_QUEUE="My-Deletions").delete_queue == "my-deletions"
+    for bad in ("ab", "a--b", "-ab", "a" * 57, "a_b"):
+        with pytest.raises(ConfigurationError, match="DELETE_CUSTOMER_QUEUE"):
+            settings(tmp_path, DELETE_CUSTOMER_QUEUE=bad)
+    with pytest.raises(ConfigurationError, match="different"):
+        settings(tmp_path, POLL_ORDERS_QUEUE="customer-deletions")
+
+
+def test_protected_ids_normalised(tmp_path):
+    s = settings(tmp_path, PROTECTED_CUSTOMER_IDS=f" {TENANT.upper()} ,, {CLIENT}")
+    assert s.protected_ids == {TENANT, CLIENT}
+
+
+def test_poll_bounds(tmp_path):
+    with pytest.raises(ConfigurationError, match="POLL_MAX_INTERVAL_SECONDS must not be smaller"):
+        settings(tmp_path, POLL_INTERVAL_SECONDS="60", POLL_MAX_INTERVAL_SECONDS="30")
+    with pytest.raises(ConfigurationError, match="at most"):
+        settings(tmp_path, POLL_MAX_INTERVAL_SECONDS=str(7 * 24 * 3600))
+
+
+def test_max_dequeue_count_from_host_json_and_override(tmp_path):
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"queues": {"MaxDequeueCount": 3}}}))
+    assert settings(tmp_path).max_dequeue_count == 3
+    assert settings(tmp_path, AzureFunctionsJobHost__extensions__queues__maxDequeueCount="7").max_dequeue_count == 7
+    with pytest.raises(ConfigurationError, match="maxDequeueCount"):
+        settings(tmp_path, AzureFunctionsJobHost__extensions__queues__maxDequeueCount="0")
+
+
+def test_identity_based_storage(tmp_path):
+    s = settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__queueServiceUri="https://acct.queue.core.windows.net/",
+                 AzureWebJobsStorage__clientId=CLIENT)
+    assert s.storage.queue_service_uri == "https://acct.queue.core.windows.net" and s.storage.client_id == CLIENT
+    assert isinstance(storage_credential(s.storage), ManagedIdentityCredential)
+    s = settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__accountName="acct")
+    assert s.storage.queue_service_uri == "https://acct.queue.core.windows.net"
+    assert isinstance(storage_credential(s.storage), DefaultAzureCredential)
+
+
+def test_credential_selection(tmp_path):
+    assert isinstance(partner_center_credential(settings(tmp_path)), DefaultAzureCredential)
+    cred = partner_center_credential(settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
+                                              PARTNER_CENTER_CLIENT_SECRET="s3cret"))
+    assert isinstance(cred, ClientSecretCredential)
+    assert cred._instance_discovery is None  # a known cloud keeps instance discovery
+    cred = partner_center_credential(settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
+                                              PARTNER_CENTER_CLIENT_SECRET="s3cret", PARTNER_CENTER_AUTHORITY_HOST="https://127.0.0.1:9443"))
+    assert cred._instance_discovery is False  # a private authority must work with no internet
+
+
+def test_certificate_credential(tmp_path):
+    import trustme
+
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    pem = tmp_path / "app.pem"
+    ca.issue_cert("app.example", key_type=trustme.KeyType.RSA).private_key_and_cert_chain_pem.write_to_path(str(pem))
+    cred = partner_center_credential(settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
+                                              PARTNER_CENTER_CLIENT_CERTIFICATE_PATH=str(pem)))
+    assert isinstance(cred, CertificateCredential)
+    with pytest.raises(ConfigurationError, match="not both"):
+        settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
+                 PARTNER_CENTER_CLIENT_SECRET="s", PARTNER_CENTER_CLIENT_CERTIFICATE_PATH=str(pem))

@@ -1,0 +1,132 @@
+"""Parsing and validation of deletion requests and poll messages (no sockets)."""
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from shared.errors import InvalidMessageError
+from shared.ids import derived_correlation_id
+from shared.messages import OrderState, PollMessage, outcome_event, parse_deletion_request, parse_poll_message
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+INSERTED = datetime(2026, 11, 24, 11, 59, 30, tzinfo=timezone.utc)
+CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
+CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
+
+
+def parse(body, message_id="msg-1"):
+    return parse_deletion_request(body, message_id=message_id, insertion_time=INSERTED, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "body, customer, correlation, dry_run",
+    [
+        (CUST, CUST, None, False),
+        (CUST.upper(), CUST, None, False),
+        (f"  \n{CUST}\t ", CUST, None, False),
+        (json.dumps({"customerTenantId": CUST}), CUST, None, False),
+        (json.dumps({"customerTenantId": CUST.upper(), "correlationId": CORR.upper()}), CUST, CORR, False),
+        (json.dumps({"customerTenantId": CUST, "dryRun": True}), CUST, None, True),
+        (json.dumps({"customerTenantId": CUST, "dryRun": None, "correlationId": None}), CUST, None, False),
+        (json.dumps({"customerTenantId": CUST, "whatever": [1, 2], "schemaVersion": 9}), CUST, None, False),
+        (json.dumps({"customerTenantId": f" {CUST} "}), CUST, None, False),
+    ],
+)
+def test_valid_requests(body, customer, correlation, dry_run):
+    req = parse(body.encode())
+    assert req.customer_id == customer
+    assert req.correlation_id == (correlation or derived_correlation_id("msg-1"))
+    assert req.dry_run is dry_run
+    assert req.requested_at == INSERTED
+
+
+@pytest.mark.parametrize(
+    "body, reason_part",
+    [
+        (b"", "empty"),
+        (b"   ", "empty"),
+        (b"hello", "neither a GUID nor valid JSON"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"[]", "JSON object"),
+        (json.dumps(CUST).encode(), "JSON object"),
+        (b"{}", "missing"),
+        (json.dumps({"customerTenantId": None}).encode(), "missing"),
+        (json.dumps({"customerTenantId": 12345}).encode(), "GUID"),
+        (json.dumps({"customerTenantId": CUST + "/../../partners"}).encode(), "GUID"),
+        (json.dumps({"customerTenantId": "../" + CUST}).encode(), "GUID"),
+        (json.dumps({"customerTenantId": CUST.replace("-", "")}).encode(), "GUID"),
+        (json.dumps({"customerTenantId": "{" + CUST + "}"}).encode(), "GUID"),
+        (json.dumps({"customerTenantId": CUST + "\n"}).encode().replace(b"\\n", b"%0A"), "GUID"),
+        (json.dumps({"customerTenantId": CUST, "correlationId": "abc"}).encode(), "correlationId"),
+        (json.dumps({"customerTenantId": CUST, "correlationId": 7}).encode(), "correlationId"),
+        (json.dumps({"customerTenantId": CUST, "dryRun": "false"}).encode(), "dryRun"),
+        (json.dumps({"customerTenantId": CUST, "dryRun": 0}).encode(), "dryRun"),
+        (('{"customerTenantId": "%s", "customerTenantId": "%s"}' % (CUST, CORR)).encode(), "duplicate"),
+        (b"[" * 30000, "nested too deeply"),
+        (b"x" * 70000, "larger"),
+    ],
+)
+def test_invalid_requests_name_a_reason(body, reason_part):
+    with pytest.raises(InvalidMessageError) as info:
+        parse(body)
+    assert reason_part in info.value.reason
+    assert info.value.correlation_id  # a rejected request still has a correlation id for its outcome
+
+
+def test_rejection_keeps_the_valid_customer_id_for_the_outcome():
+    with pytest.raises(InvalidMessageError) as info:
+        parse(json.dumps({"customerTenantId": CUST, "dryRun": "yes"}).encode())
+    assert info.value.customer_id == CUST
+    with pytest.raises(InvalidMessageError) as info:
+        parse(json.dumps({"customerTenantId": "nope"}).encode())
+    assert info.value.customer_id is None
+
+
+def test_derived_correlation_id_is_stable_per_message_id():
+    assert parse(CUST.encode(), "m-1").correlation_id == parse(CUST.encode(), "m-1").correlation_id
+    assert parse(CUST.encode(), "m-1").correlation_id != parse(CUST.encode(), "m-2").correlation_id
+
+
+def test_poll_message_round_trip():
+    poll = PollMessage(CUST, CORR, (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),), 3, INSERTED, NOW, 1)
+    again = parse_poll_message(poll.to_text().encode())
+    assert again == poll
+    assert json.loads(poll.to_text())["schemaVersion"] == 1
+
+
+@pytest.mark.parametrize(
+    "mutate, reason_part",
+    [
+        (lambda d: d.update(schemaVersion=2), "schemaVersion"),
+        (lambda d: d.update(schemaVersion=True), "schemaVersion"),
+        (lambda d: d.update(kind="other"), "kind"),
+        (lambda d: d.update(customerTenantId="../x"), "customerTenantId"),
+        (lambda d: d.update(orders=[{"id": "../../customers", "status": "pending"}]), "malformed"),
+        (lambda d: d.update(orders="x"), "malformed"),
+        (lambda d: d.update(attempt=-1), "malformed"),
+        (lambda d: d.update(attempt="1"), "malformed"),
+        (lambda d: d.update(requestedAt="2026-11-24 12:00"), "malformed"),
+        (lambda d: d.pop("firstHandledAt"), "malformed"),
+        (lambda d: d.update(orders=[{"id": "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "status": "x"}] * 2), "twice"),
+    ],
+)
+def test_invalid_poll_messages(mutate, reason_part):
+    poll = PollMessage(CUST, CORR, (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),), 0, INSERTED, NOW)
+    data = json.loads(poll.to_text())
+    mutate(data)
+    with pytest.raises(InvalidMessageError) as info:
+        parse_poll_message(json.dumps(data))
+    assert reason_part in info.value.reason
+
+
+def test_outcome_event_shape():
+    event = json.loads(outcome_event(outcome="deleted", customer_id=CUST, correlation_id=CORR,
+                                     orders=[OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "cancelled")], poll_attempts=2,
+                                     detail="done.", requested_at=INSERTED, finished_at=NOW))
+    assert event == {
+        "schemaVersion": 1, "customerTenantId": CUST, "correlationId": CORR, "outcome": "deleted",
+        "orders": [{"id": "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "status": "cancelled"}], "pollAttempts": 2,
+        "detail": "done.", "requestedAt": "2026-11-24T11:59:30.000Z", "finishedAt": "2026-11-24T12:00:00.000Z",
+    }
+    with pytest.raises(ValueError):
+        outcome_event(outcome="gone", customer_id=None, correlation_id=CORR, detail="", requested_at=NOW, finished_at=NOW)

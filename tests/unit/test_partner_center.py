@@ -1,0 +1,205 @@
+"""Partner Center client: error mapping, BOM, retries and URL safety, with HTTP stubbed at the transport."""
+import json
+
+import pytest
+import requests
+import responses
+from azure.core.credentials import AccessToken
+
+from shared.errors import AuthenticationError, ConflictError, NotFoundError, RefusedError, ThrottledError, TransientError, UnsafeIdError
+from shared.partner_center import PartnerCenterClient, RetryPolicy
+
+BASE = "https://pc.test"
+CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
+CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
+O1, O2 = "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "9qg-ErcO-4MPbPqq_3MIQaS7bn8W6HfG1"
+BOM = b"\xef\xbb\xbf"
+
+
+class FakeCredential:
+    def __init__(self):
+        self.calls = 0
+
+    def get_token(self, *scopes, **kwargs):
+        self.calls += 1
+        return AccessToken("tok-123", 9999999999)
+
+
+@pytest.fixture
+def sleeps():
+    return []
+
+
+@pytest.fixture
+def client(sleeps):
+    policy = RetryPolicy(max_attempts=4, max_total_seconds=30, backoff_initial=0.5, backoff_max=2)
+    return PartnerCenterClient(BASE, FakeCredential(), "https://api.partnercenter.microsoft.com/.default", policy=policy, sleep=sleeps.append)
+
+
+def body(obj, bom=True):
+    return (BOM if bom else b"") + json.dumps(obj).encode()
+
+
+@responses.activate
+def test_headers_and_bom(client):
+    responses.get(f"{BASE}/v1/customers/{CUST}", body=body({"id": CUST}), content_type="application/json; charset=utf-8")
+    assert client.get_customer(CUST, correlation_id=CORR) == {"id": CUST}
+    headers = responses.calls[0].request.headers
+    assert headers["Authorization"] == "Bearer tok-123"
+    assert headers["Accept"] == "application/json"
+    assert headers["MS-CorrelationId"] == CORR
+    assert len(headers["MS-RequestId"]) == 36
+
+
+@responses.activate
+def test_timeouts_on_every_call(client, monkeypatch):
+    seen = []
+    real = requests.Session.request
+
+    def spy(self, *a, **kw):
+        seen.append(kw.get("timeout"))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(requests.Session, "request", spy)
+    responses.delete(f"{BASE}/v1/customers/{CUST}", status=204)
+    client.delete_customer(CUST, correlation_id=CORR)
+    assert seen == [(5.0, 30.0)]
+
+
+@pytest.mark.parametrize("status, payload, exc_type, code, description", [
+    (400, {"code": 800063, "description": "This order X cannot be canceled.", "data": [], "source": "PartnerFD"}, RefusedError, "800063", "This order X cannot be canceled."),
+    (400, {"code": 900117, "message": "m", "description": "You have passed your 60-day cancellation window.", "errorName": "x", "isRetryable": False}, RefusedError, "900117", "You have passed your 60-day cancellation window."),
+    (404, {"statusCode": 404, "message": "Resource not found"}, NotFoundError, "404", "Resource not found"),
+    (403, {"code": 900150, "description": "The supplied role does not have the rights"}, RefusedError, "900150", "The supplied role does not have the rights"),
+    (409, {"code": 800060, "description": "Your order is in progress."}, ConflictError, "800060", "Your order is in progress."),
+    (401, {"code": 800001, "description": "Partner Token missing in request context"}, AuthenticationError, "800001", "Partner Token missing in request context"),
+])
+@responses.activate
+def test_error_shapes_become_typed_errors(client, sleeps, status, payload, exc_type, code, description):
+    responses.patch(f"{BASE}/v1/customers/{CUST}/orders/{O1}", body=body(payload), status=status)
+    with pytest.raises(exc_type) as info:
+        client.cancel_order(CUST, O1, correlation_id=CORR)
+    assert (info.value.status, info.value.code, info.value.description) == (status, code, description)
+    assert len(responses.calls) == 1 and sleeps == []  # refusals are never retried
+    assert json.loads(responses.calls[0].request.body) == {"id": O1, "status": "cancelled"}
+
+
+@responses.activate
+def test_plain_text_error_body(client):
+    responses.get(f"{BASE}/v1/customers/{CUST}", body=b"<html>Bad gateway</html>", status=400)
+    with pytest.raises(RefusedError, match="Bad gateway"):
+        client.get_customer(CUST, correlation_id=CORR)
+
+
+@responses.activate
+def test_429_honours_retry_after_and_keeps_request_id(client, sleeps):
+    url = f"{BASE}/v1/customers/{CUST}/orders/{O1}"
+    responses.get(url, body=body({"statusCode": 429, "message": "Rate limit is exceeded. Try again in 3 seconds."}), status=429, headers={"Retry-After": "3"})
+    responses.get(url, body=body({"id": O1, "status": "cancelled"}))
+    assert client.get_order(CUST, O1, correlation_id=CORR)["status"] == "cancelled"
+    assert sleeps == [3.0]
+    ids = {c.request.headers["MS-RequestId"] for c in responses.calls}
+    assert len(ids) == 1  # the same request id on its retries
+    responses.get(url, body=body({"id": O1}))
+    client.get_order(CUST, O1, correlation_id=CORR)
+    assert responses.calls[-1].request.headers["MS-RequestId"] not in ids  # a new one per logical call
+
+
+@responses.activate
+def test_429_longer_than_budget_is_not_slept_through(client, sleeps):
+    responses.get(f"{BASE}/v1/customers/{CUST}", body=body({"statusCode": 429, "message": "x"}), status=429, headers={"Retry-After": "120"})
+    with pytest.raises(ThrottledError) as info:
+        client.get_customer(CUST, correlation_id=CORR)
+    assert info.value.retry_after == 120 and sleeps == [] and len(responses.calls) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
+@responses.activate
+def test_transient_statuses_back_off_and_then_raise(client, sleeps, status):
+    responses.get(f"{BASE}/v1/customers/{CUST}", body=body({"code": 800003, "description": "Unexpected service error"}), status=status)
+    with pytest.raises(TransientError) as info:
+        client.get_customer(CUST, correlation_id=CORR)
+    assert info.value.status == status
+    assert len(responses.calls) == 4 and len(sleeps) == 3
+    assert all(0 <= s <= 2 for s in sleeps)  # exponential with jitter, capped by backoff_max
+
+
+@responses.activate
+def test_connection_failure_is_retried_then_succeeds(client, sleeps):
+    url = f"{BASE}/v1/customers/{CUST}"
+    responses.get(url, body=requests.exceptions.ConnectionError("reset"))
+    responses.get(url, body=requests.exceptions.ReadTimeout("slow"))
+    responses.get(url, body=body({"id": CUST}))
+    assert client.get_customer(CUST, correlation_id=CORR) == {"id": CUST}
+    assert len(sleeps) == 2
+
+
+@responses.activate
+def test_total_budget_bounds_retries(sleeps):
+    policy = RetryPolicy(max_attempts=100, max_total_seconds=0.3, backoff_initial=0.1, backoff_max=0.1)
+    client = PartnerCenterClient(BASE, FakeCredential(), "s/.default", policy=policy)
+    responses.get(f"{BASE}/v1/customers/{CUST}", status=503)
+    with pytest.raises(TransientError):
+        client.get_customer(CUST, correlation_id=CORR)
+    assert 2 <= len(responses.calls) < 20
+
+
+def test_token_failure_is_transient(sleeps):
+    class Broken:
+        def get_token(self, *a, **k):
+            raise RuntimeError("token endpoint down")
+
+    client = PartnerCenterClient(BASE, Broken(), "s/.default", policy=RetryPolicy(max_attempts=2), sleep=sleeps.append)
+    with pytest.raises(TransientError, match="could not obtain a token"):
+        client.get_customer(CUST, correlation_id=CORR)
+
+
+def test_plain_http_to_a_remote_host_is_refused_before_any_token():
+    cred = FakeCredential()
+    with pytest.raises(ValueError, match="https"):
+        PartnerCenterClient("http://api.partnercenter.microsoft.com", cred, "s/.default")
+    assert cred.calls == 0
+
+
+@responses.activate
+def test_entitlements_paged_nested_and_deduplicated(client):
+    first = {"totalCount": 3, "items": [
+        {"referenceOrder": {"id": O1}, "includedEntitlements": [{"referenceOrder": {"id": O1}, "includedEntitlements": []}]},
+    ], "links": {"next": {"uri": f"/customers/{CUST}/entitlements?seekOperation=Next", "method": "GET",
+                          "headers": [{"key": "MS-ContinuationToken", "value": "tok+page/2=="}]}}}
+    second = {"totalCount": 3, "items": [{"referenceOrder": {"id": O2}, "includedEntitlements": [{"referenceOrder": {"id": O1}}]}]}
+    responses.get(f"{BASE}/v1/customers/{CUST}/entitlements", body=body(first), match=[responses.matchers.query_string_matcher("")])
+    responses.get(f"{BASE}/v1/customers/{CUST}/entitlements?seekOperation=Next", body=body(second),
+                  match=[responses.matchers.header_matcher({"MS-ContinuationToken": "tok+page/2=="})])
+    assert client.list_entitlement_order_ids(CUST, correlation_id=CORR) == [O1, O2]
+
+
+@pytest.mark.parametrize("hostile", ["../../customers/x", "A" * 32 + "/", "%2e%2e%2f" + "A" * 24, "A" * 33 + "?x=1", "A" * 32 + "\n", 123])
+@responses.activate
+def test_hostile_order_ids_never_reach_a_url(client, hostile):
+    responses.get(f"{BASE}/v1/customers/{CUST}/entitlements", body=body({"items": [{"referenceOrder": {"id": O1}}, {"referenceOrder": {"id": hostile}}]}))
+    with pytest.raises(UnsafeIdError):
+        client.list_entitlement_order_ids(CUST, correlation_id=CORR)
+    with pytest.raises(UnsafeIdError):
+        client.cancel_order(CUST, hostile, correlation_id=CORR)
+    assert len(responses.calls) == 1  # only the entitlements call went out
+
+
+@pytest.mark.parametrize("uri", [
+    "https://evil.example/v1/customers/%s/entitlements" % CUST,
+    "/customers/11111111-2222-3333-4444-555555555555/entitlements",
+    "/customers/%s/orders" % CUST,
+    "/customers/%s/entitlements/../../orders" % CUST,
+    "/customers/%s/entitlements?x=<script>" % CUST,
+])
+@responses.activate
+def test_hostile_next_links_are_refused(client, uri):
+    responses.get(f"{BASE}/v1/customers/{CUST}/entitlements", body=body({"items": [], "links": {"next": {"uri": uri}}}))
+    with pytest.raises(UnsafeIdError):
+        client.list_entitlement_order_ids(CUST, correlation_id=CORR)
+    assert len(responses.calls) == 1
+
+
+def test_bad_customer_id_never_reaches_a_url(client):
+    with pytest.raises(UnsafeIdError):
+        client.delete_customer("../partners", correlation_id=CORR)

@@ -1,0 +1,250 @@
+"""The two use cases against in-memory fakes (no sockets): every request ends in exactly one outcome."""
+import json
+
+import pytest
+
+from shared.config import Settings
+from shared.errors import RefusedError
+from shared.service import Deps, handle_deletion_request, handle_poll
+from tests.fakes import Clock, FakeCustomer, FakeOrder, FakePartnerCenter, FakePublisher, queue_message
+
+CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
+OTHER = "0a0b0c0d-0000-4000-8000-000000000001"
+CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
+O1, O2, O3 = "A" * 33, "B" * 33, "C" * 33
+OUT, POLL, POISON, POLL_POISON = "customer-deletion-outcomes", "customer-deletion-polls", "customer-deletions-poison", "customer-deletion-polls-poison"
+
+
+@pytest.fixture
+def world(tmp_path):
+    env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "POLL_INTERVAL_SECONDS": "30", "POLL_MAX_INTERVAL_SECONDS": "120",
+           "POLL_TIMEOUT_SECONDS": "600", "PROTECTED_CUSTOMER_IDS": OTHER}
+    pc, pub, clock = FakePartnerCenter(), FakePublisher(), Clock()
+    deps = Deps(settings=Settings.from_env(env, app_root=tmp_path), partner_center=pc, publisher=pub, clock=clock)
+    return pc, pub, clock, deps
+
+
+def request(deps, body, **kw):
+    handle_deletion_request(queue_message(body, **kw), "inv-1", deps)
+
+
+def run_polls(deps, pub, clock, max_hops=50):
+    """Deliver poll messages one by one, advancing the clock by each one's delay, until none is left."""
+    delivered = 0
+    while delivered < len(pub.on(POLL)) and delivered < max_hops:
+        raw, delay = pub.on(POLL)[delivered]
+        delivered += 1
+        clock.advance(delay)
+        handle_poll(queue_message(raw, id=f"poll-{delivered}"), f"inv-p{delivered}", deps)
+    return delivered
+
+
+def the_outcome(pub):
+    outcomes = pub.json_on(OUT)
+    assert len(outcomes) == 1, outcomes
+    return outcomes[0]
+
+
+def test_happy_path_with_cancellation_lag(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=2), O2: FakeOrder(), O3: FakeOrder(status="cancelled")})
+    request(deps, json.dumps({"customerTenantId": CUST, "correlationId": CORR}))
+    assert pc.count("cancel_order") == 2  # O3 was already cancelled
+    (first_poll, delay), = pub.on(POLL)
+    assert delay == 30
+    hops = run_polls(deps, pub, clock)
+    out = the_outcome(pub)
+    assert out["outcome"] == "deleted" and out["customerTenantId"] == CUST and out["correlationId"] == CORR
+    assert out["pollAttempts"] == hops == 3
+    assert [d for _, d in pub.on(POLL)] == [30, 30, 60]  # growing delays
+    assert {o["status"] for o in out["orders"]} == {"cancelled"}
+    assert pc.count("delete_customer") == 1 and CUST not in pc.customers
+    assert pub.on(POISON) == []
+
+
+def test_no_orders_polls_without_delay(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({})
+    request(deps, CUST)
+    assert pub.on(POLL)[0][1] == 0
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "deleted"
+    assert pc.count("cancel_order") == 0
+
+
+def test_all_already_cancelled_polls_without_delay(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(status="Cancelled"), O2: FakeOrder(status="CANCELLED")})
+    request(deps, CUST)
+    assert pub.on(POLL)[0][1] == 0 and pc.count("cancel_order") == 0
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "deleted"
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"customerTenantId": "../../v1/partners"}', b"\xff\xfe", b'{"customerTenantId": "%s", "dryRun": "no"}' % CUST.encode()])
+def test_invalid_request_rejected_poisoned_zero_calls(world, body):
+    pc, pub, clock, deps = world
+    request(deps, body)
+    assert pc.calls == []
+    out = the_outcome(pub)
+    assert out["outcome"] == "rejected" and "invalid deletion request" in out["detail"]
+    assert pub.on(POISON) == [(body, 0)]  # the original bytes, for a redrive
+    assert pub.on(POLL) == []
+
+
+def test_unknown_customer_is_not_found(world):
+    pc, pub, clock, deps = world
+    request(deps, CUST)
+    out = the_outcome(pub)
+    assert out["outcome"] == "not_found" and "60003" in out["detail"]
+    assert pub.on(POISON) == []
+
+
+def test_protected_customer_never_touched(world):
+    pc, pub, clock, deps = world
+    pc.customers[OTHER] = FakeCustomer({O1: FakeOrder()})
+    for body in (OTHER, OTHER.upper(), json.dumps({"customerTenantId": OTHER.upper(), "dryRun": False})):
+        request(deps, body)
+    assert pc.calls == []
+    assert [o["outcome"] for o in pub.json_on(OUT)] == ["rejected"] * 3
+
+
+def test_protected_customer_checked_again_at_poll(world, tmp_path):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({})
+    request(deps, CUST)
+    deps.settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": CUST}, app_root=tmp_path)
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "rejected" and pc.count("delete_customer") == 0
+
+
+def test_dry_run_reads_only(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(), O2: FakeOrder(status="cancelled")})
+    request(deps, json.dumps({"customerTenantId": CUST, "dryRun": True}))
+    out = the_outcome(pub)
+    assert out["outcome"] == "dry_run" and O1 in out["detail"] and O2 not in out["detail"]
+    assert {c[0] for c in pc.calls} == {"get_customer", "entitlements", "get_order"}
+    assert pub.on(POLL) == [] and CUST in pc.customers
+
+
+def test_refused_cancel_fails_with_partner_center_text(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(refuse=RefusedError(400, "900117", "You have passed your 60-day cancellation window.", method="PATCH", path="/x"))})
+    request(deps, CUST, id="m-9")
+    out = the_outcome(pub)
+    assert out["outcome"] == "failed" and "900117" in out["detail"] and "60-day" in out["detail"]
+    assert pub.on(POISON) == [(CUST.encode(), 0)]
+    assert pc.count("delete_customer") == 0
+
+
+def test_conflict_waits_for_next_poll(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(conflict=True)})
+    request(deps, CUST)
+    assert pub.on(POLL)[0][1] == 30
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "deleted"
+    assert pc.count("cancel_order") == 2
+
+
+def test_order_falling_back_is_cancelled_again(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=5)})
+    request(deps, CUST)
+    pc.customers[CUST].orders[O1] = FakeOrder(status="completed")  # fell back to an active state
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "deleted"
+    assert pc.count("cancel_order") == 2
+
+
+def test_never_cancelling_orders_time_out_without_delete(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=10**6), O2: FakeOrder()})
+    request(deps, CUST)
+    hops = run_polls(deps, pub, clock)
+    out = the_outcome(pub)
+    assert out["outcome"] == "timed_out" and O1 in out["detail"] and O2 not in out["detail"]
+    assert out["pollAttempts"] == hops
+    assert pc.count("delete_customer") == 0
+    assert json.loads(pub.on(POISON)[0][0])["customerTenantId"] == CUST  # a redrivable request
+    assert max(d for _, d in pub.on(POLL)) <= 120
+
+
+def test_delete_refused_goes_back_to_polling_then_fails(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+    pc.delete_refusals = 1
+    request(deps, CUST)
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "deleted" and pc.count("delete_customer") == 2
+
+    pub.sent.clear()
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+    pc.delete_refusals = 99
+    request(deps, CUST)
+    run_polls(deps, pub, clock)
+    out = the_outcome(pub)
+    assert out["outcome"] == "failed" and "cannot be removed due to active" in out["detail"]
+    assert pc.count("delete_customer") == 2 + 3
+
+
+def test_lost_delete_answer_then_redelivered_hop_is_deleted(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+    pc.lose_delete_answer = True
+    request(deps, CUST)
+    raw, _ = pub.on(POLL)[0]
+    with pytest.raises(ConnectionError):
+        handle_poll(queue_message(raw, id="p"), "inv", deps)
+    handle_poll(queue_message(raw, id="p", dequeue_count=2), "inv", deps)  # the host redelivers the hop
+    out = the_outcome(pub)
+    assert out["outcome"] == "deleted" and "confirmed" in out["detail"]
+
+
+def test_order_404_with_customer_present_fails(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=3)})
+    request(deps, CUST)
+    del pc.customers[CUST].orders[O1]
+    run_polls(deps, pub, clock)
+    out = the_outcome(pub)
+    assert out["outcome"] == "failed" and "20000" in out["detail"]
+    assert pc.count("delete_customer") == 0
+
+
+def test_throttled_poll_hop_reenqueues_itself_with_retry_after(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=1)})
+    request(deps, CUST)
+    pc.throttle_next = 75
+    run_polls(deps, pub, clock)
+    assert [d for _, d in pub.on(POLL)][1] == 75
+    assert the_outcome(pub)["outcome"] == "deleted"
+
+
+def test_duplicate_request_deletes_once(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+    request(deps, CUST, id="same")
+    request(deps, CUST, id="same", dequeue_count=2)  # redelivered before the first chain finished
+    run_polls(deps, pub, clock)
+    outcomes = pub.json_on(OUT)
+    assert pc.count("delete_customer") == 2 and CUST not in pc.customers  # the second one found it gone
+    assert {(o["outcome"], o["correlationId"]) for o in outcomes} == {("deleted", outcomes[0]["correlationId"])}
+
+
+def test_last_delivery_records_failure_instead_of_vanishing(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+    request(deps, CUST, dequeue_count=5)
+    out = the_outcome(pub)
+    assert out["outcome"] == "failed" and "5 times" in out["detail"]
+    assert pub.on(POISON) == [(CUST.encode(), 0)] and pc.calls == []
+
+
+def test_invalid_poll_message_is_rejected_into_poll_poison(world):
+    pc, pub, clock, deps = world
+    handle_poll(queue_message(b'{"schemaVersion": 1, "kind": "poll"}'), "inv", deps)
+    assert the_outcome(pub)["outcome"] == "rejected"
+    assert pub.on(POLL_POISON) == [(b'{"schemaVersion": 1, "kind": "poll"}', 0)] and pc.calls == []
