@@ -1,0 +1,1 @@
+"""Development tools (emulator, local host, demo, reliability run). Never deployed (see .funcignore)."""

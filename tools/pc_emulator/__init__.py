@@ -1,0 +1,1 @@
+"""Partner Center sandbox emulator: ``python -m tools.pc_emulator --help``."""

@@ -1,0 +1,70 @@
+"""Start the Partner Center sandbox emulator: HTTPS on loopback, with a certificate authority it generates.
+
+    python -m tools.pc_emulator --seed tools/pc_emulator/sample_sandbox.json --port 8443 --state-dir .local/emulator
+
+It writes ``<state-dir>/ca.pem`` (trust it with ``REQUESTS_CA_BUNDLE``) and ``<state-dir>/emulator.json`` (its URL),
+and prints one line when it is ready. Stop it with Ctrl-C or SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import ssl
+import sys
+import threading
+from pathlib import Path
+
+import trustme
+
+from tools.pc_emulator.server import EmulatorServer, Sandbox
+
+HERE = Path(__file__).resolve().parent
+
+
+def make_tls(state_dir: Path) -> tuple[ssl.SSLContext, Path]:
+    """A fresh CA per start; the server certificate covers 127.0.0.1, ::1 and localhost."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA(organization_name="Partner Center emulator (local testing only)")
+    cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    ca_path = state_dir / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    return context, ca_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.pc_emulator", description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", default=str(HERE / "sample_sandbox.json"), help="sandbox JSON file (default: the sample)")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8443, help="port, 0 for any free one (default 8443)")
+    parser.add_argument("--state-dir", default=".local/emulator", help="where ca.pem and emulator.json go")
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("the emulator listens on loopback only")
+
+    seed = json.loads(Path(args.seed).read_text(encoding="utf-8"))
+    state_dir = Path(args.state_dir)
+    context, ca_path = make_tls(state_dir)
+    server = EmulatorServer((args.host, args.port), Sandbox(seed), context)
+    port = server.server_address[1]
+    url = f"https://127.0.0.1:{port}"
+    (state_dir / "emulator.json").write_text(json.dumps({"url": url, "ca": str(ca_path.resolve()), "partner": seed.get("partner")}), encoding="utf-8")
+
+    def stop(*_: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"Partner Center emulator listening on {url} (CA {ca_path}); admin: {url}/_emulator/state", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

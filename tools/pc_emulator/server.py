@@ -1,0 +1,535 @@
+"""A local Partner Center integration-sandbox emulator (HTTPS on loopback), with an Entra ID token endpoint.
+
+It behaves like the documented API (../shared/reference/partner-center-api.md): customers (get, paged list),
+entitlements (paged, nested), orders (get, list, PATCH to cancel with a configurable lag), DELETE customer with the
+documented refusal while orders are active, error bodies in the documented shapes, a per-tenant rate limit answering
+429 with Retry-After, a UTF-8 BOM on every body, and injected faults. Admin endpoints under ``/_emulator/`` expose
+the state, the request log, the knobs and the faults. Development tool: never deployed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import re
+import secrets
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+ORDER = r"[A-Za-z0-9_-]{1,64}"
+BOM = b"\xef\xbb\xbf"
+
+DEFAULT_KNOBS: dict[str, Any] = {
+    "bom": True,  # a UTF-8 BOM before every JSON body
+    "statusCase": "lower",  # lower | title | upper: casing of order statuses on the wire
+    "rateLimitPerWindow": 500,  # requests per partner tenant per window (documented: 500/minute)
+    "rateLimitWindowSeconds": 60,
+    "entitlementsPageSize": 0,  # 0: one page; n: page through links.next + MS-ContinuationToken
+    "cancellationWindowDays": 60,  # orders older than this refuse PATCH (900117)
+    "secondCancel": "idempotent",  # idempotent | error (800061) when an already cancelled order is cancelled again
+    "deleteRefusalStatus": 400,  # HTTP status of the DELETE refusal while orders are active
+    "tokenLifetimeSeconds": 3600,
+    "randomSeed": 1,
+}
+
+
+class Drop(Exception):
+    """Close the connection without an answer."""
+
+
+@dataclass
+class Fault:
+    kind: str  # status | throttle | drop | slow
+    method: str = "*"
+    path: str = ".*"
+    share: float = 1.0
+    times: int | None = None  # remaining injections; None: unlimited
+    status: int = 503
+    seconds: float = 1.0  # slow: delay; throttle: Retry-After
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Fault":
+        fault = cls(**{k: data[k] for k in ("kind", "method", "path", "share", "times", "status", "seconds") if k in data})
+        if fault.kind not in ("status", "throttle", "drop", "slow"):
+            raise ValueError(f"unknown fault kind {fault.kind!r}")
+        re.compile(fault.path)
+        return fault
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Sandbox:
+    """All emulator state, guarded by one lock."""
+
+    def __init__(self, seed: dict):
+        self.lock = threading.RLock()
+        self.seed = copy.deepcopy(seed)
+        self.reset()
+
+    def reset(self, seed: dict | None = None) -> None:
+        with self.lock:
+            if seed is not None:
+                self.seed = copy.deepcopy(seed)
+            s = self.seed
+            self.partner = dict(s.get("partner") or {})
+            self.knobs = dict(DEFAULT_KNOBS, **(s.get("knobs") or {}))
+            self.random = random.Random(self.knobs["randomSeed"])
+            self.faults = [Fault.from_json(f) for f in s.get("faults") or []]
+            self.customers: dict[str, dict] = {}
+            self.deleted: dict[str, list[str]] = {}  # customer id -> times of accepted DELETEs
+            self.violations: list[dict] = []  # DELETEs received while an order was not cancelled
+            self.tokens: dict[str, float] = {}
+            self.log: list[dict] = []
+            self.windows: dict[str, deque] = {}
+            self.continuations: dict[str, tuple[str, int]] = {}
+            for customer in s.get("customers") or []:
+                self.add_customer(customer)
+
+    def add_customer(self, data: dict) -> None:
+        with self.lock:
+            cid = data["id"].lower()
+            orders = {}
+            now = _now()
+            for o in data.get("orders") or []:
+                age = float(o.get("ageDays", 1))
+                orders[o["id"]] = {
+                    "id": o["id"],
+                    "alternateId": o.get("alternateId") or secrets.token_hex(6),
+                    "status": o.get("status", "completed"),
+                    "creationDate": _iso(now - timedelta(days=age)),
+                    "ageDays": age,
+                    "kind": o.get("kind", "reservedInstance"),  # reservedInstance | software | license
+                    "cancelAfterReads": int(o.get("cancelAfterReads", 0)),
+                    "cancelAfterSeconds": float(o.get("cancelAfterSeconds", 0)),
+                    "neverCancels": bool(o.get("neverCancels", False)),
+                    "cancelRequestedAt": None,
+                    "readsSinceCancel": 0,
+                    "patches": 0,
+                }
+            entitlements = data.get("entitlements")
+            if entitlements is None:
+                entitlements = [
+                    {"referenceOrder": {"id": oid, "lineItemId": "0", "alternateId": o["alternateId"]},
+                     "productId": "DZH318Z0BQ3W", "skuId": "007J", "quantity": 1,
+                     "entitlementType": "software" if o["kind"] == "software" else "reservedinstance",
+                     "includedEntitlements": [], "entitledArtifacts": []}
+                    for oid, o in orders.items() if o["kind"] != "license"
+                ]
+            self.customers[cid] = {
+                "id": cid,
+                "companyName": data.get("companyName", f"Test customer {cid[:8]}"),
+                "domain": data.get("domain", f"test{cid[:8]}.onmicrosoft.com"),
+                "orders": orders,
+                "entitlements": entitlements,
+            }
+
+    # -- order state machine --------------------------------------------------------------------------------------
+
+    def _advance(self, order: dict) -> None:
+        if order["status"] != "pending" or order["cancelRequestedAt"] is None or order["neverCancels"]:
+            return
+        order["readsSinceCancel"] += 1
+        waited = time.time() - order["cancelRequestedAt"]
+        if order["readsSinceCancel"] > order["cancelAfterReads"] and waited >= order["cancelAfterSeconds"]:
+            order["status"] = "cancelled"
+
+    def wire_status(self, status: str) -> str:
+        case = self.knobs.get("statusCase", "lower")
+        return status.upper() if case == "upper" else status.title() if case == "title" else status.lower()
+
+    def order_json(self, cid: str, order: dict) -> dict:
+        return {
+            "id": order["id"], "alternateId": order["alternateId"], "referenceCustomerId": cid, "billingCycle": "one_time",
+            "currencyCode": "USD", "currencySymbol": "$", "creationDate": order["creationDate"],
+            "status": self.wire_status(order["status"]), "transactionType": "UserPurchase",
+            "lineItems": [{"lineItemNumber": 0, "offerId": "DZH318Z0BQ3W:007J:DZH318Z0BQ3W", "friendlyName": "Reserved VM Instance", "quantity": 1}],
+            "links": {"self": {"uri": f"/customers/{cid}/orders/{order['id']}", "method": "GET", "headers": []}},
+            "attributes": {"objectType": "Order"},
+        }
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {
+                "knobs": self.knobs,
+                "faults": [f.to_json() for f in self.faults],
+                "customers": {cid: {"companyName": c["companyName"], "orders": {oid: {k: o[k] for k in ("status", "alternateId", "patches", "kind")} for oid, o in c["orders"].items()}}
+                              for cid, c in self.customers.items()},
+                "deleted": self.deleted,
+                "violations": self.violations,
+                "requests": len(self.log),
+            }
+
+
+def error(status: int, code: Any, description: str, shape: str = "classic") -> tuple[int, dict, dict]:
+    if shape == "gateway":
+        return status, {"statusCode": status, "message": description}, {}
+    if shape == "new":
+        return status, {"code": code, "message": description, "description": description, "errorName": "Error",
+                        "isRetryable": status >= 500, "parameters": {}, "errorMessageExtended": f"InternalErrorCode={code}"}, {}
+    return status, {"code": code, "description": description, "data": [], "source": "PartnerFD"}, {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "EmulatorServer"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet; the request log is the record
+        pass
+
+    # one entry point for every method
+    def do_GET(self) -> None: self._handle("GET")
+    def do_POST(self) -> None: self._handle("POST")
+    def do_PATCH(self) -> None: self._handle("PATCH")
+    def do_DELETE(self) -> None: self._handle("DELETE")
+    def do_PUT(self) -> None: self._handle("PUT")
+
+    def _handle(self, method: str) -> None:
+        sandbox = self.server.sandbox
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        path, query = parts.path, {k.lower(): v for k, v in parse_qs(parts.query).items()}
+        entry = {"time": _iso(_now()), "method": method, "path": path, "query": parts.query,
+                 "requestId": self.headers.get("MS-RequestId"), "correlationId": self.headers.get("MS-CorrelationId"),
+                 "continuation": self.headers.get("MS-ContinuationToken"), "auth": bool(self.headers.get("Authorization")),
+                 "status": None}
+        try:
+            if path.startswith("/_emulator/"):
+                status, body, headers = self._admin(method, path, query, raw)
+            else:
+                with sandbox.lock:
+                    entry["seq"] = len(sandbox.log)
+                    sandbox.log.append(entry)
+                status, body, headers = self._faulted(method, path, query, raw)
+        except Drop:
+            entry["status"] = "dropped"
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        entry["status"] = status
+        self._send(status, body, headers, bom=not path.startswith("/_emulator/") and "oauth2" not in path and "well-known" not in path)
+
+    def _send(self, status: int, body: Any, headers: dict, *, bom: bool) -> None:
+        data = b"" if body is None else json.dumps(body).encode("utf-8")
+        if data and bom and self.server.sandbox.knobs.get("bom"):
+            data = BOM + data
+        self.send_response(status)
+        if data:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for key in ("MS-RequestId", "MS-CorrelationId"):
+            if self.headers.get(key):
+                self.send_header(key, self.headers[key])
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if data:
+            self.wfile.write(data)
+
+    # -- faults, rate limit, auth ----------------------------------------------------------------------------------
+
+    def _faulted(self, method: str, path: str, query: dict, raw: bytes) -> tuple[int, Any, dict]:
+        sandbox = self.server.sandbox
+        with sandbox.lock:
+            chosen = None
+            for fault in sandbox.faults:
+                if fault.method not in ("*", method) or not re.search(fault.path, path):
+                    continue
+                if fault.times is not None and fault.times <= 0:
+                    continue
+                if sandbox.random.random() >= fault.share:
+                    continue
+                if fault.times is not None:
+                    fault.times -= 1
+                chosen = copy.copy(fault)
+                break
+        if chosen is not None:
+            if chosen.kind == "drop":
+                raise Drop()
+            if chosen.kind == "slow":
+                time.sleep(chosen.seconds)
+            elif chosen.kind == "throttle":
+                secs = max(1, math.ceil(chosen.seconds))
+                return 429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {secs} seconds."}, {"Retry-After": str(secs)}
+            elif chosen.kind == "status":
+                return error(chosen.status, 800003 if chosen.status >= 500 else chosen.status, "Unexpected service error (injected)", "new")
+        if "/oauth2/" in path or "/.well-known/" in path:
+            return self._identity(method, path, raw)
+        return self._api(method, path, query, raw)
+
+    def _identity(self, method: str, path: str, raw: bytes) -> tuple[int, Any, dict]:
+        sandbox = self.server.sandbox
+        host = f"https://{self.headers.get('Host')}"
+        m = re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", path)
+        if m and method == "GET":
+            t = m.group(1)
+            return 200, {"issuer": f"{host}/{t}/v2.0", "token_endpoint": f"{host}/{t}/oauth2/v2.0/token",
+                         "authorization_endpoint": f"{host}/{t}/oauth2/v2.0/authorize", "jwks_uri": f"{host}/{t}/discovery/v2.0/keys",
+                         "response_types_supported": ["code", "token"], "subject_types_supported": ["pairwise"],
+                         "id_token_signing_alg_values_supported": ["RS256"], "tenant_region_scope": "NA"}, {}
+        m = re.fullmatch(r"/([^/]+)/oauth2/(v2\.0/)?token", path)
+        if m and method == "POST":
+            form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+            partner = sandbox.partner
+            if m.group(1).lower() != str(partner.get("tenantId", "")).lower():
+                return 400, {"error": "invalid_tenant", "error_description": "AADSTS90002: Tenant not found."}, {}
+            if form.get("grant_type") != "client_credentials":
+                return 400, {"error": "unsupported_grant_type", "error_description": "AADSTS70003: only client_credentials"}, {}
+            if form.get("client_id") != partner.get("clientId") or form.get("client_secret") != partner.get("clientSecret"):
+                return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}, {}
+            token = "emu-" + secrets.token_urlsafe(32)
+            lifetime = int(sandbox.knobs["tokenLifetimeSeconds"])
+            with sandbox.lock:
+                sandbox.tokens[token] = time.time() + lifetime
+            return 200, {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}, {}
+        return error(404, 404, "Resource not found", "gateway")
+
+    def _authorised(self) -> bool:
+        header = self.headers.get("Authorization") or ""
+        if not header.startswith("Bearer "):
+            return False
+        expiry = self.server.sandbox.tokens.get(header[7:])
+        return expiry is not None and expiry > time.time()
+
+    def _throttled(self) -> tuple[int, Any, dict] | None:
+        sandbox = self.server.sandbox
+        key = str(sandbox.partner.get("tenantId"))
+        limit, window = int(sandbox.knobs["rateLimitPerWindow"]), float(sandbox.knobs["rateLimitWindowSeconds"])
+        now = time.time()
+        with sandbox.lock:
+            q = sandbox.windows.setdefault(key, deque())
+            while q and q[0] <= now - window:
+                q.popleft()
+            if len(q) >= limit:
+                wait = max(1, math.ceil(q[0] + window - now))
+                return 429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {wait} seconds."}, {"Retry-After": str(wait)}
+            q.append(now)
+        return None
+
+    # -- the API -----------------------------------------------------------------------------------------------------
+
+    def _api(self, method: str, path: str, query: dict, raw: bytes) -> tuple[int, Any, dict]:
+        if not self._authorised():
+            return 401, {"code": 800001, "description": "Partner Token missing in request context", "data": [], "source": "PartnerFD"}, \
+                {"WWW-Authenticate": "OAuth realm=urn:cpsvc:cpid:emulator"}
+        limited = self._throttled()
+        if limited:
+            return limited
+        sandbox = self.server.sandbox
+        with sandbox.lock:
+            if method == "GET" and path.rstrip("/") == "/v1/customers":
+                return self._list_customers(query)
+            m = re.fullmatch(rf"/v1/customers/({GUID})(/entitlements|/orders(?:/({ORDER}))?)?/?", path)
+            if not m:
+                return error(404, 404, "Resource not found", "gateway")
+            cid, sub, oid = m.group(1).lower(), m.group(2), m.group(3)
+            customer = sandbox.customers.get(cid)
+            if customer is None:
+                return error(404, 60003, "Tenant not found")
+            if sub is None:
+                if method == "GET":
+                    return 200, {"id": cid, "companyProfile": {"tenantId": cid, "domain": customer["domain"], "companyName": customer["companyName"]},
+                                 "relationshipToPartner": "reseller", "attributes": {"objectType": "Customer"}}, {}
+                if method == "DELETE":
+                    return self._delete_customer(cid, customer)
+                return error(405, 405, "Method not allowed")
+            if sub == "/entitlements" and method == "GET":
+                return self._entitlements(cid, customer, query)
+            if sub == "/orders" and method == "GET":
+                items = []
+                for order in customer["orders"].values():
+                    sandbox._advance(order)
+                    items.append(sandbox.order_json(cid, order))
+                return 200, {"totalCount": len(items), "items": items, "links": {"self": {"uri": f"/customers/{cid}/orders", "method": "GET", "headers": []}},
+                             "attributes": {"objectType": "Collection"}}, {}
+            if oid:
+                order = customer["orders"].get(oid)
+                if order is None:
+                    return error(404, 20000, "Order Id not found")
+                if method == "GET":
+                    sandbox._advance(order)
+                    return 200, sandbox.order_json(cid, order), {}
+                if method == "PATCH":
+                    return self._cancel(cid, order, raw)
+            return error(405, 405, "Method not allowed")
+
+    def _list_customers(self, query: dict) -> tuple[int, Any, dict]:
+        sandbox = self.server.sandbox
+        size = int((query.get("size") or ["40"])[0])
+        ids = sorted(sandbox.customers)
+        start = 0
+        token = self.headers.get("MS-ContinuationToken")
+        if (query.get("seekoperation") or [""])[0].lower() == "next":
+            if not token or token not in sandbox.continuations:
+                return error(400, 800002, "Invalid request input: continuation token")
+            start = sandbox.continuations.pop(token)[1]
+        page = ids[start:start + size]
+        items = [{"id": c, "companyProfile": {"tenantId": c, "domain": sandbox.customers[c]["domain"], "companyName": sandbox.customers[c]["companyName"]},
+                  "relationshipToPartner": "reseller", "attributes": {"objectType": "Customer"}} for c in page]
+        body: dict = {"totalCount": len(items), "items": items, "links": {"self": {"uri": f"/customers?size={size}", "method": "GET", "headers": []}},
+                      "attributes": {"objectType": "Collection"}}
+        if start + size < len(ids):
+            nxt = secrets.token_urlsafe(16)
+            sandbox.continuations[nxt] = ("customers", start + size)
+            body["continuationToken"] = nxt
+            body["links"]["next"] = {"uri": f"/customers?size={size}&seekOperation=Next", "method": "GET",
+                                     "headers": [{"key": "MS-ContinuationToken", "value": nxt}]}
+        return 200, body, {}
+
+    def _entitlements(self, cid: str, customer: dict, query: dict) -> tuple[int, Any, dict]:
+        sandbox = self.server.sandbox
+        items = customer["entitlements"]
+        wanted = (query.get("entitlementtype") or [""])[0].lower()
+        if wanted:
+            items = [e for e in items if str(e.get("entitlementType", "")).lower() in (wanted, "virtualmachine" + wanted)]
+        size = int(sandbox.knobs.get("entitlementsPageSize") or 0)
+        start = 0
+        if (query.get("seekoperation") or [""])[0].lower() == "next":
+            token = self.headers.get("MS-ContinuationToken")
+            if not token or sandbox.continuations.get(token, ("", 0))[0] != cid:
+                return error(400, 800002, "Invalid request input: continuation token")
+            start = sandbox.continuations.pop(token)[1]
+        page = items[start:start + size] if size else items
+        body: dict = {"totalCount": len(items), "items": page, "attributes": {"objectType": "Collection"},
+                      "links": {"self": {"uri": f"/customers/{cid}/entitlements", "method": "GET", "headers": []}}}
+        if size and start + size < len(items):
+            nxt = secrets.token_urlsafe(16)
+            sandbox.continuations[nxt] = (cid, start + size)
+            body["continuationToken"] = nxt
+            body["links"]["next"] = {"uri": f"/customers/{cid}/entitlements?seekOperation=Next", "method": "GET",
+                                     "headers": [{"key": "MS-ContinuationToken", "value": nxt}]}
+        return 200, body, {}
+
+    def _cancel(self, cid: str, order: dict, raw: bytes) -> tuple[int, Any, dict]:
+        sandbox = self.server.sandbox
+        try:
+            body = json.loads(raw.decode("utf-8-sig") or "{}")
+        except ValueError:
+            return error(400, 800002, "Invalid request input")
+        if not isinstance(body, dict) or str(body.get("status", "")).lower() != "cancelled" or body.get("id", order["id"]) != order["id"]:
+            return error(400, 3000, "Invalid property: status must be cancelled and id must match")
+        order["patches"] += 1
+        if order["kind"] == "license":
+            return error(400, 800063, f"This order {order['id']} cannot be canceled. Use PATCH /customers/{cid}/subscriptions/<subscriptionId> to suspend subscriptions")
+        if order["ageDays"] > float(sandbox.knobs["cancellationWindowDays"]):
+            days = int(sandbox.knobs["cancellationWindowDays"])
+            return error(400, 900117, f"You have passed your {days}-day cancellation window. We are unable to cancel your purchase", "new")
+        if order["status"] == "cancelled":
+            if sandbox.knobs.get("secondCancel") == "error":
+                return error(400, 800061, "Order cannot be canceled")
+            return 200, sandbox.order_json(cid, order), {}
+        if order["status"] != "pending" or order["cancelRequestedAt"] is None:
+            order["cancelRequestedAt"] = time.time()
+            order["readsSinceCancel"] = 0
+            instant = not order["neverCancels"] and order["cancelAfterReads"] == 0 and order["cancelAfterSeconds"] == 0
+            order["status"] = "cancelled" if instant else "pending"
+        return 200, sandbox.order_json(cid, order), {}
+
+    def _delete_customer(self, cid: str, customer: dict) -> tuple[int, Any, dict]:
+        sandbox = self.server.sandbox
+        referenced = {e_id for e in customer["entitlements"] for e_id in _order_ids(e)}
+        active = [o for oid, o in customer["orders"].items() if oid in referenced and o["status"] != "cancelled"]
+        if active:
+            sandbox.violations.append({"customer": cid, "time": _iso(_now()), "openOrders": [o["id"] for o in active]})
+            alt = ",".join(o["alternateId"] for o in active)
+            return error(int(sandbox.knobs["deleteRefusalStatus"]), 800000,
+                         f"Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the following orders: {alt}")
+        del sandbox.customers[cid]
+        sandbox.deleted.setdefault(cid, []).append(_iso(_now()))
+        return 204, None, {}
+
+    # -- admin ---------------------------------------------------------------------------------------------------------
+
+    def _admin(self, method: str, path: str, query: dict, raw: bytes) -> tuple[int, Any, dict]:
+        sandbox = self.server.sandbox
+        try:
+            data = json.loads(raw.decode("utf-8") or "null")
+        except ValueError:
+            return 400, {"error": "body is not JSON"}, {}
+        name = path[len("/_emulator/"):].strip("/")
+        with sandbox.lock:
+            if name == "state" and method == "GET":
+                return 200, sandbox.snapshot(), {}
+            if name == "requests" and method == "GET":
+                since = int((query.get("since") or ["0"])[0])
+                return 200, {"requests": sandbox.log[since:], "next": len(sandbox.log)}, {}
+            if name == "knobs" and method == "POST" and isinstance(data, dict):
+                unknown = set(data) - set(DEFAULT_KNOBS)
+                if unknown:
+                    return 400, {"error": f"unknown knobs {sorted(unknown)}"}, {}
+                sandbox.knobs.update(data)
+                if "randomSeed" in data:
+                    sandbox.random.seed(data["randomSeed"])
+                return 200, sandbox.knobs, {}
+            if name == "faults" and method == "POST" and isinstance(data, list):
+                try:
+                    sandbox.faults = [Fault.from_json(f) for f in data]
+                except (TypeError, ValueError, re.error) as exc:
+                    return 400, {"error": str(exc)}, {}
+                return 200, [f.to_json() for f in sandbox.faults], {}
+            if name == "customers" and method == "POST" and isinstance(data, list):
+                for customer in data:
+                    sandbox.add_customer(customer)
+                return 200, {"customers": len(sandbox.customers)}, {}
+            if name == "reset" and method == "POST":
+                sandbox.reset(data if isinstance(data, dict) else None)
+                return 200, {"customers": len(sandbox.customers)}, {}
+        return 404, {"error": f"no admin endpoint {method} {path}"}, {}
+
+
+def _order_ids(entitlement: dict) -> list[str]:
+    ids, stack = [], [entitlement]
+    while stack:
+        e = stack.pop()
+        ref = e.get("referenceOrder") or {}
+        if ref.get("id"):
+            ids.append(ref["id"])
+        stack.extend(e.get("includedEntitlements") or [])
+    return ids
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox, ssl_context: ssl.SSLContext | None):
+        super().__init__(address, Handler)
+        self.sandbox = sandbox
+        self.ssl_context = ssl_context
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        if self.ssl_context is None:
+            return sock, addr
+        # The TLS handshake happens on first read, in the handler thread, so a slow client cannot stall accept().
+        return self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # client went away: not our problem
+        pass
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
