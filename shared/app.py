@@ -20,7 +20,7 @@ def _build() -> Deps:
     from azure.storage.queue import QueueServiceClient
 
     from shared.auth import partner_center_credential, storage_credential
-    from shared.partner_center import PartnerCenterClient
+    from shared.partner_center import PartnerCenterClient, RetryPolicy
     from shared.queues import QueuePublisher
 
     settings = get_settings()
@@ -28,7 +28,8 @@ def _build() -> Deps:
         service = QueueServiceClient.from_connection_string(settings.storage.connection_string)
     else:
         service = QueueServiceClient(settings.storage.queue_service_uri, credential=storage_credential(settings.storage))
-    client = PartnerCenterClient(settings.base_url, partner_center_credential(settings), settings.scope)
+    policy = RetryPolicy(read_timeout=float(settings.read_timeout), max_total_seconds=float(settings.retry_budget))
+    client = PartnerCenterClient(settings.base_url, partner_center_credential(settings), settings.scope, policy=policy)
     log.info("customer deletion app configured: Partner Center %s, queues %s / %s / %s",
              settings.base_url, settings.delete_queue, settings.poll_queue, settings.outcomes_queue)
     return Deps(settings=settings, partner_center=client, publisher=QueuePublisher(service))

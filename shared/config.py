@@ -41,6 +41,8 @@ DEFAULTS: dict[str, str] = {
     "POLL_MAX_INTERVAL_SECONDS": "600",
     "POLL_TIMEOUT_SECONDS": "21600",
     "PROTECTED_CUSTOMER_IDS": "",
+    "PARTNER_CENTER_TIMEOUT_SECONDS": "30",
+    "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "60",
 }
 
 #: Entra ID authority hosts of the Microsoft clouds; any other host gets instance discovery switched off,
@@ -106,6 +108,8 @@ class Settings:
     poll_timeout: int
     protected_ids: frozenset[str]
     max_dequeue_count: int = 5
+    read_timeout: int = 30
+    retry_budget: int = 60
 
     @property
     def delete_poison_queue(self) -> str:
@@ -178,6 +182,8 @@ class Settings:
                 # A protection entry that cannot be read must stop the app: ignoring it could delete that customer.
                 problems.append(f"PROTECTED_CUSTOMER_IDS has an entry that is not a GUID: {item[:60]!r}")
 
+        read_timeout = _seconds("PARTNER_CENTER_TIMEOUT_SECONDS", get("PARTNER_CENTER_TIMEOUT_SECONDS"), problems, minimum=1, maximum=300)
+        retry_budget = _seconds("PARTNER_CENTER_RETRY_BUDGET_SECONDS", get("PARTNER_CENTER_RETRY_BUDGET_SECONDS"), problems, minimum=1, maximum=3600)
         max_dequeue = host_max_dequeue_count(app_root, env, problems)
 
         if problems:
@@ -199,6 +205,8 @@ class Settings:
             poll_timeout=timeout,
             protected_ids=frozenset(protected),
             max_dequeue_count=max_dequeue,
+            read_timeout=read_timeout,
+            retry_budget=retry_budget,
         )
 
 

@@ -1,0 +1,46 @@
+# Everything a new machine needs: Python 3.10-3.12 and Node 20 with npm. `make demo` and `make test` do the rest.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: setup demo test unit integration reliability emulator host clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 12), "Python 3.10-3.12 is needed (azure-functions 1.x), found " + sys.version.split()[0]'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## demo: Azurite + the Partner Center emulator + the local host; watch one customer being deleted
+demo: setup
+	$(PY) -m tools.demo
+
+## test: every test (unit, function and integration tests; Azurite and the emulator are started by the run)
+test: setup
+	$(PY) -m pytest
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/functions tests/integration
+
+## reliability: many deletions under injected faults and host kills; prints the table kept in the README
+reliability: setup
+	$(PY) -m tools.reliability
+
+## emulator / host: run one piece by hand (see the README)
+emulator: setup
+	$(PY) -m tools.pc_emulator --port 8443 --state-dir .local/emulator
+
+host: setup
+	$(PY) -m tools.local_host --settings local.settings.json
+
+clean:
+	rm -rf $(VENV) node_modules .local .pytest_cache .hypothesis

@@ -1,0 +1,69 @@
+"""Session fixtures: Azurite and the Partner Center emulator, started by the test run itself (loopback only)."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tools import devenv
+from tools.pc_emulator.server import DEFAULT_KNOBS
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("run")
+
+
+@pytest.fixture(scope="session")
+def azurite(run_dir):
+    child, port = devenv.start_azurite(run_dir)
+    yield devenv.azurite_connection_string(port)
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator(run_dir):
+    emu = devenv.start_emulator(run_dir)
+    yield emu
+    emu.child.stop()
+
+
+@pytest.fixture
+def pc(emulator):
+    """The emulator with default knobs and no faults for this test."""
+    emulator.knobs(**DEFAULT_KNOBS)
+    emulator.faults([])
+    yield emulator
+    emulator.faults([])
+
+
+@pytest.fixture
+def queues(azurite):
+    return devenv.Queues(azurite)
+
+
+def new_customer(orders=(), **extra) -> dict:
+    """A customer with a fresh id; ``orders`` are dicts of emulator order knobs (ids made up here)."""
+    cid = str(uuid.uuid4())
+    made = []
+    for knobs in orders:
+        made.append({"id": uuid.uuid4().hex + "A", **knobs})  # 33 URL-safe characters
+    return {"id": cid, "orders": made, **extra}
+
+
+@pytest.fixture
+def make_customer(pc):
+    def make(orders=(), **extra):
+        customer = new_customer(orders, **extra)
+        pc.add_customers([customer])
+        return customer
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "/integration/" in str(item.fspath) or "/functions/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+

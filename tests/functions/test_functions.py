@@ -1,0 +1,114 @@
+"""Each function's ``main`` called with a real QueueMessage (built as the worker builds it) against Azurite and the
+emulator over real HTTPS, with the real azure-identity credential and azure-storage-queue client."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import types
+import uuid
+
+import pytest
+
+import delete_customer
+import poll_orders
+from shared import app
+from shared.config import reset_settings
+from shared.messages import parse_poll_message
+from tools import devenv
+from tools.local_host.host import decode_base64_strict, to_function_message
+
+
+@pytest.fixture
+def env(monkeypatch, azurite, pc):
+    names = devenv.unique_queues("f")
+    settings = {"AzureWebJobsStorage": azurite, **names, **pc.app_settings(), "POLL_INTERVAL_SECONDS": "3",
+                "POLL_MAX_INTERVAL_SECONDS": "4", "POLL_TIMEOUT_SECONDS": "120"}
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    app.set_deps(None)
+    yield types.SimpleNamespace(**{k.lower(): v for k, v in names.items()})
+    reset_settings()
+    app.set_deps(None)
+
+
+def receive(queues, name, visibility=30):
+    """Receive one message as the host does and build the function's QueueMessage from it."""
+    page = list(next(queues.client(name).receive_messages(max_messages=1, messages_per_page=1, visibility_timeout=visibility).by_page(), []))
+    if not page:
+        return None
+    raw = page[0]
+    return to_function_message(raw, decode_base64_strict(raw.content).decode("utf-8")), raw
+
+
+def context():
+    return types.SimpleNamespace(invocation_id=str(uuid.uuid4()))
+
+
+def outcomes(queues, name):
+    return [json.loads(base64.b64decode(m.content)) for m in queues.drain(name)]
+
+
+def test_delete_then_poll_through_real_queues(env, queues, pc, make_customer):
+    customer = make_customer([{"cancelAfterReads": 1}, {}])
+    queues.ensure(env.delete_customer_queue)
+    queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"]}))
+    msg, _ = receive(queues, env.delete_customer_queue)
+    delete_customer.main(msg, context())
+
+    # The poll message exists but stays invisible for POLL_INTERVAL_SECONDS.
+    assert queues.count(env.poll_orders_queue) == 1
+    assert queues.peek_raw(env.poll_orders_queue) == []
+    time.sleep(3.5)
+    (text,) = queues.peek_raw(env.poll_orders_queue)
+    poll = parse_poll_message(decode_base64_strict(text))  # Base64, as the trigger reads it
+    assert poll.customer_id == customer["id"] and len(poll.orders) == 2
+
+    msg, _ = receive(queues, env.poll_orders_queue)
+    poll_orders.main(msg, context())  # hop 1: one order still pending -> re-enqueue
+    assert outcomes(queues, env.deletion_outcomes_queue) == []
+    time.sleep(3.5)
+    msg, _ = receive(queues, env.poll_orders_queue)
+    poll_orders.main(msg, context())  # hop 2: all cancelled -> DELETE
+    (event,) = outcomes(queues, env.deletion_outcomes_queue)
+    assert event["outcome"] == "deleted" and event["pollAttempts"] == 2 and event["customerTenantId"] == customer["id"]
+    assert event["requestedAt"].endswith("Z") and event["finishedAt"].endswith("Z")
+    assert customer["id"] in pc.state()["deleted"]
+
+
+def test_invalid_message_goes_to_poison_with_zero_partner_center_calls(env, queues, pc):
+    before = len(pc.requests_log())
+    queues.ensure(env.delete_customer_queue)
+    queues.send(env.delete_customer_queue, '{"customerTenantId": "../../v1/customers"}')
+    msg, _ = receive(queues, env.delete_customer_queue)
+    delete_customer.main(msg, context())  # completes without raising
+    (event,) = outcomes(queues, env.deletion_outcomes_queue)
+    assert event["outcome"] == "rejected" and event["customerTenantId"] is None
+    (poisoned,) = queues.peek_raw(env.delete_customer_queue + "-poison")
+    assert decode_base64_strict(poisoned) == b'{"customerTenantId": "../../v1/customers"}'  # redrivable unchanged
+    assert len(pc.requests_log()) == before
+
+
+def test_outcome_messages_never_expire(env, queues, pc, make_customer):
+    customer = make_customer([])
+    queues.ensure(env.delete_customer_queue)
+    queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"], "dryRun": True}))
+    msg, _ = receive(queues, env.delete_customer_queue)
+    delete_customer.main(msg, context())
+    (m,) = list(queues.client(env.deletion_outcomes_queue).peek_messages())
+    assert m.expires_on.year == 9999  # time-to-live -1
+    assert json.loads(base64.b64decode(m.content))["outcome"] == "dry_run"
+
+
+def test_settings_errors_name_every_setting(monkeypatch):
+    for key in ("AzureWebJobsStorage", "POLL_INTERVAL_SECONDS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("POLL_INTERVAL_SECONDS", "0")
+    reset_settings()
+    app.set_deps(None)
+    msg = to_function_message(types.SimpleNamespace(id="x", dequeue_count=1, inserted_on=None, expires_on=None, next_visible_on=None, pop_receipt="p"), "x")
+    with pytest.raises(Exception) as info:
+        delete_customer.main(msg, context())
+    assert "AzureWebJobsStorage" in str(info.value) and "POLL_INTERVAL_SECONDS" in str(info.value)
+    reset_settings()

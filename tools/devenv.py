@@ -1,0 +1,234 @@
+"""The local world, for the demo, the integration tests and the reliability run: Azurite, the Partner Center
+emulator and the local Functions host as child processes, plus small helpers to drive and inspect them."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+SAMPLE_SANDBOX = ROOT / "tools" / "pc_emulator" / "sample_sandbox.json"
+
+
+def azurite_connection_string(port: int) -> str:
+    return ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Child:
+    """A child process in its own process group, so stopping it stops everything it started."""
+
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """A real process kill: no cleanup, no completion of in-flight messages."""
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+
+def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Child:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    out = open(log_path, "ab")
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=str(cwd), env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+    out.close()
+    return Child(name, proc, log_path)
+
+
+def azurite_binary() -> Path:
+    path = ROOT / "node_modules" / ".bin" / "azurite-queue"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run 'make setup' (npm ci installs azurite@3.35.0)")
+    return path
+
+
+def start_azurite(log_dir: Path, port: int = 0) -> tuple[Child, int]:
+    child = _spawn("azurite", [str(azurite_binary()), "--queueHost", "127.0.0.1", "--queuePort", str(port), "--inMemoryPersistence",
+                               "--skipApiVersionCheck", "--disableTelemetry", "--silent"], log_dir)
+    found = wait_for(lambda: re.search(r"listens on http://127\.0\.0\.1:(\d+)", child.log()) or (child.proc.poll() is not None and "exit"),
+                     30, what="Azurite to listen")
+    if found == "exit":
+        raise RuntimeError(f"Azurite exited: {child.log()[-2000:]}")
+    return child, int(found.group(1))
+
+
+@dataclass
+class Emulator:
+    url: str
+    ca: str
+    partner: dict
+    child: Child | None = None
+    _session: requests.Session = field(default_factory=requests.Session)
+
+    def _req(self, method: str, name: str, body: Any = None, **params: Any) -> Any:
+        resp = self._session.request(method, f"{self.url}/_emulator/{name}", json=body, params=params, verify=self.ca, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    def state(self) -> dict:
+        return self._req("GET", "state")
+
+    def requests_log(self, since: int = 0) -> list[dict]:
+        return self._req("GET", "requests", since=since)["requests"]
+
+    def knobs(self, **knobs: Any) -> dict:
+        return self._req("POST", "knobs", knobs)
+
+    def faults(self, faults: list[dict]) -> list:
+        return self._req("POST", "faults", faults)
+
+    def add_customers(self, customers: list[dict]) -> None:
+        self._req("POST", "customers", customers)
+
+    def reset(self, seed: dict | None = None) -> None:
+        self._req("POST", "reset", seed)
+
+    def app_settings(self) -> dict[str, str]:
+        return {"PARTNER_CENTER_BASE_URL": self.url, "PARTNER_CENTER_AUTHORITY_HOST": self.url,
+                "PARTNER_CENTER_TENANT_ID": self.partner["tenantId"], "PARTNER_CENTER_CLIENT_ID": self.partner["clientId"],
+                "PARTNER_CENTER_CLIENT_SECRET": self.partner["clientSecret"], "REQUESTS_CA_BUNDLE": self.ca}
+
+
+def start_emulator(log_dir: Path, seed: Path = SAMPLE_SANDBOX, port: int = 0) -> Emulator:
+    state_dir = Path(tempfile.mkdtemp(prefix="pc-emulator-", dir=log_dir if log_dir.exists() else None))
+    child = _spawn("emulator", [sys.executable, "-m", "tools.pc_emulator", "--seed", str(seed), "--port", str(port), "--state-dir", str(state_dir)], log_dir)
+    info_path = state_dir / "emulator.json"
+    wait_for(lambda: info_path.exists() or (child.proc.poll() is not None and "exit"), 30, what="the emulator to start")
+    if child.proc.poll() is not None:
+        raise RuntimeError(f"emulator exited: {child.log()[-2000:]}")
+    info = json.loads(info_path.read_text())
+    return Emulator(info["url"], info["ca"], info["partner"], child)
+
+
+def start_host(log_dir: Path, settings: dict[str, str], *, name: str = "host", lease_seconds: int = 600, extra_env: dict[str, str] | None = None) -> Child:
+    """The local Functions host with ``settings`` as its local.settings.json ``Values``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings_file = log_dir / f"{name}.settings.json"
+    settings_file.write_text(json.dumps({"IsEncrypted": False, "Values": settings}, indent=2))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PARTNER_CENTER_", "AzureWebJobs", "POLL_", "DELETE_CUSTOMER", "DELETION_OUTCOMES"))}
+    env.update(extra_env or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    return _spawn(name, [sys.executable, "-m", "tools.local_host", "--settings", str(settings_file), "--lease-seconds", str(lease_seconds)], log_dir, env)
+
+
+def unique_queues(prefix: str = "t") -> dict[str, str]:
+    tag = f"{prefix}{uuid.uuid4().hex[:10]}"
+    return {"DELETE_CUSTOMER_QUEUE": f"{tag}-req", "POLL_ORDERS_QUEUE": f"{tag}-poll", "DELETION_OUTCOMES_QUEUE": f"{tag}-out"}
+
+
+class Queues:
+    """Send and read messages as the app and the host do (Base64 text)."""
+
+    def __init__(self, connection_string: str):
+        from azure.storage.queue import QueueServiceClient
+
+        self.service = QueueServiceClient.from_connection_string(connection_string)
+
+    def client(self, name: str) -> Any:
+        return self.service.get_queue_client(name)
+
+    def ensure(self, name: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self.client(name).create_queue()
+        except ResourceExistsError:
+            pass
+
+    def send(self, name: str, data: bytes | str, *, encode: bool = True, delay: int = 0) -> str:
+        raw = data.encode() if isinstance(data, str) else data
+        text = base64.b64encode(raw).decode() if encode else raw.decode("utf-8", "surrogateescape")
+        return self.client(name).send_message(text, visibility_timeout=delay).id
+
+    def peek_raw(self, name: str) -> list[str]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return [m.content for m in self.client(name).peek_messages(max_messages=32)]
+        except ResourceNotFoundError:
+            return []
+
+    def drain(self, name: str) -> list[Any]:
+        """Receive and delete every visible message; returns the decoded bodies (bytes)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        out = []
+        try:
+            while True:
+                page = list(next(self.client(name).receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=30).by_page(), []))
+                if not page:
+                    return out
+                for m in page:
+                    out.append(m)
+                    self.client(name).delete_message(m)
+        except ResourceNotFoundError:
+            return out
+
+    def count(self, name: str) -> int:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.client(name).get_queue_properties().approximate_message_count
+        except ResourceNotFoundError:
+            return 0
+
+
+def b64decode(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+class OutcomeReader:
+    """Collects outcome events (JSON) from the outcomes queue as they land."""
+
+    def __init__(self, queues: Queues, name: str):
+        self.queues, self.name, self.events = queues, name, []
+
+    def poll(self) -> list[dict]:
+        for m in self.queues.drain(self.name):
+            self.events.append(json.loads(b64decode(m.content)))
+        return self.events
+
+    def wait(self, count: int, timeout: float) -> list[dict]:
+        return wait_for(lambda: len(self.poll()) >= count and self.events, timeout, 0.3, f"{count} outcome event(s) on {self.name}")
