@@ -142,7 +142,8 @@ def start_emulator(log_dir: Path, seed: Path = SAMPLE_SANDBOX, port: int = 0) ->
     return Emulator(info["url"], info["ca"], info["partner"], child)
 
 
-def start_host(log_dir: Path, settings: dict[str, str], *, name: str = "host", lease_seconds: int = 600, extra_env: dict[str, str] | None = None) -> Child:
+def start_host(log_dir: Path, settings: dict[str, str], *, name: str = "host", lease_seconds: int = 600,
+               extra_env: dict[str, str] | None = None, app_root: Path = ROOT) -> Child:
     """The local Functions host with ``settings`` as its local.settings.json ``Values``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     settings_file = log_dir / f"{name}.settings.json"
@@ -150,7 +151,8 @@ def start_host(log_dir: Path, settings: dict[str, str], *, name: str = "host", l
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PARTNER_CENTER_", "AzureWebJobs", "POLL_", "DELETE_CUSTOMER", "DELETION_OUTCOMES"))}
     env.update(extra_env or {})
     env["PYTHONUNBUFFERED"] = "1"
-    return _spawn(name, [sys.executable, "-m", "tools.local_host", "--settings", str(settings_file), "--lease-seconds", str(lease_seconds)], log_dir, env)
+    return _spawn(name, [sys.executable, "-m", "tools.local_host", "--settings", str(settings_file), "--lease-seconds", str(lease_seconds),
+                         "--app-root", str(app_root)], log_dir, env)
 
 
 def unique_queues(prefix: str = "t") -> dict[str, str]:

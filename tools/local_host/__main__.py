@@ -2,8 +2,9 @@
 
     python -m tools.local_host --settings local.settings.json
 
-Reads the same local settings file a user would give ``func start`` (its ``Values`` become environment variables;
-variables already set in the environment win), then host.json. Stop it with Ctrl-C or SIGTERM: it stops polling
+Reads the same local settings file a user would give ``func start`` (its ``Values`` become environment variables
+and win over variables inherited from the shell, so a machine-wide ``REQUESTS_CA_BUNDLE`` cannot hide the emulator's
+CA), then host.json. Stop it with Ctrl-C or SIGTERM: it stops polling
 and lets running invocations finish. A development tool, not a production host.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     settings_path = Path(args.settings)
     if settings_path.exists():
         for key, value in load_local_settings(settings_path).items():
-            os.environ.setdefault(key, value)
+            os.environ[key] = value
     else:
         logging.getLogger("local_host").warning("%s not found; using the environment only", settings_path)
     try:

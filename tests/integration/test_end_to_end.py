@@ -1,0 +1,196 @@
+"""End to end: the local Functions host runs the app against Azurite and the emulator over real HTTPS.
+
+Assertions are on the emulator's request log and state and on the outcome events, never on log text.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import pytest
+
+
+
+def methods(calls, method):
+    return [c for c in calls if c["method"] == method]
+
+
+def ts(entry):
+    return datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+
+
+def assert_no_delete_while_open(world, customer_id):
+    assert [v for v in world.pc.state()["violations"] if v["customer"] == customer_id] == []
+
+
+def test_happy_path_with_cancellation_lag_and_nested_duplicate_order_ids(world):
+    o1, o2 = uuid.uuid4().hex + "A", uuid.uuid4().hex + "B"
+    ent = lambda oid, nested=(): {"referenceOrder": {"id": oid, "lineItemId": "0"}, "entitlementType": "software",  # noqa: E731
+                                  "includedEntitlements": list(nested)}
+    customer_id = str(uuid.uuid4())
+    world.pc.add_customers([{"id": customer_id, "orders": [{"id": o1, "cancelAfterReads": 2}, {"id": o2, "cancelAfterReads": 1}],
+                             "entitlements": [ent(o1, [ent(o1), ent(o2)]), ent(o2), ent(o1)]}])
+    world.start()
+    correlation = str(uuid.uuid4())
+    world.request({"customerTenantId": customer_id.upper(), "correlationId": correlation})
+    (event,) = world.outcomes(1)
+    assert event["outcome"] == "deleted" and event["correlationId"] == correlation and event["customerTenantId"] == customer_id
+    assert sorted(o["id"] for o in event["orders"]) == sorted([o1, o2]) and event["pollAttempts"] >= 2
+    calls = world.api_calls(customer_id)
+    assert len(methods(calls, "PATCH")) == 2  # de-duplicated
+    deletes = methods(calls, "DELETE")
+    assert [d["status"] for d in deletes] == [204]
+    assert {c["correlationId"] for c in calls} == {correlation}
+    assert all(c["auth"] and c["requestId"] for c in calls)
+    assert_no_delete_while_open(world, customer_id)
+    assert customer_id not in world.pc.state()["customers"]
+
+
+def test_no_orders_and_already_cancelled(world, make_customer):
+    empty = make_customer([])
+    done = make_customer([{"status": "cancelled"}, {"status": "cancelled"}])
+    world.start()
+    world.request(empty["id"])
+    world.request(done["id"])
+    events = world.outcomes(2)
+    assert {e["outcome"] for e in events} == {"deleted"}
+    for c in (empty, done):
+        calls = world.api_calls(c["id"])
+        assert methods(calls, "PATCH") == [] and len(methods(calls, "DELETE")) == 1
+
+
+def test_bom_status_casing_and_paged_entitlements(world, make_customer):
+    world.pc.knobs(statusCase="title", bom=True, entitlementsPageSize=1)
+    customer = make_customer([{"cancelAfterReads": 1}, {}, {"status": "cancelled"}])
+    world.start()
+    world.request(customer["id"])
+    (event,) = world.outcomes(1)
+    assert event["outcome"] == "deleted"
+    assert {o["status"] for o in event["orders"]} == {"cancelled"}  # lower case in the outcome
+    pages = [c for c in world.api_calls(customer["id"]) if c["path"].endswith("/entitlements")]
+    assert len(pages) == 3 and sum(1 for p in pages if p["continuation"]) == 2
+    assert len(methods(world.api_calls(customer["id"]), "PATCH")) == 2
+
+
+def test_429_storm_with_retry_after_honoured(world, make_customer):
+    world.pc.knobs(rateLimitPerWindow=4, rateLimitWindowSeconds=2)
+    customers = [make_customer([{"cancelAfterReads": 1}, {}]) for _ in range(3)]
+    world.start()
+    for c in customers:
+        world.request(c["id"])
+    events = world.outcomes(3, timeout=120)
+    assert {e["outcome"] for e in events} == {"deleted"}
+    log = world.pc.requests_log()
+    throttled = [r for r in log if r["status"] == 429]
+    assert throttled, "the storm did not happen"
+    for r in throttled:  # the retry of a throttled call (same MS-RequestId) came after Retry-After (>= 1 s)
+        retries = [x for x in log if x["requestId"] == r["requestId"] and x["seq"] > r["seq"]]
+        if retries:
+            assert (ts(retries[0]) - ts(r)).total_seconds() >= 0.9
+    for c in customers:
+        assert_no_delete_while_open(world, c["id"])
+
+
+def test_5xx_and_dropped_connections(world, make_customer):
+    world.pc.knobs(randomSeed=7)
+    world.pc.faults([{"kind": "status", "status": 503, "path": "^/v1/", "share": 0.25},
+                     {"kind": "drop", "path": "^/v1/", "share": 0.15},
+                     {"kind": "status", "status": 500, "path": "/oauth2/", "times": 1}])
+    customers = [make_customer([{"cancelAfterReads": 1}, {}]) for _ in range(3)]
+    world.start()
+    for c in customers:
+        world.request(c["id"])
+    events = world.outcomes(3, timeout=120)
+    assert sorted(e["outcome"] for e in events) == ["deleted"] * 3
+    log = world.pc.requests_log()
+    assert any(r["status"] == 503 for r in log) and any(r["status"] == "dropped" for r in log)
+    for c in customers:
+        assert len(world.pc.state()["deleted"][c["id"]]) == 1
+        assert_no_delete_while_open(world, c["id"])
+
+
+def test_unknown_customer_is_not_found(world):
+    world.start()
+    ghost = str(uuid.uuid4())
+    world.request(ghost)
+    (event,) = world.outcomes(1)
+    assert event["outcome"] == "not_found" and event["customerTenantId"] == ghost
+    calls = world.api_calls(ghost)
+    assert [c["method"] for c in calls] == ["GET"]
+
+
+@pytest.mark.parametrize("body", [b"not json at all", b'{"customerTenantId": "12345"}', b'{"customerTenantId": "../../v1/customers"}',
+                                  b'["3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"]', b'{"customerTenantId": "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b", "dryRun": "yes"}'])
+def test_malformed_requests_are_rejected_into_poison_with_zero_calls(world, body):
+    world.start()
+    before = [r for r in world.pc.requests_log() if r["path"].startswith("/v1/")]
+    world.request(body)
+    (event,) = world.outcomes(1)
+    assert event["outcome"] == "rejected" and "invalid deletion request" in event["detail"]
+    assert world.poison() == [body]
+    after = [r for r in world.pc.requests_log() if r["path"].startswith("/v1/")]
+    assert after == before
+
+
+def test_duplicate_requests_delete_once(world, make_customer):
+    customer = make_customer([{"cancelAfterReads": 2}])
+    world.start()
+    correlation = str(uuid.uuid4())
+    for _ in range(3):
+        world.request({"customerTenantId": customer["id"], "correlationId": correlation})
+    events = world.outcomes(3, timeout=90)
+    assert {(e["outcome"], e["correlationId"]) for e in events} == {("deleted", correlation)}
+    assert len(world.pc.state()["deleted"][customer["id"]]) == 1  # one accepted DELETE
+    assert_no_delete_while_open(world, customer["id"])
+
+
+def test_protected_customer_is_never_touched(world, make_customer):
+    customer = make_customer([{}])
+    world.start(PROTECTED_CUSTOMER_IDS=f"{uuid.uuid4()}, {customer['id'].upper()}")
+    for body in (customer["id"], customer["id"].upper(), {"customerTenantId": customer["id"], "dryRun": True}):
+        world.request(body)
+    events = world.outcomes(3)
+    assert {e["outcome"] for e in events} == {"rejected"}
+    assert world.api_calls(customer["id"]) == []
+
+
+def test_dry_run_reads_only(world, make_customer):
+    customer = make_customer([{}, {"status": "cancelled"}])
+    world.start()
+    world.request({"customerTenantId": customer["id"], "dryRun": True})
+    (event,) = world.outcomes(1)
+    assert event["outcome"] == "dry_run" and event["pollAttempts"] == 0
+    assert {c["method"] for c in world.api_calls(customer["id"])} == {"GET"}
+    assert customer["id"] in world.pc.state()["customers"]
+
+
+def test_never_cancelling_order_times_out_without_delete(world, make_customer):
+    customer = make_customer([{"neverCancels": True}, {}])
+    world.start(POLL_TIMEOUT_SECONDS="4")
+    world.request(customer["id"])
+    (event,) = world.outcomes(1, timeout=60)
+    assert event["outcome"] == "timed_out" and customer["orders"][0]["id"] in event["detail"]
+    assert methods(world.api_calls(customer["id"]), "DELETE") == []
+    assert len(world.poison()) == 1  # a redrivable request waits
+
+
+def test_order_past_cancellation_window_fails_with_partner_center_code(world, make_customer):
+    customer = make_customer([{"ageDays": 90}])
+    world.start()
+    world.request(customer["id"])
+    (event,) = world.outcomes(1)
+    assert event["outcome"] == "failed" and "900117" in event["detail"] and "cancellation window" in event["detail"]
+    assert methods(world.api_calls(customer["id"]), "DELETE") == []
+
+
+def test_poll_message_that_is_not_base64_goes_to_poison_untouched(world):
+    world.start()
+    world.queues.send(world.poll_queue, b"{not base64!}", encode=False)
+    text = b"{not base64!}".decode()
+    import time
+
+    deadline = time.time() + 20
+    while time.time() < deadline and not world.queues.peek_raw(world.poll_queue + "-poison"):
+        time.sleep(0.3)
+    assert world.queues.peek_raw(world.poll_queue + "-poison") == [text]  # copied raw, un-decoded
+    assert world.queues.count(world.poll_queue) == 0
