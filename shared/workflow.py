@@ -34,7 +34,7 @@ def is_cancelled(status: object) -> bool:
 
 
 def poll_delay(attempt: int, policy: Policy) -> int:
-    """Growing delay before poll hop ``attempt + 1``: the interval doubled per hop, capped."""
+    """Delay before poll hop ``attempt + 1``: POLL_INTERVAL_SECONDS before the first, doubled per hop, capped."""
     if attempt >= 32:
         return policy.max_interval
     return min(policy.max_interval, policy.interval * (2**attempt))
@@ -59,11 +59,11 @@ def decide(orders: tuple[OrderState, ...], *, attempt: int, first_handled_at: da
     if now >= deadline:
         return Decision("timed_out", open_orders=open_orders)
     left = math.ceil((deadline - now).total_seconds())
-    return Decision("repoll", delay=max(1, min(poll_delay(attempt, policy), left)), open_orders=open_orders)
+    return Decision("repoll", delay=max(1, min(poll_delay(attempt + 1, policy), left)), open_orders=open_orders)
 
 
 def after_delete_refused(refusals: int, *, attempt: int, policy: Policy) -> Decision:
     """Partner Center refused the DELETE because orders are still active: poll again, at most a few times."""
     if refusals >= policy.max_delete_refusals:
         return Decision("failed")
-    return Decision("repoll", delay=poll_delay(attempt, policy))
+    return Decision("repoll", delay=poll_delay(attempt + 1, policy))

@@ -71,7 +71,7 @@ class Child:
 def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Child:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    out = open(log_path, "ab")
+    out = open(log_path, "wb")  # a fresh log per start: readers look for "listening" lines in it
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=str(cwd), env=env, start_new_session=True, stdin=subprocess.DEVNULL)
     out.close()
     return Child(name, proc, log_path)
@@ -87,10 +87,14 @@ def azurite_binary() -> Path:
 def start_azurite(log_dir: Path, port: int = 0) -> tuple[Child, int]:
     child = _spawn("azurite", [str(azurite_binary()), "--queueHost", "127.0.0.1", "--queuePort", str(port), "--inMemoryPersistence",
                                "--skipApiVersionCheck", "--disableTelemetry", "--silent"], log_dir)
-    found = wait_for(lambda: re.search(r"listens on http://127\.0\.0\.1:(\d+)", child.log()) or (child.proc.poll() is not None and "exit"),
-                     30, what="Azurite to listen")
-    if found == "exit":
-        raise RuntimeError(f"Azurite exited: {child.log()[-2000:]}")
+    try:
+        found = wait_for(lambda: re.search(r"listens on http://127\.0\.0\.1:(\d+)", child.log()) or (child.proc.poll() is not None and "exit"),
+                         30, what="Azurite to listen")
+        if found == "exit":
+            raise RuntimeError(f"Azurite exited: {child.log()[-2000:]}")
+    except BaseException:
+        child.stop()  # also on Ctrl-C while waiting: leave nothing running
+        raise
     return child, int(found.group(1))
 
 
@@ -135,10 +139,14 @@ def start_emulator(log_dir: Path, seed: Path = SAMPLE_SANDBOX, port: int = 0) ->
     state_dir = Path(tempfile.mkdtemp(prefix="pc-emulator-", dir=log_dir if log_dir.exists() else None))
     child = _spawn("emulator", [sys.executable, "-m", "tools.pc_emulator", "--seed", str(seed), "--port", str(port), "--state-dir", str(state_dir)], log_dir)
     info_path = state_dir / "emulator.json"
-    wait_for(lambda: info_path.exists() or (child.proc.poll() is not None and "exit"), 30, what="the emulator to start")
-    if child.proc.poll() is not None:
-        raise RuntimeError(f"emulator exited: {child.log()[-2000:]}")
-    info = json.loads(info_path.read_text())
+    try:
+        wait_for(lambda: info_path.exists() or (child.proc.poll() is not None and "exit"), 30, what="the emulator to start")
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"emulator exited: {child.log()[-2000:]}")
+        info = json.loads(info_path.read_text())
+    except BaseException:
+        child.stop()
+        raise
     return Emulator(info["url"], info["ca"], info["partner"], child)
 
 

@@ -56,7 +56,7 @@ def test_happy_path_with_cancellation_lag(world):
     out = the_outcome(pub)
     assert out["outcome"] == "deleted" and out["customerTenantId"] == CUST and out["correlationId"] == CORR
     assert out["pollAttempts"] == hops == 3
-    assert [d for _, d in pub.on(POLL)] == [30, 30, 60]  # growing delays
+    assert [d for _, d in pub.on(POLL)] == [30, 60, 120]  # growing delays
     assert {o["status"] for o in out["orders"]} == {"cancelled"}
     assert pc.count("delete_customer") == 1 and CUST not in pc.customers
     assert pub.on(POISON) == []

@@ -22,15 +22,15 @@ def orders(*statuses):
         (("cancelled",), 0, 0, "delete", 0),
         (("cancelled", "cancelled"), 5, 3599, "delete", 0),
         (("cancelled", "cancelled"), 5, 99999, "delete", 0),  # all cancelled wins even past the deadline
-        (("pending",), 0, 10, "repoll", 30),
-        (("cancelled", "pending"), 1, 10, "repoll", 60),
-        (("pending",), 3, 10, "repoll", 240),
-        (("pending",), 5, 10, "repoll", 600),  # capped
+        (("pending",), 0, 10, "repoll", 60),  # the first hop came POLL_INTERVAL after the request; then it doubles
+        (("cancelled", "pending"), 1, 10, "repoll", 120),
+        (("pending",), 3, 10, "repoll", 480),
+        (("pending",), 4, 10, "repoll", 600),  # capped
         (("pending",), 40, 10, "repoll", 600),
         (("pending",), 5, 3500, "repoll", 100),  # never sleeps past the deadline
         (("pending",), 0, 3600, "timed_out", 0),
         (("completed", "cancelled"), 2, 4000, "timed_out", 0),
-        (("unknown",), 0, 0, "repoll", 30),
+        (("unknown",), 0, 0, "repoll", 60),
     ],
 )
 def test_decide(statuses, attempt, elapsed, action, delay):
@@ -64,5 +64,5 @@ def test_poll_delay_grows_and_is_capped():
 
 def test_delete_refusals_are_bounded():
     assert after_delete_refused(1, attempt=2, policy=POLICY).action == "repoll"
-    assert after_delete_refused(2, attempt=2, policy=POLICY).delay == 120
+    assert after_delete_refused(2, attempt=2, policy=POLICY).delay == 240
     assert after_delete_refused(3, attempt=2, policy=POLICY).action == "failed"

@@ -230,6 +230,8 @@ class Handler(BaseHTTPRequestHandler):
                 pass
             return
         entry["status"] = status
+        if isinstance(body, dict) and "/orders/" in path and isinstance(body.get("status"), str):
+            entry["orderStatus"] = body["status"]
         self._send(status, body, headers, bom=not path.startswith("/_emulator/") and "oauth2" not in path and "well-known" not in path)
 
     def _send(self, status: int, body: Any, headers: dict, *, bom: bool) -> None:

@@ -1,0 +1,121 @@
+"""`make demo`: delete one sandbox customer end to end, on this machine, and show it happening.
+
+Starts Azurite, the Partner Center emulator (sample sandbox) and the local Functions host, drops a deletion request
+for a customer whose orders take a while to cancel, prints what the app does as it happens (orders cancelled, each
+poll, the DELETE, the outcome event), then stops everything it started (also on Ctrl-C).
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tools import devenv
+
+CUSTOMER = "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"  # "Contoso (orders take a while to cancel)" in the sample sandbox
+STATE = devenv.ROOT / ".local" / "demo"
+
+
+def say(t0: float, text: str) -> None:
+    print(f"[{time.monotonic() - t0:6.1f}s] {text}", flush=True)
+
+
+def describe(entry: dict, customer: str) -> str | None:
+    path, method, status = entry["path"], entry["method"], entry["status"]
+    if "/oauth2/" in path:
+        return f"token requested from the emulated Entra ID -> {status}"
+    if customer not in path:
+        return None
+    tail = path.split(customer, 1)[1] or "(customer)"
+    if "/orders/" in tail:
+        order = tail.rsplit("/", 1)[1]
+        verb = {"GET": "read order", "PATCH": "cancel order"}.get(method, method)
+        return f"{verb} {order[:10]}... -> HTTP {status}, status '{entry.get('orderStatus', '?')}'"
+    if tail.startswith("/entitlements"):
+        return f"list entitlements -> HTTP {status}"
+    if method == "DELETE":
+        return f"DELETE customer -> HTTP {status}" + ("  (tenant purged)" if status == 204 else "")
+    return f"{method} customer -> HTTP {status}"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, _interrupt)  # also when started in the background, where SIGINT is ignored
+    signal.signal(signal.SIGTERM, _interrupt)
+    STATE.mkdir(parents=True, exist_ok=True)
+    children: list[devenv.Child] = []
+    t0 = time.monotonic()
+    try:
+        say(t0, "starting Azurite (queues) and the Partner Center emulator with the sample sandbox ...")
+        azurite, port = devenv.start_azurite(STATE)
+        children.append(azurite)
+        pc = devenv.start_emulator(STATE)
+        children.append(pc.child)
+        say(t0, f"Azurite on 127.0.0.1:{port}, emulator on {pc.url}")
+
+        example = json.loads((devenv.ROOT / "local.settings.example.json").read_text())["Values"]
+        settings = {**example, "AzureWebJobsStorage": devenv.azurite_connection_string(port), **pc.app_settings(),
+                    "POLL_INTERVAL_SECONDS": "2", "POLL_MAX_INTERVAL_SECONDS": "8",
+                    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500"}
+        queues = devenv.Queues(settings["AzureWebJobsStorage"])
+        for name in (settings["DELETE_CUSTOMER_QUEUE"], settings["POLL_ORDERS_QUEUE"]):
+            queues.ensure(name)  # trigger queues are created by whoever deploys
+        host = devenv.start_host(STATE, settings)
+        children.append(host)
+        devenv.wait_for(lambda: "Host started" in host.log() or host.proc.poll() is not None, 60, what="the local host")
+        if host.proc.poll() is not None:
+            print(host.log(), file=sys.stderr)
+            return 1
+        say(t0, "local Functions host started (delete_customer, poll_orders)")
+
+        state = pc.state()["customers"][CUSTOMER]
+        say(t0, f"customer {CUSTOMER} '{state['companyName']}' has {len(state['orders'])} order(s): "
+                + ", ".join(f"{oid[:10]}... {o['status']}" for oid, o in state["orders"].items()))
+        correlation = str(uuid.uuid4())
+        request = {"customerTenantId": CUSTOMER, "correlationId": correlation}
+        queues.send(settings["DELETE_CUSTOMER_QUEUE"], json.dumps(request))
+        say(t0, f"dropped a deletion request on '{settings['DELETE_CUSTOMER_QUEUE']}': {json.dumps(request)}")
+
+        outcomes = devenv.OutcomeReader(queues, settings["DELETION_OUTCOMES_QUEUE"])
+        seen, hops = 0, 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for entry in pc.requests_log(seen):
+                seen += 1
+                text = describe(entry, CUSTOMER)
+                if text:
+                    say(t0, "  Partner Center: " + text)
+            for line in host.log().splitlines():
+                if "poll hop" in line and correlation in line and f"poll hop {hops + 1} " in line:
+                    hops += 1
+                    say(t0, f"poll_orders: hop {hops} ran (each hop reads the open orders, then re-enqueues itself with a growing delay or DELETEs)")
+            if outcomes.poll():
+                break
+            time.sleep(0.3)
+        if not outcomes.events:
+            say(t0, "no outcome within 120 s; host log follows")
+            print(host.log()[-4000:])
+            return 1
+        event = outcomes.events[0]
+        say(t0, f"outcome event on '{settings['DELETION_OUTCOMES_QUEUE']}':")
+        print(json.dumps(event, indent=2))
+        gone = CUSTOMER not in pc.state()["customers"]
+        say(t0, f"customer present in the sandbox afterwards: {'no' if gone else 'YES'}")
+        return 0 if event["outcome"] == "deleted" and gone else 1
+    except KeyboardInterrupt:
+        say(t0, "interrupted")
+        return 130
+    finally:
+        for child in reversed(children):
+            child.stop()
+        say(t0, "stopped everything the demo started (logs in .local/demo/)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
