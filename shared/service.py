@@ -136,11 +136,11 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
     run = _Run(deps, "delete_customer", invocation_id, request.correlation_id, request.customer_id, request.requested_at)
     run.log.info("received deletion request (dryRun=%s, delivery %s)", request.dry_run, msg.dequeue_count)
 
-    if (msg.dequeue_count or 1) >= settings.max_dequeue_count:
-        run.finish("failed", _give_up_detail(msg.dequeue_count, "deletion request"), poison=body)
-        return
     if request.customer_id in settings.protected_ids:
         run.finish("rejected", "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; nothing was changed")
+        return
+    if (msg.dequeue_count or 1) >= settings.max_dequeue_count:
+        run.finish("failed", _give_up_detail(msg.dequeue_count, "deletion request"), poison=body)
         return
 
     pc = deps.partner_center
@@ -229,16 +229,16 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
 
     run = _Run(deps, "poll_orders", invocation_id, poll.correlation_id, poll.customer_id, poll.requested_at)
     hop = poll.attempt + 1
-    run.log.info("poll hop %d (delivery %s): %d order(s) not yet seen cancelled", hop, msg.dequeue_count,
+    run.log.info("poll hop %d (message %s, delivery %s): %d order(s) not yet seen cancelled", hop, msg.id, msg.dequeue_count,
                  sum(not o.cancelled for o in poll.orders))
     redrive = deletion_request_text(poll.customer_id, poll.correlation_id)
 
-    if (msg.dequeue_count or 1) >= settings.max_dequeue_count:
-        run.finish("failed", _give_up_detail(msg.dequeue_count, "poll message"), orders=poll.orders, poll_attempts=hop, poison=redrive)
-        return
     if poll.customer_id in settings.protected_ids:
         run.finish("rejected", "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; no DELETE was sent",
                    orders=poll.orders, poll_attempts=hop)
+        return
+    if (msg.dequeue_count or 1) >= settings.max_dequeue_count:
+        run.finish("failed", _give_up_detail(msg.dequeue_count, "poll message"), orders=poll.orders, poll_attempts=hop, poison=redrive)
         return
 
     pc = deps.partner_center

@@ -200,6 +200,23 @@ class Queues:
         except ResourceNotFoundError:
             return []
 
+    def peek_all(self, name: str, limit: int = 5000) -> list[str]:
+        """Every message's text without consuming it (peek stops at 32): receive with a 1 s lease, delete nothing."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        seen: dict[str, str] = {}
+        try:
+            while len(seen) < limit:
+                page = list(next(self.client(name).receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=1).by_page(), []))
+                fresh = [m for m in page if m.id not in seen]
+                if not fresh:
+                    return list(seen.values())
+                for m in fresh:
+                    seen[m.id] = m.content
+        except ResourceNotFoundError:
+            pass
+        return list(seen.values())
+
     def drain(self, name: str) -> list[Any]:
         """Receive and delete every visible message; returns the decoded bodies (bytes)."""
         from azure.core.exceptions import ResourceNotFoundError
