@@ -6,7 +6,7 @@ with a reason. Messages the app sends carry ``schemaVersion`` so a poll chain th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -74,13 +74,16 @@ class PollMessage:
     requested_at: datetime
     first_handled_at: datetime
     delete_refusals: int = 0
-    kind: str = field(default="poll")
+    stage: str = "poll"  # "discover": the orders are not known yet (delete_customer was throttled); "poll": wait for them
+    dry_run: bool = False
 
     def to_text(self) -> str:
         return json.dumps(
             {
                 "schemaVersion": SCHEMA_VERSION,
                 "kind": "poll",
+                "stage": self.stage,
+                "dryRun": self.dry_run,
                 "customerTenantId": self.customer_id,
                 "correlationId": self.correlation_id,
                 "orders": [o.to_json() for o in self.orders],
@@ -171,9 +174,9 @@ def _parse_deletion_request(body: bytes | str, derived: str, requested_at: datet
     return DeletionRequest(customer_id, correlation_id, dry_run, requested_at)
 
 
-def deletion_request_text(customer_id: str, correlation_id: str) -> str:
+def deletion_request_text(customer_id: str, correlation_id: str, *, dry_run: bool = False) -> str:
     """A deletion request that a redrive to the request queue processes again."""
-    return json.dumps({"customerTenantId": customer_id, "correlationId": correlation_id, "dryRun": False})
+    return json.dumps({"customerTenantId": customer_id, "correlationId": correlation_id, "dryRun": dry_run})
 
 
 def parse_poll_message(body: bytes | str) -> PollMessage:
@@ -208,11 +211,17 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
                 raise ValueError(f"{name} is not a small whole number")
         requested_at = parse_iso(data["requestedAt"])
         first_handled_at = parse_iso(data["firstHandledAt"])
+        stage = data.get("stage", "poll")
+        dry_run = data.get("dryRun", False)
+        if stage not in ("poll", "discover"):
+            raise ValueError("stage is not 'poll' or 'discover'")
+        if not isinstance(dry_run, bool) or (dry_run and stage != "discover"):
+            raise ValueError("dryRun is not a boolean, or is set on a poll stage")
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidMessageError(f"poll message is malformed: {str(exc)[:100]}", customer_id=customer_id, correlation_id=correlation_id) from None
     if len({o.id for o in orders}) != len(orders):
         raise InvalidMessageError("poll message lists an order twice", customer_id=customer_id, correlation_id=correlation_id)
-    return PollMessage(customer_id, correlation_id, tuple(orders), attempt, requested_at, first_handled_at, refusals)
+    return PollMessage(customer_id, correlation_id, tuple(orders), attempt, requested_at, first_handled_at, refusals, stage, dry_run)
 
 
 def outcome_event(

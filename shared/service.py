@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
 
 from shared.config import MAX_QUEUE_DELAY_SECONDS, Settings
@@ -143,46 +143,71 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
         run.finish("failed", _give_up_detail(msg.dequeue_count, "deletion request"), poison=body)
         return
 
+    try:
+        orders = _discover(run, deps, request.customer_id, request.dry_run, poison=body)
+    except ThrottledError as exc:
+        # Not slept through, and not raised either: the host would retry after visibilityTimeout, ignoring
+        # Retry-After, and a storm would use up maxDequeueCount. The discovery continues on the poll queue instead.
+        discover = PollMessage(request.customer_id, request.correlation_id, (), 0, request.requested_at, now, 0, "discover", request.dry_run)
+        delay = _throttle_delay(exc, settings)
+        deps.publisher.send(settings.poll_queue, discover.to_text(), delay=delay)
+        run.log.warning("throttled by Partner Center (Retry-After %ss): the discovery continues on the poll queue in %ds", exc.retry_after, delay)
+        return
+    if orders is None:
+        return
+    _first_poll(deps, run, PollMessage(request.customer_id, request.correlation_id, (), 0, request.requested_at, now, 0), orders)
+
+
+def _discover(run: "_Run", deps: Deps, customer_id: str, dry_run: bool, *, poison: bytes | str, poll_attempts: int = 0) -> list[OrderState] | None:
+    """Find the customer's orders and cancel those not cancelled. ``None``: the request ended here with an outcome.
+
+    Raises ``ThrottledError`` (Retry-After longer than the retry budget) and transient errors for the caller.
+    """
     pc = deps.partner_center
-    cid = request.correlation_id
+    cid = run.correlation_id
     try:
         try:
-            pc.get_customer(request.customer_id, correlation_id=cid)
+            pc.get_customer(customer_id, correlation_id=cid)
         except NotFoundError as exc:
-            run.finish("not_found", f"Partner Center has no such customer: {_refusal_text(exc)}")
-            return
-        order_ids = pc.list_entitlement_order_ids(request.customer_id, correlation_id=cid)
+            run.finish("not_found", f"Partner Center has no such customer: {_refusal_text(exc)}", poll_attempts=poll_attempts)
+            return None
+        order_ids = pc.list_entitlement_order_ids(customer_id, correlation_id=cid)
         run.log.info("found %d order(s) to cancel: %s", len(order_ids), ", ".join(order_ids) or "none")
-        orders = [OrderState(oid, _status(pc.get_order(request.customer_id, oid, correlation_id=cid))) for oid in order_ids]
+        orders = [OrderState(oid, _status(pc.get_order(customer_id, oid, correlation_id=cid))) for oid in order_ids]
 
-        if request.dry_run:
+        if dry_run:
             active = [o.id for o in orders if not o.cancelled]
             run.finish("dry_run", (f"dry run: would cancel {len(active)} order(s) ({', '.join(active) or 'none'}), "
                                    f"wait until all {len(orders)} read cancelled, then DELETE the customer; nothing was changed"),
-                       orders=orders)
-            return
+                       orders=orders, poll_attempts=poll_attempts)
+            return None
 
         for i, order in enumerate(orders):
-            if order.cancelled:
-                continue
-            orders[i] = _cancel(pc, run, request.customer_id, order)
+            if not order.cancelled:
+                orders[i] = _cancel(pc, run, customer_id, order)
+        return orders
     except NotFoundError as exc:
-        if _customer_gone(pc, request.customer_id, cid):
-            run.finish("not_found", "the customer disappeared while its orders were read (deleted elsewhere?)")
+        if _customer_gone(pc, customer_id, cid):
+            run.finish("not_found", "the customer disappeared while its orders were read (deleted elsewhere?)", poll_attempts=poll_attempts)
         else:
-            run.finish("failed", _refusal_text(exc), poison=body)
-        return
+            run.finish("failed", _refusal_text(exc), poison=poison, poll_attempts=poll_attempts)
     except RefusedError as exc:
-        run.finish("failed", _refusal_text(exc), poison=body)
-        return
+        run.finish("failed", _refusal_text(exc), poison=poison, poll_attempts=poll_attempts)
     except UnsafeIdError as exc:
-        run.finish("failed", f"refused to continue: {exc}", poison=body)
-        return
+        run.finish("failed", f"refused to continue: {exc}", poison=poison, poll_attempts=poll_attempts)
+    return None
 
+
+def _first_poll(deps: Deps, run: "_Run", template: PollMessage, orders: list[OrderState]) -> None:
+    """After the orders were cancelled: the first poll, with no delay when nothing has to be waited for."""
     delay = first_poll_delay(orders, deps.policy)
-    poll = PollMessage(request.customer_id, cid, tuple(orders), 0, request.requested_at, now, 0)
-    deps.publisher.send(settings.poll_queue, poll.to_text(), delay=delay)
+    poll = replace(template, orders=tuple(orders), stage="poll", dry_run=False)
+    deps.publisher.send(deps.settings.poll_queue, poll.to_text(), delay=delay)
     run.log.info("enqueued the first poll in %ds (%d of %d order(s) not yet cancelled)", delay, sum(not o.cancelled for o in orders), len(orders))
+
+
+def _throttle_delay(exc: ThrottledError, settings: Settings) -> int:
+    return int(min(MAX_QUEUE_DELAY_SECONDS, max(1, round(exc.retry_after or settings.poll_interval))))
 
 
 def _status(order: Any) -> str:
@@ -231,7 +256,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
     hop = poll.attempt + 1
     run.log.info("poll hop %d (message %s, delivery %s): %d order(s) not yet seen cancelled", hop, msg.id, msg.dequeue_count,
                  sum(not o.cancelled for o in poll.orders))
-    redrive = deletion_request_text(poll.customer_id, poll.correlation_id)
+    redrive = deletion_request_text(poll.customer_id, poll.correlation_id, dry_run=poll.dry_run)  # a dry run stays a dry run
 
     if poll.customer_id in settings.protected_ids:
         run.finish("rejected", "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; no DELETE was sent",
@@ -239,6 +264,10 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
         return
     if (msg.dequeue_count or 1) >= settings.max_dequeue_count:
         run.finish("failed", _give_up_detail(msg.dequeue_count, "poll message"), orders=poll.orders, poll_attempts=hop, poison=redrive)
+        return
+
+    if poll.stage == "discover":
+        _discover_hop(deps, run, poll, now, hop, redrive)
         return
 
     pc = deps.partner_center
@@ -298,8 +327,23 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
     except UnsafeIdError as exc:
         run.finish("failed", f"refused to continue: {exc}", orders=orders, poll_attempts=hop, poison=redrive)
     except ThrottledError as exc:
-        delay = int(min(MAX_QUEUE_DELAY_SECONDS, max(1, round(exc.retry_after or deps.settings.poll_interval))))
-        _repoll(deps, run, poll, orders, delay, f"throttled by Partner Center (Retry-After {exc.retry_after}s)")
+        _repoll(deps, run, poll, orders, _throttle_delay(exc, settings), f"throttled by Partner Center (Retry-After {exc.retry_after}s)")
+
+
+def _discover_hop(deps: Deps, run: "_Run", poll: PollMessage, now: datetime, hop: int, redrive: str) -> None:
+    """The discovery that delete_customer handed over when it was throttled."""
+    settings = deps.settings
+    if now >= poll.first_handled_at + timedelta(seconds=settings.poll_timeout):
+        run.finish("timed_out", (f"the customer's orders could not be read within {settings.poll_timeout}s of the request "
+                                 "(Partner Center kept throttling); nothing was cancelled or deleted"), poll_attempts=hop, poison=redrive)
+        return
+    try:
+        orders = _discover(run, deps, poll.customer_id, poll.dry_run, poll_attempts=hop, poison=redrive)
+    except ThrottledError as exc:
+        _repoll(deps, run, poll, [], _throttle_delay(exc, settings), f"still throttled by Partner Center (Retry-After {exc.retry_after}s)")
+        return
+    if orders is not None:
+        _first_poll(deps, run, replace(poll, attempt=poll.attempt + 1), orders)
 
 
 def _repoll(deps: Deps, run: _Run, poll: PollMessage, orders: list[OrderState], delay: int, why: str) -> None:

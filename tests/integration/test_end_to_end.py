@@ -194,3 +194,19 @@ def test_poll_message_that_is_not_base64_goes_to_poison_untouched(world):
         time.sleep(0.3)
     assert world.queues.peek_raw(world.poll_queue + "-poison") == [text]  # copied raw, un-decoded
     assert world.queues.count(world.poll_queue) == 0
+
+
+def test_invocations_that_keep_failing_end_in_one_failed_outcome_and_poison(world, make_customer):
+    customer = make_customer([{}])
+    world.pc.faults([{"kind": "status", "status": 503, "path": customer["id"]}])  # this customer's calls always fail
+    world.start(AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3", PARTNER_CENTER_RETRY_BUDGET_SECONDS="1")
+    world.request(customer["id"])
+    (event,) = world.outcomes(1, timeout=60)
+    assert event["outcome"] == "failed" and "3 times" in event["detail"]
+    import time
+
+    time.sleep(2)
+    assert world.poison() == [customer["id"].encode()]  # once: the app's copy; the host never had to poison it
+    assert world.queues.count(world.request_queue) == 0
+    assert len(world.outcomes(1)) == 1
+    assert methods(world.api_calls(customer["id"]), "DELETE") == []

@@ -91,6 +91,8 @@ def test_poll_message_round_trip():
     poll = PollMessage(CUST, CORR, (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),), 3, INSERTED, NOW, 1)
     again = parse_poll_message(poll.to_text().encode())
     assert again == poll
+    discover = PollMessage(CUST, CORR, (), 0, INSERTED, NOW, 0, "discover", True)
+    assert parse_poll_message(discover.to_text()) == discover
     assert json.loads(poll.to_text())["schemaVersion"] == 1
 
 
@@ -108,6 +110,9 @@ def test_poll_message_round_trip():
         (lambda d: d.update(requestedAt="2026-11-24 12:00"), "malformed"),
         (lambda d: d.pop("firstHandledAt"), "malformed"),
         (lambda d: d.update(orders=[{"id": "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "status": "x"}] * 2), "twice"),
+        (lambda d: d.update(stage="other"), "stage"),
+        (lambda d: d.update(dryRun=True), "dryRun"),  # only a discover stage may carry a dry run
+        (lambda d: d.update(stage="discover", dryRun="yes"), "dryRun"),
     ],
 )
 def test_invalid_poll_messages(mutate, reason_part):

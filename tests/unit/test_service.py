@@ -248,3 +248,59 @@ def test_invalid_poll_message_is_rejected_into_poll_poison(world):
     handle_poll(queue_message(b'{"schemaVersion": 1, "kind": "poll"}'), "inv", deps)
     assert the_outcome(pub)["outcome"] == "rejected"
     assert pub.on(POLL_POISON) == [(b'{"schemaVersion": 1, "kind": "poll"}', 0)] and pc.calls == []
+
+
+def test_throttled_request_continues_on_the_poll_queue_instead_of_burning_deliveries(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=1), O2: FakeOrder()})
+    pc.throttle_next = 50
+    request(deps, json.dumps({"customerTenantId": CUST, "correlationId": CORR}))  # does not raise
+    (raw, delay), = pub.on(POLL)
+    assert delay == 50 and json.loads(raw)["stage"] == "discover" and pub.on(OUT) == []
+    run_polls(deps, pub, clock)
+    out = the_outcome(pub)
+    assert out["outcome"] == "deleted" and out["correlationId"] == CORR
+    assert out["requestedAt"] == "2026-11-24T11:59:00.000Z"  # still the original request's insertion time
+    assert pc.count("cancel_order") == 2 and pc.count("delete_customer") == 1
+
+
+def test_throttled_dry_run_stays_a_dry_run(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+    pc.throttle_next = 5
+    request(deps, json.dumps({"customerTenantId": CUST, "dryRun": True}))
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "dry_run"
+    assert pc.count("cancel_order") == 0 and pc.count("delete_customer") == 0
+
+
+def test_throttled_dry_run_given_up_is_redriven_as_a_dry_run(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+    pc.throttle_next = 5
+    request(deps, json.dumps({"customerTenantId": CUST, "dryRun": True}))
+    (raw, _), = pub.on(POLL)
+    handle_poll(queue_message(raw, dequeue_count=5), "inv", deps)  # its invocations kept dying
+    assert the_outcome(pub)["outcome"] == "failed"
+    (poisoned, _), = pub.on(POISON)
+    assert json.loads(poisoned)["dryRun"] is True
+
+
+def test_discovery_that_stays_throttled_times_out_without_changes(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+
+    class AlwaysThrottled(FakePartnerCenter):
+        def _enter(self, *call):
+            self.calls.append(call)
+            from shared.errors import ThrottledError
+            raise ThrottledError(429, "429", "Rate limit is exceeded.", retry_after=120)
+
+    deps.partner_center = AlwaysThrottled()
+    deps.partner_center.customers = pc.customers
+    request(deps, CUST)
+    run_polls(deps, pub, clock)
+    out = the_outcome(pub)
+    assert out["outcome"] == "timed_out" and "throttling" in out["detail"]
+    assert {c[0] for c in deps.partner_center.calls} == {"get_customer"}
+    assert len(pub.on(POISON)) == 1
