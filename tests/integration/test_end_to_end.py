@@ -210,3 +210,17 @@ def test_invocations_that_keep_failing_end_in_one_failed_outcome_and_poison(worl
     assert world.queues.count(world.request_queue) == 0
     assert len(world.outcomes(1)) == 1
     assert methods(world.api_calls(customer["id"]), "DELETE") == []
+
+
+def test_hostile_order_id_in_entitlements_cannot_redirect_a_request(world, make_customer):
+    victim = make_customer([{}])
+    attacker = str(uuid.uuid4())
+    hostile = f"../../{victim['id']}"  # would turn PATCH .../orders/<id> into a call on another customer
+    world.pc.add_customers([{"id": attacker, "orders": [{"id": "A" * 33}],
+                             "entitlements": [{"referenceOrder": {"id": "A" * 33}}, {"referenceOrder": {"id": hostile}}]}])
+    world.start()
+    world.request(attacker)
+    (event,) = world.outcomes(1)
+    assert event["outcome"] == "failed" and "not the documented shape" in event["detail"]
+    assert [c for c in world.pc.requests_log() if c["method"] in ("PATCH", "DELETE") and (attacker in c["path"] or victim["id"] in c["path"])] == []
+    assert world.api_calls(victim["id"]) == []

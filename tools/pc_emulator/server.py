@@ -483,6 +483,8 @@ class Handler(BaseHTTPRequestHandler):
                 if unknown:
                     return 400, {"error": f"unknown knobs {sorted(unknown)}"}, {}
                 sandbox.knobs.update(data)
+                if {"rateLimitPerWindow", "rateLimitWindowSeconds"} & set(data):
+                    sandbox.windows.clear()  # a new limit starts with a fresh window
                 if "randomSeed" in data:
                     sandbox.random.seed(data["randomSeed"])
                 return 200, sandbox.knobs, {}
