@@ -22,6 +22,8 @@ def main(msg: func.QueueMessage, context: func.Context) -> None:
         f.write(json.dumps({"body": body, "dequeue": msg.dequeue_count, "t": time.time(), "inv": context.invocation_id}) + "\\n")
     if body.startswith("sleep"):
         time.sleep(float(body.split(":")[1]))
+        with open(os.environ["PROBE_LOG"], "a") as f:
+            f.write(json.dumps({"done": body, "t": time.time()}) + "\\n")
     if body.startswith("fail"):
         raise RuntimeError("probe failure")
 '''
@@ -45,17 +47,18 @@ def run_probe(probe_app, azurite, queues, tmp_path):
     queue = f"p{uuid.uuid4().hex[:12]}"
     log = tmp_path / "probe.log"
 
-    def start(lease_seconds=600):
+    def start(lease_seconds=600, **extra):
         queues.ensure(queue)
-        host = devenv.start_host(tmp_path, {"AzureWebJobsStorage": azurite, "PROBE_QUEUE": queue.upper(), "PROBE_LOG": str(log)},
+        host = devenv.start_host(tmp_path, {"AzureWebJobsStorage": azurite, "PROBE_QUEUE": queue.upper(), "PROBE_LOG": str(log), **extra},
                                  name=f"probe{len(hosts)}", lease_seconds=lease_seconds, app_root=probe_app)
         hosts.append(host)
         devenv.wait_for(lambda: "Host started" in host.log() or host.proc.poll() is not None, 30, what="host")
         assert host.proc.poll() is None, host.log()
         return host
 
-    def calls():
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    def calls(done=False):
+        entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return [e for e in entries if ("done" in e) == done]
 
     yield start, queue, calls
     for h in hosts:
@@ -110,6 +113,18 @@ def test_lease_is_renewed_while_the_function_runs(run_probe, queues):
     queues.send(queue, "sleep:5")
     devenv.wait_for(lambda: queues.count(queue) == 0, 30, interval=0.5, what="completion")
     assert len(calls()) == 1  # never redelivered although it ran past the lease
+
+
+def test_function_timeout_restarts_the_worker_and_counts_as_a_failure(run_probe, queues):
+    start, queue, calls = run_probe
+    start(AzureFunctionsJobHost__functionTimeout="00:00:02")
+    queues.send(queue, "sleep:8")
+    devenv.wait_for(lambda: queues.peek_raw(queue + "-poison"), 40, what="poison after timeouts")
+    attempts = calls()
+    assert [c["dequeue"] for c in attempts] == [1, 2, 3]
+    assert all(1.9 <= b["t"] - a["t"] < 6 for a, b in zip(attempts, attempts[1:]))  # cut off at the timeout
+    time.sleep(7)
+    assert calls(done=True) == []  # the invocations died with their worker process; none finished later
 
 
 def test_unresolved_setting_stops_indexing(probe_app, tmp_path, azurite):

@@ -28,9 +28,9 @@ def request(deps, body, **kw):
     handle_deletion_request(queue_message(body, **kw), "inv-1", deps)
 
 
-def run_polls(deps, pub, clock, max_hops=50):
+def run_polls(deps, pub, clock, max_hops=50, start=0):
     """Deliver poll messages one by one, advancing the clock by each one's delay, until none is left."""
-    delivered = 0
+    delivered = start
     while delivered < len(pub.on(POLL)) and delivered < max_hops:
         raw, delay = pub.on(POLL)[delivered]
         delivered += 1
@@ -304,3 +304,16 @@ def test_discovery_that_stays_throttled_times_out_without_changes(world):
     assert out["outcome"] == "timed_out" and "throttling" in out["detail"]
     assert {c[0] for c in deps.partner_center.calls} == {"get_customer"}
     assert len(pub.on(POISON)) == 1
+
+
+def test_a_poll_hop_stops_reading_at_the_first_open_order(world):
+    pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=3), O2: FakeOrder(pending_reads=1), O3: FakeOrder(pending_reads=1)})
+    request(deps, CUST)
+    reads_before = pc.count("get_order")
+    raw, _ = pub.on(POLL)[0]
+    handle_poll(queue_message(raw, id="p1"), "inv", deps)
+    assert pc.count("get_order") - reads_before == 1  # O1 still pending: O2 and O3 wait for a later hop
+    run_polls(deps, pub, clock, start=1)
+    out = the_outcome(pub)
+    assert out["outcome"] == "deleted" and pc.count("delete_customer") == 1

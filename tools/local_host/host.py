@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -259,8 +260,11 @@ class Listener:
     """One queue listener per function, as in the queue extension 5.x."""
 
     def __init__(self, fn: LoadedFunction, options: QueueOptions, *, lease_seconds: int, function_timeout: float | None,
-                 stop: threading.Event, client_factory: Callable[[str, str], Any]):
+                 stop: threading.Event, client_factory: Callable[[str, str], Any], worker: Callable[[], Any],
+                 restart_worker: Callable[[Any], None]):
         self.fn = fn
+        self.worker = worker
+        self.restart_worker = restart_worker
         self.opts = options
         self.lease = lease_seconds
         self.function_timeout = function_timeout
@@ -375,40 +379,30 @@ class Listener:
                 return
 
     def _invoke(self, message: Any, data: bytes, invocation_id: str) -> bool:
+        from tools.local_host.worker import WorkerDied
+
         try:
             body = data.decode("utf-8")  # the host binds the trigger through a strict UTF-8 string conversion
         except UnicodeDecodeError:
             log.error("%s: message %s is not valid UTF-8 after decoding; invocation failed", self.fn.name, message.id)
             return False
-        msg = to_function_message(message, body)
-        ctx = Context(invocation_id, self.fn.name, str(self.fn.directory))
-        kwargs = {self.fn.binding: msg}
-        if self.fn.wants_context:
-            kwargs["context"] = ctx
         log.info("Executing 'Functions.%s' (Reason='New queue message detected on '%s'.', Id=%s, DequeueCount=%d)",
                  self.fn.name, self.fn.queue, invocation_id, message.dequeue_count)
         started = time.monotonic()
-        future: Future = Future()
-
-        def call() -> None:
-            try:
-                self.fn.entry(**kwargs)
-                future.set_result(True)
-            except BaseException as exc:  # noqa: BLE001 - any exception is a failed invocation
-                future.set_exception(exc)
-
-        runner = threading.Thread(target=call, name=f"{self.fn.name}-{invocation_id[:8]}", daemon=True)
-        runner.start()
+        worker = self.worker()
         try:
-            future.result(timeout=self.function_timeout)
-        except TimeoutError:
-            log.error("A function timeout has occurred (%s, invocation %s); counted as a failure", self.fn.name, invocation_id)
+            error = worker.invoke(invocation_id, self.fn.name, message, body).result(timeout=self.function_timeout)
+        except (TimeoutError, FutureTimeout):  # distinct classes before Python 3.11
+            log.error("A function timeout has occurred. Restarting worker process executing invocationId '%s'.", invocation_id)
+            self.restart_worker(worker)
             return False
-        except BaseException as exc:  # noqa: BLE001
-            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): %s: %s", self.fn.name, invocation_id,
-                      (time.monotonic() - started) * 1000, type(exc).__name__, exc)
+        except WorkerDied as exc:
+            error = str(exc)
+        ms = (time.monotonic() - started) * 1000
+        if error:
+            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): %s", self.fn.name, invocation_id, ms, error)
             return False
-        log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", self.fn.name, invocation_id, (time.monotonic() - started) * 1000)
+        log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", self.fn.name, invocation_id, ms)
         return True
 
     def _complete(self, message: Any, pop_receipt: str, text: str, ok: bool) -> None:
@@ -454,6 +448,25 @@ class LocalHost:
         self.stop_event = threading.Event()
         self.lease = lease_seconds
         self._clients: dict[str, Any] = {}
+        q = self.config.queues
+        self._threads = max(1, (q.batch_size + q.new_batch_threshold) * len(self.functions))
+        self._worker_lock = threading.Lock()
+        self._worker: Any = None
+
+    def worker(self) -> Any:
+        from tools.local_host.worker import WorkerProcess
+
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = WorkerProcess(self.app_root, [fn.name for fn in self.functions], self._threads)
+            return self._worker
+
+    def restart_worker(self, old: Any) -> None:
+        """After a function timeout: every invocation in that worker process is lost with it, as in Azure."""
+        with self._worker_lock:
+            if self._worker is old:
+                old.kill()
+                self._worker = None
 
     def _client(self, connection: str, queue: str) -> Any:
         from azure.storage.queue import QueueServiceClient
@@ -466,7 +479,9 @@ class LocalHost:
 
     def start(self) -> list[Listener]:
         self.listeners = [Listener(fn, self.config.queues, lease_seconds=self.lease, function_timeout=self.config.function_timeout,
-                                   stop=self.stop_event, client_factory=self._client) for fn in self.functions]
+                                   stop=self.stop_event, client_factory=self._client, worker=self.worker,
+                                   restart_worker=self.restart_worker) for fn in self.functions]
+        self.worker()  # start the language worker before the first message
         for listener in self.listeners:
             log.info("Found function %s: queue trigger on '%s' (poison '%s')", listener.fn.name, listener.fn.queue,
                      listener.fn.queue + "-poison" if listener.poison else "none")
@@ -481,6 +496,10 @@ class LocalHost:
         for listener in getattr(self, "listeners", []):
             listener.thread.join(timeout)
             listener.pool.shutdown(wait=True)
+        with self._worker_lock:
+            if self._worker is not None:
+                self._worker.kill()
+                self._worker = None
 
 
 def utc_now() -> datetime:
