@@ -94,7 +94,7 @@ def main() -> int:
             for line in host.log().splitlines():
                 if "poll hop" in line and correlation in line and f"poll hop {hops + 1} " in line:
                     hops += 1
-                    say(t0, f"poll_orders: hop {hops} ran (each hop reads the open orders, then re-enqueues itself with a growing delay or DELETEs)")
+                    say(t0, f"poll_orders: hop {hops} ran (reads orders up to the first still open; then re-enqueues itself with a growing delay, or DELETEs)")
             if outcomes.poll():
                 break
             time.sleep(0.3)
