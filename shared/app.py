@@ -29,7 +29,8 @@ def _build() -> Deps:
     else:
         service = QueueServiceClient(settings.storage.queue_service_uri, credential=storage_credential(settings.storage))
     policy = RetryPolicy(read_timeout=float(settings.read_timeout), max_total_seconds=float(settings.retry_budget))
-    client = PartnerCenterClient(settings.base_url, partner_center_credential(settings), settings.scope, policy=policy)
+    client = PartnerCenterClient(settings.base_url, partner_center_credential(settings), settings.scope, policy=policy,
+                                 credential_factory=lambda: partner_center_credential(settings))
     log.info("customer deletion app configured: Partner Center %s, queues %s / %s / %s",
              settings.base_url, settings.delete_queue, settings.poll_queue, settings.outcomes_queue)
     return Deps(settings=settings, partner_center=client, publisher=QueuePublisher(service))

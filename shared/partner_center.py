@@ -131,6 +131,7 @@ class PartnerCenterClient:
         policy: RetryPolicy = RetryPolicy(),
         session_factory: Callable[[], requests.Session] = requests.Session,
         sleep: Callable[[float], None] = time.sleep,
+        credential_factory: Callable[[], TokenCredential] | None = None,
     ):
         parts = urlsplit(base_url)
         if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(parts.hostname)):
@@ -139,6 +140,8 @@ class PartnerCenterClient:
         self._base = base_url.rstrip("/")
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._credential = credential
+        self._credential_factory = credential_factory
+        self._credential_lock = threading.Lock()
         self._scope = scope
         self._policy = policy
         self._session_factory = session_factory
@@ -271,15 +274,25 @@ class PartnerCenterClient:
                 method, path, exc, state.attempt_number, request_id, correlation_id, state.upcoming_sleep,
             )
 
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, (TransientError, ThrottledError))),
-            stop=stop,
-            wait=wait,
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        return retrying(self._attempt, method, path, request_id, correlation_id, json_body, extra_headers or {})
+        for renewed in (False, True):
+            retrying = Retrying(
+                retry=retry_if_exception(lambda e: isinstance(e, (TransientError, ThrottledError))),
+                stop=stop,
+                wait=wait,
+                sleep=self._sleep,
+                before_sleep=before_sleep,
+                reraise=True,
+            )
+            try:
+                return retrying(self._attempt, method, path, request_id, correlation_id, json_body, extra_headers or {})
+            except AuthenticationError:
+                if renewed or self._credential_factory is None:
+                    raise
+                # The cached token may have been revoked: a new credential (empty cache) fetches a fresh one, once.
+                log.warning("%s %s answered 401: renewing the credential and retrying once (request %s)", method, path, request_id)
+                with self._credential_lock:
+                    self._credential = self._credential_factory()
+        raise AssertionError("unreachable")
 
     def _attempt(
         self, method: str, path: str, request_id: str, correlation_id: str, json_body: Any, extra: dict[str, str]

@@ -126,6 +126,9 @@ class Emulator:
     def add_customers(self, customers: list[dict]) -> None:
         self._req("POST", "customers", customers)
 
+    def revoke_tokens(self) -> int:
+        return self._req("POST", "revoke-tokens")["revoked"]
+
     def reset(self, seed: dict | None = None) -> None:
         self._req("POST", "reset", seed)
 

@@ -226,3 +226,15 @@ def test_hostile_order_id_in_entitlements_cannot_redirect_a_request(world, make_
     assert event["outcome"] == "failed" and "not the documented shape" in event["detail"]
     assert [c for c in world.pc.requests_log() if c["method"] in ("PATCH", "DELETE") and (attacker in c["path"] or victim["id"] in c["path"])] == []
     assert world.api_calls(victim["id"]) == []
+
+
+def test_revoked_token_is_replaced_instead_of_failing_every_retry(world, make_customer):
+    first, second = make_customer([]), make_customer([])
+    world.start()
+    world.request(first["id"])
+    world.outcomes(1)
+    assert world.pc.revoke_tokens() >= 1  # the app's cached token is now refused (as after an emulator restart)
+    world.request(second["id"])
+    events = world.outcomes(2)
+    assert [e["outcome"] for e in events] == ["deleted", "deleted"]
+    assert any(r["status"] == 401 for r in world.api_calls(second["id"]))

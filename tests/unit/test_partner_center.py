@@ -203,3 +203,25 @@ def test_hostile_next_links_are_refused(client, uri):
 def test_bad_customer_id_never_reaches_a_url(client):
     with pytest.raises(UnsafeIdError):
         client.delete_customer("../partners", correlation_id=CORR)
+
+
+@responses.activate
+def test_401_renews_the_credential_once_then_raises(sleeps):
+    made = []
+
+    def factory():
+        made.append(FakeCredential())
+        return made[-1]
+
+    client = PartnerCenterClient(BASE, FakeCredential(), "s/.default", policy=RetryPolicy(max_attempts=2), sleep=sleeps.append, credential_factory=factory)
+    url = f"{BASE}/v1/customers/{CUST}"
+    responses.get(url, body=body({"code": 800001, "description": "Partner Token missing"}), status=401)
+    responses.get(url, body=body({"id": CUST}))
+    assert client.get_customer(CUST, correlation_id=CORR) == {"id": CUST}
+    assert len(made) == 1 and made[0].calls == 1  # the retry used a fresh credential
+    assert len({c.request.headers["MS-RequestId"] for c in responses.calls}) == 1
+    responses.get(url, body=body({"code": 800001, "description": "Partner Token missing"}), status=401)
+    responses.get(url, body=body({"code": 800001, "description": "Partner Token missing"}), status=401)
+    with pytest.raises(AuthenticationError):
+        client.get_customer(CUST, correlation_id=CORR)
+    assert len(made) == 2

@@ -498,6 +498,10 @@ class Handler(BaseHTTPRequestHandler):
                 for customer in data:
                     sandbox.add_customer(customer)
                 return 200, {"customers": len(sandbox.customers)}, {}
+            if name == "revoke-tokens" and method == "POST":
+                revoked = len(sandbox.tokens)
+                sandbox.tokens.clear()  # as after a secret rotation or an emulator restart: cached tokens now get 401
+                return 200, {"revoked": revoked}, {}
             if name == "reset" and method == "POST":
                 sandbox.reset(data if isinstance(data, dict) else None)
                 return 200, {"customers": len(sandbox.customers)}, {}

@@ -1,0 +1,103 @@
+"""Send, show and redrive the app's queue messages (Base64, as the Functions host reads them).
+
+    python -m tools.queues send '{"customerTenantId": "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b", "dryRun": true}'
+    python -m tools.queues show outcomes          # requests | polls | outcomes | poison | polls-poison
+    python -m tools.queues redrive                # move every message of <DELETE_CUSTOMER_QUEUE>-poison back, unchanged
+
+Connection string and queue names come from the settings file (``--settings``, default local.settings.json) or, when
+it is missing, from the environment, with the app's defaults. ``show`` peeks (up to 32 messages) and consumes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+from shared.config import DEFAULTS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(settings_path: str) -> dict[str, str]:
+    path = Path(settings_path)
+    values = dict(os.environ)
+    if path.exists():
+        values.update(json.loads(path.read_text(encoding="utf-8-sig")).get("Values") or {})
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.queues", description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", default=str(ROOT / "local.settings.json"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    send = sub.add_parser("send", help="put a deletion request (text as given) on the request queue")
+    send.add_argument("body")
+    show = sub.add_parser("show", help="peek at a queue, decoded")
+    show.add_argument("which", choices=["requests", "polls", "outcomes", "poison", "polls-poison"])
+    sub.add_parser("redrive", help="move the request queue's poison messages back to the request queue, unchanged")
+    args = parser.parse_args(argv)
+
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+    from azure.storage.queue import QueueServiceClient
+
+    values = load(args.settings)
+    conn = values.get("AzureWebJobsStorage")
+    if not conn:
+        parser.error("AzureWebJobsStorage is not set (settings file or environment)")
+    names = {k: (values.get(k) or DEFAULTS[k]).lower() for k in ("DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "DELETION_OUTCOMES_QUEUE")}
+    queue_of = {"requests": names["DELETE_CUSTOMER_QUEUE"], "polls": names["POLL_ORDERS_QUEUE"], "outcomes": names["DELETION_OUTCOMES_QUEUE"],
+                "poison": names["DELETE_CUSTOMER_QUEUE"] + "-poison", "polls-poison": names["POLL_ORDERS_QUEUE"] + "-poison"}
+    service = QueueServiceClient.from_connection_string(conn)
+
+    if args.command == "send":
+        client = service.get_queue_client(queue_of["requests"])
+        try:
+            client.create_queue()
+        except ResourceExistsError:
+            pass
+        sent = client.send_message(base64.b64encode(args.body.encode("utf-8")).decode("ascii"))
+        print(f"sent message {sent.id} to {queue_of['requests']}")
+        return 0
+
+    if args.command == "show":
+        try:
+            messages = list(service.get_queue_client(queue_of[args.which]).peek_messages(max_messages=32))
+        except ResourceNotFoundError:
+            messages = []
+        for m in messages:
+            try:
+                text = base64.b64decode(m.content, validate=True).decode("utf-8")
+            except ValueError:
+                text = f"(not Base64) {m.content}"
+            try:
+                text = json.dumps(json.loads(text), indent=2)
+            except ValueError:
+                pass
+            print(f"--- {m.id} inserted {m.inserted_on:%Y-%m-%dT%H:%M:%SZ} dequeued {m.dequeue_count}x\n{text}")
+        print(f"{len(messages)} message(s) on {queue_of[args.which]}" + (" (peek shows at most 32)" if len(messages) == 32 else ""))
+        return 0
+
+    # redrive: receive from poison, send the same text to the request queue, then delete from poison
+    poison = service.get_queue_client(queue_of["poison"])
+    target = service.get_queue_client(queue_of["requests"])
+    moved = 0
+    try:
+        while True:
+            page = list(next(poison.receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=60).by_page(), []))
+            if not page:
+                break
+            for m in page:
+                target.send_message(m.content)  # the stored text unchanged: still Base64, still the original request
+                poison.delete_message(m)
+                moved += 1
+    except ResourceNotFoundError:
+        pass
+    print(f"moved {moved} message(s) from {queue_of['poison']} to {queue_of['requests']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
