@@ -3,6 +3,7 @@ no URL is ever built from unvalidated text; protected customers are never touche
 from __future__ import annotations
 
 import json
+import random
 import re
 import uuid
 from datetime import datetime, timezone
@@ -62,7 +63,7 @@ class Token:
         return AccessToken("t", 9999999999)
 
 
-def deps_with_real_client(tmp_path, entitlement_ids=None):
+def deps_with_real_client(tmp_path):
     """The real client over a stubbed transport: customers exist, entitlements list ``entitlement_ids``."""
     client = PartnerCenterClient(BASE, Token(), "s/.default", policy=RetryPolicy(max_attempts=1), sleep=lambda s: None)
     settings_ = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED}, app_root=tmp_path)
@@ -109,7 +110,7 @@ def test_the_function_never_raises_and_builds_urls_only_from_validated_values(tm
 
 def protected_forms():
     def vary(seed):
-        rnd = __import__("random").Random(seed)
+        rnd = random.Random(seed)
         cid = "".join(c.upper() if rnd.random() < 0.5 else c for c in PROTECTED)
         pad = rnd.choice(["", " ", "\n", "\t  "])
         form = rnd.randrange(3)
