@@ -207,7 +207,7 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
     poison_reasons = Counter()
     for corr in poisoned:
         detail = (per_corr.get(corr) or [{"detail": "no outcome event"}])[0]["detail"]
-        poison_reasons[re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|[A-Za-z0-9_-]{33}|\d+", "#", detail)[:90]] += 1
+        poison_reasons[re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|[A-Za-z0-9_-]{33}|\d+", "#", detail.split(";")[0].split(" (")[0])[:70]] += 1
     deletes_204 = Counter(r["path"].rsplit("/", 1)[1] for r in log if r["method"] == "DELETE" and r["status"] == 204)
     api_calls = [r for r in log if r["path"].startswith("/v1/")]
     deleted = state["deleted"]
@@ -257,7 +257,7 @@ def table(r: dict) -> str:
         ("customers deleted twice / resurrected", f"{r['deleted_twice']} / {r['resurrected']}"),
         ("protected customer: Partner Center calls", r["protected_touched"]),
         ("requests lost (neither outcome nor poison)", r["lost"]),
-        ("requests waiting in poison", f"{r['poisoned']}: " + "; ".join(f"{v}x {k}" for k, v in r["poison_reasons"].items())),
+        ("requests waiting in poison (reasons)", f"{r['poisoned']} (" + "; ".join(f"{v}x {k}" for k, v in sorted(r["poison_reasons"].items())) + ")"),
         ("Partner Center calls (per deletion)", f"{r['api_calls']} ({r['api_calls_per_deletion']})"),
         ("429 / injected 5xx / dropped connections", f"{r['throttled_429']} / {r['injected_5xx']} / {r['dropped']}"),
         ("host kills (SIGKILL mid-run)", r["host_kills"]),
