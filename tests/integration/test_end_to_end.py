@@ -238,3 +238,17 @@ def test_revoked_token_is_replaced_instead_of_failing_every_retry(world, make_cu
     events = world.outcomes(2)
     assert [e["outcome"] for e in events] == ["deleted", "deleted"]
     assert any(r["status"] == 401 for r in world.api_calls(second["id"]))
+
+
+def test_invocations_cut_off_by_function_timeout_end_in_one_failed_outcome(world, make_customer):
+    customer = make_customer([{}])
+    world.pc.faults([{"kind": "slow", "path": customer["id"], "seconds": 8}])  # every call outlasts the function timeout
+    world.start(AzureFunctionsJobHost__functionTimeout="00:00:02", AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3")
+    world.request(customer["id"])
+    (event,) = world.outcomes(1, timeout=60)
+    assert event["outcome"] == "failed" and "3 times" in event["detail"]
+    import time
+
+    time.sleep(9)  # the cut-off invocations died with their worker: nothing of theirs arrives later
+    assert len(world.outcomes(1)) == 1 and world.poison() == [customer["id"].encode()]
+    assert [c for c in world.api_calls(customer["id"]) if c["method"] in ("PATCH", "DELETE")] == []
