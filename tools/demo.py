@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from tools import devenv
 

@@ -40,7 +40,7 @@ def test_full_run_logs_no_token_secret_or_key(monkeypatch, azurite, pc, queues, 
         ctx = types.SimpleNamespace(invocation_id=str(uuid.uuid4()))
         for queue, main in ((names["DELETE_CUSTOMER_QUEUE"], delete_customer.main), (names["POLL_ORDERS_QUEUE"], poll_orders.main),
                             (names["POLL_ORDERS_QUEUE"], poll_orders.main)):
-            raw = devenv.wait_for(lambda: list(next(queues.client(queue).receive_messages(max_messages=1, messages_per_page=1).by_page(), [])), 10)[0]
+            raw = devenv.wait_for(lambda q=queue: list(next(queues.client(q).receive_messages(max_messages=1, messages_per_page=1).by_page(), [])), 10)[0]
             main(to_function_message(raw, decode_base64_strict(raw.content).decode()), ctx)
             time.sleep(0.2)
         outcomes = [json.loads(devenv.b64decode(m.content)) for m in queues.drain(names["DELETION_OUTCOMES_QUEUE"])]
