@@ -274,7 +274,7 @@ class PartnerCenterClient:
                 method, path, exc, state.attempt_number, request_id, correlation_id, state.upcoming_sleep,
             )
 
-        for renewed in (False, True):
+        def send() -> Any:
             retrying = Retrying(
                 retry=retry_if_exception(lambda e: isinstance(e, (TransientError, ThrottledError))),
                 stop=stop,
@@ -283,16 +283,18 @@ class PartnerCenterClient:
                 before_sleep=before_sleep,
                 reraise=True,
             )
-            try:
-                return retrying(self._attempt, method, path, request_id, correlation_id, json_body, extra_headers or {})
-            except AuthenticationError:
-                if renewed or self._credential_factory is None:
-                    raise
-                # The cached token may have been revoked: a new credential (empty cache) fetches a fresh one, once.
-                log.warning("%s %s answered 401: renewing the credential and retrying once (request %s)", method, path, request_id)
-                with self._credential_lock:
-                    self._credential = self._credential_factory()
-        raise AssertionError("unreachable")
+            return retrying(self._attempt, method, path, request_id, correlation_id, json_body, extra_headers or {})
+
+        try:
+            return send()
+        except AuthenticationError:
+            if self._credential_factory is None:
+                raise
+        # The cached token may have been revoked: a new credential (empty cache) fetches a fresh one, once.
+        log.warning("%s %s answered 401: renewing the credential and retrying once (request %s)", method, path, request_id)
+        with self._credential_lock:
+            self._credential = self._credential_factory()
+        return send()
 
     def _attempt(
         self, method: str, path: str, request_id: str, correlation_id: str, json_body: Any, extra: dict[str, str]

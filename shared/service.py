@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from shared.config import MAX_QUEUE_DELAY_SECONDS, Settings
@@ -31,7 +31,7 @@ from shared.messages import (
     parse_deletion_request,
     parse_poll_message,
 )
-from shared.workflow import Policy, after_delete_refused, decide, first_poll_delay, orders_to_cancel
+from shared.workflow import Policy, after_delete_refused, decide, first_poll_delay, needs_cancel, past_deadline
 
 __all__ = ["Deps", "QueueMessageLike", "handle_deletion_request", "handle_poll", "is_active_orders_refusal", "utc_now"]
 
@@ -143,19 +143,20 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
         run.finish("failed", _give_up_detail(msg.dequeue_count, "deletion request"), poison=body)
         return
 
+    chain = PollMessage(request.customer_id, request.correlation_id, (), 0, request.requested_at, now)
     try:
         orders = _discover(run, deps, request.customer_id, request.dry_run, poison=body)
     except ThrottledError as exc:
         # Not slept through, and not raised either: the host would retry after visibilityTimeout, ignoring
         # Retry-After, and a storm would use up maxDequeueCount. The discovery continues on the poll queue instead.
-        discover = PollMessage(request.customer_id, request.correlation_id, (), 0, request.requested_at, now, 0, "discover", request.dry_run)
+        discover = replace(chain, stage="discover", dry_run=request.dry_run)
         delay = _throttle_delay(exc, settings)
         deps.publisher.send(settings.poll_queue, discover.to_text(), delay=delay)
         run.log.warning("throttled by Partner Center (Retry-After %ss): the discovery continues on the poll queue in %ds", exc.retry_after, delay)
         return
     if orders is None:
         return
-    _first_poll(deps, run, PollMessage(request.customer_id, request.correlation_id, (), 0, request.requested_at, now, 0), orders)
+    _first_poll(deps, run, chain, orders)
 
 
 def _discover(run: "_Run", deps: Deps, customer_id: str, dry_run: bool, *, poison: bytes | str, poll_attempts: int = 0) -> list[OrderState] | None:
@@ -280,7 +281,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
                 orders[i] = OrderState(order.id, _status(pc.get_order(poll.customer_id, order.id, correlation_id=poll.correlation_id)))
             except ConflictError:
                 pass
-            if orders_to_cancel([orders[i]]):
+            if needs_cancel(orders[i]):
                 run.log.info("order %s reads %s (not cancelled, not pending): cancelling it again", order.id, orders[i].status)
                 orders[i] = _cancel(pc, run, poll.customer_id, orders[i])
             if not orders[i].cancelled:
@@ -337,7 +338,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
 def _discover_hop(deps: Deps, run: "_Run", poll: PollMessage, now: datetime, hop: int, redrive: str) -> None:
     """The discovery that delete_customer handed over when it was throttled."""
     settings = deps.settings
-    if now >= poll.first_handled_at + timedelta(seconds=settings.poll_timeout):
+    if past_deadline(poll.first_handled_at, now, deps.policy):
         run.finish("timed_out", (f"the customer's orders could not be read within {settings.poll_timeout}s of the request "
                                  "(Partner Center kept throttling); nothing was cancelled or deleted"), poll_attempts=hop, poison=redrive)
         return

@@ -8,7 +8,8 @@ from typing import Iterable
 
 from shared.messages import OrderState
 
-__all__ = ["Policy", "Decision", "poll_delay", "first_poll_delay", "decide", "orders_to_cancel", "after_delete_refused", "is_cancelled"]
+__all__ = ["Policy", "Decision", "poll_delay", "first_poll_delay", "decide", "needs_cancel", "past_deadline",
+           "after_delete_refused", "is_cancelled"]
 
 #: Statuses that mean "the cancellation is under way, do not PATCH again": wait for the next poll.
 WAITING_STATUSES = frozenset({"pending"})
@@ -45,9 +46,14 @@ def first_poll_delay(orders: Iterable[OrderState], policy: Policy) -> int:
     return policy.interval if any(not o.cancelled for o in orders) else 0
 
 
-def orders_to_cancel(orders: Iterable[OrderState]) -> list[str]:
-    """Orders to PATCH now: not cancelled and not already waiting for a cancellation (an order that fell back)."""
-    return [o.id for o in orders if not o.cancelled and o.status not in WAITING_STATUSES]
+def needs_cancel(order: OrderState) -> bool:
+    """PATCH it now: not cancelled and not already waiting for a cancellation (an order that fell back)."""
+    return not order.cancelled and order.status not in WAITING_STATUSES
+
+
+def past_deadline(first_handled_at: datetime, now: datetime, policy: Policy) -> bool:
+    """POLL_TIMEOUT_SECONDS have passed since the request was first handled."""
+    return now >= first_handled_at + timedelta(seconds=policy.timeout)
 
 
 def decide(orders: tuple[OrderState, ...], *, attempt: int, first_handled_at: datetime, now: datetime, policy: Policy) -> Decision:
@@ -55,10 +61,9 @@ def decide(orders: tuple[OrderState, ...], *, attempt: int, first_handled_at: da
     open_orders = tuple(o.id for o in orders if not o.cancelled)
     if not open_orders:
         return Decision("delete")
-    deadline = first_handled_at + timedelta(seconds=policy.timeout)
-    if now >= deadline:
+    if past_deadline(first_handled_at, now, policy):
         return Decision("timed_out", open_orders=open_orders)
-    left = math.ceil((deadline - now).total_seconds())
+    left = math.ceil((first_handled_at + timedelta(seconds=policy.timeout) - now).total_seconds())
     return Decision("repoll", delay=max(1, min(poll_delay(attempt + 1, policy), left)), open_orders=open_orders)
 
 

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from shared.messages import OrderState
-from shared.workflow import Policy, after_delete_refused, decide, first_poll_delay, orders_to_cancel, poll_delay
+from shared.workflow import Policy, after_delete_refused, decide, first_poll_delay, needs_cancel, poll_delay
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 POLICY = Policy(interval=30, max_interval=600, timeout=3600)
@@ -48,8 +48,8 @@ def test_never_delete_while_an_order_is_open():
             assert d.action != "delete"
 
 
-def test_orders_to_cancel_skips_cancelled_and_pending():
-    assert orders_to_cancel(orders("cancelled", "pending", "completed", "unknown")) == ["C" * 33, "D" * 33]
+def test_needs_cancel_skips_cancelled_and_pending():
+    assert [o.id for o in orders("cancelled", "pending", "completed", "unknown") if needs_cancel(o)] == ["C" * 33, "D" * 33]
 
 
 def test_first_poll_has_no_delay_when_nothing_to_wait_for():
