@@ -282,30 +282,22 @@ class Listener:
     def run(self) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        failures = 0  # empty polls in a row
+        failures = 0  # polls in a row that found nothing (an empty or missing queue, or storage unavailable)
         while not self.stop.is_set():
+            with self.lock:
+                busy = self.in_flight > self.opts.new_batch_threshold
+            if busy:  # fetch a new batch only when in-flight <= newBatchThreshold
+                self.stop.wait(0.05)
+                continue
             try:
-                if not self._exists():
-                    failures += 1
-                    self._sleep_backoff(failures)
-                    continue
-                with self.lock:
-                    room = self.opts.batch_size + self.opts.new_batch_threshold - self.in_flight
-                if self.in_flight > self.opts.new_batch_threshold or room <= 0:
-                    self.stop.wait(0.05)
-                    continue
                 page = next(self.queue.receive_messages(max_messages=self.opts.batch_size, messages_per_page=self.opts.batch_size,
                                                         visibility_timeout=self.lease).by_page(), [])
                 messages = list(page)
             except ResourceNotFoundError:
-                failures += 1
-                self._sleep_backoff(failures)
-                continue
+                messages = []  # the host does not create a trigger queue: it backs off and looks again
             except Exception as exc:  # storage unavailable: keep polling with back-off, like the host
                 log.warning("%s: polling %s failed: %s", self.fn.name, self.fn.queue, exc)
-                failures += 1
-                self._sleep_backoff(failures)
-                continue
+                messages = []
             if not messages:
                 failures += 1
                 self._sleep_backoff(failures)
@@ -315,15 +307,6 @@ class Listener:
                 with self.lock:
                     self.in_flight += 1
                 self.pool.submit(self._process, message)
-
-    def _exists(self) -> bool:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            self.queue.get_queue_properties()
-            return True
-        except ResourceNotFoundError:
-            return False
 
     def _sleep_backoff(self, k: int) -> None:
         delay = 0.1 + random.uniform(0.8, 1.2) * (2 ** (k - 1)) * 0.1 if k > 0 else 0.1
@@ -500,7 +483,3 @@ class LocalHost:
             if self._worker is not None:
                 self._worker.kill()
                 self._worker = None
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)

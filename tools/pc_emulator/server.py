@@ -378,27 +378,34 @@ class Handler(BaseHTTPRequestHandler):
                     return self._cancel(cid, order, raw)
             return error(405, 405, "Method not allowed")
 
+    def _page(self, items: list, size: int, owner: str, next_uri: str, query: dict, body: dict) -> bool:
+        """Put one page of ``items`` into ``body["items"]``; ``size`` 0 means one page. A later page is asked for with
+        ``seekOperation=Next`` and the ``MS-ContinuationToken`` of ``links.next``, which only pages ``owner``'s
+        collection. False: the continuation token is not valid here."""
+        sandbox = self.server.sandbox
+        start = 0
+        if (query.get("seekoperation") or [""])[0].lower() == "next":
+            token = self.headers.get("MS-ContinuationToken")
+            if not token or sandbox.continuations.get(token, ("", 0))[0] != owner:
+                return False
+            start = sandbox.continuations.pop(token)[1]
+        body["items"] = items[start:start + size] if size else items
+        if size and start + size < len(items):
+            nxt = secrets.token_urlsafe(16)
+            sandbox.continuations[nxt] = (owner, start + size)
+            body["continuationToken"] = nxt
+            body["links"]["next"] = {"uri": next_uri, "method": "GET", "headers": [{"key": "MS-ContinuationToken", "value": nxt}]}
+        return True
+
     def _list_customers(self, query: dict) -> tuple[int, Any, dict]:
         sandbox = self.server.sandbox
         size = int((query.get("size") or ["40"])[0])
-        ids = sorted(sandbox.customers)
-        start = 0
-        token = self.headers.get("MS-ContinuationToken")
-        if (query.get("seekoperation") or [""])[0].lower() == "next":
-            if not token or token not in sandbox.continuations:
-                return error(400, 800002, "Invalid request input: continuation token")
-            start = sandbox.continuations.pop(token)[1]
-        page = ids[start:start + size]
-        items = [{"id": c, "companyProfile": {"tenantId": c, "domain": sandbox.customers[c]["domain"], "companyName": sandbox.customers[c]["companyName"]},
-                  "relationshipToPartner": "reseller", "attributes": {"objectType": "Customer"}} for c in page]
-        body: dict = {"totalCount": len(items), "items": items, "links": {"self": {"uri": f"/customers?size={size}", "method": "GET", "headers": []}},
-                      "attributes": {"objectType": "Collection"}}
-        if start + size < len(ids):
-            nxt = secrets.token_urlsafe(16)
-            sandbox.continuations[nxt] = ("customers", start + size)
-            body["continuationToken"] = nxt
-            body["links"]["next"] = {"uri": f"/customers?size={size}&seekOperation=Next", "method": "GET",
-                                     "headers": [{"key": "MS-ContinuationToken", "value": nxt}]}
+        body: dict = {"links": {"self": {"uri": f"/customers?size={size}", "method": "GET", "headers": []}}, "attributes": {"objectType": "Collection"}}
+        if not self._page(sorted(sandbox.customers), size, "customers", f"/customers?size={size}&seekOperation=Next", query, body):
+            return error(400, 800002, "Invalid request input: continuation token")
+        body["items"] = [{"id": c, "companyProfile": {"tenantId": c, "domain": sandbox.customers[c]["domain"], "companyName": sandbox.customers[c]["companyName"]},
+                          "relationshipToPartner": "reseller", "attributes": {"objectType": "Customer"}} for c in body["items"]]
+        body["totalCount"] = len(body["items"])
         return 200, body, {}
 
     def _entitlements(self, cid: str, customer: dict, query: dict) -> tuple[int, Any, dict]:
@@ -407,22 +414,11 @@ class Handler(BaseHTTPRequestHandler):
         wanted = (query.get("entitlementtype") or [""])[0].lower()
         if wanted:
             items = [e for e in items if str(e.get("entitlementType", "")).lower() in (wanted, "virtualmachine" + wanted)]
-        size = int(sandbox.knobs.get("entitlementsPageSize") or 0)
-        start = 0
-        if (query.get("seekoperation") or [""])[0].lower() == "next":
-            token = self.headers.get("MS-ContinuationToken")
-            if not token or sandbox.continuations.get(token, ("", 0))[0] != cid:
-                return error(400, 800002, "Invalid request input: continuation token")
-            start = sandbox.continuations.pop(token)[1]
-        page = items[start:start + size] if size else items
-        body: dict = {"totalCount": len(items), "items": page, "attributes": {"objectType": "Collection"},
+        body: dict = {"totalCount": len(items), "attributes": {"objectType": "Collection"},
                       "links": {"self": {"uri": f"/customers/{cid}/entitlements", "method": "GET", "headers": []}}}
-        if size and start + size < len(items):
-            nxt = secrets.token_urlsafe(16)
-            sandbox.continuations[nxt] = (cid, start + size)
-            body["continuationToken"] = nxt
-            body["links"]["next"] = {"uri": f"/customers/{cid}/entitlements?seekOperation=Next", "method": "GET",
-                                     "headers": [{"key": "MS-ContinuationToken", "value": nxt}]}
+        size = int(sandbox.knobs.get("entitlementsPageSize") or 0)
+        if not self._page(items, size, cid, f"/customers/{cid}/entitlements?seekOperation=Next", query, body):
+            return error(400, 800002, "Invalid request input: continuation token")
         return 200, body, {}
 
     def _cancel(self, cid: str, order: dict, raw: bytes) -> tuple[int, Any, dict]:
