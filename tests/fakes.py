@@ -1,7 +1,6 @@
 """In-memory fakes of the app's ports, for unit tests (integration tests use Azurite and the emulator)."""
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -126,7 +125,3 @@ def queue_message(body: bytes | str, *, id="msg-1", dequeue_count=1, inserted=No
     inserted = inserted or datetime(2026, 11, 24, 11, 59, tzinfo=timezone.utc)
     return QueueMessage(id=id, body=body, dequeue_count=dequeue_count, insertion_time=inserted,
                         expiration_time=inserted + timedelta(days=7), time_next_visible=inserted + timedelta(minutes=10), pop_receipt="pr")
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()

@@ -2,7 +2,6 @@
 emulator and the local Functions host as child processes, plus small helpers to drive and inspect them."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -17,6 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import requests
+
+from shared.queues import encode_for_trigger
+from tools.local_host.host import decode_base64_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -192,7 +194,7 @@ class Queues:
 
     def send(self, name: str, data: bytes | str, *, encode: bool = True, delay: int = 0) -> str:
         raw = data.encode() if isinstance(data, str) else data
-        text = base64.b64encode(raw).decode() if encode else raw.decode("utf-8", "surrogateescape")
+        text = encode_for_trigger(raw) if encode else raw.decode("utf-8", "surrogateescape")
         return self.client(name).send_message(text, visibility_timeout=delay).id
 
     def peek_raw(self, name: str) -> list[str]:
@@ -245,10 +247,6 @@ class Queues:
             return 0
 
 
-def b64decode(text: str) -> bytes:
-    return base64.b64decode(text)
-
-
 class OutcomeReader:
     """Collects outcome events (JSON) from the outcomes queue as they land."""
 
@@ -257,7 +255,7 @@ class OutcomeReader:
 
     def poll(self) -> list[dict]:
         for m in self.queues.drain(self.name):
-            self.events.append(json.loads(b64decode(m.content)))
+            self.events.append(json.loads(decode_base64_strict(m.content)))
         return self.events
 
     def wait(self, count: int, timeout: float) -> list[dict]:

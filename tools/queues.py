@@ -10,13 +10,14 @@ it is missing, from the environment, with the app's defaults. ``show`` peeks (up
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
 from pathlib import Path
 
 from shared.config import DEFAULTS
+from shared.queues import encode_for_trigger
+from tools.local_host.host import decode_base64_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             client.create_queue()
         except ResourceExistsError:
             pass
-        sent = client.send_message(base64.b64encode(args.body.encode("utf-8")).decode("ascii"))
+        sent = client.send_message(encode_for_trigger(args.body))
         print(f"sent message {sent.id} to {queue_of['requests']}")
         return 0
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             messages = []
         for m in messages:
             try:
-                text = base64.b64decode(m.content, validate=True).decode("utf-8")
+                text = decode_base64_strict(m.content).decode("utf-8")
             except ValueError:
                 text = f"(not Base64) {m.content}"
             try:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from shared.ids import derived_correlation_id
 from tools import devenv
+from tools.local_host.host import decode_base64_strict
 
 STATE = devenv.ROOT / ".local" / "reliability"
 
@@ -176,7 +177,7 @@ def poison_correlations(queues: devenv.Queues, req_q: str, requests: dict[str, d
     by_text = {r["text"]: corr for corr, r in requests.items()}
     found = set()
     for raw in queues.peek_all(req_q + "-poison"):
-        text = devenv.b64decode(raw).decode("utf-8", "replace")
+        text = decode_base64_strict(raw).decode("utf-8", "replace")
         if text in by_text:
             found.add(by_text[text])
             continue

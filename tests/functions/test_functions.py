@@ -2,7 +2,6 @@
 emulator over real HTTPS, with the real azure-identity credential and azure-storage-queue client."""
 from __future__ import annotations
 
-import base64
 import json
 import time
 import types
@@ -16,6 +15,7 @@ from shared import app
 from shared.config import reset_settings
 from shared.messages import parse_poll_message
 from tools import devenv
+from tests.functions import receive
 from tools.local_host.host import decode_base64_strict, to_function_message
 
 
@@ -33,21 +33,12 @@ def env(monkeypatch, azurite, pc):
     app.set_deps(None)
 
 
-def receive(queues, name, visibility=30):
-    """Receive one message as the host does and build the function's QueueMessage from it."""
-    page = list(next(queues.client(name).receive_messages(max_messages=1, messages_per_page=1, visibility_timeout=visibility).by_page(), []))
-    if not page:
-        return None
-    raw = page[0]
-    return to_function_message(raw, decode_base64_strict(raw.content).decode("utf-8")), raw
-
-
 def context():
     return types.SimpleNamespace(invocation_id=str(uuid.uuid4()))
 
 
 def outcomes(queues, name):
-    return [json.loads(base64.b64decode(m.content)) for m in queues.drain(name)]
+    return [json.loads(decode_base64_strict(m.content)) for m in queues.drain(name)]
 
 
 def test_delete_then_poll_through_real_queues(env, queues, pc, make_customer):
@@ -99,7 +90,7 @@ def test_outcome_messages_never_expire(env, queues, pc, make_customer):
     delete_customer.main(msg, context())
     (m,) = list(queues.client(env.deletion_outcomes_queue).peek_messages())
     assert m.expires_on.year == 9999  # time-to-live -1
-    assert json.loads(base64.b64decode(m.content))["outcome"] == "dry_run"
+    assert json.loads(decode_base64_strict(m.content))["outcome"] == "dry_run"
 
 
 def test_settings_errors_name_every_setting(monkeypatch):

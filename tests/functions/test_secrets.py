@@ -16,7 +16,8 @@ import poll_orders
 from shared import app
 from shared.config import reset_settings
 from tools import devenv
-from tools.local_host.host import decode_base64_strict, to_function_message
+from tests.functions import receive
+from tools.local_host.host import decode_base64_strict
 
 
 @pytest.fixture
@@ -40,10 +41,10 @@ def test_full_run_logs_no_token_secret_or_key(monkeypatch, azurite, pc, queues, 
         ctx = types.SimpleNamespace(invocation_id=str(uuid.uuid4()))
         for queue, main in ((names["DELETE_CUSTOMER_QUEUE"], delete_customer.main), (names["POLL_ORDERS_QUEUE"], poll_orders.main),
                             (names["POLL_ORDERS_QUEUE"], poll_orders.main)):
-            raw = devenv.wait_for(lambda q=queue: list(next(queues.client(q).receive_messages(max_messages=1, messages_per_page=1).by_page(), [])), 10)[0]
-            main(to_function_message(raw, decode_base64_strict(raw.content).decode()), ctx)
+            msg, _ = devenv.wait_for(lambda q=queue: receive(queues, q), 10, what=f"a message on {queue}")
+            main(msg, ctx)
             time.sleep(0.2)
-        outcomes = [json.loads(devenv.b64decode(m.content)) for m in queues.drain(names["DELETION_OUTCOMES_QUEUE"])]
+        outcomes = [json.loads(decode_base64_strict(m.content)) for m in queues.drain(names["DELETION_OUTCOMES_QUEUE"])]
         assert [o["outcome"] for o in outcomes] == ["deleted"]
 
         token = app.deps().partner_center._credential.get_token(app.deps().settings.scope).token  # the cached token the calls used

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tools import devenv
+from tools.local_host.host import decode_base64_strict
 
 FAST_HOST = {
     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.300",
@@ -53,7 +54,7 @@ class World:
             raise AssertionError(f"only {reader.events} arrived; host log:\n" + "\n".join(h.log()[-6000:] for h in self.hosts)) from None
 
     def poison(self, queue: str | None = None) -> list[bytes]:
-        return [devenv.b64decode(t) for t in self.queues.peek_raw((queue or self.request_queue) + "-poison")]
+        return [decode_base64_strict(t) for t in self.queues.peek_raw((queue or self.request_queue) + "-poison")]
 
     def api_calls(self, customer_id: str) -> list[dict]:
         return [r for r in self.pc.requests_log() if customer_id in r["path"]]

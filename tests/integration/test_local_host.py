@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tools import devenv
-from tools.local_host.host import HostError, load_host_config, parse_timespan, resolve_setting_tokens
+from tools.local_host.host import HostError, decode_base64_strict, load_host_config, parse_timespan, resolve_setting_tokens
 
 PROBE = '''
 import json, os, time
@@ -73,7 +73,7 @@ def test_failing_message_is_retried_max_times_with_visibility_delay_then_poisone
     assert [c["dequeue"] for c in attempts] == [1, 2, 3]  # maxDequeueCount 3
     gaps = [b["t"] - a["t"] for a, b in zip(attempts, attempts[1:])]
     assert all(g >= 0.9 for g in gaps), gaps  # visibilityTimeout 1 s before each retry
-    assert [devenv.b64decode(t) for t in queues.peek_raw(queue + "-poison")] == [b"fail-always"]  # same encoded text
+    assert [decode_base64_strict(t) for t in queues.peek_raw(queue + "-poison")] == [b"fail-always"]  # same encoded text
     assert queues.count(queue) == 0
 
 
