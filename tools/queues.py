@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from shared.config import DEFAULTS
-from shared.queues import encode_for_trigger
+from tools.devenv import Queues
 from tools.local_host.host import decode_base64_strict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("redrive", help="move the request queue's poison messages back to the request queue, unchanged")
     args = parser.parse_args(argv)
 
-    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+    from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.queue import QueueServiceClient
 
     values = load(args.settings)
@@ -54,13 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     service = QueueServiceClient.from_connection_string(conn)
 
     if args.command == "send":
-        client = service.get_queue_client(queue_of["requests"])
-        try:
-            client.create_queue()
-        except ResourceExistsError:
-            pass
-        sent = client.send_message(encode_for_trigger(args.body))
-        print(f"sent message {sent.id} to {queue_of['requests']}")
+        queues = Queues(conn)
+        queues.ensure(queue_of["requests"])
+        print(f"sent message {queues.send(queue_of['requests'], args.body)} to {queue_of['requests']}")
         return 0
 
     if args.command == "show":

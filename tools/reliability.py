@@ -219,7 +219,7 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
         "exactly_one_outcome": exactly_one, "more_than_one_outcome": more_than_one, "inconsistent_repeats": inconsistent,
         "outcomes": dict(outcome_counts), "deletions_done": len(set(deleted) & customer_ids),
         "customers_left": len(customer_ids & set(state["customers"])),
-        "deletes_while_open": len(state["violations"]), "deleted_twice": sum(1 for n in deletes_204.values() if n > 1) + sum(1 for v in deleted.values() if len(v) > 1),
+        "deletes_while_open": len(state["violations"]), "deleted_twice": len({c for c, n in deletes_204.items() if n > 1} | {c for c, v in deleted.items() if len(v) > 1}),
         "resurrected": len(set(deleted) & set(state["customers"])),
         "protected_touched": sum(1 for r in log if protected["id"] in r["path"]),
         "lost": len(lost), "lost_ids": lost[:10], "poisoned": len(poisoned), "poison_reasons": dict(poison_reasons),
