@@ -128,6 +128,10 @@ class Emulator:
     def add_customers(self, customers: list[dict]) -> None:
         self._req("POST", "customers", customers)
 
+    def add_orders(self, customer_id: str, orders: list[dict]) -> int:
+        """New purchases of an existing customer (order knobs as in a seed); returns its order count."""
+        return self._req("POST", f"customers/{customer_id}/orders", orders)["orders"]
+
     def revoke_tokens(self) -> int:
         return self._req("POST", "revoke-tokens")["revoked"]
 

@@ -5,6 +5,16 @@ entitlements (paged, nested), orders (get, list, PATCH to cancel with a configur
 documented refusal while orders are active, error bodies in the documented shapes, a per-tenant rate limit answering
 429 with Retry-After, a UTF-8 BOM on every body, and injected faults. Admin endpoints under ``/_emulator/`` expose
 the state, the request log, the knobs and the faults. Development tool: never deployed.
+
+* A fault may carry a time window, ``from`` and ``until`` (unix times as ``time.time()``, either optional): outside it
+  the fault does not apply. A Partner Center outage is e.g. a 503 fault and a drop fault with the same window and the
+  path ``.*`` (which also covers the token endpoint).
+* The state shows each order's cancellation timing (``cancelRequestedAt``, ``readyAt``, ``cancelledAt``,
+  ``cancellable``, see ``Sandbox.order_state``) and keeps deleted customers, as at their deletion, in
+  ``deletedCustomers``.
+* ``POST /_emulator/customers/<id>/orders`` adds purchases to an existing customer while a deletion runs. An order
+  with ``hidden: true`` blocks DELETE but is in no entitlement (see ``Sandbox.new_order`` for every order knob).
+* Each request log entry has ``time`` (ISO, ms) and ``t`` (the same moment as a unix time).
 """
 from __future__ import annotations
 
@@ -50,6 +60,11 @@ class Drop(Exception):
 
 @dataclass
 class Fault:
+    """An injected fault. It applies to a request whose method and path (a regex, searched) match, while ``times``
+    lasts and while the clock is inside its window: from ``start`` (``from`` in JSON) included to ``until`` excluded,
+    unix times as ``time.time()``; a missing bound is unbounded. Of the faults that apply, the first that wins its
+    seeded random draw against ``share`` is injected; a fault that does not apply draws nothing."""
+
     kind: str  # status | throttle | drop | slow
     method: str = "*"
     path: str = ".*"
@@ -57,17 +72,31 @@ class Fault:
     times: int | None = None  # remaining injections; None: unlimited
     status: int = 503
     seconds: float = 1.0  # slow: delay; throttle: Retry-After
+    start: float | None = None  # "from": unix time the window opens; None: always open before "until"
+    until: float | None = None  # unix time the window closes; None: never
 
     @classmethod
     def from_json(cls, data: dict) -> "Fault":
-        fault = cls(**{k: data[k] for k in ("kind", "method", "path", "share", "times", "status", "seconds") if k in data})
+        fault = cls(**{k: data[k] for k in ("kind", "method", "path", "share", "times", "status", "seconds", "until") if k in data},
+                    start=data.get("from"))
         if fault.kind not in ("status", "throttle", "drop", "slow"):
             raise ValueError(f"unknown fault kind {fault.kind!r}")
         re.compile(fault.path)
+        for bound in (fault.start, fault.until):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound)):
+                raise ValueError(f"fault window bounds 'from' and 'until' must be unix times (numbers), not {bound!r}")
+        if fault.start is not None and fault.until is not None and fault.start >= fault.until:
+            raise ValueError("fault window: 'from' must be before 'until'")
         return fault
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["from"] = data.pop("start")
+        return data
+
+    def applies(self, method: str, path: str, now: float) -> bool:
+        return (self.method in ("*", method) and re.search(self.path, path) is not None and (self.times is None or self.times > 0)
+                and (self.start is None or self.start <= now) and (self.until is None or now < self.until))
 
 
 def _now() -> datetime:
@@ -97,6 +126,7 @@ class Sandbox:
             self.faults = [Fault.from_json(f) for f in s.get("faults") or []]
             self.customers: dict[str, dict] = {}
             self.deleted: dict[str, list[str]] = {}  # customer id -> times of accepted DELETEs
+            self.deleted_customers: dict[str, dict] = {}  # customer id -> its state entry at its (last) deletion
             self.violations: list[dict] = []  # DELETEs received while an order was not cancelled
             self.tokens: dict[str, float] = {}
             self.log: list[dict] = []
@@ -105,36 +135,44 @@ class Sandbox:
             for customer in s.get("customers") or []:
                 self.add_customer(customer)
 
+    @staticmethod
+    def new_order(o: dict, now: float) -> dict:
+        """An order from its seed knobs, added at unix time ``now``: ``id``; ``alternateId`` (default random);
+        ``status`` (default ``completed``; ``cancelled`` counts as cancelled at ``now``); ``kind`` (``reservedInstance``,
+        ``software``, or ``license``, which refuses PATCH with 800063); ``ageDays`` (default 1; older than the
+        ``cancellationWindowDays`` knob refuses PATCH with 900117); after an accepted cancel PATCH it reads ``pending``
+        until it has been read more than ``cancelAfterReads`` times and ``cancelAfterSeconds`` have passed, or forever
+        with ``neverCancels``; ``hidden``: in no derived entitlement (like an Azure plan the app cannot see), yet it
+        blocks DELETE until cancelled, and the order list and a read by id show it."""
+        age = float(o.get("ageDays", 1))
+        status = o.get("status", "completed")
+        return {
+            "id": o["id"],
+            "alternateId": o.get("alternateId") or secrets.token_hex(6),
+            "status": status,
+            "creationDate": _iso(datetime.fromtimestamp(now, timezone.utc) - timedelta(days=age)),
+            "ageDays": age,
+            "kind": o.get("kind", "reservedInstance"),
+            "cancelAfterReads": int(o.get("cancelAfterReads", 0)),
+            "cancelAfterSeconds": float(o.get("cancelAfterSeconds", 0)),
+            "neverCancels": bool(o.get("neverCancels", False)),
+            "hidden": bool(o.get("hidden", False)),
+            "addedAt": now,
+            "cancelRequestedAt": None,
+            "readyAt": now if status == "cancelled" else None,
+            "cancelledAt": now if status == "cancelled" else None,
+            "readsSinceCancel": 0,
+            "patches": 0,
+        }
+
     def add_customer(self, data: dict) -> None:
         with self.lock:
             cid = data["id"].lower()
-            orders = {}
-            now = _now()
-            for o in data.get("orders") or []:
-                age = float(o.get("ageDays", 1))
-                orders[o["id"]] = {
-                    "id": o["id"],
-                    "alternateId": o.get("alternateId") or secrets.token_hex(6),
-                    "status": o.get("status", "completed"),
-                    "creationDate": _iso(now - timedelta(days=age)),
-                    "ageDays": age,
-                    "kind": o.get("kind", "reservedInstance"),  # reservedInstance | software | license
-                    "cancelAfterReads": int(o.get("cancelAfterReads", 0)),
-                    "cancelAfterSeconds": float(o.get("cancelAfterSeconds", 0)),
-                    "neverCancels": bool(o.get("neverCancels", False)),
-                    "cancelRequestedAt": None,
-                    "readsSinceCancel": 0,
-                    "patches": 0,
-                }
+            now = time.time()
+            orders = {o["id"]: self.new_order(o, now) for o in data.get("orders") or []}
             entitlements = data.get("entitlements")
             if entitlements is None:
-                entitlements = [
-                    {"referenceOrder": {"id": oid, "lineItemId": "0", "alternateId": o["alternateId"]},
-                     "productId": "DZH318Z0BQ3W", "skuId": "007J", "quantity": 1,
-                     "entitlementType": "software" if o["kind"] == "software" else "reservedinstance",
-                     "includedEntitlements": [], "entitledArtifacts": []}
-                    for oid, o in orders.items() if o["kind"] != "license"
-                ]
+                entitlements = _derived_entitlements(orders)
             self.customers[cid] = {
                 "id": cid,
                 "companyName": data.get("companyName", f"Test customer {cid[:8]}"),
@@ -143,15 +181,31 @@ class Sandbox:
                 "entitlements": entitlements,
             }
 
+    def add_orders(self, cid: str, data: list) -> int:
+        """New purchases of an existing customer: listed in its entitlements from now on, unless license or hidden.
+        Returns the customer's order count. ValueError (nothing added) for a malformed or already existing order."""
+        with self.lock:
+            customer = self.customers[cid]
+            if not all(isinstance(o, dict) and isinstance(o.get("id"), str) for o in data):
+                raise ValueError("each order must be an object with a string id")
+            taken = sorted({o["id"] for o in data} & set(customer["orders"]))
+            if taken:
+                raise ValueError(f"orders already exist: {taken}")
+            now = time.time()
+            orders = {o["id"]: self.new_order(o, now) for o in data}
+            customer["orders"].update(orders)
+            customer["entitlements"].extend(_derived_entitlements(orders))
+            return len(customer["orders"])
+
     # -- order state machine --------------------------------------------------------------------------------------
 
     def _advance(self, order: dict) -> None:
         if order["status"] != "pending" or order["cancelRequestedAt"] is None or order["neverCancels"]:
             return
         order["readsSinceCancel"] += 1
-        waited = time.time() - order["cancelRequestedAt"]
-        if order["readsSinceCancel"] > order["cancelAfterReads"] and waited >= order["cancelAfterSeconds"]:
-            order["status"] = "cancelled"
+        now = time.time()
+        if order["readsSinceCancel"] > order["cancelAfterReads"] and now - order["cancelRequestedAt"] >= order["cancelAfterSeconds"]:
+            order["status"], order["cancelledAt"] = "cancelled", now
 
     def wire_status(self, status: str) -> str:
         case = self.knobs.get("statusCase", "lower")
@@ -167,14 +221,27 @@ class Sandbox:
             "attributes": {"objectType": "Order"},
         }
 
+    def order_state(self, order: dict) -> dict:
+        """An order as the state shows it. Unix times: ``addedAt``; ``cancelRequestedAt``, of the first accepted cancel
+        PATCH; ``readyAt``, the earliest a read can return cancelled (known when the order cancels by time alone, or
+        was added cancelled); ``cancelledAt``, when its status became cancelled. ``cancellable``: a cancel PATCH can
+        get it cancelled (not license, not past the cancellation window, not ``neverCancels``)."""
+        cancellable = (order["kind"] != "license" and not order["neverCancels"]
+                       and order["ageDays"] <= float(self.knobs["cancellationWindowDays"]))
+        keys = ("status", "alternateId", "patches", "kind", "hidden", "addedAt", "cancelRequestedAt", "readyAt", "cancelledAt")
+        return {**{k: order[k] for k in keys}, "cancellable": cancellable}
+
+    def customer_state(self, customer: dict) -> dict:
+        return {"companyName": customer["companyName"], "orders": {oid: self.order_state(o) for oid, o in customer["orders"].items()}}
+
     def snapshot(self) -> dict:
         with self.lock:
             return {
                 "knobs": self.knobs,
                 "faults": [f.to_json() for f in self.faults],
-                "customers": {cid: {"companyName": c["companyName"], "orders": {oid: {k: o[k] for k in ("status", "alternateId", "patches", "kind")} for oid, o in c["orders"].items()}}
-                              for cid, c in self.customers.items()},
+                "customers": {cid: self.customer_state(c) for cid, c in self.customers.items()},
                 "deleted": self.deleted,
+                "deletedCustomers": self.deleted_customers,
                 "violations": self.violations,
                 "requests": len(self.log),
             }
@@ -209,7 +276,8 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
         path, query = parts.path, {k.lower(): v for k, v in parse_qs(parts.query).items()}
-        entry = {"time": _iso(_now()), "method": method, "path": path, "query": parts.query,
+        now = time.time()
+        entry = {"time": _iso(datetime.fromtimestamp(now, timezone.utc)), "t": now, "method": method, "path": path, "query": parts.query,
                  "requestId": self.headers.get("MS-RequestId"), "correlationId": self.headers.get("MS-CorrelationId"),
                  "continuation": self.headers.get("MS-ContinuationToken"), "auth": bool(self.headers.get("Authorization")),
                  "status": None}
@@ -222,16 +290,18 @@ class Handler(BaseHTTPRequestHandler):
                     sandbox.log.append(entry)
                 status, body, headers = self._faulted(method, path, query, raw)
         except Drop:
-            entry["status"] = "dropped"
+            with sandbox.lock:
+                entry["status"] = "dropped"
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             return
-        entry["status"] = status
-        if isinstance(body, dict) and "/orders/" in path and isinstance(body.get("status"), str):
-            entry["orderStatus"] = body["status"]
+        with sandbox.lock:
+            entry["status"] = status
+            if isinstance(body, dict) and "/orders/" in path and isinstance(body.get("status"), str):
+                entry["orderStatus"] = body["status"]
         self._send(status, body, headers, bom=not path.startswith("/_emulator/") and "oauth2" not in path and "well-known" not in path)
 
     def _send(self, status: int, body: Any, headers: dict, *, bom: bool) -> None:
@@ -256,11 +326,9 @@ class Handler(BaseHTTPRequestHandler):
     def _faulted(self, method: str, path: str, query: dict, raw: bytes) -> tuple[int, Any, dict]:
         sandbox = self.server.sandbox
         with sandbox.lock:
-            chosen = None
+            chosen, now = None, time.time()
             for fault in sandbox.faults:
-                if fault.method not in ("*", method) or not re.search(fault.path, path):
-                    continue
-                if fault.times is not None and fault.times <= 0:
+                if not fault.applies(method, path, now):
                     continue
                 if sandbox.random.random() >= fault.share:
                     continue
@@ -440,21 +508,27 @@ class Handler(BaseHTTPRequestHandler):
                 return error(400, 800061, "Order cannot be canceled")
             return 200, sandbox.order_json(cid, order), {}
         if order["status"] != "pending" or order["cancelRequestedAt"] is None:
-            order["cancelRequestedAt"] = time.time()
+            now = time.time()
+            order["cancelRequestedAt"] = now
             order["readsSinceCancel"] = 0
-            instant = not order["neverCancels"] and order["cancelAfterReads"] == 0 and order["cancelAfterSeconds"] == 0
-            order["status"] = "cancelled" if instant else "pending"
+            by_time = not order["neverCancels"] and order["cancelAfterReads"] == 0
+            order["readyAt"] = now + order["cancelAfterSeconds"] if by_time else None
+            if by_time and order["cancelAfterSeconds"] == 0:
+                order["status"], order["cancelledAt"] = "cancelled", now
+            else:
+                order["status"] = "pending"
         return 200, sandbox.order_json(cid, order), {}
 
     def _delete_customer(self, cid: str, customer: dict) -> tuple[int, Any, dict]:
         sandbox = self.server.sandbox
         referenced = {e_id for e in customer["entitlements"] for e_id in _order_ids(e)}
-        active = [o for oid, o in customer["orders"].items() if oid in referenced and o["status"] != "cancelled"]
+        active = [o for oid, o in customer["orders"].items() if (oid in referenced or o["hidden"]) and o["status"] != "cancelled"]
         if active:
             sandbox.violations.append({"customer": cid, "time": _iso(_now()), "openOrders": [o["id"] for o in active]})
             alt = ",".join(o["alternateId"] for o in active)
             return error(int(sandbox.knobs["deleteRefusalStatus"]), 800000,
                          f"Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the following orders: {alt}")
+        sandbox.deleted_customers[cid] = sandbox.customer_state(customer)
         del sandbox.customers[cid]
         sandbox.deleted.setdefault(cid, []).append(_iso(_now()))
         return 204, None, {}
@@ -494,6 +568,15 @@ class Handler(BaseHTTPRequestHandler):
                 for customer in data:
                     sandbox.add_customer(customer)
                 return 200, {"customers": len(sandbox.customers)}, {}
+            m = re.fullmatch(rf"customers/({GUID})/orders", name)
+            if m and method == "POST" and isinstance(data, list):
+                cid = m.group(1).lower()
+                if cid not in sandbox.customers:
+                    return 404, {"error": f"no customer {cid}"}, {}
+                try:
+                    return 200, {"orders": sandbox.add_orders(cid, data)}, {}
+                except (TypeError, ValueError) as exc:
+                    return 400, {"error": str(exc)}, {}
             if name == "revoke-tokens" and method == "POST":
                 revoked = len(sandbox.tokens)
                 sandbox.tokens.clear()  # as after a secret rotation or an emulator restart: cached tokens now get 401
@@ -502,6 +585,15 @@ class Handler(BaseHTTPRequestHandler):
                 sandbox.reset(data if isinstance(data, dict) else None)
                 return 200, {"customers": len(sandbox.customers)}, {}
         return 404, {"error": f"no admin endpoint {method} {path}"}, {}
+
+
+def _derived_entitlements(orders: dict[str, dict]) -> list[dict]:
+    """One entitlement per order, as Partner Center lists them; none for license orders and hidden ones."""
+    return [{"referenceOrder": {"id": oid, "lineItemId": "0", "alternateId": o["alternateId"]},
+             "productId": "DZH318Z0BQ3W", "skuId": "007J", "quantity": 1,
+             "entitlementType": "software" if o["kind"] == "software" else "reservedinstance",
+             "includedEntitlements": [], "entitledArtifacts": []}
+            for oid, o in orders.items() if o["kind"] != "license" and not o["hidden"]]
 
 
 def _order_ids(entitlement: dict) -> list[str]:
