@@ -5,7 +5,7 @@ import logging
 import threading
 from typing import Any
 
-from shared.config import get_settings
+from shared.config import CONNECT_TIMEOUT_SECONDS, get_settings
 from shared.service import Deps, handle_deletion_request, handle_poll
 
 __all__ = ["deps", "set_deps", "run_delete_customer", "run_poll_orders"]
@@ -17,18 +17,22 @@ _deps: Deps | None = None
 
 
 def _build() -> Deps:
-    from azure.storage.queue import QueueServiceClient
+    from azure.storage.queue import LinearRetry, QueueServiceClient
 
     from shared.auth import partner_center_credential, storage_credential
     from shared.partner_center import PartnerCenterClient, RetryPolicy
     from shared.queues import QueuePublisher
 
     settings = get_settings()
+    # The storage SDK's default retries back off for 15 s and more: far longer than an invocation may wait. A send
+    # that still fails raises, and the redelivered message hands the request over (shared.workflow).
+    storage = dict(retry_policy=LinearRetry(backoff=0.5, random_jitter_range=0.3, retry_total=2), connection_timeout=5, read_timeout=15)
     if settings.storage.connection_string:
-        service = QueueServiceClient.from_connection_string(settings.storage.connection_string)
+        service = QueueServiceClient.from_connection_string(settings.storage.connection_string, **storage)
     else:
-        service = QueueServiceClient(settings.storage.queue_service_uri, credential=storage_credential(settings.storage))
-    policy = RetryPolicy(read_timeout=float(settings.read_timeout), max_total_seconds=float(settings.retry_budget))
+        service = QueueServiceClient(settings.storage.queue_service_uri, credential=storage_credential(settings.storage), **storage)
+    policy = RetryPolicy(connect_timeout=float(CONNECT_TIMEOUT_SECONDS), read_timeout=float(settings.read_timeout),
+                         max_total_seconds=float(settings.retry_budget))
     client = PartnerCenterClient(settings.base_url, partner_center_credential(settings), settings.scope, policy=policy,
                                  credential_factory=lambda: partner_center_credential(settings))
     log.info("customer deletion app configured: Partner Center %s, queues %s / %s / %s",

@@ -26,6 +26,7 @@ __all__ = [
     "reset_settings",
     "is_loopback_host",
     "host_max_dequeue_count",
+    "host_max_polling_interval",
 ]
 
 APP_ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +43,12 @@ DEFAULTS: dict[str, str] = {
     "POLL_TIMEOUT_SECONDS": "21600",
     "PROTECTED_CUSTOMER_IDS": "",
     "PARTNER_CENTER_TIMEOUT_SECONDS": "30",
-    "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "60",
+    "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4",
+    "INVOCATION_WORK_SECONDS": "10",
 }
+
+#: Connect timeout of every Partner Center call (the read timeout is PARTNER_CENTER_TIMEOUT_SECONDS).
+CONNECT_TIMEOUT_SECONDS = 5
 
 #: Entra ID authority hosts of the Microsoft clouds; any other host gets instance discovery switched off,
 #: so a private or emulated authority works without internet access.
@@ -109,7 +114,9 @@ class Settings:
     protected_ids: frozenset[str]
     max_dequeue_count: int = 5
     read_timeout: int = 30
-    retry_budget: int = 60
+    retry_budget: int = 4  # seconds one invocation may wait in-process, in total
+    work_seconds: int = 10  # no Partner Center call starts after this long in one invocation
+    max_polling_interval: float = 60.0  # the host's maxPollingInterval: how late a due message may be picked up
 
     @property
     def delete_poison_queue(self) -> str:
@@ -183,8 +190,10 @@ class Settings:
                 problems.append(f"PROTECTED_CUSTOMER_IDS has an entry that is not a GUID: {item[:60]!r}")
 
         read_timeout = _seconds("PARTNER_CENTER_TIMEOUT_SECONDS", get("PARTNER_CENTER_TIMEOUT_SECONDS"), problems, minimum=1, maximum=300)
-        retry_budget = _seconds("PARTNER_CENTER_RETRY_BUDGET_SECONDS", get("PARTNER_CENTER_RETRY_BUDGET_SECONDS"), problems, minimum=1, maximum=3600)
+        retry_budget = _seconds("PARTNER_CENTER_RETRY_BUDGET_SECONDS", get("PARTNER_CENTER_RETRY_BUDGET_SECONDS"), problems, minimum=0, maximum=30)
+        work_seconds = _seconds("INVOCATION_WORK_SECONDS", get("INVOCATION_WORK_SECONDS"), problems, minimum=1, maximum=120)
         max_dequeue = host_max_dequeue_count(app_root, env, problems)
+        polling = host_max_polling_interval(app_root, env, problems)
 
         if problems:
             raise ConfigurationError(problems)
@@ -207,6 +216,8 @@ class Settings:
             max_dequeue_count=max_dequeue,
             read_timeout=read_timeout,
             retry_budget=retry_budget,
+            work_seconds=work_seconds,
+            max_polling_interval=polling,
         )
 
 
@@ -278,20 +289,24 @@ def _seconds(setting: str, value: str, problems: list[str], *, minimum: int, max
     return seconds
 
 
+def _host_queue_option(app_root: Path, env: Mapping[str, str], name: str) -> object:
+    """``extensions.queues.<name>`` of the host: the ``AzureFunctionsJobHost__`` app setting, else host.json, else None."""
+    override_key = f"azurefunctionsjobhost__extensions__queues__{name.lower()}"
+    for key, value in env.items():
+        if key.lower() == override_key:
+            return value
+    try:
+        host = json.loads((app_root / "host.json").read_text(encoding="utf-8-sig"))
+        queues = {k.lower(): v for k, v in host.get("extensions", {}).get("queues", {}).items()}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return queues.get(name.lower())
+
+
 def host_max_dequeue_count(app_root: Path, env: Mapping[str, str], problems: list[str] | None = None) -> int:
     """The host's ``extensions.queues.maxDequeueCount``: app-setting override, then host.json, then 5."""
-    override = None
-    for key, value in env.items():
-        if key.lower() == "azurefunctionsjobhost__extensions__queues__maxdequeuecount":
-            override = value
-    raw: object = override
-    if raw is None:
-        try:
-            host = json.loads((app_root / "host.json").read_text(encoding="utf-8-sig"))
-            queues = {k.lower(): v for k, v in host.get("extensions", {}).get("queues", {}).items()}
-            raw = queues.get("maxdequeuecount", 5)
-        except (OSError, ValueError, AttributeError):
-            raw = 5
+    raw = _host_queue_option(app_root, env, "maxDequeueCount")
+    raw = 5 if raw is None else raw
     try:
         count = int(raw)  # type: ignore[arg-type]
         if count < 1:
@@ -301,6 +316,24 @@ def host_max_dequeue_count(app_root: Path, env: Mapping[str, str], problems: lis
         if problems is not None:
             problems.append(f"maxDequeueCount must be a whole number >= 1 (got {raw!r})")
         return 5
+
+
+_TIMESPAN_RE = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,7}))?")
+
+
+def host_max_polling_interval(app_root: Path, env: Mapping[str, str], problems: list[str] | None = None) -> float:
+    """The host's ``extensions.queues.maxPollingInterval`` in seconds (a .NET TimeSpan), 60 when not set."""
+    raw = _host_queue_option(app_root, env, "maxPollingInterval")
+    if raw is None:
+        return 60.0
+    m = _TIMESPAN_RE.fullmatch(str(raw).strip())
+    if not m:
+        if problems is not None:
+            problems.append(f"maxPollingInterval must be a TimeSpan such as 00:00:10 (got {raw!r})")
+        return 60.0
+    days, hours, minutes, seconds, fraction = m.groups()
+    return (int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+            + (float("0." + fraction) if fraction else 0.0))
 
 
 _lock = threading.Lock()

@@ -4,12 +4,14 @@
     ├── InvalidMessageError          the queue message can never be processed: reject it, never retry
     ├── UnsafeIdError                a value would have gone into a URL without matching its documented shape
     └── PartnerCenterError           Partner Center answered with an error (status, code, description)
-        ├── RefusedError             a refusal no retry can change (400, 403, 404 on an order, 8000xx/9001xx codes)
+        ├── RefusedError             Partner Center's considered refusal (400, 403, 8000xx/9001xx codes)
         │   └── NotFoundError        404
-        ├── ConflictError            409: the order is in progress; wait for the next poll
-        ├── AuthenticationError      401: raise, a token problem may pass
-        ├── ThrottledError           429 whose Retry-After outlasts the in-process retry budget
+        ├── ConflictError            409, e.g. 800060: the order is in progress
+        ├── AuthenticationError      401 even with a fresh credential
+        ├── ThrottledError           429 whose Retry-After does not fit in the invocation's in-process waits
         └── TransientError           408, 5xx, connection failures and timeouts that outlasted the retries
+
+The service turns each into an observation; what it means is decided by the core (``shared.workflow``).
 """
 from __future__ import annotations
 
@@ -94,7 +96,7 @@ class AuthenticationError(PartnerCenterError):
 
 
 class ThrottledError(PartnerCenterError):
-    """429 whose Retry-After is longer than the in-process retry budget; ``retry_after`` says how long."""
+    """429 not waited for in-process; ``retry_after``: seconds (clamped to 1-900), or None when absent or unparseable."""
 
 
 class TransientError(PartnerCenterError):

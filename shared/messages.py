@@ -2,10 +2,16 @@
 
 Parsing is strict and total: any byte string either becomes a valid message or raises ``InvalidMessageError``
 with a reason. Messages the app sends carry ``schemaVersion`` so a poll chain that spans a redeploy keeps working.
+
+Poll messages and outcome events are versioned separately (``POLL_SCHEMA_VERSION``, ``OUTCOME_SCHEMA_VERSION``).
+Poll messages stay at version 1 and only gain optional fields, so the release before this one and this one read
+each other's poll messages: an older reader ignores the new fields, and this reader gives missing ones their
+defaults. The order statuses a poll message carries are hints for what to read first, never proof of anything.
 """
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -14,8 +20,10 @@ from shared.errors import InvalidMessageError
 from shared.ids import derived_correlation_id, is_guid, is_order_id
 
 __all__ = [
-    "SCHEMA_VERSION",
+    "POLL_SCHEMA_VERSION",
+    "OUTCOME_SCHEMA_VERSION",
     "OUTCOMES",
+    "STAGES",
     "DeletionRequest",
     "OrderState",
     "PollMessage",
@@ -23,13 +31,23 @@ __all__ = [
     "parse_poll_message",
     "deletion_request_text",
     "outcome_event",
+    "event_id",
+    "readable_fields",
     "iso",
     "parse_iso",
 ]
 
-SCHEMA_VERSION = 1
+#: Version of the internal poll message. Stays 1: new fields are optional (see the module docstring).
+POLL_SCHEMA_VERSION = 1
+#: Version of the public outcome event. Stays 1: ``eventId`` is an additive field.
+OUTCOME_SCHEMA_VERSION = 1
 OUTCOMES = ("deleted", "not_found", "rejected", "timed_out", "failed", "dry_run")
+#: "discover": the customer has not been looked at or its orders are not listed yet; "poll": wait for the orders.
+STAGES = ("discover", "poll")
 MAX_BODY_BYTES = 64 * 1024
+MAX_CAUSE_CHARS = 400
+#: Namespace of ``eventId``: the same request gives the same id on every repeat of its outcome.
+_EVENT_NAMESPACE = uuid.UUID("0d3c6f1e-8a53-4f0b-9d7e-5b2f51c0a9e4")
 
 
 def iso(moment: datetime) -> str:
@@ -67,20 +85,35 @@ class OrderState:
 
 @dataclass(frozen=True)
 class PollMessage:
+    """The state of one request between two hops: everything the next hop knows, and nothing it may trust.
+
+    Fields after ``dry_run`` are the optional ones added by issue 7; an older message gets their defaults.
+    """
+
     customer_id: str
     correlation_id: str
-    orders: tuple[OrderState, ...]
+    orders: tuple[OrderState, ...]  # every order the request knows of, with the status last seen (a hint)
     attempt: int  # poll hops already run
     requested_at: datetime
     first_handled_at: datetime
     delete_refusals: int = 0
-    stage: str = "poll"  # "discover": the orders are not known yet (delete_customer was throttled); "poll": wait for them
+    stage: str = "poll"  # see STAGES
     dry_run: bool = False
+    delete_by: datetime | None = None  # no DELETE at or after this time; None: first_handled_at + POLL_TIMEOUT
+    recoveries: int = 0  # hand-overs after a redelivered message (an invocation that died)
+    setbacks: int = 0  # hops in a row that made no progress (throttled, outage, out of time)
+    cause: str | None = None  # why the last hop could not finish the request (a Cause value)
+    cause_detail: str | None = None  # Partner Center's words for it, when there are any
+    customer_seen: bool = False  # a hop of this request saw the customer exist
+
+    def __post_init__(self) -> None:
+        if self.stage == "poll" and not self.customer_seen:  # a poll stage was listed, so the customer was seen
+            object.__setattr__(self, "customer_seen", True)
 
     def to_text(self) -> str:
         return json.dumps(
             {
-                "schemaVersion": SCHEMA_VERSION,
+                "schemaVersion": POLL_SCHEMA_VERSION,
                 "kind": "poll",
                 "stage": self.stage,
                 "dryRun": self.dry_run,
@@ -91,6 +124,12 @@ class PollMessage:
                 "requestedAt": iso(self.requested_at),
                 "firstHandledAt": iso(self.first_handled_at),
                 "deleteRefusals": self.delete_refusals,
+                "deleteBy": iso(self.delete_by) if self.delete_by else None,
+                "recoveries": self.recoveries,
+                "setbacks": self.setbacks,
+                "cause": self.cause,
+                "causeDetail": self.cause_detail,
+                "customerSeen": self.customer_seen,
             },
             separators=(",", ":"),
         )
@@ -185,8 +224,8 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
     if not isinstance(data, dict):
         raise InvalidMessageError("poll message is not a JSON object")
     version = data.get("schemaVersion")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise InvalidMessageError(f"poll message has unsupported schemaVersion {str(version)[:20]!r} (this app reads {SCHEMA_VERSION})")
+    if version != POLL_SCHEMA_VERSION or isinstance(version, bool):
+        raise InvalidMessageError(f"poll message has unsupported schemaVersion {str(version)[:20]!r} (this app reads {POLL_SCHEMA_VERSION})")
     customer = data.get("customerTenantId")
     correlation = data.get("correlationId")
     customer_id = customer.lower() if is_guid(customer) else None
@@ -204,24 +243,68 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
             if not isinstance(raw, dict) or not is_order_id(raw.get("id")) or not isinstance(raw.get("status"), str):
                 raise ValueError("an order entry is malformed")
             orders.append(OrderState(raw["id"], raw["status"].lower()[:40]))
-        attempt = data["attempt"]
-        refusals = data.get("deleteRefusals", 0)
-        for name, value in (("attempt", attempt), ("deleteRefusals", refusals)):
+        counts = {}
+        for name in ("attempt", "deleteRefusals", "recoveries", "setbacks"):
+            value = data[name] if name == "attempt" else _optional(data, name, 0)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1_000_000:
                 raise ValueError(f"{name} is not a small whole number")
+            counts[name] = value
         requested_at = parse_iso(data["requestedAt"])
         first_handled_at = parse_iso(data["firstHandledAt"])
+        raw_delete_by = _optional(data, "deleteBy", None)
+        delete_by = None if raw_delete_by is None else parse_iso(raw_delete_by)
         stage = data.get("stage", "poll")
         dry_run = data.get("dryRun", False)
-        if stage not in ("poll", "discover"):
+        if stage not in STAGES:
             raise ValueError("stage is not 'poll' or 'discover'")
         if not isinstance(dry_run, bool) or (dry_run and stage != "discover"):
             raise ValueError("dryRun is not a boolean, or is set on a poll stage")
+        cause, cause_detail = _optional(data, "cause", None), _optional(data, "causeDetail", None)
+        for name, value in (("cause", cause), ("causeDetail", cause_detail)):
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_CAUSE_CHARS):
+                raise ValueError(f"{name} is not a short text")
+        # A poll stage means the customer was seen when its orders were listed (so says the older release too).
+        seen = _optional(data, "customerSeen", stage == "poll")
+        if not isinstance(seen, bool):
+            raise ValueError("customerSeen is not a boolean")
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidMessageError(f"poll message is malformed: {str(exc)[:100]}", customer_id=customer_id, correlation_id=correlation_id) from None
     if len({o.id for o in orders}) != len(orders):
         raise InvalidMessageError("poll message lists an order twice", customer_id=customer_id, correlation_id=correlation_id)
-    return PollMessage(customer_id, correlation_id, tuple(orders), attempt, requested_at, first_handled_at, refusals, stage, dry_run)
+    return PollMessage(customer_id, correlation_id, tuple(orders), counts["attempt"], requested_at, first_handled_at,
+                       counts["deleteRefusals"], stage, dry_run, delete_by, counts["recoveries"], counts["setbacks"],
+                       cause, cause_detail, seen)
+
+
+def _optional(data: dict, name: str, default: Any) -> Any:
+    """An optional field: missing and ``null`` both mean the default."""
+    value = data.get(name)
+    return default if value is None else value
+
+
+def readable_fields(body: bytes | str) -> tuple[str | None, str | None, bool | None, datetime | None]:
+    """What can still be read from a poll message that does not parse: customer, correlation, dryRun, requestedAt.
+
+    Each is ``None`` unless it has exactly the shape this app writes, so nothing here is a guess.
+    """
+    try:
+        data = _load_json(_text(body).strip())
+    except InvalidMessageError:
+        return None, None, None, None
+    if not isinstance(data, dict):
+        return None, None, None, None
+    customer, correlation, dry_run = data.get("customerTenantId"), data.get("correlationId"), data.get("dryRun")
+    try:
+        requested_at = parse_iso(data.get("requestedAt"))
+    except (ValueError, TypeError):
+        requested_at = None
+    return (customer.lower() if is_guid(customer) else None, correlation.lower() if is_guid(correlation) else None,
+            dry_run if isinstance(dry_run, bool) else None, requested_at)
+
+
+def event_id(correlation_id: str, requested_at: datetime) -> str:
+    """Stable id of a request's outcome event: derived from the request's identity, the same on every repeat."""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{correlation_id}|{iso(requested_at)}"))
 
 
 def outcome_event(
@@ -239,7 +322,8 @@ def outcome_event(
         raise ValueError(f"unknown outcome {outcome!r}")
     return json.dumps(
         {
-            "schemaVersion": SCHEMA_VERSION,
+            "schemaVersion": OUTCOME_SCHEMA_VERSION,
+            "eventId": event_id(correlation_id, requested_at),
             "customerTenantId": customer_id,
             "correlationId": correlation_id,
             "outcome": outcome,

@@ -3,23 +3,31 @@
 Every path segment is a validated GUID or order id (``shared.ids``); nothing read from a message or a response goes
 into a URL unchecked. Bodies are decoded with a UTF-8 BOM tolerated. Each logical call gets a new ``MS-RequestId``
 that its retries reuse; ``MS-CorrelationId`` is the deletion request's.
+
+Retries stay inside the invocation's ``Budget``: no attempt starts after its work time, and the sleeps of all calls
+of one invocation together stay within its waiting allowance. A wait that does not fit raises the typed error, and
+the core continues the request on the poll queue instead (``shared.workflow``).
 """
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import math
 import random
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
+from shared.budget import Budget
 from shared.config import is_loopback_host
 from shared.errors import (
     AuthenticationError,
@@ -33,12 +41,15 @@ from shared.errors import (
 )
 from shared.ids import is_guid, is_order_id
 
-__all__ = ["RetryPolicy", "TokenCredential", "PartnerCenterClient", "decode_body", "error_from_response"]
+__all__ = ["RetryPolicy", "TokenCredential", "PartnerCenterClient", "decode_body", "error_from_response", "parse_retry_after",
+           "RETRY_AFTER_MIN", "RETRY_AFTER_MAX"]
 
 log = logging.getLogger("customer_deletion.partner_center")
 
 MAX_DESCRIPTION = 1024
 MAX_PAGES = 200
+RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1.0, 900.0
+_DELAY_SECONDS_RE = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
 _CONTINUATION_RE = re.compile(r"[\x21-\x7e]{1,4096}")
 _NEXT_QUERY_RE = re.compile(r"[A-Za-z0-9=&_.~%+-]*")
 
@@ -66,15 +77,40 @@ def decode_body(content: bytes) -> Any:
     return json.loads(content.decode("utf-8-sig"))
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """``Retry-After`` as delay-seconds or an HTTP-date (RFC 9110), clamped to 1-900 s. ``None``: absent or unparseable.
+
+    ``now`` is the moment an HTTP-date is measured from (the response's ``Date`` when it has one).
+    """
     if value is None:
         return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
+    text = value.strip()
+    if _DELAY_SECONDS_RE.fullmatch(text):
+        seconds = float(text)
+    else:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if moment is None:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        seconds = (moment - now).total_seconds()
+    if not math.isfinite(seconds):
         return None
-    return seconds if seconds >= 0 else None
+    return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, seconds))
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    now = datetime.now(timezone.utc)
+    try:
+        server_now = email.utils.parsedate_to_datetime(resp.headers.get("Date", ""))
+        if server_now is not None:
+            now = server_now if server_now.tzinfo else server_now.replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        pass
+    return parse_retry_after(resp.headers.get("Retry-After"), now)
 
 
 def error_from_response(resp: requests.Response, method: str, path: str) -> PartnerCenterError:
@@ -150,14 +186,14 @@ class PartnerCenterClient:
 
     # -- the calls -------------------------------------------------------------------------------------------
 
-    def get_customer(self, customer_id: str, *, correlation_id: str) -> dict:
+    def get_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}"
-        return self._call("GET", path, correlation_id=correlation_id) or {}
+        return self._call("GET", path, correlation_id=correlation_id, budget=budget) or {}
 
-    def list_entitlement_order_ids(self, customer_id: str, *, correlation_id: str) -> list[str]:
+    def list_entitlement_order_ids(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> list[str]:
         """Every ``referenceOrder.id`` of the customer's entitlements (nested ones too), de-duplicated, in order."""
         seen: dict[str, None] = {}
-        for item in self._entitlements(customer_id, correlation_id):
+        for item in self._entitlements(customer_id, correlation_id, budget):
             for order_id in _reference_order_ids(item):
                 if not is_order_id(order_id):
                     raise UnsafeIdError(
@@ -166,27 +202,27 @@ class PartnerCenterClient:
                 seen.setdefault(order_id, None)
         return list(seen)
 
-    def get_order(self, customer_id: str, order_id: str, *, correlation_id: str) -> dict:
+    def get_order(self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}/orders/{_segment(order_id, 'order')}"
-        return self._call("GET", path, correlation_id=correlation_id) or {}
+        return self._call("GET", path, correlation_id=correlation_id, budget=budget) or {}
 
-    def cancel_order(self, customer_id: str, order_id: str, *, correlation_id: str) -> dict:
+    def cancel_order(self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}/orders/{_segment(order_id, 'order')}"
         body = {"id": order_id, "status": "cancelled"}
-        return self._call("PATCH", path, correlation_id=correlation_id, json_body=body) or {}
+        return self._call("PATCH", path, correlation_id=correlation_id, json_body=body, budget=budget) or {}
 
-    def delete_customer(self, customer_id: str, *, correlation_id: str) -> None:
-        self._call("DELETE", f"/v1/customers/{_segment(customer_id, 'customer')}", correlation_id=correlation_id)
+    def delete_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> None:
+        self._call("DELETE", f"/v1/customers/{_segment(customer_id, 'customer')}", correlation_id=correlation_id, budget=budget)
 
     # -- paging ----------------------------------------------------------------------------------------------
 
-    def _entitlements(self, customer_id: str, correlation_id: str) -> Iterator[dict]:
+    def _entitlements(self, customer_id: str, correlation_id: str, budget: Budget | None) -> Iterator[dict]:
         cid = _segment(customer_id, "customer")
         path = f"/v1/customers/{cid}/entitlements"
         headers: dict[str, str] = {}
         visited: set[tuple[str, str]] = set()
         for _ in range(MAX_PAGES):
-            page = self._call("GET", path, correlation_id=correlation_id, extra_headers=headers) or {}
+            page = self._call("GET", path, correlation_id=correlation_id, extra_headers=headers, budget=budget) or {}
             items = page.get("items") if isinstance(page, dict) else None
             if not isinstance(items, list):
                 raise TransientError(200, None, "entitlements response has no 'items' list", method="GET", path=path)
@@ -244,49 +280,12 @@ class PartnerCenterClient:
         correlation_id: str,
         json_body: Any = None,
         extra_headers: dict[str, str] | None = None,
+        budget: Budget | None = None,
     ) -> Any:
         request_id = str(uuid.uuid4())  # one per logical call, the same on its retries
-        policy = self._policy
-        started = time.monotonic()
-
-        def remaining() -> float:
-            return policy.max_total_seconds - (time.monotonic() - started)
-
-        def stop(state: RetryCallState) -> bool:
-            if state.attempt_number >= policy.max_attempts or remaining() <= 0:
-                return True
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, ThrottledError) and exc.retry_after is not None and exc.retry_after > remaining():
-                return True  # not slept through: the caller decides (a poll hop re-enqueues itself)
-            return False
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, ThrottledError) and exc.retry_after is not None:
-                return exc.retry_after
-            ceiling = min(policy.backoff_max, policy.backoff_initial * (2 ** (state.attempt_number - 1)))
-            return max(0.0, min(random.uniform(0, ceiling), remaining()))
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "retrying %s %s after %s (attempt %d, request %s, correlation %s, sleeping %.1fs)",
-                method, path, exc, state.attempt_number, request_id, correlation_id, state.upcoming_sleep,
-            )
-
-        def send() -> Any:
-            retrying = Retrying(
-                retry=retry_if_exception(lambda e: isinstance(e, (TransientError, ThrottledError))),
-                stop=stop,
-                wait=wait,
-                sleep=self._sleep,
-                before_sleep=before_sleep,
-                reraise=True,
-            )
-            return retrying(self._attempt, method, path, request_id, correlation_id, json_body, extra_headers or {})
-
+        budget = budget or Budget(float("inf"), self._policy.max_total_seconds)
         try:
-            return send()
+            return self._send(method, path, request_id, correlation_id, json_body, extra_headers or {}, budget)
         except AuthenticationError:
             if self._credential_factory is None:
                 raise
@@ -294,7 +293,56 @@ class PartnerCenterClient:
         log.warning("%s %s answered 401: renewing the credential and retrying once (request %s)", method, path, request_id)
         with self._credential_lock:
             self._credential = self._credential_factory()
-        return send()
+        return self._send(method, path, request_id, correlation_id, json_body, extra_headers or {}, budget)
+
+    def _send(self, method: str, path: str, request_id: str, correlation_id: str, json_body: Any,
+              extra: dict[str, str], budget: Budget) -> Any:
+        """One logical call with bounded retries: 429 waits its Retry-After, 408/5xx/connection failures back off."""
+        policy = self._policy
+        planned: dict[int, float | None] = {}
+
+        def delay(state: RetryCallState) -> float | None:
+            """The sleep after this attempt, once per attempt (tenacity asks for stop and wait in either order)."""
+            if state.attempt_number not in planned:
+                exc = state.outcome.exception() if state.outcome else None
+                if isinstance(exc, ThrottledError):
+                    planned[state.attempt_number] = exc.retry_after  # None: nothing to wait for in-process
+                else:
+                    ceiling = min(policy.backoff_max, policy.backoff_initial * (2 ** (state.attempt_number - 1)))
+                    planned[state.attempt_number] = random.uniform(0, ceiling)
+            return planned[state.attempt_number]
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= policy.max_attempts or not budget.may_start_call():
+                return True
+            seconds = delay(state)
+            # A wait that does not fit is not slept through: the request continues on the poll queue.
+            return seconds is None or not budget.may_wait(seconds)
+
+        def sleep(seconds: float) -> None:
+            budget.record_wait(seconds)
+            exc = last["exc"]
+            log.warning("retrying %s %s after %s (request %s, correlation %s, sleeping %.1fs)",
+                        method, path, exc, request_id, correlation_id, seconds)
+            self._sleep(seconds)
+
+        last: dict[str, Any] = {"exc": None}
+
+        def attempt() -> Any:
+            try:
+                return self._attempt(method, path, request_id, correlation_id, json_body, extra)
+            except (TransientError, ThrottledError) as exc:
+                last["exc"] = exc
+                raise
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, (TransientError, ThrottledError))),
+            stop=stop,
+            wait=lambda state: delay(state) or 0.0,
+            sleep=sleep,
+            reraise=True,
+        )
+        return retrying(attempt)
 
     def _attempt(
         self, method: str, path: str, request_id: str, correlation_id: str, json_body: Any, extra: dict[str, str]

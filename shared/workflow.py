@@ -1,74 +1,636 @@
-"""Pure decisions of the deletion workflow: order states and the clock in, the next step out. No I/O here."""
+"""The pure core of the deletion workflow: every decision, no I/O.
+
+A request is handled in *hops*: one invocation of ``delete_customer`` (the request's first delivery) or of
+``poll_orders``. A hop is a small state machine, driven by the service (``shared.service``)::
+
+    hop, command = step(hop, observation, now=..., elapsed=..., policy=...)
+
+The service executes each call command (``GetCustomer``, ``ListEntitlements``, ``GetOrder``, ``CancelOrder``,
+``DeleteCustomer``) and turns Partner Center's answer, or its error, into an observation (``Answer`` or
+``Failure``), as botocore's waiter turns responses and errors into something its acceptors match. The hop ends with
+``Continue`` (send the next poll message) or ``Finish`` (send the outcome event, and maybe a redrivable request to
+poison). Only this module decides; the service never looks at an order status.
+
+Rules (README, "Guarantees"):
+
+* **A DELETE is proven by fresh reads.** A hop sends ``DeleteCustomer`` only when, in that same hop, it listed the
+  customer's entitlements and read by GET every order the request knows of (found before or now), and each read
+  ``cancelled``. A PATCH answer, an earlier read and anything a poll message says only decide what to read first.
+* **Cheap hops.** A hop stops reading once one order is known to be still open, except that it always reads and
+  cancels orders that still need a cancel (new ones, or ones that fell back).
+* **Milestones.** No DELETE at or after the cut-off C (``first_handled_at + POLL_TIMEOUT``, earlier for a chain
+  started by a redelivery). From C to D = C' + settle nothing happens, so that a DELETE already sent by a sibling
+  chain (a fork) has landed. From D the *final check* classifies the request from fresh reads (``timed_out``, or
+  ``failed`` for a refusal, or gone). From H (``first_handled_at + POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)``,
+  less one call) one last look at the customer ends the request whatever happens.
+* **Bounded work.** No call starts after ``policy.hop_work`` seconds of the invocation; the rest is handed to the
+  next hop. Longer waits (throttling, outages, crashes) always continue on the poll queue.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Iterable
+from enum import Enum
+from typing import Any, Mapping, Union
 
-from shared.messages import OrderState
+from shared.messages import DeletionRequest, OrderState, PollMessage
 
-__all__ = ["Policy", "Decision", "poll_delay", "first_poll_delay", "decide", "needs_cancel", "past_deadline",
-           "after_delete_refused", "is_cancelled"]
+__all__ = [
+    "Outcome", "Cause", "Poison", "Entry", "Mode", "FailureKind", "Policy",
+    "GetCustomer", "ListEntitlements", "GetOrder", "CancelOrder", "DeleteCustomer", "Continue", "Finish",
+    "Call", "Command", "Answer", "Failure", "Observation", "Hop",
+    "begin_request", "begin_poll", "reject_invalid_request", "unreadable_poll", "step",
+    "milestones", "poll_delay", "normalise_status", "is_cancelled", "needs_cancel",
+]
 
-#: Statuses that mean "the cancellation is under way, do not PATCH again": wait for the next poll.
-WAITING_STATUSES = frozenset({"pending"})
+CANCELLED = "cancelled"
+#: Statuses that mean "the cancellation is under way": wait for it, do not PATCH again.
+CANCELLING = frozenset({"pending"})
+#: How far in the future a poll message's times may lie (clock skew between instances) before it is unreadable.
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_DELAY = 7 * 24 * 3600 - 1
+
+
+class Outcome(str, Enum):
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+
+
+class Cause(str, Enum):
+    """Why the last hop did not finish the request; named by ``timed_out``."""
+
+    OPEN = "open"  # orders still open
+    THROTTLED = "throttled"
+    OUTAGE = "outage"  # 5xx, timeouts, dropped connections, the token endpoint, a refused credential
+    DELETE_REFUSED = "delete_refused"  # every order read cancelled, but Partner Center refused the DELETE
+    OUT_OF_TIME = "out_of_time"  # the hop used up its work budget
+    RECOVERY = "recovery"  # an invocation died; a redelivery handed the request over
+
+
+class Poison(Enum):
+    NONE = "none"
+    ORIGINAL = "original"  # the request message's own text, to <DELETE_CUSTOMER_QUEUE>-poison
+    EQUIVALENT = "equivalent"  # an equivalent request (same correlation id and dryRun), to <DELETE_CUSTOMER_QUEUE>-poison
+    POLL_ORIGINAL = "poll_original"  # a poll message nothing could be read from, as it was, to <POLL_ORDERS_QUEUE>-poison
+
+
+class Entry(Enum):
+    REQUEST = "request"  # delete_customer, the request's first delivery: the request's own first look
+    POLL = "poll"  # poll_orders
+
+
+class Mode(Enum):
+    NORMAL = "normal"  # before the cut-off: cancel, poll, confirm, DELETE
+    FINAL = "final"  # after D: classify from fresh reads, never DELETE
+    LAST = "last"  # after H: one look at the customer, then an outcome whatever happens
+
+
+class FailureKind(Enum):
+    THROTTLED = "throttled"  # 429 whose Retry-After outlasted the in-process waits
+    TRANSIENT = "transient"  # 408, 5xx, connection failures, timeouts, token endpoint: outlasted the retries
+    AUTH = "auth"  # 401 after a fresh credential
+    NOT_FOUND = "not_found"  # 404
+    CONFLICT = "conflict"  # 409
+    REFUSED = "refused"  # any other 4xx: Partner Center's considered refusal
+    UNSAFE = "unsafe"  # a value was not the documented shape: nothing was sent
 
 
 @dataclass(frozen=True)
 class Policy:
+    """The settings the core decides with (built from ``shared.config.Settings`` by the service)."""
+
     interval: int  # POLL_INTERVAL_SECONDS
     max_interval: int  # POLL_MAX_INTERVAL_SECONDS
     timeout: int  # POLL_TIMEOUT_SECONDS
-    max_delete_refusals: int = 3
+    protected: frozenset[str] = frozenset()
+    hop_work: float = 10.0  # no call starts after this many seconds of an invocation
+    pickup: float = 10.0  # the host's maxPollingInterval: how late a due message may be picked up
+    settle: float = 60.0  # the longest a DELETE decided before C can take to land (work + waits + one call)
+    call_time: float = 35.0  # the longest one call can take (connect + read timeout)
+    retry_after_max: int = 900
+
+    @property
+    def final_window(self) -> float:
+        """How long after POLL_TIMEOUT a chain may still be checking: max(POLL_MAX_INTERVAL_SECONDS, 900 s)."""
+        return float(max(self.max_interval, 900))
+
+
+# -- commands -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GetCustomer:
+    def describe(self) -> str:
+        return "GET customer"
 
 
 @dataclass(frozen=True)
-class Decision:
-    action: str  # "delete" | "repoll" | "timed_out" | "failed"
-    delay: int = 0
-    open_orders: tuple[str, ...] = ()
+class ListEntitlements:
+    def describe(self) -> str:
+        return "GET entitlements"
 
 
-def is_cancelled(status: object) -> bool:
-    return isinstance(status, str) and status.strip().lower() == "cancelled"
+@dataclass(frozen=True)
+class GetOrder:
+    order_id: str
+
+    def describe(self) -> str:
+        return f"GET order {self.order_id}"
+
+
+@dataclass(frozen=True)
+class CancelOrder:
+    order_id: str
+
+    def describe(self) -> str:
+        return f"PATCH order {self.order_id} (cancel)"
+
+
+@dataclass(frozen=True)
+class DeleteCustomer:
+    def describe(self) -> str:
+        return "DELETE customer"
+
+
+Call = Union[GetCustomer, ListEntitlements, GetOrder, CancelOrder, DeleteCustomer]
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Send ``message`` to the poll queue, hidden for ``delay`` seconds; the request goes on there."""
+
+    message: PollMessage
+    delay: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The request's one terminal outcome."""
+
+    outcome: Outcome
+    detail: str
+    orders: tuple[OrderState, ...] = ()
+    poll_attempts: int = 0
+    poison: Poison = Poison.NONE
+
+
+Command = Union[Call, Continue, Finish]
+
+
+# -- observations -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Answer:
+    """A 2xx. ``body``: the JSON (an order, a customer), or the order ids of an entitlement listing."""
+
+    body: Any = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    status: int | None = None
+    code: str | None = None
+    description: str | None = None
+    retry_after: float | None = None  # seconds, already clamped by the client; None: not given or unparseable
+    where: str = ""  # "PATCH /v1/customers/.../orders/..."
+
+    def text(self) -> str:
+        """One sentence for a log line, an outcome's detail or a timed_out cause, with Partner Center's own words."""
+        if self.kind is FailureKind.UNSAFE:
+            return f"refused to continue: {self.description}"
+        words = self.description or "no description"
+        if self.status is None:
+            return f"no answer from Partner Center to {self.where}: {words}"
+        verb = "refused" if self.kind in (FailureKind.REFUSED, FailureKind.NOT_FOUND, FailureKind.CONFLICT) else "answered"
+        code = f" (code {self.code})" if self.code else ""
+        return f"Partner Center {verb} {self.where} with HTTP {self.status}{code}: {words}"
+
+
+Observation = Union[Answer, Failure]
+
+
+# -- the hop ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hop:
+    """One invocation's work on a request. ``chain`` is what it started from (a poll message, or a new request)."""
+
+    chain: PollMessage
+    entry: Entry
+    mode: Mode
+    order_ids: tuple[str, ...]  # every order the request knows of, in the order to read them
+    hints: Mapping[str, str]  # last status seen per order (from the message, or this hop): what to read first
+    fresh: Mapping[str, str] = field(default_factory=dict)  # status read by GET in this hop: the only proof
+    busy: frozenset[str] = frozenset()  # known open in this hop without a read (a PATCH answer, a 409)
+    patched: frozenset[str] = frozenset()  # cancelled (PATCHed) in this hop
+    refused: Mapping[str, str] = field(default_factory=dict)  # PATCH refusals waiting for a read of the order
+    listed: bool = False  # the entitlements were listed in this hop
+    looked: bool = False  # GET customer answered in this hop
+    pending: Call | None = None
+    gone_check: str | None = None  # the pending GET customer decides this failure (present) or a gone outcome
+
+    @property
+    def open_orders(self) -> tuple[str, ...]:
+        return tuple(o for o in self.order_ids if o in self.busy or (o in self.fresh and not is_cancelled(self.fresh[o])))
+
+    def current_orders(self) -> tuple[OrderState, ...]:
+        return tuple(OrderState(o, self.fresh.get(o, self.hints.get(o, "unknown"))) for o in self.order_ids)
+
+
+def normalise_status(status: Any) -> str:
+    return status.strip().lower()[:40] if isinstance(status, str) and status.strip() else "unknown"
+
+
+def is_cancelled(status: str) -> bool:
+    return status == CANCELLED
+
+
+def needs_cancel(status: str) -> bool:
+    """PATCH it: neither cancelled nor already cancelling (new, active, or fallen back)."""
+    return status != CANCELLED and status not in CANCELLING
 
 
 def poll_delay(attempt: int, policy: Policy) -> int:
     """Delay before poll hop ``attempt + 1``: POLL_INTERVAL_SECONDS before the first, doubled per hop, capped."""
     if attempt >= 32:
         return policy.max_interval
-    return min(policy.max_interval, policy.interval * (2**attempt))
+    return min(policy.max_interval, policy.interval * (2 ** attempt))
 
 
-def first_poll_delay(orders: Iterable[OrderState], policy: Policy) -> int:
-    """No delay when nothing has to be waited for: the DELETE is always sent by poll_orders."""
-    return policy.interval if any(not o.cancelled for o in orders) else 0
+def milestones(chain: PollMessage, policy: Policy) -> tuple[datetime, datetime, datetime]:
+    """(C, D, H): DELETE cut-off, start of the final check, hard end. See the module docstring."""
+    timeout = timedelta(seconds=policy.timeout)
+    normal_cut = chain.first_handled_at + timeout
+    cut = min(chain.delete_by, normal_cut) if chain.delete_by else normal_cut  # a message can only shorten it
+    final = normal_cut + timedelta(seconds=policy.settle)
+    # The final check gets a few attempts at the longest back-off, and the chain still ends within the documented
+    # bound: POLL_TIMEOUT_SECONDS + max(POLL_MAX_INTERVAL_SECONDS, 900 s), counting one pickup and one call.
+    window = min(policy.final_window - policy.pickup - policy.call_time, policy.settle + max(2 * policy.max_interval, 30))
+    hard = normal_cut + timedelta(seconds=max(window, policy.settle + 1))
+    return cut, final, hard
 
 
-def needs_cancel(order: OrderState) -> bool:
-    """PATCH it now: not cancelled and not already waiting for a cancellation (an order that fell back)."""
-    return not order.cancelled and order.status not in WAITING_STATUSES
+# -- entry points -------------------------------------------------------------------------------------------------
+
+def reject_invalid_request(reason: str) -> Finish:
+    return Finish(Outcome.REJECTED, f"invalid deletion request: {reason}; nothing was sent to Partner Center", poison=Poison.ORIGINAL)
 
 
-def past_deadline(first_handled_at: datetime, now: datetime, policy: Policy) -> bool:
-    """POLL_TIMEOUT_SECONDS have passed since the request was first handled."""
-    return now >= first_handled_at + timedelta(seconds=policy.timeout)
+def unreadable_poll(reason: str, *, customer_id: str | None, correlation_id: str | None, dry_run: bool | None) -> Finish:
+    """A poll message this release cannot read: ``failed`` (a redrive is possible), never ``rejected``."""
+    redrivable = customer_id is not None and correlation_id is not None and dry_run is not None
+    where = ("an equivalent request waits in the request poison queue for a redrive" if redrivable
+             else "the message waits in the poll poison queue as it was")
+    return Finish(Outcome.FAILED, f"could not read a poll message ({reason}); {where}",
+                  poison=Poison.EQUIVALENT if redrivable else Poison.POLL_ORIGINAL)
 
 
-def decide(orders: tuple[OrderState, ...], *, attempt: int, first_handled_at: datetime, now: datetime, policy: Policy) -> Decision:
-    """After a poll hop read the orders: delete, poll again after a delay, or give up."""
-    open_orders = tuple(o.id for o in orders if not o.cancelled)
-    if not open_orders:
-        return Decision("delete")
-    if past_deadline(first_handled_at, now, policy):
-        return Decision("timed_out", open_orders=open_orders)
-    left = math.ceil((first_handled_at + timedelta(seconds=policy.timeout) - now).total_seconds())
-    return Decision("repoll", delay=max(1, min(poll_delay(attempt + 1, policy), left)), open_orders=open_orders)
+def _protected() -> Finish:
+    return Finish(Outcome.REJECTED, "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; nothing was changed")
 
 
-def after_delete_refused(refusals: int, *, attempt: int, policy: Policy) -> Decision:
-    """Partner Center refused the DELETE because orders are still active: poll again, at most a few times."""
-    if refusals >= policy.max_delete_refusals:
-        return Decision("failed")
-    return Decision("repoll", delay=poll_delay(attempt + 1, policy))
+def begin_request(request: DeletionRequest, *, delivery: int, now: datetime, policy: Policy) -> Hop | Command:
+    """``delete_customer``. The first delivery works; a redelivery hands the request to a fresh poll message."""
+    if request.customer_id in policy.protected:
+        return _protected()
+    chain = PollMessage(request.customer_id, request.correlation_id, (), 0, request.requested_at, now,
+                        stage="discover", dry_run=request.dry_run)
+    if delivery > 1:
+        # An earlier delivery died, maybe after it started a chain of its own (we cannot know). This chain's
+        # cut-off is the earliest the other one can have: its first handling was no earlier than requestedAt.
+        chain = replace(chain, delete_by=request.requested_at + timedelta(seconds=policy.timeout), recoveries=1,
+                        cause=Cause.RECOVERY.value)
+        return Continue(chain, _recovery_delay(chain, now, policy),
+                        f"the request was delivered {delivery} times (an earlier invocation died): handed over to the poll queue")
+    return Hop(chain, Entry.REQUEST, Mode.NORMAL, (), {})
+
+
+def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Policy) -> Hop | Command:
+    """``poll_orders``: a hop, a hand-over (redelivery), or a wait for the final check."""
+    if chain.customer_id in policy.protected:
+        return Finish(Outcome.REJECTED, "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; no call was made",
+                      chain.orders, chain.attempt)
+    if chain.first_handled_at > now + CLOCK_SKEW or chain.requested_at > chain.first_handled_at + CLOCK_SKEW:
+        return Finish(Outcome.FAILED, "could not read a poll message (its times lie in the future); an equivalent request "
+                      "waits in the request poison queue for a redrive", chain.orders, chain.attempt, Poison.EQUIVALENT)
+    cut, final, hard = milestones(chain, policy)
+    if delivery > 1:
+        if now >= hard:  # even the last look died: end here, without another call
+            hop = Hop(chain, Entry.POLL, Mode.LAST, tuple(o.id for o in chain.orders), {o.id: o.status for o in chain.orders})
+            return _timed_out(hop, policy)
+        nxt = replace(chain, recoveries=chain.recoveries + 1, cause=chain.cause or Cause.RECOVERY.value)
+        return Continue(nxt, _recovery_delay(nxt, now, policy),
+                        f"poll message delivered {delivery} times (an earlier invocation died): handed over to a fresh message")
+    if cut <= now < final:
+        return Continue(replace(chain, attempt=chain.attempt + 1), _seconds(final - now),
+                        "past the DELETE cut-off: waiting for the final check")
+    mode = Mode.NORMAL if now < cut else Mode.FINAL if now < hard else Mode.LAST
+    hints = {o.id: o.status for o in chain.orders}
+    # What to read first: orders that need a cancel, then those still cancelling, then those seen cancelled.
+    order_ids = tuple(sorted(hints, key=lambda o: (0 if needs_cancel(hints[o]) else 1 if not is_cancelled(hints[o]) else 2)))
+    return Hop(chain, Entry.POLL, mode, order_ids, hints)
+
+
+# -- the step -----------------------------------------------------------------------------------------------------
+
+def step(hop: Hop, observation: Observation | None, *, now: datetime, elapsed: float, policy: Policy) -> tuple[Hop, Command]:
+    """Fold the observation of the pending call into the hop, then decide the next command."""
+    if hop.pending is not None:
+        if observation is None:
+            raise ValueError(f"{hop.pending.describe()} is pending: an observation is required")
+        hop, decided = _absorb(replace(hop, pending=None), hop.pending, observation, now, policy)
+        if decided is not None:
+            return _issue(hop, decided)
+    return _issue(hop, _decide(hop, now, elapsed, policy))
+
+
+def _issue(hop: Hop, command: Command) -> tuple[Hop, Command]:
+    if isinstance(command, (Continue, Finish)):
+        return hop, command
+    return replace(hop, pending=command), command
+
+
+def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Policy) -> tuple[Hop, Command | None]:
+    """The acceptor table: what an answer or a failure of ``call`` means. ``None``: go on deciding."""
+    if isinstance(obs, Failure):
+        return _on_failure(hop, call, obs, now, policy)
+    if isinstance(call, GetCustomer):
+        if hop.gone_check is not None:
+            return hop, _fail(hop, hop.gone_check)  # the customer is still there: the failure stands
+        hop = replace(hop, looked=True)
+        if hop.mode is Mode.LAST or (hop.mode is Mode.FINAL and hop.chain.dry_run):
+            return hop, _timed_out(hop, policy)
+        return hop, None
+    if isinstance(call, ListEntitlements):
+        ids = [i for i in (obs.body or []) if isinstance(i, str)]
+        new = tuple(i for i in dict.fromkeys(ids) if i not in hop.hints)
+        hints = {**hop.hints, **{i: "unknown" for i in new}}
+        return replace(hop, listed=True, order_ids=hop.order_ids + new, hints=hints), None
+    if isinstance(call, GetOrder):
+        status = normalise_status(obs.body.get("status") if isinstance(obs.body, dict) else None)
+        hop = replace(hop, fresh={**hop.fresh, call.order_id: status}, hints={**hop.hints, call.order_id: status},
+                      busy=hop.busy - {call.order_id})
+        refusal = hop.refused.get(call.order_id)
+        if refusal is not None:
+            if needs_cancel(status):  # neither cancelled nor cancelling: the refusal stands
+                return hop, _fail(hop, refusal)
+            hop = replace(hop, refused=_without(hop.refused, call.order_id))
+        return hop, None
+    if isinstance(call, CancelOrder):
+        status = normalise_status(obs.body.get("status") if isinstance(obs.body, dict) else None)
+        hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id),  # stale now
+                      hints={**hop.hints, call.order_id: "pending" if status == "unknown" else status})
+        if not is_cancelled(status):
+            hop = replace(hop, busy=hop.busy | {call.order_id})  # evidence that it is open; "cancelled" is no proof
+        return hop, None
+    # DeleteCustomer answered 2xx.
+    return hop, _finish(hop, Outcome.DELETED,
+                        f"all {len(hop.order_ids)} order(s) read cancelled in the same hop as a fresh entitlements listing; "
+                        "DELETE accepted, the customer tenant is purged")
+
+
+def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy) -> tuple[Hop, Command | None]:
+    kind = f.kind
+    if kind is FailureKind.UNSAFE:
+        return hop, _fail(hop, f.text())
+    if hop.mode is Mode.LAST:  # the one last look: gone, or the request ends timed_out whatever the failure was
+        return hop, (_gone(hop, f) if kind is FailureKind.NOT_FOUND and isinstance(call, GetCustomer) else _timed_out(hop, policy))
+    if kind is FailureKind.THROTTLED:
+        return hop, _wait(hop, now, policy, Cause.THROTTLED, f"last Retry-After {_fmt(f.retry_after)}", retry_after=f.retry_after)
+    conflict_has_meaning = isinstance(call, (GetOrder, CancelOrder, DeleteCustomer)) and hop.gone_check is None
+    if kind in (FailureKind.TRANSIENT, FailureKind.AUTH) or (kind is FailureKind.CONFLICT and not conflict_has_meaning):
+        lost = "the DELETE may have landed with its answer lost; the next hop reads again: " if isinstance(call, DeleteCustomer) else ""
+        return hop, _wait(hop, now, policy, Cause.OUTAGE, lost + f.text())
+    if hop.gone_check is not None:  # the gone check's own GET customer: 404 means gone, a refusal leaves the failure
+        return hop, (_gone(hop, f) if kind is FailureKind.NOT_FOUND else _fail(hop, hop.gone_check))
+    if isinstance(call, GetCustomer):
+        return hop, (_gone(hop, f) if kind is FailureKind.NOT_FOUND else _fail(hop, f.text()))
+    if isinstance(call, GetOrder):
+        if kind is FailureKind.CONFLICT:
+            return _busy(hop, call.order_id), None
+        suffix = "; the customer still exists, so an order this request knows of is missing" if kind is FailureKind.NOT_FOUND else ""
+        return _check_gone(hop, f.text() + suffix)
+    if isinstance(call, CancelOrder):
+        if kind is FailureKind.CONFLICT:  # 800060 "your order is in progress": it is being worked on; wait for it
+            return _busy(replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id)), call.order_id), None
+        if kind is FailureKind.NOT_FOUND:
+            return _check_gone(hop, f.text())
+        # Refused, maybe because it is already cancelling or cancelled (a retried PATCH whose answer was lost, a
+        # duplicate request). Read it: only a refusal of an order that still needs a cancel ends the request.
+        return replace(hop, refused={**hop.refused, call.order_id: f.text()}, fresh=_without(hop.fresh, call.order_id),
+                       patched=hop.patched | {call.order_id}), None
+    if isinstance(call, ListEntitlements):
+        return _check_gone(hop, f.text())
+    # DeleteCustomer refused.
+    if kind is FailureKind.NOT_FOUND:
+        return _check_gone(hop, f"{f.text()}; but GET customer still finds it")
+    # Any refusal of the DELETE can pass (orders still cancelling, an order we cannot see): keep trying until the
+    # cut-off. A sibling chain could not reproduce a refusal after the cut-off, so it is never a fast `failed`.
+    hop = replace(hop, chain=replace(hop.chain, delete_refusals=hop.chain.delete_refusals + 1))
+    return hop, _wait(hop, now, policy, Cause.DELETE_REFUSED, f"{hop.chain.delete_refusals} time(s), last: {f.text()}")
+
+
+def _busy(hop: Hop, order_id: str) -> Hop:
+    """409 "in progress": the order is being worked on. It counts as open, and a refused cancel of it is moot."""
+    return replace(hop, busy=hop.busy | {order_id}, hints={**hop.hints, order_id: "pending"},
+                   refused=_without(hop.refused, order_id))
+
+
+def _check_gone(hop: Hop, failure_text: str) -> tuple[Hop, Command]:
+    """Paths that give up first check whether the customer is already gone (a sibling chain may have deleted it)."""
+    return replace(hop, gone_check=failure_text), GetCustomer()
+
+
+def _without(mapping: Mapping[str, str], key: str) -> dict[str, str]:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+def _decide(hop: Hop, now: datetime, elapsed: float, policy: Policy) -> Command:
+    call = _next_call(hop)
+    if call is None:
+        return _end_of_reads(hop, now, policy)
+    if isinstance(call, DeleteCustomer) and now >= milestones(hop.chain, policy)[0]:
+        return _continue(hop, now, policy, Cause.OPEN, "", want=0,
+                         why="every order reads cancelled, but the DELETE cut-off has passed: waiting for the final check")
+    if elapsed >= policy.hop_work:
+        # Soon, but not in a tight loop when the work never fits (1 s, 2 s, 4 s ... up to POLL_INTERVAL_SECONDS).
+        want = min(policy.interval, 2 ** min(hop.chain.setbacks, 20))
+        return _continue(hop, now, policy, Cause.OUT_OF_TIME, "", want=want,
+                         why=f"this invocation used its {policy.hop_work:g}s of work: the rest continues on the next hop")
+    return call
+
+
+def _next_call(hop: Hop) -> Call | None:
+    """What to read or change next, or ``None`` when this hop's reads are done."""
+    chain = hop.chain
+    if not hop.looked and (chain.stage == "discover" or hop.mode is not Mode.NORMAL):
+        return GetCustomer()
+    for order_id in hop.refused:  # a refused cancel: read the order before deciding
+        return GetOrder(order_id)
+    unread = [o for o in hop.order_ids if o not in hop.fresh and o not in hop.busy]
+    if chain.dry_run:
+        if not hop.listed:
+            return ListEntitlements()
+        return GetOrder(unread[0]) if unread else None
+    for order_id in hop.order_ids:  # cancel what was read as needing it, before reading the next one
+        if order_id in hop.fresh and needs_cancel(hop.fresh[order_id]) and order_id not in hop.patched:
+            return CancelOrder(order_id)
+    for order_id in unread:  # orders that may need a cancel are read and cancelled whatever else is open
+        if needs_cancel(hop.hints.get(order_id, "unknown")):
+            return GetOrder(order_id)
+    if hop.open_orders and hop.mode is Mode.NORMAL:
+        return None  # one open order is enough to know the DELETE must wait: the rest are read on a later hop
+    if unread:
+        return GetOrder(unread[0])
+    if not hop.listed:
+        return ListEntitlements()
+    if hop.open_orders or hop.mode is not Mode.NORMAL or hop.entry is Entry.REQUEST:
+        return None
+    return DeleteCustomer()  # listed in this hop, and every order known read cancelled in this hop
+
+
+def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
+    chain = hop.chain
+    if chain.dry_run:
+        active = [o.id for o in hop.current_orders() if not is_cancelled(o.status)]
+        return _finish(hop, Outcome.DRY_RUN, (f"dry run: would cancel {len(active)} order(s) ({', '.join(active) or 'none'}), wait until all "
+                                              f"{len(hop.order_ids)} read cancelled, then DELETE the customer; nothing was changed"))
+    if hop.mode is not Mode.NORMAL:
+        return _timed_out(hop, policy)
+    if hop.open_orders:
+        first = hop.entry is Entry.REQUEST
+        want = policy.interval if first else poll_delay(chain.attempt + 1, policy)
+        return _continue(hop, now, policy, Cause.OPEN, "", want=want, progress=True,
+                         why=f"{len(hop.open_orders)} of {len(hop.order_ids)} order(s) not yet cancelled")
+    # Every order read cancelled and listed, in a delete_customer hop: the DELETE is always sent by poll_orders.
+    return _continue(hop, now, policy, None, None, want=0, progress=True,
+                     why=f"all {len(hop.order_ids)} order(s) read cancelled: poll_orders confirms and sends the DELETE")
+
+
+# -- endings ------------------------------------------------------------------------------------------------------
+
+def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: bool) -> PollMessage:
+    chain = hop.chain
+    seen = chain.customer_seen or hop.looked
+    # A dry run stays a discover stage for good (a poll stage can never be a dry run), and a poll stage needs a
+    # listing: a release that trusts poll messages would otherwise DELETE on an empty order list.
+    listed = chain.stage == "poll" or hop.listed
+    stage = "poll" if listed and seen and not chain.dry_run else "discover"
+    return replace(
+        chain,
+        orders=hop.current_orders(),
+        attempt=chain.attempt + (1 if hop.entry is Entry.POLL else 0),
+        stage=stage,
+        setbacks=0 if progress else chain.setbacks + 1,
+        cause=cause.value if cause else None,
+        cause_detail=(detail or None) if cause else None,
+        customer_seen=seen,
+    )
+
+
+def _continue(hop: Hop, now: datetime, policy: Policy, cause: Cause | None, detail: str | None, *, want: float,
+              why: str, progress: bool = False) -> Continue:
+    message = _message(hop, cause, detail, progress=progress)
+    return Continue(message, _schedule(want, now, message, policy), why)
+
+
+def _wait(hop: Hop, now: datetime, policy: Policy, cause: Cause, detail: str, *, retry_after: float | None = None) -> Continue:
+    """Throttled, an outage, a refused DELETE: continue later, with a delay that grows while nothing progresses."""
+    if cause is Cause.THROTTLED:
+        want = policy.interval if retry_after is None or not math.isfinite(retry_after) else min(policy.retry_after_max, max(1.0, retry_after))
+        why = f"throttled by Partner Center ({detail})"
+    elif cause is Cause.DELETE_REFUSED:
+        want = poll_delay(hop.chain.attempt + 1, policy)
+        why = f"Partner Center refused the DELETE ({detail}): reading everything again on the next hop"
+    else:
+        want = min(policy.max_interval, policy.interval * 2 ** min(hop.chain.setbacks, 20))
+        why = f"Partner Center unavailable ({detail})"
+    return _continue(hop, now, policy, cause, detail, want=want, why=why)
+
+
+def _schedule(want: float, now: datetime, chain: PollMessage, policy: Policy) -> int:
+    """The delay, kept inside the milestones: no hop is scheduled past the cut-off, the final check or the end."""
+    cut, final, hard = milestones(chain, policy)
+    if now < cut:
+        # The last moment a hop surely still confirms before the cut-off: picked up late, using all its work time.
+        latest = cut - timedelta(seconds=policy.hop_work + policy.pickup)
+        if now + timedelta(seconds=want) <= latest:
+            return _seconds(timedelta(seconds=want))
+        if (latest - now).total_seconds() >= 1:
+            return _seconds(latest - now)
+        if (cut - now).total_seconds() > 1:  # too close for a sure confirm; a quick one may still make it
+            return min(_seconds(timedelta(seconds=max(want, 1))), _seconds(cut - now) - 1)
+        return _seconds(final - now)
+    if now < final:
+        return _seconds(final - now)
+    return max(0, min(_seconds(timedelta(seconds=want)), _seconds(hard - now)))
+
+
+def _recovery_delay(chain: PollMessage, now: datetime, policy: Policy) -> int:
+    want = min(policy.max_interval, policy.interval * 2 ** min(chain.recoveries - 1, 20))
+    return _schedule(want, now, chain, policy)
+
+
+def _seconds(delta: timedelta) -> int:
+    return max(0, min(MAX_DELAY, math.ceil(delta.total_seconds())))
+
+
+def _finish(hop: Hop, outcome: Outcome, detail: str, poison: Poison = Poison.NONE) -> Finish:
+    attempts = hop.chain.attempt + (1 if hop.entry is Entry.POLL else 0)
+    return Finish(outcome, detail, hop.current_orders(), attempts, poison)
+
+
+def _fail(hop: Hop, text: str) -> Finish:
+    return _finish(hop, Outcome.FAILED, text, Poison.EQUIVALENT)
+
+
+def _gone(hop: Hop, failure: Failure) -> Finish:
+    """The customer does not exist. ``not_found`` only at the request's own first look, or for a dry run.
+
+    Anywhere else a sibling chain of this request (a fork after a host died) may have deleted it, and reported
+    ``deleted``; so this chain reports ``deleted`` too. Outcomes of one request never disagree on this.
+    """
+    chain = hop.chain
+    said = f"GET customer: {failure.text()}"
+    if chain.dry_run:
+        return _finish(hop, Outcome.NOT_FOUND, f"Partner Center has no such customer ({said}); nothing was changed")
+    if hop.entry is Entry.REQUEST and not hop.looked:
+        return _finish(hop, Outcome.NOT_FOUND, f"Partner Center has no such customer when the request arrived ({said})")
+    if chain.customer_seen or hop.looked:
+        why = ("it existed when this request first looked, so this request's DELETE (whose answer was lost, or sent "
+               "by a sibling hop) or another request removed it")
+    else:
+        why = ("this request could not look at it when it arrived (throttling, an outage or a redelivery), so an "
+               "earlier attempt of this request may have deleted it")
+    return _finish(hop, Outcome.DELETED, f"the customer no longer exists ({said}): {why}")
+
+
+def _timed_out(hop: Hop, policy: Policy) -> Finish:
+    chain = hop.chain
+    head = f"not finished by POLL_TIMEOUT_SECONDS ({policy.timeout}s after the request was first handled)"
+    open_ = [o.id for o in hop.current_orders() if not is_cancelled(o.status)]
+    orders = f"orders not read cancelled: {', '.join(open_)}" if open_ else "every order read cancelled"
+    if chain.dry_run:
+        return _finish(hop, Outcome.TIMED_OUT, f"{head}: the dry run could not finish its reads; nothing was changed", Poison.EQUIVALENT)
+    cause = chain.cause
+    reason = {
+        Cause.OPEN.value: "orders still open" if open_ else "the orders turned cancelled too late for a DELETE before the cut-off",
+        Cause.THROTTLED.value: f"Partner Center kept throttling ({chain.cause_detail})",
+        Cause.OUTAGE.value: f"Partner Center was unavailable ({chain.cause_detail})",
+        Cause.DELETE_REFUSED.value: f"Partner Center refused the DELETE ({chain.cause_detail})",
+        Cause.OUT_OF_TIME.value: "the confirming reads did not fit into one invocation's work budget",
+        Cause.RECOVERY.value: "invocations kept dying (host restarts)",
+    }.get(cause or "", "orders still open" if chain.stage == "poll" else "the customer's orders could not be read")
+    if hop.mode is Mode.LAST and not hop.looked:
+        reason += "; the customer could not be checked at the end either"
+    return _finish(hop, Outcome.TIMED_OUT, f"{head}: {reason}; {orders}; no DELETE was sent", Poison.EQUIVALENT)
+
+
+def _fmt(seconds: float | None) -> str:
+    return "not given" if seconds is None else f"{seconds:g}s"

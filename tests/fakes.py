@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from azure.functions.queue import QueueMessage
 
-from shared.errors import ConflictError, NotFoundError, RefusedError, ThrottledError
+from shared.errors import ConflictError, NotFoundError, RefusedError, ThrottledError, TransientError
 
 
 @dataclass
@@ -16,6 +16,8 @@ class FakeOrder:
     pending_reads: int = 0  # reads that still say "pending" after a cancel
     refuse: RefusedError | None = None
     conflict: bool = False
+    patch_answer: str | None = None  # what a PATCH answers, whatever the order's real state (e.g. "cancelled" too early)
+    second_cancel: str = "idempotent"  # "error": a PATCH of a pending or cancelled order is refused with 800061
 
 
 @dataclass
@@ -31,29 +33,37 @@ class FakePartnerCenter:
         self.throttle_next: float | None = None
         self.delete_refusals = 0  # DELETEs to refuse with the active-orders description
         self.lose_delete_answer = False
+        self.outage_calls = 0  # the next N calls fail as if Partner Center were down (after the client's retries)
+        self.clock: "Clock | None" = None
+        self.call_seconds = 0.0  # each call advances ``clock`` by this much (slow calls)
 
     def _enter(self, *call):
         self.calls.append(call)
+        if self.clock is not None and self.call_seconds:
+            self.clock.advance(self.call_seconds)
         if self.throttle_next is not None:
             retry, self.throttle_next = self.throttle_next, None
             raise ThrottledError(429, "429", "Rate limit is exceeded.", retry_after=retry)
+        if self.outage_calls:
+            self.outage_calls -= 1
+            raise TransientError(503, "800003", "Unexpected service error", method="GET", path="/v1/customers")
 
     def _customer(self, cid):
         if cid not in self.customers:
             raise NotFoundError(404, "60003", "Tenant not found", method="GET", path=f"/v1/customers/{cid}")
         return self.customers[cid]
 
-    def get_customer(self, cid, *, correlation_id):
+    def get_customer(self, cid, *, correlation_id, budget=None):
         self._enter("get_customer", cid)
         self._customer(cid)
         return {"id": cid}
 
-    def list_entitlement_order_ids(self, cid, *, correlation_id):
+    def list_entitlement_order_ids(self, cid, *, correlation_id, budget=None):
         self._enter("entitlements", cid)
         c = self._customer(cid)
         return list(c.entitlement_ids if c.entitlement_ids is not None else c.orders)
 
-    def get_order(self, cid, oid, *, correlation_id):
+    def get_order(self, cid, oid, *, correlation_id, budget=None):
         self._enter("get_order", cid, oid)
         order = self._customer(cid).orders.get(oid)
         if order is None:
@@ -65,7 +75,7 @@ class FakePartnerCenter:
             return {"id": oid, "status": "pending"}
         return {"id": oid, "status": order.status}
 
-    def cancel_order(self, cid, oid, *, correlation_id):
+    def cancel_order(self, cid, oid, *, correlation_id, budget=None):
         self._enter("cancel_order", cid, oid)
         order = self._customer(cid).orders[oid]
         if order.refuse:
@@ -73,10 +83,13 @@ class FakePartnerCenter:
         if order.conflict:
             order.conflict = False
             raise ConflictError(409, "800060", "Your order is in progress.", method="PATCH", path="/orders")
-        order.status = "pending" if order.pending_reads else "cancelled"
-        return {"id": oid, "status": order.status}
+        if order.second_cancel == "error" and order.status in ("pending", "cancelled"):
+            raise RefusedError(400, "800061", "Order cannot be canceled", method="PATCH", path="/orders")
+        if order.status != "pending":
+            order.status = "pending" if order.pending_reads else "cancelled"
+        return {"id": oid, "status": order.patch_answer or order.status}
 
-    def delete_customer(self, cid, *, correlation_id):
+    def delete_customer(self, cid, *, correlation_id, budget=None):
         self._enter("delete_customer", cid)
         c = self._customer(cid)
         if self.delete_refusals:
@@ -112,9 +125,13 @@ class FakePublisher:
 class Clock:
     def __init__(self, start=datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)):
         self.now = start
+        self.start = start
 
     def __call__(self):
         return self.now
+
+    def monotonic(self) -> float:
+        return (self.now - self.start).total_seconds()
 
     def advance(self, seconds):
         self.now += timedelta(seconds=seconds)

@@ -62,9 +62,11 @@ class World:
 
 @pytest.fixture
 def world(azurite, pc, queues, tmp_path):
+    # Short work and read times keep the wait before the final check short (settle = work + call + 5 s).
     settings = {"AzureWebJobsStorage": azurite, **devenv.unique_queues("e"), **pc.app_settings(),
                 "POLL_INTERVAL_SECONDS": "1", "POLL_MAX_INTERVAL_SECONDS": "2", "POLL_TIMEOUT_SECONDS": "60",
-                "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "20", **FAST_HOST}
+                "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "3", "INVOCATION_WORK_SECONDS": "4", "PARTNER_CENTER_TIMEOUT_SECONDS": "3",
+                **FAST_HOST}
     w = World(settings, queues, pc, tmp_path)
     yield w
     for host in w.hosts:

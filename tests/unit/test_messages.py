@@ -1,12 +1,14 @@
 """Parsing and validation of deletion requests and poll messages (no sockets)."""
 import json
+import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
 from shared.errors import InvalidMessageError
 from shared.ids import derived_correlation_id
-from shared.messages import OrderState, PollMessage, outcome_event, parse_deletion_request, parse_poll_message
+from shared.messages import OrderState, PollMessage, event_id, outcome_event, parse_deletion_request, parse_poll_message, readable_fields
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 INSERTED = datetime(2026, 11, 24, 11, 59, 30, tzinfo=timezone.utc)
@@ -90,10 +92,34 @@ def test_derived_correlation_id_is_stable_per_message_id():
 def test_poll_message_round_trip():
     poll = PollMessage(CUST, CORR, (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),), 3, INSERTED, NOW, 1)
     again = parse_poll_message(poll.to_text().encode())
-    assert again == poll
+    assert again == poll and again.customer_seen  # a poll stage implies the customer was seen
     discover = PollMessage(CUST, CORR, (), 0, INSERTED, NOW, 0, "discover", True)
     assert parse_poll_message(discover.to_text()) == discover
     assert json.loads(poll.to_text())["schemaVersion"] == 1
+    full = PollMessage(CUST, CORR, (), 7, INSERTED, NOW, 2, "discover", False, delete_by=NOW, recoveries=3, setbacks=4,
+                       cause="throttled", cause_detail="last Retry-After 60s", customer_seen=True)
+    assert parse_poll_message(full.to_text()) == full
+
+
+def test_poll_messages_of_the_previous_release_are_read_with_defaults():
+    """Written by main before issue 7 (tests/data): the new optional fields are missing, and that is fine."""
+    recorded = json.loads((Path(__file__).parent.parent / "data" / "poll_messages_release_eaf0670.json").read_text())
+    assert len(recorded["messages"]) >= 5
+    for item in recorded["messages"]:
+        poll = parse_poll_message(item["message"])
+        assert (poll.recoveries, poll.setbacks, poll.cause, poll.delete_by) == (0, 0, None, None), item["what"]
+        assert poll.customer_seen == (poll.stage == "poll")
+
+
+def test_the_previous_release_reads_poll_messages_of_this_one():
+    """What the previous release's parser requires (its code, as of eaf0670): this release still writes it."""
+    full = PollMessage(CUST, CORR, (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),), 2, INSERTED, NOW, 1,
+                       delete_by=NOW, recoveries=1, setbacks=2, cause="outage", cause_detail="x")
+    data = json.loads(full.to_text())
+    assert data["schemaVersion"] == 1 and data["kind"] == "poll" and data["stage"] in ("poll", "discover")
+    assert isinstance(data["attempt"], int) and isinstance(data["deleteRefusals"], int) and data["dryRun"] is False
+    assert all(set(o) == {"id", "status"} for o in data["orders"])
+    assert data["requestedAt"].endswith("Z") and data["firstHandledAt"].endswith("Z")
 
 
 @pytest.mark.parametrize(
@@ -113,6 +139,12 @@ def test_poll_message_round_trip():
         (lambda d: d.update(stage="other"), "stage"),
         (lambda d: d.update(dryRun=True), "dryRun"),  # only a discover stage may carry a dry run
         (lambda d: d.update(stage="discover", dryRun="yes"), "dryRun"),
+        (lambda d: d.update(recoveries=-1), "recoveries"),
+        (lambda d: d.update(setbacks="2"), "setbacks"),
+        (lambda d: d.update(deleteBy="tomorrow"), "malformed"),
+        (lambda d: d.update(cause=["x"]), "cause"),
+        (lambda d: d.update(causeDetail="x" * 500), "causeDetail"),
+        (lambda d: d.update(customerSeen="yes"), "customerSeen"),
     ],
 )
 def test_invalid_poll_messages(mutate, reason_part):
@@ -129,9 +161,24 @@ def test_outcome_event_shape():
                                      orders=[OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "cancelled")], poll_attempts=2,
                                      detail="done.", requested_at=INSERTED, finished_at=NOW))
     assert event == {
-        "schemaVersion": 1, "customerTenantId": CUST, "correlationId": CORR, "outcome": "deleted",
+        "schemaVersion": 1, "eventId": event_id(CORR, INSERTED), "customerTenantId": CUST, "correlationId": CORR, "outcome": "deleted",
         "orders": [{"id": "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "status": "cancelled"}], "pollAttempts": 2,
         "detail": "done.", "requestedAt": "2026-11-24T11:59:30.000Z", "finishedAt": "2026-11-24T12:00:00.000Z",
     }
     with pytest.raises(ValueError):
         outcome_event(outcome="gone", customer_id=None, correlation_id=CORR, detail="", requested_at=NOW, finished_at=NOW)
+
+
+def test_event_id_is_the_requests_identity():
+    """The same request (correlation id and requestedAt) gives the same eventId on every repeat; a redrive is new."""
+    later = outcome_event(outcome="deleted", customer_id=CUST, correlation_id=CORR, detail="again", requested_at=INSERTED, finished_at=NOW)
+    first = outcome_event(outcome="deleted", customer_id=CUST, correlation_id=CORR, detail="x", requested_at=INSERTED, finished_at=INSERTED)
+    assert json.loads(later)["eventId"] == json.loads(first)["eventId"]
+    assert event_id(CORR, NOW) != event_id(CORR, INSERTED) and event_id(CUST, INSERTED) != event_id(CORR, INSERTED)
+    assert uuid.UUID(event_id(CORR, NOW)).version == 5
+
+
+def test_readable_fields_of_a_broken_poll_message():
+    assert readable_fields(json.dumps({"customerTenantId": CUST.upper(), "correlationId": CORR, "dryRun": False, "x": 1})) == (CUST, CORR, False, None)
+    assert readable_fields(json.dumps({"customerTenantId": "../x", "correlationId": 5, "dryRun": "no"})) == (None, None, None, None)
+    assert readable_fields(b"\xff") == (None, None, None, None)

@@ -1,10 +1,11 @@
 """The two use cases against in-memory fakes (no sockets): every request ends in exactly one outcome."""
 import json
+from datetime import timedelta
 
 import pytest
 
 from shared.config import Settings
-from shared.errors import RefusedError
+from shared.errors import RefusedError, ThrottledError
 from shared.service import Deps, handle_deletion_request, handle_poll
 from tests.fakes import Clock, FakeCustomer, FakeOrder, FakePartnerCenter, FakePublisher, queue_message
 
@@ -20,7 +21,8 @@ def world(tmp_path):
     env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "POLL_INTERVAL_SECONDS": "30", "POLL_MAX_INTERVAL_SECONDS": "120",
            "POLL_TIMEOUT_SECONDS": "600", "PROTECTED_CUSTOMER_IDS": OTHER}
     pc, pub, clock = FakePartnerCenter(), FakePublisher(), Clock()
-    deps = Deps(settings=Settings.from_env(env, app_root=tmp_path), partner_center=pc, publisher=pub, clock=clock)
+    pc.clock = clock
+    deps = Deps(settings=Settings.from_env(env, app_root=tmp_path), partner_center=pc, publisher=pub, clock=clock, monotonic=clock.monotonic)
     return pc, pub, clock, deps
 
 
@@ -28,7 +30,7 @@ def request(deps, body, **kw):
     handle_deletion_request(queue_message(body, **kw), "inv-1", deps)
 
 
-def run_polls(deps, pub, clock, max_hops=50, start=0):
+def run_polls(deps, pub, clock, max_hops=200, start=0):
     """Deliver poll messages one by one, advancing the clock by each one's delay, until none is left."""
     delivered = start
     while delivered < len(pub.on(POLL)) and delivered < max_hops:
@@ -37,6 +39,11 @@ def run_polls(deps, pub, clock, max_hops=50, start=0):
         clock.advance(delay)
         handle_poll(queue_message(raw, id=f"poll-{delivered}"), f"inv-p{delivered}", deps)
     return delivered
+
+
+def hops_run(pub):
+    """Poll messages that ran a hop (a hand-over after a redelivery does not count)."""
+    return len(pub.on(POLL))
 
 
 def the_outcome(pub):
@@ -57,6 +64,8 @@ def test_happy_path_with_cancellation_lag(world):
     assert out["outcome"] == "deleted" and out["customerTenantId"] == CUST and out["correlationId"] == CORR
     assert out["pollAttempts"] == hops == 3
     assert [d for _, d in pub.on(POLL)] == [30, 60, 120]  # growing delays
+    confirm = pc.calls[pc.calls.index(("delete_customer", CUST)) - 4:pc.calls.index(("delete_customer", CUST))]
+    assert sorted(confirm) == sorted([("get_order", CUST, O1), ("get_order", CUST, O2), ("get_order", CUST, O3), ("entitlements", CUST)])
     assert {o["status"] for o in out["orders"]} == {"cancelled"}
     assert pc.count("delete_customer") == 1 and CUST not in pc.customers
     assert pub.on(POISON) == []
@@ -97,7 +106,7 @@ def test_unknown_customer_is_not_found(world):
     request(deps, CUST)
     out = the_outcome(pub)
     assert out["outcome"] == "not_found" and "60003" in out["detail"]
-    assert pub.on(POISON) == []
+    assert pub.on(POISON) == [] and pc.calls == [("get_customer", CUST)]
 
 
 def test_protected_customer_never_touched(world):
@@ -134,7 +143,8 @@ def test_refused_cancel_fails_with_partner_center_text(world):
     request(deps, CUST, id="m-9")
     out = the_outcome(pub)
     assert out["outcome"] == "failed" and "900117" in out["detail"] and "60-day" in out["detail"]
-    assert pub.on(POISON) == [(CUST.encode(), 0)]
+    (poisoned, _), = pub.on(POISON)  # an equivalent request, redrivable
+    assert json.loads(poisoned) == {"customerTenantId": CUST, "correlationId": out["correlationId"], "dryRun": False}
     assert pc.count("delete_customer") == 0
 
 
@@ -168,25 +178,28 @@ def test_never_cancelling_orders_time_out_without_delete(world):
     assert out["pollAttempts"] == hops
     assert pc.count("delete_customer") == 0
     assert json.loads(pub.on(POISON)[0][0])["customerTenantId"] == CUST  # a redrivable request
-    assert max(d for _, d in pub.on(POLL)) <= 120
+    policy = deps.policy  # the last wait spans from the last useful confirm to the final check
+    assert max(d for _, d in pub.on(POLL)) <= max(120, policy.hop_work + policy.pickup + policy.settle)
 
 
-def test_delete_refused_goes_back_to_polling_then_fails(world):
+def test_delete_refused_goes_back_to_polling_until_it_is_accepted(world):
     pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
-    pc.delete_refusals = 1
+    pc.delete_refusals = 2
     request(deps, CUST)
     run_polls(deps, pub, clock)
-    assert the_outcome(pub)["outcome"] == "deleted" and pc.count("delete_customer") == 2
+    assert the_outcome(pub)["outcome"] == "deleted" and pc.count("delete_customer") == 3
 
-    pub.sent.clear()
+
+def test_a_delete_refused_until_the_deadline_times_out_naming_the_refusal(world):
+    pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
-    pc.delete_refusals = 99
+    pc.delete_refusals = 10**6
     request(deps, CUST)
     run_polls(deps, pub, clock)
     out = the_outcome(pub)
-    assert out["outcome"] == "failed" and "cannot be removed due to active" in out["detail"]
-    assert pc.count("delete_customer") == 2 + 3
+    assert out["outcome"] == "timed_out" and "refused the DELETE" in out["detail"] and "cannot be removed due to active" in out["detail"]
+    assert CUST in pc.customers and len(pub.on(POISON)) == 1
 
 
 def test_lost_delete_answer_then_redelivered_hop_is_deleted(world):
@@ -197,9 +210,11 @@ def test_lost_delete_answer_then_redelivered_hop_is_deleted(world):
     raw, _ = pub.on(POLL)[0]
     with pytest.raises(ConnectionError):
         handle_poll(queue_message(raw, id="p"), "inv", deps)
-    handle_poll(queue_message(raw, id="p", dequeue_count=2), "inv", deps)  # the host redelivers the hop
+    handle_poll(queue_message(raw, id="p", dequeue_count=2), "inv", deps)  # the host redelivers: handed over
+    assert pub.on(OUT) == [] and len(pub.on(POLL)) == 2
+    run_polls(deps, pub, clock, start=1)
     out = the_outcome(pub)
-    assert out["outcome"] == "deleted" and "confirmed" in out["detail"]
+    assert out["outcome"] == "deleted" and "no longer exists" in out["detail"]
 
 
 def test_order_404_with_customer_present_fails(world):
@@ -227,26 +242,36 @@ def test_duplicate_request_deletes_once(world):
     pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
     request(deps, CUST, id="same")
-    request(deps, CUST, id="same", dequeue_count=2)  # redelivered before the first chain finished
+    request(deps, CUST, id="same", dequeue_count=2)  # redelivered before the first chain finished: a second chain
     run_polls(deps, pub, clock)
     outcomes = pub.json_on(OUT)
-    assert pc.count("delete_customer") == 2 and CUST not in pc.customers  # the second one found it gone
-    assert {(o["outcome"], o["correlationId"]) for o in outcomes} == {("deleted", outcomes[0]["correlationId"])}
+    assert pc.count("delete_customer") == 1 and CUST not in pc.customers  # the second chain found it gone
+    assert {(o["outcome"], o["correlationId"], o["eventId"]) for o in outcomes} == {("deleted", outcomes[0]["correlationId"], outcomes[0]["eventId"])}
 
 
-def test_last_delivery_records_failure_instead_of_vanishing(world):
+def test_the_last_delivery_hands_over_instead_of_giving_up(world):
     pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
     request(deps, CUST, dequeue_count=5)
+    assert pc.calls == [] and pub.on(OUT) == []
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "deleted"
+
+
+def test_an_unreadable_poll_message_fails_with_a_redrivable_request(world):
+    pc, pub, clock, deps = world
+    body = json.dumps({"schemaVersion": 1, "kind": "poll", "customerTenantId": CUST, "correlationId": CORR, "dryRun": False, "orders": "x"})
+    handle_poll(queue_message(body), "inv", deps)
     out = the_outcome(pub)
-    assert out["outcome"] == "failed" and "5 times" in out["detail"]
-    assert pub.on(POISON) == [(CUST.encode(), 0)] and pc.calls == []
+    assert out["outcome"] == "failed" and out["customerTenantId"] == CUST and out["correlationId"] == CORR
+    assert json.loads(pub.on(POISON)[0][0]) == {"customerTenantId": CUST, "correlationId": CORR, "dryRun": False}
+    assert pc.calls == []
 
 
-def test_invalid_poll_message_is_rejected_into_poll_poison(world):
+def test_a_poll_message_nothing_can_be_read_from_waits_in_the_poll_poison_queue(world):
     pc, pub, clock, deps = world
     handle_poll(queue_message(b'{"schemaVersion": 1, "kind": "poll"}'), "inv", deps)
-    assert the_outcome(pub)["outcome"] == "rejected"
+    assert the_outcome(pub)["outcome"] == "failed"
     assert pub.on(POLL_POISON) == [(b'{"schemaVersion": 1, "kind": "poll"}', 0)] and pc.calls == []
 
 
@@ -274,14 +299,19 @@ def test_throttled_dry_run_stays_a_dry_run(world):
     assert pc.count("cancel_order") == 0 and pc.count("delete_customer") == 0
 
 
-def test_throttled_dry_run_given_up_is_redriven_as_a_dry_run(world):
+def test_a_throttled_dry_run_that_times_out_is_redriven_as_a_dry_run(world):
     pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
-    pc.throttle_next = 5
+
+    class AlwaysThrottled(FakePartnerCenter):
+        def _enter(self, *call):
+            self.calls.append(call)
+            raise ThrottledError(429, "429", "Rate limit is exceeded.", retry_after=120)
+
+    deps.partner_center = AlwaysThrottled()
     request(deps, json.dumps({"customerTenantId": CUST, "dryRun": True}))
-    (raw, _), = pub.on(POLL)
-    handle_poll(queue_message(raw, dequeue_count=5), "inv", deps)  # its invocations kept dying
-    assert the_outcome(pub)["outcome"] == "failed"
+    run_polls(deps, pub, clock)
+    assert the_outcome(pub)["outcome"] == "timed_out"
     (poisoned, _), = pub.on(POISON)
     assert json.loads(poisoned)["dryRun"] is True
 
@@ -304,6 +334,7 @@ def test_discovery_that_stays_throttled_times_out_without_changes(world):
     assert out["outcome"] == "timed_out" and "throttling" in out["detail"]
     assert {c[0] for c in deps.partner_center.calls} == {"get_customer"}
     assert len(pub.on(POISON)) == 1
+    assert clock.now <= clock.start + timedelta(seconds=600 + max(120, 900))  # POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)
 
 
 def test_a_poll_hop_stops_reading_at_the_first_open_order(world):

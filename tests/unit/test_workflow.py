@@ -1,68 +1,367 @@
-"""Table-driven tests of the pure decisions: orders + clock in, next step out."""
+"""The pure core, table-driven: whole hops, (state, observations) -> calls and the hop's last command. No I/O."""
+from __future__ import annotations
+
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.messages import OrderState
-from shared.workflow import Policy, after_delete_refused, decide, first_poll_delay, needs_cancel, poll_delay
+from shared import workflow as core
+from shared.messages import DeletionRequest, OrderState, PollMessage
+from shared.workflow import (
+    Answer, CancelOrder, Continue, DeleteCustomer, Failure, FailureKind, Finish, GetCustomer, GetOrder,
+    ListEntitlements, Outcome, Poison, Policy,
+)
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
-POLICY = Policy(interval=30, max_interval=600, timeout=3600)
-A, B = "A" * 33, "B" * 33
+CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
+CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
+PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
+A, B, C = "A" * 33, "B" * 33, "C" * 33
+POLICY = Policy(interval=30, max_interval=600, timeout=3600, protected=frozenset({PROTECTED}), hop_work=10, pickup=10,
+                settle=60, call_time=35)
+CUT, FINAL, HARD = T0 + timedelta(seconds=3600), T0 + timedelta(seconds=3660), T0 + timedelta(seconds=3600 + 900 - 45)  # 60 + 2 x 600 > 855
 
 
-def orders(*statuses):
-    return tuple(OrderState(f"{chr(65 + i)}" * 33, s) for i, s in enumerate(statuses))
+def order(status):
+    return Answer({"status": status})
 
 
-@pytest.mark.parametrize(
-    "statuses, attempt, elapsed, action, delay",
-    [
-        ((), 0, 0, "delete", 0),
-        (("cancelled",), 0, 0, "delete", 0),
-        (("cancelled", "cancelled"), 5, 3599, "delete", 0),
-        (("cancelled", "cancelled"), 5, 99999, "delete", 0),  # all cancelled wins even past the deadline
-        (("pending",), 0, 10, "repoll", 60),  # the first hop came POLL_INTERVAL after the request; then it doubles
-        (("cancelled", "pending"), 1, 10, "repoll", 120),
-        (("pending",), 3, 10, "repoll", 480),
-        (("pending",), 4, 10, "repoll", 600),  # capped
-        (("pending",), 40, 10, "repoll", 600),
-        (("pending",), 5, 3500, "repoll", 100),  # never sleeps past the deadline
-        (("pending",), 0, 3600, "timed_out", 0),
-        (("completed", "cancelled"), 2, 4000, "timed_out", 0),
-        (("unknown",), 0, 0, "repoll", 60),
-    ],
-)
-def test_decide(statuses, attempt, elapsed, action, delay):
-    decision = decide(orders(*statuses), attempt=attempt, first_handled_at=T0, now=T0 + timedelta(seconds=elapsed), policy=POLICY)
-    assert decision.action == action
-    assert decision.delay == delay
-    if action != "delete":
-        assert decision.open_orders == tuple(o.id for o in orders(*statuses) if o.status != "cancelled")
+def refused(status, code, text, where="PATCH /o"):
+    return Failure(FailureKind.REFUSED if status != 404 else FailureKind.NOT_FOUND, status, code, text, where=where)
 
 
-def test_never_delete_while_an_order_is_open():
-    for status in ("pending", "completed", "unknown", "active", "Cancelled-ish", "canceled"):
-        for elapsed in (0, 10, 10**6):
-            d = decide(orders("cancelled", status), attempt=0, first_handled_at=T0, now=T0 + timedelta(seconds=elapsed), policy=POLICY)
-            assert d.action != "delete"
+NOT_FOUND = Failure(FailureKind.NOT_FOUND, 404, "60003", "Tenant not found", where="GET /v1/customers/x")
+THROTTLED = Failure(FailureKind.THROTTLED, 429, "429", "Rate limit is exceeded.", 75.0, where="GET /o")
+OUTAGE = Failure(FailureKind.TRANSIENT, 503, "800003", "Unexpected service error", where="GET /o")
 
 
-def test_needs_cancel_skips_cancelled_and_pending():
-    assert [o.id for o in orders("cancelled", "pending", "completed", "unknown") if needs_cancel(o)] == ["C" * 33, "D" * 33]
+def poll(*orders, attempt=1, stage="poll", **kw):
+    return PollMessage(CUST, CORR, tuple(OrderState(i, s) for i, s in orders), attempt, T0 - timedelta(seconds=5), T0,
+                       stage=stage, customer_seen=stage == "poll", **kw)
 
 
-def test_first_poll_has_no_delay_when_nothing_to_wait_for():
-    assert first_poll_delay((), POLICY) == 0
-    assert first_poll_delay(orders("cancelled"), POLICY) == 0
-    assert first_poll_delay(orders("cancelled", "pending"), POLICY) == 30
+def request(dry_run=False, customer=CUST):
+    return DeletionRequest(customer, CORR, dry_run, T0 - timedelta(seconds=5))
+
+
+def drive(start, world, *, now=T0 + timedelta(seconds=100), elapsed=None, policy=POLICY):
+    """Run one hop; ``world`` maps each call to its observation (a list: one per call, in order). -> (calls, last)."""
+    if not isinstance(start, core.Hop):
+        return [], start
+    script = {k: list(v) if isinstance(v, list) else [v] for k, v in world.items()}
+    hop, obs, calls = start, None, []
+    while True:
+        hop, cmd = core.step(hop, obs, now=now, elapsed=elapsed(len(calls)) if elapsed else 0.0, policy=policy)
+        if isinstance(cmd, (Continue, Finish)):
+            return calls, cmd
+        calls.append(cmd)
+        answers = script.get(cmd)
+        assert answers, f"the world has no answer for {cmd}; calls so far: {calls}"
+        obs = answers.pop(0) if len(answers) > 1 else answers[0]
+        assert len(calls) < 100, "a hop that never ends"
+
+
+def first_delivery(req=None, now=T0):
+    return core.begin_request(req or request(), delivery=1, now=now, policy=POLICY)
+
+
+def poll_hop(message, now=T0 + timedelta(seconds=100), delivery=1):
+    return core.begin_poll(message, delivery=delivery, now=now, policy=POLICY)
+
+
+# -- delete_customer: the request's first delivery ---------------------------------------------------------------------
+
+def test_first_look_finds_no_customer_not_found():
+    calls, last = drive(first_delivery(), {GetCustomer(): NOT_FOUND})
+    assert calls == [GetCustomer()]
+    assert last.outcome is Outcome.NOT_FOUND and "60003" in last.detail and last.poison is Poison.NONE
+
+
+def test_discovery_cancels_every_open_order_and_polls_after_the_interval():
+    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B, A]),
+                                           GetOrder(A): order("completed"), GetOrder(B): order("Completed"),
+                                           CancelOrder(A): order("pending"), CancelOrder(B): order("pending")})
+    assert calls == [GetCustomer(), ListEntitlements(), GetOrder(A), CancelOrder(A), GetOrder(B), CancelOrder(B)]
+    assert isinstance(last, Continue) and last.delay == POLICY.interval
+    assert last.message.stage == "poll" and last.message.attempt == 0 and last.message.customer_seen
+    assert [(o.id, o.status) for o in last.message.orders] == [(A, "pending"), (B, "pending")]
+
+
+def test_everything_already_cancelled_goes_to_poll_orders_at_once_and_never_deletes_here():
+    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B]),
+                                           GetOrder(A): order("cancelled"), GetOrder(B): order("CANCELLED")})
+    assert DeleteCustomer() not in calls and CancelOrder(A) not in calls
+    assert isinstance(last, Continue) and last.delay == 0 and last.message.stage == "poll"
+
+
+def test_a_patch_answering_cancelled_is_no_proof_the_order_is_read_again():
+    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]),
+                                           GetOrder(A): [order("completed"), order("pending")], CancelOrder(A): order("cancelled")})
+    assert calls == [GetCustomer(), ListEntitlements(), GetOrder(A), CancelOrder(A), GetOrder(A)]
+    assert isinstance(last, Continue) and last.delay == POLICY.interval  # the read said pending: wait
+
+
+def test_dry_run_reads_only():
+    calls, last = drive(first_delivery(request(dry_run=True)), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B]),
+                                                                GetOrder(A): order("completed"), GetOrder(B): order("cancelled")})
+    assert calls == [GetCustomer(), ListEntitlements(), GetOrder(A), GetOrder(B)]
+    assert last.outcome is Outcome.DRY_RUN and A in last.detail and "1 order(s)" in last.detail
+
+
+def test_a_dry_run_out_of_time_stays_a_dry_run():
+    calls, last = drive(first_delivery(request(dry_run=True)), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B]),
+                                                                GetOrder(A): order("completed")},
+                        elapsed=lambda n: 0.0 if n < 3 else 11.0)
+    assert isinstance(last, Continue) and last.message.dry_run and last.message.stage == "discover"
+    assert core.CancelOrder(A) not in calls
+
+
+def test_protected_customer_zero_calls():
+    last = first_delivery(request(customer=PROTECTED))
+    assert isinstance(last, Finish) and last.outcome is Outcome.REJECTED and last.poison is Poison.NONE
+
+
+# -- poll_orders ----------------------------------------------------------------------------------------------------
+
+def test_intermediate_hop_stops_at_the_first_open_order():
+    calls, last = drive(poll_hop(poll((B, "cancelled"), (A, "pending"))), {GetOrder(A): order("pending")})
+    assert calls == [GetOrder(A)]  # A was last seen open, so it is read first; B is not read at all
+    assert isinstance(last, Continue) and last.delay == core.poll_delay(2, POLICY) and last.message.cause == "open"
+
+
+def test_confirming_hop_lists_and_reads_everything_then_deletes():
+    calls, last = drive(poll_hop(poll((A, "pending"), (B, "cancelled"))),
+                        {GetOrder(A): order("cancelled"), GetOrder(B): order("cancelled"), ListEntitlements(): Answer([A, B]),
+                         DeleteCustomer(): Answer(None)})
+    assert calls == [GetOrder(A), GetOrder(B), ListEntitlements(), DeleteCustomer()]
+    assert last.outcome is Outcome.DELETED and last.poll_attempts == 2
+
+
+def test_a_forged_all_cancelled_message_causes_reads_not_a_delete():
+    calls, last = drive(poll_hop(poll((A, "cancelled"), (B, "cancelled"))), {GetOrder(A): order("cancelled"), GetOrder(B): order("pending")})
+    assert DeleteCustomer() not in calls and isinstance(last, Continue)
+
+
+def test_an_order_that_appears_after_discovery_is_cancelled_and_waited_for():
+    calls, last = drive(poll_hop(poll((A, "pending"))),
+                        {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A, C]), GetOrder(C): order("completed"),
+                         CancelOrder(C): order("pending")})
+    assert calls == [GetOrder(A), ListEntitlements(), GetOrder(C), CancelOrder(C)]
+    assert isinstance(last, Continue) and [o.id for o in last.message.orders] == [A, C]
+
+
+def test_an_order_that_fell_back_is_cancelled_again():
+    calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): order("completed"), CancelOrder(A): order("pending")})
+    assert calls == [GetOrder(A), CancelOrder(A)] and isinstance(last, Continue)
+
+
+def test_a_refused_second_cancel_reads_the_order_and_carries_on():
+    already = refused(400, "800061", "Order cannot be canceled")
+    calls, last = drive(poll_hop(poll((A, "completed"))),
+                        {GetOrder(A): [order("completed"), order("cancelled")], CancelOrder(A): already,
+                         ListEntitlements(): Answer([A]), DeleteCustomer(): Answer(None)})
+    assert calls == [GetOrder(A), CancelOrder(A), GetOrder(A), ListEntitlements(), DeleteCustomer()]
+    assert last.outcome is Outcome.DELETED
+
+
+def test_a_refusal_of_an_order_that_still_needs_a_cancel_fails_with_partner_centers_words():
+    window = refused(400, "900117", "You have passed your 60-day cancellation window.")
+    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]),
+                                           GetOrder(A): order("completed"), CancelOrder(A): window})
+    assert calls[-1] == GetOrder(A) and last.outcome is Outcome.FAILED
+    assert "900117" in last.detail and "60-day" in last.detail and last.poison is Poison.EQUIVALENT
+
+
+def test_an_order_missing_while_the_customer_exists_fails_after_checking_the_customer():
+    calls, last = drive(poll_hop(poll((A, "pending"))),
+                        {GetOrder(A): refused(404, "20000", "Order Id not found", "GET /o"), GetCustomer(): Answer({})})
+    assert calls == [GetOrder(A), GetCustomer()] and last.outcome is Outcome.FAILED and "20000" in last.detail
+
+
+def test_a_customer_gone_mid_chain_is_deleted_not_failed():
+    calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): NOT_FOUND, GetCustomer(): NOT_FOUND})
+    assert calls == [GetOrder(A), GetCustomer()] and last.outcome is Outcome.DELETED
+
+
+def test_a_customer_gone_at_a_later_first_look_is_deleted_because_a_sibling_may_have_deleted_it():
+    calls, last = drive(poll_hop(poll(stage="discover", attempt=0)), {GetCustomer(): NOT_FOUND})
+    assert last.outcome is Outcome.DELETED and "could not look at it when it arrived" in last.detail
+
+
+def test_a_dry_run_finding_no_customer_later_is_not_found():
+    message = replace(poll(stage="discover", attempt=0), dry_run=True)
+    calls, last = drive(poll_hop(message), {GetCustomer(): NOT_FOUND})
+    assert last.outcome is Outcome.NOT_FOUND
+
+
+@pytest.mark.parametrize("failure, delay, cause", [
+    (THROTTLED, 75, "throttled"),
+    (replace(THROTTLED, retry_after=None), POLICY.interval, "throttled"),
+    (replace(THROTTLED, retry_after=5000.0), 900, "throttled"),
+    (OUTAGE, POLICY.interval, "outage"),
+    (Failure(FailureKind.AUTH, 401, "800001", "Partner Token missing", where="GET /o"), POLICY.interval, "outage"),
+    (Failure(FailureKind.TRANSIENT, None, None, "ConnectionError talking to Partner Center", where="GET /o"), POLICY.interval, "outage"),
+])
+def test_throttling_and_outages_continue_on_the_poll_queue(failure, delay, cause):
+    calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): failure})
+    assert isinstance(last, Continue) and last.delay == delay and last.message.cause == cause
+    assert last.message.setbacks == 1 and last.message.attempt == 2
+
+
+def test_outage_backoff_grows_while_nothing_progresses_and_resets_after():
+    message = poll((A, "pending"), setbacks=3, cause="outage")
+    _, last = drive(poll_hop(message), {GetOrder(A): OUTAGE})
+    assert last.delay == min(POLICY.max_interval, POLICY.interval * 8) and last.message.setbacks == 4
+    _, last = drive(poll_hop(message), {GetOrder(A): order("pending")})
+    assert last.message.setbacks == 0 and last.message.cause == "open"
+
+
+def test_a_hop_hands_over_after_its_work_budget():
+    calls, last = drive(poll_hop(poll((A, "pending"), (B, "cancelled"))), {GetOrder(A): order("cancelled")},
+                        elapsed=lambda n: 0.0 if n < 1 else 10.5)
+    assert calls == [GetOrder(A)]
+    assert isinstance(last, Continue) and last.delay == 1 and last.message.cause == "out_of_time"
+    assert {o.id: o.status for o in last.message.orders} == {A: "cancelled", B: "cancelled"}  # hints only
+
+
+def test_a_refused_delete_keeps_polling_and_names_the_refusal():
+    text = "Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the following orders: 0bed3bbca6c"
+    calls, last = drive(poll_hop(poll((A, "cancelled"))),
+                        {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A]), DeleteCustomer(): refused(400, "800000", text, "DELETE /c")})
+    assert isinstance(last, Continue) and last.message.delete_refusals == 1 and last.message.cause == "delete_refused"
+    assert "0bed3bbca6c" in last.message.cause_detail
+
+
+def test_a_lost_delete_answer_is_settled_by_the_next_hop():
+    _, last = drive(poll_hop(poll((A, "cancelled"))), {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A]),
+                                                       DeleteCustomer(): Failure(FailureKind.TRANSIENT, None, None, "ReadTimeout", where="DELETE /c")})
+    assert isinstance(last, Continue) and "answer lost" in last.message.cause_detail
+    calls, last = drive(poll_hop(last.message, now=T0 + timedelta(seconds=200)), {GetOrder(A): NOT_FOUND, GetCustomer(): NOT_FOUND})
+    assert last.outcome is Outcome.DELETED
+
+
+def test_unsafe_ids_fail_without_a_guess():
+    unsafe = Failure(FailureKind.UNSAFE, description="entitlement names an order id that is not the documented shape: '../x'", where="GET entitlements")
+    calls, last = drive(poll_hop(poll((A, "cancelled"))), {GetOrder(A): order("cancelled"), ListEntitlements(): unsafe})
+    assert last.outcome is Outcome.FAILED and "not the documented shape" in last.detail and DeleteCustomer() not in calls
+
+
+def test_a_409_on_a_cancel_means_in_progress():
+    busy = Failure(FailureKind.CONFLICT, 409, "800060", "Your order is in progress.", where="PATCH /o")
+    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]), GetOrder(A): order("completed"), CancelOrder(A): busy})
+    assert isinstance(last, Continue) and last.message.orders == (OrderState(A, "pending"),)
+
+
+# -- redeliveries, protection, unreadable and forged messages --------------------------------------------------------
+
+def test_a_redelivered_request_hands_over_without_a_call():
+    last = core.begin_request(request(), delivery=2, now=T0 + timedelta(seconds=600), policy=POLICY)
+    assert isinstance(last, Continue) and last.message.stage == "discover" and last.message.recoveries == 1
+    assert last.message.first_handled_at == T0 + timedelta(seconds=600)
+    assert last.message.delete_by == T0 - timedelta(seconds=5) + timedelta(seconds=POLICY.timeout)  # the earliest sibling cut-off
+    assert last.delay == POLICY.interval
+
+
+def test_a_redelivered_poll_message_hands_over_with_a_growing_delay():
+    message = poll((A, "pending"), recoveries=2)
+    last = poll_hop(message, delivery=5)  # the last delivery works like any other: it hands over
+    assert isinstance(last, Continue) and last.message.recoveries == 3 and last.delay == POLICY.interval * 4
+    assert replace(last.message, recoveries=2, cause=None) == message
+
+
+def test_a_poll_message_for_a_protected_customer_is_rejected_with_zero_calls():
+    last = poll_hop(replace(poll((A, "cancelled")), customer_id=PROTECTED))
+    assert isinstance(last, Finish) and last.outcome is Outcome.REJECTED
+
+
+def test_a_poll_message_from_the_future_is_unreadable():
+    last = poll_hop(replace(poll(), first_handled_at=T0 + timedelta(days=1)))
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and last.poison is Poison.EQUIVALENT
+
+
+def test_a_poll_message_cannot_move_its_cut_off_later():
+    message = replace(poll((A, "cancelled")), delete_by=T0 + timedelta(days=30))
+    assert core.milestones(message, POLICY)[0] == CUT
+
+
+def test_unreadable_poll_messages_fail_and_are_redrivable_when_possible():
+    assert core.unreadable_poll("x", customer_id=CUST, correlation_id=CORR, dry_run=False).poison is Poison.EQUIVALENT
+    last = core.unreadable_poll("x", customer_id=None, correlation_id=CORR, dry_run=False)
+    assert last.outcome is Outcome.FAILED and last.poison is Poison.POLL_ORIGINAL
+    assert core.unreadable_poll("x", customer_id=CUST, correlation_id=CORR, dry_run=None).poison is Poison.POLL_ORIGINAL
+
+
+# -- the deadline ---------------------------------------------------------------------------------------------------
+
+def test_no_hop_is_scheduled_past_the_last_moment_it_could_confirm():
+    message = poll((A, "pending"), attempt=9)
+    at = CUT - timedelta(seconds=100)
+    _, last = drive(poll_hop(message, now=at), {GetOrder(A): order("pending")}, now=at)
+    assert last.delay == 100 - POLICY.hop_work - POLICY.pickup
+
+
+def test_between_the_cut_off_and_the_final_check_nothing_is_called():
+    last = poll_hop(poll((A, "pending")), now=CUT + timedelta(seconds=1))
+    assert isinstance(last, Continue) and last.delay == 59
+
+
+def test_a_delete_is_never_sent_at_or_after_the_cut_off():
+    hop = poll_hop(poll((A, "cancelled")), now=CUT - timedelta(seconds=1))
+    calls, last = drive(hop, {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A])}, now=CUT)
+    assert DeleteCustomer() not in calls and isinstance(last, Continue) and last.delay == 60
+
+
+def test_a_throttled_hop_respects_the_deadline():
+    _, last = drive(poll_hop(poll((A, "pending")), now=CUT - timedelta(seconds=40)), {GetOrder(A): THROTTLED}, now=CUT - timedelta(seconds=40))
+    assert last.delay == 20  # not Retry-After 75: the last useful moment to confirm is 20 s away
+
+
+def test_the_final_check_classifies_from_fresh_reads():
+    message = poll((A, "pending"), cause="open")
+    calls, last = drive(poll_hop(message, now=FINAL), {GetCustomer(): Answer({}), GetOrder(A): order("pending"), ListEntitlements(): Answer([A])}, now=FINAL)
+    assert calls == [GetCustomer(), GetOrder(A), ListEntitlements()] and DeleteCustomer() not in calls
+    assert last.outcome is Outcome.TIMED_OUT and A in last.detail and "orders still open" in last.detail
+    assert last.poison is Poison.EQUIVALENT
+
+
+def test_the_final_check_reproduces_a_refusal_a_sibling_chain_may_have_reported():
+    window = refused(400, "900117", "You have passed your 60-day cancellation window.")
+    calls, last = drive(poll_hop(poll((A, "completed")), now=FINAL),
+                        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window}, now=FINAL)
+    assert last.outcome is Outcome.FAILED and "900117" in last.detail
+
+
+def test_the_final_check_finds_the_customer_gone():
+    calls, last = drive(poll_hop(poll((A, "cancelled")), now=FINAL), {GetCustomer(): NOT_FOUND}, now=FINAL)
+    assert last.outcome is Outcome.DELETED
+
+
+@pytest.mark.parametrize("cause, words", [("throttled", "kept throttling"), ("outage", "unavailable"), ("delete_refused", "refused the DELETE")])
+def test_timed_out_names_its_cause(cause, words):
+    message = poll((A, "cancelled"), cause=cause, cause_detail="last: something")
+    calls, last = drive(poll_hop(message, now=FINAL), {GetCustomer(): Answer({}), GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A])}, now=FINAL)
+    assert last.outcome is Outcome.TIMED_OUT and words in last.detail
+
+
+def test_a_final_check_that_keeps_failing_ends_at_the_hard_end():
+    _, last = drive(poll_hop(poll((A, "pending")), now=FINAL), {GetCustomer(): THROTTLED}, now=FINAL)
+    assert isinstance(last, Continue) and last.delay == 75
+    _, last = drive(poll_hop(poll((A, "pending")), now=HARD - timedelta(seconds=10)), {GetCustomer(): THROTTLED}, now=HARD - timedelta(seconds=10))
+    assert last.delay == 10  # never past the hard end
+    calls, last = drive(poll_hop(poll((A, "pending"), cause="outage"), now=HARD), {GetCustomer(): OUTAGE}, now=HARD)
+    assert calls == [GetCustomer()] and last.outcome is Outcome.TIMED_OUT and "could not be checked" in last.detail
+
+
+def test_a_last_look_that_keeps_dying_ends_without_another_call():
+    last = poll_hop(poll((A, "pending"), cause="recovery"), now=HARD + timedelta(seconds=5), delivery=2)
+    assert isinstance(last, Finish) and last.outcome is Outcome.TIMED_OUT and "could not be checked" in last.detail
+
+
+def test_the_hard_end_keeps_the_documented_bound():
+    bound = POLICY.timeout + max(POLICY.max_interval, 900)
+    assert (HARD - T0).total_seconds() + POLICY.pickup + POLICY.call_time <= bound
 
 
 def test_poll_delay_grows_and_is_capped():
-    assert [poll_delay(i, POLICY) for i in range(7)] == [30, 60, 120, 240, 480, 600, 600]
-
-
-def test_delete_refusals_are_bounded():
-    assert after_delete_refused(1, attempt=2, policy=POLICY).action == "repoll"
-    assert after_delete_refused(2, attempt=2, policy=POLICY).delay == 240
-    assert after_delete_refused(3, attempt=2, policy=POLICY).action == "failed"
+    assert [core.poll_delay(i, POLICY) for i in range(7)] == [30, 60, 120, 240, 480, 600, 600]

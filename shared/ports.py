@@ -1,0 +1,30 @@
+"""The app's ports: what the service needs from Partner Center and from the queues.
+
+``shared.partner_center.PartnerCenterClient`` and ``shared.queues.QueuePublisher`` implement them in production; the
+unit tests' fakes and the property test's simulated world implement them too.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from shared.budget import Budget
+
+__all__ = ["PartnerCenterPort", "PublisherPort"]
+
+
+class PartnerCenterPort(Protocol):
+    """Raises ``shared.errors.PartnerCenterError`` subclasses or ``UnsafeIdError``; returns parsed JSON."""
+
+    def get_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict: ...
+
+    def list_entitlement_order_ids(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> list[str]: ...
+
+    def get_order(self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict: ...
+
+    def cancel_order(self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict: ...
+
+    def delete_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> None: ...
+
+
+class PublisherPort(Protocol):
+    def send(self, queue: str, data: bytes | str, *, delay: int = 0, time_to_live: int = -1) -> str: ...
