@@ -105,6 +105,7 @@ class PollMessage:
     cause: str | None = None  # why the last hop could not finish the request (a Cause value)
     cause_detail: str | None = None  # Partner Center's words for it, when there are any
     customer_seen: bool = False  # a hop of this request saw the customer exist
+    last_looks: int = 0  # failed looks at the customer after the hard end
 
     def __post_init__(self) -> None:
         if self.stage == "poll" and not self.customer_seen:  # a poll stage was listed, so the customer was seen
@@ -130,6 +131,7 @@ class PollMessage:
                 "cause": self.cause,
                 "causeDetail": self.cause_detail,
                 "customerSeen": self.customer_seen,
+                "lastLooks": self.last_looks,
             },
             separators=(",", ":"),
         )
@@ -244,7 +246,7 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
                 raise ValueError("an order entry is malformed")
             orders.append(OrderState(raw["id"], raw["status"].lower()[:40]))
         counts = {}
-        for name in ("attempt", "deleteRefusals", "recoveries", "setbacks"):
+        for name in ("attempt", "deleteRefusals", "recoveries", "setbacks", "lastLooks"):
             value = data[name] if name == "attempt" else _optional(data, name, 0)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1_000_000:
                 raise ValueError(f"{name} is not a small whole number")
@@ -273,7 +275,7 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         raise InvalidMessageError("poll message lists an order twice", customer_id=customer_id, correlation_id=correlation_id)
     return PollMessage(customer_id, correlation_id, tuple(orders), counts["attempt"], requested_at, first_handled_at,
                        counts["deleteRefusals"], stage, dry_run, delete_by, counts["recoveries"], counts["setbacks"],
-                       cause, cause_detail, seen)
+                       cause, cause_detail, seen, counts["lastLooks"])
 
 
 def _optional(data: dict, name: str, default: Any) -> Any:

@@ -50,6 +50,8 @@ CANCELLING = frozenset({"pending"})
 #: How far in the future a poll message's times may lie (clock skew between instances) before it is unreadable.
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_DELAY = 7 * 24 * 3600 - 1
+#: After the hard end, a failed last look is tried this many more times, POLL_INTERVAL_SECONDS apart, then it ends.
+LAST_TRIES = 3
 
 
 class Outcome(str, Enum):
@@ -86,8 +88,7 @@ class Entry(Enum):
 
 class Mode(Enum):
     NORMAL = "normal"  # before the cut-off: cancel, poll, confirm, DELETE
-    FINAL = "final"  # after D: classify from fresh reads, never DELETE
-    LAST = "last"  # after H: one look at the customer, then an outcome whatever happens
+    FINAL = "final"  # from D: classify from fresh reads, never DELETE; from H on, a few more tries, then the end
 
 
 class FailureKind(Enum):
@@ -271,7 +272,9 @@ def milestones(chain: PollMessage, policy: Policy) -> tuple[datetime, datetime, 
     final = normal_cut + timedelta(seconds=policy.settle)
     # The final check gets a few attempts at the longest back-off, and the chain still ends within the documented
     # bound: POLL_TIMEOUT_SECONDS + max(POLL_MAX_INTERVAL_SECONDS, 900 s), counting one pickup and one call.
-    window = min(policy.final_window - policy.pickup - policy.call_time, policy.settle + max(2 * policy.max_interval, 30))
+    one_hop = policy.pickup + policy.hop_work + policy.call_time  # picked up late, all its work time, one more call
+    reserve = one_hop + LAST_TRIES * (policy.interval + one_hop)
+    window = min(policy.final_window - reserve, policy.settle + max(2 * policy.max_interval, 30))
     hard = normal_cut + timedelta(seconds=max(window, policy.settle + 1))
     return cut, final, hard
 
@@ -321,16 +324,19 @@ def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Poli
                       "waits in the request poison queue for a redrive", chain.orders, chain.attempt, Poison.EQUIVALENT)
     cut, final, hard = milestones(chain, policy)
     if delivery > 1:
-        if now >= hard:  # even the last look died: end here, without another call
-            hop = Hop(chain, Entry.POLL, Mode.LAST, tuple(o.id for o in chain.orders), {o.id: o.status for o in chain.orders})
-            return _timed_out(hop, policy)
+        if now >= hard:
+            if chain.last_looks >= LAST_TRIES:  # every last look died or failed: end here, without another call
+                hop = Hop(chain, Entry.POLL, Mode.FINAL, tuple(o.id for o in chain.orders), {o.id: o.status for o in chain.orders})
+                return _timed_out(hop, policy, unchecked=True)
+            return Continue(replace(chain, recoveries=chain.recoveries + 1, last_looks=chain.last_looks + 1), policy.interval,
+                            "the last look died with its invocation: handed over for another")
         nxt = replace(chain, recoveries=chain.recoveries + 1, cause=chain.cause or Cause.RECOVERY.value)
         return Continue(nxt, _recovery_delay(nxt, now, policy),
                         f"poll message delivered {delivery} times (an earlier invocation died): handed over to a fresh message")
     if cut <= now < final:
         return Continue(replace(chain, attempt=chain.attempt + 1), _seconds(final - now),
                         "past the DELETE cut-off: waiting for the final check")
-    mode = Mode.NORMAL if now < cut else Mode.FINAL if now < hard else Mode.LAST
+    mode = Mode.NORMAL if now < cut else Mode.FINAL
     hints = {o.id: o.status for o in chain.orders}
     # What to read first: orders that need a cancel, then those still cancelling, then those seen cancelled.
     order_ids = tuple(sorted(hints, key=lambda o: (0 if needs_cancel(hints[o]) else 1 if not is_cancelled(hints[o]) else 2)))
@@ -363,10 +369,7 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
     if isinstance(call, GetCustomer):
         if hop.gone_check is not None:
             return hop, _fail(hop, hop.gone_check)  # the customer is still there: the failure stands
-        hop = replace(hop, looked=True)
-        if hop.mode is Mode.LAST or (hop.mode is Mode.FINAL and hop.chain.dry_run):
-            return hop, _timed_out(hop, policy)
-        return hop, None
+        return replace(hop, looked=True), None
     if isinstance(call, ListEntitlements):
         ids = [i for i in (obs.body or []) if isinstance(i, str)]
         new = tuple(i for i in dict.fromkeys(ids) if i not in hop.hints)
@@ -399,8 +402,8 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     kind = f.kind
     if kind is FailureKind.UNSAFE:
         return hop, _fail(hop, f.text())
-    if hop.mode is Mode.LAST:  # the one last look: gone, or the request ends timed_out whatever the failure was
-        return hop, (_gone(hop, f) if kind is FailureKind.NOT_FOUND and isinstance(call, GetCustomer) else _timed_out(hop, policy))
+    if _past_hard_end(hop, now, policy) and not (kind is FailureKind.NOT_FOUND or kind is FailureKind.REFUSED):
+        return hop, _last_look_failed(hop, policy, f.text())
     if kind is FailureKind.THROTTLED:
         return hop, _wait(hop, now, policy, Cause.THROTTLED, f"last Retry-After {_fmt(f.retry_after)}", retry_after=f.retry_after)
     conflict_has_meaning = isinstance(call, (GetOrder, CancelOrder, DeleteCustomer)) and hop.gone_check is None
@@ -436,6 +439,18 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     return hop, _wait(hop, now, policy, Cause.DELETE_REFUSED, f"{hop.chain.delete_refusals} time(s), last: {f.text()}")
 
 
+def _past_hard_end(hop: Hop, now: datetime, policy: Policy) -> bool:
+    return hop.mode is Mode.FINAL and now >= milestones(hop.chain, policy)[2]
+
+
+def _last_look_failed(hop: Hop, policy: Policy, why: str) -> Command:
+    """After the hard end a failed look is tried a few more times, POLL_INTERVAL_SECONDS apart; then the end."""
+    if hop.chain.last_looks >= LAST_TRIES:
+        return _timed_out(hop, policy, unchecked=True)
+    message = replace(hop.chain, last_looks=hop.chain.last_looks + 1)  # cause and orders stay as they were
+    return Continue(message, policy.interval, f"the last look failed ({why}): trying again")
+
+
 def _busy(hop: Hop, order_id: str) -> Hop:
     """409 "in progress": the order is being worked on. It counts as open, and a refused cancel of it is moot."""
     return replace(hop, busy=hop.busy | {order_id}, hints={**hop.hints, order_id: "pending"},
@@ -459,6 +474,8 @@ def _decide(hop: Hop, now: datetime, elapsed: float, policy: Policy) -> Command:
         return _continue(hop, now, policy, Cause.OPEN, "", want=0,
                          why="every order reads cancelled, but the DELETE cut-off has passed: waiting for the final check")
     if elapsed >= policy.hop_work:
+        if _past_hard_end(hop, now, policy):
+            return _last_look_failed(hop, policy, f"the final reads did not fit into {policy.hop_work:g}s")
         # Soon, but not in a tight loop when the work never fits (1 s, 2 s, 4 s ... up to POLL_INTERVAL_SECONDS).
         want = min(policy.interval, 2 ** min(hop.chain.setbacks, 20))
         return _continue(hop, now, policy, Cause.OUT_OF_TIME, "", want=want,
@@ -611,11 +628,16 @@ def _gone(hop: Hop, failure: Failure) -> Finish:
     return _finish(hop, Outcome.DELETED, f"the customer no longer exists ({said}): {why}")
 
 
-def _timed_out(hop: Hop, policy: Policy) -> Finish:
+def _timed_out(hop: Hop, policy: Policy, *, unchecked: bool = False) -> Finish:
     chain = hop.chain
     head = f"not finished by POLL_TIMEOUT_SECONDS ({policy.timeout}s after the request was first handled)"
     open_ = [o.id for o in hop.current_orders() if not is_cancelled(o.status)]
-    orders = f"orders not read cancelled: {', '.join(open_)}" if open_ else "every order read cancelled"
+    if not hop.order_ids and chain.stage == "discover" and not hop.listed:
+        orders = "its orders were never listed"
+    elif open_:
+        orders = f"orders not seen cancelled: {', '.join(open_)}"
+    else:
+        orders = "every order known was last seen cancelled"
     if chain.dry_run:
         return _finish(hop, Outcome.TIMED_OUT, f"{head}: the dry run could not finish its reads; nothing was changed", Poison.EQUIVALENT)
     cause = chain.cause
@@ -627,7 +649,7 @@ def _timed_out(hop: Hop, policy: Policy) -> Finish:
         Cause.OUT_OF_TIME.value: "the confirming reads did not fit into one invocation's work budget",
         Cause.RECOVERY.value: "invocations kept dying (host restarts)",
     }.get(cause or "", "orders still open" if chain.stage == "poll" else "the customer's orders could not be read")
-    if hop.mode is Mode.LAST and not hop.looked:
+    if unchecked:
         reason += "; the customer could not be checked at the end either"
     return _finish(hop, Outcome.TIMED_OUT, f"{head}: {reason}; {orders}; no DELETE was sent", Poison.EQUIVALENT)
 

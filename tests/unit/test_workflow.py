@@ -20,7 +20,8 @@ PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 A, B, C = "A" * 33, "B" * 33, "C" * 33
 POLICY = Policy(interval=30, max_interval=600, timeout=3600, protected=frozenset({PROTECTED}), hop_work=10, pickup=10,
                 settle=60, call_time=35)
-CUT, FINAL, HARD = T0 + timedelta(seconds=3600), T0 + timedelta(seconds=3660), T0 + timedelta(seconds=3600 + 900 - 45)  # 60 + 2 x 600 > 855
+# The hard end keeps room for the last looks, whole hops: 900 - 55 - 3 x (30 + 55) = 590 < 60 + 2 x 600.
+CUT, FINAL, HARD = T0 + timedelta(seconds=3600), T0 + timedelta(seconds=3660), T0 + timedelta(seconds=3600 + 590)
 
 
 def order(status):
@@ -349,18 +350,39 @@ def test_a_final_check_that_keeps_failing_ends_at_the_hard_end():
     assert isinstance(last, Continue) and last.delay == 75
     _, last = drive(poll_hop(poll((A, "pending")), now=HARD - timedelta(seconds=10)), {GetCustomer(): THROTTLED}, now=HARD - timedelta(seconds=10))
     assert last.delay == 10  # never past the hard end
-    calls, last = drive(poll_hop(poll((A, "pending"), cause="outage"), now=HARD), {GetCustomer(): OUTAGE}, now=HARD)
-    assert calls == [GetCustomer()] and last.outcome is Outcome.TIMED_OUT and "could not be checked" in last.detail
+    message = poll((A, "pending"), cause="outage", cause_detail="503")
+    for look in range(core.LAST_TRIES):  # a few more tries at the last look, POLL_INTERVAL apart
+        calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): OUTAGE}, now=HARD)
+        assert calls == [GetCustomer()] and isinstance(last, Continue) and last.delay == POLICY.interval
+        assert last.message.last_looks == look + 1 and last.message.cause == "outage"
+        message = last.message
+    calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): OUTAGE}, now=HARD)
+    assert last.outcome is Outcome.TIMED_OUT and "unavailable" in last.detail and "could not be checked" in last.detail
 
 
-def test_a_last_look_that_keeps_dying_ends_without_another_call():
-    last = poll_hop(poll((A, "pending"), cause="recovery"), now=HARD + timedelta(seconds=5), delivery=2)
+def test_after_the_hard_end_a_look_still_classifies_a_refusal():
+    window = refused(400, "900117", "You have passed your 60-day cancellation window.")
+    calls, last = drive(poll_hop(poll((A, "completed")), now=HARD + timedelta(seconds=999)),
+                        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window}, now=HARD + timedelta(seconds=999))
+    assert last.outcome is Outcome.FAILED and "900117" in last.detail
+
+
+def test_a_last_look_that_keeps_dying_is_retried_then_ends_without_another_call():
+    message = poll((A, "pending"), cause="recovery")
+    for look in range(core.LAST_TRIES):
+        last = poll_hop(message, now=HARD + timedelta(seconds=5), delivery=2)
+        assert isinstance(last, Continue) and last.message.last_looks == look + 1
+        message = last.message
+    last = poll_hop(message, now=HARD + timedelta(seconds=5), delivery=2)
     assert isinstance(last, Finish) and last.outcome is Outcome.TIMED_OUT and "could not be checked" in last.detail
 
 
 def test_the_hard_end_keeps_the_documented_bound():
+    """The last look and its retries, each picked up late and taking a whole call, end within the bound."""
     bound = POLICY.timeout + max(POLICY.max_interval, 900)
-    assert (HARD - T0).total_seconds() + POLICY.pickup + POLICY.call_time <= bound
+    one_hop = POLICY.pickup + POLICY.hop_work + POLICY.call_time
+    last_looks = (core.LAST_TRIES + 1) * one_hop + core.LAST_TRIES * POLICY.interval
+    assert (HARD - T0).total_seconds() + last_looks <= bound
 
 
 def test_poll_delay_grows_and_is_capped():
