@@ -207,9 +207,9 @@ class DeletionModel(RuleBasedStateMachine):
             last looks says so in a `timed_out` ("the customer could not be checked") next to a sibling's `deleted`.
         (2) Another request deleted the customer between two outcomes of this one: the later copy reports the world
             it found (a redelivery cannot know an outcome was already written).
-        (3) A customer that never existed: the first delivery wrote `not_found`, the host died in the instant before
-            completing the message, and the redelivery, which cannot tell this from a first delivery whose own chain
-            deleted the customer, reports `deleted`.
+        (3) A customer that was not there (never existed, or already deleted by someone else): the first delivery wrote
+            `not_found`, the host died in the instant before completing the message, and the redelivery, which cannot
+            tell this from a first delivery whose own chain deleted the customer, reports `deleted`.
         """
         events = sorted(((at, e) for e, _, at in outcome_events(self.queues, OUT) if e["correlationId"] == correlation), key=lambda x: x[0])
         if outcomes == {"timed_out", "deleted"} and all("could not be checked" in e["detail"] for _, e in events if e["outcome"] == "timed_out"):
@@ -222,7 +222,8 @@ class DeletionModel(RuleBasedStateMachine):
             return True
         crashed_after_an_outcome = any(inv.crashed and ("customer-deletion-outcomes" in inv.crashed or "after the function returned" in inv.crashed)
                                        for inv in mine)
-        return outcomes == {"not_found", "deleted"} and customer not in self.pc.deleted and crashed_after_an_outcome
+        absent_at_first = customer not in self.pc.deleted or when <= events[0][0]  # never existed, or already deleted
+        return outcomes == {"not_found", "deleted"} and absent_at_first and crashed_after_an_outcome
 
     def report_coverage(self) -> None:
         """What the history contained (hypothesis --hypothesis-show-statistics): the model is only as good as this."""
