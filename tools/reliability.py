@@ -1,11 +1,19 @@
-"""`make reliability`: many deletions under faults, throttling and real host kills; prints a table.
+"""`make reliability`: many deletions under faults, throttling, outages and real host kills; prints a table.
 
-Runs deletion requests for many sandbox customers (default 200, 1-10 orders each) through the local Functions host,
-Azurite and the Partner Center emulator while the emulator throttles at the documented rate limit and injects 5xx,
-dropped connections, responses slower than the client timeout and token-endpoint failures, and while the host is
-killed (SIGKILL) and restarted at random moments. Then it checks, from the emulator's state and request log, the
-outcome events and the poison queue, that nothing was lost, nothing was deleted twice and no DELETE went out while
-an order was open. Exit status 1 if any of those happened. Not part of `make test`.
+Two profiles (``--profile``):
+
+* ``standard``: 200 customers with 1-10 orders, one host killed (SIGKILL) every 20-45 s, Partner Center throttling at
+  the documented rate limit, 10 % of calls failing (5xx, dropped connections), slow answers, token failures.
+* ``harsh``: everything of ``standard``, plus two hosts on the same queues, each killed every 5-15 s with an 8 s
+  message lease; a Partner Center outage of several minutes in the middle of the run, where every call (the token
+  endpoint included) fails or is dropped; and 1 % of storage puts failing, half before and half after Azurite stored
+  them, from the loopback fault proxy (tools/fault_proxy.py), never from a hook in the app.
+
+It runs the requests through the local Functions host, Azurite and the Partner Center emulator, then checks, from the
+emulator's state and request log, the outcome events, the poison queue and the host logs, that nothing was lost,
+nothing was deleted twice, no DELETE went out while an order was open, outcomes of one request agree, and no request
+that could have been deleted ended `failed` or `timed_out`. Exit status 1 if any of those happened. Not part of
+`make test`.
 """
 from __future__ import annotations
 
@@ -13,33 +21,58 @@ import argparse
 import json
 import random
 import re
+import statistics
 import sys
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.ids import derived_correlation_id
 from tools import devenv
+from tools.fault_proxy import start_fault_proxy
 from tools.local_host.host import decode_base64_strict
 
 STATE = devenv.ROOT / ".local" / "reliability"
 
 
-def build_customers(rng: random.Random, count: int, min_orders: int, max_orders: int) -> list[dict]:
+@dataclass(frozen=True)
+class Profile:
+    hosts: int
+    kill_every: str  # "LOW-HIGH" seconds between kills of each host, "0": never
+    lease_seconds: int
+    outage_at: float  # seconds after the requests are sent; 0: no outage
+    outage_seconds: float
+    storage_put_failures: float  # share of message puts that fail (half before, half after they were stored)
+    cancel_after_seconds: tuple[int, ...]  # how long orders take to cancel after their PATCH (time only: exact)
+    cancel_after_reads: tuple[int, ...]
+    poll_timeout: int
+
+
+PROFILES = {
+    "standard": Profile(hosts=1, kill_every="20-45", lease_seconds=8, outage_at=0, outage_seconds=0, storage_put_failures=0.0,
+                        cancel_after_seconds=(0, 0, 0, 1, 2), cancel_after_reads=(0, 0, 1, 2, 3), poll_timeout=1500),
+    "harsh": Profile(hosts=2, kill_every="5-15", lease_seconds=8, outage_at=60, outage_seconds=240, storage_put_failures=0.01,
+                     cancel_after_seconds=(0, 0, 1, 5, 20), cancel_after_reads=(0,), poll_timeout=1500),
+}
+
+
+def build_customers(rng: random.Random, count: int, min_orders: int, max_orders: int, profile: Profile) -> list[dict]:
     customers = []
     for _ in range(count):
         orders = []
         for _ in range(rng.randint(min_orders, max_orders)):
-            orders.append({"id": uuid.uuid4().hex + "A", "cancelAfterReads": rng.choice([0, 0, 1, 2, 3]),
-                           "cancelAfterSeconds": rng.choice([0, 0, 0, 1, 2]), "status": "cancelled" if rng.random() < 0.05 else "completed"})
+            orders.append({"id": uuid.uuid4().hex + "A", "cancelAfterReads": rng.choice(profile.cancel_after_reads),
+                           "cancelAfterSeconds": rng.choice(profile.cancel_after_seconds),
+                           "status": "cancelled" if rng.random() < 0.05 else "completed"})
         customers.append({"id": str(uuid.uuid4()), "orders": orders})
     return customers
 
 
 class Killer(threading.Thread):
-    """Kills the host process at random moments and starts a new one: a real SIGKILL, no cleanup."""
+    """Kills one host process at random moments and starts a new one: a real SIGKILL, no cleanup."""
 
     def __init__(self, rng: random.Random, start_host, low: float, high: float):
         super().__init__(daemon=True)
@@ -62,6 +95,7 @@ class Killer(threading.Thread):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.reliability", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", choices=sorted(PROFILES), default="standard")
     p.add_argument("--customers", type=int, default=200)
     p.add_argument("--min-orders", type=int, default=1)
     p.add_argument("--max-orders", type=int, default=10)
@@ -70,43 +104,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token-fault-share", type=float, default=0.10)
     p.add_argument("--rate-limit", type=int, default=500, help="requests per window per partner tenant (documented: 500/min)")
     p.add_argument("--window", type=float, default=60)
-    p.add_argument("--kill-every", default="20-45", help="seconds between host kills, as LOW-HIGH (0 disables)")
+    p.add_argument("--kill-every", default=None, help="seconds between kills of each host, as LOW-HIGH (0 disables); default: the profile's")
     p.add_argument("--duplicates", type=float, default=0.05, help="share of customers whose request is sent twice")
     p.add_argument("--malformed", type=int, default=6)
-    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--timeout", type=float, default=2400)
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
+    profile = PROFILES[args.profile]
+    kill_every = args.kill_every or profile.kill_every
     rng = random.Random(args.seed)
-    low, high = (float(x) for x in args.kill_every.split("-")) if args.kill_every != "0" else (0.0, 0.0)
+    low, high = (float(x) for x in kill_every.split("-")) if kill_every != "0" else (0.0, 0.0)
 
-    STATE.mkdir(parents=True, exist_ok=True)
-    for old in STATE.glob("host*.log"):
+    state = STATE / args.profile
+    state.mkdir(parents=True, exist_ok=True)
+    for old in state.glob("host*.log"):
         old.unlink()
     children: list[devenv.Child] = []
     started = time.monotonic()
     try:
-        azurite, port = devenv.start_azurite(STATE)
+        azurite, port = devenv.start_azurite(state)
         children.append(azurite)
-        pc = devenv.start_emulator(STATE)
+        storage = devenv.azurite_connection_string(port)
+        proxy = None
+        if profile.storage_put_failures:
+            share = profile.storage_put_failures / 2
+            proxy = start_fault_proxy(state, port, before_share=share, after_share=share, seed=args.seed)
+            children.append(proxy.child)
+        pc = devenv.start_emulator(state)
         children.append(pc.child)
-        customers = build_customers(rng, args.customers, args.min_orders, args.max_orders)
+        customers = build_customers(rng, args.customers, args.min_orders, args.max_orders, profile)
         protected = {"id": str(uuid.uuid4()), "orders": [{"id": uuid.uuid4().hex + "P"}]}
         pc.add_customers(customers + [protected])
         pc.knobs(rateLimitPerWindow=args.rate_limit, rateLimitWindowSeconds=args.window, randomSeed=args.seed)
-        pc.faults([
+        faults = [
             {"kind": "status", "status": 503, "path": "^/v1/", "share": args.fault_share / 2},
             {"kind": "status", "status": 500, "path": "^/v1/", "share": args.fault_share / 2},
             {"kind": "drop", "path": "^/v1/", "share": args.fault_share / 2},
             {"kind": "slow", "path": "^/v1/", "share": args.slow_share, "seconds": 3},
             {"kind": "status", "status": 503, "path": "/oauth2/", "share": args.token_fault_share},
-        ])
-        settings = {"AzureWebJobsStorage": devenv.azurite_connection_string(port), **devenv.unique_queues("r"), **pc.app_settings(),
-                    "POLL_INTERVAL_SECONDS": "2", "POLL_MAX_INTERVAL_SECONDS": "8", "POLL_TIMEOUT_SECONDS": "1500",
-                    "PARTNER_CENTER_TIMEOUT_SECONDS": "2", "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "30",
+        ]
+        outage = None
+        if profile.outage_seconds:
+            begin = time.time() + profile.outage_at
+            outage = (begin, begin + profile.outage_seconds)
+            # Every call fails or is dropped, the token endpoint included. First in the list: it wins over the others.
+            faults = [{"kind": "status", "status": 503, "path": ".*", "share": 0.5, "from": outage[0], "until": outage[1]},
+                      {"kind": "drop", "path": ".*", "share": 1.0, "from": outage[0], "until": outage[1]}] + faults
+        pc.faults(faults)
+        settings = {"AzureWebJobsStorage": proxy.connection_string() if proxy else storage, **devenv.unique_queues("r"), **pc.app_settings(),
+                    "POLL_INTERVAL_SECONDS": "2", "POLL_MAX_INTERVAL_SECONDS": "10", "POLL_TIMEOUT_SECONDS": str(profile.poll_timeout),
+                    "PARTNER_CENTER_TIMEOUT_SECONDS": "2", "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4", "INVOCATION_WORK_SECONDS": "10",
                     "PROTECTED_CUSTOMER_IDS": protected["id"],
                     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
                     "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:02"}
-        queues = devenv.Queues(settings["AzureWebJobsStorage"])
+        queues = devenv.Queues(storage)  # the harness itself talks to Azurite directly
         req_q, poll_q, out_q = settings["DELETE_CUSTOMER_QUEUE"], settings["POLL_ORDERS_QUEUE"], settings["DELETION_OUTCOMES_QUEUE"]
         for name in (req_q, poll_q):
             queues.ensure(name)
@@ -115,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
 
         def start_host() -> devenv.Child:
             generation[0] += 1
-            host = devenv.start_host(STATE, settings, name=f"host{generation[0]:03d}", lease_seconds=8)
+            host = devenv.start_host(state, settings, name=f"host{generation[0]:03d}", lease_seconds=profile.lease_seconds)
             children.append(host)
             return host
 
-        killer = Killer(rng, start_host, low, high) if high else None
-        host_if_no_killer = None if killer else start_host()
+        killers = [Killer(rng, start_host, low, high) for _ in range(profile.hosts)] if high else []
+        steady_hosts = [] if killers else [start_host() for _ in range(profile.hosts)]
 
         # The requests: every customer once (some twice), the protected one, and malformed ones.
         requests: dict[str, dict] = {}  # correlation id -> what was sent
@@ -129,16 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         for cid in sends:
             corr = str(uuid.uuid4())
             text = json.dumps({"customerTenantId": cid, "correlationId": corr})
-            requests[corr] = {"customer": cid, "text": text, "kind": "protected" if cid == protected["id"] else "valid"}
+            requests[corr] = {"customer": cid, "text": text, "kind": "protected" if cid == protected["id"] else "valid", "sent": time.time()}
             queues.send(req_q, text)
         for i in range(args.malformed):
             text = [f"garbage {i}", json.dumps({"customerTenantId": f"../{i}"}), json.dumps({"customerTenantId": str(uuid.uuid4()), "dryRun": "no"}),
                     "[1,2,3]", json.dumps({"customerTenantId": 42}), "{not json"][i % 6]
             msg_id = queues.send(req_q, text)
-            requests[derived_correlation_id(msg_id)] = {"customer": None, "text": text, "kind": "malformed"}
-        if killer:
+            requests[derived_correlation_id(msg_id)] = {"customer": None, "text": text, "kind": "malformed", "sent": time.time()}
+        for killer in killers:
             killer.start()
-        print(f"sent {len(requests)} requests ({len(sends)} valid or protected, {args.malformed} malformed) for {len(customers)} customers", flush=True)
+        print(f"[{args.profile}] sent {len(requests)} requests ({len(sends)} valid or protected, {args.malformed} malformed) for "
+              f"{len(customers)} customers; {profile.hosts} host(s)" + (f"; outage in {profile.outage_at:.0f}s for {profile.outage_seconds:.0f}s" if outage else ""),
+              flush=True)
 
         reader = devenv.OutcomeReader(queues, out_q)
         deadline = time.monotonic() + args.timeout
@@ -149,24 +202,24 @@ def main(argv: list[str] | None = None) -> int:
             settled = sum(1 for corr in requests if corr in done or corr in poisoned)
             if time.monotonic() - last_report > 15:
                 print(f"[{time.monotonic() - started:6.0f}s] {len(done & set(requests))}/{len(requests)} requests have an outcome, "
-                      f"{killer.kills if killer else 0} host kills so far", flush=True)
+                      f"{sum(k.kills for k in killers)} host kills so far", flush=True)
                 last_report = time.monotonic()
             if settled == len(requests):
                 break
             time.sleep(2)
-        if killer:
+        for killer in killers:
             killer.finish()
-            final_host = killer.host
-        else:
-            final_host = host_if_no_killer
-        time.sleep(8)  # let stragglers (forked chains, duplicate outcomes) land
-        final_host.stop()
+        time.sleep(10)  # let stragglers (forked chains, repeated outcomes) land
+        for host in [k.host for k in killers] + steady_hosts:
+            host.stop()
         reader.poll()
         wall = time.monotonic() - started
-        result = measure(requests, reader.events, pc, queues, req_q, poll_q, customers, protected, wall, killer.kills if killer else 0, args)
-        (STATE / "result.json").write_text(json.dumps(result, indent=2))
+        result = measure(requests, reader.events, pc, queues, req_q, poll_q, customers, protected, wall,
+                         sum(k.kills for k in killers), args, profile, state, outage, proxy)
+        (state / "result.json").write_text(json.dumps(result, indent=2))
         print(table(result))
-        bad = result["lost"] or result["deletes_while_open"] or result["deleted_twice"] or result["resurrected"] or result["protected_touched"]
+        bad = (result["lost"] or result["deletes_while_open"] or result["deleted_twice"] or result["resurrected"]
+               or result["protected_touched"] or result["inconsistent_repeats"] or result["could_have_been_deleted"])
         return 1 if bad else 0
     finally:
         for child in reversed(children):
@@ -190,7 +243,48 @@ def poison_correlations(queues: devenv.Queues, req_q: str, requests: dict[str, d
     return found
 
 
-def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, wall, kills, args) -> dict:
+def could_have_been_deleted(customer: dict | None, deadline: float, poll_max: float, outage: tuple[float, float] | None) -> bool:
+    """The issue's definition: not protected, every order cancellable, and every order read cancelled in the emulator
+    at least POLL_MAX_INTERVAL_SECONDS before the deadline, outside any outage window."""
+    if customer is None:
+        return False
+    orders = customer["orders"].values()
+    if not all(o["cancellable"] for o in orders):
+        return False
+    ready = [o["cancelledAt"] if o["readyAt"] is None else o["readyAt"] for o in orders]
+    if any(r is None for r in ready):
+        return False
+    ready_at = max(ready, default=0.0)
+    if outage and outage[0] <= ready_at < outage[1]:
+        ready_at = outage[1]
+    available = deadline - ready_at
+    if outage:  # time inside the outage window does not count
+        available -= max(0.0, min(deadline, outage[1]) - max(ready_at, outage[0]))
+    return available >= poll_max
+
+
+def invocation_durations(state_dir: Path) -> dict[str, dict]:
+    """From the host logs: each function's invocation durations, and how many invocations never finished (killed)."""
+    started: Counter = Counter()
+    durations: dict[str, list[float]] = defaultdict(list)
+    for path in state_dir.glob("host*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            m = re.search(r"Executing 'Functions\.(\w+)'", line)
+            if m:
+                started[m.group(1)] += 1
+            m = re.search(r"Executed 'Functions\.(\w+)' \((?:Succeeded|Failed), Id=[^,]+, Duration=(\d+)ms\)", line)
+            if m:
+                durations[m.group(1)].append(int(m.group(2)) / 1000)
+    out = {}
+    for function in sorted(started):
+        values = sorted(durations[function])
+        pick = (lambda q: values[min(len(values) - 1, int(q * len(values)))]) if values else (lambda q: 0.0)
+        out[function] = {"invocations": started[function], "finished": len(values), "p50": round(statistics.median(values), 2) if values else 0.0,
+                         "p99": round(pick(0.99), 2), "max": round(values[-1], 2) if values else 0.0}
+    return out
+
+
+def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, wall, kills, args, profile, state_dir, outage, proxy) -> dict:
     state = pc.state()
     log = pc.requests_log()
     per_corr = defaultdict(list)
@@ -203,7 +297,7 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
             outcome_counts[e["outcome"]] += 1
     exactly_one = sum(1 for corr in requests if len(per_corr.get(corr, [])) == 1)
     more_than_one = sum(1 for corr in requests if len(per_corr.get(corr, [])) > 1)
-    inconsistent = sum(1 for corr in requests if len({e["outcome"] for e in per_corr.get(corr, [])}) > 1)
+    inconsistent = [corr for corr in requests if len({e["outcome"] for e in per_corr.get(corr, [])}) > 1]
     lost = [corr for corr in requests if corr not in per_corr and corr not in poisoned]
     poison_reasons = Counter()
     for corr in poisoned:
@@ -212,13 +306,23 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
     deletes_204 = Counter(r["path"].rsplit("/", 1)[1] for r in log if r["method"] == "DELETE" and r["status"] == 204)
     api_calls = [r for r in log if r["path"].startswith("/v1/")]
     deleted = state["deleted"]
-    forks = chain_forks(STATE)
+    all_customers = {**state.get("deletedCustomers", {}), **state["customers"]}
+    poll_max = 10.0
+    missed = []
+    for corr, sent in requests.items():
+        outcome = (per_corr.get(corr) or [{}])[0].get("outcome")
+        if sent["kind"] != "valid" or outcome not in ("failed", "timed_out"):
+            continue
+        deadline = sent["sent"] + profile.poll_timeout  # the earliest it can be: the request was first handled after it was sent
+        if could_have_been_deleted(all_customers.get(sent["customer"]), deadline, poll_max, outage):
+            missed.append(corr)
     customer_ids = {c["id"] for c in customers}
     return {
-        "customers": len(customers), "orders": sum(len(c["orders"]) for c in customers), "requests_in": len(requests),
-        "exactly_one_outcome": exactly_one, "more_than_one_outcome": more_than_one, "inconsistent_repeats": inconsistent,
-        "outcomes": dict(outcome_counts), "deletions_done": len(set(deleted) & customer_ids),
+        "profile": args.profile, "customers": len(customers), "orders": sum(len(c["orders"]) for c in customers), "requests_in": len(requests),
+        "exactly_one_outcome": exactly_one, "more_than_one_outcome": more_than_one, "inconsistent_repeats": len(inconsistent),
+        "inconsistent_ids": inconsistent[:10], "outcomes": dict(outcome_counts), "deletions_done": len(set(deleted) & customer_ids),
         "customers_left": len(customer_ids & set(state["customers"])),
+        "could_have_been_deleted": len(missed), "could_have_been_deleted_ids": missed[:10],
         "deletes_while_open": len(state["violations"]), "deleted_twice": len({c for c, n in deletes_204.items() if n > 1} | {c for c, v in deleted.items() if len(v) > 1}),
         "resurrected": len(set(deleted) & set(state["customers"])),
         "protected_touched": sum(1 for r in log if protected["id"] in r["path"]),
@@ -226,33 +330,53 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
         "poll_poison": queues.count(poll_q + "-poison"),
         "api_calls": len(api_calls), "api_calls_per_deletion": round(len(api_calls) / max(1, len(deleted)), 1),
         "throttled_429": sum(1 for r in api_calls if r["status"] == 429), "injected_5xx": sum(1 for r in api_calls if r["status"] in (500, 503)),
-        "dropped": sum(1 for r in api_calls if r["status"] == "dropped"), "host_kills": kills,
-        "worst_live_chains_per_request": forks["worst"], "forked_hops": forks["forked"], "wall_seconds": round(wall),
+        "dropped": sum(1 for r in api_calls if r["status"] == "dropped"), "host_kills": kills, "hosts": profile.hosts,
+        "durations": invocation_durations(state_dir), "lease_seconds": profile.lease_seconds, "function_timeout": "00:10:00 (host.json)",
+        "storage": proxy.stats() if proxy else None, "outage_seconds": profile.outage_seconds,
+        "forks": chain_forks(state_dir), "wall_seconds": round(wall),
         "settings": {k: getattr(args, k) for k in ("customers", "min_orders", "max_orders", "fault_share", "slow_share", "token_fault_share",
                                                    "rate_limit", "window", "kill_every", "duplicates", "malformed", "seed")},
     }
 
 
 def chain_forks(state_dir: Path) -> dict:
-    """From the host logs: distinct poll messages that ran the same hop of the same request (a forked chain)."""
-    hops: dict[tuple[str, int], set[str]] = defaultdict(set)
-    pattern = re.compile(r"poll hop (\d+) \(message ([^,]+), delivery \d+\).*correlation=([0-9a-f-]+)")
+    """From the host logs: hops of one request run by more than one message to the end (a forked chain). A hand-over
+    after a redelivery is a recovery, not a fork: the message it replaces ran nothing to the end."""
+    hop_of: dict[str, tuple[str, int, str]] = {}  # invocation -> (correlation, hop, message)
+    handovers: set[str] = set()
+    succeeded: set[str] = set()
+    hop_line = re.compile(r"poll hop (\d+), stage \w+ \(message ([^,]+), delivery \d+\).*correlation=([0-9a-f-]+) .*invocation=([0-9a-f-]+)\)")
     for path in state_dir.glob("host*.log"):
         for line in path.read_text(errors="replace").splitlines():
-            m = pattern.search(line)
-            if m:
-                hops[(m.group(3), int(m.group(1)))].add(m.group(2))
-    worst = max((len(v) for v in hops.values()), default=0)
-    return {"worst": worst, "forked": sum(1 for v in hops.values() if len(v) > 1)}
+            if (m := hop_line.search(line)):
+                hop_of[m.group(4)] = (m.group(3), int(m.group(1)), m.group(2))
+            elif "handed over" in line and (m := re.search(r"invocation=([0-9a-f-]+)\)", line)):
+                handovers.add(m.group(1))
+            elif (m := re.search(r"Executed 'Functions\.poll_orders' \(Succeeded, Id=([0-9a-f-]+),", line)):
+                succeeded.add(m.group(1))
+    messages: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for invocation, (correlation, hop, message) in hop_of.items():
+        if invocation in succeeded and invocation not in handovers:
+            messages[(correlation, hop)].add(message)
+    return {"worst": max((len(v) for v in messages.values()), default=0), "forked": sum(1 for v in messages.values() if len(v) > 1),
+            "recoveries": len(handovers)}
 
 
 def table(r: dict) -> str:
+    durations = "; ".join(f"{f}: p50 {d['p50']} s, p99 {d['p99']} s, max {d['max']} s ({d['invocations'] - d['finished']} of "
+                          f"{d['invocations']} killed)" for f, d in r["durations"].items())
+    storage = r["storage"]
+    puts = (f"{storage['failed_before'] + storage['failed_after']} of {storage['puts']} ({storage['failed_before']} before, "
+            f"{storage['failed_after']} after being stored)") if storage else "none injected"
     rows = [
+        ("profile", f"{r['profile']}: {r['hosts']} host(s), message lease {r['lease_seconds']} s, functionTimeout {r['function_timeout']}"
+         + (f", Partner Center outage {r['outage_seconds']:.0f} s" if r["outage_seconds"] else "")),
         ("customers (orders)", f"{r['customers']} ({r['orders']})"),
         ("requests in (incl. duplicates, protected, malformed)", r["requests_in"]),
         ("requests ending in exactly one outcome event", r["exactly_one_outcome"]),
-        ("requests with a repeated outcome (same outcome, same correlation id)", f"{r['more_than_one_outcome']} (inconsistent: {r['inconsistent_repeats']})"),
+        ("requests with a repeated outcome (inconsistent repeats)", f"{r['more_than_one_outcome']} ({r['inconsistent_repeats']})"),
         ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))),
+        ("failed or timed_out although they could have been deleted", r["could_have_been_deleted"]),
         ("deletions done (customers left)", f"{r['deletions_done']} ({r['customers_left']})"),
         ("DELETEs sent while an order was open", r["deletes_while_open"]),
         ("customers deleted twice / resurrected", f"{r['deleted_twice']} / {r['resurrected']}"),
@@ -261,8 +385,11 @@ def table(r: dict) -> str:
         ("requests waiting in poison (reasons)", f"{r['poisoned']} (" + "; ".join(f"{v}x {k}" for k, v in sorted(r["poison_reasons"].items())) + ")"),
         ("Partner Center calls (per deletion)", f"{r['api_calls']} ({r['api_calls_per_deletion']})"),
         ("429 / injected 5xx / dropped connections", f"{r['throttled_429']} / {r['injected_5xx']} / {r['dropped']}"),
+        ("storage puts failed", puts),
         ("host kills (SIGKILL mid-run)", r["host_kills"]),
-        ("worst live poll chains per request (forked hops)", f"{r['worst_live_chains_per_request']} ({r['forked_hops']})"),
+        ("invocation durations", durations),
+        ("forked chains: most copies of one hop (hops run by more than one copy)", f"{r['forks']['worst']} ({r['forks']['forked']})"),
+        ("hand-overs after a redelivery (an invocation died)", r["forks"]["recoveries"]),
         ("wall time", f"{r['wall_seconds']} s"),
     ]
     lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]

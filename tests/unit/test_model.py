@@ -68,6 +68,7 @@ class DeletionModel(RuleBasedStateMachine):
                             {REQ: lambda m, i: handle_deletion_request(m, i, self.deps), POLL: lambda m, i: handle_poll(m, i, self.deps)},
                             max_dequeue=MAX_DEQUEUE, visibility_timeout=VISIBILITY, lease=LEASE)
         self.requests: dict[str, dict] = {}  # request message id -> what was asked
+        self.changes: list[tuple[float, str]] = []  # (time, customer): a purchase, or an order falling back
         self.existed_at_request: dict[str, bool] = {}
         self.checked_deletes = 0
 
@@ -123,12 +124,15 @@ class DeletionModel(RuleBasedStateMachine):
         if cid in self.pc.customers:
             customer = self.pc.customers[cid]
             customer.orders[f"n{len(customer.orders)}{which}".ljust(33, "y")] = replace(order[0], hidden=False)
+            self.changes.append((self.clock.t, cid))
 
     @rule(which=st.integers(0, 30))
     def an_order_falls_back(self, which):
-        orders = [o for c in self.pc.customers.values() for o in c.orders.values() if o.status == "cancelled"]
+        orders = [(cid, o) for cid, c in self.pc.customers.items() for o in c.orders.values() if o.status == "cancelled"]
         if orders:
-            orders[which % len(orders)].status = "completed"
+            cid, order = orders[which % len(orders)]
+            order.status = "completed"
+            self.changes.append((self.clock.t, cid))
 
     @rule(which=st.integers(0, 200))
     def a_stale_poll_message_is_replayed(self, which):
@@ -205,8 +209,9 @@ class DeletionModel(RuleBasedStateMachine):
 
         (1) A copy of the request (a redelivery, or a stale message) that could not reach Partner Center for its
             last looks says so in a `timed_out` ("the customer could not be checked") next to a sibling's `deleted`.
-        (2) Another request deleted the customer between two outcomes of this one: the later copy reports the world
-            it found (a redelivery cannot know an outcome was already written).
+        (2) The customer changed between two outcomes of this one (another request deleted it, a purchase landed, an
+            order fell back): a later copy (a redelivery, a stale message) reports the world it finds; it cannot know
+            an outcome was already written.
         (3) A customer that was not there (never existed, or already deleted by someone else): the first delivery wrote
             `not_found`, the host died in the instant before completing the message, and the redelivery, which cannot
             tell this from a first delivery whose own chain deleted the customer, reports `deleted`.
@@ -219,6 +224,8 @@ class DeletionModel(RuleBasedStateMachine):
         customer = events[0][1]["customerTenantId"]
         when, by = self.pc.deleted.get(customer, (None, None))
         if by is not None and by not in {inv.id for inv in mine} and events[0][0] <= when <= events[-1][0]:
+            return True
+        if any(c == customer and events[0][0] <= t <= events[-1][0] for t, c in self.changes):
             return True
         crashed_after_an_outcome = any(inv.crashed and ("customer-deletion-outcomes" in inv.crashed or "after the function returned" in inv.crashed)
                                        for inv in mine)
