@@ -91,9 +91,10 @@ def main() -> int:
                 if text:
                     say(t0, "  Partner Center: " + text)
             for line in host.log().splitlines():
-                if "poll hop" in line and correlation in line and f"poll hop {hops + 1} " in line:
+                if correlation in line and f"poll hop {hops + 1}, stage" in line:
                     hops += 1
-                    say(t0, f"poll_orders: hop {hops} ran (reads orders up to the first still open; then re-enqueues itself with a growing delay, or DELETEs)")
+                    say(t0, f"poll_orders: hop {hops} ran (reads the orders, the ones last seen open first, up to the first still open; "
+                            "when every order reads cancelled it lists the entitlements again and DELETEs in that same hop)")
             if outcomes.poll():
                 break
             time.sleep(0.3)
