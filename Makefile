@@ -2,8 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
+# The same tests against the lowest versions requirements.txt allows (see test-lowest).
+LOWEST    := .venv-lowest
+LOWEST_PY := $(LOWEST)/bin/python
 
-.PHONY: setup demo test unit integration reliability emulator host clean
+.PHONY: setup setup-lowest demo test test-lowest unit integration reliability emulator host clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -17,13 +21,31 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+## setup-lowest: .venv-lowest/, on .venv's Python: every direct dependency in requirements.txt at its lower bound
+## (floors.txt; their own dependencies resolve as usual), the test tools from requirements-dev.txt as usual
+setup-lowest: $(LOWEST)/.installed node_modules/.installed
+
+$(LOWEST)/.installed: requirements.txt requirements-dev.txt $(VENV)/.installed
+	$(UV) venv --quiet --clear --python $(PY) $(LOWEST)
+	$(UV) pip compile --quiet --python $(LOWEST_PY) --resolution lowest-direct --no-deps --no-header --no-annotate \
+		requirements.txt -o $(LOWEST)/floors.txt
+	$(UV) pip install --quiet --strict --python $(LOWEST_PY) -r requirements-dev.txt -c $(LOWEST)/floors.txt
+	touch $@
+
 ## demo: Azurite + the Partner Center emulator + the local host; watch one customer being deleted
 demo: setup
 	$(PY) -m tools.demo
 
-## test: every test (unit, function and integration tests; Azurite and the emulator are started by the run)
-test: setup
+## test: every test (unit, function and integration tests; Azurite and the emulator are started by the run),
+## then test-lowest
+test: setup setup-lowest
 	$(PY) -m pytest
+	@$(MAKE) --no-print-directory test-lowest
+
+## test-lowest: the unit and function tests in .venv-lowest/, which proves requirements.txt's lower bounds
+test-lowest: setup-lowest
+	@echo "lowest allowed versions (.venv-lowest/floors.txt):" $$(cat $(LOWEST)/floors.txt)
+	$(LOWEST_PY) -m pytest tests/unit tests/functions
 
 unit: setup
 	$(PY) -m pytest tests/unit
@@ -43,4 +65,4 @@ host: setup
 	$(PY) -m tools.local_host --settings local.settings.json
 
 clean:
-	rm -rf $(VENV) node_modules .local .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) node_modules .local .pytest_cache .hypothesis
