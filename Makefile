@@ -53,9 +53,11 @@ unit: setup
 integration: setup
 	$(PY) -m pytest tests/functions tests/integration
 
-## reliability: many deletions under injected faults and host kills; prints the table kept in the README
+## reliability: many deletions under injected faults, outages and host kills, in both profiles (one: PROFILES=harsh);
+## prints the tables kept in the README
+PROFILES ?= standard harsh
 reliability: setup
-	$(PY) -m tools.reliability
+	@for profile in $(PROFILES); do $(PY) -m tools.reliability --profile $$profile || exit 1; done
 
 ## emulator / host: run one piece by hand (see the README)
 emulator: setup

@@ -28,6 +28,7 @@ Rules (README, "Guarantees"):
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -560,15 +561,25 @@ def _continue(hop: Hop, now: datetime, policy: Policy, cause: Cause | None, deta
 def _wait(hop: Hop, now: datetime, policy: Policy, cause: Cause, detail: str, *, retry_after: float | None = None) -> Continue:
     """Throttled, an outage, a refused DELETE: continue later, with a delay that grows while nothing progresses."""
     if cause is Cause.THROTTLED:
-        want = policy.interval if retry_after is None or not math.isfinite(retry_after) else min(policy.retry_after_max, max(1.0, retry_after))
+        wait = policy.interval if retry_after is None or not math.isfinite(retry_after) else min(policy.retry_after_max, max(1.0, retry_after))
+        want = wait + _spread(hop.chain, wait)
         why = f"throttled by Partner Center ({detail})"
     elif cause is Cause.DELETE_REFUSED:
         want = poll_delay(hop.chain.attempt + 1, policy)
         why = f"Partner Center refused the DELETE ({detail}): reading everything again on the next hop"
     else:
-        want = min(policy.max_interval, policy.interval * 2 ** min(hop.chain.setbacks, 20))
+        wait = min(policy.max_interval, policy.interval * 2 ** min(hop.chain.setbacks, 20))
+        want = wait + _spread(hop.chain, wait)
         why = f"Partner Center unavailable ({detail})"
     return _continue(hop, now, policy, cause, detail, want=want, why=why)
+
+
+def _spread(chain: PollMessage, wait: float) -> float:
+    """Up to half of ``wait`` more, different for each request and hop: requests throttled (or failed) together must
+    not all come back in the same second and use up the next rate-limit window together. Derived from the request's
+    identity, not from a random generator, so the core stays a pure function."""
+    digest = hashlib.sha256(f"{chain.correlation_id}|{chain.attempt}|{chain.setbacks}".encode()).digest()
+    return wait / 2 * int.from_bytes(digest[:4], "big") / 2**32
 
 
 def _schedule(want: float, now: datetime, chain: PollMessage, policy: Policy) -> int:

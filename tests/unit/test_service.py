@@ -234,7 +234,7 @@ def test_throttled_poll_hop_reenqueues_itself_with_retry_after(world):
     request(deps, CUST)
     pc.throttle_next = 75
     run_polls(deps, pub, clock)
-    assert [d for _, d in pub.on(POLL)][1] == 75
+    assert 75 <= [d for _, d in pub.on(POLL)][1] <= 113  # Retry-After, plus a spread of up to half of it
     assert the_outcome(pub)["outcome"] == "deleted"
 
 
@@ -281,7 +281,7 @@ def test_throttled_request_continues_on_the_poll_queue_instead_of_burning_delive
     pc.throttle_next = 50
     request(deps, json.dumps({"customerTenantId": CUST, "correlationId": CORR}))  # does not raise
     (raw, delay), = pub.on(POLL)
-    assert delay == 50 and json.loads(raw)["stage"] == "discover" and pub.on(OUT) == []
+    assert 50 <= delay <= 75 and json.loads(raw)["stage"] == "discover" and pub.on(OUT) == []
     run_polls(deps, pub, clock)
     out = the_outcome(pub)
     assert out["outcome"] == "deleted" and out["correlationId"] == CORR

@@ -1,6 +1,8 @@
 """The pure core, table-driven: whole hops, (state, observations) -> calls and the hop's last command. No I/O."""
 from __future__ import annotations
 
+import math
+import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -206,14 +208,29 @@ def test_a_dry_run_finding_no_customer_later_is_not_found():
 ])
 def test_throttling_and_outages_continue_on_the_poll_queue(failure, delay, cause):
     calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): failure})
-    assert isinstance(last, Continue) and last.delay == delay and last.message.cause == cause
+    assert isinstance(last, Continue) and spread(last.delay, delay) and last.message.cause == cause
     assert last.message.setbacks == 1 and last.message.attempt == 2
+
+
+def spread(delay, wait):
+    """Throttled and failed hops wait ``wait`` plus up to half of it again (see the next test)."""
+    return wait <= delay <= math.ceil(wait * 1.5)
+
+
+def test_requests_throttled_together_come_back_spread_out():
+    delays = set()
+    for i in range(40):
+        message = replace(poll((A, "pending")), correlation_id=str(uuid.UUID(int=i)))
+        _, last = drive(poll_hop(message), {GetOrder(A): replace(THROTTLED, retry_after=60.0)})
+        assert spread(last.delay, 60)
+        delays.add(last.delay)
+    assert len(delays) >= 15  # not all in the same second
 
 
 def test_outage_backoff_grows_while_nothing_progresses_and_resets_after():
     message = poll((A, "pending"), setbacks=3, cause="outage")
     _, last = drive(poll_hop(message), {GetOrder(A): OUTAGE})
-    assert last.delay == min(POLICY.max_interval, POLICY.interval * 8) and last.message.setbacks == 4
+    assert spread(last.delay, min(POLICY.max_interval, POLICY.interval * 8)) and last.message.setbacks == 4
     _, last = drive(poll_hop(message), {GetOrder(A): order("pending")})
     assert last.message.setbacks == 0 and last.message.cause == "open"
 
@@ -347,7 +364,7 @@ def test_timed_out_names_its_cause(cause, words):
 
 def test_a_final_check_that_keeps_failing_ends_at_the_hard_end():
     _, last = drive(poll_hop(poll((A, "pending")), now=FINAL), {GetCustomer(): THROTTLED}, now=FINAL)
-    assert isinstance(last, Continue) and last.delay == 75
+    assert isinstance(last, Continue) and spread(last.delay, 75)
     _, last = drive(poll_hop(poll((A, "pending")), now=HARD - timedelta(seconds=10)), {GetCustomer(): THROTTLED}, now=HARD - timedelta(seconds=10))
     assert last.delay == 10  # never past the hard end
     message = poll((A, "pending"), cause="outage", cause_detail="503")
