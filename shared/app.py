@@ -37,6 +37,8 @@ def _build() -> Deps:
                                  credential_factory=lambda: partner_center_credential(settings))
     log.info("customer deletion app configured: Partner Center %s, queues %s / %s / %s",
              settings.base_url, settings.delete_queue, settings.poll_queue, settings.outcomes_queue)
+    for note in settings.notes:
+        log.warning("setting: %s", note)
     return Deps(settings=settings, partner_center=client, publisher=QueuePublisher(service))
 
 

@@ -5,14 +5,19 @@ from typing import Any
 
 from azure.identity import CertificateCredential, ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
 
-from shared.config import Settings, StorageConnection
+from shared.config import TOKEN_CONNECT_SECONDS, TOKEN_READ_SECONDS, TOKEN_RETRIES, Settings, StorageConnection
 
 __all__ = ["partner_center_credential", "storage_credential"]
 
 
 def partner_center_credential(settings: Settings) -> Any:
-    """App-only credential of the sandbox partner's app registration; none configured: DefaultAzureCredential."""
-    kwargs: dict[str, Any] = {"authority": settings.authority_host}
+    """App-only credential of the sandbox partner's app registration; none configured: DefaultAzureCredential.
+
+    The token endpoint gets short timeouts and one retry (azure-core's defaults wait for minutes): a token is part of
+    a call, and a call must fit into an invocation's work budget (``shared.workflow``, the settle time).
+    """
+    kwargs: dict[str, Any] = {"authority": settings.authority_host, "connection_timeout": TOKEN_CONNECT_SECONDS,
+                              "read_timeout": TOKEN_READ_SECONDS, "retry_total": TOKEN_RETRIES}
     if settings.client_secret or settings.client_certificate_path:
         if not settings.authority_is_known_cloud:
             # A private or emulated authority: no instance discovery (it would call login.microsoftonline.com).

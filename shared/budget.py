@@ -21,11 +21,6 @@ class Budget:
         self._waited = 0.0
         self._lock = threading.Lock()
 
-    @classmethod
-    def unbounded(cls) -> "Budget":
-        """For a caller with no invocation around it (tools): only the client's own retry policy bounds it."""
-        return cls(float("inf"), float("inf"))
-
     def elapsed(self) -> float:
         return self._clock() - self._started
 
@@ -40,7 +35,3 @@ class Budget:
     def record_wait(self, seconds: float) -> None:
         with self._lock:
             self._waited += seconds
-
-    @property
-    def waited(self) -> float:
-        return self._waited

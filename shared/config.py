@@ -25,7 +25,6 @@ __all__ = [
     "get_settings",
     "reset_settings",
     "is_loopback_host",
-    "host_max_dequeue_count",
     "host_max_polling_interval",
 ]
 
@@ -49,6 +48,13 @@ DEFAULTS: dict[str, str] = {
 
 #: Connect timeout of every Partner Center call (the read timeout is PARTNER_CENTER_TIMEOUT_SECONDS).
 CONNECT_TIMEOUT_SECONDS = 5
+#: The token endpoint: connect and read timeouts, and one retry; so a token takes at most about 31 s.
+TOKEN_CONNECT_SECONDS, TOKEN_READ_SECONDS, TOKEN_RETRIES = 5, 10, 1
+TOKEN_SECONDS = (TOKEN_RETRIES + 1) * (TOKEN_CONNECT_SECONDS + TOKEN_READ_SECONDS) + 1
+#: The in-process wait of one invocation is at most this; the previous release allowed up to 3600 (per call).
+MAX_RETRY_BUDGET_SECONDS = 30
+#: POLL_TIMEOUT_SECONDS is at most 30 days.
+MAX_POLL_TIMEOUT_SECONDS = 30 * 24 * 3600
 
 #: Entra ID authority hosts of the Microsoft clouds; any other host gets instance discovery switched off,
 #: so a private or emulated authority works without internet access.
@@ -112,11 +118,11 @@ class Settings:
     poll_max_interval: int
     poll_timeout: int
     protected_ids: frozenset[str]
-    max_dequeue_count: int = 5
     read_timeout: int = 30
     retry_budget: int = 4  # seconds one invocation may wait in-process, in total
     work_seconds: int = 10  # no Partner Center call starts after this long in one invocation
     max_polling_interval: float = 60.0  # the host's maxPollingInterval: how late a due message may be picked up
+    notes: tuple[str, ...] = ()  # settings that were accepted, but not as given: logged once at start
 
     @property
     def delete_poison_queue(self) -> str:
@@ -174,7 +180,7 @@ class Settings:
 
         interval = _seconds("POLL_INTERVAL_SECONDS", get("POLL_INTERVAL_SECONDS"), problems, minimum=1)
         max_interval = _seconds("POLL_MAX_INTERVAL_SECONDS", get("POLL_MAX_INTERVAL_SECONDS"), problems, minimum=1)
-        timeout = _seconds("POLL_TIMEOUT_SECONDS", get("POLL_TIMEOUT_SECONDS"), problems, minimum=1, maximum=None)
+        timeout = _seconds("POLL_TIMEOUT_SECONDS", get("POLL_TIMEOUT_SECONDS"), problems, minimum=1, maximum=MAX_POLL_TIMEOUT_SECONDS)
         if interval and max_interval and max_interval < interval:
             problems.append("POLL_MAX_INTERVAL_SECONDS must not be smaller than POLL_INTERVAL_SECONDS")
 
@@ -190,9 +196,14 @@ class Settings:
                 problems.append(f"PROTECTED_CUSTOMER_IDS has an entry that is not a GUID: {item[:60]!r}")
 
         read_timeout = _seconds("PARTNER_CENTER_TIMEOUT_SECONDS", get("PARTNER_CENTER_TIMEOUT_SECONDS"), problems, minimum=1, maximum=300)
-        retry_budget = _seconds("PARTNER_CENTER_RETRY_BUDGET_SECONDS", get("PARTNER_CENTER_RETRY_BUDGET_SECONDS"), problems, minimum=0, maximum=30)
+        # Compatible with the previous release (1-3600, per call): a larger value still starts, at the new maximum.
+        retry_budget = _seconds("PARTNER_CENTER_RETRY_BUDGET_SECONDS", get("PARTNER_CENTER_RETRY_BUDGET_SECONDS"), problems, minimum=0, maximum=3600)
+        notes = []
+        if retry_budget > MAX_RETRY_BUDGET_SECONDS:
+            notes.append(f"PARTNER_CENTER_RETRY_BUDGET_SECONDS={retry_budget} is used as {MAX_RETRY_BUDGET_SECONDS}: it now bounds the "
+                         "in-process waits of a whole invocation; longer waits continue on the poll queue")
+            retry_budget = MAX_RETRY_BUDGET_SECONDS
         work_seconds = _seconds("INVOCATION_WORK_SECONDS", get("INVOCATION_WORK_SECONDS"), problems, minimum=1, maximum=120)
-        max_dequeue = host_max_dequeue_count(app_root, env, problems)
         polling = host_max_polling_interval(app_root, env, problems)
 
         if problems:
@@ -213,11 +224,11 @@ class Settings:
             poll_max_interval=max_interval,
             poll_timeout=timeout,
             protected_ids=frozenset(protected),
-            max_dequeue_count=max_dequeue,
             read_timeout=read_timeout,
             retry_budget=retry_budget,
             work_seconds=work_seconds,
             max_polling_interval=polling,
+            notes=tuple(notes),
         )
 
 
@@ -301,21 +312,6 @@ def _host_queue_option(app_root: Path, env: Mapping[str, str], name: str) -> obj
     except (OSError, ValueError, AttributeError):
         return None
     return queues.get(name.lower())
-
-
-def host_max_dequeue_count(app_root: Path, env: Mapping[str, str], problems: list[str] | None = None) -> int:
-    """The host's ``extensions.queues.maxDequeueCount``: app-setting override, then host.json, then 5."""
-    raw = _host_queue_option(app_root, env, "maxDequeueCount")
-    raw = 5 if raw is None else raw
-    try:
-        count = int(raw)  # type: ignore[arg-type]
-        if count < 1:
-            raise ValueError
-        return count
-    except (TypeError, ValueError):
-        if problems is not None:
-            problems.append(f"maxDequeueCount must be a whole number >= 1 (got {raw!r})")
-        return 5
 
 
 _TIMESPAN_RE = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,7}))?")

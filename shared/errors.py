@@ -10,6 +10,7 @@
         ├── AuthenticationError      401 even with a fresh credential
         ├── ThrottledError           429 whose Retry-After does not fit in the invocation's in-process waits
         └── TransientError           408, 5xx, connection failures and timeouts that outlasted the retries
+            └── OutOfTimeError       the invocation's work time ran out in the middle of a logical call (paging, a renewed 401)
 
 The service turns each into an observation; what it means is decided by the core (``shared.workflow``).
 """
@@ -26,6 +27,7 @@ __all__ = [
     "AuthenticationError",
     "ThrottledError",
     "TransientError",
+    "OutOfTimeError",
 ]
 
 
@@ -101,3 +103,7 @@ class ThrottledError(PartnerCenterError):
 
 class TransientError(PartnerCenterError):
     """A failure that may pass (408, 5xx, connection error, timeout) and outlasted the in-process retries."""
+
+
+class OutOfTimeError(TransientError):
+    """The invocation's work time ran out before a logical call could finish (a further page, a renewed attempt)."""

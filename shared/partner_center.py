@@ -33,6 +33,7 @@ from shared.errors import (
     AuthenticationError,
     ConflictError,
     NotFoundError,
+    OutOfTimeError,
     PartnerCenterError,
     RefusedError,
     ThrottledError,
@@ -119,7 +120,7 @@ def error_from_response(resp: requests.Response, method: str, path: str) -> Part
     description: str | None = None
     try:
         body = decode_body(resp.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if isinstance(body, dict):
         raw_code = body.get("code", body.get("statusCode"))
@@ -231,6 +232,8 @@ class PartnerCenterClient:
             if not nxt:
                 return
             path, headers = self._next_link(nxt, cid)
+            if budget is not None and not budget.may_start_call():
+                raise OutOfTimeError(None, None, "no work time left for the next entitlements page", method="GET", path=path)
             key = (path, headers.get("MS-ContinuationToken", ""))
             if key in visited:
                 raise TransientError(200, None, "entitlements paging repeats a page", method="GET", path=path)
@@ -290,6 +293,8 @@ class PartnerCenterClient:
             if self._credential_factory is None:
                 raise
         # The cached token may have been revoked: a new credential (empty cache) fetches a fresh one, once.
+        if not budget.may_start_call():
+            raise OutOfTimeError(None, None, "no work time left to retry after a 401", method=method, path=path)
         log.warning("%s %s answered 401: renewing the credential and retrying once (request %s)", method, path, request_id)
         with self._credential_lock:
             self._credential = self._credential_factory()
@@ -376,7 +381,7 @@ class PartnerCenterClient:
         if 200 <= resp.status_code < 300:
             try:
                 return decode_body(resp.content)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise TransientError(resp.status_code, None, "response body is not JSON", method=method, path=path) from exc
         if 300 <= resp.status_code < 400:
             raise RefusedError(resp.status_code, None, "unexpected redirect (not followed)", method=method, path=path)

@@ -14,12 +14,13 @@ from typing import Any, Callable, Protocol
 
 from shared import workflow as core
 from shared.budget import Budget
-from shared.config import CONNECT_TIMEOUT_SECONDS, Settings
+from shared.config import CONNECT_TIMEOUT_SECONDS, TOKEN_SECONDS, Settings
 from shared.errors import (
     AuthenticationError,
     ConflictError,
     InvalidMessageError,
     NotFoundError,
+    OutOfTimeError,
     PartnerCenterError,
     ThrottledError,
     TransientError,
@@ -60,7 +61,7 @@ class Deps:
 
 
 def policy_for(s: Settings) -> core.Policy:
-    call_time = float(CONNECT_TIMEOUT_SECONDS + s.read_timeout)
+    call_time = float(TOKEN_SECONDS + CONNECT_TIMEOUT_SECONDS + s.read_timeout)  # a token, then one attempt
     return core.Policy(
         interval=s.poll_interval, max_interval=s.poll_max_interval, timeout=s.poll_timeout, protected=s.protected_ids,
         hop_work=float(s.work_seconds), pickup=s.max_polling_interval, call_time=call_time,
@@ -124,8 +125,10 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
         customer, correlation, dry_run, requested_at = readable_fields(body)
         req = _Request("poll_orders", invocation_id, correlation or exc.correlation_id or derived_correlation_id(str(msg.id or "")),
                        customer, requested_at or msg.insertion_time or now, bool(dry_run))
-        finish = core.unreadable_poll(exc.reason, customer_id=customer, correlation_id=correlation, dry_run=dry_run)
-        _publish(deps, req, finish, original=body)
+        _logger(req).warning("could not read a poll message (message %s, delivery %s): %s", msg.id, msg.dequeue_count, exc.reason)
+        start = core.unreadable_poll(exc.reason, customer_id=customer, correlation_id=correlation, dry_run=dry_run,
+                                     requested_at=req.requested_at, now=now, policy=deps.policy)
+        _run(deps, req, start, original=body)
         return
     req = _Request("poll_orders", invocation_id, poll.correlation_id, poll.customer_id, poll.requested_at, poll.dry_run)
     _logger(req).info("poll hop %d, stage %s (message %s, delivery %s): %d order(s) known", poll.attempt + 1, poll.stage,
@@ -177,7 +180,8 @@ def _execute(deps: Deps, req: _Request, chain: PollMessage, call: core.Call, bud
 
 
 def _kind(exc: PartnerCenterError) -> core.FailureKind:
-    for error_type, kind in ((ThrottledError, core.FailureKind.THROTTLED), (TransientError, core.FailureKind.TRANSIENT),
+    for error_type, kind in ((ThrottledError, core.FailureKind.THROTTLED), (OutOfTimeError, core.FailureKind.OUT_OF_TIME),
+                             (TransientError, core.FailureKind.TRANSIENT),
                              (AuthenticationError, core.FailureKind.AUTH), (NotFoundError, core.FailureKind.NOT_FOUND),
                              (ConflictError, core.FailureKind.CONFLICT)):
         if isinstance(exc, error_type):

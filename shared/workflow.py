@@ -51,8 +51,10 @@ CANCELLING = frozenset({"pending"})
 #: How far in the future a poll message's times may lie (clock skew between instances) before it is unreadable.
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_DELAY = 7 * 24 * 3600 - 1
-#: After the hard end, a failed last look is tried this many more times, POLL_INTERVAL_SECONDS apart, then it ends.
+#: After the hard end, a failed last look is tried this many more times, POLL_INTERVAL_SECONDS apart (at most ...
 LAST_TRIES = 3
+#: ... at most this far apart, so that they fit into the bound whatever POLL_INTERVAL_SECONDS is.
+LAST_LOOK_SECONDS = 60
 
 
 class Outcome(str, Enum):
@@ -85,6 +87,7 @@ class Poison(Enum):
 class Entry(Enum):
     REQUEST = "request"  # delete_customer, the request's first delivery: the request's own first look
     POLL = "poll"  # poll_orders
+    UNREADABLE = "unreadable"  # poll_orders, a poll message it cannot trust: one look at the customer, then the end
 
 
 class Mode(Enum):
@@ -100,6 +103,7 @@ class FailureKind(Enum):
     CONFLICT = "conflict"  # 409
     REFUSED = "refused"  # any other 4xx: Partner Center's considered refusal
     UNSAFE = "unsafe"  # a value was not the documented shape: nothing was sent
+    OUT_OF_TIME = "out_of_time"  # the invocation's work time ran out inside a logical call (a further page, a renewal)
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,7 @@ def milestones(chain: PollMessage, policy: Policy) -> tuple[datetime, datetime, 
     # The final check gets a few attempts at the longest back-off, and the chain still ends within the documented
     # bound: POLL_TIMEOUT_SECONDS + max(POLL_MAX_INTERVAL_SECONDS, 900 s), counting one pickup and one call.
     one_hop = policy.pickup + policy.hop_work + policy.call_time  # picked up late, all its work time, one more call
-    reserve = one_hop + LAST_TRIES * (policy.interval + one_hop)
+    reserve = one_hop + LAST_TRIES * (_last_look_delay(policy) + one_hop)
     window = min(policy.final_window - reserve, policy.settle + max(2 * policy.max_interval, 30))
     hard = normal_cut + timedelta(seconds=max(window, policy.settle + 1))
     return cut, final, hard
@@ -286,13 +290,22 @@ def reject_invalid_request(reason: str) -> Finish:
     return Finish(Outcome.REJECTED, f"invalid deletion request: {reason}; nothing was sent to Partner Center", poison=Poison.ORIGINAL)
 
 
-def unreadable_poll(reason: str, *, customer_id: str | None, correlation_id: str | None, dry_run: bool | None) -> Finish:
-    """A poll message this release cannot read: ``failed`` (a redrive is possible), never ``rejected``."""
-    redrivable = customer_id is not None and correlation_id is not None and dry_run is not None
-    where = ("an equivalent request waits in the request poison queue for a redrive" if redrivable
-             else "the message waits in the poll poison queue as it was")
-    return Finish(Outcome.FAILED, f"could not read a poll message ({reason}); {where}",
-                  poison=Poison.EQUIVALENT if redrivable else Poison.POLL_ORIGINAL)
+def unreadable_poll(reason: str, *, customer_id: str | None, correlation_id: str | None, dry_run: bool | None,
+                    requested_at: datetime, now: datetime, policy: Policy) -> Hop | Finish:
+    """A poll message this release cannot read: ``failed`` (a redrive is possible), never ``rejected``.
+
+    Like every path that gives up, it first looks whether the customer is already gone (a sibling chain may have
+    deleted it), when the customer can be read exactly and is not protected.
+    """
+    text = f"could not read a poll message ({reason})"
+    if customer_id is None or correlation_id is None or dry_run is None:
+        return Finish(Outcome.FAILED, f"{text}; it waits in the poll poison queue as it was", poison=Poison.POLL_ORIGINAL)
+    if customer_id in policy.protected:
+        return Finish(Outcome.FAILED, f"{text}; the customer is protected, so nothing was called; an equivalent request "
+                      "waits in the request poison queue", poison=Poison.EQUIVALENT)
+    chain = PollMessage(customer_id, correlation_id, (), 0, min(requested_at, now), now, stage="discover", dry_run=dry_run)
+    return Hop(chain, Entry.UNREADABLE, Mode.FINAL, (), {},
+               gone_check=f"{text}; an equivalent request waits in the request poison queue for a redrive")
 
 
 def _protected() -> Finish:
@@ -321,15 +334,15 @@ def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Poli
         return Finish(Outcome.REJECTED, "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; no call was made",
                       chain.orders, chain.attempt)
     if chain.first_handled_at > now + CLOCK_SKEW or chain.requested_at > chain.first_handled_at + CLOCK_SKEW:
-        return Finish(Outcome.FAILED, "could not read a poll message (its times lie in the future); an equivalent request "
-                      "waits in the request poison queue for a redrive", chain.orders, chain.attempt, Poison.EQUIVALENT)
+        return unreadable_poll("its times lie in the future", customer_id=chain.customer_id, correlation_id=chain.correlation_id,
+                               dry_run=chain.dry_run, requested_at=chain.requested_at, now=now, policy=policy)
     cut, final, hard = milestones(chain, policy)
     if delivery > 1:
         if now >= hard:
             if chain.last_looks >= LAST_TRIES:  # every last look died or failed: end here, without another call
                 hop = Hop(chain, Entry.POLL, Mode.FINAL, tuple(o.id for o in chain.orders), {o.id: o.status for o in chain.orders})
                 return _timed_out(hop, policy, unchecked=True)
-            return Continue(replace(chain, recoveries=chain.recoveries + 1, last_looks=chain.last_looks + 1), policy.interval,
+            return Continue(replace(chain, recoveries=chain.recoveries + 1, last_looks=chain.last_looks + 1), _last_look_delay(policy),
                             "the last look died with its invocation: handed over for another")
         nxt = replace(chain, recoveries=chain.recoveries + 1, cause=chain.cause or Cause.RECOVERY.value)
         return Continue(nxt, _recovery_delay(nxt, now, policy),
@@ -352,8 +365,10 @@ def step(hop: Hop, observation: Observation | None, *, now: datetime, elapsed: f
         if observation is None:
             raise ValueError(f"{hop.pending.describe()} is pending: an observation is required")
         hop, decided = _absorb(replace(hop, pending=None), hop.pending, observation, now, policy)
-        if decided is not None:
-            return _issue(hop, decided)
+        if isinstance(decided, (Continue, Finish)):
+            return hop, decided
+        if decided is not None:  # a gone check: it obeys the work budget like any other call
+            return _issue(hop, _out_of_time(hop, now, elapsed, policy) or decided)
     return _issue(hop, _decide(hop, now, elapsed, policy))
 
 
@@ -388,8 +403,11 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
         return hop, None
     if isinstance(call, CancelOrder):
         status = normalise_status(obs.body.get("status") if isinstance(obs.body, dict) else None)
-        hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id),  # stale now
-                      hints={**hop.hints, call.order_id: "pending" if status == "unknown" else status})
+        # The read before the PATCH is stale now. The answer is no proof, and the hint written to the poll message
+        # must not say "cancelled" either: the previous release trusts hints (README, "Mixed versions").
+        hint = "pending" if status == "unknown" or is_cancelled(status) else status
+        hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id),
+                      hints={**hop.hints, call.order_id: hint})
         if not is_cancelled(status):
             hop = replace(hop, busy=hop.busy | {call.order_id})  # evidence that it is open; "cancelled" is no proof
         return hop, None
@@ -403,6 +421,10 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     kind = f.kind
     if kind is FailureKind.UNSAFE:
         return hop, _fail(hop, f.text())
+    if hop.entry is Entry.UNREADABLE:  # one look only: gone, or the failure stands (said to be unchecked)
+        return hop, (_gone(hop, f) if kind is FailureKind.NOT_FOUND else _fail(hop, hop.gone_check or "", checked=False))
+    if kind is FailureKind.OUT_OF_TIME:
+        return hop, _no_time_left(hop, now, policy)
     if _past_hard_end(hop, now, policy) and not (kind is FailureKind.NOT_FOUND or kind is FailureKind.REFUSED):
         return hop, _last_look_failed(hop, policy, f.text())
     if kind is FailureKind.THROTTLED:
@@ -449,7 +471,11 @@ def _last_look_failed(hop: Hop, policy: Policy, why: str) -> Command:
     if hop.chain.last_looks >= LAST_TRIES:
         return _timed_out(hop, policy, unchecked=True)
     message = replace(hop.chain, last_looks=hop.chain.last_looks + 1)  # cause and orders stay as they were
-    return Continue(message, policy.interval, f"the last look failed ({why}): trying again")
+    return Continue(message, _last_look_delay(policy), f"the last look failed ({why}): trying again")
+
+
+def _last_look_delay(policy: Policy) -> int:
+    return min(policy.interval, LAST_LOOK_SECONDS)
 
 
 def _busy(hop: Hop, order_id: str) -> Hop:
@@ -474,19 +500,30 @@ def _decide(hop: Hop, now: datetime, elapsed: float, policy: Policy) -> Command:
     if isinstance(call, DeleteCustomer) and now >= milestones(hop.chain, policy)[0]:
         return _continue(hop, now, policy, Cause.OPEN, "", want=0,
                          why="every order reads cancelled, but the DELETE cut-off has passed: waiting for the final check")
-    if elapsed >= policy.hop_work:
-        if _past_hard_end(hop, now, policy):
-            return _last_look_failed(hop, policy, f"the final reads did not fit into {policy.hop_work:g}s")
-        # Soon, but not in a tight loop when the work never fits (1 s, 2 s, 4 s ... up to POLL_INTERVAL_SECONDS).
-        want = min(policy.interval, 2 ** min(hop.chain.setbacks, 20))
-        return _continue(hop, now, policy, Cause.OUT_OF_TIME, "", want=want,
-                         why=f"this invocation used its {policy.hop_work:g}s of work: the rest continues on the next hop")
-    return call
+    return _out_of_time(hop, now, elapsed, policy) or call
+
+
+def _out_of_time(hop: Hop, now: datetime, elapsed: float, policy: Policy) -> Command | None:
+    """No call starts after the invocation's work time: the rest continues on the next hop."""
+    return _no_time_left(hop, now, policy) if elapsed >= policy.hop_work else None
+
+
+def _no_time_left(hop: Hop, now: datetime, policy: Policy) -> Command:
+    if hop.entry is Entry.UNREADABLE:
+        return _fail(hop, hop.gone_check or "", checked=False)
+    if _past_hard_end(hop, now, policy):
+        return _last_look_failed(hop, policy, f"the final reads did not fit into {policy.hop_work:g}s")
+    # Soon, but not in a tight loop when the work never fits (1 s, 2 s, 4 s ... up to POLL_INTERVAL_SECONDS).
+    want = min(policy.interval, 2 ** min(hop.chain.setbacks, 20))
+    return _continue(hop, now, policy, Cause.OUT_OF_TIME, "", want=want,
+                     why=f"this invocation used its {policy.hop_work:g}s of work: the rest continues on the next hop")
 
 
 def _next_call(hop: Hop) -> Call | None:
     """What to read or change next, or ``None`` when this hop's reads are done."""
     chain = hop.chain
+    if hop.entry is Entry.UNREADABLE:
+        return GetCustomer()  # the gone check; its answer ends the hop
     if not hop.looked and (chain.stage == "discover" or hop.mode is not Mode.NORMAL):
         return GetCustomer()
     for order_id in hop.refused:  # a refused cancel: read the order before deciding
@@ -560,23 +597,24 @@ def _continue(hop: Hop, now: datetime, policy: Policy, cause: Cause | None, deta
 
 def _wait(hop: Hop, now: datetime, policy: Policy, cause: Cause, detail: str, *, retry_after: float | None = None) -> Continue:
     """Throttled, an outage, a refused DELETE: continue later, with a delay that grows while nothing progresses."""
-    if cause is Cause.THROTTLED:
+    if cause is Cause.THROTTLED:  # at least Retry-After (1-900 s), spread up to half again, never beyond 900 s
         wait = policy.interval if retry_after is None or not math.isfinite(retry_after) else min(policy.retry_after_max, max(1.0, retry_after))
-        want = wait + _spread(hop.chain, wait)
+        want = min(float(max(wait, policy.retry_after_max)), wait + _spread(hop.chain, wait))
         why = f"throttled by Partner Center ({detail})"
     elif cause is Cause.DELETE_REFUSED:
         want = poll_delay(hop.chain.attempt + 1, policy)
         why = f"Partner Center refused the DELETE ({detail}): reading everything again on the next hop"
     else:
+        # Doubling from POLL_INTERVAL_SECONDS up to POLL_MAX_INTERVAL_SECONDS, spread down to half of that.
         wait = min(policy.max_interval, policy.interval * 2 ** min(hop.chain.setbacks, 20))
-        want = wait + _spread(hop.chain, wait)
+        want = max(1.0, wait - _spread(hop.chain, wait))
         why = f"Partner Center unavailable ({detail})"
     return _continue(hop, now, policy, cause, detail, want=want, why=why)
 
 
 def _spread(chain: PollMessage, wait: float) -> float:
-    """Up to half of ``wait`` more, different for each request and hop: requests throttled (or failed) together must
-    not all come back in the same second and use up the next rate-limit window together. Derived from the request's
+    """Up to half of ``wait``, different for each request and hop: requests throttled (or failed) together must not
+    all come back in the same second and use up the next rate-limit window together. Derived from the request's
     identity, not from a random generator, so the core stays a pure function."""
     digest = hashlib.sha256(f"{chain.correlation_id}|{chain.attempt}|{chain.setbacks}".encode()).digest()
     return wait / 2 * int.from_bytes(digest[:4], "big") / 2**32
@@ -610,12 +648,13 @@ def _seconds(delta: timedelta) -> int:
 
 
 def _finish(hop: Hop, outcome: Outcome, detail: str, poison: Poison = Poison.NONE) -> Finish:
-    attempts = hop.chain.attempt + (1 if hop.entry is Entry.POLL else 0)
+    attempts = hop.chain.attempt + (1 if hop.entry is not Entry.REQUEST else 0)
     return Finish(outcome, detail, hop.current_orders(), attempts, poison)
 
 
-def _fail(hop: Hop, text: str) -> Finish:
-    return _finish(hop, Outcome.FAILED, text, Poison.EQUIVALENT)
+def _fail(hop: Hop, text: str, *, checked: bool = True) -> Finish:
+    suffix = "" if checked else " (whether the customer is already gone could not be checked)"
+    return _finish(hop, Outcome.FAILED, text + suffix, Poison.EQUIVALENT)
 
 
 def _gone(hop: Hop, failure: Failure) -> Finish:
@@ -640,29 +679,35 @@ def _gone(hop: Hop, failure: Failure) -> Finish:
 
 
 def _timed_out(hop: Hop, policy: Policy, *, unchecked: bool = False) -> Finish:
+    """``timed_out``, naming the cause: what this hop read, when it read; otherwise why the last hops could not."""
     chain = hop.chain
     head = f"not finished by POLL_TIMEOUT_SECONDS ({policy.timeout}s after the request was first handled)"
-    open_ = [o.id for o in hop.current_orders() if not is_cancelled(o.status)]
-    if not hop.order_ids and chain.stage == "discover" and not hop.listed:
-        orders = "its orders were never listed"
-    elif open_:
-        orders = f"orders not seen cancelled: {', '.join(open_)}"
-    else:
-        orders = "every order known was last seen cancelled"
     if chain.dry_run:
         return _finish(hop, Outcome.TIMED_OUT, f"{head}: the dry run could not finish its reads; nothing was changed", Poison.EQUIVALENT)
-    cause = chain.cause
-    reason = {
-        Cause.OPEN.value: "orders still open" if open_ else "the orders turned cancelled too late for a DELETE before the cut-off",
-        Cause.THROTTLED.value: f"Partner Center kept throttling ({chain.cause_detail})",
-        Cause.OUTAGE.value: f"Partner Center was unavailable ({chain.cause_detail})",
-        Cause.DELETE_REFUSED.value: f"Partner Center refused the DELETE ({chain.cause_detail})",
-        Cause.OUT_OF_TIME.value: "the confirming reads did not fit into one invocation's work budget",
-        Cause.RECOVERY.value: "invocations kept dying (host restarts)",
-    }.get(cause or "", "orders still open" if chain.stage == "poll" else "the customer's orders could not be read")
+    open_now = hop.open_orders
+    read_everything = hop.listed and all(o in hop.fresh for o in hop.order_ids)
+    if open_now:
+        reason = f"orders still open: {', '.join(open_now)}"
+    elif read_everything and chain.cause == Cause.DELETE_REFUSED.value:
+        reason = f"every order reads cancelled, but Partner Center refused the DELETE ({chain.cause_detail})"
+    elif read_everything:
+        reason = "every order reads cancelled now, but they turned cancelled too late for a DELETE before the cut-off"
+    else:
+        last_seen_open = [o.id for o in hop.current_orders() if not is_cancelled(o.status)]
+        orders = (f"orders last seen open: {', '.join(last_seen_open)}" if last_seen_open else
+                  "its orders were never listed" if chain.stage == "discover" and not hop.order_ids else "every order known was last seen cancelled")
+        why = {
+            Cause.THROTTLED.value: f"Partner Center kept throttling ({chain.cause_detail})",
+            Cause.OUTAGE.value: f"Partner Center was unavailable ({chain.cause_detail})",
+            Cause.DELETE_REFUSED.value: f"Partner Center refused the DELETE ({chain.cause_detail})",
+            Cause.OUT_OF_TIME.value: "the confirming reads did not fit into one invocation's work budget",
+            Cause.RECOVERY.value: "invocations kept dying (host restarts)",
+            Cause.OPEN.value: "orders still open",
+        }.get(chain.cause or "", "the reads could not be finished")
+        reason = f"{why}; {orders}"
     if unchecked:
         reason += "; the customer could not be checked at the end either"
-    return _finish(hop, Outcome.TIMED_OUT, f"{head}: {reason}; {orders}; no DELETE was sent", Poison.EQUIVALENT)
+    return _finish(hop, Outcome.TIMED_OUT, f"{head}: {reason}; no DELETE was sent", Poison.EQUIVALENT)
 
 
 def _fmt(seconds: float | None) -> str:

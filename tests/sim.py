@@ -3,8 +3,8 @@ Functions host, in memory, on a simulated clock, with a crash possible at every 
 
 * ``SimPartnerCenter`` implements ``shared.ports.PartnerCenterPort``: orders that cancel some time after their PATCH,
   refusals (900117, a second cancel 800061), PATCH answers that say ``cancelled`` too early, new purchases, orders
-  that fall back, hidden orders that block DELETE, and global fault windows (throttling, outages, lost answers, slow
-  calls). It records every call with the invocation that made it.
+  that fall back or vanish, hidden orders that block DELETE, and global fault windows (throttling, outages, lost
+  answers, slow calls, 409 on orders, 401). It records every call with the invocation that made it.
 * ``SimQueues`` holds messages with visibility, dequeue counts and leases; ``SimHost`` delivers them as the queue
   extension does (success: delete; an exception: visible again after ``visibilityTimeout``; a crash: after the lease;
   ``maxDequeueCount`` reached: to ``<queue>-poison``).
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from shared.errors import NotFoundError, RefusedError, ThrottledError, TransientError
+from shared.errors import AuthenticationError, ConflictError, NotFoundError, RefusedError, ThrottledError, TransientError
 from tests.fakes import queue_message
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -74,7 +74,7 @@ class SimCustomer:
 
 @dataclass
 class Window:
-    kind: str  # throttle | outage | lost | slow
+    kind: str  # throttle | outage | lost | slow | busy (409 on orders) | unauthorised (401 with a fresh credential)
     start: float
     end: float
     retry_after: float | None = None
@@ -128,8 +128,12 @@ class SimPartnerCenter:
                 raise ThrottledError(429, "429", "Rate limit is exceeded.", retry_after=window.retry_after, method="GET", path=name)
             if window and window.kind == "outage":
                 raise TransientError(503, "800003", "Unexpected service error", method="GET", path=name)
+            if window and window.kind == "busy" and oid in self.customers.get(cid, SimCustomer()).orders:
+                raise ConflictError(409, "800060", "Your order is in progress.", method="PATCH", path=name)
+            if window and window.kind == "unauthorised":
+                raise AuthenticationError(401, "800001", "Partner Token missing in request context", method="GET", path=name)
             answer = effect()
-        except (ThrottledError, TransientError, RefusedError) as exc:
+        except (ThrottledError, TransientError, RefusedError, ConflictError, AuthenticationError) as exc:
             self.log.append(CallRecord(self.invocation, name, cid, oid, self.clock.t, type(exc).__name__))
             raise
         lost = bool(window and window.kind == "lost" and name in ("cancel_order", "delete_customer"))

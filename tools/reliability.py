@@ -36,6 +36,9 @@ from tools.fault_proxy import start_fault_proxy
 from tools.local_host.host import decode_base64_strict
 
 STATE = devenv.ROOT / ".local" / "reliability"
+#: POLL_MAX_INTERVAL_SECONDS of the run. Above INVOCATION_WORK_SECONDS + maxPollingInterval, so that an order read
+#: cancelled this long before the deadline always leaves a hop that can confirm it (the "could have been deleted" gate).
+POLL_MAX = 20
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                       {"kind": "drop", "path": ".*", "share": 1.0, "from": outage[0], "until": outage[1]}] + faults
         pc.faults(faults)
         settings = {"AzureWebJobsStorage": proxy.connection_string() if proxy else storage, **devenv.unique_queues("r"), **pc.app_settings(),
-                    "POLL_INTERVAL_SECONDS": "2", "POLL_MAX_INTERVAL_SECONDS": "10", "POLL_TIMEOUT_SECONDS": str(profile.poll_timeout),
+                    "POLL_INTERVAL_SECONDS": "2", "POLL_MAX_INTERVAL_SECONDS": str(POLL_MAX), "POLL_TIMEOUT_SECONDS": str(profile.poll_timeout),
                     "PARTNER_CENTER_TIMEOUT_SECONDS": "2", "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4", "INVOCATION_WORK_SECONDS": "10",
                     "PROTECTED_CUSTOMER_IDS": protected["id"],
                     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
@@ -207,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             if settled == len(requests):
                 break
             time.sleep(2)
+        # Keep the hosts running until the poll queue is empty: forked chains and repeated outcomes land late.
+        drained = time.monotonic() + 600
+        while queues.count(poll_q) and time.monotonic() < drained:
+            time.sleep(2)
         for killer in killers:
             killer.finish()
-        time.sleep(10)  # let stragglers (forked chains, repeated outcomes) land
+        time.sleep(5)
         for host in [k.host for k in killers] + steady_hosts:
             host.stop()
         reader.poll()
@@ -298,7 +305,7 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
     exactly_one = sum(1 for corr in requests if len(per_corr.get(corr, [])) == 1)
     more_than_one = sum(1 for corr in requests if len(per_corr.get(corr, [])) > 1)
     inconsistent = [corr for corr in requests if len({e["outcome"] for e in per_corr.get(corr, [])}) > 1]
-    lost = [corr for corr in requests if corr not in per_corr and corr not in poisoned]
+    lost = [corr for corr in requests if corr not in per_corr]  # every request must end in an outcome event, poisoned or not
     poison_reasons = Counter()
     for corr in poisoned:
         detail = (per_corr.get(corr) or [{"detail": "no outcome event"}])[0]["detail"]
@@ -307,14 +314,13 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
     api_calls = [r for r in log if r["path"].startswith("/v1/")]
     deleted = state["deleted"]
     all_customers = {**state.get("deletedCustomers", {}), **state["customers"]}
-    poll_max = 10.0
     missed = []
     for corr, sent in requests.items():
         outcome = (per_corr.get(corr) or [{}])[0].get("outcome")
         if sent["kind"] != "valid" or outcome not in ("failed", "timed_out"):
             continue
         deadline = sent["sent"] + profile.poll_timeout  # the earliest it can be: the request was first handled after it was sent
-        if could_have_been_deleted(all_customers.get(sent["customer"]), deadline, poll_max, outage):
+        if could_have_been_deleted(all_customers.get(sent["customer"]), deadline, POLL_MAX, outage):
             missed.append(corr)
     customer_ids = {c["id"] for c in customers}
     return {
@@ -327,7 +333,7 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
         "resurrected": len(set(deleted) & set(state["customers"])),
         "protected_touched": sum(1 for r in log if protected["id"] in r["path"]),
         "lost": len(lost), "lost_ids": lost[:10], "poisoned": len(poisoned), "poison_reasons": dict(poison_reasons),
-        "poll_poison": queues.count(poll_q + "-poison"),
+        "poll_poison": queues.count(poll_q + "-poison"), "left_on_the_poll_queue": queues.count(poll_q),
         "api_calls": len(api_calls), "api_calls_per_deletion": round(len(api_calls) / max(1, len(deleted)), 1),
         "throttled_429": sum(1 for r in api_calls if r["status"] == 429), "injected_5xx": sum(1 for r in api_calls if r["status"] in (500, 503)),
         "dropped": sum(1 for r in api_calls if r["status"] == "dropped"), "host_kills": kills, "hosts": profile.hosts,
@@ -381,7 +387,8 @@ def table(r: dict) -> str:
         ("DELETEs sent while an order was open", r["deletes_while_open"]),
         ("customers deleted twice / resurrected", f"{r['deleted_twice']} / {r['resurrected']}"),
         ("protected customer: Partner Center calls", r["protected_touched"]),
-        ("requests lost (neither outcome nor poison)", r["lost"]),
+        ("requests lost (no outcome event)", r["lost"]),
+        ("poll messages left at the end / in the poll poison queue", f"{r['left_on_the_poll_queue']} / {r['poll_poison']}"),
         ("requests waiting in poison (reasons)", f"{r['poisoned']} (" + "; ".join(f"{v}x {k}" for k, v in sorted(r["poison_reasons"].items())) + ")"),
         ("Partner Center calls (per deletion)", f"{r['api_calls']} ({r['api_calls_per_deletion']})"),
         ("429 / injected 5xx / dropped connections", f"{r['throttled_429']} / {r['injected_5xx']} / {r['dropped']}"),

@@ -25,7 +25,7 @@ def test_defaults(tmp_path):
     assert s.scope == "https://api.partnercenter.microsoft.com/.default"
     assert (s.poll_interval, s.poll_max_interval, s.poll_timeout) == (30, 600, 21600)
     assert s.protected_ids == frozenset()
-    assert s.max_dequeue_count == 5
+    assert (s.retry_budget, s.work_seconds, s.read_timeout, s.notes) == (4, 10, 30, ())
     assert "a2V5" not in repr(s) and "a2V5" not in repr(s.storage)
 
 
@@ -80,12 +80,27 @@ def test_poll_bounds(tmp_path):
         settings(tmp_path, POLL_MAX_INTERVAL_SECONDS=str(7 * 24 * 3600))
 
 
-def test_max_dequeue_count_from_host_json_and_override(tmp_path):
-    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"queues": {"MaxDequeueCount": 3}}}))
-    assert settings(tmp_path).max_dequeue_count == 3
-    assert settings(tmp_path, AzureFunctionsJobHost__extensions__queues__maxDequeueCount="7").max_dequeue_count == 7
-    with pytest.raises(ConfigurationError, match="maxDequeueCount"):
-        settings(tmp_path, AzureFunctionsJobHost__extensions__queues__maxDequeueCount="0")
+def test_max_polling_interval_from_host_json_and_override(tmp_path):
+    assert settings(tmp_path).max_polling_interval == 60  # no host.json: the host's default, one minute
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"queues": {"MaxPollingInterval": "00:00:10"}}}))
+    assert settings(tmp_path).max_polling_interval == 10
+    assert settings(tmp_path, AzureFunctionsJobHost__extensions__queues__maxPollingInterval="00:00:00.500").max_polling_interval == 0.5
+    with pytest.raises(ConfigurationError, match="maxPollingInterval"):
+        settings(tmp_path, AzureFunctionsJobHost__extensions__queues__maxPollingInterval="2 seconds")
+
+
+def test_a_retry_budget_of_the_previous_release_still_starts_at_the_new_maximum(tmp_path):
+    s = settings(tmp_path, PARTNER_CENTER_RETRY_BUDGET_SECONDS="60")  # the previous release's default (per call)
+    assert s.retry_budget == 30 and "used as 30" in s.notes[0]
+    assert settings(tmp_path, PARTNER_CENTER_RETRY_BUDGET_SECONDS="0").retry_budget == 0
+    with pytest.raises(ConfigurationError, match="PARTNER_CENTER_RETRY_BUDGET_SECONDS"):
+        settings(tmp_path, PARTNER_CENTER_RETRY_BUDGET_SECONDS="3601")
+
+
+def test_poll_timeout_has_an_upper_bound(tmp_path):
+    assert settings(tmp_path, POLL_TIMEOUT_SECONDS=str(30 * 24 * 3600)).poll_timeout == 30 * 24 * 3600
+    with pytest.raises(ConfigurationError, match="POLL_TIMEOUT_SECONDS"):
+        settings(tmp_path, POLL_TIMEOUT_SECONDS="99999999999")
 
 
 def test_identity_based_storage(tmp_path):

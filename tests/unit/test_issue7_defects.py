@@ -155,7 +155,7 @@ def test_throttling_forever_ends_timed_out_by_the_deadline(world):
         pc.throttle_next = 60
 
     run_polls(deps, pub, clock, between=storm)
-    assert [o for o, _ in outcomes(pub)] == ["timed_out"]
+    assert [o for o, _ in outcomes(pub)] == ["timed_out"] and "kept throttling" in pub.json_on(OUT)[0]["detail"]
     assert clock.now - clock.start <= timedelta(seconds=3600 + 900)
 
 

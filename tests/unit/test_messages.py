@@ -182,3 +182,20 @@ def test_readable_fields_of_a_broken_poll_message():
     assert readable_fields(json.dumps({"customerTenantId": CUST.upper(), "correlationId": CORR, "dryRun": False, "x": 1})) == (CUST, CORR, False, None)
     assert readable_fields(json.dumps({"customerTenantId": "../x", "correlationId": 5, "dryRun": "no"})) == (None, None, None, None)
     assert readable_fields(b"\xff") == (None, None, None, None)
+
+
+def test_the_previous_release_parses_every_kind_of_poll_message_this_one_writes():
+    """Its own parser (tests/data/messages_eaf0670.py, verbatim) reads what this release writes, with the same meaning."""
+    from tests.data.messages_eaf0670 import parse_poll_message as previous_parser
+
+    written = [
+        PollMessage(CUST, CORR, (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),), 2, INSERTED, NOW, 1,
+                    delete_by=NOW, recoveries=1, setbacks=2, cause="outage", cause_detail="x", last_looks=1),
+        PollMessage(CUST, CORR, (), 0, INSERTED, NOW, stage="discover", dry_run=True, customer_seen=True),
+        PollMessage(CUST, CORR, (), 3, INSERTED, NOW, stage="discover", cause="throttled", cause_detail="last Retry-After 60s"),
+    ]
+    for message in written:
+        old = previous_parser(message.to_text())
+        assert (old.customer_id, old.correlation_id, old.stage, old.dry_run, old.attempt, old.delete_refusals) == (
+            message.customer_id, message.correlation_id, message.stage, message.dry_run, message.attempt, message.delete_refusals)
+        assert [(o.id, o.status) for o in old.orders] == [(o.id, o.status) for o in message.orders]

@@ -68,7 +68,8 @@ class DeletionModel(RuleBasedStateMachine):
                             {REQ: lambda m, i: handle_deletion_request(m, i, self.deps), POLL: lambda m, i: handle_poll(m, i, self.deps)},
                             max_dequeue=MAX_DEQUEUE, visibility_timeout=VISIBILITY, lease=LEASE)
         self.requests: dict[str, dict] = {}  # request message id -> what was asked
-        self.changes: list[tuple[float, str]] = []  # (time, customer): a purchase, or an order falling back
+        self.changes: list[tuple[float, str, str]] = []  # (time, customer, kind): purchase, fallback, vanished
+        self.replayed: set[str] = set()  # correlation ids of which a stale poll message was replayed
         self.existed_at_request: dict[str, bool] = {}
         self.checked_deletes = 0
 
@@ -101,7 +102,7 @@ class DeletionModel(RuleBasedStateMachine):
         visible = self.queues.visible((REQ, POLL))
         msg = visible[data.draw(st.integers(0, len(visible) - 1), label="message")]
         # A message is not killed on every one of its deliveries: the host survives some (README: "Known limits").
-        crash_at = data.draw(st.none() | st.integers(0, 14), label="crash at boundary") if msg.crashes < MAX_DEQUEUE - 2 else None
+        crash_at = data.draw(st.none() | st.integers(0, 30), label="crash at boundary") if msg.crashes < MAX_DEQUEUE - 2 else None
         self.host.deliver(msg, crash_at)
 
     @rule(seconds=st.sampled_from([1, 5, 30, 60, 120, 600, 1800]))
@@ -113,7 +114,7 @@ class DeletionModel(RuleBasedStateMachine):
     def until_the_next_message(self):
         self.clock.t = max(self.clock.t, self.queues.next_visible_at((REQ, POLL)))
 
-    @rule(kind=st.sampled_from(["throttle", "outage", "lost", "slow"]), seconds=st.sampled_from([5, 60, 300, 900]),
+    @rule(kind=st.sampled_from(["throttle", "outage", "lost", "slow", "busy", "unauthorised"]), seconds=st.sampled_from([5, 60, 300, 900]),
           retry_after=st.none() | st.sampled_from([1.0, 30.0, 900.0]))
     def fault_window(self, kind, seconds, retry_after):
         self.pc.windows.append(Window(kind, self.clock.t, self.clock.t + seconds, retry_after))
@@ -124,7 +125,7 @@ class DeletionModel(RuleBasedStateMachine):
         if cid in self.pc.customers:
             customer = self.pc.customers[cid]
             customer.orders[f"n{len(customer.orders)}{which}".ljust(33, "y")] = replace(order[0], hidden=False)
-            self.changes.append((self.clock.t, cid))
+            self.changes.append((self.clock.t, cid, "purchase"))
 
     @rule(which=st.integers(0, 30))
     def an_order_falls_back(self, which):
@@ -132,13 +133,24 @@ class DeletionModel(RuleBasedStateMachine):
         if orders:
             cid, order = orders[which % len(orders)]
             order.status = "completed"
-            self.changes.append((self.clock.t, cid))
+            self.changes.append((self.clock.t, cid, "fallback"))
+
+    @rule(which=st.integers(0, 30))
+    def a_cancelled_order_vanishes(self, which):
+        """Whether Partner Center forgets cancelled orders is unconfirmed (reference section 11); it never forgets others."""
+        orders = [(cid, oid) for cid, c in self.pc.customers.items() if cid != PROTECTED for oid, o in c.orders.items() if o.status == "cancelled"]
+        if orders:
+            cid, oid = orders[which % len(orders)]
+            del self.pc.customers[cid].orders[oid]
+            self.changes.append((self.clock.t, cid, "vanished"))
 
     @rule(which=st.integers(0, 200))
     def a_stale_poll_message_is_replayed(self, which):
         polls = [body for q, _, body, _, _ in self.queues.sent if q == POLL]
         if polls:
-            self.queues.put(POLL, polls[which % len(polls)])
+            body = polls[which % len(polls)]
+            self.queues.put(POLL, body)
+            self.replayed.add(json.loads(body).get("correlationId", ""))
 
     @rule(which=st.integers(0, 9))
     def a_forged_poll_message_claims_everything_cancelled(self, which):
@@ -209,28 +221,34 @@ class DeletionModel(RuleBasedStateMachine):
 
         (1) A copy of the request (a redelivery, or a stale message) that could not reach Partner Center for its
             last looks says so in a `timed_out` ("the customer could not be checked") next to a sibling's `deleted`.
-        (2) The customer changed between two outcomes of this one (another request deleted it, a purchase landed, an
-            order fell back): a later copy (a redelivery, a stale message) reports the world it finds; it cannot know
-            an outcome was already written.
+        (2) The customer changed during the request's life (another request deleted it, a purchase landed, an order
+            fell back or vanished), and one of the outcomes came from a copy (a fork: a redelivery after the host
+            died past a put, or a stale message): it reports the world it finds; it cannot know an outcome was already
+            written. `failed` next to `deleted` is excused only when the customer (deleted by another request) or an
+            order the failure was about disappeared in between.
         (3) A customer that was not there (never existed, or already deleted by someone else): the first delivery wrote
             `not_found`, the host died in the instant before completing the message, and the redelivery, which cannot
             tell this from a first delivery whose own chain deleted the customer, reports `deleted`.
         """
         events = sorted(((at, e) for e, _, at in outcome_events(self.queues, OUT) if e["correlationId"] == correlation), key=lambda x: x[0])
         if outcomes == {"timed_out", "deleted"} and all("could not be checked" in e["detail"] for _, e in events if e["outcome"] == "timed_out"):
-            return True
+            return True  # (1)
         mine = [inv for inv in self.host.invocations
                 if correlation.encode() in inv.message.body or derived_correlation_id(inv.message.id) == correlation]
+        died_after_an_outcome = any(inv.crashed and ("after put to customer-deletion-outcomes" in inv.crashed or "after the function returned" in inv.crashed)
+                                    for inv in mine)
+        forked = any(inv.crashed and ("after put to" in inv.crashed or "after the function returned" in inv.crashed) for inv in mine)
+        a_copy = forked or correlation in self.replayed  # a fork (died after a put) or a stale message
         customer = events[0][1]["customerTenantId"]
+        # Copies of one request read the world at different times: a change anywhere in the request's life counts.
+        first, last = min([inv.started for inv in mine] + [events[0][0]]), events[-1][0]
         when, by = self.pc.deleted.get(customer, (None, None))
-        if by is not None and by not in {inv.id for inv in mine} and events[0][0] <= when <= events[-1][0]:
-            return True
-        if any(c == customer and events[0][0] <= t <= events[-1][0] for t, c in self.changes):
-            return True
-        crashed_after_an_outcome = any(inv.crashed and ("customer-deletion-outcomes" in inv.crashed or "after the function returned" in inv.crashed)
-                                       for inv in mine)
+        deleted_by_another = by is not None and by not in {inv.id for inv in mine} and first <= when <= last
+        kinds = {kind for t, c, kind in self.changes if c == customer and first <= t <= last} | ({"deleted"} if deleted_by_another else set())
+        if a_copy and kinds and (outcomes != {"failed", "deleted"} or kinds & {"deleted", "vanished"}):
+            return True  # (2): `failed` next to `deleted` only if the customer or a known order disappeared in between
         absent_at_first = customer not in self.pc.deleted or when <= events[0][0]  # never existed, or already deleted
-        return outcomes == {"not_found", "deleted"} and absent_at_first and crashed_after_an_outcome
+        return outcomes == {"not_found", "deleted"} and absent_at_first and died_after_an_outcome  # (3)
 
     def report_coverage(self) -> None:
         """What the history contained (hypothesis --hypothesis-show-statistics): the model is only as good as this."""
@@ -323,8 +341,8 @@ class DeletionModel(RuleBasedStateMachine):
             kinds = {e["outcome"] for e in matching}
             if asked["customer"] == PROTECTED:
                 assert kinds == {"rejected"}
-            if asked["dry_run"]:
-                assert kinds <= {"dry_run", "not_found", "timed_out", "rejected"}, kinds
+            if asked["dry_run"]:  # a dry run may fail (a refused read) but never deletes
+                assert kinds <= {"dry_run", "not_found", "timed_out", "rejected", "failed"}, kinds
             if "deleted" in kinds:
                 assert asked["customer"] not in self.pc.customers
             if "not_found" in kinds and not asked["dry_run"]:

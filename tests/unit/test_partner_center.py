@@ -6,7 +6,10 @@ import requests
 import responses
 from azure.core.credentials import AccessToken
 
-from shared.errors import AuthenticationError, ConflictError, NotFoundError, RefusedError, ThrottledError, TransientError, UnsafeIdError
+from shared.budget import Budget
+from shared.errors import (
+    AuthenticationError, ConflictError, NotFoundError, OutOfTimeError, RefusedError, ThrottledError, TransientError, UnsafeIdError,
+)
 from shared.partner_center import PartnerCenterClient, RetryPolicy
 
 BASE = "https://pc.test"
@@ -225,3 +228,49 @@ def test_401_renews_the_credential_once_then_raises(sleeps):
     with pytest.raises(AuthenticationError):
         client.get_customer(CUST, correlation_id=CORR)
     assert len(made) == 2
+
+
+class SlowClock:
+    """A budget clock that moves on by ``step`` seconds every time it is read."""
+
+    def __init__(self, step):
+        self.t, self.step = 0.0, step
+
+    def __call__(self):
+        self.t += self.step
+        return self.t
+
+
+@responses.activate
+def test_no_further_entitlements_page_after_the_work_time(client):
+    page = {"items": [{"referenceOrder": {"id": O1}}], "links": {"next": {"uri": f"/customers/{CUST}/entitlements?seekOperation=Next",
+                                                                         "headers": [{"key": "MS-ContinuationToken", "value": "t"}]}}}
+    responses.get(f"{BASE}/v1/customers/{CUST}/entitlements", body=body(page))
+    budget = Budget(work_seconds=10, wait_seconds=4, clock=SlowClock(11))  # by the next page, the work time is used up
+    with pytest.raises(OutOfTimeError):
+        client.list_entitlement_order_ids(CUST, correlation_id=CORR, budget=budget)
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_no_renewed_attempt_after_a_401_once_the_work_time_is_used(sleeps):
+    client = PartnerCenterClient(BASE, FakeCredential(), "s/.default", policy=RetryPolicy(max_attempts=2), sleep=sleeps.append,
+                                 credential_factory=FakeCredential)
+    responses.get(f"{BASE}/v1/customers/{CUST}", body=body({"code": 800001, "description": "Partner Token missing"}), status=401)
+    with pytest.raises(OutOfTimeError):
+        client.get_customer(CUST, correlation_id=CORR, budget=Budget(work_seconds=10, wait_seconds=4, clock=SlowClock(11)))
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_in_process_waits_of_one_invocation_share_one_allowance(sleeps, client):
+    url = f"{BASE}/v1/customers/{CUST}"
+    throttled = {"body": body({"statusCode": 429, "message": "x"}), "status": 429, "headers": {"Retry-After": "3"}}
+    budget = Budget(work_seconds=100, wait_seconds=4)
+    responses.get(url, **throttled)
+    responses.get(url, body=body({"id": CUST}))
+    client.get_customer(CUST, correlation_id=CORR, budget=budget)  # waits 3 s in-process
+    responses.get(url, **throttled)
+    with pytest.raises(ThrottledError):  # another 3 s would exceed the invocation's 4 s: handed over instead
+        client.get_customer(CUST, correlation_id=CORR, budget=budget)
+    assert sleeps == [3.0]

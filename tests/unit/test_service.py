@@ -1,6 +1,7 @@
 """The two use cases against in-memory fakes (no sockets): every request ends in exactly one outcome."""
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -260,12 +261,20 @@ def test_the_last_delivery_hands_over_instead_of_giving_up(world):
 
 def test_an_unreadable_poll_message_fails_with_a_redrivable_request(world):
     pc, pub, clock, deps = world
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
     body = json.dumps({"schemaVersion": 1, "kind": "poll", "customerTenantId": CUST, "correlationId": CORR, "dryRun": False, "orders": "x"})
     handle_poll(queue_message(body), "inv", deps)
     out = the_outcome(pub)
     assert out["outcome"] == "failed" and out["customerTenantId"] == CUST and out["correlationId"] == CORR
     assert json.loads(pub.on(POISON)[0][0]) == {"customerTenantId": CUST, "correlationId": CORR, "dryRun": False}
-    assert pc.calls == []
+    assert pc.calls == [("get_customer", CUST)]  # only the look whether the customer is already gone
+
+
+def test_an_unreadable_poll_message_of_a_customer_already_gone_is_deleted(world):
+    pc, pub, clock, deps = world
+    body = json.dumps({"schemaVersion": 1, "kind": "poll", "customerTenantId": CUST, "correlationId": CORR, "dryRun": False, "orders": "x"})
+    handle_poll(queue_message(body), "inv", deps)
+    assert the_outcome(pub)["outcome"] == "deleted" and pub.on(POISON) == []
 
 
 def test_a_poll_message_nothing_can_be_read_from_waits_in_the_poll_poison_queue(world):
@@ -348,3 +357,22 @@ def test_a_poll_hop_stops_reading_at_the_first_open_order(world):
     run_polls(deps, pub, clock, start=1)
     out = the_outcome(pub)
     assert out["outcome"] == "deleted" and pc.count("delete_customer") == 1
+
+
+def test_poll_messages_of_the_previous_release_are_run_and_never_trusted(world):
+    """Every poll message the previous release wrote (tests/data) runs in this one: it reads before any DELETE."""
+    pc, pub, clock, deps = world
+    recorded = json.loads((Path(__file__).parent.parent / "data" / "poll_messages_release_eaf0670.json").read_text())["messages"]
+    for item in recorded:
+        message = json.loads(item["message"])
+        customer = message["customerTenantId"]
+        still_open = {o["id"]: FakeOrder(status="pending", pending_reads=10**6) for o in message["orders"]}
+        pc.customers[customer] = FakeCustomer(still_open or {O1: FakeOrder(status="pending", pending_reads=10**6)})
+        clock.now = clock.start + timedelta(seconds=60)
+        pc.calls.clear()
+        before = len(pub.json_on(OUT))
+        handle_poll(queue_message(item["message"], id=f"old-{item['what']}"), "inv", deps)  # the fake fails on a premature DELETE
+        assert pc.count("delete_customer") == 0, item["what"]
+        assert pc.calls, f"{item['what']}: no read at all"
+        ended = [o["outcome"] for o in pub.json_on(OUT)[before:]]
+        assert ended in ([], ["dry_run"]), (item["what"], ended)  # open orders: the request goes on (a dry run reports)

@@ -208,13 +208,16 @@ def test_a_dry_run_finding_no_customer_later_is_not_found():
 ])
 def test_throttling_and_outages_continue_on_the_poll_queue(failure, delay, cause):
     calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): failure})
-    assert isinstance(last, Continue) and spread(last.delay, delay) and last.message.cause == cause
+    assert isinstance(last, Continue) and spread(last.delay, delay, cause) and last.message.cause == cause
     assert last.message.setbacks == 1 and last.message.attempt == 2
 
 
-def spread(delay, wait):
-    """Throttled and failed hops wait ``wait`` plus up to half of it again (see the next test)."""
-    return wait <= delay <= math.ceil(wait * 1.5)
+def spread(delay, wait, cause="throttled"):
+    """A throttled hop waits Retry-After plus up to half of it again, never beyond 900 s; an outage back-off is spread
+    down to half of itself, never beyond POLL_MAX_INTERVAL_SECONDS (see the next test)."""
+    if cause == "throttled":
+        return wait <= delay <= min(900, math.ceil(wait * 1.5))
+    return math.floor(wait / 2) <= delay <= wait
 
 
 def test_requests_throttled_together_come_back_spread_out():
@@ -230,7 +233,7 @@ def test_requests_throttled_together_come_back_spread_out():
 def test_outage_backoff_grows_while_nothing_progresses_and_resets_after():
     message = poll((A, "pending"), setbacks=3, cause="outage")
     _, last = drive(poll_hop(message), {GetOrder(A): OUTAGE})
-    assert spread(last.delay, min(POLICY.max_interval, POLICY.interval * 8)) and last.message.setbacks == 4
+    assert spread(last.delay, min(POLICY.max_interval, POLICY.interval * 8), "outage") and last.message.setbacks == 4
     _, last = drive(poll_hop(message), {GetOrder(A): order("pending")})
     assert last.message.setbacks == 0 and last.message.cause == "open"
 
@@ -293,9 +296,10 @@ def test_a_poll_message_for_a_protected_customer_is_rejected_with_zero_calls():
     assert isinstance(last, Finish) and last.outcome is Outcome.REJECTED
 
 
-def test_a_poll_message_from_the_future_is_unreadable():
-    last = poll_hop(replace(poll(), first_handled_at=T0 + timedelta(days=1)))
-    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and last.poison is Poison.EQUIVALENT
+def test_a_poll_message_from_the_future_is_unreadable_and_looks_once_before_failing():
+    calls, last = drive(poll_hop(replace(poll((A, "cancelled")), first_handled_at=T0 + timedelta(days=1))), {GetCustomer(): Answer({})})
+    assert calls == [GetCustomer()] and last.outcome is Outcome.FAILED and last.poison is Poison.EQUIVALENT
+    assert "times lie in the future" in last.detail
 
 
 def test_a_poll_message_cannot_move_its_cut_off_later():
@@ -303,11 +307,25 @@ def test_a_poll_message_cannot_move_its_cut_off_later():
     assert core.milestones(message, POLICY)[0] == CUT
 
 
-def test_unreadable_poll_messages_fail_and_are_redrivable_when_possible():
-    assert core.unreadable_poll("x", customer_id=CUST, correlation_id=CORR, dry_run=False).poison is Poison.EQUIVALENT
-    last = core.unreadable_poll("x", customer_id=None, correlation_id=CORR, dry_run=False)
-    assert last.outcome is Outcome.FAILED and last.poison is Poison.POLL_ORIGINAL
-    assert core.unreadable_poll("x", customer_id=CUST, correlation_id=CORR, dry_run=None).poison is Poison.POLL_ORIGINAL
+def unreadable(customer=CUST, correlation=CORR, dry_run=False):
+    return core.unreadable_poll("x", customer_id=customer, correlation_id=correlation, dry_run=dry_run, requested_at=T0, now=T0, policy=POLICY)
+
+
+@pytest.mark.parametrize("answer, outcome", [(Answer({}), Outcome.FAILED), (NOT_FOUND, Outcome.DELETED), (OUTAGE, Outcome.FAILED)])
+def test_an_unreadable_poll_message_looks_whether_the_customer_is_gone_then_fails(answer, outcome):
+    calls, last = drive(unreadable(), {GetCustomer(): answer})
+    assert calls == [GetCustomer()] and last.outcome is outcome
+    assert last.poison is (Poison.EQUIVALENT if outcome is Outcome.FAILED else Poison.NONE)
+    assert ("could not be checked" in last.detail) is (answer is OUTAGE)
+
+
+def test_unreadable_poll_messages_without_a_readable_request_wait_as_they_were_and_protection_wins():
+    for last in (unreadable(customer=None), unreadable(correlation=None), unreadable(dry_run=None)):
+        assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and last.poison is Poison.POLL_ORIGINAL
+    last = unreadable(customer=PROTECTED)
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and last.poison is Poison.EQUIVALENT
+    calls, last = drive(unreadable(dry_run=True), {GetCustomer(): NOT_FOUND})
+    assert last.outcome is Outcome.NOT_FOUND
 
 
 # -- the deadline ---------------------------------------------------------------------------------------------------
@@ -339,7 +357,7 @@ def test_the_final_check_classifies_from_fresh_reads():
     message = poll((A, "pending"), cause="open")
     calls, last = drive(poll_hop(message, now=FINAL), {GetCustomer(): Answer({}), GetOrder(A): order("pending"), ListEntitlements(): Answer([A])}, now=FINAL)
     assert calls == [GetCustomer(), GetOrder(A), ListEntitlements()] and DeleteCustomer() not in calls
-    assert last.outcome is Outcome.TIMED_OUT and A in last.detail and "orders still open" in last.detail
+    assert last.outcome is Outcome.TIMED_OUT and f"orders still open: {A}" in last.detail
     assert last.poison is Poison.EQUIVALENT
 
 
@@ -355,11 +373,26 @@ def test_the_final_check_finds_the_customer_gone():
     assert last.outcome is Outcome.DELETED
 
 
-@pytest.mark.parametrize("cause, words", [("throttled", "kept throttling"), ("outage", "unavailable"), ("delete_refused", "refused the DELETE")])
-def test_timed_out_names_its_cause(cause, words):
+@pytest.mark.parametrize("cause, status, words", [
+    ("delete_refused", "cancelled", "every order reads cancelled, but Partner Center refused the DELETE (last: something)"),
+    ("throttled", "cancelled", "turned cancelled too late"),
+    (None, "cancelled", "turned cancelled too late"),
+    ("throttled", "pending", f"orders still open: {A}"),  # what the final check read wins over an older cause
+])
+def test_timed_out_names_what_the_final_check_read(cause, status, words):
     message = poll((A, "cancelled"), cause=cause, cause_detail="last: something")
-    calls, last = drive(poll_hop(message, now=FINAL), {GetCustomer(): Answer({}), GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A])}, now=FINAL)
-    assert last.outcome is Outcome.TIMED_OUT and words in last.detail
+    calls, last = drive(poll_hop(message, now=FINAL), {GetCustomer(): Answer({}), GetOrder(A): order(status), ListEntitlements(): Answer([A])}, now=FINAL)
+    assert last.outcome is Outcome.TIMED_OUT and words in last.detail and "kept throttling" not in last.detail
+
+
+@pytest.mark.parametrize("cause, words", [("throttled", "kept throttling (last: something)"), ("outage", "unavailable (last: something)"),
+                                          ("delete_refused", "refused the DELETE (last: something)"), (None, "could not be finished")])
+def test_timed_out_names_the_recorded_cause_when_the_final_check_could_not_read(cause, words):
+    message = poll((A, "pending"), cause=cause, cause_detail="last: something")
+    for _ in range(core.LAST_TRIES + 1):
+        calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): Answer({}), GetOrder(A): OUTAGE}, now=HARD)
+        message = last.message if isinstance(last, Continue) else message
+    assert last.outcome is Outcome.TIMED_OUT and words in last.detail and f"orders last seen open: {A}" in last.detail
 
 
 def test_a_final_check_that_keeps_failing_ends_at_the_hard_end():
