@@ -28,7 +28,6 @@ import socket
 import ssl
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -626,6 +625,3 @@ class EmulatorServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:  # client went away: not our problem
         pass
 
-
-def new_request_id() -> str:
-    return str(uuid.uuid4())
