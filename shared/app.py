@@ -20,6 +20,7 @@ def _build() -> Deps:
     from azure.storage.queue import LinearRetry, QueueServiceClient
 
     from shared.auth import partner_center_credential, storage_credential
+    from shared.pacing import Pacer
     from shared.partner_center import PartnerCenterClient, RetryPolicy
     from shared.queues import QueuePublisher
 
@@ -34,7 +35,8 @@ def _build() -> Deps:
     policy = RetryPolicy(connect_timeout=float(CONNECT_TIMEOUT_SECONDS), read_timeout=float(settings.read_timeout),
                          max_total_seconds=float(settings.retry_budget))
     client = PartnerCenterClient(settings.base_url, partner_center_credential(settings), settings.scope, policy=policy,
-                                 credential_factory=lambda: partner_center_credential(settings))
+                                 credential_factory=lambda: partner_center_credential(settings),
+                                 pacer=Pacer(settings.calls_per_minute))
     log.info("customer deletion app configured: Partner Center %s, queues %s / %s / %s",
              settings.base_url, settings.delete_queue, settings.poll_queue, settings.outcomes_queue)
     for note in settings.notes:

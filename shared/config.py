@@ -44,6 +44,7 @@ DEFAULTS: dict[str, str] = {
     "PARTNER_CENTER_TIMEOUT_SECONDS": "30",
     "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4",
     "INVOCATION_WORK_SECONDS": "10",
+    "PARTNER_CENTER_CALLS_PER_MINUTE": "450",
 }
 
 #: Connect timeout of every Partner Center call (the read timeout is PARTNER_CENTER_TIMEOUT_SECONDS).
@@ -122,6 +123,7 @@ class Settings:
     retry_budget: int = 4  # seconds one invocation may wait in-process, in total
     work_seconds: int = 10  # no Partner Center call starts after this long in one invocation
     max_polling_interval: float = 60.0  # the host's maxPollingInterval: how late a due message may be picked up
+    calls_per_minute: int = 450  # the most Partner Center calls one worker process sends in any 60 s (shared.pacing)
     notes: tuple[str, ...] = ()  # settings that were accepted, but not as given: logged once at start
 
     @property
@@ -205,6 +207,8 @@ class Settings:
             retry_budget = MAX_RETRY_BUDGET_SECONDS
         work_seconds = _seconds("INVOCATION_WORK_SECONDS", get("INVOCATION_WORK_SECONDS"), problems, minimum=1, maximum=120)
         polling = host_max_polling_interval(app_root, env, problems)
+        calls_per_minute = _seconds("PARTNER_CENTER_CALLS_PER_MINUTE", get("PARTNER_CENTER_CALLS_PER_MINUTE"), problems,
+                                    minimum=1, maximum=100_000, unit="calls")
 
         if problems:
             raise ConfigurationError(problems)
@@ -228,6 +232,7 @@ class Settings:
             retry_budget=retry_budget,
             work_seconds=work_seconds,
             max_polling_interval=polling,
+            calls_per_minute=calls_per_minute,
             notes=tuple(notes),
         )
 
@@ -287,11 +292,12 @@ def _url(setting: str, value: str, problems: list[str], *, allow_loopback_http: 
     return value
 
 
-def _seconds(setting: str, value: str, problems: list[str], *, minimum: int, maximum: int | None = MAX_QUEUE_DELAY_SECONDS) -> int:
+def _seconds(setting: str, value: str, problems: list[str], *, minimum: int, maximum: int | None = MAX_QUEUE_DELAY_SECONDS,
+             unit: str = "seconds") -> int:
     try:
         seconds = int(value)
     except ValueError:
-        problems.append(f"{setting} must be a whole number of seconds (got {value!r})")
+        problems.append(f"{setting} must be a whole number of {unit} (got {value!r})")
         return 0
     if seconds < minimum or (maximum is not None and seconds > maximum):
         upper = f" and at most {maximum}" if maximum is not None else ""

@@ -87,7 +87,7 @@ class OrderState:
 class PollMessage:
     """The state of one request between two hops: everything the next hop knows, and nothing it may trust.
 
-    Fields after ``dry_run`` are the optional ones added by issue 7; an older message gets their defaults.
+    Fields after ``dry_run`` are optional (added by issues 7 and 8); an older message gets their defaults.
     """
 
     customer_id: str
@@ -106,6 +106,7 @@ class PollMessage:
     cause_detail: str | None = None  # Partner Center's words for it, when there are any
     customer_seen: bool = False  # a hop of this request saw the customer exist
     last_looks: int = 0  # failed looks at the customer after the hard end
+    cancel_sent_at: datetime | None = None  # when a hop last sent a cancel (issue 8): the poll delay grows from it
 
     def __post_init__(self) -> None:
         if self.stage == "poll" and not self.customer_seen:  # a poll stage was listed, so the customer was seen
@@ -132,6 +133,7 @@ class PollMessage:
                 "causeDetail": self.cause_detail,
                 "customerSeen": self.customer_seen,
                 "lastLooks": self.last_looks,
+                "cancelSentAt": iso(self.cancel_sent_at) if self.cancel_sent_at else None,
             },
             separators=(",", ":"),
         )
@@ -255,6 +257,8 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         first_handled_at = parse_iso(data["firstHandledAt"])
         raw_delete_by = _optional(data, "deleteBy", None)
         delete_by = None if raw_delete_by is None else parse_iso(raw_delete_by)
+        raw_cancel_sent = _optional(data, "cancelSentAt", None)
+        cancel_sent_at = None if raw_cancel_sent is None else parse_iso(raw_cancel_sent)
         stage = data.get("stage", "poll")
         dry_run = data.get("dryRun", False)
         if stage not in STAGES:
@@ -275,7 +279,7 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         raise InvalidMessageError("poll message lists an order twice", customer_id=customer_id, correlation_id=correlation_id)
     return PollMessage(customer_id, correlation_id, tuple(orders), counts["attempt"], requested_at, first_handled_at,
                        counts["deleteRefusals"], stage, dry_run, delete_by, counts["recoveries"], counts["setbacks"],
-                       cause, cause_detail, seen, counts["lastLooks"])
+                       cause, cause_detail, seen, counts["lastLooks"], cancel_sent_at)
 
 
 def _optional(data: dict, name: str, default: Any) -> Any:

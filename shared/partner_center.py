@@ -41,6 +41,7 @@ from shared.errors import (
     UnsafeIdError,
 )
 from shared.ids import is_guid, is_order_id
+from shared.pacing import Pacer
 
 __all__ = ["RetryPolicy", "TokenCredential", "PartnerCenterClient", "decode_body", "error_from_response", "parse_retry_after",
            "RETRY_AFTER_MIN", "RETRY_AFTER_MAX"]
@@ -169,6 +170,7 @@ class PartnerCenterClient:
         session_factory: Callable[[], requests.Session] = requests.Session,
         sleep: Callable[[float], None] = time.sleep,
         credential_factory: Callable[[], TokenCredential] | None = None,
+        pacer: Pacer | None = None,
     ):
         parts = urlsplit(base_url)
         if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(parts.hostname)):
@@ -184,6 +186,7 @@ class PartnerCenterClient:
         self._session_factory = session_factory
         self._sleep = sleep
         self._local = threading.local()
+        self._pacer = pacer
 
     # -- the calls -------------------------------------------------------------------------------------------
 
@@ -335,6 +338,12 @@ class PartnerCenterClient:
 
         def attempt() -> Any:
             try:
+                if self._pacer is not None:
+                    wait = self._pacer.acquire(budget)
+                    if wait is not None:  # no slot within this invocation's waiting allowance: continue later
+                        raise ThrottledError(None, None, f"paced: this instance has used its {self._pacer.per_minute} calls per "
+                                             f"minute (PARTNER_CENTER_CALLS_PER_MINUTE); the next slot frees in {wait:.1f}s",
+                                             method=method, path=path, retry_after=min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, wait)))
                 return self._attempt(method, path, request_id, correlation_id, json_body, extra)
             except (TransientError, ThrottledError) as exc:
                 last["exc"] = exc
@@ -385,7 +394,11 @@ class PartnerCenterClient:
                 raise TransientError(resp.status_code, None, "response body is not JSON", method=method, path=path) from exc
         if 300 <= resp.status_code < 400:
             raise RefusedError(resp.status_code, None, "unexpected redirect (not followed)", method=method, path=path)
-        raise error_from_response(resp, method, path)
+        error = error_from_response(resp, method, path)
+        if isinstance(error, ThrottledError) and self._pacer is not None:
+            # Honoured by every thread of the process, not only by this call's retry.
+            self._pacer.hold_off(error.retry_after if error.retry_after is not None else RETRY_AFTER_MIN)
+        raise error
 
 
 def _reference_order_ids(entitlement: dict) -> Iterator[Any]:

@@ -262,11 +262,23 @@ def needs_cancel(status: str) -> bool:
     return status != CANCELLED and status not in CANCELLING
 
 
-def poll_delay(attempt: int, policy: Policy) -> int:
-    """Delay before poll hop ``attempt + 1``: POLL_INTERVAL_SECONDS before the first, doubled per hop, capped."""
-    if attempt >= 32:
+#: The next poll waits this share of the time since the request's last cancel (see ``poll_delay``).
+POLL_BACKOFF_RATIO = 0.1
+
+
+def poll_delay(since_cancel: float, policy: Policy) -> int:
+    """Delay before the next poll of open orders: 10 % of the time since the request last sent a cancel (its first
+    handling when it sent none), at least POLL_INTERVAL_SECONDS and at most POLL_MAX_INTERVAL_SECONDS; whole seconds,
+    rounded down.
+
+    This bounds the DELETE lag: an order that turns cancelled ``c`` seconds after its cancel is read, at the latest,
+    ``max(POLL_INTERVAL_SECONDS, 0.1 * c)`` plus the host's pickup delay after it turned (the poll before it ran
+    at some ``t < c`` and waited ``poll_delay(t) <= max(POLL_INTERVAL_SECONDS, 0.1 * c)``), while the number of
+    polls grows with the logarithm of ``c``, not with ``c``. tests/unit/test_schedule.py proves it for every ``c``.
+    """
+    if not math.isfinite(since_cancel):
         return policy.max_interval
-    return min(policy.max_interval, policy.interval * (2 ** attempt))
+    return max(policy.interval, min(policy.max_interval, math.floor(POLL_BACKOFF_RATIO * max(0.0, since_cancel))))
 
 
 def milestones(chain: PollMessage, policy: Policy) -> tuple[datetime, datetime, datetime]:
@@ -406,11 +418,11 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
         # The read before the PATCH is stale now. The answer is no proof, and the hint written to the poll message
         # must not say "cancelled" either: the previous release trusts hints (README, "Mixed versions").
         hint = "pending" if status == "unknown" or is_cancelled(status) else status
+        # Whatever it says, the order counts as open for the rest of this hop, and the next hop reads it: a read at
+        # once would cost a call per order and mostly find it still cancelling ("cancelled" is no proof).
         hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id),
                       hints={**hop.hints, call.order_id: hint})
-        if not is_cancelled(status):
-            hop = replace(hop, busy=hop.busy | {call.order_id})  # evidence that it is open; "cancelled" is no proof
-        return hop, None
+        return _busy(hop, call.order_id), None
     # DeleteCustomer answered 2xx.
     return hop, _finish(hop, Outcome.DELETED,
                         f"all {len(hop.order_ids)} order(s) read cancelled in the same hop as a fresh entitlements listing; "
@@ -479,7 +491,8 @@ def _last_look_delay(policy: Policy) -> int:
 
 
 def _busy(hop: Hop, order_id: str) -> Hop:
-    """409 "in progress": the order is being worked on. It counts as open, and a refused cancel of it is moot."""
+    """Just PATCHed, or 409 "in progress": the order is being worked on. It counts as open for the rest of the hop,
+    and a refused cancel of it is moot."""
     return replace(hop, busy=hop.busy | {order_id}, hints={**hop.hints, order_id: "pending"},
                    refused=_without(hop.refused, order_id))
 
@@ -536,8 +549,12 @@ def _next_call(hop: Hop) -> Call | None:
     for order_id in hop.order_ids:  # cancel what was read as needing it, before reading the next one
         if order_id in hop.fresh and needs_cancel(hop.fresh[order_id]) and order_id not in hop.patched:
             return CancelOrder(order_id)
-    for order_id in unread:  # orders that may need a cancel are read and cancelled whatever else is open
+    for order_id in unread:  # orders that may need a cancel are cancelled whatever else is open
         if needs_cancel(hop.hints.get(order_id, "unknown")):
+            # A normal hop cancels at once (a refusal is read before it counts, see ``_on_failure``): a read first
+            # would cost a call per order and buy nothing, as no answer but "cancelled" by GET is proof of anything.
+            if hop.mode is Mode.NORMAL and order_id not in hop.patched:
+                return CancelOrder(order_id)
             return GetOrder(order_id)
     if hop.open_orders and hop.mode is Mode.NORMAL:
         return None  # one open order is enough to know the DELETE must wait: the rest are read on a later hop
@@ -559,9 +576,7 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
     if hop.mode is not Mode.NORMAL:
         return _timed_out(hop, policy)
     if hop.open_orders:
-        first = hop.entry is Entry.REQUEST
-        want = policy.interval if first else poll_delay(chain.attempt + 1, policy)
-        return _continue(hop, now, policy, Cause.OPEN, "", want=want, progress=True,
+        return _continue(hop, now, policy, Cause.OPEN, "", want=poll_delay(_since_cancel(hop, now), policy), progress=True,
                          why=f"{len(hop.open_orders)} of {len(hop.order_ids)} order(s) not yet cancelled")
     # Every order read cancelled and listed, in a delete_customer hop: the DELETE is always sent by poll_orders.
     return _continue(hop, now, policy, None, None, want=0, progress=True,
@@ -570,7 +585,13 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
 
 # -- endings ------------------------------------------------------------------------------------------------------
 
-def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: bool) -> PollMessage:
+def _since_cancel(hop: Hop, now: datetime) -> float:
+    """Seconds since this request last sent a cancel (this hop, or one before it), else since its first handling."""
+    basis = now if hop.patched else (hop.chain.cancel_sent_at or hop.chain.first_handled_at)
+    return (now - basis).total_seconds()
+
+
+def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: bool, now: datetime) -> PollMessage:
     chain = hop.chain
     seen = chain.customer_seen or hop.looked
     # A dry run stays a discover stage for good (a poll stage can never be a dry run), and a poll stage needs a
@@ -586,12 +607,13 @@ def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: boo
         cause=cause.value if cause else None,
         cause_detail=(detail or None) if cause else None,
         customer_seen=seen,
+        cancel_sent_at=now if hop.patched else chain.cancel_sent_at,
     )
 
 
 def _continue(hop: Hop, now: datetime, policy: Policy, cause: Cause | None, detail: str | None, *, want: float,
               why: str, progress: bool = False) -> Continue:
-    message = _message(hop, cause, detail, progress=progress)
+    message = _message(hop, cause, detail, progress=progress, now=now)
     return Continue(message, _schedule(want, now, message, policy), why)
 
 
@@ -602,7 +624,7 @@ def _wait(hop: Hop, now: datetime, policy: Policy, cause: Cause, detail: str, *,
         want = min(float(max(wait, policy.retry_after_max)), wait + _spread(hop.chain, wait))
         why = f"throttled by Partner Center ({detail})"
     elif cause is Cause.DELETE_REFUSED:
-        want = poll_delay(hop.chain.attempt + 1, policy)
+        want = poll_delay(_since_cancel(hop, now), policy)
         why = f"Partner Center refused the DELETE ({detail}): reading everything again on the next hop"
     else:
         # Doubling from POLL_INTERVAL_SECONDS up to POLL_MAX_INTERVAL_SECONDS, spread down to half of that.

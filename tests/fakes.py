@@ -83,7 +83,7 @@ class FakePartnerCenter:
         if order.conflict:
             order.conflict = False
             raise ConflictError(409, "800060", "Your order is in progress.", method="PATCH", path="/orders")
-        if order.second_cancel == "error" and order.status in ("pending", "cancelled"):
+        if order.second_cancel == "error" and order.status.lower() in ("pending", "cancelled"):
             raise RefusedError(400, "800061", "Order cannot be canceled", method="PATCH", path="/orders")
         if order.status != "pending":
             order.status = "pending" if order.pending_reads else "cancelled"

@@ -83,26 +83,30 @@ def test_first_look_finds_no_customer_not_found():
 
 def test_discovery_cancels_every_open_order_and_polls_after_the_interval():
     calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B, A]),
-                                           GetOrder(A): order("completed"), GetOrder(B): order("Completed"),
-                                           CancelOrder(A): order("pending"), CancelOrder(B): order("pending")})
-    assert calls == [GetCustomer(), ListEntitlements(), GetOrder(A), CancelOrder(A), GetOrder(B), CancelOrder(B)]
+                                           CancelOrder(A): order("pending"), CancelOrder(B): order("cancelled")})
+    # No read before the cancel, and none after it in this hop: B's "cancelled" answer is no proof (issue 8).
+    assert calls == [GetCustomer(), ListEntitlements(), CancelOrder(A), CancelOrder(B)]
     assert isinstance(last, Continue) and last.delay == POLICY.interval
     assert last.message.stage == "poll" and last.message.attempt == 0 and last.message.customer_seen
     assert [(o.id, o.status) for o in last.message.orders] == [(A, "pending"), (B, "pending")]
 
 
-def test_everything_already_cancelled_goes_to_poll_orders_at_once_and_never_deletes_here():
+def test_everything_read_cancelled_goes_to_poll_orders_at_once_and_never_deletes_here():
+    already = refused(400, "800061", "Order cannot be canceled")
     calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B]),
+                                           CancelOrder(A): already, CancelOrder(B): already,
                                            GetOrder(A): order("cancelled"), GetOrder(B): order("CANCELLED")})
-    assert DeleteCustomer() not in calls and CancelOrder(A) not in calls
+    assert calls == [GetCustomer(), ListEntitlements(), CancelOrder(A), GetOrder(A), CancelOrder(B), GetOrder(B)]
     assert isinstance(last, Continue) and last.delay == 0 and last.message.stage == "poll"
 
 
-def test_a_patch_answering_cancelled_is_no_proof_the_order_is_read_again():
-    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]),
-                                           GetOrder(A): [order("completed"), order("pending")], CancelOrder(A): order("cancelled")})
-    assert calls == [GetCustomer(), ListEntitlements(), GetOrder(A), CancelOrder(A), GetOrder(A)]
-    assert isinstance(last, Continue) and last.delay == POLICY.interval  # the read said pending: wait
+def test_a_patch_answering_cancelled_is_no_proof_the_next_hop_reads_it():
+    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]), CancelOrder(A): order("cancelled")})
+    assert calls == [GetCustomer(), ListEntitlements(), CancelOrder(A)]
+    assert isinstance(last, Continue) and last.delay == POLICY.interval
+    assert [(o.id, o.status) for o in last.message.orders] == [(A, "pending")]  # never "cancelled" from a PATCH
+    calls, last = drive(poll_hop(last.message), {GetOrder(A): order("pending")})
+    assert calls == [GetOrder(A)] and isinstance(last, Continue)
 
 
 def test_dry_run_reads_only():
@@ -130,7 +134,24 @@ def test_protected_customer_zero_calls():
 def test_intermediate_hop_stops_at_the_first_open_order():
     calls, last = drive(poll_hop(poll((B, "cancelled"), (A, "pending"))), {GetOrder(A): order("pending")})
     assert calls == [GetOrder(A)]  # A was last seen open, so it is read first; B is not read at all
-    assert isinstance(last, Continue) and last.delay == core.poll_delay(2, POLICY) and last.message.cause == "open"
+    # 10 % of the 100 s since the request was first handled is less than POLL_INTERVAL_SECONDS (30).
+    assert isinstance(last, Continue) and last.delay == 30 and last.message.cause == "open"
+
+
+def test_the_poll_delay_grows_with_the_time_since_the_last_cancel():
+    message = poll((A, "pending"), cancel_sent_at=T0 + timedelta(seconds=20))
+    _, last = drive(poll_hop(message), {GetOrder(A): order("pending")}, now=T0 + timedelta(seconds=1520))
+    assert last.delay == 150 and last.message.cancel_sent_at == T0 + timedelta(seconds=20)  # 10 % of 1500 s
+    _, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): order("pending")}, now=T0 + timedelta(seconds=1520))
+    assert last.delay == 152  # no cancel recorded (an older message): counted from the first handling
+
+
+def test_a_new_cancel_starts_the_poll_delay_again():
+    message = poll((A, "pending"), (C, "active"), cancel_sent_at=T0)
+    now = T0 + timedelta(seconds=2000)
+    calls, last = drive(poll_hop(message), {GetOrder(C): order("active"), CancelOrder(C): order("pending"), GetOrder(A): order("pending")}, now=now)
+    assert CancelOrder(C) in calls
+    assert last.delay == POLICY.interval and last.message.cancel_sent_at == now
 
 
 def test_confirming_hop_lists_and_reads_everything_then_deletes():
@@ -148,9 +169,8 @@ def test_a_forged_all_cancelled_message_causes_reads_not_a_delete():
 
 def test_an_order_that_appears_after_discovery_is_cancelled_and_waited_for():
     calls, last = drive(poll_hop(poll((A, "pending"))),
-                        {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A, C]), GetOrder(C): order("completed"),
-                         CancelOrder(C): order("pending")})
-    assert calls == [GetOrder(A), ListEntitlements(), GetOrder(C), CancelOrder(C)]
+                        {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A, C]), CancelOrder(C): order("pending")})
+    assert calls == [GetOrder(A), ListEntitlements(), CancelOrder(C)]
     assert isinstance(last, Continue) and [o.id for o in last.message.orders] == [A, C]
 
 
@@ -162,9 +182,9 @@ def test_an_order_that_fell_back_is_cancelled_again():
 def test_a_refused_second_cancel_reads_the_order_and_carries_on():
     already = refused(400, "800061", "Order cannot be canceled")
     calls, last = drive(poll_hop(poll((A, "completed"))),
-                        {GetOrder(A): [order("completed"), order("cancelled")], CancelOrder(A): already,
+                        {GetOrder(A): order("cancelled"), CancelOrder(A): already,
                          ListEntitlements(): Answer([A]), DeleteCustomer(): Answer(None)})
-    assert calls == [GetOrder(A), CancelOrder(A), GetOrder(A), ListEntitlements(), DeleteCustomer()]
+    assert calls == [CancelOrder(A), GetOrder(A), ListEntitlements(), DeleteCustomer()]
     assert last.outcome is Outcome.DELETED
 
 
@@ -436,4 +456,5 @@ def test_the_hard_end_keeps_the_documented_bound():
 
 
 def test_poll_delay_grows_and_is_capped():
-    assert [core.poll_delay(i, POLICY) for i in range(7)] == [30, 60, 120, 240, 480, 600, 600]
+    seconds = [0, -5, 299, 300, 1000, 1009.9, 5999, 6000, 10**9, float("inf"), float("nan")]
+    assert [core.poll_delay(s, POLICY) for s in seconds] == [30, 30, 30, 30, 100, 100, 599, 600, 600, 600, 600]

@@ -1,0 +1,80 @@
+"""The poll schedule (issue 8) is a pure function; these properties prove its DELETE-lag bound and its cost.
+
+The bound, for an order that turns cancelled ``c`` seconds after the request's last cancel, with the host picking a
+due message up at most ``pickup`` seconds late and each hop taking at most ``hop`` seconds:
+
+    the first read at or after ``c`` comes at most  max(POLL_INTERVAL_SECONDS, 0.1 * c) + pickup + hop  after ``c``.
+
+The benchmark's target (README, "Performance") is this bound with ``pickup`` = ``maxPollingInterval`` and 1 s for the
+hop. Nothing here is timed: the schedule is simulated with the core's own ``poll_delay``.
+"""
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared import workflow as core
+from shared.workflow import Policy
+
+
+def policy(interval: int, max_interval: int) -> Policy:
+    return Policy(interval=interval, max_interval=max_interval, timeout=10**7)
+
+
+def reads(policy: Policy, horizon: float, pickups, hop: float, start: float = 0.0):
+    """Times (seconds since the cancel) at which the chain reads the order: the first poll is scheduled at the end of
+    the hop that cancelled, each next one ``poll_delay`` after the end of the hop before it, and each is picked up
+    late by the next value of ``pickups``."""
+    times, now, i = [], start, 0
+    while now <= horizon:
+        # The hop that read at ``now`` ends ``hop`` later and schedules the next read.
+        end = now + hop
+        now = end + core.poll_delay(end - start, policy) + pickups[i % len(pickups)]
+        times.append(now)
+        i += 1
+    return times
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    interval=st.integers(1, 60),
+    extra=st.integers(0, 3600),
+    c=st.floats(0, 30 * 24 * 3600, allow_nan=False),
+    pickups=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=20),
+    hop=st.floats(0, 1, allow_nan=False),
+)
+def test_the_delete_lag_is_bounded_for_every_cancellation_time(interval, extra, c, pickups, hop):
+    p = policy(interval, interval + extra)
+    first_read_after = next(t for t in reads(p, c, pickups, hop) if t >= c)
+    # The cap (POLL_MAX_INTERVAL_SECONDS) only ever shortens a wait, so the bound holds with or without it.
+    assert first_read_after - c <= max(interval, 0.1 * (c + hop)) + max(pickups) + hop + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(interval=st.integers(5, 60), c=st.floats(1, 7 * 24 * 3600, allow_nan=False))
+def test_the_number_of_polls_grows_with_the_logarithm_of_the_wait(interval, c):
+    """Ten polls until 10 x POLL_INTERVAL_SECONDS, then about one per 10 % growth of the wait (8 %, as the delay is
+    rounded down to whole seconds: 0.1 t - 1 >= 0.08 t from there when POLL_INTERVAL_SECONDS >= 5)."""
+    p = policy(interval, 10**6)
+    polls = len(reads(p, c, [0.0], 0.0))
+    knee = 10 * interval
+    expected = min(c, knee) / interval + (math.log(c / knee) / math.log(1.08) if c > knee else 0)
+    assert polls <= expected + 2
+
+
+def test_the_headline_numbers():
+    """The headline scenario of `make bench`: POLL_INTERVAL_SECONDS 5, default cap, a 5-minute cancellation."""
+    p = policy(5, 600)
+    times = reads(p, 300, [0.0], 0.0)
+    after = next(t for t in times if t >= 300)
+    assert len(times) <= 30 and after - 300 <= 30
+    # A 10-times longer cancellation costs about 24 more polls, not 10 times as many.
+    assert len(reads(p, 3000, [0.0], 0.0)) - len(times) <= 25
+
+
+def test_poll_delay_is_clamped_and_whole():
+    p = policy(5, 600)
+    assert [core.poll_delay(s, p) for s in (0, 49.9, 50, 55.9, 56, 5999, 6000, 1e12)] == [5, 5, 5, 5, 5, 599, 600, 600]
+    assert all(isinstance(core.poll_delay(s, p), int) for s in (0, 1.5, 1e9))
