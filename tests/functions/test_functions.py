@@ -59,7 +59,7 @@ def test_delete_then_poll_through_real_queues(env, queues, pc, make_customer):
     msg, _ = receive(queues, env.poll_orders_queue)
     poll_orders.main(msg, context())  # hop 1: one order still pending -> re-enqueue
     assert outcomes(queues, env.deletion_outcomes_queue) == []
-    assert queues.peek_raw(env.poll_orders_queue) == []  # the next delay doubled to 6 s, capped at 4 s
+    assert queues.peek_raw(env.poll_orders_queue) == []  # the next delay: POLL_INTERVAL_SECONDS (3) again
     time.sleep(4.5)
     msg, _ = receive(queues, env.poll_orders_queue)
     poll_orders.main(msg, context())  # hop 2: all cancelled -> DELETE

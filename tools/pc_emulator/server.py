@@ -299,6 +299,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         with sandbox.lock:
             entry["status"] = status
+            if status == 429 and headers.get("Retry-After"):
+                entry["retryAfter"] = headers["Retry-After"]
             if isinstance(body, dict) and "/orders/" in path and isinstance(body.get("status"), str):
                 entry["orderStatus"] = body["status"]
         self._send(status, body, headers, bom=not path.startswith("/_emulator/") and "oauth2" not in path and "well-known" not in path)
