@@ -414,14 +414,10 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
             hop = replace(hop, refused=_without(hop.refused, call.order_id))
         return hop, None
     if isinstance(call, CancelOrder):
-        status = normalise_status(obs.body.get("status") if isinstance(obs.body, dict) else None)
-        # The read before the PATCH is stale now. The answer is no proof, and the hint written to the poll message
-        # must not say "cancelled" either: the previous release trusts hints (README, "Mixed versions").
-        hint = "pending" if status == "unknown" or is_cancelled(status) else status
-        # Whatever it says, the order counts as open for the rest of this hop, and the next hop reads it: a read at
-        # once would cost a call per order and mostly find it still cancelling ("cancelled" is no proof).
-        hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id),
-                      hints={**hop.hints, call.order_id: hint})
+        # Whatever the answer says, the order counts as open for the rest of this hop, and the next hop reads it: a
+        # read at once would cost a call per order and mostly find it still cancelling ("cancelled" is no proof). Its
+        # hint is "pending", never "cancelled": the previous release trusts hints (README, "Mixed versions").
+        hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id))
         return _busy(hop, call.order_id), None
     # DeleteCustomer answered 2xx.
     return hop, _finish(hop, Outcome.DELETED,
