@@ -264,9 +264,11 @@ def needs_cancel(status: str) -> bool:
 
 #: The next poll waits this share of the time since the request's last cancel (see ``poll_delay``).
 POLL_BACKOFF_RATIO = 0.1
+#: ... less up to this part of it, depending on the request (see ``poll_delay``).
+PHASE_SPREAD = 0.1
 
 
-def poll_delay(since_cancel: float, policy: Policy) -> int:
+def poll_delay(since_cancel: float, policy: Policy, phase: float = 0.0) -> int:
     """Delay before the next poll of open orders: 10 % of the time since the request last sent a cancel (its first
     handling when it sent none), at least POLL_INTERVAL_SECONDS and at most POLL_MAX_INTERVAL_SECONDS; whole seconds,
     rounded down.
@@ -275,10 +277,21 @@ def poll_delay(since_cancel: float, policy: Policy) -> int:
     ``max(POLL_INTERVAL_SECONDS, 0.1 * c)`` plus the host's pickup delay after it turned (the poll before it ran
     at some ``t < c`` and waited ``poll_delay(t) <= max(POLL_INTERVAL_SECONDS, 0.1 * c)``), while the number of
     polls grows with the logarithm of ``c``, not with ``c``. tests/unit/test_schedule.py proves it for every ``c``.
+
+    ``phase`` (0 to 1, from the request's identity) shortens the share by up to a tenth, never lengthens it: requests
+    with the same cancellation time then poll at different moments, so how late the DELETE comes after the last order
+    turned cancelled is spread over the bound instead of being the same draw for every one of them.
     """
     if not math.isfinite(since_cancel):
         return policy.max_interval
-    return max(policy.interval, min(policy.max_interval, math.floor(POLL_BACKOFF_RATIO * max(0.0, since_cancel))))
+    share = POLL_BACKOFF_RATIO * (1 - PHASE_SPREAD * min(1.0, max(0.0, phase)))
+    return max(policy.interval, min(policy.max_interval, math.floor(share * max(0.0, since_cancel))))
+
+
+def _phase(chain: PollMessage) -> float:
+    """A number in [0, 1) fixed by the request and the hop: pure, unlike a random draw."""
+    digest = hashlib.sha256(f"phase|{chain.correlation_id}|{chain.attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32
 
 
 def milestones(chain: PollMessage, policy: Policy) -> tuple[datetime, datetime, datetime]:
@@ -547,9 +560,11 @@ def _next_call(hop: Hop) -> Call | None:
             return CancelOrder(order_id)
     for order_id in unread:  # orders that may need a cancel are cancelled whatever else is open
         if needs_cancel(hop.hints.get(order_id, "unknown")):
-            # A normal hop cancels at once (a refusal is read before it counts, see ``_on_failure``): a read first
-            # would cost a call per order and buy nothing, as no answer but "cancelled" by GET is proof of anything.
-            if hop.mode is Mode.NORMAL and order_id not in hop.patched:
+            # An order this hop's listing found and nothing ever read is cancelled at once (a refusal is read before
+            # it counts, see ``_on_failure``): a read first would cost a call for every order and save one only for an
+            # order already cancelled. Any other hint (a status a poll message claims) is read first: a hint decides
+            # what to read, never what to change.
+            if hop.mode is Mode.NORMAL and hop.listed and hop.hints.get(order_id) == "unknown" and order_id not in hop.patched:
                 return CancelOrder(order_id)
             return GetOrder(order_id)
     if hop.open_orders and hop.mode is Mode.NORMAL:
@@ -572,7 +587,7 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
     if hop.mode is not Mode.NORMAL:
         return _timed_out(hop, policy)
     if hop.open_orders:
-        return _continue(hop, now, policy, Cause.OPEN, "", want=poll_delay(_since_cancel(hop, now), policy), progress=True,
+        return _continue(hop, now, policy, Cause.OPEN, "", want=poll_delay(_since_cancel(hop, now), policy, _phase(chain)), progress=True,
                          why=f"{len(hop.open_orders)} of {len(hop.order_ids)} order(s) not yet cancelled")
     # Every order read cancelled and listed, in a delete_customer hop: the DELETE is always sent by poll_orders.
     return _continue(hop, now, policy, None, None, want=0, progress=True,

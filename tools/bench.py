@@ -36,6 +36,8 @@ from tools import devenv
 STATE = devenv.ROOT / ".local" / "bench"
 FLEX_MIN_MS, FLEX_STEP_MS = 1000, 100  # Flex Consumption: at least 1,000 ms per execution, rounded up to 100 ms
 TARGETS = {"calls": 0.30, "compute": 0.02, "flex": 0.12, "e2e": 1.05}
+#: The app's settings for the gated runs: the seed's own interval, everything else at its default.
+APP_SETTINGS = {"POLL_INTERVAL_SECONDS": "5"}
 
 
 def order_id() -> str:
@@ -232,7 +234,7 @@ def side_by_side(world: World, name: str, cancel_after: float, count: int, rng: 
     default_c = customers(count, (2, 2), cancel_after, rng) if with_defaults else []
     world.pc.add_customers(app_c + seed_c + default_c)
     timeout = cancel_after * 2 + 300
-    app_side, _ = run_app_side(world, {"POLL_INTERVAL_SECONDS": "5"}, app_c, "app", timeout)
+    app_side, _ = run_app_side(world, APP_SETTINGS, app_c, "app", timeout)
     default_side = run_app_side(world, {}, default_c, "defaults", timeout)[0] if with_defaults else None
     procs = run_seed_side(world, seed_c)
     app = side_figures(finish_app(world, app_side))
@@ -241,13 +243,13 @@ def side_by_side(world: World, name: str, cancel_after: float, count: int, rng: 
     table = comparison_table(f"{name}: 2 orders, cancelled {cancel_after:g} s after the cancel, {count} customers per side "
                              "(app: POLL_INTERVAL_SECONDS=5)", app, seed, default)
     failures = []
-    if name == "headline":
+    if name == "headline" and count >= 10:  # the targets are medians over at least 10 customers per side
         pickup = host_max_polling_interval(devenv.ROOT, {})
-        lag_bound = max(5.0, 0.1 * cancel_after) + pickup + 1
+        lag_bound = max(float(APP_SETTINGS["POLL_INTERVAL_SECONDS"]), 0.1 * cancel_after) + pickup + 1
         checks = [("Partner Center calls <= 30 % of the seed's", app["calls"] / seed["calls"] <= TARGETS["calls"]),
                   ("compute <= 2 % of the seed's", app["compute"] / seed["compute"] <= TARGETS["compute"]),
                   ("Flex-billed time <= 12 % of the seed's", app["flex"] / seed["flex"] <= TARGETS["flex"]),
-                  (f"worst DELETE lag <= {lag_bound:g} s (max(5, 10 % of {cancel_after:g}) + maxPollingInterval {pickup:g} + 1)",
+                  (f"worst DELETE lag <= {lag_bound:g} s (max(POLL_INTERVAL_SECONDS, 10 % of {cancel_after:g}) + maxPollingInterval {pickup:g} + 1)",
                    app["lag_worst"] <= lag_bound),
                   ("end to end <= 1.05 x the seed's", app["e2e"] / seed["e2e"] <= TARGETS["e2e"]),
                   ("every customer deleted", app["deleted"] == app["customers"] and seed["deleted"] == seed["customers"])]
@@ -258,13 +260,11 @@ def side_by_side(world: World, name: str, cancel_after: float, count: int, rng: 
 
 def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
     print("[sandbox] 75 customers, 1-4 orders each, cancelled 60 s after their cancel, 500 requests per minute ...", flush=True)
-    world.pc.knobs(rateLimitPerWindow=100000)
-    time.sleep(61)  # an empty rate-limit window: earlier scenarios' calls must not count against this one
     cust = customers(75, (1, 4), 60, rng)
     world.pc.add_customers(cust)
     world.pc.knobs(rateLimitPerWindow=500, rateLimitWindowSeconds=60)
     since = len(world.pc.requests_log())
-    side, _ = run_app_side(world, {"POLL_INTERVAL_SECONDS": "5"}, cust, "sandbox", 900)
+    side, _ = run_app_side(world, APP_SETTINGS, cust, "sandbox", 900)
     start = min(side["sent"].values())
     per = finish_app(world, side)
     log = world.pc.requests_log()[since:]
@@ -283,7 +283,7 @@ def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
     by_method = Counter(e["method"] for e in calls)
     checks = [(f"all 75 deleted within 1.25 x the floor ({1.25 * floor:.1f} s)", took <= 1.25 * floor and outcomes.get("deleted") == 75),
               ("no failures", outcomes.get("deleted") == 75),
-              ("no call inside a 429's Retry-After", early == 0)]
+              (f"no call arrived inside a 429's Retry-After ({throttled} 429 answers)", early == 0)]
     table = "\n".join([
         "**sandbox: 75 customers, 1-4 orders each, cancelled 60 s after the cancel, 500 requests per minute (app: POLL_INTERVAL_SECONDS=5)**", "",
         "| measure | value |", "|---|---|",

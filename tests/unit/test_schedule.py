@@ -3,10 +3,12 @@
 The bound, for an order that turns cancelled ``c`` seconds after the request's last cancel, with the host picking a
 due message up at most ``pickup`` seconds late and each hop taking at most ``hop`` seconds:
 
-    the first read at or after ``c`` comes at most  max(POLL_INTERVAL_SECONDS, 0.1 * c) + pickup + hop  after ``c``.
+    the DELETE comes at most  max(POLL_INTERVAL_SECONDS, 0.1 * (c + hop)) + pickup + 2 * hop  after ``c``
 
-The benchmark's target (README, "Performance") is this bound with ``pickup`` = ``maxPollingInterval`` and 1 s for the
-hop. Nothing here is timed: the schedule is simulated with the core's own ``poll_delay``.
+(the first read at or after ``c``, then the rest of that confirming hop: the other reads, the listing, the DELETE).
+The benchmark's target (README, "Performance") is max(POLL_INTERVAL_SECONDS, 0.1 * c) + ``maxPollingInterval`` + 1 s,
+which this gives for hops of up to about 0.5 s. Nothing here is timed: the schedule is simulated with the core's own
+``poll_delay``, with any per-request phase.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def policy(interval: int, max_interval: int) -> Policy:
     return Policy(interval=interval, max_interval=max_interval, timeout=10**7)
 
 
-def reads(policy: Policy, horizon: float, pickups, hop: float, start: float = 0.0):
+def reads(policy: Policy, horizon: float, pickups, hop: float, start: float = 0.0, phases=(0.0,)):
     """Times (seconds since the cancel) at which the chain reads the order: the first poll is scheduled at the end of
     the hop that cancelled, each next one ``poll_delay`` after the end of the hop before it, and each is picked up
     late by the next value of ``pickups``."""
@@ -31,7 +33,7 @@ def reads(policy: Policy, horizon: float, pickups, hop: float, start: float = 0.
     while now <= horizon:
         # The hop that read at ``now`` ends ``hop`` later and schedules the next read.
         end = now + hop
-        now = end + core.poll_delay(end - start, policy) + pickups[i % len(pickups)]
+        now = end + core.poll_delay(end - start, policy, phases[i % len(phases)]) + pickups[i % len(pickups)]
         times.append(now)
         i += 1
     return times
@@ -44,12 +46,14 @@ def reads(policy: Policy, horizon: float, pickups, hop: float, start: float = 0.
     c=st.floats(0, 30 * 24 * 3600, allow_nan=False),
     pickups=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=20),
     hop=st.floats(0, 1, allow_nan=False),
+    phases=st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=20),
 )
-def test_the_delete_lag_is_bounded_for_every_cancellation_time(interval, extra, c, pickups, hop):
+def test_the_delete_lag_is_bounded_for_every_cancellation_time(interval, extra, c, pickups, hop, phases):
     p = policy(interval, interval + extra)
-    first_read_after = next(t for t in reads(p, c, pickups, hop) if t >= c)
-    # The cap (POLL_MAX_INTERVAL_SECONDS) only ever shortens a wait, so the bound holds with or without it.
-    assert first_read_after - c <= max(interval, 0.1 * (c + hop)) + max(pickups) + hop + 1e-6
+    first_read_after = next(t for t in reads(p, c, pickups, hop, phases=phases) if t >= c)
+    delete = first_read_after + hop  # the confirming hop goes on to list, read the rest and DELETE
+    # The cap (POLL_MAX_INTERVAL_SECONDS) and the phase only ever shorten a wait, so the bound holds with or without.
+    assert delete - c <= max(interval, 0.1 * (c + hop)) + max(pickups) + 2 * hop + 1e-6
 
 
 @settings(max_examples=200, deadline=None)

@@ -141,9 +141,11 @@ def test_intermediate_hop_stops_at_the_first_open_order():
 def test_the_poll_delay_grows_with_the_time_since_the_last_cancel():
     message = poll((A, "pending"), cancel_sent_at=T0 + timedelta(seconds=20))
     _, last = drive(poll_hop(message), {GetOrder(A): order("pending")}, now=T0 + timedelta(seconds=1520))
-    assert last.delay == 150 and last.message.cancel_sent_at == T0 + timedelta(seconds=20)  # 10 % of 1500 s
+    # 10 % of 1500 s, less up to a tenth of it by the request's phase
+    assert 135 <= last.delay <= 150 and last.message.cancel_sent_at == T0 + timedelta(seconds=20)
+    assert last.delay == core.poll_delay(1500, POLICY, core._phase(message))
     _, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): order("pending")}, now=T0 + timedelta(seconds=1520))
-    assert last.delay == 152  # no cancel recorded (an older message): counted from the first handling
+    assert 136 <= last.delay <= 152  # no cancel recorded (an older message): counted from the first handling
 
 
 def test_a_new_cancel_starts_the_poll_delay_again():
@@ -182,9 +184,10 @@ def test_an_order_that_fell_back_is_cancelled_again():
 def test_a_refused_second_cancel_reads_the_order_and_carries_on():
     already = refused(400, "800061", "Order cannot be canceled")
     calls, last = drive(poll_hop(poll((A, "completed"))),
-                        {GetOrder(A): order("cancelled"), CancelOrder(A): already,
+                        {GetOrder(A): [order("completed"), order("cancelled")], CancelOrder(A): already,
                          ListEntitlements(): Answer([A]), DeleteCustomer(): Answer(None)})
-    assert calls == [CancelOrder(A), GetOrder(A), ListEntitlements(), DeleteCustomer()]
+    # A status the poll message claims is read before anything is changed; then the cancel, refused, is read again.
+    assert calls == [GetOrder(A), CancelOrder(A), GetOrder(A), ListEntitlements(), DeleteCustomer()]
     assert last.outcome is Outcome.DELETED
 
 
@@ -453,6 +456,21 @@ def test_the_hard_end_keeps_the_documented_bound():
     one_hop = POLICY.pickup + POLICY.hop_work + POLICY.call_time
     last_looks = (core.LAST_TRIES + 1) * one_hop + core.LAST_TRIES * POLICY.interval
     assert (HARD - T0).total_seconds() + last_looks <= bound
+
+
+def test_a_hint_never_causes_a_change_without_a_read():
+    """A stale or forged poll message that calls an order "active" gets it read, not cancelled blindly."""
+    calls, last = drive(poll_hop(poll((A, "active"), (B, "unknown"))), {GetOrder(A): order("pending"), GetOrder(B): order("pending")})
+    # Both may need a cancel, so both are read (issue 7); neither is PATCHed on a hint's word.
+    assert calls == [GetOrder(A), GetOrder(B)] and isinstance(last, Continue)
+
+
+def test_the_phase_only_ever_shortens_the_poll_delay():
+    for since in (0, 60, 299, 300, 1000, 5555, 10**6):
+        plain = core.poll_delay(since, POLICY)
+        for phase in (0.0, 0.3, 0.999, 1.0, -1.0, 2.0):
+            spread = core.poll_delay(since, POLICY, phase)
+            assert POLICY.interval <= spread <= plain and spread >= math.floor(0.9 * plain) - 1
 
 
 def test_poll_delay_grows_and_is_capped():
