@@ -262,36 +262,39 @@ def needs_cancel(status: str) -> bool:
     return status != CANCELLED and status not in CANCELLING
 
 
-#: The next poll waits this share of the time since the request's last cancel (see ``poll_delay``).
-POLL_BACKOFF_RATIO = 0.1
-#: ... less up to this part of it, depending on the request (see ``poll_delay``).
-PHASE_SPREAD = 0.1
+#: While an order is open, polls fall on a grid of times since the request's last cancel: POLL_INTERVAL_SECONDS,
+#: twice it, ... up to GRID_KNEE times it, then each POLL_GROWTH times the one before (see ``poll_delay``).
+GRID_KNEE = 10
+POLL_GROWTH = 1.1
 
 
-def poll_delay(since_cancel: float, policy: Policy, phase: float = 0.0) -> int:
-    """Delay before the next poll of open orders: 10 % of the time since the request last sent a cancel (its first
-    handling when it sent none), at least POLL_INTERVAL_SECONDS and at most POLL_MAX_INTERVAL_SECONDS; whole seconds,
-    rounded down.
+def poll_grid_after(since: float, interval: float) -> float:
+    """The first grid point later than ``since`` (seconds since the cancel)."""
+    knee = GRID_KNEE * interval
+    if since < knee:
+        return interval * (math.floor(since / interval) + 1)
+    point = knee * POLL_GROWTH ** max(0, math.floor(math.log(since / knee) / math.log(POLL_GROWTH)))
+    while point <= since:  # float rounding: step until past
+        point *= POLL_GROWTH
+    return point
 
-    This bounds the DELETE lag: an order that turns cancelled ``c`` seconds after its cancel is read, at the latest,
-    ``max(POLL_INTERVAL_SECONDS, 0.1 * c)`` plus the host's pickup delay after it turned (the poll before it ran
-    at some ``t < c`` and waited ``poll_delay(t) <= max(POLL_INTERVAL_SECONDS, 0.1 * c)``), while the number of
-    polls grows with the logarithm of ``c``, not with ``c``. tests/unit/test_schedule.py proves it for every ``c``.
 
-    ``phase`` (0 to 1, from the request's identity) shortens the share by up to a tenth, never lengthens it: requests
-    with the same cancellation time then poll at different moments, so how late the DELETE comes after the last order
-    turned cancelled is spread over the bound instead of being the same draw for every one of them.
+def poll_delay(since_cancel: float, policy: Policy) -> int:
+    """Delay before the next poll of open orders, ``since_cancel`` seconds after the request's last cancel (its first
+    handling when it sent none): until the next point of the grid POLL_INTERVAL_SECONDS x 1, 2, ... 10, then 10 % later
+    each, counted from the cancel, not from this hop, so a late pickup never pushes the later polls back. A hop that
+    ran within a second before its grid point counts as that point's. Whole seconds, rounded down; at least 1 s and at
+    most POLL_MAX_INTERVAL_SECONDS.
+
+    This bounds the DELETE lag: an order that turns cancelled ``c`` seconds after its cancel is read, at the latest, at
+    the first grid point after the poll before ``c``, which is at most max(POLL_INTERVAL_SECONDS, 10 % of ``c``)
+    later, plus the host's pickup delay and that second. The number of polls grows with the logarithm of ``c``:
+    10 + log(c / (10 x POLL_INTERVAL_SECONDS)) / log(1.1). tests/unit/test_schedule.py proves both for every ``c``.
     """
     if not math.isfinite(since_cancel):
         return policy.max_interval
-    share = POLL_BACKOFF_RATIO * (1 - PHASE_SPREAD * min(1.0, max(0.0, phase)))
-    return max(policy.interval, min(policy.max_interval, math.floor(share * max(0.0, since_cancel))))
-
-
-def _phase(chain: PollMessage) -> float:
-    """A number in [0, 1) fixed by the request and the hop: pure, unlike a random draw."""
-    digest = hashlib.sha256(f"phase|{chain.correlation_id}|{chain.attempt}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32
+    since = max(0.0, since_cancel)
+    return max(1, min(policy.max_interval, math.floor(poll_grid_after(since + 1.0, policy.interval) - since)))
 
 
 def milestones(chain: PollMessage, policy: Policy) -> tuple[datetime, datetime, datetime]:
@@ -587,7 +590,7 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
     if hop.mode is not Mode.NORMAL:
         return _timed_out(hop, policy)
     if hop.open_orders:
-        return _continue(hop, now, policy, Cause.OPEN, "", want=poll_delay(_since_cancel(hop, now), policy, _phase(chain)), progress=True,
+        return _continue(hop, now, policy, Cause.OPEN, "", want=poll_delay(_since_cancel(hop, now), policy), progress=True,
                          why=f"{len(hop.open_orders)} of {len(hop.order_ids)} order(s) not yet cancelled")
     # Every order read cancelled and listed, in a delete_customer hop: the DELETE is always sent by poll_orders.
     return _continue(hop, now, policy, None, None, want=0, progress=True,

@@ -134,18 +134,18 @@ def test_protected_customer_zero_calls():
 def test_intermediate_hop_stops_at_the_first_open_order():
     calls, last = drive(poll_hop(poll((B, "cancelled"), (A, "pending"))), {GetOrder(A): order("pending")})
     assert calls == [GetOrder(A)]  # A was last seen open, so it is read first; B is not read at all
-    # 10 % of the 100 s since the request was first handled is less than POLL_INTERVAL_SECONDS (30).
-    assert isinstance(last, Continue) and last.delay == 30 and last.message.cause == "open"
+    # 100 s since the request was first handled: the next grid point is 120 s (POLL_INTERVAL_SECONDS 30 x 4).
+    assert isinstance(last, Continue) and last.delay == 20 and last.message.cause == "open"
 
 
 def test_the_poll_delay_grows_with_the_time_since_the_last_cancel():
     message = poll((A, "pending"), cancel_sent_at=T0 + timedelta(seconds=20))
     _, last = drive(poll_hop(message), {GetOrder(A): order("pending")}, now=T0 + timedelta(seconds=1520))
-    # 10 % of 1500 s, less up to a tenth of it by the request's phase
-    assert 135 <= last.delay <= 150 and last.message.cancel_sent_at == T0 + timedelta(seconds=20)
-    assert last.delay == core.poll_delay(1500, POLICY, core._phase(message))
+    # The grid (POLL_INTERVAL_SECONDS 30): 30, 60 ... 300, then 10 % later each; 1500 s after the cancel the next
+    # point is 300 x 1.1^17 = 1516.3 s: the poll waits until then, not 10 % of 1500 s from now.
+    assert last.delay == 16 and last.message.cancel_sent_at == T0 + timedelta(seconds=20)
     _, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): order("pending")}, now=T0 + timedelta(seconds=1520))
-    assert 136 <= last.delay <= 152  # no cancel recorded (an older message): counted from the first handling
+    assert last.delay == 147  # no cancel recorded (an older message): counted from the first handling, next point 1667.9 s
 
 
 def test_a_new_cancel_starts_the_poll_delay_again():
@@ -355,9 +355,9 @@ def test_unreadable_poll_messages_without_a_readable_request_wait_as_they_were_a
 
 def test_no_hop_is_scheduled_past_the_last_moment_it_could_confirm():
     message = poll((A, "pending"), attempt=9)
-    at = CUT - timedelta(seconds=100)
+    at = CUT - timedelta(seconds=24)  # the next grid point (3932.8 s) lies past the cut-off (3600 s)
     _, last = drive(poll_hop(message, now=at), {GetOrder(A): order("pending")}, now=at)
-    assert last.delay == 100 - POLICY.hop_work - POLICY.pickup
+    assert last.delay == 24 - POLICY.hop_work - POLICY.pickup
 
 
 def test_between_the_cut_off_and_the_final_check_nothing_is_called():
@@ -465,14 +465,19 @@ def test_a_hint_never_causes_a_change_without_a_read():
     assert calls == [GetOrder(A), GetOrder(B)] and isinstance(last, Continue)
 
 
-def test_the_phase_only_ever_shortens_the_poll_delay():
-    for since in (0, 60, 299, 300, 1000, 5555, 10**6):
-        plain = core.poll_delay(since, POLICY)
-        for phase in (0.0, 0.3, 0.999, 1.0, -1.0, 2.0):
-            spread = core.poll_delay(since, POLICY, phase)
-            assert POLICY.interval <= spread <= plain and spread >= math.floor(0.9 * plain) - 1
+def test_polls_land_on_the_grid_whatever_the_pickup():
+    """Wherever a hop ran, its next poll lands on the next grid point (a second early at most, from rounding down)."""
+    grid = [30 * k for k in range(1, 11)] + [300 * 1.1 ** j for j in range(1, 40)]
+    for since in [0, 0.4, 29.5, 30, 31.7, 59.2, 299, 300, 301, 333.2, 1000, 1516, 5555.5]:
+        lands = since + core.poll_delay(since, POLICY)
+        nxt = min(g for g in grid if g > since + 1)
+        assert nxt - 1 < lands <= nxt, (since, lands, nxt)
 
 
 def test_poll_delay_grows_and_is_capped():
-    seconds = [0, -5, 299, 300, 1000, 1009.9, 5999, 6000, 10**9, float("inf"), float("nan")]
-    assert [core.poll_delay(s, POLICY) for s in seconds] == [30, 30, 30, 30, 100, 100, 599, 600, 600, 600, 600]
+    seconds = [0, -5, 29.5, 299, 1000, 1009.9, float("inf"), float("nan")]
+    assert [core.poll_delay(s, POLICY) for s in seconds] == [30, 30, 30, 31, 35, 25, 600, 600]
+    capped = Policy(interval=30, max_interval=100, timeout=3600)
+    assert core.poll_delay(10**6, capped) == 100  # the grid is far sparser there: the cap wins
+
+
