@@ -32,6 +32,7 @@ from collections import Counter, defaultdict
 
 from shared.config import host_max_polling_interval
 from tools import devenv
+from tools.local_host.host import EXECUTED_LINE
 
 STATE = devenv.ROOT / ".local" / "bench"
 FLEX_MIN_MS, FLEX_STEP_MS = 1000, 100  # Flex Consumption: at least 1,000 ms per execution, rounded up to 100 ms
@@ -62,8 +63,8 @@ def host_invocations(log_text: str) -> dict[str, list[tuple[str, float]]]:
     for line in log_text.splitlines():
         if (m := re.search(r"customer=([0-9a-f-]{36}).*invocation=([0-9a-f-]{36})", line)):
             owner.setdefault(m.group(2), m.group(1))
-        elif (m := re.search(r"Executed 'Functions\.(\w+)' \((?:Succeeded|Failed), Id=([0-9a-f-]+), Duration=(\d+)ms\)", line)):
-            durations[m.group(2)] = (m.group(1), int(m.group(3)) / 1000)
+        elif (m := EXECUTED_LINE.search(line)):
+            durations[m["id"]] = (m["function"], int(m["ms"]) / 1000)
     out: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for invocation, (function, seconds) in durations.items():
         if invocation in owner:
@@ -307,9 +308,9 @@ def cold_start(world: World) -> str:
     for path in sorted(STATE.glob("host*.log")):
         seen: set[str] = set()
         for line in path.read_text(errors="replace").splitlines():
-            if (m := re.search(r"Executed 'Functions\.(\w+)' \((?:Succeeded|Failed), Id=[^,]+, Duration=(\d+)ms\)", line)) and m.group(1) not in seen:
-                seen.add(m.group(1))
-                firsts[m.group(1)] = max(firsts.get(m.group(1), 0.0), int(m.group(2)) / 1000)
+            if (m := EXECUTED_LINE.search(line)) and m["function"] not in seen:
+                seen.add(m["function"])
+                firsts[m["function"]] = max(firsts.get(m["function"], 0.0), int(m["ms"]) / 1000)
     for function in ("delete_customer", "poll_orders"):
         cost = import_cost(devenv.ROOT, function, runs=5)
         loaded = import_cost(devenv.ROOT, function, runs=5, preload=("azure.functions",))

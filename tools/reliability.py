@@ -33,7 +33,7 @@ from pathlib import Path
 from shared.ids import derived_correlation_id
 from tools import devenv
 from tools.fault_proxy import start_fault_proxy
-from tools.local_host.host import decode_base64_strict
+from tools.local_host.host import EXECUTED_LINE, decode_base64_strict
 
 STATE = devenv.ROOT / ".local" / "reliability"
 #: POLL_MAX_INTERVAL_SECONDS of the run. Above INVOCATION_WORK_SECONDS + maxPollingInterval, so that an order read
@@ -279,9 +279,9 @@ def invocation_durations(state_dir: Path) -> dict[str, dict]:
             m = re.search(r"Executing 'Functions\.(\w+)'", line)
             if m:
                 started[m.group(1)] += 1
-            m = re.search(r"Executed 'Functions\.(\w+)' \((?:Succeeded|Failed), Id=[^,]+, Duration=(\d+)ms\)", line)
+            m = EXECUTED_LINE.search(line)
             if m:
-                durations[m.group(1)].append(int(m.group(2)) / 1000)
+                durations[m["function"]].append(int(m["ms"]) / 1000)
     out = {}
     for function in sorted(started):
         values = sorted(durations[function])
@@ -358,8 +358,8 @@ def chain_forks(state_dir: Path) -> dict:
                 hop_of[m.group(4)] = (m.group(3), int(m.group(1)), m.group(2))
             elif "handed over" in line and (m := re.search(r"invocation=([0-9a-f-]+)\)", line)):
                 handovers.add(m.group(1))
-            elif (m := re.search(r"Executed 'Functions\.poll_orders' \(Succeeded, Id=([0-9a-f-]+),", line)):
-                succeeded.add(m.group(1))
+            elif (m := EXECUTED_LINE.search(line)) and m["function"] == "poll_orders" and m["status"] == "Succeeded":
+                succeeded.add(m["id"])
     messages: dict[tuple[str, int], set[str]] = defaultdict(set)
     for invocation, (correlation, hop, message) in hop_of.items():
         if invocation in succeeded and invocation not in handovers:

@@ -32,6 +32,10 @@ from typing import Any, Callable, Mapping
 
 log = logging.getLogger("local_host")
 
+#: The line the host logs when an invocation ends (as the Functions host does); the tools that read host logs parse
+#: it with this, so its format lives in one place.
+EXECUTED_LINE = re.compile(r"Executed 'Functions\.(?P<function>\w+)' \((?P<status>Succeeded|Failed), Id=(?P<id>[^,]+), Duration=(?P<ms>\d+)ms\)")
+
 QUEUE_DEFAULTS = {
     "maxpollinginterval": "00:01:00",
     "visibilitytimeout": "00:00:00",
