@@ -144,14 +144,14 @@ class World:
             child.stop()
 
 
-def run_app_side(world: World, settings: dict[str, str], cust: list[dict], name: str, timeout: float) -> tuple[dict, list[dict]]:
+def run_app_side(world: World, settings: dict[str, str], cust: list[dict], name: str, timeout: float) -> dict:
     host, full = world.host(settings)
     sent: dict[str, float] = {}
     for c in cust:
         sent[c["id"]] = time.time()
         world.queues.send(full["DELETE_CUSTOMER_QUEUE"], json.dumps({"customerTenantId": c["id"], "correlationId": str(uuid.uuid4())}))
     return {"name": name, "host": host, "settings": full, "sent": sent, "customers": cust,
-            "outcomes": devenv.OutcomeReader(world.queues, full["DELETION_OUTCOMES_QUEUE"]), "deadline": time.time() + timeout}, cust
+            "outcomes": devenv.OutcomeReader(world.queues, full["DELETION_OUTCOMES_QUEUE"]), "deadline": time.time() + timeout}
 
 
 def run_seed_side(world: World, cust: list[dict], interval: float = 5.0) -> list[tuple[subprocess.Popen, str]]:
@@ -185,7 +185,7 @@ def finish_app(world: World, side: dict) -> list[dict]:
 
 
 def finish_seed(world: World, procs: list[tuple[subprocess.Popen, str]]) -> list[dict]:
-    log, results = None, {}
+    results = {}
     for proc, cid in procs:
         out, err = proc.communicate(timeout=3600)
         if proc.returncode == 0:
@@ -228,15 +228,15 @@ def comparison_table(title: str, app: dict, seed: dict, extra: dict | None = Non
     return "\n".join(lines)
 
 
-def side_by_side(world: World, name: str, cancel_after: float, count: int, rng: random.Random, with_defaults: bool) -> tuple[str, list[str], dict]:
+def side_by_side(world: World, name: str, cancel_after: float, count: int, rng: random.Random, with_defaults: bool) -> tuple[str, list[str]]:
     print(f"[{name}] {count} customers per side, 2 orders each, cancelled {cancel_after:g} s after their cancel ...", flush=True)
     world.pc.knobs(rateLimitPerWindow=100000)  # the side-by-side compares algorithms: neither side may throttle the other
     app_c, seed_c = customers(count, (2, 2), cancel_after, rng), customers(count, (2, 2), cancel_after, rng)
     default_c = customers(count, (2, 2), cancel_after, rng) if with_defaults else []
     world.pc.add_customers(app_c + seed_c + default_c)
     timeout = cancel_after * 2 + 300
-    app_side, _ = run_app_side(world, APP_SETTINGS, app_c, "app", timeout)
-    default_side = run_app_side(world, {}, default_c, "defaults", timeout)[0] if with_defaults else None
+    app_side = run_app_side(world, APP_SETTINGS, app_c, "app", timeout)
+    default_side = run_app_side(world, {}, default_c, "defaults", timeout) if with_defaults else None
     procs = run_seed_side(world, seed_c)
     app = side_figures(finish_app(world, app_side))
     seed = side_figures(finish_seed(world, procs))
@@ -256,7 +256,7 @@ def side_by_side(world: World, name: str, cancel_after: float, count: int, rng: 
                   ("every customer deleted", app["deleted"] == app["customers"] and seed["deleted"] == seed["customers"])]
         table += "\n\n" + "\n".join(f"* {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks)
         failures = [what for what, ok in checks if not ok]
-    return table, failures, {"app": app, "seed": seed, "defaults": default}
+    return table, failures
 
 
 def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
@@ -265,7 +265,7 @@ def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
     world.pc.add_customers(cust)
     world.pc.knobs(rateLimitPerWindow=500, rateLimitWindowSeconds=60)
     since = len(world.pc.requests_log())
-    side, _ = run_app_side(world, APP_SETTINGS, cust, "sandbox", 900)
+    side = run_app_side(world, APP_SETTINGS, cust, "sandbox", 900)
     start = min(side["sent"].values())
     per = finish_app(world, side)
     log = world.pc.requests_log()[since:]
@@ -300,7 +300,7 @@ def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
     return table, [what for what, ok in checks if not ok]
 
 
-def cold_start(world: World) -> str:
+def cold_start() -> str:
     from tools.coldstart import import_cost
 
     rows = []
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, cancel_after in (("headline", 300.0), ("60s", 60.0), ("instant", 0.0)):
             if name in wanted:
-                table, failed, _ = side_by_side(world, name, cancel_after, args.customers, rng, with_defaults=name == "headline")
+                table, failed = side_by_side(world, name, cancel_after, args.customers, rng, with_defaults=name == "headline")
                 tables.append(table)
                 failures += [f"{name}: {f}" for f in failed]
                 print(table + "\n", flush=True)
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             tables.append(table)
             failures += [f"sandbox: {f}" for f in failed]
             print(table + "\n", flush=True)
-        table = cold_start(world)
+        table = cold_start()
         tables.append(table)
         print(table + "\n", flush=True)
     finally:
