@@ -101,6 +101,10 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         seconds = (moment - now).total_seconds()
     if not math.isfinite(seconds):
         return None
+    return _clamp_retry_after(seconds)
+
+
+def _clamp_retry_after(seconds: float) -> float:
     return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, seconds))
 
 
@@ -343,7 +347,7 @@ class PartnerCenterClient:
                     if wait is not None:  # no slot within this invocation's waiting allowance: continue later
                         raise ThrottledError(None, None, f"paced: this instance has used its {self._pacer.per_minute} calls per "
                                              f"minute (PARTNER_CENTER_CALLS_PER_MINUTE); the next slot frees in {wait:.1f}s",
-                                             method=method, path=path, retry_after=min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, wait)))
+                                             method=method, path=path, retry_after=_clamp_retry_after(wait))
                 return self._attempt(method, path, request_id, correlation_id, json_body, extra)
             except (TransientError, ThrottledError) as exc:
                 last["exc"] = exc

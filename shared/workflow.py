@@ -599,10 +599,14 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
 
 # -- endings ------------------------------------------------------------------------------------------------------
 
+def _cancel_sent_at(hop: Hop, now: datetime) -> datetime | None:
+    """When this request last sent a cancel: this hop (now), or one before it."""
+    return now if hop.patched else hop.chain.cancel_sent_at
+
+
 def _since_cancel(hop: Hop, now: datetime) -> float:
-    """Seconds since this request last sent a cancel (this hop, or one before it), else since its first handling."""
-    basis = now if hop.patched else (hop.chain.cancel_sent_at or hop.chain.first_handled_at)
-    return (now - basis).total_seconds()
+    """Seconds since this request last sent a cancel, else since its first handling."""
+    return (now - (_cancel_sent_at(hop, now) or hop.chain.first_handled_at)).total_seconds()
 
 
 def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: bool, now: datetime) -> PollMessage:
@@ -621,7 +625,7 @@ def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: boo
         cause=cause.value if cause else None,
         cause_detail=(detail or None) if cause else None,
         customer_seen=seen,
-        cancel_sent_at=now if hop.patched else chain.cancel_sent_at,
+        cancel_sent_at=_cancel_sent_at(hop, now),
     )
 
 
