@@ -102,12 +102,18 @@ def test_threads_share_one_window():
     assert results.count(None) == 50 and len(results) == 100  # exactly the limit went; the rest were told to wait
 
 
-@responses.activate
-def test_the_client_paces_and_a_paced_call_that_cannot_wait_is_a_throttle():
+def paced_client(limit):
+    """A client on a fake clock with a pacer of ``limit`` calls per minute: (clock, pacer, client)."""
     clock = Clock()
-    pacer = Pacer(2, clock=clock, sleep=clock.sleep)
+    pacer = Pacer(limit, clock=clock, sleep=clock.sleep)
     client = PartnerCenterClient(BASE, FakeCredential(), "https://api.partnercenter.microsoft.com/.default",
                                  policy=RetryPolicy(), sleep=clock.sleep, pacer=pacer)
+    return clock, pacer, client
+
+
+@responses.activate
+def test_the_client_paces_and_a_paced_call_that_cannot_wait_is_a_throttle():
+    clock, pacer, client = paced_client(2)
     responses.get(f"{BASE}/v1/customers/{CUST}", body=body({"id": CUST}))
     b = Budget(10, 4, clock=clock)
     client.get_customer(CUST, correlation_id=CORR, budget=b)
@@ -120,10 +126,7 @@ def test_the_client_paces_and_a_paced_call_that_cannot_wait_is_a_throttle():
 
 @responses.activate
 def test_a_429_from_partner_center_holds_off_the_whole_process():
-    clock = Clock()
-    pacer = Pacer(100, clock=clock, sleep=clock.sleep)
-    client = PartnerCenterClient(BASE, FakeCredential(), "https://api.partnercenter.microsoft.com/.default",
-                                 policy=RetryPolicy(), sleep=clock.sleep, pacer=pacer)
+    clock, pacer, client = paced_client(100)
     responses.get(f"{BASE}/v1/customers/{CUST}", body=body({"statusCode": 429, "message": "x"}), status=429, headers={"Retry-After": "20"})
     with pytest.raises(ThrottledError):
         client.get_customer(CUST, correlation_id=CORR, budget=Budget(10, 4, clock=clock))
