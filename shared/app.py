@@ -8,7 +8,7 @@ from typing import Any
 from shared.config import CONNECT_TIMEOUT_SECONDS, get_settings
 from shared.service import Deps, handle_deletion_request, handle_poll
 
-__all__ = ["deps", "set_deps", "run_delete_customer", "run_poll_orders"]
+__all__ = ["deps", "set_deps", "run_delete_customer", "run_poll_orders", "run_sweep_customers"]
 
 log = logging.getLogger("customer_deletion")
 
@@ -69,3 +69,9 @@ def run_delete_customer(msg: Any, context: Any) -> None:
 
 def run_poll_orders(msg: Any, context: Any) -> None:
     handle_poll(msg, _invocation_id(context), deps())
+
+
+def run_sweep_customers(timer: Any, context: Any) -> None:
+    from shared.sweeper import handle_sweep
+
+    handle_sweep(timer, _invocation_id(context), deps())

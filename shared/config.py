@@ -25,6 +25,7 @@ __all__ = [
     "get_settings",
     "reset_settings",
     "is_loopback_host",
+    "queue_name_problem",
     "host_max_polling_interval",
 ]
 
@@ -271,13 +272,19 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
     return StorageConnection(queue_service_uri=uri.rstrip("/"), client_id=client_id, use_managed_identity=managed)
 
 
+def queue_name_problem(setting: str, name: str) -> str | None:
+    """Why ``name`` (already lower-cased) cannot be one of the app's queues, or ``None``."""
+    if not (3 <= len(name) <= 56) or not _QUEUE_NAME_RE.fullmatch(name):
+        return (f"{setting} must be a queue name of 3-56 lower-case letters, digits and single hyphens "
+                f"(56, so that '<name>-poison' is still valid; got {name!r})")
+    return None
+
+
 def _queue_name(setting: str, value: str, problems: list[str]) -> str:
     name = value.lower()  # the host lower-cases %SETTING% queue names; so do we
-    if not (3 <= len(name) <= 56) or not _QUEUE_NAME_RE.fullmatch(name):
-        problems.append(
-            f"{setting} must be a queue name of 3-56 lower-case letters, digits and single hyphens "
-            f"(56, so that '<name>-poison' is still valid; got {value!r})"
-        )
+    problem = queue_name_problem(setting, name)
+    if problem:
+        problems.append(problem)
     return name
 
 

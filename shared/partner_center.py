@@ -50,6 +50,8 @@ log = logging.getLogger("customer_deletion.partner_center")
 
 MAX_DESCRIPTION = 1024
 MAX_PAGES = 200
+#: Customers asked for per page of the customer list (the documented example's size; the server may send fewer).
+CUSTOMERS_PAGE_SIZE = 40
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1.0, 900.0
 _DELAY_SECONDS_RE = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
 _CONTINUATION_RE = re.compile(r"[\x21-\x7e]{1,4096}")
@@ -222,45 +224,63 @@ class PartnerCenterClient:
     def delete_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> None:
         self._call("DELETE", f"/v1/customers/{_segment(customer_id, 'customer')}", correlation_id=correlation_id, budget=budget)
 
+    def list_customers(self, *, correlation_id: str, budget: Budget | None = None, stop_after: int | None = None) -> list[Any]:
+        """Every item of the partner's customer list, all pages (``links.next`` + ``MS-ContinuationToken``), as
+        listed: items are not validated here (the sweep's core does that). With ``stop_after``, paging stops as soon
+        as more than that many items were listed (the caller refuses such a list anyway). Any failure raises: a
+        partial list is never returned."""
+        items: list[Any] = []
+        for page in self._pages("/v1/customers", f"size={CUSTOMERS_PAGE_SIZE}", "customers", correlation_id, budget):
+            items.extend(page)
+            if stop_after is not None and len(items) > stop_after:
+                break
+        return items
+
     # -- paging ----------------------------------------------------------------------------------------------
 
     def _entitlements(self, customer_id: str, correlation_id: str, budget: Budget | None) -> Iterator[dict]:
         cid = _segment(customer_id, "customer")
-        path = f"/v1/customers/{cid}/entitlements"
+        for page in self._pages(f"/v1/customers/{cid}/entitlements", "", "entitlements", correlation_id, budget):
+            yield from (i for i in page if isinstance(i, dict))
+
+    def _pages(self, collection: str, query: str, what: str, correlation_id: str, budget: Budget | None) -> Iterator[list]:
+        """The ``items`` of each page of a collection, following ``links.next``; a malformed page, a page repeated,
+        or more than MAX_PAGES pages raise ``TransientError``, a ``links.next`` elsewhere raises ``UnsafeIdError``."""
+        path = collection + (f"?{query}" if query else "")
         headers: dict[str, str] = {}
         visited: set[tuple[str, str]] = set()
         for _ in range(MAX_PAGES):
             page = self._call("GET", path, correlation_id=correlation_id, extra_headers=headers, budget=budget) or {}
             items = page.get("items") if isinstance(page, dict) else None
             if not isinstance(items, list):
-                raise TransientError(200, None, "entitlements response has no 'items' list", method="GET", path=path)
-            yield from (i for i in items if isinstance(i, dict))
+                raise TransientError(200, None, f"{what} response has no 'items' list", method="GET", path=path)
+            yield items
             nxt = (page.get("links") or {}).get("next") if isinstance(page.get("links"), dict) else None
             if not nxt:
                 return
-            path, headers = self._next_link(nxt, cid)
+            path, headers = self._next_link(nxt, collection, what)
             if budget is not None and not budget.may_start_call():
-                raise OutOfTimeError(None, None, "no work time left for the next entitlements page", method="GET", path=path)
+                raise OutOfTimeError(None, None, f"no work time left for the next {what} page", method="GET", path=path)
             key = (path, headers.get("MS-ContinuationToken", ""))
             if key in visited:
-                raise TransientError(200, None, "entitlements paging repeats a page", method="GET", path=path)
+                raise TransientError(200, None, f"{what} paging repeats a page", method="GET", path=path)
             visited.add(key)
-        raise TransientError(200, None, f"entitlements paging exceeded {MAX_PAGES} pages", method="GET", path=path)
+        raise TransientError(200, None, f"{what} paging exceeded {MAX_PAGES} pages", method="GET", path=path)
 
-    def _next_link(self, link: Any, customer_id: str) -> tuple[str, dict[str, str]]:
-        """Validate a ``links.next`` from a response; it may only page the same customer's entitlements."""
+    def _next_link(self, link: Any, collection: str, what: str) -> tuple[str, dict[str, str]]:
+        """Validate a ``links.next`` from a response; it may only page the same collection (``collection``)."""
         uri = link.get("uri") if isinstance(link, dict) else None
         if not isinstance(uri, str):
-            raise UnsafeIdError("entitlements links.next has no uri")
+            raise UnsafeIdError(f"{what} links.next has no uri")
         parts = urlsplit(uri)
         if parts.scheme or parts.netloc:
             if f"{parts.scheme}://{parts.netloc}" != self._origin:
-                raise UnsafeIdError(f"entitlements links.next points to another host: {uri[:120]!r}")
+                raise UnsafeIdError(f"{what} links.next points to another host: {uri[:120]!r}")
         path = parts.path if parts.path.startswith("/v1/") else "/v1" + parts.path
-        if path.rstrip("/").lower() != f"/v1/customers/{customer_id}/entitlements".lower() or parts.fragment:
-            raise UnsafeIdError(f"entitlements links.next is not this customer's entitlements: {uri[:120]!r}")
+        if path.rstrip("/").lower() != collection.lower() or parts.fragment:
+            raise UnsafeIdError(f"{what} links.next is not the same collection ({collection}): {uri[:120]!r}")
         if not _NEXT_QUERY_RE.fullmatch(parts.query):
-            raise UnsafeIdError(f"entitlements links.next has an unexpected query: {uri[:120]!r}")
+            raise UnsafeIdError(f"{what} links.next has an unexpected query: {uri[:120]!r}")
         headers: dict[str, str] = {}
         for header in link.get("headers") or []:
             if not isinstance(header, dict):
@@ -268,10 +288,9 @@ class PartnerCenterClient:
             if str(header.get("key", "")).lower() == "ms-continuationtoken":
                 value = header.get("value")
                 if not isinstance(value, str) or not _CONTINUATION_RE.fullmatch(value):
-                    raise UnsafeIdError("entitlements links.next has a malformed MS-ContinuationToken")
+                    raise UnsafeIdError(f"{what} links.next has a malformed MS-ContinuationToken")
                 headers["MS-ContinuationToken"] = value
-        full = f"/v1/customers/{customer_id}/entitlements" + (f"?{parts.query}" if parts.query else "")
-        return full, headers
+        return collection + (f"?{parts.query}" if parts.query else ""), headers
 
     # -- transport -------------------------------------------------------------------------------------------
 

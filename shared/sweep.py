@@ -1,0 +1,369 @@
+"""The sweep's pure core: its settings, the run's time, which listed customers are selected and why, and the report.
+
+Nothing here does I/O or reads a clock; ``shared.sweeper`` lists the customers, calls these functions, enqueues the
+deletion requests and writes the report. Every decision of a sweep is made here, so it is tested as a table.
+
+Safety rules (see the README, "The sweep"):
+* A customer is selected only when ``SWEEP_INCLUDE`` (case-insensitive ``re.search``) matches its company name or its
+  default domain, ``SWEEP_EXCLUDE`` matches neither, its id is a canonical GUID that its company profile agrees with,
+  it is listed once, it is not in ``PROTECTED_CUSTOMER_IDS``, and neither text is over 256 characters.
+* A list of more customers than ``SANDBOX_CUSTOMER_LIMIT`` is not an integration sandbox: nothing is selected.
+* A setting problem selects nothing, and names every problem; it never touches the deletion functions' settings.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+from shared.config import queue_name_problem
+from shared.ids import is_guid
+from shared.messages import deletion_request_text, iso
+from shared.ncrontab import Schedule, ScheduleError, parse
+
+__all__ = [
+    "SWEEP_DEFAULTS", "MODES", "REASONS", "MAX_NAME_CHARS", "REPORT_SCHEMA_VERSION", "SweepPolicy", "RunTime", "Decision",
+    "Plan", "read_policy", "run_time", "run_id", "correlation_id", "plan", "request_text", "report_text", "MAX_REPORT_BYTES",
+]
+
+SWEEP_DEFAULTS: dict[str, str] = {
+    "SWEEP_MODE": "report",
+    "SWEEP_INCLUDE": "",
+    "SWEEP_EXCLUDE": "",
+    "SWEEP_MAX_PER_RUN": "25",
+    "SANDBOX_CUSTOMER_LIMIT": "75",
+    "SWEEP_REPORTS_QUEUE": "customer-sweep-reports",
+}
+MODES = ("off", "report", "delete")
+#: Why a listed customer was or was not selected, in the order they are checked.
+REASONS = ("invalid_id", "duplicate", "protected", "name_too_long", "not_matching", "excluded", "over_limit", "selected")
+MAX_NAME_CHARS = 256
+MAX_PATTERN_CHARS = 1000
+MAX_LIMIT = 1000
+REPORT_SCHEMA_VERSION = 1
+#: A storage queue message holds 64 KiB of Base64 text: 48 KiB of JSON.
+MAX_REPORT_BYTES = 48 * 1024
+#: A run is the scheduled one when it starts this close after the latest occurrence and nothing else tells.
+SCHEDULED_TOLERANCE = timedelta(seconds=60)
+#: The host and the app read one clock, but not at the same instant.
+CLOCK_SKEW = timedelta(seconds=5)
+#: Fixed namespace of the sweep's ids: uuid5(it, "<run time>") is the run id, uuid5(it, "<run time>/<customer id>") a
+#: request's correlation id. Never change it: a repeat of a run must give the same ids.
+_NAMESPACE = uuid.UUID("5f0c2d7e-9b61-4c3a-8e0f-7a9d1c4b2e63")
+
+
+@dataclass(frozen=True)
+class SweepPolicy:
+    mode: str
+    include: re.Pattern | None
+    exclude: re.Pattern | None
+    max_per_run: int
+    sandbox_limit: int
+    reports_queue: str
+    schedule: Schedule | None
+    problems: tuple[str, ...] = ()
+
+
+def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> SweepPolicy:
+    """The sweep's settings. Never raises: every problem is named in ``problems``, and a policy with problems selects
+    nothing. ``app_queues`` are the deletion functions' queues, which the report queue must not be."""
+    problems: list[str] = []
+
+    def get(name: str) -> str:
+        value = env.get(name)
+        return SWEEP_DEFAULTS[name] if value is None or not value.strip() else value.strip()
+
+    mode = get("SWEEP_MODE").lower()
+    if mode not in MODES:
+        problems.append(f"SWEEP_MODE must be off, report or delete (got {get('SWEEP_MODE')[:40]!r})")
+    include = _pattern("SWEEP_INCLUDE", env.get("SWEEP_INCLUDE", ""), problems)
+    exclude = _pattern("SWEEP_EXCLUDE", env.get("SWEEP_EXCLUDE", ""), problems)
+    if mode == "delete" and include is None and not (env.get("SWEEP_INCLUDE") or "").strip():
+        problems.append("SWEEP_MODE=delete needs SWEEP_INCLUDE: the sweep never deletes every customer by default")
+    max_per_run = _count("SWEEP_MAX_PER_RUN", get("SWEEP_MAX_PER_RUN"), problems)
+    limit = _count("SANDBOX_CUSTOMER_LIMIT", get("SANDBOX_CUSTOMER_LIMIT"), problems)
+
+    reports = get("SWEEP_REPORTS_QUEUE").lower()
+    problem = queue_name_problem("SWEEP_REPORTS_QUEUE", reports)
+    taken = {q for app in app_queues for q in (app, app + "-poison")}
+    if problem is None and reports in taken:
+        problem = f"SWEEP_REPORTS_QUEUE must not be one of the deletion functions' queues ({reports!r})"
+    if problem is not None:
+        problems.append(problem + f"; this report goes to {SWEEP_DEFAULTS['SWEEP_REPORTS_QUEUE']!r}")
+        reports = SWEEP_DEFAULTS["SWEEP_REPORTS_QUEUE"]
+
+    schedule = None
+    text = (env.get("SWEEP_SCHEDULE") or "").strip()
+    if not text:
+        problems.append("SWEEP_SCHEDULE is not set (an NCRONTAB expression with six fields, such as '0 0 3 * * *')")
+    else:
+        try:
+            schedule = parse(text)
+        except ScheduleError as exc:
+            problems.append(f"SWEEP_SCHEDULE is not valid NCRONTAB: {exc}")
+        else:
+            if schedule.next_after(datetime(2000, 1, 1, tzinfo=timezone.utc)) is None:
+                problems.append(f"SWEEP_SCHEDULE never occurs: {text[:80]!r}")
+                schedule = None
+    return SweepPolicy(mode if mode in MODES else "report", include, exclude, max_per_run, limit, reports, schedule, tuple(problems))
+
+
+def _pattern(name: str, raw: str, problems: list[str]) -> re.Pattern | None:
+    text = (raw or "").strip()
+    if not text:
+        return None
+    if len(text) > MAX_PATTERN_CHARS:
+        problems.append(f"{name} is longer than {MAX_PATTERN_CHARS} characters")
+        return None
+    try:
+        pattern = re.compile(text, re.IGNORECASE)
+    except (re.error, RecursionError, OverflowError) as exc:
+        problems.append(f"{name} is not a valid regular expression: {exc}")
+        return None
+    if pattern.search("") is not None:
+        problems.append(f"{name} matches the empty string, so it would match every customer: {text[:80]!r}")
+        return None
+    return pattern
+
+
+def _count(name: str, value: str, problems: list[str]) -> int:
+    if not re.fullmatch(r"\d{1,6}", value) or not 1 <= int(value) <= MAX_LIMIT:
+        problems.append(f"{name} must be a whole number from 1 to {MAX_LIMIT} (got {value[:40]!r})")
+        return 0
+    return int(value)
+
+
+# -- the run's time ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunTime:
+    moment: datetime  # the run's time: the scheduled occurrence, or the start of a manual run
+    trigger: str  # "schedule" | "manual"
+    why: str  # how the trigger was told apart, for the report and the log
+
+
+def run_time(schedule: Schedule | None, started: datetime, past_due: bool, status: Mapping[str, Any] | None) -> RunTime:
+    """Scheduled or started by hand, and the run's time.
+
+    The v1 ``TimerRequest`` has no scheduled time, and a run started through the admin endpoint looks like a first
+    scheduled run (no past-due flag, an empty status when nothing is stored). So:
+    * past due (the host's catch-up at start): scheduled;
+    * the host's schedule status names its next occurrence: at or before the start, scheduled (a tick fires at its
+      ``Next``); after the start, started by hand (an admin call gets the stored status, whose ``Next`` is ahead);
+    * no status (the first run, or ``useMonitor`` off): scheduled if the start is within 60 s of an occurrence.
+    A scheduled run's time is the latest occurrence at or before the start (UTC); a manual run's is its start. Both
+    mistakes this can make are harmless: a manual run within 60 s of an occurrence reuses that run's correlation ids,
+    and a late first tick gets ids of its own.
+    """
+    latest = schedule.latest_at_or_before(started) if schedule is not None else None
+    nxt = _status_time((status or {}).get("Next"))
+    if schedule is None or latest is None:
+        return RunTime(started, "manual", "the schedule cannot be read, so the run's time is its start")
+    if past_due:
+        return RunTime(latest, "schedule", "past due (the host's catch-up run)")
+    if nxt is not None:
+        if nxt <= started + CLOCK_SKEW:
+            return RunTime(latest, "schedule", f"the schedule status's next occurrence {iso(nxt)} has come")
+        return RunTime(started, "manual", f"the schedule status's next occurrence {iso(nxt)} is still ahead")
+    if started - latest <= SCHEDULED_TOLERANCE:
+        return RunTime(latest, "schedule", "no schedule status; started within 60 s of an occurrence")
+    return RunTime(started, "manual", "no schedule status; not near an occurrence")
+
+
+_STATUS_TIME_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,7}))?(Z|[+-]\d\d:\d\d)")
+
+
+def _status_time(value: Any) -> datetime | None:
+    """A time of the host's schedule status (ISO 8601 with an offset, up to 7 fractional digits as .NET writes
+    them). ``None`` for anything else, including the host's "never", 0001-01-01, and a time without an offset."""
+    m = _STATUS_TIME_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if m is None:
+        return None
+    base, fraction, offset = m.groups()
+    try:
+        moment = datetime.fromisoformat(base + (f".{(fraction + '000000')[:6]}" if fraction else "")
+                                        + ("+00:00" if offset == "Z" else offset))
+    except ValueError:
+        return None
+    return moment.astimezone(timezone.utc) if moment.year >= 2000 else None
+
+
+def run_id(run: RunTime) -> str:
+    return str(uuid.uuid5(_NAMESPACE, iso(run.moment)))
+
+
+def correlation_id(run: RunTime, customer_id: str) -> str:
+    """uuid5(namespace, "<run time>/<customer id>"): a repeat of the same run enqueues the same correlation ids."""
+    return str(uuid.uuid5(_NAMESPACE, f"{iso(run.moment)}/{customer_id}"))
+
+
+# -- the selection -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    customer_id: str  # lower case when it is a GUID; otherwise a printable excerpt of what was listed
+    company_name: str
+    domain: str
+    reason: str  # one of REASONS
+    detail: str = ""
+
+    @property
+    def selected(self) -> bool:
+        return self.reason == "selected"
+
+
+@dataclass(frozen=True)
+class Plan:
+    listed: int  # items in the customer list (every one, valid or not)
+    decisions: tuple[Decision, ...] = ()  # one per listed item, in the order listed; empty when refused
+    refusal: str | None = None
+
+    @property
+    def selected(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if d.selected)
+
+    @property
+    def deferred(self) -> int:
+        return sum(d.reason == "over_limit" for d in self.decisions)
+
+
+def plan(items: list[Any], policy: SweepPolicy, protected_ids: frozenset[str]) -> Plan:
+    """Decide, for every listed customer, whether this run selects it, and why (or why not)."""
+    if policy.problems:
+        return Plan(len(items), refusal="the sweep's settings have problems: " + "; ".join(policy.problems))
+    if len(items) > policy.sandbox_limit:
+        return Plan(len(items), refusal=f"the partner lists more than SANDBOX_CUSTOMER_LIMIT={policy.sandbox_limit} customers "
+                    f"(at least {len(items)}), so this is not an integration sandbox (a production credential?); nothing is selected")
+    decisions: list[Decision] = []
+    seen: set[str] = set()
+    candidates: list[int] = []
+    for item in items:
+        decision = _decide(item, policy, protected_ids, seen)
+        if decision.reason == "selected":
+            candidates.append(len(decisions))
+        decisions.append(decision)
+    # The same customers in the same order on every run over the same list: by id.
+    candidates.sort(key=lambda i: decisions[i].customer_id)
+    for i in candidates[policy.max_per_run:]:
+        d = decisions[i]
+        decisions[i] = Decision(d.customer_id, d.company_name, d.domain, "over_limit",
+                                f"selected, but over SWEEP_MAX_PER_RUN={policy.max_per_run}: left for a later run")
+    return Plan(len(items), tuple(decisions))
+
+
+def _decide(item: Any, policy: SweepPolicy, protected_ids: frozenset[str], seen: set[str]) -> Decision:
+    profile = item.get("companyProfile") if isinstance(item, dict) else None
+    profile = profile if isinstance(profile, dict) else {}
+    name = _text(profile.get("companyName"))
+    domain = _text(profile.get("domain"))
+    raw_id = item.get("id") if isinstance(item, dict) else None
+    if not is_guid(raw_id):
+        return Decision(_printable(raw_id), name, domain, "invalid_id", "the id is not a GUID in the 8-4-4-4-12 form; never enqueued")
+    cid = raw_id.lower()
+    tenant = profile.get("tenantId")
+    if tenant is not None and (not isinstance(tenant, str) or tenant.lower() != cid):
+        return Decision(cid, name, domain, "invalid_id", "companyProfile.tenantId differs from the id; never enqueued")
+    if cid in seen:
+        return Decision(cid, name, domain, "duplicate", "listed more than once; decided at its first listing")
+    seen.add(cid)
+    if cid in protected_ids:
+        return Decision(cid, name, domain, "protected", "in PROTECTED_CUSTOMER_IDS")
+    if len(name) > MAX_NAME_CHARS or len(domain) > MAX_NAME_CHARS:
+        return Decision(cid, name, domain, "name_too_long", f"company name or domain over {MAX_NAME_CHARS} characters")
+    if policy.include is None:
+        return Decision(cid, name, domain, "not_matching", "SWEEP_INCLUDE is not set, so nothing is selected")
+    if not (policy.include.search(name) or policy.include.search(domain)):
+        return Decision(cid, name, domain, "not_matching", "SWEEP_INCLUDE matches neither the company name nor the domain")
+    if policy.exclude is not None and (policy.exclude.search(name) or policy.exclude.search(domain)):
+        return Decision(cid, name, domain, "excluded", "SWEEP_EXCLUDE matches the company name or the domain")
+    return Decision(cid, name, domain, "selected")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _printable(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)[:80]
+    return text[:80].encode("unicode_escape").decode("ascii")
+
+
+def request_text(run: RunTime, customer_id: str) -> str:
+    """The deletion request for one selected customer: the public request format, as any producer writes it."""
+    return deletion_request_text(customer_id, correlation_id(run, customer_id))
+
+
+# -- the report --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    customer_id: str
+    correlation_id: str
+    message_id: str
+
+
+@dataclass
+class Outcome:
+    """What a run did: filled in by the shell, turned into the report here."""
+
+    result: str  # off | reported | enqueued | refused | failed
+    plan: Plan | None = None
+    enqueued: list[Enqueued] = field(default_factory=list)
+    error: str | None = None
+
+
+def report_text(*, policy: SweepPolicy, run: RunTime, past_due: bool, started: datetime, finished: datetime,
+                invocation_id: str, outcome: Outcome) -> str:
+    """The run's report (Base64-encoded by the publisher): at most MAX_REPORT_BYTES, shortening names and then leaving
+    out entries of not-selected customers (counted in ``excludedOmitted``) if it must."""
+    p = outcome.plan
+    selected = [{"customerTenantId": d.customer_id, "companyName": d.company_name, "domain": d.domain,
+                 "correlationId": correlation_id(run, d.customer_id)} for d in (p.selected if p else ())]
+    excluded = [{"customerTenantId": d.customer_id, "companyName": d.company_name, "reason": d.reason,
+                 **({"detail": d.detail} if d.detail else {})} for d in (p.decisions if p else ()) if not d.selected]
+    body: dict[str, Any] = {
+        "schemaVersion": REPORT_SCHEMA_VERSION,
+        "kind": "sweepReport",
+        "runId": run_id(run),
+        "mode": policy.mode,
+        "trigger": run.trigger,
+        "runTime": iso(run.moment),
+        "scheduledTime": iso(run.moment) if run.trigger == "schedule" else None,
+        "pastDue": past_due,
+        "startedAt": iso(started),
+        "finishedAt": iso(finished),
+        "invocationId": invocation_id,
+        "result": outcome.result,
+        "capacity": {"listed": p.listed if p else None, "limit": policy.sandbox_limit or None,
+                     "free": policy.sandbox_limit - p.listed if p and policy.sandbox_limit and p.listed <= policy.sandbox_limit else None},
+        "selected": selected,
+        "excluded": excluded,
+        "deferred": p.deferred if p else 0,
+        "enqueued": [{"customerTenantId": e.customer_id, "correlationId": e.correlation_id, "messageId": e.message_id}
+                     for e in outcome.enqueued],
+        "problems": list(policy.problems),
+        "error": outcome.error or (p.refusal if p else None),
+        "note": run.why,
+    }
+    text = json.dumps(body, separators=(",", ":"))
+    for cut in (MAX_NAME_CHARS, 64, 16):
+        if len(text.encode("utf-8")) <= MAX_REPORT_BYTES:
+            return text
+        for entry in (*body["selected"], *body["excluded"]):
+            for key in ("companyName", "domain"):
+                if key in entry and len(entry[key]) > cut:
+                    entry[key] = entry[key][:cut] + "…"
+        text = json.dumps(body, separators=(",", ":"))
+    omitted = 0
+    while len(text.encode("utf-8")) > MAX_REPORT_BYTES and body["excluded"]:
+        body["excluded"].pop()
+        omitted += 1
+        body["excludedOmitted"] = omitted
+        text = json.dumps(body, separators=(",", ":"))
+    return text

@@ -1,0 +1,94 @@
+"""The sweep's shell: list the customers, let the core decide, enqueue deletion requests, write the report.
+
+Every decision is the core's (``shared.sweep``); this module only executes and observes, like ``shared.service``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+from shared.budget import Budget
+from shared.errors import AppError, PartnerCenterError
+from shared.service import Deps
+from shared.sweep import Enqueued, Outcome, SweepPolicy, correlation_id, plan, read_policy, report_text, request_text, run_id, run_time
+
+__all__ = ["handle_sweep", "SweepFailed", "LISTING_WORK_SECONDS"]
+
+log = logging.getLogger("customer_deletion.sweep")
+
+#: The listing's work time: no page is asked for after it (the timer has no lease to lose, so it is generous).
+LISTING_WORK_SECONDS = 60.0
+
+
+class SweepFailed(Exception):
+    """The run was refused or failed; its report is written. Raised so that the host records a failed invocation."""
+
+
+def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str, str] | None = None) -> Outcome:
+    """One run: the host's ``TimerRequest`` in, the report out (raises ``SweepFailed`` after a refused or failed run)."""
+    clock = deps.clock
+    started = clock()
+    settings = deps.settings
+    policy = read_policy(os.environ if env is None else env,
+                         app_queues=(settings.delete_queue, settings.poll_queue, settings.outcomes_queue))
+    past_due = bool(getattr(timer, "past_due", False))
+    status = getattr(timer, "schedule_status", None)
+    run = run_time(policy.schedule, started, past_due, status if isinstance(status, dict) else None)
+    rid = run_id(run)
+    log.info("sweep %s: %s run at %s (%s), mode %s, invocation %s", rid, run.trigger, run.moment.isoformat(), run.why, policy.mode,
+             invocation_id)
+
+    outcome = _run(policy, run, rid, deps)
+    text = report_text(policy=policy, run=run, past_due=past_due, started=started, finished=clock(), invocation_id=invocation_id,
+                       outcome=outcome)
+    deps.publisher.send(policy.reports_queue, text)  # never expires
+    summary = (f"sweep {rid}: {outcome.result}; listed {outcome.plan.listed if outcome.plan else '-'} of "
+               f"{policy.sandbox_limit or '-'}, selected {len(outcome.plan.selected) if outcome.plan else 0}, "
+               f"enqueued {len(outcome.enqueued)}, deferred {outcome.plan.deferred if outcome.plan else 0}; report on {policy.reports_queue}")
+    if outcome.result in ("refused", "failed"):
+        log.error("%s: %s", summary, outcome.error)
+        raise SweepFailed(f"{summary}: {outcome.error}")
+    log.info("%s", summary)
+    return outcome
+
+
+def _run(policy: SweepPolicy, run: Any, rid: str, deps: Deps) -> Outcome:
+    if policy.problems:
+        for problem in policy.problems:
+            log.error("sweep %s: setting problem: %s", rid, problem)
+        return Outcome("refused", error="the sweep's settings have problems; nothing was listed or enqueued: " + "; ".join(policy.problems))
+    if policy.mode == "off":
+        return Outcome("off")
+    settings = deps.settings
+    try:
+        items = deps.partner_center.list_customers(correlation_id=rid, budget=Budget(LISTING_WORK_SECONDS, settings.retry_budget),
+                                                   stop_after=policy.sandbox_limit)
+    except (PartnerCenterError, AppError) as exc:
+        return Outcome("failed", error=f"listing the customers failed, so nothing was enqueued (a partial list is never acted on): {exc}")
+    result = plan(items, policy, settings.protected_ids)
+    if result.refusal:
+        log.error("sweep %s: %s", rid, result.refusal)
+        return Outcome("refused", plan=result, error=result.refusal)
+    for d in result.decisions:
+        log.info("sweep %s: customer %s %s -> %s%s", rid, d.customer_id, _shown(d.company_name), d.reason, f" ({d.detail})" if d.detail else "")
+    if policy.mode != "delete":
+        return Outcome("reported", plan=result)
+    outcome = Outcome("enqueued", plan=result)
+    for d in result.selected:
+        cid = correlation_id(run, d.customer_id)
+        try:
+            message_id = deps.publisher.send(settings.delete_queue, request_text(run, d.customer_id))
+        except Exception as exc:  # noqa: BLE001 - storage failed: stop, report what was enqueued
+            outcome.result = "failed"
+            outcome.error = (f"enqueueing the deletion request of {d.customer_id} failed ({type(exc).__name__}); "
+                             f"{len(outcome.enqueued)} of {len(result.selected)} were enqueued, the rest wait for the next run")
+            return outcome
+        outcome.enqueued.append(Enqueued(d.customer_id, cid, message_id))
+        log.info("sweep %s: enqueued the deletion of %s (correlation %s) on %s", rid, d.customer_id, cid, settings.delete_queue)
+    return outcome
+
+
+def _shown(name: str) -> str:
+    """A company name in a log line: quoted, control and non-ASCII characters escaped, at most 80 characters."""
+    return repr(name[:80] + ("…" if len(name) > 80 else "")).encode("ascii", "backslashreplace").decode("ascii")
