@@ -129,7 +129,8 @@ class World:
 
     def host(self, settings: dict[str, str]) -> tuple[devenv.Child, dict[str, str]]:
         self.hosts += 1
-        full = {"AzureWebJobsStorage": self.storage, **devenv.unique_queues("b"), **self.pc.app_settings(), **settings}
+        full = {"AzureWebJobsStorage": self.storage, **devenv.unique_queues("b"), **self.pc.app_settings(),
+                "AzureWebJobs.sweep_customers.Disabled": "true", **settings}  # the deletions only
         for name in (full["DELETE_CUSTOMER_QUEUE"], full["POLL_ORDERS_QUEUE"]):
             self.queues.ensure(name)
         host = devenv.start_host(STATE, full, name=f"host{self.hosts}")

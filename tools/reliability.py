@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                     "PARTNER_CENTER_TIMEOUT_SECONDS": "2", "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4", "INVOCATION_WORK_SECONDS": "10",
                     "PROTECTED_CUSTOMER_IDS": protected["id"],
                     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
-                    "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:02"}
+                    "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:02",
+                    "AzureWebJobs.sweep_customers.Disabled": "true"}  # the deletions only
         queues = devenv.Queues(storage)  # the harness itself talks to Azurite directly
         req_q, poll_q, out_q = settings["DELETE_CUSTOMER_QUEUE"], settings["POLL_ORDERS_QUEUE"], settings["DELETION_OUTCOMES_QUEUE"]
         for name in (req_q, poll_q):

@@ -66,7 +66,7 @@ def world(azurite, pc, queues, tmp_path):
     settings = {"AzureWebJobsStorage": azurite, **devenv.unique_queues("e"), **pc.app_settings(),
                 "POLL_INTERVAL_SECONDS": "1", "POLL_MAX_INTERVAL_SECONDS": "2", "POLL_TIMEOUT_SECONDS": "60",
                 "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "3", "INVOCATION_WORK_SECONDS": "4", "PARTNER_CENTER_TIMEOUT_SECONDS": "3",
-                **FAST_HOST}
+                **FAST_HOST, "AzureWebJobs.sweep_customers.Disabled": "true"}  # the sweep has tests of its own
     w = World(settings, queues, pc, tmp_path)
     yield w
     for host in w.hosts:

@@ -136,3 +136,17 @@ def test_certificate_credential(tmp_path):
     with pytest.raises(ConfigurationError, match="not both"):
         settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
                  PARTNER_CENTER_CLIENT_SECRET="s", PARTNER_CENTER_CLIENT_CERTIFICATE_PATH=str(pem))
+
+
+def test_every_setting_token_of_every_function_json_is_in_the_example_settings():
+    """The host resolves %SETTING% tokens before the app runs: a token missing where the app runs disables that
+    function. The example settings are what a new user copies, so they must carry every one."""
+    import re
+
+    from shared.config import APP_ROOT
+
+    example = json.loads((APP_ROOT / "local.settings.example.json").read_text())["Values"]
+    tokens = {t for fj in APP_ROOT.glob("*/function.json") for t in re.findall(r"%([^%]+)%", fj.read_text())}
+    assert {"DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "SWEEP_SCHEDULE"} <= tokens
+    assert tokens <= set(example)
+    assert example["SWEEP_SCHEDULE"] == "0 0 3 * * *"

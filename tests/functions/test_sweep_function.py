@@ -1,0 +1,102 @@
+"""sweep_customers' ``main`` called with a real ``azure.functions.TimerRequest`` (built by the library's own timer
+converter, as the Python worker builds it) against Azurite and the emulator over real HTTPS."""
+from __future__ import annotations
+
+import json
+import types
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from azure.functions import meta
+from azure.functions.timer import TimerRequest, TimerRequestConverter
+
+import delete_customer
+import sweep_customers
+from shared import app
+from shared.config import reset_settings
+from shared.sweeper import SweepFailed
+from tests.functions import receive
+from tools import devenv
+from tools.local_host.host import decode_base64_strict
+
+
+def timer_request(past_due=False, status=None) -> TimerRequest:
+    """What the worker hands a v1 timer function: the host's TimerInfo JSON through TimerRequestConverter."""
+    data = {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": status, "IsPastDue": past_due}
+    request = TimerRequestConverter.decode(meta.Datum(json.dumps(data), "json"), trigger_metadata={})
+    assert isinstance(request, TimerRequest)
+    return request
+
+
+@pytest.fixture
+def sweep_env(monkeypatch, azurite, pc):
+    names = devenv.unique_queues("s")
+    reports = names["DELETE_CUSTOMER_QUEUE"].replace("-req", "-rep")
+    tag = uuid.uuid4().hex[:8]
+    settings = {"AzureWebJobsStorage": azurite, **names, **pc.app_settings(), "SWEEP_SCHEDULE": "0 0 3 * * *",
+                "SWEEP_REPORTS_QUEUE": reports, "SWEEP_INCLUDE": f"^sweep {tag} ", "SANDBOX_CUSTOMER_LIMIT": "1000"}
+
+    def apply(**extra):
+        for key, value in {**settings, **extra}.items():
+            monkeypatch.setenv(key, value)
+        reset_settings()
+        app.set_deps(None)
+
+    apply()
+    yield types.SimpleNamespace(tag=tag, reports=reports, apply=apply, **{k.lower(): v for k, v in names.items()})
+    reset_settings()
+    app.set_deps(None)
+
+
+def context():
+    return types.SimpleNamespace(invocation_id=str(uuid.uuid4()))
+
+
+def reports(queues, name):
+    return [json.loads(decode_base64_strict(m.content)) for m in queues.drain(name)]
+
+
+def test_a_scheduled_report_run_lists_and_changes_nothing(sweep_env, queues, pc, make_customer):
+    mine = [make_customer(companyName=f"Sweep {sweep_env.tag} run {i}", domain=f"sweep{sweep_env.tag}{i}.onmicrosoft.com") for i in range(2)]
+    now = datetime.now(timezone.utc)
+    status = {"Last": (now - timedelta(days=1)).isoformat(), "Next": (now - timedelta(seconds=1)).isoformat(), "LastUpdated": now.isoformat()}
+    sweep_customers.main(timer_request(status=status), context())
+    (report,) = reports(queues, sweep_env.reports)
+    assert report["mode"] == "report" and report["trigger"] == "schedule" and report["result"] == "reported"
+    assert sorted(s["customerTenantId"] for s in report["selected"]) == sorted(c["id"] for c in mine)
+    assert report["capacity"]["listed"] == len(pc.state()["customers"]) and report["enqueued"] == []
+    assert queues.count(sweep_env.delete_customer_queue) == 0
+    assert not any(c["id"] in pc.state()["deleted"] for c in mine)
+
+
+def test_a_manual_delete_run_enqueues_ordinary_requests_that_delete_customer_processes(sweep_env, queues, pc, make_customer):
+    mine = make_customer(companyName=f"Sweep {sweep_env.tag} doomed", domain="doomed.onmicrosoft.com")
+    sweep_env.apply(SWEEP_MODE="delete")
+    nxt = (datetime.now(timezone.utc) + timedelta(hours=5)).isoformat()  # an admin call gets the stored status: Next ahead
+    sweep_customers.main(timer_request(status={"Next": nxt}), context())
+    (report,) = reports(queues, sweep_env.reports)
+    assert report["trigger"] == "manual" and [e["customerTenantId"] for e in report["enqueued"]] == [mine["id"]]
+    msg, _ = receive(queues, sweep_env.delete_customer_queue)
+    request = json.loads(msg.get_body())
+    assert request == {"customerTenantId": mine["id"], "correlationId": report["enqueued"][0]["correlationId"], "dryRun": False}
+    delete_customer.main(msg, context())  # the deletion itself is the ordinary one
+    assert queues.count(sweep_env.poll_orders_queue) == 1
+
+
+def test_broken_sweep_settings_fail_only_the_sweep(sweep_env, queues, pc, make_customer):
+    target = make_customer(companyName=f"Sweep {sweep_env.tag} untouched")
+    sweep_env.apply(SWEEP_MODE="delete", SWEEP_INCLUDE="(", SWEEP_EXCLUDE=".*", SWEEP_SCHEDULE="every night",
+                    SWEEP_MAX_PER_RUN="lots", SANDBOX_CUSTOMER_LIMIT="0")
+    before = len(pc.requests_log())
+    with pytest.raises(SweepFailed, match="settings have problems"):
+        sweep_customers.main(timer_request(), context())
+    (report,) = reports(queues, sweep_env.reports)
+    assert report["result"] == "refused" and len(report["problems"]) == 5 and len(pc.requests_log()) == before
+    # The deletion functions read none of those settings.
+    queues.ensure(sweep_env.delete_customer_queue)
+    queues.send(sweep_env.delete_customer_queue, json.dumps({"customerTenantId": target["id"], "dryRun": True}))
+    msg, _ = receive(queues, sweep_env.delete_customer_queue)
+    delete_customer.main(msg, context())
+    (event,) = [json.loads(decode_base64_strict(m.content)) for m in queues.drain(sweep_env.deletion_outcomes_queue)]
+    assert event["outcome"] == "dry_run"
