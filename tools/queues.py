@@ -1,7 +1,7 @@
 """Send, show and redrive the app's queue messages (Base64, as the Functions host reads them).
 
     python -m tools.queues send '{"customerTenantId": "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b", "dryRun": true}'
-    python -m tools.queues show outcomes          # requests | polls | outcomes | poison | polls-poison
+    python -m tools.queues show outcomes          # requests | polls | outcomes | poison | polls-poison | reports
     python -m tools.queues redrive                # move every message of <DELETE_CUSTOMER_QUEUE>-poison back, unchanged
 
 Connection string and queue names come from the settings file (``--settings``, default local.settings.json) or, when
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from shared.config import DEFAULTS
+from shared.sweep import SWEEP_DEFAULTS
 from tools.devenv import Queues
 from tools.local_host.host import decode_base64_strict
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     send = sub.add_parser("send", help="put a deletion request (text as given) on the request queue")
     send.add_argument("body")
     show = sub.add_parser("show", help="peek at a queue, decoded")
-    show.add_argument("which", choices=["requests", "polls", "outcomes", "poison", "polls-poison"])
+    show.add_argument("which", choices=["requests", "polls", "outcomes", "poison", "polls-poison", "reports"])
     sub.add_parser("redrive", help="move the request queue's poison messages back to the request queue, unchanged")
     args = parser.parse_args(argv)
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if not conn:
         parser.error("AzureWebJobsStorage is not set (settings file or environment)")
     names = {k: (values.get(k) or DEFAULTS[k]).lower() for k in ("DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "DELETION_OUTCOMES_QUEUE")}
-    queue_of = {"requests": names["DELETE_CUSTOMER_QUEUE"], "polls": names["POLL_ORDERS_QUEUE"], "outcomes": names["DELETION_OUTCOMES_QUEUE"],
+    reports = (values.get("SWEEP_REPORTS_QUEUE") or SWEEP_DEFAULTS["SWEEP_REPORTS_QUEUE"]).lower()
+    queue_of = {"reports": reports, "requests": names["DELETE_CUSTOMER_QUEUE"], "polls": names["POLL_ORDERS_QUEUE"], "outcomes": names["DELETION_OUTCOMES_QUEUE"],
                 "poison": names["DELETE_CUSTOMER_QUEUE"] + "-poison", "polls-poison": names["POLL_ORDERS_QUEUE"] + "-poison"}
     service = QueueServiceClient.from_connection_string(conn)
 

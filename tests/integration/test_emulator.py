@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import random
+import re
+import sys
 import time
 import uuid
 from datetime import datetime
@@ -9,25 +12,48 @@ from datetime import datetime
 import pytest
 import requests
 
+from tools import devenv
+from tools.pc_emulator.server import full_sandbox_customers
+
 BOM = b"\xef\xbb\xbf"
 
 
-@pytest.fixture
-def api(pc):
-    partner = pc.partner
-    token = requests.post(f"{pc.url}/{partner['tenantId']}/oauth2/v2.0/token", verify=pc.ca, data={
+def bearer_session(emu):
+    """A session with a token of the emulator's partner app, as the app gets one."""
+    partner = emu.partner
+    token = requests.post(f"{emu.url}/{partner['tenantId']}/oauth2/v2.0/token", verify=emu.ca, data={
         "grant_type": "client_credentials", "client_id": partner["clientId"], "client_secret": partner["clientSecret"],
         "scope": "https://api.partnercenter.microsoft.com/.default"}).json()["access_token"]
     session = requests.Session()
     session.trust_env = False  # else a machine-wide REQUESTS_CA_BUNDLE wins over session.verify
-    session.verify = pc.ca
+    session.verify = emu.ca
     session.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
     return session
+
+
+@pytest.fixture
+def api(pc):
+    return bearer_session(pc)
 
 
 def body(resp):
     assert resp.content.startswith(BOM)  # every body starts with a BOM by default
     return json.loads(resp.content.decode("utf-8-sig"))
+
+
+def list_customers(emu, api, size=40):
+    """Every page of the customer list, following ``links.next`` verbatim with its headers, as the reference says."""
+    pages, url, headers = [], f"{emu.url}/v1/customers?size={size}", {}
+    for _ in range(10000):
+        resp = api.get(url, headers=headers)
+        assert resp.status_code == 200, resp.content
+        pages.append(body(resp))
+        nxt = pages[-1]["links"].get("next")
+        if not nxt:
+            return pages
+        assert "seekOperation=Next" in nxt["uri"] and pages[-1]["continuationToken"] == nxt["headers"][0]["value"]
+        url, headers = f"{emu.url}/v1{nxt['uri']}", {h["key"]: h["value"] for h in nxt["headers"]}
+    raise AssertionError("the customer list never ended")
 
 
 def cancel(pc, api, cid, oid):
@@ -48,17 +74,41 @@ def test_token_endpoint_checks_the_client_secret_and_bearer_tokens_are_checked(p
 def test_customers_are_paged_with_links_next_and_continuation_token(pc, api, make_customer):
     for _ in range(3):
         make_customer([])
-    seen, url, headers = [], f"{pc.url}/v1/customers?size=2", {}
-    for _ in range(100):
-        page = body(api.get(url, headers=headers))
-        seen += [c["id"] for c in page["items"]]
-        nxt = page["links"].get("next")
-        if not nxt:
-            break
-        assert "seekOperation=Next" in nxt["uri"] and page["continuationToken"]
-        url = f"{pc.url}/v1{nxt['uri']}"
-        headers = {h["key"]: h["value"] for h in nxt["headers"]}
+    seen = [c["id"] for page in list_customers(pc, api, size=2) for c in page["items"]]
     assert len(seen) == len(set(seen)) == len(pc.state()["customers"])
+
+
+def test_a_page_cap_returns_fewer_customers_than_asked_and_links_next_still_lists_each_once(pc, api, make_customer):
+    mine = {make_customer([])["id"] for _ in range(3)}
+    total = len(pc.state()["customers"])  # the emulator is shared: other tests' customers are listed too
+    cap = max(1, total // 4)
+    pc.knobs(customersMaxPageSize=cap)
+    pages = list_customers(pc, api, size=40)
+    seen = [c["id"] for page in pages for c in page["items"]]
+    assert len(pages) >= 4 and len(seen) == len(set(seen)) == total and mine <= set(seen)
+    assert all(len(page["items"]) == page["totalCount"] <= cap for page in pages)  # totalCount: the page's items
+    assert [page["links"]["next"]["uri"] for page in pages[:-1]] == ["/customers?size=40&seekOperation=Next"] * (len(pages) - 1)
+    assert {page["links"]["self"]["uri"] for page in pages} == {"/customers?size=40"} and "continuationToken" not in pages[-1]
+
+
+@pytest.mark.parametrize("query", ["", "?size=", "?size=0", "?size=-1", "?size=abc", "?size=1.5", "?size=%2B5", "?size=1" + "0" * 30])
+def test_size_is_required_on_the_first_page_and_must_be_a_positive_integer(pc, api, query):
+    refused = api.get(f"{pc.url}/v1/customers{query}")
+    assert refused.status_code == 400
+    assert body(refused) == {"code": 800002, "description": body(refused)["description"], "data": [], "source": "PartnerFD"}
+    assert body(refused)["description"].startswith("Invalid request input: size")
+
+
+def test_a_later_page_without_size_keeps_the_size_asked_and_a_token_is_good_once(pc, api, make_customer):
+    for _ in range(3):
+        make_customer([])
+    first = body(api.get(f"{pc.url}/v1/customers?size=2"))
+    token = {"MS-ContinuationToken": first["continuationToken"]}
+    second = body(api.get(f"{pc.url}/v1/customers?seekOperation=Next", headers=token))
+    assert len(second["items"]) == 2 and second["links"]["next"]["uri"] == "/customers?size=2&seekOperation=Next"
+    assert not {c["id"] for c in first["items"]} & {c["id"] for c in second["items"]}
+    reused = api.get(f"{pc.url}/v1/customers?size=2&seekOperation=Next", headers=token)
+    assert reused.status_code == 400 and body(reused)["code"] == 800002
 
 
 def test_orders_cancel_with_lag_and_the_documented_errors(pc, api, make_customer):
@@ -137,6 +187,48 @@ def test_a_fault_window_applies_only_between_from_and_until(pc, api, make_custom
     assert call("GET", url) == 200
 
 
+def test_skip_fails_exactly_the_third_page_and_the_same_links_next_can_be_asked_again(pc, api, make_customer):
+    mine = {make_customer([])["id"] for _ in range(3)}
+    total = len(pc.state()["customers"])
+    pc.knobs(customersMaxPageSize=max(1, total // 4))  # at least 4 pages
+    third_page = {"kind": "status", "status": 503, "method": "GET", "path": "^/v1/customers$", "skip": 2, "times": 1}
+    assert pc.faults([third_page]) == [{**third_page, "share": 1.0, "seconds": 1.0, "from": None, "until": None}]
+    assert api.get(f"{pc.url}/v1/customers/{min(mine)}").status_code == 200  # another path: not counted
+    assert pc.state()["faults"][0]["skip"] == 2
+    since = pc.state()["requests"]
+    statuses, seen, url, headers = [], [], f"{pc.url}/v1/customers?size=40", {}
+    while url:
+        resp = api.get(url, headers=headers)
+        statuses.append(resp.status_code)
+        if resp.status_code == 503:
+            assert body(resp)["code"] == 800003 and body(resp)["isRetryable"] is True
+            continue  # the same page again, with the same continuation token
+        page = body(resp)
+        seen += [c["id"] for c in page["items"]]
+        nxt = page["links"].get("next")
+        url, headers = (f"{pc.url}/v1{nxt['uri']}", {h["key"]: h["value"] for h in nxt["headers"]}) if nxt else (None, {})
+    assert statuses == [200, 200, 503] + [200] * (len(statuses) - 3) and len(statuses) >= 5
+    assert len(seen) == len(set(seen)) == total and mine <= set(seen)
+    assert [e["status"] for e in pc.requests_log(since) if e["path"] == "/v1/customers"] == statuses
+    assert {k: pc.state()["faults"][0][k] for k in ("skip", "times")} == {"skip": 0, "times": 0}
+
+
+def test_skipped_requests_draw_nothing_so_the_seeded_draws_are_unchanged(pc, api, make_customer):
+    customer = make_customer([])
+    url = f"{pc.url}/v1/customers/{customer['id']}"
+    pc.knobs(randomSeed=5)
+    pc.faults([{"kind": "status", "status": 503, "path": customer["id"], "share": 0.5, "skip": 3}])
+    draws = random.Random(5)
+    expected = [200] * 3 + [503 if draws.random() < 0.5 else 200 for _ in range(12)]
+    assert [api.get(url).status_code for _ in range(15)] == expected and 503 in expected[3:] and 200 in expected[3:]
+
+
+@pytest.mark.parametrize("skip", [-1, True, 1.5, "2", None])
+def test_a_malformed_skip_is_refused(pc, skip):
+    refused = requests.post(f"{pc.url}/_emulator/faults", json=[{"kind": "drop", "skip": skip}], verify=pc.ca)
+    assert refused.status_code == 400 and "'skip'" in refused.json()["error"]
+
+
 @pytest.mark.parametrize("window", [{"from": "soon"}, {"until": True}, {"from": 10, "until": 10}, {"from": 20.5, "until": 10}])
 def test_a_malformed_fault_window_is_refused(pc, window):
     pc.faults([{"kind": "drop", "times": 1}])
@@ -210,3 +302,84 @@ def test_a_hidden_order_is_in_no_entitlement_but_blocks_delete_until_cancelled(p
     assert pc.state()["customers"][cid]["orders"][hidden]["hidden"] is True
     assert cancel(pc, api, cid, hidden).status_code == 200
     assert api.delete(f"{pc.url}/v1/customers/{cid}").status_code == 204
+
+
+HOSTILE = ["Contoso\nMS-ContinuationToken: forged\r\n\x00\x07\x1b[31m", "\u202eexe.nosnoc\u202c Tip", "A" * 300 + "\u00e9" * 20,
+           '"quoted" <script>alert(1)</script> \\ %s {0} \t', "\ud83d lone surrogate", "", None]
+
+
+def test_hostile_company_names_and_domains_are_shown_exactly_by_the_list_get_and_state(pc, api, make_customer):
+    made = {make_customer([], companyName=name, domain=HOSTILE[-1 - i])["id"]: (name, HOSTILE[-1 - i]) for i, name in enumerate(HOSTILE)}
+    listed = {c["id"]: c["companyProfile"] for page in list_customers(pc, api) for c in page["items"] if c["id"] in made}
+    assert listed == {cid: {"tenantId": cid, "companyName": name, "domain": domain} for cid, (name, domain) in made.items()}
+    state = pc.state()["customers"]
+    for cid, (name, domain) in made.items():
+        assert body(api.get(f"{pc.url}/v1/customers/{cid}"))["companyProfile"] == {"tenantId": cid, "domain": domain, "companyName": name}
+        assert (state[cid]["companyName"], state[cid]["domain"]) == (name, domain)
+
+
+@pytest.mark.parametrize("customer", [{"id": "not-a-guid"}, {"id": str(uuid.uuid4()), "companyName": 5},
+                                      {"id": str(uuid.uuid4()), "domain": ["x"]}, {"id": str(uuid.uuid4()), "orders": [{"id": 1}]}, "text"])
+def test_a_malformed_customer_is_refused_and_nothing_is_added(pc, customer):
+    good = str(uuid.uuid4())
+    refused = requests.post(f"{pc.url}/_emulator/customers", json=[{"id": good}, customer], verify=pc.ca)
+    assert refused.status_code == 400 and refused.json()["error"]
+    assert good not in pc.state()["customers"]
+
+
+@pytest.fixture(scope="module")
+def full_emulator(run_dir):
+    """A private emulator started as ``python -m tools.pc_emulator --full-sandbox 75``: the shared one stays small."""
+    state_dir = run_dir / f"full-sandbox-{uuid.uuid4().hex[:8]}"
+    child = devenv._spawn("emulator-full", [sys.executable, "-m", "tools.pc_emulator", "--full-sandbox", "75", "--port", "0",
+                                            "--state-dir", str(state_dir)], run_dir)
+    try:
+        devenv.wait_for(lambda: (state_dir / "emulator.json").exists() or child.proc.poll() is not None, 30, what="the full-sandbox emulator")
+        assert child.proc.poll() is None, child.log()
+        info = json.loads((state_dir / "emulator.json").read_text())
+        yield devenv.Emulator(info["url"], info["ca"], info["partner"], child)
+    finally:
+        child.stop()
+
+
+def profiles(customers):
+    return {c["id"]: {"tenantId": c["id"], "domain": c["domain"], "companyName": c["companyName"]} for c in customers}
+
+
+def test_full_sandbox_from_the_command_line_lists_the_sample_and_75_test_run_customers(full_emulator):
+    emu, api = full_emulator, bearer_session(full_emulator)
+    sample, generated = json.loads(devenv.SAMPLE_SANDBOX.read_text())["customers"], full_sandbox_customers(75)
+    listed = {c["id"]: c["companyProfile"] for page in list_customers(emu, api) for c in page["items"]}
+    assert listed == profiles(sample + generated) and len(listed) == 82
+    assert all(re.fullmatch(r"[a-z0-9]+\.onmicrosoft\.com", c["domain"]) for c in sample + generated)
+    assert all(re.fullmatch(r"Tip test run \d{4} \u2013 [A-Z][A-Za-z ]+", c["companyName"]) for c in generated)
+    assert len({c["domain"] for c in sample + generated}) == 82 and len({c["companyName"].split(" \u2013 ")[1] for c in generated}) >= 5
+    with_orders = [c for c in generated if c["orders"]]
+    assert 3 <= len(with_orders) <= 20 and all(re.fullmatch(r"[A-Za-z0-9_-]{33}", o["id"]) for c in with_orders for o in c["orders"])
+    cid, oid = with_orders[0]["id"], with_orders[0]["orders"][0]["id"]
+    assert body(api.patch(f"{emu.url}/v1/customers/{cid}/orders/{oid}", json={"id": oid, "status": "cancelled"}))["status"] == "pending"
+    order = emu.state()["customers"][cid]["orders"][oid]
+    assert 1 <= order["readyAt"] - order["cancelRequestedAt"] <= 3
+
+
+def test_fill_adds_a_deterministic_full_sandbox_per_seed_and_reset_keeps_the_command_lines(full_emulator):
+    emu = full_emulator
+
+    def fill(**args):
+        return requests.post(f"{emu.url}/_emulator/customers/fill", json=args, verify=emu.ca)
+
+    start = len(emu.state()["customers"])
+    first = fill(count=75, seed=8).json()
+    assert first == {"customers": start + 75, "ids": [c["id"] for c in full_sandbox_customers(75, seed=8)]}
+    assert fill(count=75, seed=8).json() == first  # the same customers again, replaced
+    state = emu.state()["customers"]
+    assert {cid: {"tenantId": cid, "domain": state[cid]["domain"], "companyName": state[cid]["companyName"]} for cid in first["ids"]} \
+        == profiles(full_sandbox_customers(75, seed=8))
+    other = fill(count=3, seed=9, prefix="Sweep e2e").json()
+    assert other["customers"] == start + 78 and not set(other["ids"]) & set(first["ids"])
+    assert [emu.state()["customers"][cid]["domain"].split(".")[0][-4:] for cid in other["ids"]] == ["0001", "0002", "0003"]
+    assert all(emu.state()["customers"][cid]["companyName"].startswith("Sweep e2e 000") for cid in other["ids"])
+    for bad in ({"count": -1}, {"count": True}, {"count": 10001}, {"seed": "7"}, {"prefix": " "}, {"colour": "red"}):
+        assert fill(**bad).status_code == 400
+    emu.reset()
+    assert set(emu.state()["customers"]) == set(profiles(json.loads(devenv.SAMPLE_SANDBOX.read_text())["customers"] + full_sandbox_customers(75)))

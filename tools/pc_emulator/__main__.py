@@ -2,6 +2,9 @@
 
     python -m tools.pc_emulator --seed tools/pc_emulator/sample_sandbox.json --port 8443 --state-dir .local/emulator
 
+With ``--full-sandbox N`` it starts with the seed's customers plus N generated ones (``full_sandbox_customers``,
+from ``--full-sandbox-seed``, default 7); they are part of the seed, so ``POST /_emulator/reset`` brings them back.
+
 It writes ``<state-dir>/ca.pem`` (trust it with ``REQUESTS_CA_BUNDLE``) and ``<state-dir>/emulator.json`` (its URL),
 and prints one line when it is ready. Stop it with Ctrl-C or SIGTERM.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import trustme
 
-from tools.pc_emulator.server import EmulatorServer, Sandbox
+from tools.pc_emulator.server import EmulatorServer, Sandbox, full_sandbox_customers
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,11 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8443, help="port, 0 for any free one (default 8443)")
     parser.add_argument("--state-dir", default=".local/emulator", help="where ca.pem and emulator.json go")
+    parser.add_argument("--full-sandbox", type=int, default=0, metavar="N", help="also N generated test-run customers (default 0)")
+    parser.add_argument("--full-sandbox-seed", type=int, default=7, metavar="SEED", help="random seed of the generated customers (default 7)")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the emulator listens on loopback only")
+    if not 0 <= args.full_sandbox <= 10000:
+        parser.error("--full-sandbox takes 0 to 10000 customers")
 
     seed = json.loads(Path(args.seed).read_text(encoding="utf-8"))
+    if args.full_sandbox:
+        seed["customers"] = list(seed.get("customers") or []) + full_sandbox_customers(args.full_sandbox, seed=args.full_sandbox_seed)
     state_dir = Path(args.state_dir)
     context, ca_path = make_tls(state_dir)
     server = EmulatorServer((args.host, args.port), Sandbox(seed), context)

@@ -15,6 +15,23 @@ the state, the request log, the knobs and the faults. Development tool: never de
 * ``POST /_emulator/customers/<id>/orders`` adds purchases to an existing customer while a deletion runs. An order
   with ``hidden: true`` blocks DELETE but is in no entitlement (see ``Sandbox.new_order`` for every order knob).
 * Each request log entry has ``time`` (ISO, ms) and ``t`` (the same moment as a unix time).
+* A fault's ``path`` regex is searched in the request path only, never the query. A fault may carry ``skip`` (an
+  int >= 0, default 0): the first ``skip`` requests it otherwise applies to (method, path, ``times`` left, window)
+  pass untouched by it and draw nothing; only then does it apply, with ``times`` and ``share`` as before. So
+  ``{"kind": "status", "status": 503, "method": "GET", "path": "^/v1/customers$", "skip": 2, "times": 1}`` fails
+  exactly the third page of a customer listing. ``skip`` counts a request whether or not an earlier fault of the
+  list is injected into it; the state shows what is left of it, like ``times``. An injected fault does not use up a
+  continuation token: the same ``links.next`` can be asked again.
+* ``GET /v1/customers`` requires ``size`` (a positive integer; else 400, code 800002) on the first page; a later
+  page (``seekOperation=Next``) without ``size`` keeps the size asked before. The knob ``customersMaxPageSize``
+  (0: no cap) caps every page whatever ``size`` asks, as a real server may answer fewer items than asked: clients
+  must stop on a missing ``links.next`` only. ``links.next.uri`` is ``/customers?size=N&seekOperation=Next`` (no
+  ``/v1``, N as asked) with the ``MS-ContinuationToken`` header, and the token is also the top-level
+  ``continuationToken``. ``totalCount`` is the number of items on that page, not of the whole collection.
+* A customer's ``companyName`` and ``domain`` are any JSON string or null, shown exactly (hostile text included) by
+  the list, the GET and the state. ``full_sandbox_customers`` makes a full, deterministic test sandbox;
+  ``POST /_emulator/customers/fill`` (``{"count": 75, "seed": 7, "prefix": "Tip test run"}``) adds it, and
+  ``python -m tools.pc_emulator --full-sandbox N`` starts with it.
 """
 from __future__ import annotations
 
@@ -28,6 +45,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -45,6 +63,7 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "rateLimitPerWindow": 500,  # requests per partner tenant per window (documented: 500/minute)
     "rateLimitWindowSeconds": 60,
     "entitlementsPageSize": 0,  # 0: one page; n: page through links.next + MS-ContinuationToken
+    "customersMaxPageSize": 0,  # 0: pages of the size asked; n: at most n customers a page, whatever size asks
     "cancellationWindowDays": 60,  # orders older than this refuse PATCH (900117)
     "secondCancel": "idempotent",  # idempotent | error (800061) when an already cancelled order is cancelled again
     "deleteRefusalStatus": 400,  # HTTP status of the DELETE refusal while orders are active
@@ -61,8 +80,11 @@ class Drop(Exception):
 class Fault:
     """An injected fault. It applies to a request whose method and path (a regex, searched) match, while ``times``
     lasts and while the clock is inside its window: from ``start`` (``from`` in JSON) included to ``until`` excluded,
-    unix times as ``time.time()``; a missing bound is unbounded. Of the faults that apply, the first that wins its
-    seeded random draw against ``share`` is injected; a fault that does not apply draws nothing."""
+    unix times as ``time.time()``; a missing bound is unbounded. ``path`` is searched in the path only (no query).
+    While ``skip`` is above 0, a request the fault applies to counts it down and passes untouched by it, without a
+    draw (whether or not another fault is injected into it). Of the faults that apply with no ``skip`` left, the
+    first that wins its seeded random draw against ``share`` is injected; a fault that does not apply draws nothing,
+    and neither do the faults after the injected one."""
 
     kind: str  # status | throttle | drop | slow
     method: str = "*"
@@ -73,13 +95,16 @@ class Fault:
     seconds: float = 1.0  # slow: delay; throttle: Retry-After
     start: float | None = None  # "from": unix time the window opens; None: always open before "until"
     until: float | None = None  # unix time the window closes; None: never
+    skip: int = 0  # requests the fault would apply to that still pass untouched (counted down, no draw)
 
     @classmethod
     def from_json(cls, data: dict) -> "Fault":
-        fault = cls(**{k: data[k] for k in ("kind", "method", "path", "share", "times", "status", "seconds", "until") if k in data},
-                    start=data.get("from"))
+        keys = ("kind", "method", "path", "share", "times", "status", "seconds", "until", "skip")
+        fault = cls(**{k: data[k] for k in keys if k in data}, start=data.get("from"))
         if fault.kind not in ("status", "throttle", "drop", "slow"):
             raise ValueError(f"unknown fault kind {fault.kind!r}")
+        if isinstance(fault.skip, bool) or not isinstance(fault.skip, int) or fault.skip < 0:
+            raise ValueError(f"fault 'skip' must be an integer >= 0, not {fault.skip!r}")
         re.compile(fault.path)
         for bound in (fault.start, fault.until):
             if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound)):
@@ -164,7 +189,23 @@ class Sandbox:
             "patches": 0,
         }
 
+    @staticmethod
+    def check_customer(data: Any) -> None:
+        """ValueError unless ``data`` is a customer a seed may hold: an object with a GUID ``id``, ``companyName`` and
+        ``domain`` absent, null or any string (shown exactly as given, however hostile), and ``orders`` a list of
+        objects with a string ``id``."""
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not re.fullmatch(GUID, data["id"]):
+            raise ValueError(f"a customer must be an object with a GUID id, not {str(data)[:200]!r}")
+        for key in ("companyName", "domain"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ValueError(f"customer {data['id']}: {key} must be a string or null")
+        orders = data.get("orders")
+        if orders is not None and not (isinstance(orders, list) and all(isinstance(o, dict) and isinstance(o.get("id"), str) for o in orders)):
+            raise ValueError(f"customer {data['id']}: orders must be a list of objects with a string id")
+
     def add_customer(self, data: dict) -> None:
+        """Add a customer (one of a seed's), replacing any with its id. ValueError (see ``check_customer``)."""
+        self.check_customer(data)
         with self.lock:
             cid = data["id"].lower()
             now = time.time()
@@ -231,7 +272,8 @@ class Sandbox:
         return {**{k: order[k] for k in keys}, "cancellable": cancellable}
 
     def customer_state(self, customer: dict) -> dict:
-        return {"companyName": customer["companyName"], "orders": {oid: self.order_state(o) for oid, o in customer["orders"].items()}}
+        return {"companyName": customer["companyName"], "domain": customer["domain"],
+                "orders": {oid: self.order_state(o) for oid, o in customer["orders"].items()}}
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -331,12 +373,14 @@ class Handler(BaseHTTPRequestHandler):
             for fault in sandbox.faults:
                 if not fault.applies(method, path, now):
                     continue
-                if sandbox.random.random() >= fault.share:
+                if fault.skip > 0:  # passes this request untouched, and draws nothing
+                    fault.skip -= 1
                     continue
+                if chosen is not None or sandbox.random.random() >= fault.share:
+                    continue  # after the injected fault only the skips above count down
                 if fault.times is not None:
                     fault.times -= 1
                 chosen = copy.copy(fault)
-                break
         if chosen is not None:
             if chosen.kind == "drop":
                 raise Drop()
@@ -447,31 +491,48 @@ class Handler(BaseHTTPRequestHandler):
                     return self._cancel(cid, order, raw)
             return error(405, 405, "Method not allowed")
 
-    def _page(self, items: list, size: int, owner: str, next_uri: str, query: dict, body: dict) -> bool:
-        """Put one page of ``items`` into ``body["items"]``; ``size`` 0 means one page. A later page is asked for with
-        ``seekOperation=Next`` and the ``MS-ContinuationToken`` of ``links.next``, which only pages ``owner``'s
-        collection. False: the continuation token is not valid here."""
+    def _page(self, items: list, size: int | None, owner: str, next_uri: str, query: dict, body: dict, cap: int = 0) -> int | None:
+        """Put one page of ``items`` into ``body["items"]``; ``size`` 0 means one page, and ``cap`` > 0 at most ``cap``
+        items whatever ``size`` asks. A later page is asked for with ``seekOperation=Next`` and the
+        ``MS-ContinuationToken`` of ``links.next``, which only pages ``owner``'s collection; there ``size`` None keeps
+        the size asked before. ``next_uri`` may hold ``{size}``. Returns the size asked (uncapped); None: the
+        continuation token is not valid here (or a first page without a size)."""
         sandbox = self.server.sandbox
         start = 0
         if (query.get("seekoperation") or [""])[0].lower() == "next":
             token = self.headers.get("MS-ContinuationToken")
-            if not token or sandbox.continuations.get(token, ("", 0))[0] != owner:
-                return False
-            start = sandbox.continuations.pop(token)[1]
-        body["items"] = items[start:start + size] if size else items
-        if size and start + size < len(items):
+            if not token or sandbox.continuations.get(token, ("", 0, 0))[0] != owner:
+                return None
+            _, start, asked = sandbox.continuations.pop(token)
+            size = asked if size is None else size
+        if size is None:
+            return None
+        take = min(size, cap) if size and cap > 0 else size
+        body["items"] = items[start:start + take] if take else items[start:]
+        if take and start + take < len(items):
             nxt = secrets.token_urlsafe(16)
-            sandbox.continuations[nxt] = (owner, start + size)
+            sandbox.continuations[nxt] = (owner, start + take, size)
             body["continuationToken"] = nxt
-            body["links"]["next"] = {"uri": next_uri, "method": "GET", "headers": [{"key": "MS-ContinuationToken", "value": nxt}]}
-        return True
+            body["links"]["next"] = {"uri": next_uri.format(size=size), "method": "GET", "headers": [{"key": "MS-ContinuationToken", "value": nxt}]}
+        return size
 
     def _list_customers(self, query: dict) -> tuple[int, Any, dict]:
+        """Customers by id, in pages: ``size`` (required on the first page, a positive integer) capped by the
+        ``customersMaxPageSize`` knob; ``totalCount`` counts the page's items."""
         sandbox = self.server.sandbox
-        size = int((query.get("size") or ["40"])[0])
-        body: dict = {"links": {"self": {"uri": f"/customers?size={size}", "method": "GET", "headers": []}}, "attributes": {"objectType": "Collection"}}
-        if not self._page(sorted(sandbox.customers), size, "customers", f"/customers?size={size}&seekOperation=Next", query, body):
+        given = (query.get("size") or [None])[0]
+        if given is not None and not (re.fullmatch(r"[0-9]{1,18}", given) and int(given) > 0):
+            return error(400, 800002, "Invalid request input: size must be a positive integer")
+        next_page = (query.get("seekoperation") or [""])[0].lower() == "next"
+        if given is None and not next_page:
+            return error(400, 800002, "Invalid request input: size is required")
+        body: dict = {"links": {}, "attributes": {"objectType": "Collection"}}
+        cap = int(sandbox.knobs.get("customersMaxPageSize") or 0)
+        size = self._page(sorted(sandbox.customers), None if given is None else int(given), "customers",
+                          "/customers?size={size}&seekOperation=Next", query, body, cap)
+        if size is None:
             return error(400, 800002, "Invalid request input: continuation token")
+        body["links"] = {"self": {"uri": f"/customers?size={size}", "method": "GET", "headers": []}, **body["links"]}
         body["items"] = [{"id": c, "companyProfile": {"tenantId": c, "domain": sandbox.customers[c]["domain"], "companyName": sandbox.customers[c]["companyName"]},
                           "relationshipToPartner": "reseller", "attributes": {"objectType": "Customer"}} for c in body["items"]]
         body["totalCount"] = len(body["items"])
@@ -486,7 +547,7 @@ class Handler(BaseHTTPRequestHandler):
         body: dict = {"totalCount": len(items), "attributes": {"objectType": "Collection"},
                       "links": {"self": {"uri": f"/customers/{cid}/entitlements", "method": "GET", "headers": []}}}
         size = int(sandbox.knobs.get("entitlementsPageSize") or 0)
-        if not self._page(items, size, cid, f"/customers/{cid}/entitlements?seekOperation=Next", query, body):
+        if self._page(items, size, cid, f"/customers/{cid}/entitlements?seekOperation=Next", query, body) is None:
             return error(400, 800002, "Invalid request input: continuation token")
         return 200, body, {}
 
@@ -566,9 +627,25 @@ class Handler(BaseHTTPRequestHandler):
                     return 400, {"error": str(exc)}, {}
                 return 200, [f.to_json() for f in sandbox.faults], {}
             if name == "customers" and method == "POST" and isinstance(data, list):
+                try:
+                    for customer in data:  # all checked before any is added
+                        sandbox.check_customer(customer)
+                except ValueError as exc:
+                    return 400, {"error": str(exc)}, {}
                 for customer in data:
                     sandbox.add_customer(customer)
                 return 200, {"customers": len(sandbox.customers)}, {}
+            if name == "customers/fill" and method == "POST" and isinstance(data, (dict, type(None))):
+                args = data or {}
+                unknown = set(args) - {"count", "seed", "prefix"}
+                count, seed, prefix = args.get("count", 75), args.get("seed", 7), args.get("prefix", FULL_SANDBOX_PREFIX)
+                if unknown or not all(isinstance(n, int) and not isinstance(n, bool) for n in (count, seed)) \
+                        or not 0 <= count <= 10000 or not isinstance(prefix, str) or not prefix.strip():
+                    return 400, {"error": "fill takes {\"count\": 0..10000, \"seed\": <int>, \"prefix\": <non-blank string>}"}, {}
+                made = full_sandbox_customers(count, seed=seed, prefix=prefix)
+                for customer in made:
+                    sandbox.add_customer(customer)
+                return 200, {"customers": len(sandbox.customers), "ids": [c["id"] for c in made]}, {}
             m = re.fullmatch(rf"customers/({GUID})/orders", name)
             if m and method == "POST" and isinstance(data, list):
                 cid = m.group(1).lower()
@@ -583,9 +660,43 @@ class Handler(BaseHTTPRequestHandler):
                 sandbox.tokens.clear()  # as after a secret rotation or an emulator restart: cached tokens now get 401
                 return 200, {"revoked": revoked}, {}
             if name == "reset" and method == "POST":
+                if isinstance(data, dict):
+                    try:
+                        Sandbox(data)  # a malformed seed is refused before it replaces anything
+                    except (KeyError, TypeError, ValueError, re.error) as exc:
+                        return 400, {"error": f"malformed seed: {exc}"}, {}
                 sandbox.reset(data if isinstance(data, dict) else None)
                 return 200, {"customers": len(sandbox.customers)}, {}
         return 404, {"error": f"no admin endpoint {method} {path}"}, {}
+
+
+FULL_SANDBOX_PREFIX = "Tip test run"
+FULL_SANDBOX_STEMS = ("Contoso", "Fabrikam", "Northwind Traders", "Tailspin Toys", "Wingtip Toys", "Litware",
+                      "Adventure Works", "Woodgrove Bank", "Proseware", "Alpine Ski House")
+ORDER_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def full_sandbox_customers(count: int = 75, *, seed: int = 7, prefix: str = FULL_SANDBOX_PREFIX) -> list[dict]:
+    """``count`` seed customers of a busy integration sandbox, the same for the same arguments: random GUID ids from
+    ``seed`` alone; company names ``"<prefix> 0001 – <stem>"`` (numbered from 1, stems of the usual sample companies,
+    picked by ``seed``); matching lower-case default domains ``"<stem><prefix>0001.onmicrosoft.com"`` (letters and
+    digits only, the label cut to 63 characters). About one in eight has an order or two (33 URL-safe characters,
+    ``reservedInstance`` or ``software``, cancelling 1 to 3 s after the cancel PATCH). A different ``prefix`` gives
+    other names and domains, a different ``seed`` other ids; a smaller ``count`` gives the first of a larger one."""
+    rng = random.Random(seed)
+    slug = re.sub(r"[^a-z0-9]", "", prefix.lower())
+    customers = []
+    for n in range(1, count + 1):
+        cid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        stem = rng.choice(FULL_SANDBOX_STEMS)
+        number = f"{n:04d}"
+        label = (re.sub(r"[^a-z0-9]", "", stem.lower()) + slug)[:63 - len(number)] + number
+        orders = []
+        for _ in range(rng.choice((1, 1, 2)) if rng.random() < 0.125 else 0):
+            orders.append({"id": "".join(rng.choice(ORDER_ID_CHARS) for _ in range(32)) + "1", "alternateId": f"{rng.getrandbits(48):012x}",
+                           "kind": rng.choice(("reservedInstance", "software")), "cancelAfterSeconds": rng.randint(1, 3)})
+        customers.append({"id": cid, "companyName": f"{prefix} {number} – {stem}", "domain": f"{label}.onmicrosoft.com", "orders": orders})
+    return customers
 
 
 def _derived_entitlements(orders: dict[str, dict]) -> list[dict]:
