@@ -1,7 +1,7 @@
 """Import cost of each function folder, as a cold worker pays it: ``python -m tools.coldstart`` prints a table.
 
 Every measurement is a fresh ``python -X importtime`` process that indexes the function the way the Python worker
-(and ``tools/local_host/host.py`` ``load_functions``) does: the app root first on ``sys.path``, a synthetic
+(and ``tools/local_host/indexing.py`` ``load_entry_points``) does: the app root first on ``sys.path``, a synthetic
 ``__app__`` package whose search location is the app root, then ``__app__.<folder>`` (or ``__app__.<folder>.<stem>``
 for a ``scriptFile`` other than ``__init__.py``). Only the ``-X importtime`` lines count: ``total_ms`` is the
 cumulative time of the function module's own line, so interpreter start-up, ``site`` and the harness's imports are
@@ -44,7 +44,7 @@ _LINE_RE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\| ( *)(\S+)\s*$")
 NAMESPACES = ("azure.storage", "azure.mgmt", "azure", "google.cloud", "google", "opentelemetry.instrumentation",
               "opentelemetry")
 
-# argv: app root, module to measure, modules to import first. Mirrors tools/local_host/host.py load_functions.
+# argv: app root, module to measure, modules to import first. Mirrors tools/local_host/indexing.py load_entry_points.
 _HARNESS = """\
 import sys, importlib.machinery, importlib.util
 root, target, preload = sys.argv[1], sys.argv[2], sys.argv[3:]

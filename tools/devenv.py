@@ -41,6 +41,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
         time.sleep(interval)
 
 
+#: The line a local host logs once its admin endpoint listens.
+ADMIN_LINE = re.compile(r"Admin endpoint listening on (http://127\.0\.0\.1:\d+)")
+
+
 @dataclass
 class Child:
     """A child process in its own process group, so stopping it stops everything it started."""
@@ -68,6 +72,11 @@ class Child:
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def admin_url(self) -> str | None:
+        """A local host's admin endpoint (``http://127.0.0.1:<port>``), from its log line; None before it listens."""
+        m = ADMIN_LINE.search(self.log())
+        return m.group(1) if m else None
 
 
 def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Child:
@@ -138,6 +147,10 @@ class Emulator:
     def reset(self, seed: dict | None = None) -> None:
         self._req("POST", "reset", seed)
 
+    def fill(self, count: int = 75, seed: int = 7) -> int:
+        """Add ``count`` generated customers (the same ones for the same seed); returns the emulator's customer total."""
+        return self._req("POST", "customers/fill", {"count": count, "seed": seed})["customers"]
+
     def app_settings(self) -> dict[str, str]:
         return {"PARTNER_CENTER_BASE_URL": self.url, "PARTNER_CENTER_AUTHORITY_HOST": self.url,
                 "PARTNER_CENTER_TENANT_ID": self.partner["tenantId"], "PARTNER_CENTER_CLIENT_ID": self.partner["clientId"],
@@ -160,16 +173,31 @@ def start_emulator(log_dir: Path, seed: Path = SAMPLE_SANDBOX, port: int = 0) ->
 
 
 def start_host(log_dir: Path, settings: dict[str, str], *, name: str = "host", lease_seconds: int = 600,
-               extra_env: dict[str, str] | None = None, app_root: Path = ROOT) -> Child:
-    """The local Functions host with ``settings`` as its local.settings.json ``Values``."""
+               extra_env: dict[str, str] | None = None, app_root: Path = ROOT, admin_port: int = 0,
+               state_dir: Path | None = None) -> Child:
+    """The local Functions host with ``settings`` as its local.settings.json ``Values``.
+
+    ``admin_port`` 0 lets it pick a free port (``Child.admin_url()`` reads it from the log); ``state_dir`` (timer
+    status and singleton locks) defaults to ``<log_dir>/<name>-state``: hosts given the same one share their timers'
+    singleton locks, as hosts sharing a storage account do.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     settings_file = log_dir / f"{name}.settings.json"
     settings_file.write_text(json.dumps({"IsEncrypted": False, "Values": settings}, indent=2))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PARTNER_CENTER_", "AzureWebJobs", "POLL_", "DELETE_CUSTOMER", "DELETION_OUTCOMES"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PARTNER_CENTER_", "AzureWebJobs", "POLL_", "DELETE_CUSTOMER", "DELETION_OUTCOMES", "SWEEP_"))}
     env.update(extra_env or {})
     env["PYTHONUNBUFFERED"] = "1"
     return _spawn(name, [sys.executable, "-m", "tools.local_host", "--settings", str(settings_file), "--lease-seconds", str(lease_seconds),
-                         "--app-root", str(app_root)], log_dir, env)
+                         "--app-root", str(app_root), "--admin-port", str(admin_port),
+                         "--state-dir", str(state_dir or log_dir / f"{name}-state")], log_dir, env)
+
+
+def invoke_admin(url: str, name: str, input: str = "") -> int:  # noqa: A002 - the endpoint's field name
+    """``POST <url>/admin/functions/<name>`` with ``{"input": input}`` (run a function now); returns the status code."""
+    with requests.Session() as session:
+        session.trust_env = False  # loopback: never through a proxy from the environment
+        return session.post(f"{url}/admin/functions/{name}", json={"input": input}, timeout=10).status_code
 
 
 def unique_queues(prefix: str = "t") -> dict[str, str]:

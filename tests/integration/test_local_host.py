@@ -1,15 +1,21 @@
-"""The local host itself, against the documented queue-trigger semantics (functions-queues.md section 9)."""
+"""The local host itself: the documented queue-trigger semantics (functions-queues.md section 9), timer triggers as
+the timer extension runs them, and the admin endpoint."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 import textwrap
 import time
 import uuid
+from datetime import datetime, timezone
 
 import pytest
+import requests
 
 from tools import devenv
-from tools.local_host.host import HostError, decode_base64_strict, load_host_config, parse_timespan, resolve_setting_tokens
+from tools.local_host.host import (EXECUTED_LINE, HostError, decode_base64_strict, load_host_config, parse_timespan,
+                                   resolve_setting_tokens)
 
 PROBE = '''
 import json, os, time
@@ -148,3 +154,228 @@ def test_host_json_parsing_and_overrides(tmp_path):
     with pytest.raises(HostError, match="closing"):
         resolve_setting_tokens("%OPEN", {})
     assert resolve_setting_tokens("q-%A%-%B%", {"A": "x", "B": "y"}) == "q-x-y"
+
+
+# -- timers and the admin endpoint -------------------------------------------------------------------------------------
+
+TIMER_PROBE = '''
+import json, os, time
+import azure.functions as func
+
+def main(timer: func.TimerRequest, context: func.Context) -> None:
+    with open(os.environ["TIMER_LOG"], "a") as f:
+        f.write(json.dumps({"past_due": timer.past_due, "status": timer.schedule_status, "t": time.time(),
+                            "inv": context.invocation_id}) + "\\n")
+    if os.environ.get("TIMER_SLEEP"):
+        time.sleep(float(os.environ["TIMER_SLEEP"]))
+        with open(os.environ["TIMER_LOG"], "a") as f:
+            f.write(json.dumps({"done": context.invocation_id}) + "\\n")
+'''
+DEFAULT_TIME = "0001-01-01T00:00:00+00:00"  # the host's unset Last / LastUpdated
+
+
+def write_timer_app(root, *, use_monitor=True, run_on_startup=False):
+    """An app with a timer function ``tick`` (schedule from %TICK_SCHEDULE%) and the queue function ``probe``."""
+    (root / "tick").mkdir(parents=True)
+    (root / "probe").mkdir()
+    (root / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"queues": {"maxPollingInterval": "00:00:00.200"}}}))
+    (root / "tick" / "function.json").write_text(json.dumps({"bindings": [
+        {"name": "timer", "type": "timerTrigger", "direction": "in", "schedule": "%TICK_SCHEDULE%",
+         "useMonitor": use_monitor, "runOnStartup": run_on_startup}]}))
+    (root / "tick" / "__init__.py").write_text(textwrap.dedent(TIMER_PROBE))
+    (root / "probe" / "function.json").write_text(json.dumps({"bindings": [
+        {"name": "msg", "type": "queueTrigger", "direction": "in", "queueName": "%PROBE_QUEUE%"}]}))
+    (root / "probe" / "__init__.py").write_text(textwrap.dedent(PROBE))
+    return root
+
+
+def iso_seconds(text):
+    return datetime.fromisoformat(text).timestamp()
+
+
+class TimerWorld:
+    def __init__(self, tmp_path, azurite, queues, app):
+        self.tmp, self.app, self.queues = tmp_path, app, queues
+        self.timer_log, self.probe_log = tmp_path / "timer.log", tmp_path / "probe.log"
+        self.state_dir = tmp_path / "state"
+        self.queue = f"t{uuid.uuid4().hex[:12]}"
+        self.settings = {"AzureWebJobsStorage": azurite, "PROBE_QUEUE": self.queue, "TIMER_LOG": str(self.timer_log),
+                         "PROBE_LOG": str(self.probe_log)}
+        self.hosts = []
+
+    def start(self, wait=True, **settings):
+        self.queues.ensure(self.queue)
+        host = devenv.start_host(self.tmp, {**self.settings, **settings}, name=f"thost{len(self.hosts)}", app_root=self.app,
+                                 state_dir=self.state_dir)
+        self.hosts.append(host)
+        if wait:
+            devenv.wait_for(lambda: "Host started" in host.log() or host.proc.poll() is not None, 30, what="host")
+            assert host.proc.poll() is None, host.log()
+        return host
+
+    def runs(self, done=False):
+        entries = [json.loads(line) for line in self.timer_log.read_text().splitlines()] if self.timer_log.exists() else []
+        return [e for e in entries if ("done" in e) == done]
+
+    def probe_calls(self):
+        return [json.loads(line) for line in self.probe_log.read_text().splitlines()] if self.probe_log.exists() else []
+
+    def status_path(self):
+        return self.state_dir / "timers" / "tick" / "status.json"
+
+    def stored(self):
+        return json.loads(self.status_path().read_text())
+
+    def store(self, last, next_, last_updated=None):
+        self.status_path().parent.mkdir(parents=True, exist_ok=True)
+        self.status_path().write_text(json.dumps({"Last": last, "Next": next_, "LastUpdated": last_updated or last}))
+
+
+@pytest.fixture
+def timer_world(tmp_path, azurite, queues):
+    w = TimerWorld(tmp_path, azurite, queues, write_timer_app(tmp_path / "tapp"))
+    yield w
+    for h in w.hosts:
+        h.stop()
+
+
+def test_timer_fires_on_the_second_grid_with_its_schedule_status(timer_world):
+    w = timer_world
+    host = w.start(TICK_SCHEDULE="*/2 * * * * *")  # the schedule from a %SETTING%; useMonitor true in function.json
+    devenv.wait_for(lambda: len(w.runs()) >= 3, 20, what="three ticks")
+    runs = w.runs()[:3]
+    assert [r["past_due"] for r in runs] == [False, False, False]
+    for r in runs:  # the status passed is the one before the run: Next is this occurrence, on the 2-second grid
+        nxt = iso_seconds(r["status"]["Next"])
+        assert nxt % 2 == 0 and 0 <= r["t"] - nxt < 1.5, r
+    first, second, third = runs
+    assert first["status"]["Last"] == DEFAULT_TIME == first["status"]["LastUpdated"]  # never ran before (the host's unset time)
+    assert iso_seconds(second["status"]["Last"]) == iso_seconds(first["status"]["Next"])  # the previous run's occurrence
+    assert iso_seconds(third["status"]["Next"]) - iso_seconds(second["status"]["Next"]) == 2
+    assert "The next 5 occurrences of the 'tick' schedule" in host.log()
+    assert re.search(r"Executing 'Functions\.tick' \(Reason='Timer fired at \d{4}-\d\d-\d\dT[^']*\+00:00', Id=", host.log())
+    executed = [m for m in map(EXECUTED_LINE.search, host.log().splitlines()) if m and m["function"] == "tick"]
+    assert executed and all(m["status"] == "Succeeded" for m in executed)
+    stored = w.stored()  # after each run: Last = that occurrence, Next = the one after it
+    assert iso_seconds(stored["Next"]) - iso_seconds(stored["Last"]) == 2
+
+
+def test_stale_status_runs_once_past_due_at_start_then_ticks(timer_world):
+    w = timer_world
+    hour_ago = int(time.time()) // 2 * 2 - 3600
+    last, nxt = (datetime.fromtimestamp(t, timezone.utc).isoformat() for t in (hour_ago - 2, hour_ago))
+    w.store(last, nxt)  # consistent with the schedule (Next = the occurrence after Last): not a schedule change
+    host = w.start(TICK_SCHEDULE="*/2 * * * * *")
+    devenv.wait_for(lambda: len(w.runs()) >= 3, 20, what="a past-due run and two ticks")
+    first, *later = w.runs()[:3]
+    assert first["past_due"] is True and first["status"] == {"Last": last, "Next": nxt, "LastUpdated": last}
+    assert [r["past_due"] for r in later] == [False, False]  # missed occurrences are not replayed
+    assert all(iso_seconds(r["status"]["Next"]) > time.time() - 30 for r in later)
+    assert host.log().count("Function 'tick' is past due on startup. Executing now.") == 1
+
+
+def test_run_on_startup_without_monitor(tmp_path, azurite, queues):
+    w = TimerWorld(tmp_path, azurite, queues, write_timer_app(tmp_path / "tapp", use_monitor=False, run_on_startup=True))
+    try:
+        host = w.start(TICK_SCHEDULE="0 0 0 1 1 *")  # once a year: the run comes from runOnStartup
+        devenv.wait_for(w.runs, 15, what="the startup run")
+        assert w.runs()[0]["past_due"] is False and w.runs()[0]["status"] == {}  # no monitor: ScheduleStatus null
+        assert "Function 'tick' is configured to run on startup. Executing now." in host.log()
+        assert not w.status_path().exists()
+    finally:
+        for h in w.hosts:
+            h.stop()
+
+
+def test_admin_endpoint_runs_a_timer_now_and_leaves_its_status(timer_world):
+    w = timer_world
+    year = datetime.now(timezone.utc).year
+    w.store(f"{year}-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")  # Next is not what the schedule gives from Last
+    host = w.start(TICK_SCHEDULE="0 0 0 1 1 *")
+    stored = w.stored()  # a schedule change: Next recomputed from Last (the next 1 January), Last reset, as the host does
+    assert stored == {"Last": DEFAULT_TIME, "Next": f"{year + 1}-01-01T00:00:00+00:00", "LastUpdated": f"{year}-01-01T00:00:00+00:00"}
+    url = host.admin_url()
+    assert url and w.runs() == []
+    assert devenv.invoke_admin(url, "tick") == 202
+    devenv.wait_for(lambda: "Executed 'Functions.tick'" in host.log(), 15, what="the admin run")
+    (run,) = w.runs()
+    assert run["past_due"] is False and run["status"] == stored
+    assert w.stored() == stored  # an admin run does not update the status
+    assert "Executing 'Functions.tick' (Reason='This function was programmatically called via the host APIs.', Id=" in host.log()
+
+
+def test_admin_endpoint_errors(timer_world):
+    w = timer_world
+    url = w.start(TICK_SCHEDULE="0 0 0 1 1 *").admin_url()
+    assert devenv.invoke_admin(url, "nope") == 404
+    session = requests.Session()
+    session.trust_env = False
+    post = lambda path, **kw: session.post(url + path, timeout=10, **kw).status_code  # noqa: E731
+    assert post("/admin/functions/tick", data="not json") == 400
+    assert post("/admin/functions/tick", json={"inputs": ""}) == 400
+    assert post("/admin/functions/tick", json={"input": 5}) == 400
+    assert post("/admin/functions/tick") == 400  # no body
+    assert post("/admin/other", json={"input": ""}) == 404
+    assert session.get(url + "/admin/functions/tick", timeout=10).status_code == 405
+    time.sleep(0.5)
+    assert w.runs() == []
+
+
+def test_admin_endpoint_delivers_input_to_a_queue_function(timer_world, queues):
+    w = timer_world
+    host = w.start(TICK_SCHEDULE="0 0 0 1 1 *")
+    assert devenv.invoke_admin(host.admin_url(), "probe", "hello admin") == 202
+    devenv.wait_for(w.probe_calls, 15, what="the admin run")
+    (call,) = w.probe_calls()
+    assert call["body"] == "hello admin" and call["dequeue"] == 1
+    assert queues.count(w.queue) == 0 and queues.peek_raw(w.queue + "-poison") == []
+
+
+def test_missing_schedule_setting_disables_only_that_function(timer_world, queues):
+    w = timer_world
+    host = w.start()  # no TICK_SCHEDULE
+    assert "Function 'tick' failed indexing and will be disabled: '%TICK_SCHEDULE%' does not resolve to a value." in host.log()
+    queues.send(w.queue, "still here")
+    devenv.wait_for(w.probe_calls, 15, what="the queue function")
+    assert devenv.invoke_admin(host.admin_url(), "tick") == 404
+    assert w.runs() == []
+
+
+def test_two_hosts_sharing_a_state_dir_run_the_timer_once(timer_world):
+    w = timer_world
+    first = w.start(TICK_SCHEDULE="* * * * * *")
+    devenv.wait_for(w.runs, 15, what="the first host's ticks")
+    second = w.start(TICK_SCHEDULE="* * * * * *")
+    devenv.wait_for(lambda: "another host instance holds the singleton lock" in second.log(), 15, what="the second host to wait")
+    count = len(w.runs())
+    devenv.wait_for(lambda: len(w.runs()) >= count + 2, 15, what="two more ticks")
+    assert "Executing 'Functions.tick'" not in second.log()
+    ticks = sorted(iso_seconds(r["status"]["Next"]) for r in w.runs())
+    assert len(ticks) == len(set(ticks))  # no occurrence ran twice
+    first.stop()  # the lock goes with it: the other host takes the timer over
+    devenv.wait_for(lambda: "Executing 'Functions.tick'" in second.log(), 15, what="the second host to take over")
+
+
+def test_admin_port_in_use_stops_the_host(timer_world):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        host = devenv.start_host(timer_world.tmp, {**timer_world.settings, "TICK_SCHEDULE": "0 0 0 1 1 *"}, name="busy",
+                                 app_root=timer_world.app, admin_port=port, state_dir=timer_world.state_dir)
+        host.proc.wait(30)
+    assert host.proc.returncode == 2
+    assert f"127.0.0.1:{port}" in host.log() and "--admin-port" in host.log()
+
+
+def test_timer_run_cut_off_by_function_timeout_is_not_retried_and_updates_the_status(timer_world):
+    w = timer_world
+    host = w.start(TICK_SCHEDULE="*/2 * * * * *", TIMER_SLEEP="2.5", AzureFunctionsJobHost__functionTimeout="00:00:01")
+    devenv.wait_for(lambda: len(w.runs()) >= 2, 20, what="two ticks")
+    first, second = w.runs()[:2]
+    assert "A function timeout has occurred. Restarting worker process" in host.log()
+    assert iso_seconds(second["status"]["Next"]) - iso_seconds(first["status"]["Next"]) == 2  # the next occurrence, no retry
+    assert iso_seconds(second["status"]["Last"]) == iso_seconds(first["status"]["Next"])  # status updated after the failure
+    assert "Executed 'Functions.tick' (Succeeded" not in host.log()
+    time.sleep(1)
+    assert w.runs(done=True) == []  # each run died with its worker process

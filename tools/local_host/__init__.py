@@ -1,1 +1,1 @@
-"""Local stand-in for the Azure Functions host (queue triggers only): ``python -m tools.local_host --help``."""
+"""Local stand-in for the Azure Functions host (queue and timer triggers): ``python -m tools.local_host --help``."""

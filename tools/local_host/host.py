@@ -1,34 +1,43 @@
-"""A small local stand-in for the Azure Functions host: queue triggers of a Python v1-model app against Azurite.
+"""A small local stand-in for the Azure Functions host: queue and timer triggers of a Python v1-model app.
 
 It reproduces the documented queue-trigger semantics (../shared/reference/functions-queues.md, section 9), nothing
 more: host.json (+ ``AzureFunctionsJobHost__...`` overrides) with the host's defaults, ``%SETTING%`` queue names,
-``__app__.<folder>`` imports, strict Base64 decoding with undecodable messages moved to ``-poison`` untouched,
-dequeue counts, ``visibilityTimeout`` on failure, ``maxDequeueCount`` -> ``<queue>-poison``, randomized exponential
-polling back-off, a renewed message lease, and a ``context`` with an invocation id. Development tool only.
+strict Base64 decoding with undecodable messages moved to ``-poison`` untouched, dequeue counts,
+``visibilityTimeout`` on failure, ``maxDequeueCount`` -> ``<queue>-poison``, randomized exponential polling back-off,
+a renewed message lease. Timer triggers as the timer extension runs them (``timers.py``: NCRONTAB in UTC, schedule
+status, past-due runs, ``runOnStartup``, a singleton lock). The admin endpoint ``POST /admin/functions/<name>`` runs
+a function at once. Indexing and conversions live in ``indexing.py``, shared with the language worker
+(``worker.py``), which alone imports the app's code. A function that fails indexing is disabled alone.
+Development tool only.
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import importlib
-import importlib.machinery
-import importlib.util
-import inspect
 import json
 import logging
 import os
 import random
 import re
-import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from tools.local_host.indexing import (  # some re-exported (__all__): tools and tests import them from here
+    QUEUE_TRIGGER, TIMER_TRIGGER, Context, FunctionSpec, HostError, index_functions, queue_message_fields, resolve_connection,
+    resolve_setting_tokens, timer_data, to_function_message, to_timer_request)
+from tools.local_host.timers import TimerListener, read_status
+from tools.local_host.worker import QUEUE, TIMER, WorkerDied, WorkerProcess
+
+__all__ = ["EXECUTED_LINE", "Context", "HostError", "LocalHost", "decode_base64_strict", "load_host_config", "load_local_settings",
+           "parse_timespan", "resolve_connection", "resolve_setting_tokens", "to_function_message", "to_timer_request"]
 
 log = logging.getLogger("local_host")
 
@@ -44,12 +53,7 @@ QUEUE_DEFAULTS = {
     "newbatchthreshold": None,  # (batchSize / 2) * cores
     "messageencoding": "base64",
 }
-_QUEUE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
 _TIMESPAN_RE = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d{1,7}))?")
-
-
-class HostError(Exception):
-    """The app cannot be indexed or the host is misconfigured (the message names what and where)."""
 
 
 def parse_timespan(value: Any, name: str) -> float:
@@ -138,140 +142,33 @@ def load_host_config(app_root: Path, env: Mapping[str, str], *, development: boo
                       function_timeout)
 
 
-def resolve_setting_tokens(value: str, env: Mapping[str, str]) -> str:
-    """Replace every ``%NAME%`` with the app setting, as the host's name resolver does."""
-    out, i = [], 0
-    while i < len(value):
-        start = value.find("%", i)
-        if start < 0:
-            out.append(value[i:])
-            break
-        end = value.find("%", start + 1)
-        if end < 0:
-            raise HostError(f"The '%' at position {start} does not have a closing '%'")
-        name = value[start + 1:end]
-        if name not in env:
-            raise HostError(f"'%{name}%' does not resolve to a value.")
-        out.append(value[i:start])
-        out.append(env[name])
-        i = end + 1
-    return "".join(out)
-
-
-def resolve_connection(name: str | None, env: Mapping[str, str]) -> str:
-    name = name or "AzureWebJobsStorage"
-    for candidate in (f"AzureWebJobs{name}", name):
-        if env.get(candidate):
-            return env[candidate]
-    if any(k.startswith(f"{name}__") or k.startswith(f"AzureWebJobs{name}__") for k in env):
-        raise HostError(f"connection '{name}' is identity-based; the local host supports connection strings only (Azurite)")
-    raise HostError(f"Storage account connection string 'AzureWebJobs{name}' does not exist")
-
-
-@dataclass
-class Context:
-    """What the worker passes as ``context`` (the parts a v1 function uses)."""
-
-    invocation_id: str
-    function_name: str
-    function_directory: str
-    trace_context: Any = None
-    retry_context: Any = None
-    thread_local_storage: threading.local = field(default_factory=threading.local)
-
-
-@dataclass
-class LoadedFunction:
-    name: str
-    queue: str
-    connection: str
-    binding: str
-    entry: Callable[..., Any]
-    wants_context: bool
-    directory: Path
-
-
-def load_functions(app_root: Path, env: Mapping[str, str], only: set[str] | None = None) -> list[LoadedFunction]:
-    """Index the app like the Python worker: ``__app__.<folder>``, entry point checked against function.json."""
-    root = str(app_root)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    if "__app__" not in sys.modules:
-        spec = importlib.machinery.ModuleSpec("__app__", None, is_package=True)
-        spec.submodule_search_locations = [root]
-        sys.modules["__app__"] = importlib.util.module_from_spec(spec)
-    functions = []
-    for fj in sorted(app_root.glob("*/function.json")):
-        name = fj.parent.name
-        if only and name not in only:
-            continue
-        if env.get(f"AzureWebJobs.{name}.Disabled", "").lower() == "true":
-            log.info("function %s is disabled", name)
-            continue
-        spec_json = json.loads(fj.read_text(encoding="utf-8-sig"))
-        if spec_json.get("disabled") is True:
-            continue
-        triggers = [b for b in spec_json.get("bindings", []) if b.get("type") == "queueTrigger"]
-        if len(triggers) != 1 or len(spec_json["bindings"]) != 1:
-            raise HostError(f"{name}: the local host runs functions with exactly one queueTrigger binding")
-        trig = triggers[0]
-        if trig.get("direction") != "in":
-            raise HostError(f"{name}: a queueTrigger binding must have direction 'in'")
-        queue = resolve_setting_tokens(trig["queueName"], env).lower()
-        if not (3 <= len(queue) <= 63) or not _QUEUE_NAME_RE.fullmatch(queue):
-            raise HostError(f"{name}: invalid queue name {queue!r}")
-        script = spec_json.get("scriptFile", "__init__.py")
-        module_name = f"__app__.{name}" if script == "__init__.py" else f"__app__.{name}.{Path(script).stem}"
-        module = importlib.import_module(module_name)
-        entry = getattr(module, spec_json.get("entryPoint", "main"))
-        params = set(inspect.signature(entry).parameters)
-        binding = trig["name"]
-        if params - {binding, "context"} or binding not in params:
-            raise HostError(f"{name}: parameters {sorted(params)} do not match the bindings ['{binding}'] (+ optional context)")
-        functions.append(LoadedFunction(name, queue, resolve_connection(trig.get("connection"), env), binding, entry, "context" in params, fj.parent))
-    if not functions:
-        raise HostError(f"no functions found under {app_root}")
-    return functions
-
-
 def decode_base64_strict(text: str) -> bytes:
     """Like .NET Convert.FromBase64String: whitespace ignored, anything else must be valid Base64."""
     cleaned = "".join(text.split())
     return base64.b64decode(cleaned, validate=True)
 
 
-def to_function_message(message: Any, body: str) -> Any:
-    """The ``azure.functions.QueueMessage`` the Python worker builds from a received message and its decoded body."""
-    from azure.functions import meta
-    from azure.functions.queue import QueueMessageInConverter
+#: Reason of the "Executing" line for an admin-endpoint invocation (the host's wording).
+ADMIN_REASON = "This function was programmatically called via the host APIs."
+#: Admin invocations running at once (more wait their turn; the endpoint answers 202 at once either way).
+ADMIN_CONCURRENCY = 8
+#: How long the host waits for the worker to load the functions at start.
+WORKER_LOAD_TIMEOUT = 120.0
 
-    def iso(moment: datetime | None) -> str | None:
-        return moment.astimezone(timezone.utc).isoformat() if moment else None
-
-    fields = {
-        "Id": (message.id, "string"),
-        "DequeueCount": (message.dequeue_count, "int"),
-        "InsertionTime": (iso(message.inserted_on), "string"),
-        "ExpirationTime": (iso(message.expires_on), "string"),
-        "NextVisibleTime": (iso(message.next_visible_on), "string"),
-        "PopReceipt": (message.pop_receipt, "string"),
-    }
-    metadata = {name: meta.Datum(value, kind) for name, (value, kind) in fields.items() if value is not None}
-    return QueueMessageInConverter.decode(meta.Datum(body, "string"), trigger_metadata=metadata)
+#: (function, trigger kind, data for the worker, reason, extra "Executing" fields, invocation id) -> succeeded
+Execute = Callable[..., bool]
 
 
 class Listener:
     """One queue listener per function, as in the queue extension 5.x."""
 
-    def __init__(self, fn: LoadedFunction, options: QueueOptions, *, lease_seconds: int, function_timeout: float | None,
-                 stop: threading.Event, client_factory: Callable[[str, str], Any], worker: Callable[[], Any],
-                 restart_worker: Callable[[Any], None]):
+    def __init__(self, fn: FunctionSpec, options: QueueOptions, *, lease_seconds: int, stop: threading.Event,
+                 client_factory: Callable[[str, str], Any], execute: Execute):
+        assert fn.queue and fn.connection
         self.fn = fn
-        self.worker = worker
-        self.restart_worker = restart_worker
+        self.execute = execute
         self.opts = options
         self.lease = lease_seconds
-        self.function_timeout = function_timeout
         self.stop = stop
         self.queue = client_factory(fn.connection, fn.queue)
         poison_name = fn.queue + "-poison"
@@ -346,12 +243,11 @@ class Listener:
             self._to_poison(message, text)
             return
 
-        invocation_id = str(uuid.uuid4())
         renew_stop = threading.Event()
         receipt = {"pop": message.pop_receipt}
         renewer = threading.Thread(target=self._renew, args=(message, receipt, renew_stop), daemon=True)
         renewer.start()
-        ok = self._invoke(message, data, invocation_id)
+        ok = self._invoke(message, data)
         renew_stop.set()
         renewer.join()
         self._complete(message, receipt["pop"], text, ok)
@@ -365,32 +261,14 @@ class Listener:
                 log.debug("lease renewal of %s failed: %s", message.id, exc)
                 return
 
-    def _invoke(self, message: Any, data: bytes, invocation_id: str) -> bool:
-        from tools.local_host.worker import WorkerDied
-
+    def _invoke(self, message: Any, data: bytes) -> bool:
         try:
             body = data.decode("utf-8")  # the host binds the trigger through a strict UTF-8 string conversion
         except UnicodeDecodeError:
             log.error("%s: message %s is not valid UTF-8 after decoding; invocation failed", self.fn.name, message.id)
             return False
-        log.info("Executing 'Functions.%s' (Reason='New queue message detected on '%s'.', Id=%s, DequeueCount=%d)",
-                 self.fn.name, self.fn.queue, invocation_id, message.dequeue_count)
-        started = time.monotonic()
-        worker = self.worker()
-        try:
-            error = worker.invoke(invocation_id, self.fn.name, message, body).result(timeout=self.function_timeout)
-        except (TimeoutError, FutureTimeout):  # distinct classes before Python 3.11
-            log.error("A function timeout has occurred. Restarting worker process executing invocationId '%s'.", invocation_id)
-            self.restart_worker(worker)
-            return False
-        except WorkerDied as exc:
-            error = str(exc)
-        ms = (time.monotonic() - started) * 1000
-        if error:
-            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): %s", self.fn.name, invocation_id, ms, error)
-            return False
-        log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", self.fn.name, invocation_id, ms)
-        return True
+        return self.execute(self.fn, QUEUE, {"fields": queue_message_fields(message), "body": body},
+                            f"New queue message detected on '{self.fn.queue}'.", f", DequeueCount={message.dequeue_count}")
 
     def _complete(self, message: Any, pop_receipt: str, text: str, ok: bool) -> None:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -426,27 +304,122 @@ class Listener:
             log.debug("delete after poison of %s: %s", message.id, exc)
 
 
+# -- the admin endpoint ----------------------------------------------------------------------------------------------
+
+_ADMIN_PATH_RE = re.compile(r"/admin/functions/([^/]+)/?")
+
+
+def parse_admin_body(raw: bytes) -> str | None:
+    """The ``input`` of an admin invocation body ``{"input": "<string>"}``; None if the body is not that."""
+    try:
+        body = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("input"), str):
+        return None
+    return body["input"]
+
+
+class _AdminHandler(BaseHTTPRequestHandler):
+    """``POST /admin/functions/<name>`` with ``{"input": "..."}`` -> 202, the invocation started in the background."""
+
+    host: "LocalHost"  # set on the subclass the server uses
+    protocol_version = "HTTP/1.1"
+    server_version = "local_host"
+
+    def _reply(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _drain(self) -> bytes | None:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            self.close_connection = True
+            return None
+        return self.rfile.read(int(length))
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        m = _ADMIN_PATH_RE.fullmatch(self.path.split("?", 1)[0])
+        raw = self._drain()
+        if not m:
+            self._reply(404)
+            return
+        text = None if raw is None else parse_admin_body(raw)
+        if text is None:
+            self._reply(400)
+            return
+        if not self.host.admin_invoke(m.group(1), text):
+            self._reply(404)
+            return
+        self._reply(202)
+
+    def _other(self) -> None:
+        self._drain()
+        if _ADMIN_PATH_RE.fullmatch(self.path.split("?", 1)[0]):
+            self._reply(405, {"Allow": "POST"})
+        else:
+            self._reply(404)
+
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other  # noqa: N815
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        log.debug("admin: " + format, *args)
+
+
+# -- the host --------------------------------------------------------------------------------------------------------
+
 class LocalHost:
-    def __init__(self, app_root: Path, env: Mapping[str, str], *, lease_seconds: int = 600, functions: set[str] | None = None):
+    def __init__(self, app_root: Path, env: Mapping[str, str], *, lease_seconds: int = 600, functions: set[str] | None = None,
+                 state_dir: Path | None = None, admin_port: int | None = None):
         self.app_root = app_root
         self.env = env
         self.config = load_host_config(app_root, env)
-        self.functions = load_functions(app_root, env, functions)
+        self.state_dir = state_dir or app_root / ".local" / "local_host"
+        self.admin_port = admin_port
+        indexed = index_functions(app_root, env, functions)
+        for name in indexed.disabled:
+            log.info("Function '%s' is disabled", name)
+        for name, error in indexed.errors.items():
+            log.error("Function '%s' failed indexing and will be disabled: %s", name, error)
+        self.functions: list[FunctionSpec] = indexed.functions
+        self._check_any_left(indexed.errors)
         self.stop_event = threading.Event()
         self.lease = lease_seconds
         self._clients: dict[str, Any] = {}
         q = self.config.queues
-        self._threads = max(1, (q.batch_size + q.new_batch_threshold) * len(self.functions))
+        queue_count = sum(1 for fn in self.functions if fn.trigger == QUEUE_TRIGGER)
+        timer_count = len(self.functions) - queue_count
+        self._threads = max(1, (q.batch_size + q.new_batch_threshold) * queue_count + timer_count + ADMIN_CONCURRENCY)
         self._worker_lock = threading.Lock()
         self._worker: Any = None
+        self.listeners: list[Listener] = []
+        self.timers: list[TimerListener] = []
+        self._admin: ThreadingHTTPServer | None = None
+        self._admin_pool: ThreadPoolExecutor | None = None
+        self._admin_serving = False
+
+    def _check_any_left(self, errors: Mapping[str, str]) -> None:
+        if not self.functions:
+            detail = "; ".join(f"{name}: {error}" for name, error in errors.items())
+            raise HostError(f"no functions to run under {self.app_root}" + (f" ({detail})" if detail else ""))
+
+    # -- the language worker ---------------------------------------------------------------------------------------
 
     def worker(self) -> Any:
-        from tools.local_host.worker import WorkerProcess
-
         with self._worker_lock:
             if self._worker is None:
-                self._worker = WorkerProcess(self.app_root, [fn.name for fn in self.functions], self._threads)
+                self._worker = WorkerProcess(self.app_root, [fn.for_worker() for fn in self.functions], self._threads)
+                self._worker.loaded.add_done_callback(self._report_reload)
             return self._worker
+
+    def _report_reload(self, loaded: Any) -> None:
+        """A restarted worker that cannot load a function any more: its invocations fail (the first load is _load_in_worker's)."""
+        if loaded.exception() is None and self.listeners + self.timers:
+            for name, error in loaded.result().items():
+                log.error("Function '%s' failed to load in the restarted worker; its invocations fail: %s", name, error)
 
     def restart_worker(self, old: Any) -> None:
         """After a function timeout: every invocation in that worker process is lost with it, as in Azure."""
@@ -454,6 +427,67 @@ class LocalHost:
             if self._worker is old:
                 old.kill()
                 self._worker = None
+
+    def execute(self, fn: FunctionSpec, kind: str, data: dict, reason: str, extra: str = "", invocation_id: str | None = None) -> bool:
+        """One invocation through the worker, logged as the host does; a function timeout restarts the worker."""
+        invocation_id = invocation_id or str(uuid.uuid4())
+        log.info("Executing 'Functions.%s' (Reason='%s', Id=%s%s)", fn.name, reason, invocation_id, extra)
+        started = time.monotonic()
+        worker = self.worker()
+        try:
+            error = worker.invoke(invocation_id, fn.name, kind, data).result(timeout=self.config.function_timeout)
+        except (TimeoutError, FutureTimeout):  # distinct classes before Python 3.11
+            log.error("A function timeout has occurred. Restarting worker process executing invocationId '%s'.", invocation_id)
+            self.restart_worker(worker)
+            return False  # no "Executed" line: the invocation never finished (the log readers count it as cut off)
+        except WorkerDied as exc:
+            error = str(exc)
+        ms = (time.monotonic() - started) * 1000
+        if error:
+            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): %s", fn.name, invocation_id, ms, error)
+            return False
+        log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", fn.name, invocation_id, ms)
+        return True
+
+    # -- the admin endpoint ----------------------------------------------------------------------------------------
+
+    def admin_invoke(self, name: str, text: str) -> bool:
+        """Start an invocation of ``name`` with ``text`` as its input; False if there is no such running function.
+
+        A timer gets IsPastDue false and the stored status (none without a monitor); the status is not updated and
+        the singleton lock is not taken, as in the host. A queue function gets a message with ``text`` as its body,
+        a new id and dequeue count 1; no queue changes.
+        """
+        fn = next((f for f in self.functions if f.name.lower() == name.lower()), None)
+        if fn is None or self._admin_pool is None:
+            return False
+        if fn.trigger == TIMER_TRIGGER:
+            status = read_status(self.state_dir, fn.name) if fn.use_monitor else None
+            kind, data = TIMER, timer_data(status.to_json() if status else None, past_due=False)
+        else:
+            fields = {"id": str(uuid.uuid4()), "dequeue_count": 1, "inserted_on": datetime.now(timezone.utc), "expires_on": None,
+                      "next_visible_on": None, "pop_receipt": None}
+            kind, data = QUEUE, {"fields": fields, "body": text}
+        try:
+            self._admin_pool.submit(self.execute, fn, kind, data, ADMIN_REASON)
+        except RuntimeError:  # the host is stopping
+            return False
+        return True
+
+    def _start_admin(self) -> None:
+        if self.admin_port is None:
+            return
+        handler = type("AdminHandler", (_AdminHandler,), {"host": self})
+        try:
+            server = ThreadingHTTPServer(("127.0.0.1", self.admin_port), handler)
+        except OSError as exc:
+            raise HostError(f"the admin endpoint cannot listen on 127.0.0.1:{self.admin_port} ({exc.strerror or exc}); "
+                            f"choose another port with --admin-port (0 = any free port)") from None
+        server.daemon_threads = True
+        self._admin = server
+        self._admin_pool = ThreadPoolExecutor(max_workers=ADMIN_CONCURRENCY, thread_name_prefix="admin")
+
+    # -- start and stop --------------------------------------------------------------------------------------------
 
     def _client(self, connection: str, queue: str) -> Any:
         from azure.storage.queue import QueueServiceClient
@@ -465,24 +499,59 @@ class LocalHost:
         return service.get_queue_client(queue)
 
     def start(self) -> list[Listener]:
-        self.listeners = [Listener(fn, self.config.queues, lease_seconds=self.lease, function_timeout=self.config.function_timeout,
-                                   stop=self.stop_event, client_factory=self._client, worker=self.worker,
-                                   restart_worker=self.restart_worker) for fn in self.functions]
-        self.worker()  # start the language worker before the first message
-        for listener in self.listeners:
-            log.info("Found function %s: queue trigger on '%s' (poison '%s')", listener.fn.name, listener.fn.queue,
-                     listener.fn.queue + "-poison" if listener.poison else "none")
-            listener.thread.start()
+        self._start_admin()  # first: a taken port fails at once
+        try:
+            self._load_in_worker()
+        except BaseException:
+            self.stop()
+            raise
+        for fn in self.functions:
+            if fn.trigger == QUEUE_TRIGGER:
+                listener = Listener(fn, self.config.queues, lease_seconds=self.lease, stop=self.stop_event, client_factory=self._client,
+                                    execute=self.execute)
+                self.listeners.append(listener)
+                log.info("Found function %s: queue trigger on '%s' (poison '%s')", fn.name, fn.queue,
+                         fn.queue + "-poison" if listener.poison else "none")
+            else:
+                timer = TimerListener(fn, self.state_dir, lambda spec, data, reason: self.execute(spec, TIMER, data, reason), self.stop_event)
+                self.timers.append(timer)
+                log.info("Found function %s: timer trigger '%s' (UTC; useMonitor=%s, runOnStartup=%s; status in %s)", fn.name,
+                         fn.schedule_text, str(fn.use_monitor).lower(), str(fn.run_on_startup).lower(), timer.lock.path.parent)
+        for runner in [*self.listeners, *self.timers]:
+            runner.thread.start()
+        if self._admin is not None:
+            threading.Thread(target=self._admin.serve_forever, name="admin", daemon=True).start()
+            self._admin_serving = True
+            log.info("Admin endpoint listening on http://127.0.0.1:%d", self._admin.server_address[1])
         q = self.config.queues
         log.info("Host started: batchSize=%d newBatchThreshold=%d maxDequeueCount=%d visibilityTimeout=%ss maxPollingInterval=%ss lease=%ss",
                  q.batch_size, q.new_batch_threshold, q.max_dequeue_count, q.visibility_timeout, q.max_polling_interval, self.lease)
         return self.listeners
 
+    def _load_in_worker(self) -> None:
+        """Start the language worker and let it load the code; a function it cannot load is disabled alone."""
+        try:
+            errors = self.worker().wait_loaded(WORKER_LOAD_TIMEOUT)
+        except (WorkerDied, TimeoutError, FutureTimeout) as exc:
+            raise HostError(f"the language worker did not load the functions: {exc or 'timed out'}") from None
+        for name, error in errors.items():
+            log.error("Function '%s' failed indexing and will be disabled: %s", name, error)
+        self.functions = [fn for fn in self.functions if fn.name not in errors]
+        self._check_any_left(errors)
+
     def stop(self, timeout: float = 30) -> None:
         self.stop_event.set()
-        for listener in getattr(self, "listeners", []):
-            listener.thread.join(timeout)
+        if self._admin is not None:
+            if self._admin_serving:
+                self._admin.shutdown()  # waits for serve_forever to return: only once it has started
+            self._admin.server_close()
+        for runner in [*self.listeners, *self.timers]:
+            if runner.thread.is_alive():
+                runner.thread.join(timeout)
+        for listener in self.listeners:
             listener.pool.shutdown(wait=True)
+        if self._admin_pool is not None:
+            self._admin_pool.shutdown(wait=True)
         with self._worker_lock:
             if self._worker is not None:
                 self._worker.kill()

@@ -1,7 +1,18 @@
-"""The Python language worker of the local host: a separate process that runs invocations in a thread pool.
+"""The Python language worker of the local host: a separate process that loads the functions and runs invocations
+in a thread pool.
 
-As in Azure, a function timeout restarts the worker process: every invocation running in it is lost and counts as
-failed. If the host process dies, the worker notices its pipe closing and exits at once, with its invocations.
+As in Azure, the worker owns loading (``__app__.<folder>`` imports, signature checks) and the trigger conversions
+(``tools.local_host.indexing``); it never imports the host. A function timeout restarts the worker process: every
+invocation running in it is lost and counts as failed. If the host process dies, the worker notices its pipe
+closing and exits at once, with its invocations.
+
+The pipe protocol (pickled tuples):
+
+* worker -> host, once, first: ``("loaded", {function: error})`` — the functions that failed to load (empty if none);
+* host -> worker: ``(invocation_id, function, kind, data)`` with ``kind`` ``"queue"`` (``data`` =
+  ``{"fields": <message fields>, "body": <decoded text>}``) or ``"timer"`` (``data`` = the host's timer JSON,
+  ``{"Schedule", "ScheduleStatus", "IsPastDue"}``);
+* worker -> host, per invocation: ``("done", invocation_id, error)``, ``error`` None when it succeeded.
 """
 from __future__ import annotations
 
@@ -18,35 +29,46 @@ from typing import Any
 
 log = logging.getLogger("local_host")
 
+QUEUE, TIMER = "queue", "timer"
+
 
 class WorkerDied(Exception):
     """The worker process ended (restarted after a function timeout, or crashed) while the invocation ran."""
 
 
-def _worker_main(conn: Any, app_root: str, names: list[str], log_level: str, threads: int) -> None:
+def _worker_main(conn: Any, app_root: str, entries: list[dict], log_level: str, threads: int) -> None:
     logging.basicConfig(level=log_level, stream=sys.stdout, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     for noisy in ("azure", "urllib3", "msal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from tools.local_host.host import Context, load_functions, to_function_message
+    from tools.local_host.indexing import Context, load_entry_points, to_function_message, to_timer_request
 
-    functions = {fn.name: fn for fn in load_functions(Path(app_root), os.environ, set(names))}
+    functions, errors = load_entry_points(Path(app_root), entries)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="worker")
     send_lock = threading.Lock()
+    with send_lock:
+        conn.send(("loaded", errors))
 
-    def run(invocation_id: str, name: str, fields: dict, body: str) -> None:
-        fn = functions[name]
+    def run(invocation_id: str, name: str, kind: str, data: dict) -> None:
         error = None
         try:
-            msg = to_function_message(types.SimpleNamespace(**fields), body)
-            kwargs: dict[str, Any] = {fn.binding: msg}
+            fn = functions.get(name)
+            if fn is None:
+                raise RuntimeError(f"function '{name}' is not loaded in this worker: {errors.get(name, 'unknown function')}")
+            if kind == QUEUE:
+                value = to_function_message(types.SimpleNamespace(**data["fields"]), data["body"])
+            elif kind == TIMER:
+                value = to_timer_request(data)
+            else:
+                raise RuntimeError(f"unknown trigger kind {kind!r}")
+            kwargs: dict[str, Any] = {fn.binding: value}
             if fn.wants_context:
-                kwargs["context"] = Context(invocation_id, fn.name, str(fn.directory))
+                kwargs["context"] = Context(invocation_id, fn.name, fn.directory)
             fn.entry(**kwargs)
         except BaseException as exc:  # noqa: BLE001 - any exception is a failed invocation
             error = f"{type(exc).__name__}: {exc}"
             logging.getLogger("local_host").debug("invocation %s failed:\n%s", invocation_id, traceback.format_exc())
         with send_lock:
-            conn.send((invocation_id, error))
+            conn.send(("done", invocation_id, error))
 
     while True:
         try:
@@ -57,25 +79,29 @@ def _worker_main(conn: Any, app_root: str, names: list[str], log_level: str, thr
 
 
 class WorkerProcess:
-    def __init__(self, app_root: Path, names: list[str], threads: int):
+    def __init__(self, app_root: Path, entries: list[dict], threads: int):
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         level = logging.getLevelName(logging.getLogger().level)
-        self.proc = ctx.Process(target=_worker_main, args=(child, str(app_root), names, level, threads), name="python-worker", daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, str(app_root), entries, level, threads), name="python-worker", daemon=True)
         self.proc.start()
         child.close()
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
+        self.loaded: Future = Future()  # -> {function: load error}
         self._reader = threading.Thread(target=self._read, name="worker-reader", daemon=True)
         self._reader.start()
 
-    def invoke(self, invocation_id: str, name: str, message: Any, body: str) -> Future:
-        fields = {k: getattr(message, k) for k in ("id", "dequeue_count", "inserted_on", "expires_on", "next_visible_on", "pop_receipt")}
+    def wait_loaded(self, timeout: float) -> dict[str, str]:
+        """The functions that failed to load in the worker (raises WorkerDied if it ended before reporting)."""
+        return self.loaded.result(timeout=timeout)
+
+    def invoke(self, invocation_id: str, name: str, kind: str, data: dict) -> Future:
         future: Future = Future()
         with self._lock:
             self._pending[invocation_id] = future
             try:
-                self._conn.send((invocation_id, name, fields, body))
+                self._conn.send((invocation_id, name, kind, data))
             except (OSError, ValueError):
                 self._pending.pop(invocation_id, None)
                 future.set_exception(WorkerDied("the worker process is not running"))
@@ -84,13 +110,19 @@ class WorkerProcess:
     def _read(self) -> None:
         while True:
             try:
-                invocation_id, error = self._conn.recv()
+                message = self._conn.recv()
             except (EOFError, OSError):
                 break
+            if message[0] == "loaded":
+                self.loaded.set_result(message[1])
+                continue
+            _, invocation_id, error = message
             with self._lock:
                 future = self._pending.pop(invocation_id, None)
             if future is not None:
                 future.set_result(error)
+        if not self.loaded.done():
+            self.loaded.set_exception(WorkerDied(f"the worker process exited while loading the functions (exit code {self.proc.exitcode})"))
         with self._lock:
             pending, self._pending = self._pending, {}
         for future in pending.values():

@@ -1,0 +1,137 @@
+"""The sweep end to end through the local host: scheduled and admin-started runs, a listing that fails on page 3, a
+full sandbox with SWEEP_MAX_PER_RUN below the number selected (and the deletions it starts), and a sandbox over its
+limit. The sweep lists every customer of the partner, so these tests have an emulator of their own."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.integration.conftest import FAST_HOST
+from tools import devenv
+from tools.local_host.host import decode_base64_strict
+
+EMPTY = {"partner": json.loads(devenv.SAMPLE_SANDBOX.read_text())["partner"], "customers": []}
+
+
+@pytest.fixture(scope="module")
+def own_pc(tmp_path_factory):
+    emu = devenv.start_emulator(tmp_path_factory.mktemp("sweep-emulator"))
+    yield emu
+    emu.child.stop()
+
+
+@pytest.fixture
+def sweep(own_pc, azurite, queues, tmp_path):
+    own_pc.reset(EMPTY)
+    names = devenv.unique_queues("w")
+    reports = names["DELETE_CUSTOMER_QUEUE"].replace("-req", "-rep")
+    settings = {"AzureWebJobsStorage": azurite, **names, **own_pc.app_settings(), **FAST_HOST, "SWEEP_REPORTS_QUEUE": reports,
+                "SWEEP_SCHEDULE": "0 0 0 1 1 *", "SWEEP_INCLUDE": "^tip test run", "POLL_INTERVAL_SECONDS": "1",
+                "POLL_MAX_INTERVAL_SECONDS": "2", "POLL_TIMEOUT_SECONDS": "120", "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "2"}
+    hosts = []
+
+    class Sweep:
+        pc = own_pc
+
+        def start(self, **overrides):
+            settings.update(overrides)
+            for name in (settings["DELETE_CUSTOMER_QUEUE"], settings["POLL_ORDERS_QUEUE"]):
+                queues.ensure(name)
+            host = devenv.start_host(tmp_path, settings, name=f"host{len(hosts)}")
+            hosts.append(host)
+            devenv.wait_for(lambda: host.admin_url() or host.proc.poll() is not None, 30, what="the local host")
+            assert host.proc.poll() is None, host.log()
+            return host
+
+        def reports(self, count, timeout=30):
+            found = []
+
+            def arrived():
+                found.extend(json.loads(decode_base64_strict(m.content)) for m in queues.drain(reports))
+                return len(found) >= count
+            devenv.wait_for(arrived, timeout, what=f"{count} sweep report(s); host log:\n" + "\n".join(h.log()[-4000:] for h in hosts))
+            return found
+
+        def outcomes(self, count, timeout=90):
+            return devenv.OutcomeReader(queues, settings["DELETION_OUTCOMES_QUEUE"]).wait(count, timeout)
+
+        def requests(self):
+            return [json.loads(decode_base64_strict(t)) for t in queues.peek_all(settings["DELETE_CUSTOMER_QUEUE"])]
+
+    yield Sweep()
+    for host in hosts:
+        host.stop()
+
+
+def test_a_scheduled_run_selects_by_name_and_deletes_through_the_ordinary_requests(sweep):
+    assert sweep.pc.fill(6, seed=11) == 6
+    sweep.pc.add_customers([{"id": "6f1d2c3b-4a59-4e8f-9d7c-1b2a3c4d5e6f", "companyName": "Tip test run lookalike, kept",
+                             "domain": "contoso.onmicrosoft.com"}])
+    fire = datetime.now(timezone.utc) + timedelta(seconds=6)
+    sweep.start(SWEEP_MODE="delete", SWEEP_EXCLUDE="lookalike", SWEEP_SCHEDULE=f"{fire.second} {fire.minute} {fire.hour} * * *")
+    (report,) = sweep.reports(1, timeout=40)
+    assert report["trigger"] == "schedule" and report["runTime"].startswith(fire.strftime("%Y-%m-%dT%H:%M:%S"))
+    assert report["result"] == "enqueued" and len(report["enqueued"]) == 6 and report["capacity"] == {"listed": 7, "limit": 75, "free": 68}
+    assert {e["reason"] for e in report["excluded"]} == {"excluded"}
+    events = sweep.outcomes(6)
+    assert sorted(e["outcome"] for e in events) == ["deleted"] * 6
+    assert {e["correlationId"] for e in events} == {e["correlationId"] for e in report["enqueued"]}
+    assert list(sweep.pc.state()["customers"]) == ["6f1d2c3b-4a59-4e8f-9d7c-1b2a3c4d5e6f"]
+
+
+def test_a_run_started_through_the_admin_endpoint_is_manual_and_report_mode_changes_nothing(sweep):
+    sweep.pc.fill(5, seed=12)
+    host = sweep.start()  # report mode, the schedule far away (1 January)
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (report,) = sweep.reports(1)
+    assert report["trigger"] == "manual" and report["scheduledTime"] is None and report["mode"] == "report"
+    assert len(report["selected"]) == 5 and report["enqueued"] == [] and sweep.requests() == []
+    assert len(sweep.pc.state()["customers"]) == 5 and not sweep.pc.state()["deleted"]
+    assert devenv.invoke_admin(host.admin_url(), "no_such_function") == 404
+
+
+def test_a_listing_that_fails_on_page_3_enqueues_nothing_and_the_next_run_recovers(sweep):
+    sweep.pc.fill(35, seed=13)
+    sweep.pc.knobs(customersMaxPageSize=10)
+    sweep.pc.faults([{"kind": "status", "status": 503, "method": "GET", "path": "^/v1/customers$", "skip": 2}])
+    host = sweep.start(SWEEP_MODE="delete")
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (report,) = sweep.reports(1)
+    assert report["result"] == "failed" and "listing the customers failed" in report["error"] and "503" in report["error"]
+    assert report["enqueued"] == [] and report["selected"] == [] and sweep.requests() == []
+    pages = [r for r in sweep.pc.requests_log() if r["path"] == "/v1/customers"]
+    assert [r["status"] for r in pages[:3]] == [200, 200, 503] and len(pages) >= 4  # retried within the budget, then gave up
+    assert "Executed 'Functions.sweep_customers' (Failed" in host.log()
+
+    sweep.pc.faults([])
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (report,) = sweep.reports(1)
+    assert report["result"] == "enqueued" and report["capacity"]["listed"] == 35 and len(report["enqueued"]) == 25
+    assert report["deferred"] == 10
+
+
+def test_a_full_sandbox_with_max_per_run_below_the_selection_deletes_a_batch_per_run(sweep):
+    sweep.pc.fill(75, seed=14)
+    host = sweep.start(SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="8", SWEEP_INCLUDE=r"^tip test run \d+ – (contoso|fabrikam|litware)")
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (first,) = sweep.reports(1)
+    selected = [e["customerTenantId"] for e in first["selected"]]
+    deferred = [e["customerTenantId"] for e in first["excluded"] if e["reason"] == "over_limit"]
+    assert first["capacity"] == {"listed": 75, "limit": 75, "free": 0} and len(selected) == 8 and len(deferred) == first["deferred"] > 0
+    assert selected == sorted(selected) and max(selected) < min(deferred)  # the lowest ids first, the same on every run
+    assert sorted(e["outcome"] for e in sweep.outcomes(8)) == ["deleted"] * 8
+
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (second,) = sweep.reports(1)
+    assert second["capacity"]["listed"] == 67 and [e["customerTenantId"] for e in second["selected"]] == deferred[:8]
+
+
+def test_more_customers_than_the_sandbox_limit_is_refused(sweep):
+    sweep.pc.fill(76, seed=15)
+    host = sweep.start(SWEEP_MODE="delete")
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (report,) = sweep.reports(1)
+    assert report["result"] == "refused" and "not an integration sandbox" in report["error"] and report["enqueued"] == []
+    assert report["selected"] == [] and sweep.requests() == []

@@ -1,0 +1,290 @@
+"""Function indexing and trigger conversion, shared by the local host and its language worker.
+
+As in Azure, the host reads each ``function.json`` (``index_functions``: trigger, resolved ``%SETTING%`` values,
+schedule) and the Python worker imports the code (``load_entry_points``: ``__app__.<folder>``, the entry point's
+signature checked against the bindings) and turns the trigger data it receives into what the function gets
+(``to_function_message``, ``to_timer_request``, through the ``azure.functions`` library's own converters). A
+function that fails either step is disabled alone; the others run. The host process never imports app code.
+
+This module must stay importable in the worker without side effects on the app's imports: it imports nothing from
+the app's packages at module level (``shared.ncrontab`` is imported where the host parses a schedule only).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+QUEUE_TRIGGER = "queueTrigger"
+TIMER_TRIGGER = "timerTrigger"
+SUPPORTED_TRIGGERS = (QUEUE_TRIGGER, TIMER_TRIGGER)
+
+_QUEUE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
+_TIMESPAN_LIKE_RE = re.compile(r"\s*(?:\d+\.)?\d{1,2}:\d{1,2}(?::\d{1,2}(?:\.\d+)?)?\s*")
+
+
+class HostError(Exception):
+    """The app cannot be indexed or the host is misconfigured (the message names what and where)."""
+
+
+def resolve_setting_tokens(value: str, env: Mapping[str, str]) -> str:
+    """Replace every ``%NAME%`` with the app setting, as the host's name resolver does."""
+    out, i = [], 0
+    while i < len(value):
+        start = value.find("%", i)
+        if start < 0:
+            out.append(value[i:])
+            break
+        end = value.find("%", start + 1)
+        if end < 0:
+            raise HostError(f"The '%' at position {start} does not have a closing '%'")
+        name = value[start + 1:end]
+        if name not in env:
+            raise HostError(f"'%{name}%' does not resolve to a value.")
+        out.append(value[i:start])
+        out.append(env[name])
+        i = end + 1
+    return "".join(out)
+
+
+def resolve_connection(name: str | None, env: Mapping[str, str]) -> str:
+    name = name or "AzureWebJobsStorage"
+    for candidate in (f"AzureWebJobs{name}", name):
+        if env.get(candidate):
+            return env[candidate]
+    if any(k.startswith(f"{name}__") or k.startswith(f"AzureWebJobs{name}__") for k in env):
+        raise HostError(f"connection '{name}' is identity-based; the local host supports connection strings only (Azurite)")
+    shown = name if name.startswith("AzureWebJobs") else f"AzureWebJobs{name}"
+    raise HostError(f"Storage account connection string '{shown}' does not exist")
+
+
+# -- the host's side: function.json ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One indexed function: what its function.json says, with settings resolved."""
+
+    name: str
+    directory: Path
+    trigger: str                      # "queueTrigger" or "timerTrigger"
+    binding: str                      # the trigger's parameter name
+    script_file: str = "__init__.py"
+    entry_point: str = "main"
+    queue: str | None = None          # queueTrigger: resolved, lower-cased, validated
+    connection: str | None = None     # queueTrigger: the connection string
+    schedule_text: str | None = None  # timerTrigger: resolved NCRONTAB text
+    schedule: Any = None              # timerTrigger: shared.ncrontab.Schedule (UTC)
+    run_on_startup: bool = False
+    use_monitor: bool = False
+
+    def for_worker(self) -> dict[str, str]:
+        """What the worker needs to load the function (plain data: the worker must not unpickle app-side types)."""
+        return {"name": self.name, "directory": str(self.directory), "trigger": self.trigger, "binding": self.binding,
+                "script_file": self.script_file, "entry_point": self.entry_point}
+
+
+@dataclass
+class IndexResult:
+    functions: list[FunctionSpec]
+    errors: dict[str, str]   # function -> why it failed indexing (it is disabled)
+    disabled: list[str]      # disabled by setting or by function.json
+
+
+def _flag(binding: dict, key: str, default: bool | None) -> bool | None:
+    value = binding.get(key, default)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if value is None or isinstance(value, bool):
+        return value
+    raise HostError(f"the timerTrigger property '{key}' must be true or false, not {value!r}")
+
+
+def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
+    """Index one function folder like the host: one trigger binding, settings resolved, values validated."""
+    name = function_json.parent.name
+    try:
+        spec_json = json.loads(function_json.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as exc:
+        raise HostError(f"function.json cannot be read: {exc}") from None
+    if not isinstance(spec_json, dict):
+        raise HostError("function.json is not a JSON object")
+    bindings = spec_json.get("bindings") or []
+    types = [b.get("type") if isinstance(b, dict) else None for b in bindings]
+    if len(bindings) != 1 or types[0] not in SUPPORTED_TRIGGERS:
+        raise HostError(f"the local host runs functions with exactly one queueTrigger or timerTrigger binding; found {types}")
+    trig = bindings[0]
+    kind = trig["type"]
+    if trig.get("direction") != "in":
+        raise HostError(f"a {kind} binding must have direction 'in'")
+    binding = trig.get("name")
+    if not isinstance(binding, str) or not binding.isidentifier():
+        raise HostError(f"the {kind} binding needs a 'name' that is a Python parameter name, not {binding!r}")
+    common = dict(name=name, directory=function_json.parent, trigger=kind, binding=binding,
+                  script_file=str(spec_json.get("scriptFile") or "__init__.py"), entry_point=str(spec_json.get("entryPoint") or "main"))
+    if kind == QUEUE_TRIGGER:
+        if not isinstance(trig.get("queueName"), str):
+            raise HostError("a queueTrigger binding needs a 'queueName'")
+        queue = resolve_setting_tokens(trig["queueName"], env).lower()
+        if not (3 <= len(queue) <= 63) or not _QUEUE_NAME_RE.fullmatch(queue):
+            raise HostError(f"invalid queue name {queue!r}")
+        return FunctionSpec(**common, queue=queue, connection=resolve_connection(trig.get("connection"), env))
+
+    from shared.ncrontab import ScheduleError, parse  # the host's NCRONTAB reading (five or six fields, lenient)
+
+    raw = trig.get("schedule")
+    if not isinstance(raw, str) or not raw.strip():
+        raise HostError("a timerTrigger binding needs a 'schedule'")
+    text = resolve_setting_tokens(raw, env).strip()
+    if _TIMESPAN_LIKE_RE.fullmatch(text):
+        raise HostError(f"the schedule {text!r} is a TimeSpan; the local host supports NCRONTAB expressions only")
+    try:
+        schedule = parse(text, strict=False)
+    except ScheduleError as exc:
+        raise HostError(f"The schedule expression '{text}' was not recognized as a valid cron expression: {exc}") from None
+    if schedule.next_after(datetime.now(timezone.utc)) is None:
+        raise HostError(f"the schedule '{text}' never occurs")
+    use_monitor = _flag(trig, "useMonitor", None)
+    if use_monitor is None:  # the host's default: monitor unless the schedule fires more than once a minute
+        use_monitor = not schedule.more_than_once_a_minute
+    return FunctionSpec(**common, schedule_text=text, schedule=schedule, run_on_startup=bool(_flag(trig, "runOnStartup", False)),
+                        use_monitor=bool(use_monitor))
+
+
+def index_functions(app_root: Path, env: Mapping[str, str], only: set[str] | None = None) -> IndexResult:
+    """Every ``<folder>/function.json`` under the app root; a function that cannot be indexed is reported, not fatal."""
+    result = IndexResult([], {}, [])
+    for fj in sorted(app_root.glob("*/function.json")):
+        name = fj.parent.name
+        if only and name not in only:
+            continue
+        if env.get(f"AzureWebJobs.{name}.Disabled", "").strip().lower() == "true":
+            result.disabled.append(name)
+            continue
+        try:
+            disabled = json.loads(fj.read_text(encoding="utf-8-sig")).get("disabled") is True
+        except (OSError, ValueError, AttributeError):
+            disabled = False  # read_function reports it
+        if disabled:
+            result.disabled.append(name)
+            continue
+        try:
+            result.functions.append(read_function(fj, env))
+        except HostError as exc:
+            result.errors[name] = str(exc)
+    return result
+
+
+# -- the worker's side: imports and signatures -----------------------------------------------------------------------
+
+@dataclass
+class LoadedFunction:
+    name: str
+    trigger: str
+    binding: str
+    entry: Callable[..., Any]
+    wants_context: bool
+    directory: str
+
+
+def install_app_package(app_root: Path) -> None:
+    """The app root on ``sys.path`` and the ``__app__`` namespace package over it, as the Python worker sets up."""
+    root = str(app_root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    if "__app__" not in sys.modules:
+        spec = importlib.machinery.ModuleSpec("__app__", None, is_package=True)
+        spec.submodule_search_locations = [root]
+        sys.modules["__app__"] = importlib.util.module_from_spec(spec)
+
+
+def load_entry_point(entry: Mapping[str, str]) -> LoadedFunction:
+    """Import one function as ``__app__.<folder>`` and check its signature against the binding (worker side)."""
+    name, script, binding = entry["name"], entry["script_file"], entry["binding"]
+    module_name = f"__app__.{name}" if script == "__init__.py" else f"__app__.{name}.{Path(script).stem}"
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as exc:  # noqa: BLE001 - any import failure disables the function, as in the worker
+        raise HostError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from None
+    func = getattr(module, entry["entry_point"], None)
+    if not callable(func):
+        raise HostError(f"{module_name} has no function '{entry['entry_point']}' (the entryPoint)")
+    params = set(inspect.signature(func).parameters)
+    if params - {binding, "context"} or binding not in params:
+        raise HostError(f"parameters {sorted(params)} do not match the bindings ['{binding}'] (+ optional context)")
+    return LoadedFunction(name, entry["trigger"], binding, func, "context" in params, entry["directory"])
+
+
+def load_entry_points(app_root: Path, entries: list[Mapping[str, str]]) -> tuple[dict[str, LoadedFunction], dict[str, str]]:
+    """Load every function the host indexed: (loaded by name, load errors by name)."""
+    install_app_package(app_root)
+    loaded, errors = {}, {}
+    for entry in entries:
+        try:
+            loaded[entry["name"]] = load_entry_point(entry)
+        except HostError as exc:
+            errors[entry["name"]] = str(exc)
+    return loaded, errors
+
+
+@dataclass
+class Context:
+    """What the worker passes as ``context`` (the parts a v1 function uses)."""
+
+    invocation_id: str
+    function_name: str
+    function_directory: str
+    trace_context: Any = None
+    retry_context: Any = None
+    thread_local_storage: threading.local = field(default_factory=threading.local)
+
+
+# -- trigger data ----------------------------------------------------------------------------------------------------
+
+QUEUE_MESSAGE_FIELDS = ("id", "dequeue_count", "inserted_on", "expires_on", "next_visible_on", "pop_receipt")
+
+
+def queue_message_fields(message: Any) -> dict[str, Any]:
+    """The parts of a received ``azure.storage.queue.QueueMessage`` the worker needs (plain, picklable)."""
+    return {k: getattr(message, k, None) for k in QUEUE_MESSAGE_FIELDS}
+
+
+def to_function_message(message: Any, body: str) -> Any:
+    """The ``azure.functions.QueueMessage`` the Python worker builds from a received message and its decoded body."""
+    from azure.functions import meta
+    from azure.functions.queue import QueueMessageInConverter
+
+    def iso(moment: datetime | None) -> str | None:
+        return moment.astimezone(timezone.utc).isoformat() if moment else None
+
+    fields = {
+        "Id": (message.id, "string"),
+        "DequeueCount": (message.dequeue_count, "int"),
+        "InsertionTime": (iso(message.inserted_on), "string"),
+        "ExpirationTime": (iso(message.expires_on), "string"),
+        "NextVisibleTime": (iso(message.next_visible_on), "string"),
+        "PopReceipt": (message.pop_receipt, "string"),
+    }
+    metadata = {name: meta.Datum(value, kind) for name, (value, kind) in fields.items() if value is not None}
+    return QueueMessageInConverter.decode(meta.Datum(body, "string"), trigger_metadata=metadata)
+
+
+def timer_data(schedule_status: dict | None, past_due: bool) -> dict:
+    """The JSON the host sends the worker for a timer invocation (its ``TimerInfo``)."""
+    return {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": schedule_status, "IsPastDue": bool(past_due)}
+
+
+def to_timer_request(data: dict) -> Any:
+    """The ``azure.functions.TimerRequest`` the Python worker builds from the host's timer JSON, by its converter."""
+    from azure.functions import meta
+    from azure.functions.timer import TimerRequestConverter
+
+    return TimerRequestConverter.decode(meta.Datum(json.dumps(data), "json"), trigger_metadata={})
