@@ -26,7 +26,7 @@ _FIELDS = (("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, Non
 #: How far ``next_after`` and ``latest_at_or_before`` look. A schedule that matches no day in this span never occurs
 #: (such as 30 February); 29 February on a given weekday recurs within 40 years.
 SEARCH_YEARS = 50
-_NUMBER_RE = re.compile(r"\d{1,4}")
+_NUMBER_RE = re.compile(r"[0-9]{1,4}")
 _NAME_RE = re.compile(r"[A-Za-z]{1,12}")
 
 
@@ -139,6 +139,9 @@ def _field(text: str, name: str, low: int, high: int, names: tuple[str, ...] | N
             step = int(raw_step)
             if step == 0 and strict:
                 raise ScheduleError(f"the {name} field {text[:40]!r} has a step of 0")
+            if step == 1 and strict and body != "*" and "-" not in body[1:]:
+                # NCrontab versions disagree on 'a/1' (a alone, or a to the maximum): refused rather than guessed
+                raise ScheduleError(f"the {name} field {text[:40]!r} has 'value/1', which NCrontab versions read differently")
         if body == "*":
             first, last = low, high
         elif "-" in body[1:]:

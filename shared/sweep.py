@@ -43,9 +43,14 @@ REASONS = ("invalid_id", "duplicate", "protected", "name_too_long", "not_matchin
 MAX_NAME_CHARS = 256
 MAX_PATTERN_CHARS = 1000
 MAX_LIMIT = 1000
+#: SWEEP_MAX_PER_RUN's maximum: the report names every enqueued request, and 100 of them fit a queue message.
+MAX_PER_RUN = 100
 REPORT_SCHEMA_VERSION = 1
-#: A storage queue message holds 64 KiB of Base64 text: 48 KiB of JSON.
-MAX_REPORT_BYTES = 48 * 1024
+#: A storage queue message holds 64 KiB of Base64 text, 48 KiB of JSON; less a margin.
+MAX_REPORT_BYTES = 46 * 1024
+#: Texts a sane pattern never matches with zero characters: a pattern that does (``x*``, ``\B``, a lone lookahead)
+#: matches at positions, not names, and would select nearly every customer.
+_PROBES = ("", "a", "ab", "a b", "0", "a-b.c", "é", "Tip test run 0001 – Contoso", "contosotiptestrun0001.onmicrosoft.com")
 #: A run is the scheduled one when it starts this close after the latest occurrence and nothing else tells.
 SCHEDULED_TOLERANCE = timedelta(seconds=60)
 #: The host and the app read one clock, but not at the same instant.
@@ -62,7 +67,7 @@ class SweepPolicy:
     exclude: re.Pattern | None
     max_per_run: int
     sandbox_limit: int
-    reports_queue: str
+    reports_queue: str | None  # None: no queue can take the report (it is logged)
     schedule: Schedule | None
     problems: tuple[str, ...] = ()
 
@@ -83,8 +88,8 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
     exclude = _pattern("SWEEP_EXCLUDE", env.get("SWEEP_EXCLUDE", ""), problems)
     if mode == "delete" and include is None and not (env.get("SWEEP_INCLUDE") or "").strip():
         problems.append("SWEEP_MODE=delete needs SWEEP_INCLUDE: the sweep never deletes every customer by default")
-    max_per_run = _count("SWEEP_MAX_PER_RUN", get("SWEEP_MAX_PER_RUN"), problems)
-    limit = _count("SANDBOX_CUSTOMER_LIMIT", get("SANDBOX_CUSTOMER_LIMIT"), problems)
+    max_per_run = _count("SWEEP_MAX_PER_RUN", get("SWEEP_MAX_PER_RUN"), problems, MAX_PER_RUN)
+    limit = _count("SANDBOX_CUSTOMER_LIMIT", get("SANDBOX_CUSTOMER_LIMIT"), problems, MAX_LIMIT)
 
     reports = get("SWEEP_REPORTS_QUEUE").lower()
     problem = queue_name_problem("SWEEP_REPORTS_QUEUE", reports)
@@ -92,8 +97,13 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
     if problem is None and reports in taken:
         problem = f"SWEEP_REPORTS_QUEUE must not be one of the deletion functions' queues ({reports!r})"
     if problem is not None:
-        problems.append(problem + f"; this report goes to {SWEEP_DEFAULTS['SWEEP_REPORTS_QUEUE']!r}")
-        reports = SWEEP_DEFAULTS["SWEEP_REPORTS_QUEUE"]
+        fallback = SWEEP_DEFAULTS["SWEEP_REPORTS_QUEUE"]
+        if fallback in taken:  # not even the default is free: the report is only logged
+            problems.append(problem + "; this report is only logged")
+            reports = None
+        else:
+            problems.append(problem + f"; this report goes to {fallback!r}")
+            reports = fallback
 
     schedule = None
     text = (env.get("SWEEP_SCHEDULE") or "").strip()
@@ -112,9 +122,9 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
 
 
 def _pattern(name: str, raw: str, problems: list[str]) -> re.Pattern | None:
-    text = (raw or "").strip()
-    if not text:
-        return None
+    text = raw or ""
+    if not text.strip():
+        return None  # not set (spaces around a pattern are part of it: nothing is trimmed)
     if len(text) > MAX_PATTERN_CHARS:
         problems.append(f"{name} is longer than {MAX_PATTERN_CHARS} characters")
         return None
@@ -126,12 +136,16 @@ def _pattern(name: str, raw: str, problems: list[str]) -> re.Pattern | None:
     if pattern.search("") is not None:
         problems.append(f"{name} matches the empty string, so it would match every customer: {text[:80]!r}")
         return None
+    if any(m.end() == m.start() for probe in _PROBES for m in pattern.finditer(probe)):
+        problems.append(f"{name} can match zero characters (such as \\B or a lookahead alone), so it would match nearly "
+                        f"every customer: {text[:80]!r}")
+        return None
     return pattern
 
 
-def _count(name: str, value: str, problems: list[str]) -> int:
-    if not re.fullmatch(r"\d{1,6}", value) or not 1 <= int(value) <= MAX_LIMIT:
-        problems.append(f"{name} must be a whole number from 1 to {MAX_LIMIT} (got {value[:40]!r})")
+def _count(name: str, value: str, problems: list[str], maximum: int) -> int:
+    if not re.fullmatch(r"[0-9]{1,6}", value) or not 1 <= int(value) <= maximum:
+        problems.append(f"{name} must be a whole number from 1 to {maximum} (got {value[:40]!r})")
         return 0
     return int(value)
 
@@ -166,8 +180,8 @@ def run_time(schedule: Schedule | None, started: datetime, past_due: bool, statu
     if past_due:
         return RunTime(latest, "schedule", "past due (the host's catch-up run)")
     if nxt is not None:
-        if nxt <= started + CLOCK_SKEW:
-            return RunTime(latest, "schedule", f"the schedule status's next occurrence {iso(nxt)} has come")
+        if nxt <= started + CLOCK_SKEW:  # a tick; one seen a moment early is still that occurrence's run
+            return RunTime(schedule.latest_at_or_before(max(started, nxt)) or latest, "schedule", f"the schedule status's next occurrence {iso(nxt)} has come")
         return RunTime(started, "manual", f"the schedule status's next occurrence {iso(nxt)} is still ahead")
     if started - latest <= SCHEDULED_TOLERANCE:
         return RunTime(latest, "schedule", "no schedule status; started within 60 s of an occurrence")
@@ -352,7 +366,7 @@ def report_text(*, policy: SweepPolicy, run: RunTime, past_due: bool, started: d
         "note": run.why,
     }
     text = json.dumps(body, separators=(",", ":"))
-    for cut in (MAX_NAME_CHARS, 64, 16):
+    for cut in (MAX_NAME_CHARS, 64, 16, 0):
         if len(text.encode("utf-8")) <= MAX_REPORT_BYTES:
             return text
         for entry in (*body["selected"], *body["excluded"]):

@@ -42,7 +42,10 @@ def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str
     outcome = _run(policy, run, rid, deps)
     text = report_text(policy=policy, run=run, past_due=past_due, started=started, finished=clock(), invocation_id=invocation_id,
                        outcome=outcome)
-    deps.publisher.send(policy.reports_queue, text)  # never expires
+    if policy.reports_queue is None:
+        log.error("sweep %s: no queue can take the report (see its problems); the report: %s", rid, text)
+    else:
+        deps.publisher.send(policy.reports_queue, text)  # never expires
     summary = (f"sweep {rid}: {outcome.result}; listed {outcome.plan.listed if outcome.plan else '-'} of "
                f"{policy.sandbox_limit or '-'}, selected {len(outcome.plan.selected) if outcome.plan else 0}, "
                f"enqueued {len(outcome.enqueued)}, deferred {outcome.plan.deferred if outcome.plan else 0}; report on {policy.reports_queue}")
@@ -54,12 +57,12 @@ def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str
 
 
 def _run(policy: SweepPolicy, run: Any, rid: str, deps: Deps) -> Outcome:
+    if policy.mode == "off":  # switched off: the report still names any problem, and the run does not fail
+        return Outcome("off")
     if policy.problems:
         for problem in policy.problems:
             log.error("sweep %s: setting problem: %s", rid, problem)
         return Outcome("refused", error="the sweep's settings have problems; nothing was listed or enqueued: " + "; ".join(policy.problems))
-    if policy.mode == "off":
-        return Outcome("off")
     settings = deps.settings
     try:
         items = deps.partner_center.list_customers(correlation_id=rid, budget=Budget(LISTING_WORK_SECONDS, settings.retry_budget),

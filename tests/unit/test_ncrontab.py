@@ -61,7 +61,7 @@ def test_names_are_case_insensitive_prefixes_and_five_fields_only_for_the_host()
     ("0 0 0 * 13 *", "outside 1-12"), ("0 0 0 * * 7", "outside 0-6"), ("0 0 0 * * Funday", "not a day of week name"),
     ("0 0 0 * Mon *", "not a month name"), ("0 0 x * * *", "not a valid hour"), ("0 0 3,,4 * * *", "empty list item"),
     ("0 */x * * * *", "step"), ("0 -1 * * * *", "not a valid minute"), ("0 0 3 * * ?", "not a valid day of week"),
-    ("0 0 3 L * *", "not a valid day"),
+    ("0 0 3 L * *", "not a valid day"), ("0 0 \u0663 * * *", "not a valid hour"), ("0 5/1 * * * *", "read differently"),
 ])
 def test_invalid_expressions_say_which_field(expression, why):
     with pytest.raises(ScheduleError, match=why):

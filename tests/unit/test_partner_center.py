@@ -274,3 +274,57 @@ def test_in_process_waits_of_one_invocation_share_one_allowance(sleeps, client):
     with pytest.raises(ThrottledError):  # another 3 s would exceed the invocation's 4 s: handed over instead
         client.get_customer(CUST, correlation_id=CORR, budget=budget)
     assert sleeps == [3.0]
+
+
+def _customers_page(ids, token=None, uri="/customers?size=40&seekOperation=Next"):
+    page = {"totalCount": len(ids), "items": [{"id": i, "companyProfile": {"tenantId": i}} for i in ids],
+            "links": {"self": {"uri": "/customers?size=40"}}, "attributes": {"objectType": "Collection"}}
+    if token:
+        page["links"]["next"] = {"uri": uri, "method": "GET", "headers": [{"key": "MS-ContinuationToken", "value": token}]}
+        page["continuationToken"] = token
+    return body(page)
+
+
+@responses.activate
+def test_customers_are_listed_across_pages_with_the_continuation_token(client):
+    ids = [f"{n:08d}-0000-4000-8000-000000000000" for n in range(5)]
+    responses.get(f"{BASE}/v1/customers", body=_customers_page(ids[:2], "t1"), match=[responses.matchers.query_param_matcher({"size": "40"})])
+    responses.get(f"{BASE}/v1/customers", body=_customers_page(ids[2:4], "t2"),
+                  match=[responses.matchers.header_matcher({"MS-ContinuationToken": "t1"})])
+    responses.get(f"{BASE}/v1/customers", body=_customers_page(ids[4:]), match=[responses.matchers.header_matcher({"MS-ContinuationToken": "t2"})])
+    items = client.list_customers(correlation_id=CORR)
+    assert [i["id"] for i in items] == ids and len(responses.calls) == 3
+    assert all(c.request.headers["MS-CorrelationId"] == CORR for c in responses.calls)
+    assert "seekOperation=Next" in responses.calls[1].request.url
+
+
+@responses.activate
+def test_customer_listing_stops_at_the_first_page_past_stop_after(client):
+    ids = [f"{n:08d}-0000-4000-8000-000000000000" for n in range(6)]
+    responses.get(f"{BASE}/v1/customers", body=_customers_page(ids[:3], "t1"), match=[responses.matchers.query_param_matcher({"size": "40"})])
+    responses.get(f"{BASE}/v1/customers", body=_customers_page(ids[3:], "t2"), match=[responses.matchers.header_matcher({"MS-ContinuationToken": "t1"})])
+    assert len(client.list_customers(correlation_id=CORR, stop_after=2)) == 3 and len(responses.calls) == 1
+    assert len(client.list_customers(correlation_id=CORR, stop_after=3)) == 6
+
+
+@pytest.mark.parametrize("uri", ["https://evil.example/v1/customers?seekOperation=Next", f"/customers/{CUST}/entitlements?seekOperation=Next",
+                                 "/customers?seekOperation=Next&x=<script>", "/v1/customers/../customers?seekOperation=Next"])
+@responses.activate
+def test_a_customer_list_next_link_elsewhere_is_refused(client, uri):
+    responses.get(f"{BASE}/v1/customers", body=_customers_page([CUST], "t1", uri=uri))
+    with pytest.raises(UnsafeIdError):
+        client.list_customers(correlation_id=CORR)
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_a_customer_page_without_items_or_a_failing_page_raises_and_returns_nothing_partial(client, sleeps):
+    responses.get(f"{BASE}/v1/customers", body=_customers_page([CUST], "t1"), match=[responses.matchers.query_param_matcher({"size": "40"})])
+    responses.get(f"{BASE}/v1/customers", status=503, body=body({"code": 800003, "description": "down"}),
+                  match=[responses.matchers.header_matcher({"MS-ContinuationToken": "t1"})])
+    with pytest.raises(TransientError):
+        client.list_customers(correlation_id=CORR)
+    responses.reset()
+    responses.get(f"{BASE}/v1/customers", body=body({"value": []}))
+    with pytest.raises(TransientError, match="customers response has no 'items' list"):
+        client.list_customers(correlation_id=CORR)

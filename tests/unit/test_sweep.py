@@ -207,3 +207,37 @@ def test_a_report_of_a_full_sandbox_with_the_longest_hostile_names_fits_in_a_que
     report = json.loads(text)
     assert len(text.encode()) <= MAX_REPORT_BYTES and len(report["excluded"]) + report.get("excludedOmitted", 0) == 75
     assert all(len(e["companyName"]) <= 257 for e in report["excluded"])
+
+
+@pytest.mark.parametrize("pattern", [r"\B", r"(?=t)", r"x*", r"\b", r"(?!zzz)", r"$"])
+def test_a_pattern_that_can_match_zero_characters_is_refused(pattern):
+    p = read_policy(env(SWEEP_INCLUDE=pattern, SWEEP_MODE="delete"), app_queues=APP_QUEUES)
+    assert any("SWEEP_INCLUDE" in text and ("zero characters" in text or "empty string" in text) for text in p.problems), p.problems
+
+
+def test_spaces_around_a_pattern_are_part_of_it():
+    assert reasons([customer(A, "Tip x"), customer(B, "Tipping Co")], SWEEP_INCLUDE="^tip ") == [(A, "selected"), (B, "not_matching")]
+
+
+def test_a_report_queue_that_no_queue_can_replace_is_only_logged():
+    p = read_policy(env(SWEEP_REPORTS_QUEUE="b-queue"), app_queues=("customer-sweep-reports", "b-queue", "c-queue"))
+    assert p.reports_queue is None and any("only logged" in text for text in p.problems)
+
+
+def test_a_tick_seen_a_moment_before_its_occurrence_is_that_occurrence():
+    run = run_time(DAILY, T3 - timedelta(seconds=1), False, {"Next": "2026-11-25T03:00:00+00:00"})
+    assert run.trigger == "schedule" and run.moment == T3
+
+
+def test_a_report_at_the_largest_allowed_settings_fits_in_a_queue_message():
+    items = [customer(str(uuid.uuid4()), "Tip " + "\u202e" * 250, "d" * 256) for _ in range(1000)]
+    p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="100", SANDBOX_CUSTOMER_LIMIT="1000")
+    result = plan(items, p, frozenset())
+    run = RunTime(T3, "schedule", "")
+    enqueued = [Enqueued(d.customer_id, correlation_id(run, d.customer_id), str(uuid.uuid4())) for d in result.selected]
+    text = report_text(policy=p, run=run, past_due=False, started=T3, finished=T3, invocation_id=str(uuid.uuid4()),
+                       outcome=Outcome("enqueued", result, enqueued))
+    report = json.loads(text)
+    assert len(text.encode()) <= MAX_REPORT_BYTES and len(report["selected"]) == len(report["enqueued"]) == 100
+    assert len(report["excluded"]) + report["excludedOmitted"] == 900 and report["deferred"] == 900
+    assert read_policy(env(SWEEP_MAX_PER_RUN="101"), app_queues=APP_QUEUES).problems

@@ -205,3 +205,17 @@ def test_sweep_invariants_under_crashes_and_repeats(tmp_path, customers, limit, 
     assert len(set(clean_sets)) <= 1  # 5
     if clean_sets and len(items) <= limit:
         assert clean_sets[0] == frozenset(sorted(eligible)[:per_run])
+
+
+def test_off_wins_over_setting_problems_and_a_report_no_queue_can_take_is_logged(tmp_path, caplog):
+    pub, pc = FakePublisher(), FakeListing([])
+    outcome = handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_MODE="off", SWEEP_INCLUDE="("))
+    assert outcome.result == "off" and pc.calls == [] and pub.json_on(REPORTS)[0]["problems"]
+    settings_env = {"SWEEP_SCHEDULE": "0 0 3 * * *", "SWEEP_REPORTS_QUEUE": REQUESTS}
+    deps = make_deps(tmp_path, pc, FakePublisher(), Clock(T3))
+    deps.settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "DELETE_CUSTOMER_QUEUE": REPORTS,
+                                       "POLL_ORDERS_QUEUE": "p-queue", "DELETION_OUTCOMES_QUEUE": "o-queue"}, app_root=tmp_path)
+    settings_env["SWEEP_REPORTS_QUEUE"] = "p-queue"
+    with pytest.raises(SweepFailed):
+        handle_sweep(timer(), "inv", deps, env=settings_env)
+    assert deps.publisher.sent == [] and any("no queue can take the report" in r.getMessage() for r in caplog.records)
