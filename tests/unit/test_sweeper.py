@@ -219,3 +219,10 @@ def test_off_wins_over_setting_problems_and_a_report_no_queue_can_take_is_logged
     with pytest.raises(SweepFailed):
         handle_sweep(timer(), "inv", deps, env=settings_env)
     assert deps.publisher.sent == [] and any("no queue can take the report" in r.getMessage() for r in caplog.records)
+
+
+def test_a_null_schedule_status_as_older_azure_functions_reads_it_is_no_status(tmp_path):
+    pub = FakePublisher()
+    lone = SimpleNamespace(past_due=False, schedule_status=None)  # azure-functions 1.20 gives None for "ScheduleStatus": null
+    handle_sweep(lone, "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3 + timedelta(seconds=3))), env=sweep_env())
+    assert pub.json_on(REPORTS)[0]["trigger"] == "schedule"
