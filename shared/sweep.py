@@ -26,7 +26,7 @@ from shared.ncrontab import Schedule, ScheduleError, parse
 
 __all__ = [
     "SWEEP_DEFAULTS", "MODES", "REASONS", "MAX_NAME_CHARS", "REPORT_SCHEMA_VERSION", "SweepPolicy", "RunTime", "Decision",
-    "Plan", "read_policy", "run_time", "run_id", "correlation_id", "plan", "request_text", "report_text", "MAX_REPORT_BYTES",
+    "Plan", "read_policy", "before_listing", "run_time", "run_id", "correlation_id", "plan", "request_text", "report_text", "MAX_REPORT_BYTES",
 ]
 
 SWEEP_DEFAULTS: dict[str, str] = {
@@ -181,7 +181,7 @@ def run_time(schedule: Schedule | None, started: datetime, past_due: bool, statu
         return RunTime(latest, "schedule", "past due (the host's catch-up run)")
     if nxt is not None:
         if nxt <= started + CLOCK_SKEW:  # a tick; one seen a moment early is still that occurrence's run
-            return RunTime(schedule.latest_at_or_before(max(started, nxt)) or latest, "schedule", f"the schedule status's next occurrence {iso(nxt)} has come")
+            return RunTime(latest if nxt <= started else schedule.latest_at_or_before(nxt) or latest, "schedule", f"the schedule status's next occurrence {iso(nxt)} has come")
         return RunTime(started, "manual", f"the schedule status's next occurrence {iso(nxt)} is still ahead")
     if started - latest <= SCHEDULED_TOLERANCE:
         return RunTime(latest, "schedule", "no schedule status; started within 60 s of an occurrence")
@@ -246,10 +246,24 @@ class Plan:
         return sum(d.reason == "over_limit" for d in self.decisions)
 
 
+def _settings_refusal(policy: SweepPolicy) -> str:
+    return "the sweep's settings have problems, so this run selects and enqueues nothing: " + "; ".join(policy.problems)
+
+
+def before_listing(policy: SweepPolicy) -> "Outcome | None":
+    """The run's outcome when it must not list the customers at all, else ``None``: ``off`` (any setting problem is
+    in the report, and the run does not fail), or settings with problems (refused)."""
+    if policy.mode == "off":
+        return Outcome("off")
+    if policy.problems:
+        return Outcome("refused", error=_settings_refusal(policy))
+    return None
+
+
 def plan(items: list[Any], policy: SweepPolicy, protected_ids: frozenset[str]) -> Plan:
     """Decide, for every listed customer, whether this run selects it, and why (or why not)."""
     if policy.problems:
-        return Plan(len(items), refusal="the sweep's settings have problems: " + "; ".join(policy.problems))
+        return Plan(len(items), refusal=_settings_refusal(policy))
     if len(items) > policy.sandbox_limit:
         return Plan(len(items), refusal=f"the partner lists more than SANDBOX_CUSTOMER_LIMIT={policy.sandbox_limit} customers "
                     f"(at least {len(items)}), so this is not an integration sandbox (a production credential?); nothing is selected")

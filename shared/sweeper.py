@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from shared.budget import Budget
 from shared.errors import AppError, PartnerCenterError
 from shared.service import Deps
-from shared.sweep import Enqueued, Outcome, SweepPolicy, correlation_id, plan, read_policy, report_text, request_text, run_id, run_time
+from shared.sweep import Enqueued, Outcome, SweepPolicy, before_listing, correlation_id, plan, read_policy, report_text, request_text, run_id, run_time
 
 __all__ = ["handle_sweep", "SweepFailed", "LISTING_WORK_SECONDS"]
 
@@ -57,12 +57,11 @@ def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str
 
 
 def _run(policy: SweepPolicy, run: Any, rid: str, deps: Deps) -> Outcome:
-    if policy.mode == "off":  # switched off: the report still names any problem, and the run does not fail
-        return Outcome("off")
-    if policy.problems:
-        for problem in policy.problems:
+    early = before_listing(policy)
+    if early is not None:
+        for problem in policy.problems if early.result == "refused" else ():
             log.error("sweep %s: setting problem: %s", rid, problem)
-        return Outcome("refused", error="the sweep's settings have problems; nothing was listed or enqueued: " + "; ".join(policy.problems))
+        return early
     settings = deps.settings
     try:
         items = deps.partner_center.list_customers(correlation_id=rid, budget=Budget(LISTING_WORK_SECONDS, settings.retry_budget),

@@ -257,13 +257,18 @@ def queue_message_fields(message: Any) -> dict[str, Any]:
     return {k: getattr(message, k, None) for k in QUEUE_MESSAGE_FIELDS}
 
 
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with +00:00, as the host serialises times (trigger metadata, the timer's schedule status)."""
+    return moment.astimezone(timezone.utc).isoformat()
+
+
 def to_function_message(message: Any, body: str) -> Any:
     """The ``azure.functions.QueueMessage`` the Python worker builds from a received message and its decoded body."""
     from azure.functions import meta
     from azure.functions.queue import QueueMessageInConverter
 
     def iso(moment: datetime | None) -> str | None:
-        return moment.astimezone(timezone.utc).isoformat() if moment else None
+        return utc_iso(moment) if moment else None
 
     fields = {
         "Id": (message.id, "string"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tools.local_host.indexing import FunctionSpec, timer_data
+from tools.local_host.indexing import utc_iso as iso
 
 log = logging.getLogger("local_host")
 
@@ -33,11 +34,6 @@ SCHEDULED, PAST_DUE, RUN_ON_STARTUP = "scheduled", "past_due", "run_on_startup"
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with +00:00, as the host serialises the status."""
-    return moment.astimezone(timezone.utc).isoformat()
 
 
 def _read_time(value: Any) -> datetime:
