@@ -5,9 +5,20 @@ from typing import Any
 
 from azure.identity import CertificateCredential, ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
 
-from shared.config import TOKEN_CONNECT_SECONDS, TOKEN_READ_SECONDS, TOKEN_RETRIES, Settings, StorageConnection
+from shared.config import TOKEN_CONNECT_SECONDS, TOKEN_READ_SECONDS, TOKEN_RETRIES, Settings, StorageConnection, is_known_authority
 
 __all__ = ["partner_center_credential", "storage_credential"]
+
+
+def _token_endpoint_options(authority_host: str, *, app_credential: bool) -> dict[str, Any]:
+    """The authority, short timeouts and one retry at the token endpoint (azure-core's defaults wait for minutes). An
+    app credential (secret or certificate) of a private or emulated authority gets no instance discovery: it would
+    call login.microsoftonline.com."""
+    kwargs: dict[str, Any] = {"authority": authority_host, "connection_timeout": TOKEN_CONNECT_SECONDS,
+                              "read_timeout": TOKEN_READ_SECONDS, "retry_total": TOKEN_RETRIES}
+    if app_credential and not is_known_authority(authority_host):
+        kwargs["disable_instance_discovery"] = True
+    return kwargs
 
 
 def partner_center_credential(settings: Settings) -> Any:
@@ -16,20 +27,25 @@ def partner_center_credential(settings: Settings) -> Any:
     The token endpoint gets short timeouts and one retry (azure-core's defaults wait for minutes): a token is part of
     a call, and a call must fit into an invocation's work budget (``shared.workflow``, the settle time).
     """
-    kwargs: dict[str, Any] = {"authority": settings.authority_host, "connection_timeout": TOKEN_CONNECT_SECONDS,
-                              "read_timeout": TOKEN_READ_SECONDS, "retry_total": TOKEN_RETRIES}
-    if settings.client_secret or settings.client_certificate_path:
-        if not settings.authority_is_known_cloud:
-            # A private or emulated authority: no instance discovery (it would call login.microsoftonline.com).
-            kwargs["disable_instance_discovery"] = True
-        if settings.client_secret:
-            return ClientSecretCredential(settings.tenant_id, settings.client_id, settings.client_secret, **kwargs)
+    app_credential = bool(settings.client_secret or settings.client_certificate_path)
+    kwargs = _token_endpoint_options(settings.authority_host, app_credential=app_credential)
+    if settings.client_secret:
+        return ClientSecretCredential(settings.tenant_id, settings.client_id, settings.client_secret, **kwargs)
+    if settings.client_certificate_path:
         return CertificateCredential(settings.tenant_id, settings.client_id, certificate_path=settings.client_certificate_path, **kwargs)
     return DefaultAzureCredential(exclude_interactive_browser_credential=True, **kwargs)
 
 
 def storage_credential(storage: StorageConnection) -> Any:
-    """For an identity-based AzureWebJobsStorage: the user-assigned identity when a client id is given."""
-    if storage.client_id or storage.use_managed_identity:
+    """For an identity-based AzureWebJobsStorage, with the host's precedence (its setting names, ``shared.config``):
+
+    ``__credential=managedidentity``: ManagedIdentityCredential (the user-assigned one of ``__clientId``, if given);
+    ``__tenantId`` + ``__clientId`` + ``__clientSecret`` (local development): ClientSecretCredential against
+    AZURE_AUTHORITY_HOST; ``__clientId`` alone: that user-assigned managed identity; nothing: DefaultAzureCredential.
+    """
+    if storage.use_managed_identity or (storage.client_id and not storage.client_secret):
         return ManagedIdentityCredential(client_id=storage.client_id) if storage.client_id else ManagedIdentityCredential()
+    if storage.uses_client_secret:
+        return ClientSecretCredential(storage.tenant_id, storage.client_id, storage.client_secret,
+                                      **_token_endpoint_options(storage.authority_host, app_credential=True))
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)

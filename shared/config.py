@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULTS",
     "get_settings",
     "reset_settings",
+    "is_known_authority",
     "is_loopback_host",
     "queue_name_problem",
     "host_max_polling_interval",
@@ -90,17 +91,32 @@ class ConfigurationError(Exception):
 
 @dataclass(frozen=True)
 class StorageConnection:
-    """How the app reaches its queues: a connection string, or an identity-based service URI."""
+    """How the app reaches its queues: a connection string, or an identity-based service URI.
+
+    Identity-based, with the Functions host's own setting names (``AzureWebJobsStorage__...``): ``credential=
+    managedidentity`` (+ ``clientId``), or, for local development only, ``tenantId`` + ``clientId`` + ``clientSecret``
+    (an app registration's client secret, against ``authority_host``: ``AZURE_AUTHORITY_HOST``, as azure-identity
+    and the host's Azure.Identity read it; default the public cloud).
+    """
 
     connection_string: str | None = None
     queue_service_uri: str | None = None
     client_id: str | None = None
     use_managed_identity: bool = False
+    tenant_id: str | None = None
+    client_secret: str | None = None
+    authority_host: str = DEFAULTS["PARTNER_CENTER_AUTHORITY_HOST"]
 
-    def __repr__(self) -> str:  # never print the account key
+    @property
+    def uses_client_secret(self) -> bool:
+        return bool(self.client_secret) and not self.use_managed_identity
+
+    def __repr__(self) -> str:  # never print the account key or the client secret
         if self.connection_string:
             return "StorageConnection(connection_string=<redacted>)"
-        return f"StorageConnection(queue_service_uri={self.queue_service_uri!r}, client_id={self.client_id!r})"
+        extra = (f", tenant_id={self.tenant_id!r}, client_secret=<redacted>, authority_host={self.authority_host!r}"
+                 if self.uses_client_secret else "")
+        return f"StorageConnection(queue_service_uri={self.queue_service_uri!r}, client_id={self.client_id!r}{extra})"
 
 
 @dataclass(frozen=True)
@@ -137,7 +153,7 @@ class Settings:
 
     @property
     def authority_is_known_cloud(self) -> bool:
-        return (urlsplit(self.authority_host).hostname or "").lower() in KNOWN_AUTHORITY_HOSTS
+        return is_known_authority(self.authority_host)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, app_root: Path = APP_ROOT) -> "Settings":
@@ -238,6 +254,11 @@ class Settings:
         )
 
 
+def is_known_authority(url: str) -> bool:
+    """Whether ``url`` is the Entra ID authority of a Microsoft cloud (else instance discovery is switched off)."""
+    return (urlsplit(url).hostname or "").lower() in KNOWN_AUTHORITY_HOSTS
+
+
 def is_loopback_host(host: str | None) -> bool:
     if not host:
         return False
@@ -255,8 +276,13 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
         if "=" not in conn:
             problems.append("AzureWebJobsStorage must be a storage connection string")
         return StorageConnection(connection_string=conn)
-    uri = env.get("AzureWebJobsStorage__queueServiceUri", "").strip()
-    account = env.get("AzureWebJobsStorage__accountName", "").strip()
+    prefix = "AzureWebJobsStorage__"
+
+    def get(name: str) -> str:
+        return env.get(prefix + name, "").strip()
+
+    uri = get("queueServiceUri")
+    account = get("accountName")
     if not uri and account:
         uri = f"https://{account}.queue.core.windows.net"
     if not uri:
@@ -265,11 +291,35 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
     parts = urlsplit(uri)
     if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(parts.hostname)):
         problems.append("AzureWebJobsStorage__queueServiceUri must be an https URL")
-    client_id = env.get("AzureWebJobsStorage__clientId", "").strip() or None
+    client_id = get("clientId") or None
     if client_id and not is_guid(client_id):
         problems.append("AzureWebJobsStorage__clientId must be a GUID")
-    managed = env.get("AzureWebJobsStorage__credential", "").strip().lower() == "managedidentity"
-    return StorageConnection(queue_service_uri=uri.rstrip("/"), client_id=client_id, use_managed_identity=managed)
+    credential = get("credential")
+    if credential and credential.lower() != "managedidentity":
+        problems.append(f"AzureWebJobsStorage__credential must be 'managedidentity' or not set (got {credential[:40]!r})")
+    managed = credential.lower() == "managedidentity"
+    tenant_id, secret = get("tenantId") or None, get("clientSecret") or None
+    authority = DEFAULTS["PARTNER_CENTER_AUTHORITY_HOST"]
+    if managed and (tenant_id or secret):
+        problems.append("AzureWebJobsStorage__tenantId and __clientSecret are for local development: "
+                        "not with AzureWebJobsStorage__credential=managedidentity")
+    elif secret or tenant_id:
+        # Local development only (as the host documents it): an app registration's secret. All three or none.
+        if not tenant_id:
+            problems.append("AzureWebJobsStorage__tenantId is required with AzureWebJobsStorage__clientSecret")
+        elif not (is_guid(tenant_id) or _DOMAIN_RE.fullmatch(tenant_id)):
+            problems.append("AzureWebJobsStorage__tenantId must be a tenant GUID or domain name")
+        if not client_id:
+            problems.append("AzureWebJobsStorage__clientId is required with AzureWebJobsStorage__clientSecret")
+        if not secret:
+            problems.append("AzureWebJobsStorage__clientSecret is required with AzureWebJobsStorage__tenantId")
+        raw = env.get("AZURE_AUTHORITY_HOST", "").strip()
+        if raw:  # azure-identity's own variable: the storage credential's authority
+            authority = _url("AZURE_AUTHORITY_HOST", raw, problems, allow_loopback_http=False).rstrip("/")
+        if parts.scheme != "https":
+            problems.append("AzureWebJobsStorage__queueServiceUri must be an https URL with a token credential")
+    return StorageConnection(queue_service_uri=uri.rstrip("/"), client_id=client_id, use_managed_identity=managed,
+                             tenant_id=tenant_id, client_secret=secret, authority_host=authority)
 
 
 def queue_name_problem(setting: str, name: str) -> str | None:

@@ -113,6 +113,67 @@ def test_identity_based_storage(tmp_path):
     assert isinstance(storage_credential(s.storage), DefaultAzureCredential)
 
 
+URI = "https://acct.queue.core.windows.net"
+
+
+def identity(tmp_path, **env):
+    return settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__queueServiceUri=URI, **env).storage
+
+
+def test_storage_credential_precedence(tmp_path):
+    """The host's order: a connection string wins; credential=managedidentity; tenantId + clientId + clientSecret
+    (local development); clientId alone (a user-assigned identity); else DefaultAzureCredential."""
+    s = settings(tmp_path, AzureWebJobsStorage__queueServiceUri=URI, AzureWebJobsStorage__tenantId=TENANT,
+                 AzureWebJobsStorage__clientId=CLIENT, AzureWebJobsStorage__clientSecret="s3cret")
+    assert s.storage.connection_string == CONN and s.storage.queue_service_uri is None
+    cred = storage_credential(identity(tmp_path, AzureWebJobsStorage__credential="managedidentity", AzureWebJobsStorage__clientId=CLIENT))
+    assert isinstance(cred, ManagedIdentityCredential)
+    assert isinstance(storage_credential(identity(tmp_path, AzureWebJobsStorage__credential="ManagedIdentity")), ManagedIdentityCredential)
+    storage = identity(tmp_path, AzureWebJobsStorage__tenantId=TENANT, AzureWebJobsStorage__clientId=CLIENT,
+                       AzureWebJobsStorage__clientSecret="s3cret")
+    assert storage.uses_client_secret and storage.authority_host == "https://login.microsoftonline.com"
+    cred = storage_credential(storage)
+    assert isinstance(cred, ClientSecretCredential)
+    assert cred._instance_discovery is None  # a known cloud keeps instance discovery
+    assert isinstance(storage_credential(identity(tmp_path, AzureWebJobsStorage__clientId=CLIENT)), ManagedIdentityCredential)
+    assert isinstance(storage_credential(identity(tmp_path)), DefaultAzureCredential)
+
+
+def test_storage_client_secret_uses_azure_authority_host(tmp_path):
+    storage = identity(tmp_path, AzureWebJobsStorage__tenantId=TENANT, AzureWebJobsStorage__clientId=CLIENT,
+                       AzureWebJobsStorage__clientSecret="s3cret", AZURE_AUTHORITY_HOST="https://127.0.0.1:9443/",
+                       PARTNER_CENTER_AUTHORITY_HOST="https://login.microsoftonline.com")
+    assert storage.authority_host == "https://127.0.0.1:9443"
+    cred = storage_credential(storage)
+    assert isinstance(cred, ClientSecretCredential)
+    assert cred._instance_discovery is False  # an emulated authority must work with no internet
+    assert "s3cret" not in repr(storage) and "<redacted>" in repr(storage)
+    s = settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__queueServiceUri=URI, AzureWebJobsStorage__tenantId=TENANT,
+                 AzureWebJobsStorage__clientId=CLIENT, AzureWebJobsStorage__clientSecret="s3cret")
+    assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize("env, names", [
+    ({"AzureWebJobsStorage__clientSecret": "s"}, ["__tenantId is required", "__clientId is required"]),
+    ({"AzureWebJobsStorage__tenantId": TENANT, "AzureWebJobsStorage__clientId": CLIENT}, ["__clientSecret is required"]),
+    ({"AzureWebJobsStorage__tenantId": "not a tenant", "AzureWebJobsStorage__clientId": CLIENT, "AzureWebJobsStorage__clientSecret": "s"},
+     ["__tenantId must be"]),
+    ({"AzureWebJobsStorage__credential": "managedidentity", "AzureWebJobsStorage__tenantId": TENANT,
+      "AzureWebJobsStorage__clientId": CLIENT, "AzureWebJobsStorage__clientSecret": "s"}, ["not with AzureWebJobsStorage__credential"]),
+    ({"AzureWebJobsStorage__credential": "clientsecret"}, ["__credential must be"]),
+    ({"AzureWebJobsStorage__tenantId": TENANT, "AzureWebJobsStorage__clientId": CLIENT, "AzureWebJobsStorage__clientSecret": "s",
+      "AZURE_AUTHORITY_HOST": "http://127.0.0.1:9443"}, ["AZURE_AUTHORITY_HOST must use https"]),
+    ({"AzureWebJobsStorage__queueServiceUri": "http://127.0.0.1:10001/devstoreaccount1", "AzureWebJobsStorage__tenantId": TENANT,
+      "AzureWebJobsStorage__clientId": CLIENT, "AzureWebJobsStorage__clientSecret": "s"}, ["https URL with a token credential"]),
+])
+def test_storage_identity_problems(tmp_path, env, names):
+    with pytest.raises(ConfigurationError) as info:
+        settings(tmp_path, AzureWebJobsStorage=None, **{"AzureWebJobsStorage__queueServiceUri": URI, **env})
+    for name in names:
+        assert name in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
 def test_credential_selection(tmp_path):
     assert isinstance(partner_center_credential(settings(tmp_path)), DefaultAzureCredential)
     cred = partner_center_credential(settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
