@@ -1,4 +1,5 @@
-# Everything a new machine needs: Python 3.10-3.12 and Node 20 with npm. `make demo` and `make test` do the rest.
+# Everything a new machine needs: Python 3.11, 3.12 or 3.13 and Node 20 with npm. `make demo` and `make test` do the rest.
+# Another Python: make PYTHON=python3.13 ... (tools/pythons.py says which versions are supported, and why).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -6,13 +7,19 @@ UV     := $(VENV)/bin/uv
 # The same tests against the lowest versions requirements.txt allows (see test-lowest).
 LOWEST    := .venv-lowest
 LOWEST_PY := $(LOWEST)/bin/python
+# The unit and function tests again on the other end of the supported range (see test-other-python).
+OTHER     := .venv-other
+OTHER_PY  := $(OTHER)/bin/python
 
-.PHONY: setup setup-lowest demo test test-lowest unit integration reliability bench emulator host clean
+.PHONY: setup setup-lowest demo test test-lowest test-other-python unit integration reliability bench emulator host clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
-	@$(PYTHON) -c 'import sys; assert (3, 10) <= sys.version_info[:2] <= (3, 12), "Python 3.10-3.12 is needed (azure-functions 1.x), found " + sys.version.split()[0]'
+	@$(PYTHON) tools/pythons.py check
+	@# A .venv made by another Python is made again (requirements pick azure-functions 1.x or 2.x by version).
+	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" != "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then \
+		echo "$(VENV) was made with another Python: making it again with $(PYTHON)"; rm -rf $(VENV) $(LOWEST); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
@@ -37,15 +44,29 @@ demo: setup
 	$(PY) -m tools.demo
 
 ## test: every test (unit, function and integration tests; Azurite and the emulator are started by the run),
-## then test-lowest
+## then test-lowest, then test-other-python
 test: setup setup-lowest
 	$(PY) -m pytest
 	@$(MAKE) --no-print-directory test-lowest
+	@$(MAKE) --no-print-directory test-other-python
 
 ## test-lowest: the unit and function tests in .venv-lowest/, which proves requirements.txt's lower bounds
 test-lowest: setup-lowest
 	@echo "lowest allowed versions (.venv-lowest/floors.txt):" $$(cat $(LOWEST)/floors.txt)
 	$(LOWEST_PY) -m pytest tests/unit tests/functions
+
+## test-other-python: the unit and function tests in .venv-other/, on the other end of the supported range from .venv's
+## Python (3.13 for 3.11 or 3.12, 3.11 for 3.13 and newer), when this machine has it (python3.X on PATH, or pyenv's)
+test-other-python: setup
+	@other=$$($(PY) tools/pythons.py other-end); \
+	if [ -z "$$other" ]; then \
+		echo "test-other-python: skipped, no Python at the other end of the supported range was found (see tools/pythons.py)"; exit 0; fi; \
+	if [ ! -f $(OTHER)/.installed ] || [ "$$(cat $(OTHER)/.installed)" != "$$other" ] || [ requirements.txt -nt $(OTHER)/.installed ] \
+		|| [ requirements-dev.txt -nt $(OTHER)/.installed ]; then \
+		$(UV) venv --quiet --clear --python "$$other" $(OTHER) && \
+		$(UV) pip install --quiet --python $(OTHER_PY) -r requirements-dev.txt && echo "$$other" > $(OTHER)/.installed || exit 1; fi; \
+	echo "other end of the supported range: $$($(OTHER_PY) --version), azure-functions $$($(OTHER_PY) -c 'from importlib.metadata import version; print(version("azure-functions"))')"; \
+	$(OTHER_PY) -m pytest tests/unit tests/functions
 
 unit: setup
 	$(PY) -m pytest tests/unit
@@ -72,4 +93,4 @@ host: setup
 	$(PY) -m tools.local_host --settings local.settings.json
 
 clean:
-	rm -rf $(VENV) $(LOWEST) node_modules .local .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) $(OTHER) node_modules .local .pytest_cache .hypothesis
