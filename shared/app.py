@@ -5,6 +5,7 @@ import logging
 import threading
 from typing import Any
 
+from shared import telemetry
 from shared.config import CONNECT_TIMEOUT_SECONDS, get_settings
 from shared.service import Deps, handle_deletion_request, handle_poll
 
@@ -64,14 +65,20 @@ def _invocation_id(context: Any) -> str:
 
 
 def run_delete_customer(msg: Any, context: Any) -> None:
-    handle_deletion_request(msg, _invocation_id(context), deps())
+    invocation = _invocation_id(context)
+    with telemetry.fields(function="delete_customer", invocationId=invocation):
+        handle_deletion_request(msg, invocation, deps())
 
 
 def run_poll_orders(msg: Any, context: Any) -> None:
-    handle_poll(msg, _invocation_id(context), deps())
+    invocation = _invocation_id(context)
+    with telemetry.fields(function="poll_orders", invocationId=invocation):
+        handle_poll(msg, invocation, deps())
 
 
 def run_sweep_customers(timer: Any, context: Any) -> None:
     from shared.sweeper import handle_sweep
 
-    handle_sweep(timer, _invocation_id(context), deps())
+    invocation = _invocation_id(context)
+    with telemetry.fields(function="sweep_customers", invocationId=invocation):
+        handle_sweep(timer, invocation, deps())

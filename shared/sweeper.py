@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Any, Mapping
 
+from shared import telemetry
 from shared.budget import Budget
 from shared.errors import AppError, PartnerCenterError
 from shared.service import Deps
@@ -36,6 +37,7 @@ def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str
     status = getattr(timer, "schedule_status", None)
     run = run_time(policy.schedule, started, past_due, status if isinstance(status, dict) else None)
     rid = run_id(run)
+    telemetry.bind(sweepRun=rid)
     log.info("sweep %s: %s run at %s (%s), mode %s, invocation %s", rid, run.trigger, run.moment.isoformat(), run.why, policy.mode,
              invocation_id)
 
@@ -49,6 +51,7 @@ def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str
     summary = (f"sweep {rid}: {outcome.result}; listed {outcome.plan.listed if outcome.plan else '-'} of "
                f"{policy.sandbox_limit or '-'}, selected {len(outcome.plan.selected) if outcome.plan else 0}, "
                f"enqueued {len(outcome.enqueued)}, deferred {outcome.plan.deferred if outcome.plan else 0}; report on {policy.reports_queue}")
+    telemetry.bind(outcome=outcome.result)
     if outcome.result in ("refused", "failed"):
         log.error("%s: %s", summary, outcome.error)
         raise SweepFailed(f"{summary}: {outcome.error}")
@@ -73,7 +76,9 @@ def _run(policy: SweepPolicy, run: Any, rid: str, deps: Deps) -> Outcome:
         log.error("sweep %s: %s", rid, result.refusal)
         return Outcome("refused", plan=result, error=result.refusal)
     for d in result.decisions:
-        log.info("sweep %s: customer %s %s -> %s%s", rid, d.customer_id, _shown(d.company_name), d.reason, f" ({d.detail})" if d.detail else "")
+        with telemetry.fields(customerTenantId=d.customer_id):
+            log.info("sweep %s: customer %s %s -> %s%s", rid, d.customer_id, _shown(d.company_name), d.reason,
+                     f" ({d.detail})" if d.detail else "")
     if policy.mode != "delete":
         return Outcome("reported", plan=result)
     outcome = Outcome("enqueued", plan=result)
@@ -87,7 +92,8 @@ def _run(policy: SweepPolicy, run: Any, rid: str, deps: Deps) -> Outcome:
                              f"{len(outcome.enqueued)} of {len(result.selected)} were enqueued, the rest wait for the next run")
             return outcome
         outcome.enqueued.append(Enqueued(d.customer_id, cid, message_id))
-        log.info("sweep %s: enqueued the deletion of %s (correlation %s) on %s", rid, d.customer_id, cid, settings.delete_queue)
+        with telemetry.fields(customerTenantId=d.customer_id, correlationId=cid):
+            log.info("sweep %s: enqueued the deletion of %s (correlation %s) on %s", rid, d.customer_id, cid, settings.delete_queue)
     return outcome
 
 

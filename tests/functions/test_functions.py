@@ -104,3 +104,69 @@ def test_settings_errors_name_every_setting(monkeypatch):
         delete_customer.main(msg, context())
     assert "AzureWebJobsStorage" in str(info.value) and "POLL_INTERVAL_SECONDS" in str(info.value)
     reset_settings()
+
+
+@pytest.fixture
+def otel_logs():
+    """An OpenTelemetry logging handler on the root logger, as the worker's Azure Monitor distro attaches it
+    (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true), exporting into memory instead of to Application Insights."""
+    import logging
+
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    try:
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler  # the distro's handler, where it has one
+    except ImportError:
+        from opentelemetry.sdk._logs import LoggingHandler
+    try:
+        from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter as Exporter
+    except ImportError:
+        from opentelemetry.sdk._logs.export import InMemoryLogExporter as Exporter
+
+    exporter, provider = Exporter(), LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    handler, root = LoggingHandler(level=logging.INFO, logger_provider=provider), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield exporter
+    root.removeHandler(handler)
+    root.setLevel(level)
+    provider.shutdown()
+
+
+def test_every_log_record_of_a_deletion_carries_its_structured_fields(env, queues, pc, make_customer, otel_logs):
+    customer, correlation = make_customer([{}]), str(uuid.uuid4())
+    queues.ensure(env.delete_customer_queue)
+    queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"], "correlationId": correlation}))
+    msg, _ = receive(queues, env.delete_customer_queue)
+    first = context()
+    delete_customer.main(msg, first)
+    hops, deadline = [], time.monotonic() + 30
+    while not outcomes_seen(queues, env) and time.monotonic() < deadline:
+        got = receive(queues, env.poll_orders_queue)
+        if got is None:
+            time.sleep(0.5)
+            continue
+        hops.append(context())
+        poll_orders.main(got[0], hops[-1])
+    assert hops, "the deletion never reached poll_orders"
+
+    records = [getattr(x, "log_record", x) for x in otel_logs.get_finished_logs()]
+    ours = [r for r in records if f"correlation={correlation}" in str(r.body)]
+    assert len(ours) >= 4  # received, the calls, the poll message(s), the outcome
+    for r in ours:
+        a = r.attributes
+        assert a["correlationId"] == correlation and a["customerTenantId"] == customer["id"], (r.body, dict(a))
+        assert a["function"] in ("delete_customer", "poll_orders") and a["requestedAt"].endswith("Z"), (r.body, dict(a))
+        expected_invocation = first.invocation_id if a["function"] == "delete_customer" else None
+        assert a["invocationId"] == expected_invocation or a["invocationId"] in {h.invocation_id for h in hops}
+        assert a["hop"] == ("0" if a["function"] == "delete_customer" else a["hop"]) and int(a["hop"]) >= 0
+    assert {r.attributes["hop"] for r in ours if r.attributes["function"] == "poll_orders"} == {str(i + 1) for i in range(len(hops))}
+    last = ours[-1]
+    assert "outcome deleted" in str(last.body) and last.attributes["outcome"] == "deleted"
+    assert all("outcome" not in r.attributes for r in ours[:-1])  # only the end carries the outcome
+
+
+def outcomes_seen(queues, env):
+    return queues.count(env.deletion_outcomes_queue) > 0
