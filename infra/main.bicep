@@ -71,10 +71,11 @@ param principalType string = 'User'
 @description('Give principalId the data roles it needs to send a test request, read outcomes and set the Key Vault secret.')
 param allowUserIdentityPrincipal bool = true
 
-// Python 3.11: the version the project is developed and tested on (.venv), Microsoft's timer template uses it too, and
-// Functions supports it until Oct 2027. 3.12 works as well. 3.13 is not offered: it needs azure-functions 2.x, which
-// requirements.txt excludes (azure-functions<2.0).
-@allowed(['3.11', '3.12'])
+// Python 3.11 by default: the version the project's .venv develops and tests on, the one Microsoft's timer template
+// uses, supported by Functions until Oct 2027 and offered by Flex Consumption in every region. 3.12 and 3.13 work too
+// (requirements.txt picks azure-functions 1.x or 2.x by Python version); whether a region offers 3.13 on Flex:
+// `az functionapp list-flexconsumption-runtimes --location <region> --runtime python`.
+@allowed(['3.11', '3.12', '3.13'])
 param pythonVersion string = '3.11'
 @description('Flex Consumption scale limit. Partner Center allows 500 calls a minute per partner and PARTNER_CENTER_CALLS_PER_MINUTE paces each process, not the app: with many instances, lower this or that setting.')
 @minValue(1)

@@ -84,6 +84,9 @@ class Sources:
         paths = ["azure.yaml", "infra/main.parameters.json", "infra/abbreviations.json", "local.settings.example.json",
                  "shared/config.py", "shared/sweep.py", *(f"{f}/function.json" for f in FUNCTIONS)]
         paths += [p.relative_to(ROOT).as_posix() for p in sorted(INFRA.rglob("*.bicep"))]
+        paths += [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "shared").glob("*.py"))
+                  if p.name not in ("config.py", "sweep.py")]
+        paths += [f"{f}/__init__.py" for f in FUNCTIONS]
         return cls({p: (ROOT / p).read_text(encoding="utf-8") for p in paths})
 
     def __getitem__(self, path: str) -> str:
@@ -337,7 +340,7 @@ def trigger_queue_settings(src: Sources) -> set[str]:
 
 def settings_read_by_code(src: Sources) -> set[str]:
     names = set(DEFAULTS) | set(SWEEP_DEFAULTS) | percent_tokens(src)
-    for path in ("shared/config.py", "shared/sweep.py"):
+    for path in sorted(p for p in src.files if p.endswith(".py")):  # shared/*.py and each function's __init__.py
         text = src[path]
         names |= set(re.findall(r"\b(?:env|environ|os\.environ)\.get\(\s*\"([A-Za-z_][\w]*)\"", text))
         names |= set(re.findall(r"\bget\(\"([A-Z][A-Z0-9_]*)\"\)", text))
@@ -604,7 +607,9 @@ def check_consistency(src: Sources) -> None:
     assert runtime == {"name": "runtimeName", "version": "runtimeVersion"}
     assert literal(api_call(src).params["runtimeName"]) == "python"
     version = main.params[api_call(src).params["runtimeVersion"]]
-    assert literal(version.default) == "3.11" and "'3.13'" not in version.decorators, "3.11 (see main.bicep); 3.13 needs azure-functions 2.x"
+    assert literal(version.default) == "3.11", "3.11 by default (see main.bicep)"
+    allowed = re.search(r"@allowed\(\[(.*?)\]\)", version.decorators)
+    assert allowed and set(re.findall(r"'([\d.]+)'", allowed.group(1))) == {"3.11", "3.12", "3.13"}, "Functions supports 3.11-3.13"
     scale = object_entries(config["scaleAndConcurrency"][1:-1])
     assert set(scale) == {"instanceMemoryMB", "maximumInstanceCount"}
     storage = object_entries(object_entries(config["deployment"][1:-1])["storage"][1:-1])
@@ -659,6 +664,7 @@ MUTATIONS = [
     ("app_settings", "infra/app/api.bicep", "    keyVaultAccessIdentityResourceId: identityType == 'UserAssigned' ? identityId : ''\n", ""),
     ("app_settings", "sweep_customers/function.json", "%SWEEP_SCHEDULE%", "%SWEEP_CRON%"),
     ("app_settings", "shared/config.py", 'env.get("PARTNER_CENTER_TENANT_ID"', 'env.get("PARTNER_CENTER_NEW_SETTING"'),
+    ("app_settings", "delete_customer/__init__.py", "\n", '\nX = os.environ.get("SOME_NEW_SETTING")\n'),
     ("setting_defaults", "infra/main.bicep", "param pollIntervalSeconds string = '30'", "param pollIntervalSeconds string = '60'"),
     ("setting_defaults", "infra/main.parameters.json", "${SWEEP_MAX_PER_RUN=25}", "${SWEEP_MAX_PER_RUN=50}"),
     ("setting_defaults", "infra/main.parameters.json", "${SWEEP_MODE=report}", "${SWEEP_MODUS=report}"),
@@ -690,6 +696,7 @@ MUTATIONS = [
     ("consistency", "infra/main.bicep", "name: 'FC1'", "name: 'Y1'"),
     ("consistency", "infra/main.bicep", "allowSharedKeyAccess: false", "allowSharedKeyAccess: true"),
     ("consistency", "infra/main.bicep", "param pythonVersion string = '3.11'", "param pythonVersion string = '3.12'"),
+    ("consistency", "infra/main.bicep", "@allowed(['3.11', '3.12', '3.13'])", "@allowed(['3.10', '3.11', '3.12', '3.13'])"),
     ("consistency", "infra/main.bicep", "'${abbrs.keyVaultVaults}${resourceToken}'", "'${abbrs.keyVaults}${resourceToken}'"),
     ("consistency", "infra/app/api.bicep", "tags: union(tags, { 'azd-service-name': serviceName })", "tags: tags"),
     ("consistency", "infra/main.bicep", "module storagePrivateEndpoint 'app/storage-PrivateEndpoint.bicep' = if (vnetEnabled) {",
