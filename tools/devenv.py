@@ -25,6 +25,15 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 SAMPLE_SANDBOX = ROOT / "tools" / "pc_emulator" / "sample_sandbox.json"
 
 
+#: Azurite's account, path-style on loopback (``https://127.0.0.1:<port>/devstoreaccount1`` in OAuth mode).
+AZURITE_ACCOUNT = "devstoreaccount1"
+
+
+def azurite_queue_service_uri(port: int) -> str:
+    """The queue service URI of an Azurite started with ``oauth=True`` (HTTPS): ``AzureWebJobsStorage__queueServiceUri``."""
+    return f"https://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+
+
 def azurite_connection_string(port: int) -> str:
     return ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
             f"AccountKey={AZURITE_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
@@ -89,17 +98,30 @@ def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None
 
 
 def azurite_binary() -> Path:
-    path = ROOT / "node_modules" / ".bin" / "azurite-queue"
+    """``node_modules/.bin/azurite-queue``; ``AZURITE_QUEUE_BIN`` names another one (a checkout without node_modules)."""
+    override = os.environ.get("AZURITE_QUEUE_BIN")
+    path = Path(override) if override else ROOT / "node_modules" / ".bin" / "azurite-queue"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run 'make setup' (npm ci installs azurite@3.35.0)")
     return path
 
 
-def start_azurite(log_dir: Path, port: int = 0) -> tuple[Child, int]:
-    child = _spawn("azurite", [str(azurite_binary()), "--queueHost", "127.0.0.1", "--queuePort", str(port), "--inMemoryPersistence",
-                               "--skipApiVersionCheck", "--disableTelemetry", "--silent"], log_dir)
+def start_azurite(log_dir: Path, port: int = 0, *, oauth: bool = False, cert: str | Path | None = None,
+                  key: str | Path | None = None, name: str = "azurite") -> tuple[Child, int]:
+    """Azurite's queue service on loopback, in memory. ``oauth=True``: HTTPS with ``cert``/``key`` (PEM; the
+    emulator's ``storage-cert.pem``/``storage-key.pem``, ``Emulator.storage_tls``) and ``--oauth basic``, so bearer
+    tokens are accepted (and checked: format, issuer, audience, lifetime; not the signature). The account key keeps
+    working in either mode."""
+    argv = [str(azurite_binary()), "--queueHost", "127.0.0.1", "--queuePort", str(port), "--inMemoryPersistence",
+            "--skipApiVersionCheck", "--disableTelemetry", "--silent"]
+    if oauth:
+        if not (cert and key):
+            raise ValueError("Azurite's OAuth mode needs HTTPS: pass cert and key")
+        argv += ["--cert", str(cert), "--key", str(key), "--oauth", "basic"]
+    child = _spawn(name, argv, log_dir)
+    scheme = "https" if oauth else "http"
     try:
-        found = wait_for(lambda: re.search(r"listens on http://127\.0\.0\.1:(\d+)", child.log()) or (child.proc.poll() is not None and "exit"),
+        found = wait_for(lambda: re.search(rf"listens on {scheme}://127\.0\.0\.1:(\d+)", child.log()) or (child.proc.poll() is not None and "exit"),
                          30, what="Azurite to listen")
         if found == "exit":
             raise RuntimeError(f"Azurite exited: {child.log()[-2000:]}")
@@ -116,6 +138,8 @@ class Emulator:
     partner: dict
     child: Child | None = None
     _session: requests.Session = field(default_factory=requests.Session)
+    storage_identity: dict | None = None  # {"clientId", "clientSecret"}: the tenant's app registration for storage tokens
+    storage_tls: dict | None = None  # {"cert", "key"}: PEM files from the emulator's CA, for Azurite's HTTPS
 
     def _req(self, method: str, name: str, body: Any = None, **params: Any) -> Any:
         resp = self._session.request(method, f"{self.url}/_emulator/{name}", json=body, params=params, verify=self.ca, timeout=10)
@@ -157,6 +181,25 @@ class Emulator:
                 "PARTNER_CENTER_CLIENT_SECRET": self.partner["clientSecret"], "REQUESTS_CA_BUNDLE": self.ca}
 
 
+    def storage_identity_settings(self, queue_service_uri: str, *, client_secret: str | None = None) -> dict[str, str]:
+        """Identity-based ``AzureWebJobsStorage`` as the host documents it for local development (no connection
+        string): the storage identity's client secret, against the emulator as ``AZURE_AUTHORITY_HOST``."""
+        assert self.storage_identity, "this emulator has no storage identity"
+        return {"AzureWebJobsStorage__queueServiceUri": queue_service_uri, "AzureWebJobsStorage__tenantId": self.partner["tenantId"],
+                "AzureWebJobsStorage__clientId": self.storage_identity["clientId"],
+                "AzureWebJobsStorage__clientSecret": client_secret or self.storage_identity["clientSecret"],
+                "AZURE_AUTHORITY_HOST": self.url, "REQUESTS_CA_BUNDLE": self.ca}
+
+    def storage_credential(self, *, client_secret: str | None = None) -> Any:
+        """A real ClientSecretCredential of the storage identity against the emulator (TLS checked with its CA)."""
+        from azure.identity import ClientSecretCredential
+
+        assert self.storage_identity, "this emulator has no storage identity"
+        return ClientSecretCredential(self.partner["tenantId"], self.storage_identity["clientId"],
+                                      client_secret or self.storage_identity["clientSecret"], authority=self.url,
+                                      disable_instance_discovery=True, connection_verify=self.ca)
+
+
 def start_emulator(log_dir: Path, seed: Path = SAMPLE_SANDBOX, port: int = 0) -> Emulator:
     state_dir = Path(tempfile.mkdtemp(prefix="pc-emulator-", dir=log_dir if log_dir.exists() else None))
     child = _spawn("emulator", [sys.executable, "-m", "tools.pc_emulator", "--seed", str(seed), "--port", str(port), "--state-dir", str(state_dir)], log_dir)
@@ -169,7 +212,8 @@ def start_emulator(log_dir: Path, seed: Path = SAMPLE_SANDBOX, port: int = 0) ->
     except BaseException:
         child.stop()
         raise
-    return Emulator(info["url"], info["ca"], info["partner"], child)
+    return Emulator(info["url"], info["ca"], info["partner"], child, storage_identity=info.get("storageIdentity"),
+                    storage_tls=info.get("storageTls"))
 
 
 def start_host(log_dir: Path, settings: dict[str, str], *, name: str = "host", lease_seconds: int = 600,
@@ -208,10 +252,16 @@ def unique_queues(prefix: str = "t") -> dict[str, str]:
 class Queues:
     """Send and read messages as the app and the host do (Base64 text)."""
 
-    def __init__(self, connection_string: str):
+    def __init__(self, connection_string: str | None = None, *, account_url: str | None = None, credential: Any = None,
+                 ca: str | None = None):
+        """From a connection string, or identity-based: ``account_url`` (``azurite_queue_service_uri``) with a token
+        ``credential``, TLS checked against ``ca`` (the emulator's)."""
         from azure.storage.queue import QueueServiceClient
 
-        self.service = QueueServiceClient.from_connection_string(connection_string)
+        if connection_string:
+            self.service = QueueServiceClient.from_connection_string(connection_string)
+        else:
+            self.service = QueueServiceClient(account_url, credential=credential, **({"connection_verify": ca} if ca else {}))
 
     def client(self, name: str) -> Any:
         return self.service.get_queue_client(name)

@@ -176,6 +176,55 @@ def test_indexing_errors(tmp_path, binding, env, message):
         read_function(_function(tmp_path, "f", binding), env)
 
 
+# -- identity-based storage connections (storage credential parts) ----------------------------------------------------
+
+TENANT, APP = "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000"
+QUEUE_URI = "https://127.0.0.1:10001/devstoreaccount1"
+
+
+def test_identity_based_connection_is_read_as_the_host_does():
+    from tools.local_host.indexing import IdentityConnection, resolve_connection
+
+    env = {"AzureWebJobsStorage__queueServiceUri": QUEUE_URI + "/", "azurewebjobsstorage__TENANTID": TENANT,
+           "AzureWebJobsStorage__clientId": APP, "AzureWebJobsStorage__clientSecret": "s3cret"}
+    conn = resolve_connection(None, env)
+    assert conn == IdentityConnection("AzureWebJobsStorage", QUEUE_URI, None, APP, TENANT, "s3cret")
+    assert "s3cret" not in repr(conn) and "s3cret" not in conn.describe() and APP in conn.describe()
+    assert resolve_connection(None, {**env, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}) == "UseDevelopmentStorage=true"
+    assert resolve_connection(None, {"AzureWebJobsStorage__accountName": "acct"}).queue_service_uri == "https://acct.queue.core.windows.net"
+    custom = resolve_connection("Orders", {"Orders__serviceUri": QUEUE_URI, "Orders__credential": "ManagedIdentity"})
+    assert (custom.name, custom.credential, custom.kind) == ("Orders", "managedidentity", "managed identity (system-assigned)")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"AzureWebJobsStorage__clientId": APP}, "has no AzureWebJobsStorage__queueServiceUri"),
+    ({"AzureWebJobsStorage__queueServiceUri": "http://127.0.0.1:10001/devstoreaccount1"}, "must be an https URL"),
+    ({"AzureWebJobsStorage__queueServiceUri": QUEUE_URI, "AzureWebJobsStorage__credential": "secret"}, "'managedidentity' or not set"),
+    ({"AzureWebJobsStorage__queueServiceUri": QUEUE_URI, "AzureWebJobsStorage__clientSecret": "s"}, "go together"),
+])
+def test_identity_based_connection_problems(env, message):
+    from tools.local_host.indexing import resolve_connection
+
+    with pytest.raises(HostError, match=message):
+        resolve_connection(None, env)
+
+
+def test_host_storage_credential_precedence():
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
+
+    from tools.local_host.host import storage_credential
+    from tools.local_host.indexing import IdentityConnection
+
+    secret = IdentityConnection("AzureWebJobsStorage", QUEUE_URI, None, APP, TENANT, "s3cret")
+    cred = storage_credential(secret, {"AZURE_AUTHORITY_HOST": "https://127.0.0.1:9443/"})
+    assert isinstance(cred, ClientSecretCredential) and cred._instance_discovery is False  # emulated authority: no discovery
+    assert storage_credential(secret, {})._instance_discovery is None  # the public cloud
+    managed = IdentityConnection("AzureWebJobsStorage", QUEUE_URI, "managedidentity", APP)
+    assert isinstance(storage_credential(managed, {}), ManagedIdentityCredential)
+    assert isinstance(storage_credential(IdentityConnection("AzureWebJobsStorage", QUEUE_URI, None, APP), {}), ManagedIdentityCredential)
+    assert isinstance(storage_credential(IdentityConnection("AzureWebJobsStorage", QUEUE_URI), {}), DefaultAzureCredential)
+
+
 def test_an_index_error_disables_only_that_function(tmp_path):
     _function(tmp_path, "bad", _timer("%MISSING%"))
     _function(tmp_path, "good", _timer("0 * * * * *"))

@@ -7,8 +7,10 @@ strict Base64 decoding with undecodable messages moved to ``-poison`` untouched,
 a renewed message lease. Timer triggers as the timer extension runs them (``timers.py``: NCRONTAB in UTC, schedule
 status, past-due runs, ``runOnStartup``, a singleton lock). The admin endpoint ``POST /admin/functions/<name>`` runs
 a function at once. Indexing and conversions live in ``indexing.py``, shared with the language worker
-(``worker.py``), which alone imports the app's code. A function that fails indexing is disabled alone.
-Development tool only.
+(``worker.py``), which alone imports the app's code. A function that fails indexing is disabled alone. A queue
+trigger's connection is a connection string or identity-based (``<connection>__queueServiceUri`` and the host's
+credential settings, ``storage_credential``). Timer status and singleton locks stay in files under the state
+directory (the host keeps them in blob storage), so only queues need the connection. Development tool only.
 """
 from __future__ import annotations
 
@@ -31,13 +33,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tools.local_host.indexing import (  # some re-exported (__all__): tools and tests import them from here
-    QUEUE_TRIGGER, TIMER_TRIGGER, Context, FunctionSpec, HostError, index_functions, queue_message_fields, resolve_connection,
-    resolve_setting_tokens, timer_data, to_function_message, to_timer_request)
+    QUEUE_TRIGGER, TIMER_TRIGGER, Context, FunctionSpec, HostError, IdentityConnection, index_functions, queue_message_fields,
+    resolve_connection, resolve_setting_tokens, timer_data, to_function_message, to_timer_request)
 from tools.local_host.timers import TimerListener, read_status
 from tools.local_host.worker import QUEUE, TIMER, WorkerDied, WorkerProcess
 
-__all__ = ["EXECUTED_LINE", "Context", "HostError", "LocalHost", "decode_base64_strict", "load_host_config", "load_local_settings",
-           "parse_timespan", "resolve_connection", "resolve_setting_tokens", "to_function_message", "to_timer_request"]
+__all__ = ["EXECUTED_LINE", "Context", "HostError", "IdentityConnection", "LocalHost", "decode_base64_strict", "load_host_config",
+           "load_local_settings", "parse_timespan", "resolve_connection", "resolve_setting_tokens", "storage_credential", "to_function_message",
+           "to_timer_request"]
 
 log = logging.getLogger("local_host")
 
@@ -140,6 +143,41 @@ def load_host_config(app_root: Path, env: Mapping[str, str], *, development: boo
         function_timeout = 30 * 60.0
     return HostConfig(QueueOptions(polling, parse_timespan(opts["visibilitytimeout"], "visibilityTimeout"), batch, max_dequeue, threshold, encoding),
                       function_timeout)
+
+
+def storage_credential(connection: IdentityConnection, env: Mapping[str, str]) -> Any:
+    """The token credential of an identity-based connection, chosen as the host does (Microsoft.Extensions.Azure):
+    ``credential=managedidentity``: ManagedIdentityCredential (``clientId``: that user-assigned identity);
+    ``tenantId`` + ``clientId`` + ``clientSecret`` (local development): ClientSecretCredential against
+    ``AZURE_AUTHORITY_HOST`` (Azure.Identity's variable; default the public cloud), without instance discovery for a
+    non-Microsoft authority; ``clientId`` alone: that managed identity; nothing: DefaultAzureCredential."""
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
+
+    if connection.credential == "managedidentity" or (connection.client_id and not connection.client_secret):
+        return ManagedIdentityCredential(client_id=connection.client_id) if connection.client_id else ManagedIdentityCredential()
+    if connection.tenant_id and connection.client_id and connection.client_secret:
+        from shared.config import is_known_authority  # the one list of Microsoft authorities (as indexing uses shared.ncrontab)
+
+        authority = (env.get("AZURE_AUTHORITY_HOST") or "").strip().rstrip("/") or "https://login.microsoftonline.com"
+        private = {} if is_known_authority(authority) else {"disable_instance_discovery": True}
+        return ClientSecretCredential(connection.tenant_id, connection.client_id, connection.client_secret, authority=authority, **private)
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+#: The scope of a storage token (the queue SDK asks for the same).
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+
+
+def check_token(connection: IdentityConnection, credential: Any) -> bool:
+    """Ask for a storage token once, at start, so a refused credential is one clear error line. Not fatal: like the
+    host, the listeners keep polling (each poll asks again, and the storage SDK retries with back-off)."""
+    try:
+        credential.get_token(STORAGE_SCOPE)
+    except Exception as exc:  # noqa: BLE001 - any failure to get a token is reported the same way
+        log.error("Storage connection '%s': no token for %s (%s: %s); the queue listeners keep retrying", connection.name,
+                  connection.kind, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return False
+    return True
 
 
 def decode_base64_strict(text: str) -> bytes:
@@ -489,12 +527,18 @@ class LocalHost:
 
     # -- start and stop --------------------------------------------------------------------------------------------
 
-    def _client(self, connection: str, queue: str) -> Any:
+    def _client(self, connection: str | IdentityConnection, queue: str) -> Any:
         from azure.storage.queue import QueueServiceClient
 
         service = self._clients.get(connection)
         if service is None:
-            service = QueueServiceClient.from_connection_string(connection)
+            if isinstance(connection, IdentityConnection):
+                log.info("Storage connection '%s': %s", connection.name, connection.describe())
+                credential = storage_credential(connection, self.env)
+                check_token(connection, credential)
+                service = QueueServiceClient(connection.queue_service_uri, credential=credential)
+            else:
+                service = QueueServiceClient.from_connection_string(connection)
             self._clients[connection] = service
         return service.get_queue_client(queue)
 

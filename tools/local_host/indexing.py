@@ -56,13 +56,65 @@ def resolve_setting_tokens(value: str, env: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-def resolve_connection(name: str | None, env: Mapping[str, str]) -> str:
+@dataclass(frozen=True)
+class IdentityConnection:
+    """An identity-based storage connection, as the host reads one (functions-queues.md section 5): the settings
+    ``<name>__queueServiceUri`` (or ``__serviceUri``; for AzureWebJobsStorage also ``__accountName``), with
+    ``__credential=managedidentity`` (+ ``__clientId``), or, for local development, ``__tenantId`` + ``__clientId`` +
+    ``__clientSecret``. The secret is never shown."""
+
+    name: str                     # the setting prefix the host found, e.g. "AzureWebJobsStorage"
+    queue_service_uri: str
+    credential: str | None = None  # "managedidentity" or None
+    client_id: str | None = None
+    tenant_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        if self.credential == "managedidentity":
+            return "managed identity" + (f" {self.client_id}" if self.client_id else " (system-assigned)")
+        if self.tenant_id and self.client_id and self.client_secret:
+            return f"client secret of app {self.client_id} in tenant {self.tenant_id}"
+        if self.client_id:
+            return f"managed identity {self.client_id}"
+        return "DefaultAzureCredential"
+
+    def describe(self) -> str:
+        return f"identity-based, {self.queue_service_uri}, {self.kind}"
+
+
+def _section(env: Mapping[str, str], prefix: str) -> dict[str, str]:
+    """The ``<prefix>__<key>`` settings, keys lower-cased (configuration keys are case-insensitive in the host)."""
+    head = prefix.lower() + "__"
+    return {k[len(head):].lower(): v.strip() for k, v in env.items() if k.lower().startswith(head) and v and v.strip()}
+
+
+def resolve_connection(name: str | None, env: Mapping[str, str]) -> str | IdentityConnection:
+    """The connection string of ``name``, or its identity-based settings (no connection string set)."""
     name = name or "AzureWebJobsStorage"
     for candidate in (f"AzureWebJobs{name}", name):
         if env.get(candidate):
             return env[candidate]
-    if any(k.startswith(f"{name}__") or k.startswith(f"AzureWebJobs{name}__") for k in env):
-        raise HostError(f"connection '{name}' is identity-based; the local host supports connection strings only (Azurite)")
+    for prefix in (f"AzureWebJobs{name}", name):
+        section = _section(env, prefix)
+        if not section:
+            continue
+        uri = section.get("queueserviceuri") or section.get("serviceuri")
+        if not uri and prefix == "AzureWebJobsStorage" and section.get("accountname"):
+            uri = f"https://{section['accountname']}.queue.core.windows.net"
+        if not uri:
+            raise HostError(f"connection '{prefix}' is identity-based but has no {prefix}__queueServiceUri")
+        if not uri.lower().startswith("https://"):
+            raise HostError(f"{prefix}__queueServiceUri must be an https URL (tokens are sent over HTTPS only): {uri!r}")
+        credential = section.get("credential", "").lower() or None
+        if credential not in (None, "managedidentity"):
+            raise HostError(f"{prefix}__credential must be 'managedidentity' or not set, not {section['credential']!r}")
+        secret_parts = [section.get(k) for k in ("tenantid", "clientid", "clientsecret")]
+        if (section.get("clientsecret") or section.get("tenantid")) and not all(secret_parts):
+            raise HostError(f"connection '{prefix}': __tenantId, __clientId and __clientSecret go together (local development)")
+        return IdentityConnection(prefix, uri.rstrip("/"), credential, section.get("clientid"), section.get("tenantid"),
+                                  section.get("clientsecret"))
     shown = name if name.startswith("AzureWebJobs") else f"AzureWebJobs{name}"
     raise HostError(f"Storage account connection string '{shown}' does not exist")
 
@@ -80,7 +132,7 @@ class FunctionSpec:
     script_file: str = "__init__.py"
     entry_point: str = "main"
     queue: str | None = None          # queueTrigger: resolved, lower-cased, validated
-    connection: str | None = None     # queueTrigger: the connection string
+    connection: str | IdentityConnection | None = None  # queueTrigger: the connection string, or identity-based
     schedule_text: str | None = None  # timerTrigger: resolved NCRONTAB text
     schedule: Any = None              # timerTrigger: shared.ncrontab.Schedule (UTC)
     run_on_startup: bool = False

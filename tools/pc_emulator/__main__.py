@@ -5,8 +5,10 @@
 With ``--full-sandbox N`` it starts with the seed's customers plus N generated ones (``full_sandbox_customers``,
 from ``--full-sandbox-seed``, default 7); they are part of the seed, so ``POST /_emulator/reset`` brings them back.
 
-It writes ``<state-dir>/ca.pem`` (trust it with ``REQUESTS_CA_BUNDLE``) and ``<state-dir>/emulator.json`` (its URL),
-and prints one line when it is ready. Stop it with Ctrl-C or SIGTERM.
+It writes ``<state-dir>/ca.pem`` (trust it with ``REQUESTS_CA_BUNDLE``) and ``<state-dir>/emulator.json`` (its URL,
+the partner's app registration, the storage identity and the files below), and prints one line when it is ready.
+Stop it with Ctrl-C or SIGTERM. It also writes ``<state-dir>/storage-cert.pem`` and ``storage-key.pem``: a loopback
+certificate from the same CA, for Azurite over HTTPS (``--cert``/``--key``), so one ``ca.pem`` validates both.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def make_tls(state_dir: Path) -> tuple[ssl.SSLContext, Path]:
-    """A fresh CA per start; the server certificate covers 127.0.0.1, ::1 and localhost."""
+    """A fresh CA per start; the server certificate covers 127.0.0.1, ::1 and localhost. A second certificate from
+    the same CA, for Azurite's HTTPS (identity-based storage), goes to ``storage-cert.pem`` / ``storage-key.pem``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="Partner Center emulator (local testing only)")
     cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
@@ -34,6 +37,14 @@ def make_tls(state_dir: Path) -> tuple[ssl.SSLContext, Path]:
     cert.configure_cert(context)
     ca_path = state_dir / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_path))
+    storage = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    key_path = state_dir / "storage-key.pem"
+    key_path.touch(mode=0o600)
+    key_path.chmod(0o600)  # also when an earlier start left it
+    storage.private_key_pem.write_to_path(str(key_path))
+    with open(state_dir / "storage-cert.pem", "wb") as out:
+        for pem in storage.cert_chain_pems:
+            out.write(pem.bytes())
     return context, ca_path
 
 
@@ -59,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     server = EmulatorServer((args.host, args.port), Sandbox(seed), context)
     port = server.server_address[1]
     url = f"https://127.0.0.1:{port}"
-    (state_dir / "emulator.json").write_text(json.dumps({"url": url, "ca": str(ca_path.resolve()), "partner": seed.get("partner")}), encoding="utf-8")
+    sandbox = server.sandbox
+    (state_dir / "emulator.json").write_text(json.dumps({
+        "url": url, "ca": str(ca_path.resolve()), "partner": seed.get("partner"), "storageIdentity": sandbox.storage_identity,
+        "storageTls": {"cert": str((state_dir / "storage-cert.pem").resolve()), "key": str((state_dir / "storage-key.pem").resolve())},
+    }), encoding="utf-8")
 
     def stop(*_: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -32,9 +32,17 @@ the state, the request log, the knobs and the faults. Development tool: never de
   the list, the GET and the state. ``full_sandbox_customers`` makes a full, deterministic test sandbox;
   ``POST /_emulator/customers/fill`` (``{"count": 75, "seed": 7, "prefix": "Tip test run"}``) adds it, and
   ``python -m tools.pc_emulator --full-sandbox N`` starts with it.
+* Storage tokens: a client-credentials request for ``https://storage.azure.com/.default`` gets a JWT shaped like
+  Entra ID's v1 app tokens for Azure Storage (``iss`` ``https://sts.windows.net/<tenant>/``, ``aud``
+  ``https://storage.azure.com``, ``tid``, ``oid``, ``appid``, ``iat``/``nbf``/``exp``), RS256-signed with a key made
+  at start (its JWKS at the ``jwks_uri`` of the OpenID configuration). Azurite's ``--oauth basic`` accepts it. Either
+  the partner's app registration or the storage identity (seed ``storageIdentity``, default
+  ``DEFAULT_STORAGE_IDENTITY``; storage tokens only) may ask for one. Partner Center never accepts them, and
+  ``revoke-tokens`` cannot reach them (Azurite keeps accepting a storage token until its ``exp``).
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -70,6 +78,55 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "tokenLifetimeSeconds": 3600,
     "randomSeed": 1,
 }
+
+
+#: The storage scope and the claims of a storage token (Entra ID v1 app tokens, as Azure Storage gets them).
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+STORAGE_AUDIENCE = "https://storage.azure.com"
+#: The second app registration of the emulated tenant, for identity-based storage only (a seed's ``storageIdentity``
+#: replaces it). Development values, not a secret of anything real.
+DEFAULT_STORAGE_IDENTITY = {"clientId": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f", "clientSecret": "local-emulator-storage-secret-not-a-real-one"}
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class TokenSigner:
+    """An RSA key made at start: storage tokens are RS256 JWTs with its ``kid``, verifiable with ``jwks()``."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = secrets.token_hex(8)
+
+    def sign(self, claims: dict) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.kid}
+        signing_input = _b64url(json.dumps(header, separators=(",", ":")).encode()) + "." + \
+            _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signature = self.key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+        return signing_input + "." + _b64url(signature)
+
+    def jwks(self) -> dict:
+        numbers = self.key.public_key().public_numbers()
+
+        def b64int(n: int) -> str:
+            return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+        return {"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid, "n": b64int(numbers.n), "e": b64int(numbers.e)}]}
+
+
+def storage_token_claims(tenant_id: str, client_id: str, now: float, lifetime: int) -> dict:
+    """What Azurite's basic OAuth checks (iss prefix, aud, iat/nbf/exp) plus the usual app-token claims."""
+    oid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pc-emulator:service-principal:{client_id.lower()}"))
+    issued = int(now)
+    return {"aud": STORAGE_AUDIENCE, "iss": f"https://sts.windows.net/{tenant_id}/", "iat": issued, "nbf": issued,
+            "exp": issued + lifetime, "appid": client_id, "appidacr": "1", "idp": f"https://sts.windows.net/{tenant_id}/",
+            "idtyp": "app", "oid": oid, "sub": oid, "tid": tenant_id, "uti": secrets.token_urlsafe(16), "ver": "1.0"}
 
 
 class Drop(Exception):
@@ -137,6 +194,7 @@ class Sandbox:
     def __init__(self, seed: dict):
         self.lock = threading.RLock()
         self.seed = copy.deepcopy(seed)
+        self.signer = TokenSigner()
         self.reset()
 
     def reset(self, seed: dict | None = None) -> None:
@@ -145,6 +203,7 @@ class Sandbox:
                 self.seed = copy.deepcopy(seed)
             s = self.seed
             self.partner = dict(s.get("partner") or {})
+            self.storage_identity = dict(s.get("storageIdentity") or DEFAULT_STORAGE_IDENTITY)
             self.knobs = dict(DEFAULT_KNOBS, **(s.get("knobs") or {}))
             self.random = random.Random(self.knobs["randomSeed"])
             self.faults = [Fault.from_json(f) for f in s.get("faults") or []]
@@ -345,7 +404,7 @@ class Handler(BaseHTTPRequestHandler):
                 entry["retryAfter"] = headers["Retry-After"]
             if isinstance(body, dict) and "/orders/" in path and isinstance(body.get("status"), str):
                 entry["orderStatus"] = body["status"]
-        self._send(status, body, headers, bom=not path.startswith("/_emulator/") and "oauth2" not in path and "well-known" not in path)
+        self._send(status, body, headers, bom=not path.startswith("/_emulator/") and not self._is_identity(path))
 
     def _send(self, status: int, body: Any, headers: dict, *, bom: bool) -> None:
         data = b"" if body is None else json.dumps(body).encode("utf-8")
@@ -391,9 +450,14 @@ class Handler(BaseHTTPRequestHandler):
                 return 429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {secs} seconds."}, {"Retry-After": str(secs)}
             elif chosen.kind == "status":
                 return error(chosen.status, 800003 if chosen.status >= 500 else chosen.status, "Unexpected service error (injected)", "new")
-        if "/oauth2/" in path or "/.well-known/" in path:
+        if self._is_identity(path):
             return self._identity(method, path, raw)
         return self._api(method, path, query, raw)
+
+    @staticmethod
+    def _is_identity(path: str) -> bool:
+        """The Entra ID side (token endpoint, OpenID configuration, signing keys): no BOM, no Partner Center auth."""
+        return "/oauth2/" in path or "/.well-known/" in path or re.fullmatch(r"/[^/]+/discovery/(v2\.0/)?keys", path) is not None
 
     def _identity(self, method: str, path: str, raw: bytes) -> tuple[int, Any, dict]:
         sandbox = self.server.sandbox
@@ -405,20 +469,29 @@ class Handler(BaseHTTPRequestHandler):
                          "authorization_endpoint": f"{host}/{t}/oauth2/v2.0/authorize", "jwks_uri": f"{host}/{t}/discovery/v2.0/keys",
                          "response_types_supported": ["code", "token"], "subject_types_supported": ["pairwise"],
                          "id_token_signing_alg_values_supported": ["RS256"], "tenant_region_scope": "NA"}, {}
+        m = re.fullmatch(r"/([^/]+)/discovery/(v2\.0/)?keys", path)
+        if m and method == "GET":
+            return 200, sandbox.signer.jwks(), {}
         m = re.fullmatch(r"/([^/]+)/oauth2/(v2\.0/)?token", path)
         if m and method == "POST":
             form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-            partner = sandbox.partner
+            partner, storage = sandbox.partner, sandbox.storage_identity
             if m.group(1).lower() != str(partner.get("tenantId", "")).lower():
                 return 400, {"error": "invalid_tenant", "error_description": "AADSTS90002: Tenant not found."}, {}
             if form.get("grant_type") != "client_credentials":
                 return 400, {"error": "unsupported_grant_type", "error_description": "AADSTS70003: only client_credentials"}, {}
-            if form.get("client_id") != partner.get("clientId") or form.get("client_secret") != partner.get("clientSecret"):
+            client = next((app for app in (partner, storage) if form.get("client_id") == app.get("clientId")), None)
+            if client is None or form.get("client_secret") != client.get("clientSecret"):
                 return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}, {}
-            token = "emu-" + secrets.token_urlsafe(32)
             lifetime = int(sandbox.knobs["tokenLifetimeSeconds"])
-            with sandbox.lock:
-                sandbox.tokens[token] = time.time() + lifetime
+            if STORAGE_SCOPE in (form.get("scope") or "").split():
+                token = sandbox.signer.sign(storage_token_claims(str(partner["tenantId"]), client["clientId"], time.time(), lifetime))
+            elif client is storage:
+                return 400, {"error": "invalid_scope", "error_description": "AADSTS70011: the storage identity gets storage tokens only."}, {}
+            else:
+                token = "emu-" + secrets.token_urlsafe(32)
+                with sandbox.lock:
+                    sandbox.tokens[token] = time.time() + lifetime
             return 200, {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}, {}
         return error(404, 404, "Resource not found", "gateway")
 
