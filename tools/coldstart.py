@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 __all__ = ["ImportNode", "parse_importtime", "find_module", "heaviest", "package_of", "function_module", "import_cost",
-           "module_cost", "main"]
+           "module_cost", "worker_telemetry_cost", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,6 +207,54 @@ def module_cost(module: str, app_root: Path = ROOT, python: str = sys.executable
                     pycache_prefix=pycache_prefix, top=top)
 
 
+# What the Python worker does at its start when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, before it loads a
+# function: import the Azure Monitor distro and call configure_azure_monitor(connection_string, logger_name). The
+# connection string's ingestion endpoint is a closed loopback port and statsbeat is off: nothing leaves the machine.
+# The process ends with os._exit, so no exporter flushes at exit (that is shutdown, not start-up).
+_TELEMETRY_HARNESS = """\
+import json, os, time
+os.environ.setdefault("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "azure_functions")
+t0 = time.perf_counter()
+from azure.monitor.opentelemetry import configure_azure_monitor
+t1 = time.perf_counter()
+configure_azure_monitor(connection_string=os.environ["APPLICATIONINSIGHTS_CONNECTION_STRING"], logger_name="")
+t2 = time.perf_counter()
+print(json.dumps({"import_ms": (t1 - t0) * 1000, "configure_ms": (t2 - t1) * 1000}), flush=True)
+os._exit(0)
+"""
+
+#: A connection string of the documented form whose ingestion endpoint is a closed loopback port.
+LOOPBACK_CONNECTION_STRING = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"
+
+
+def worker_telemetry_cost(python: str = sys.executable, runs: int = 5) -> dict:
+    """The worker's telemetry start-up: importing azure.monitor.opentelemetry and configure_azure_monitor(), as the
+    Python worker runs them with PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, medians of ``runs`` fresh processes
+    (after one uncounted warm-up), with Entra authentication configured as in Azure (a managed identity credential is
+    made; no token is asked for at start-up)."""
+    if runs < 1:
+        raise ValueError("runs must be at least 1")
+    env = _environment(None)
+    env.update({"APPLICATIONINSIGHTS_CONNECTION_STRING": LOOPBACK_CONNECTION_STRING,
+                "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD;ClientId=00000000-0000-0000-0000-000000000001",
+                "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true"})
+    imports, configures, walls = [], [], []
+    for i in range(runs + 1):
+        started = time.perf_counter()
+        proc = subprocess.run([python, "-c", _TELEMETRY_HARNESS], env=env, capture_output=True, text=True, timeout=300)
+        wall = (time.perf_counter() - started) * 1000.0
+        if proc.returncode != 0 or not proc.stdout.strip():
+            raise RuntimeError(f"the telemetry start-up failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        if i == 0:
+            continue
+        figures = json.loads(proc.stdout.strip().splitlines()[-1])
+        imports.append(figures["import_ms"])
+        configures.append(figures["configure_ms"])
+        walls.append(wall)
+    return {"import_ms": round(statistics.median(imports), 1), "configure_ms": round(statistics.median(configures), 1),
+            "wall_ms": round(statistics.median(walls), 1), "runs": runs}
+
+
 def _functions(app_root: Path) -> list[str]:
     return [fj.parent.name for fj in sorted(Path(app_root).glob("*/function.json"))]
 
@@ -233,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="cache the app's bytecode in a temporary PYTHONPYCACHEPREFIX (default: as this environment)")
     p.add_argument("--module", action="append", default=[], metavar="MODULE",
                    help="also measure this module on its own (e.g. azure.identity)")
+    p.add_argument("--worker-telemetry", action="store_true",
+                   help="also measure the worker's telemetry start-up (azure.monitor.opentelemetry, configure_azure_monitor)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="coldstart-pyc-") as tmp:
         prefix = tmp if args.cached_bytecode else None
@@ -240,11 +290,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             rows = [import_cost(args.app_root, name, **kw) for name in (args.functions or _functions(args.app_root))]
             rows += [module_cost(name, args.app_root, **kw) for name in args.module]
+            telemetry = worker_telemetry_cost(args.python, args.runs) if args.worker_telemetry else None
         except (RuntimeError, ValueError, OSError) as exc:
             print(f"coldstart: {exc}", file=sys.stderr)
             return 2
     print(_table(rows, args.top))
     bytecode = "cached" if args.cached_bytecode else f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}"
+    if telemetry:
+        print(f"\nworker telemetry start-up (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true): import "
+              f"azure.monitor.opentelemetry {telemetry['import_ms']:.1f} ms, configure_azure_monitor {telemetry['configure_ms']:.1f} ms, "
+              f"whole process {telemetry['wall_ms']:.1f} ms")
     print(f"\nmedians of {args.runs} runs; {args.python}; preloaded: {', '.join(args.preload) or 'nothing'}; "
           f"app bytecode: {bytecode}")
     return 0

@@ -93,3 +93,13 @@ def test_real_import_of_a_function_folder():
     assert 0 < len(result["top"]) <= 10
     assert all(ms <= result["total_ms"] for _, ms in result["top"])
     assert result["wall_ms"] > result["total_ms"]  # the process includes interpreter start-up
+
+
+def test_worker_telemetry_start_up_is_measured_in_a_fresh_process():
+    from tools.coldstart import worker_telemetry_cost
+
+    result = worker_telemetry_cost(sys.executable, runs=1)
+    assert result["runs"] == 1 and result["import_ms"] > 0 and result["configure_ms"] > 0
+    assert result["wall_ms"] > result["import_ms"] + result["configure_ms"]  # the process includes interpreter start-up
+    with pytest.raises(RuntimeError, match="telemetry start-up failed"):
+        worker_telemetry_cost("/bin/false", runs=1)
