@@ -18,7 +18,7 @@ FUNCTIONS = ("delete_customer", "poll_orders", "sweep_customers")
 
 # Untracked (gitignored) things a working copy has, which a publish from it must not ship.
 MACHINE_ONLY = [
-    ".venv/bin/python", ".venv-lowest/bin/python", "node_modules/.bin/azurite", "local.settings.json", "local.settings.azure.json",
+    ".venv/bin/python", ".venv-lowest/bin/python", ".venv-other/bin/python", "node_modules/.bin/azurite", "local.settings.json", "local.settings.azure.json",
     ".local/emulator/ca.pem", "shared/__pycache__/config.cpython-311.pyc", ".pytest_cache/v/cache/nodeids",
     ".hypothesis/examples/x", ".azure/dev/.env", ".azure/config.json", ".vscode/settings.json", ".env",
 ]
