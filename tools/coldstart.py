@@ -227,14 +227,14 @@ os._exit(0)
 LOOPBACK_CONNECTION_STRING = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"
 
 
-def worker_telemetry_cost(python: str = sys.executable, runs: int = 5) -> dict:
+def worker_telemetry_cost(python: str = sys.executable, runs: int = 5, *, pycache_prefix: str | None = None) -> dict:
     """The worker's telemetry start-up: importing azure.monitor.opentelemetry and configure_azure_monitor(), as the
     Python worker runs them with PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, medians of ``runs`` fresh processes
     (after one uncounted warm-up), with Entra authentication configured as in Azure (a managed identity credential is
     made; no token is asked for at start-up)."""
     if runs < 1:
         raise ValueError("runs must be at least 1")
-    env = _environment(None)
+    env = _environment(pycache_prefix)
     env.update({"APPLICATIONINSIGHTS_CONNECTION_STRING": LOOPBACK_CONNECTION_STRING,
                 "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD;ClientId=00000000-0000-0000-0000-000000000001",
                 "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true"})
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             rows = [import_cost(args.app_root, name, **kw) for name in (args.functions or _functions(args.app_root))]
             rows += [module_cost(name, args.app_root, **kw) for name in args.module]
-            telemetry = worker_telemetry_cost(args.python, args.runs) if args.worker_telemetry else None
+            telemetry = worker_telemetry_cost(args.python, args.runs, pycache_prefix=prefix) if args.worker_telemetry else None
         except (RuntimeError, ValueError, OSError) as exc:
             print(f"coldstart: {exc}", file=sys.stderr)
             return 2
