@@ -170,3 +170,81 @@ def test_every_log_record_of_a_deletion_carries_its_structured_fields(env, queue
 
 def outcomes_seen(queues, env):
     return queues.count(env.deletion_outcomes_queue) > 0
+
+
+@pytest.fixture
+def ingestion():
+    """A loopback stand-in for Application Insights' ingestion endpoint: records each envelope the exporter POSTs."""
+    import gzip
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    envelopes: list[dict] = []
+
+    class Track(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            if self.path.endswith("/track"):
+                envelopes.extend(json.loads(body))
+            answer = json.dumps({"itemsReceived": 1, "itemsAccepted": 1, "errors": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Track)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield types.SimpleNamespace(envelopes=envelopes, connection_string="InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                                f"IngestionEndpoint=http://127.0.0.1:{server.server_port}/")
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_azure_monitor_exporter_sends_the_fields_as_properties_of_each_message(env, queues, pc, make_customer,
+                                                                                    ingestion, monkeypatch):
+    """The distro's own exporter, pointed at a loopback ingestion endpoint: each log record becomes a MessageData
+    envelope whose properties (Application Insights' customDimensions) hold the structured fields."""
+    import logging
+
+    from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    try:
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    except ImportError:
+        from opentelemetry.sdk._logs import LoggingHandler
+
+    monkeypatch.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(
+        AzureMonitorLogExporter(connection_string=ingestion.connection_string, disable_offline_storage=True)))
+    handler, logger = LoggingHandler(level=logging.INFO, logger_provider=provider), logging.getLogger("customer_deletion")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        customer, correlation = make_customer([{}]), str(uuid.uuid4())
+        queues.ensure(env.delete_customer_queue)
+        queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"], "correlationId": correlation}))
+        msg, _ = receive(queues, env.delete_customer_queue)
+        invocation = context()
+        delete_customer.main(msg, invocation)
+        provider.force_flush()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        provider.shutdown()
+    messages = [e["data"]["baseData"] for e in ingestion.envelopes if e["data"]["baseType"] == "MessageData"]
+    ours = [m for m in messages if f"correlation={correlation}" in m["message"]]
+    assert len(ours) >= 3, [m["message"] for m in messages]  # received, the reads and cancels, the poll message
+    for m in ours:
+        assert {k: m["properties"].get(k) for k in ("function", "invocationId", "correlationId", "customerTenantId", "hop")} == {
+            "function": "delete_customer", "invocationId": invocation.invocation_id, "correlationId": correlation,
+            "customerTenantId": customer["id"], "hop": "0"}, m
+        assert m["properties"]["requestedAt"].endswith("Z")
