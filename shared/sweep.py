@@ -9,13 +9,19 @@ Safety rules (see the README, "The sweep"):
   it is listed once, it is not in ``PROTECTED_CUSTOMER_IDS``, and neither text is over 256 characters.
 * A list of more customers than ``SANDBOX_CUSTOMER_LIMIT`` is not an integration sandbox: nothing is selected.
 * A setting problem selects nothing, and names every problem; it never touches the deletion functions' settings.
+* No pattern is ever run here. Python's ``re`` backtracks and holds the GIL while it matches, so a pattern such as
+  ``(a+)+$`` on a hostile name would freeze every thread of the worker, the deletion functions' too. The core only
+  compiles the patterns (bounded work) and says what to search (``probe_job``, ``match_job``); the shell runs those
+  searches in a child process under ``MATCH_SECONDS`` and hands the results back (``Searches``); the core decides
+  from them, and refuses the run when they are missing.
 """
 from __future__ import annotations
 
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
@@ -27,6 +33,7 @@ from shared.ncrontab import Schedule, ScheduleError, parse
 __all__ = [
     "SWEEP_DEFAULTS", "MODES", "REASONS", "MAX_NAME_CHARS", "REPORT_SCHEMA_VERSION", "SweepPolicy", "RunTime", "Decision",
     "Plan", "read_policy", "before_listing", "run_time", "run_id", "correlation_id", "plan", "request_text", "report_text", "MAX_REPORT_BYTES",
+    "SearchJob", "Searches", "probe_job", "check_patterns", "match_job", "MATCH_SECONDS", "PROBES", "TICK_LATENESS",
 ]
 
 SWEEP_DEFAULTS: dict[str, str] = {
@@ -50,9 +57,19 @@ REPORT_SCHEMA_VERSION = 1
 MAX_REPORT_BYTES = 46 * 1024
 #: Texts a sane pattern never matches with zero characters: a pattern that does (``x*``, ``\B``, a lone lookahead)
 #: matches at positions, not names, and would select nearly every customer.
-_PROBES = ("", "a", "ab", "a b", "0", "a-b.c", "é", "Tip test run 0001 – Contoso", "contosotiptestrun0001.onmicrosoft.com")
+PROBES = ("", "a", "ab", "a b", "0", "a-b.c", "é", "Tip test run 0001 – Contoso", "contosotiptestrun0001.onmicrosoft.com")
 #: A run is the scheduled one when it starts this close after the latest occurrence and nothing else tells.
 SCHEDULED_TOLERANCE = timedelta(seconds=60)
+#: A stored schedule status whose ``Next`` has come is this run's tick only if the run starts at most this long after
+#: ``Next``. The host fires a tick at ``Next``, so a tick starts within the worker's dispatch delay (seconds; a cold
+#: worker on Flex Consumption, tens of seconds), far inside 5 minutes. A ``Next`` further back is a stale status (the
+#: host was stopped, or failed to record a tick), as an admin call gets it; a tick the host missed runs as past due.
+#: An admin call within 5 minutes of an occurrence whose tick is still running (the host records the status when the
+#: invocation ends) reuses that occurrence's run time and correlation ids, which is harmless.
+TICK_LATENESS = timedelta(minutes=5)
+#: The most time the patterns may take, all names and domains of one run together (in a child process: see above).
+#: Plain patterns need milliseconds; starting the child takes about 0.1 s, a cold one on a busy instance a few seconds.
+MATCH_SECONDS = 10.0
 #: The host and the app read one clock, but not at the same instant.
 CLOCK_SKEW = timedelta(seconds=5)
 #: Fixed namespace of the sweep's ids: uuid5(it, "<run time>") is the run id, uuid5(it, "<run time>/<customer id>") a
@@ -63,18 +80,25 @@ _NAMESPACE = uuid.UUID("5f0c2d7e-9b61-4c3a-8e0f-7a9d1c4b2e63")
 @dataclass(frozen=True)
 class SweepPolicy:
     mode: str
-    include: re.Pattern | None
-    exclude: re.Pattern | None
+    include: str | None  # the pattern as written (it compiles, case-insensitive); None: not set or has a problem
+    exclude: str | None
     max_per_run: int
     sandbox_limit: int
     reports_queue: str | None  # None: no queue can take the report (it is logged)
     schedule: Schedule | None
     problems: tuple[str, ...] = ()
+    tried: bool = False  # the patterns were tried on PROBES (check_patterns); until then a set pattern selects nothing
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The set patterns, include first (each once)."""
+        return tuple(dict.fromkeys(p for p in (self.include, self.exclude) if p is not None))
 
 
 def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> SweepPolicy:
     """The sweep's settings. Never raises: every problem is named in ``problems``, and a policy with problems selects
-    nothing. ``app_queues`` are the deletion functions' queues, which the report queue must not be."""
+    nothing. ``app_queues`` are the deletion functions' queues, which the report queue must not be. The patterns are
+    compiled, never run: ``check_patterns`` finishes the reading with what ``probe_job`` found in a child process."""
     problems: list[str] = []
 
     def get(name: str) -> str:
@@ -121,26 +145,91 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
     return SweepPolicy(mode if mode in MODES else "report", include, exclude, max_per_run, limit, reports, schedule, tuple(problems))
 
 
-def _pattern(name: str, raw: str, problems: list[str]) -> re.Pattern | None:
+def _pattern(name: str, raw: str, problems: list[str]) -> str | None:
     text = raw or ""
     if not text.strip():
         return None  # not set (spaces around a pattern are part of it: nothing is trimmed)
     if len(text) > MAX_PATTERN_CHARS:
         problems.append(f"{name} is longer than {MAX_PATTERN_CHARS} characters")
         return None
-    try:
-        pattern = re.compile(text, re.IGNORECASE)
-    except (re.error, RecursionError, OverflowError) as exc:
+    try:  # compiling is bounded work (no backtracking); matching is not, so it never happens in this process
+        re.compile(text, re.IGNORECASE)
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
         problems.append(f"{name} is not a valid regular expression: {exc}")
         return None
-    if pattern.search("") is not None:
-        problems.append(f"{name} matches the empty string, so it would match every customer: {text[:80]!r}")
+    return text
+
+
+# -- the patterns' searches (run by the shell in a child process) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """What to search: every pattern (compiled with ``re.IGNORECASE``) in every text, with ``re.search``; with
+    ``zero_width``, also whether ``finditer`` yields a match of zero characters in the text."""
+
+    patterns: tuple[str, ...]
+    texts: tuple[str, ...]
+    zero_width: bool = False
+
+
+@dataclass(frozen=True)
+class Searches:
+    """What a ``SearchJob`` found, or why it found nothing (``failure``: the time limit, the child process failed)."""
+
+    job: SearchJob
+    found: Mapping[str, frozenset[str]] = field(default_factory=dict)  # pattern -> the texts re.search finds it in
+    zero_width: Mapping[str, frozenset[str]] = field(default_factory=dict)  # pattern -> texts with a zero-width match
+    failure: str | None = None
+
+    def usable_for(self, job: SearchJob) -> bool:
+        return self.failure is None and self.job == job and all(p in self.found for p in job.patterns) \
+            and (not job.zero_width or all(p in self.zero_width for p in job.patterns))
+
+
+def probe_job(policy: SweepPolicy) -> SearchJob | None:
+    """The search that finishes reading the patterns (``check_patterns``), or ``None`` when no pattern is set."""
+    return SearchJob(policy.patterns, PROBES, zero_width=True) if policy.patterns else None
+
+
+def check_patterns(policy: SweepPolicy, searches: Searches | None) -> SweepPolicy:
+    """The policy with its patterns tried on ``PROBES``: a pattern that matches the empty string, that can match zero
+    characters, or whose search did not finish within the limit is a setting problem (and is dropped)."""
+    job = probe_job(policy)
+    if job is None:
+        return replace(policy, tried=True)
+    problems = list(policy.problems)
+    named = [(n, p) for n, p in (("SWEEP_INCLUDE", policy.include), ("SWEEP_EXCLUDE", policy.exclude)) if p is not None]
+    if searches is None or not searches.usable_for(job):
+        why = searches.failure if searches is not None and searches.failure else "no results"
+        problems.append(f"{' and '.join(n for n, _ in named)} could not be tried on test texts ({why}); a pattern with "
+                        "nested repetition, such as (a+)+$, can take hours on some texts")
+        return replace(policy, include=None, exclude=None, problems=tuple(problems), tried=True)
+    kept = {}
+    for name, text in named:
+        if "" in searches.found[text]:
+            problems.append(f"{name} matches the empty string, so it would match every customer: {text[:80]!r}")
+        elif searches.zero_width[text]:
+            problems.append(f"{name} can match zero characters (such as \\B or a lookahead alone), so it would match nearly "
+                            f"every customer: {text[:80]!r}")
+        else:
+            kept[name] = text
+    return replace(policy, include=kept.get("SWEEP_INCLUDE"), exclude=kept.get("SWEEP_EXCLUDE"), problems=tuple(problems), tried=True)
+
+
+def match_job(policy: SweepPolicy, items: list[Any]) -> SearchJob | None:
+    """The search ``plan`` needs for this list: the patterns in every company name and domain of at most
+    MAX_NAME_CHARS characters; ``None`` when ``plan`` needs none (nothing to match, or it refuses anyway)."""
+    if policy.include is None or policy.problems or not policy.tried or len(items) > policy.sandbox_limit:
         return None
-    if any(m.end() == m.start() for probe in _PROBES for m in pattern.finditer(probe)):
-        problems.append(f"{name} can match zero characters (such as \\B or a lookahead alone), so it would match nearly "
-                        f"every customer: {text[:80]!r}")
-        return None
-    return pattern
+    texts: dict[str, None] = {}
+    for item in items:
+        profile = item.get("companyProfile") if isinstance(item, dict) else None
+        for key in ("companyName", "domain"):
+            text = _text(profile.get(key)) if isinstance(profile, dict) else ""
+            if len(text) <= MAX_NAME_CHARS:
+                texts[text] = None
+    return SearchJob(policy.patterns, tuple(sorted(texts)))
 
 
 def _count(name: str, value: str, problems: list[str], maximum: int) -> int:
@@ -166,8 +255,9 @@ def run_time(schedule: Schedule | None, started: datetime, past_due: bool, statu
     The v1 ``TimerRequest`` has no scheduled time, and a run started through the admin endpoint looks like a first
     scheduled run (no past-due flag, an empty status when nothing is stored). So:
     * past due (the host's catch-up at start): scheduled;
-    * the host's schedule status names its next occurrence: at or before the start, scheduled (a tick fires at its
-      ``Next``); after the start, started by hand (an admin call gets the stored status, whose ``Next`` is ahead);
+    * the host's schedule status names its next occurrence: at or up to TICK_LATENESS before the start, scheduled (a
+      tick fires at its ``Next``); after the start, or longer before it (a stale status), started by hand (an admin
+      call gets the stored status, whose ``Next`` is ahead unless the host missed or is still running that tick);
     * no status (the first run, or ``useMonitor`` off): scheduled if the start is within 60 s of an occurrence.
     A scheduled run's time is the latest occurrence at or before the start (UTC); a manual run's is its start. Both
     mistakes this can make are harmless: a manual run within 60 s of an occurrence reuses that run's correlation ids,
@@ -180,9 +270,14 @@ def run_time(schedule: Schedule | None, started: datetime, past_due: bool, statu
     if past_due:
         return RunTime(latest, "schedule", "past due (the host's catch-up run)")
     if nxt is not None:
-        if nxt <= started + CLOCK_SKEW:  # a tick; one seen a moment early is still that occurrence's run
-            return RunTime(latest if nxt <= started else schedule.latest_at_or_before(nxt) or latest, "schedule", f"the schedule status's next occurrence {iso(nxt)} has come")
-        return RunTime(started, "manual", f"the schedule status's next occurrence {iso(nxt)} is still ahead")
+        if nxt > started + CLOCK_SKEW:
+            return RunTime(started, "manual", f"the schedule status's next occurrence {iso(nxt)} is still ahead")
+        if started - nxt > TICK_LATENESS:
+            return RunTime(started, "manual", f"the schedule status's next occurrence {iso(nxt)} passed more than "
+                           f"{TICK_LATENESS.total_seconds() / 60:g} minutes before the start (a stale status)")
+        # a tick; one seen a moment early is still that occurrence's run
+        return RunTime(latest if nxt <= started else schedule.latest_at_or_before(nxt) or latest, "schedule",
+                       f"the schedule status's next occurrence {iso(nxt)} has come")
     if started - latest <= SCHEDULED_TOLERANCE:
         return RunTime(latest, "schedule", "no schedule status; started within 60 s of an occurrence")
     return RunTime(started, "manual", "no schedule status; not near an occurrence")
@@ -260,23 +355,36 @@ def before_listing(policy: SweepPolicy) -> "Outcome | None":
     return None
 
 
-def plan(items: list[Any], policy: SweepPolicy, protected_ids: frozenset[str]) -> Plan:
-    """Decide, for every listed customer, whether this run selects it, and why (or why not)."""
+def plan(items: list[Any], policy: SweepPolicy, protected_ids: frozenset[str] | set[str], run: RunTime,
+         searches: Searches | None = None) -> Plan:
+    """Decide, for every listed customer, whether this run selects it, and why (or why not). ``searches`` is what
+    ``match_job(policy, items)`` found (needed whenever that job is not ``None``)."""
     if policy.problems:
         return Plan(len(items), refusal=_settings_refusal(policy))
+    if policy.patterns and not policy.tried:
+        return Plan(len(items), refusal="the patterns were not tried on test texts (check_patterns), so this run selects nothing")
     if len(items) > policy.sandbox_limit:
         return Plan(len(items), refusal=f"the partner lists more than SANDBOX_CUSTOMER_LIMIT={policy.sandbox_limit} customers "
                     f"(at least {len(items)}), so this is not an integration sandbox (a production credential?); nothing is selected")
+    job = match_job(policy, items)
+    if job is not None and (searches is None or not searches.usable_for(job)):
+        why = searches.failure if searches is not None and searches.failure else "no results for this list"
+        return Plan(len(items), refusal=f"matching the patterns against the {len(job.texts)} listed names and domains did not "
+                    f"finish ({why}); a pattern with nested repetition, such as (a+)+$, can take hours on a hostile name, so "
+                    "this run selects and enqueues nothing")
+    protected = frozenset(p.lower() for p in protected_ids if isinstance(p, str))  # never relies on config's lower case
+    found = searches.found if job is not None and searches is not None else {}
     decisions: list[Decision] = []
     seen: set[str] = set()
     candidates: list[int] = []
     for item in items:
-        decision = _decide(item, policy, protected_ids, seen)
+        decision = _decide(item, policy, protected, seen, found)
         if decision.reason == "selected":
             candidates.append(len(decisions))
         decisions.append(decision)
-    # The same customers in the same order on every run over the same list: by id.
-    candidates.sort(key=lambda i: decisions[i].customer_id)
+    # The same customers on a repeat of the same run, a different draw on each new run: by this run's correlation id
+    # (uuid5 of "<run time>/<id>"), so customers that can never be deleted cannot fill every run.
+    candidates.sort(key=lambda i: correlation_id(run, decisions[i].customer_id))
     for i in candidates[policy.max_per_run:]:
         d = decisions[i]
         decisions[i] = Decision(d.customer_id, d.company_name, d.domain, "over_limit",
@@ -284,7 +392,8 @@ def plan(items: list[Any], policy: SweepPolicy, protected_ids: frozenset[str]) -
     return Plan(len(items), tuple(decisions))
 
 
-def _decide(item: Any, policy: SweepPolicy, protected_ids: frozenset[str], seen: set[str]) -> Decision:
+def _decide(item: Any, policy: SweepPolicy, protected_ids: frozenset[str], seen: set[str],
+            found: Mapping[str, frozenset[str]]) -> Decision:
     profile = item.get("companyProfile") if isinstance(item, dict) else None
     profile = profile if isinstance(profile, dict) else {}
     name = _text(profile.get("companyName"))
@@ -305,9 +414,9 @@ def _decide(item: Any, policy: SweepPolicy, protected_ids: frozenset[str], seen:
         return Decision(cid, name, domain, "name_too_long", f"company name or domain over {MAX_NAME_CHARS} characters")
     if policy.include is None:
         return Decision(cid, name, domain, "not_matching", "SWEEP_INCLUDE is not set, so nothing is selected")
-    if not (policy.include.search(name) or policy.include.search(domain)):
+    if not (name in found[policy.include] or domain in found[policy.include]):
         return Decision(cid, name, domain, "not_matching", "SWEEP_INCLUDE matches neither the company name nor the domain")
-    if policy.exclude is not None and (policy.exclude.search(name) or policy.exclude.search(domain)):
+    if policy.exclude is not None and (name in found[policy.exclude] or domain in found[policy.exclude]):
         return Decision(cid, name, domain, "excluded", "SWEEP_EXCLUDE matches the company name or the domain")
     return Decision(cid, name, domain, "selected")
 
@@ -346,6 +455,23 @@ class Outcome:
     error: str | None = None
 
 
+def _selection(policy: SweepPolicy, outcome: Outcome) -> str:
+    """One sentence on what was selected and why not the rest, from counts: it survives any cut of ``excluded``."""
+    p = outcome.plan
+    if outcome.result == "off":
+        return "nothing is listed or selected: SWEEP_MODE is off"
+    if p is None or p.refusal:
+        return f"nothing is selected: the run {'was refused' if outcome.result == 'refused' else 'failed'} (see error)"
+    counts = Counter(d.reason for d in p.decisions)
+    head = f"{counts['selected']} selected" if counts["selected"] else "nothing is selected"
+    if policy.include is None:
+        head += " (SWEEP_INCLUDE is not set, and without it nothing is ever selected)"
+    others = ", ".join(f"{counts[r]} {r}" for r in REASONS if r != "selected" and counts[r])
+    if not p.decisions:
+        return head + "; no customer is listed"
+    return head + "; " + (f"not selected: {others}" if others else "every listed customer")
+
+
 def report_text(*, policy: SweepPolicy, run: RunTime, past_due: bool, started: datetime, finished: datetime,
                 invocation_id: str, outcome: Outcome) -> str:
     """The run's report (Base64-encoded by the publisher): at most MAX_REPORT_BYTES, shortening names and then leaving
@@ -378,6 +504,7 @@ def report_text(*, policy: SweepPolicy, run: RunTime, past_due: bool, started: d
         "problems": list(policy.problems),
         "error": outcome.error or (p.refusal if p else None),
         "note": run.why,
+        "selection": _selection(policy, outcome),
     }
     text = json.dumps(body, separators=(",", ":"))
     for cut in (MAX_NAME_CHARS, 64, 16, 0):

@@ -1,20 +1,28 @@
 """The sweep's shell: list the customers, let the core decide, enqueue deletion requests, write the report.
 
 Every decision is the core's (``shared.sweep``); this module only executes and observes, like ``shared.service``.
+It runs the patterns' searches the core asks for (``search``) in a child process with a time limit: Python's ``re``
+holds the GIL while it backtracks, so in this process a pattern such as ``(a+)+$`` on a hostile name would freeze every
+thread of the worker, ``delete_customer`` and ``poll_orders`` included.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
+import traceback
 from typing import Any, Mapping
 
 from shared import telemetry
 from shared.budget import Budget
 from shared.errors import AppError, PartnerCenterError
 from shared.service import Deps
-from shared.sweep import Enqueued, Outcome, SweepPolicy, before_listing, correlation_id, plan, read_policy, report_text, request_text, run_id, run_time
+from shared.sweep import (MATCH_SECONDS, Enqueued, Outcome, RunTime, SearchJob, Searches, SweepPolicy, before_listing, check_patterns,
+                          correlation_id, match_job, plan, probe_job, read_policy, report_text, request_text, run_id, run_time)
 
-__all__ = ["handle_sweep", "SweepFailed", "LISTING_WORK_SECONDS"]
+__all__ = ["handle_sweep", "search", "SweepFailed", "LISTING_WORK_SECONDS"]
 
 log = logging.getLogger("customer_deletion.sweep")
 
@@ -26,13 +34,60 @@ class SweepFailed(Exception):
     """The run was refused or failed; its report is written. Raised so that the host records a failed invocation."""
 
 
-def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str, str] | None = None) -> Outcome:
+#: The child's whole program: it only executes the job (JSON on stdin) and writes what it found (JSON on stdout).
+#: ``-I -S``: no environment variables, no site-packages, no current directory on the path; its address space is capped
+#: so that a pattern cannot exhaust the instance's memory either.
+_CHILD = r"""
+import json, re, sys
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 29, 1 << 29))
+except Exception:
+    pass
+job = json.loads(sys.stdin.buffer.read())
+texts, found, zero = job["texts"], {}, {}
+for p in job["patterns"]:
+    c = re.compile(p, re.IGNORECASE)
+    found[p] = [i for i, t in enumerate(texts) if c.search(t) is not None]
+    if job["zeroWidth"]:
+        zero[p] = [i for i, t in enumerate(texts) if any(m.end() == m.start() for m in c.finditer(t))]
+sys.stdout.write(json.dumps({"found": found, "zeroWidth": zero}))
+"""
+
+
+def search(job: SearchJob | None, timeout: float = MATCH_SECONDS) -> Searches | None:
+    """Run ``job`` in a child Python process, killed after ``timeout`` seconds; this thread only waits (without the
+    GIL), so the worker's other threads keep running. Never raises: a failure is in ``Searches.failure``."""
+    if job is None:
+        return None
+    try:
+        payload = json.dumps({"patterns": list(job.patterns), "texts": list(job.texts), "zeroWidth": job.zero_width}).encode("ascii")
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _CHILD], input=payload, capture_output=True, timeout=timeout,
+                              env={}, check=False)
+    except subprocess.TimeoutExpired:
+        return Searches(job, failure=f"stopped at the time limit of {timeout:g} s")
+    except Exception as exc:  # noqa: BLE001 - no child, no results: the core refuses
+        return Searches(job, failure=f"the child process could not run ({type(exc).__name__})")
+    if done.returncode != 0:
+        return Searches(job, failure=f"the child process ended with exit status {done.returncode}")
+    try:
+        out = json.loads(done.stdout)
+        found = {p: frozenset(job.texts[i] for i in out["found"][p]) for p in job.patterns}
+        zero = {p: frozenset(job.texts[i] for i in out["zeroWidth"][p]) for p in job.patterns} if job.zero_width else {}
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        return Searches(job, failure=f"the child process's results cannot be read ({type(exc).__name__})")
+    return Searches(job, found, zero)
+
+
+def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str, str] | None = None,
+                 match_seconds: float = MATCH_SECONDS) -> Outcome:
     """One run: the host's ``TimerRequest`` in, the report out (raises ``SweepFailed`` after a refused or failed run)."""
     clock = deps.clock
     started = clock()
     settings = deps.settings
     policy = read_policy(os.environ if env is None else env,
                          app_queues=(settings.delete_queue, settings.poll_queue, settings.outcomes_queue))
+    policy = check_patterns(policy, search(probe_job(policy), match_seconds))
     past_due = bool(getattr(timer, "past_due", False))
     status = getattr(timer, "schedule_status", None)
     run = run_time(policy.schedule, started, past_due, status if isinstance(status, dict) else None)
@@ -41,7 +96,7 @@ def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str
     log.info("sweep %s: %s run at %s (%s), mode %s, invocation %s", rid, run.trigger, run.moment.isoformat(), run.why, policy.mode,
              invocation_id)
 
-    outcome = _run(policy, run, rid, deps)
+    outcome = _run(policy, run, rid, deps, match_seconds)
     text = report_text(policy=policy, run=run, past_due=past_due, started=started, finished=clock(), invocation_id=invocation_id,
                        outcome=outcome)
     if policy.reports_queue is None:
@@ -59,7 +114,7 @@ def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str
     return outcome
 
 
-def _run(policy: SweepPolicy, run: Any, rid: str, deps: Deps) -> Outcome:
+def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds: float) -> Outcome:
     early = before_listing(policy)
     if early is not None:
         for problem in policy.problems if early.result == "refused" else ():
@@ -67,24 +122,30 @@ def _run(policy: SweepPolicy, run: Any, rid: str, deps: Deps) -> Outcome:
         return early
     settings = deps.settings
     try:
-        items = deps.partner_center.list_customers(correlation_id=rid, budget=Budget(LISTING_WORK_SECONDS, settings.retry_budget),
-                                                   stop_after=policy.sandbox_limit)
-    except (PartnerCenterError, AppError) as exc:
-        return Outcome("failed", error=f"listing the customers failed, so nothing was enqueued (a partial list is never acted on): {exc}")
-    result = plan(items, policy, settings.protected_ids)
-    if result.refusal:
-        log.error("sweep %s: %s", rid, result.refusal)
-        return Outcome("refused", plan=result, error=result.refusal)
-    for d in result.decisions:
-        with telemetry.fields(customerTenantId=d.customer_id):
-            log.info("sweep %s: customer %s %s -> %s%s", rid, d.customer_id, _shown(d.company_name), d.reason,
-                     f" ({d.detail})" if d.detail else "")
+        try:
+            items = deps.partner_center.list_customers(
+                correlation_id=rid, budget=Budget(LISTING_WORK_SECONDS, settings.retry_budget, deps.monotonic), stop_after=policy.sandbox_limit)
+        except (PartnerCenterError, AppError) as exc:
+            return Outcome("failed", error=f"listing the customers failed, so nothing was enqueued (a partial list is never acted on): {exc}")
+        result = plan(items, policy, settings.protected_ids, run, search(match_job(policy, items), match_seconds))
+        if result.refusal:
+            log.error("sweep %s: %s", rid, result.refusal)
+            return Outcome("refused", plan=result, error=result.refusal)
+        for d in result.decisions:
+            with telemetry.fields(customerTenantId=d.customer_id):
+                log.info("sweep %s: customer %s %s -> %s%s", rid, d.customer_id, _shown(d.company_name), d.reason,
+                         f" ({d.detail})" if d.detail else "")
+    except Exception as exc:  # noqa: BLE001 - anything else before the first request: still a report, never a secret
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        at = f" at {os.path.basename(where.filename)}:{where.lineno} in {where.name}" if where else ""
+        log.error("sweep %s: the run failed before enqueueing anything: %s%s", rid, type(exc).__name__, at)
+        return Outcome("failed", error=f"the run failed before enqueueing anything ({type(exc).__name__}{at}), so nothing was enqueued")
     if policy.mode != "delete":
         return Outcome("reported", plan=result)
     outcome = Outcome("enqueued", plan=result)
     for d in result.selected:
-        cid = correlation_id(run, d.customer_id)
         try:
+            cid = correlation_id(run, d.customer_id)
             message_id = deps.publisher.send(settings.delete_queue, request_text(run, d.customer_id))
         except Exception as exc:  # noqa: BLE001 - storage failed: stop, report what was enqueued
             outcome.result = "failed"

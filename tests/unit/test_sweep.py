@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from shared.config import Settings
 from shared.ncrontab import parse as parse_schedule
-from shared.sweep import (MAX_REPORT_BYTES, REASONS, Decision, Enqueued, Outcome, RunTime, correlation_id, plan, read_policy,
-                          report_text, request_text, run_id, run_time)
+from shared.sweep import (MAX_NAME_CHARS, MAX_REPORT_BYTES, PROBES, REASONS, TICK_LATENESS, Decision, Enqueued, Outcome, RunTime, SearchJob,
+                          Searches, check_patterns, correlation_id, match_job, plan, probe_job, read_policy, report_text, request_text,
+                          run_id, run_time)
 from shared.messages import parse_deletion_request
 
 UTC = timezone.utc
@@ -18,14 +21,39 @@ PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 A, B, C, D = (str(uuid.UUID(int=i)) for i in (0xA1, 0xB2, 0xC3, 0xD4))
 
 
+T3 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+RUN = RunTime(T3, "schedule", "")
+
+
 def env(**values):
     return {"SWEEP_SCHEDULE": "0 0 3 * * *", **values}
 
 
+def precomputed(job):
+    """What the shell's child process finds for ``job`` (shared.sweeper.search), computed here with ``re`` on the
+    tests' harmless texts: the core is tested on precomputed matches and never runs a pattern itself."""
+    if job is None:
+        return None
+    compiled = {p: re.compile(p, re.IGNORECASE) for p in job.patterns}
+    found = {p: frozenset(t for t in job.texts if c.search(t)) for p, c in compiled.items()}
+    zero = {p: frozenset(t for t in job.texts if any(m.end() == m.start() for m in c.finditer(t))) for p, c in compiled.items()}
+    return Searches(job, found, zero if job.zero_width else {})
+
+
+def checked(values, app_queues=APP_QUEUES):
+    """read_policy, then check_patterns with what the probe job finds: the policy as the shell hands it to plan."""
+    p = read_policy(values, app_queues=app_queues)
+    return check_patterns(p, precomputed(probe_job(p)))
+
+
 def policy(**values):
-    p = read_policy(env(**values), app_queues=APP_QUEUES)
+    p = checked(env(**values))
     assert p.problems == (), p.problems
     return p
+
+
+def decide(items, p, protected=frozenset(), run=RUN):
+    return plan(items, p, protected, run, precomputed(match_job(p, items)))
 
 
 def customer(cid, name="", domain="", tenant=None, **extra):
@@ -36,7 +64,7 @@ def customer(cid, name="", domain="", tenant=None, **extra):
 
 
 def reasons(items, protected=frozenset(), **settings):
-    result = plan(items, policy(**settings), frozenset(protected))
+    result = decide(items, policy(**settings), frozenset(protected))
     assert result.refusal is None
     return [(d.customer_id, d.reason) for d in result.decisions]
 
@@ -53,8 +81,9 @@ TABLE = [
                  {"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "keep"}, (), [(A, "excluded"), (B, "excluded"), (C, "selected")],
                  id="exclude on either field"),
     pytest.param([customer(A, "Tip", "a.com")], {}, (), [(A, "not_matching")], id="report mode without include selects nothing"),
-    pytest.param([customer(A.upper(), "Tip", "a.com"), customer(B, "Tip", "b.com")], {"SWEEP_INCLUDE": "tip"}, (A, B.upper()),
-                 [(A, "protected"), (B, "protected")], id="protected in any letter case on either side"),
+    pytest.param([customer(A.upper(), "Tip", "a.com"), customer(B, "Tip", "b.com"), customer(C.upper(), "Tip", "c.com")],
+                 {"SWEEP_INCLUDE": "tip"}, (A, B.upper(), C.upper()),
+                 [(A, "protected"), (B, "protected"), (C, "protected")], id="protected in any letter case on either side"),
     pytest.param([customer(A, "Tip", "a.com")], {"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "zzz"}, (A,),
                  [(A, "protected")], id="protected wins over include"),
     pytest.param([customer("{" + A + "}", "Tip"), customer(A + "\n", "Tip"), customer("../../x", "Tip"), customer(None, "Tip"),
@@ -72,13 +101,39 @@ TABLE = [
                  [(A, "not_matching"), (B, "not_matching")], id="a hostile name is only text; non-text names are empty"),
     pytest.param([customer(A, HOSTILE)], {"SWEEP_INCLUDE": "^tip test"}, (), [(A, "selected")], id="a hostile name can match"),
     pytest.param([customer(x, "Tip") for x in (D, C, B, A)], {"SWEEP_INCLUDE": "tip", "SWEEP_MAX_PER_RUN": "2"}, (),
-                 [(D, "over_limit"), (C, "over_limit"), (B, "selected"), (A, "selected")], id="per-run limit keeps the lowest ids"),
+                 [(x, "selected" if x in sorted((D, C, B, A), key=lambda i: correlation_id(RUN, i))[:2] else "over_limit") for x in (D, C, B, A)],
+                 id="per-run limit: this run's draw, by correlation id"),
 ]
 
 
 @pytest.mark.parametrize("items, settings, protected, expected", TABLE)
 def test_selection_table(items, settings, protected, expected):
-    assert reasons(items, {p.lower() for p in protected}, **settings) == expected
+    assert reasons(items, protected, **settings) == expected  # protected ids exactly as given: plan lower-cases them
+
+
+def test_the_draw_row_is_not_the_order_of_ids():
+    """The row above would also pass if plan kept the lowest ids: it must not, or the draw is untested."""
+    assert sorted((D, C, B, A), key=lambda i: correlation_id(RUN, i))[:2] != [A, B]
+
+
+def test_protected_ids_read_from_the_settings_in_any_letter_case():
+    settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": f"{A.upper()}, {B}"})
+    result = decide([customer(A, "Tip"), customer(B.upper(), "Tip"), customer(C, "Tip")], policy(SWEEP_INCLUDE="tip"), settings.protected_ids)
+    assert [(d.customer_id, d.reason) for d in result.decisions] == [(A, "protected"), (B, "protected"), (C, "selected")]
+
+
+def test_customers_that_can_never_be_deleted_do_not_fill_every_run():
+    """The lowest ids never deleted (say, a purchase that keeps them) do not block the rest: every run draws anew,
+    while a repeat of the same run draws the same customers."""
+    ids = sorted(str(uuid.UUID(int=i * 7919 + 1)) for i in range(30))
+    items = [customer(i, "Tip") for i in ids]
+    p = policy(SWEEP_INCLUDE="tip", SWEEP_MAX_PER_RUN="5", SWEEP_MODE="delete")
+    draws = [frozenset(d.customer_id for d in decide(items, p, run=RunTime(T3 + timedelta(days=n), "schedule", "")).selected) for n in range(20)]
+    assert all(len(d) == 5 for d in draws) and len(set(draws)) > 1
+    assert frozenset().union(*draws) > frozenset(ids[:5])  # not stuck on the lowest ids
+    assert len(frozenset().union(*draws)) >= 25  # the undeletable ones cannot keep the others out for long
+    again = RunTime(T3, "schedule", "a repeat")
+    assert frozenset(d.customer_id for d in decide(items, p, run=again).selected) == draws[0]
 
 
 def test_every_reason_of_the_table_is_a_known_one_and_every_known_one_is_in_the_table():
@@ -88,11 +143,13 @@ def test_every_reason_of_the_table_is_a_known_one_and_every_known_one_is_in_the_
 
 def test_more_customers_than_the_sandbox_limit_refuses_everything():
     items = [customer(str(uuid.uuid4()), "Tip") for _ in range(76)]
-    result = plan(items, policy(SWEEP_INCLUDE="tip"), frozenset())
+    p = policy(SWEEP_INCLUDE="tip")
+    assert match_job(p, items) is None  # nothing to search: the run is refused anyway
+    result = plan(items, p, frozenset(), RUN)
     assert result.refusal and "not an integration sandbox" in result.refusal and result.decisions == () and result.selected == ()
-    assert plan(items[:75], policy(SWEEP_INCLUDE="tip", SWEEP_MAX_PER_RUN="75"), frozenset()).refusal is None
-    assert len(plan(items[:75], policy(SWEEP_INCLUDE="tip", SWEEP_MAX_PER_RUN="75"), frozenset()).selected) == 75
-    assert plan(items[:5], policy(SWEEP_INCLUDE="tip", SANDBOX_CUSTOMER_LIMIT="4"), frozenset()).refusal
+    assert decide(items[:75], policy(SWEEP_INCLUDE="tip", SWEEP_MAX_PER_RUN="75")).refusal is None
+    assert len(decide(items[:75], policy(SWEEP_INCLUDE="tip", SWEEP_MAX_PER_RUN="75")).selected) == 75
+    assert decide(items[:5], policy(SWEEP_INCLUDE="tip", SANDBOX_CUSTOMER_LIMIT="4")).refusal
 
 
 @pytest.mark.parametrize("settings, problem", [
@@ -117,15 +174,14 @@ def test_more_customers_than_the_sandbox_limit_refuses_everything():
     ({"SWEEP_SCHEDULE": "0 0 0 31 Feb *"}, "never occurs"),
 ])
 def test_each_setting_problem_is_named_and_selects_nothing(settings, problem):
-    p = read_policy({**env(), **settings}, app_queues=APP_QUEUES)
+    p = checked({**env(), **settings})
     assert any(problem in text for text in p.problems), p.problems
-    result = plan([customer(A, "Tip", "tip.com")], p, frozenset())
+    result = plan([customer(A, "Tip", "tip.com")], p, frozenset(), RUN)
     assert result.selected == () and problem in result.refusal
 
 
 def test_every_problem_is_named_at_once_and_the_report_queue_falls_back_to_the_default():
-    p = read_policy({"SWEEP_MODE": "delete", "SWEEP_EXCLUDE": "(", "SWEEP_MAX_PER_RUN": "x", "SWEEP_REPORTS_QUEUE": "customer-deletions"},
-                    app_queues=APP_QUEUES)
+    p = checked({"SWEEP_MODE": "delete", "SWEEP_EXCLUDE": "(", "SWEEP_MAX_PER_RUN": "x", "SWEEP_REPORTS_QUEUE": "customer-deletions"})
     assert len(p.problems) == 5 and p.reports_queue == "customer-sweep-reports"
 
 
@@ -137,7 +193,6 @@ def test_defaults():
 # -- the run's time ---------------------------------------------------------------------------------------------------
 
 DAILY = parse_schedule("0 0 3 * * *")
-T3 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("started, past_due, status, trigger, moment", [
@@ -154,6 +209,14 @@ T3 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
     (T3 + timedelta(hours=6), False, {"Next": "0001-01-01T00:00:00"}, "manual", None),  # the host's "never"
     (T3 + timedelta(hours=6), False, {"Next": "soon"}, "manual", None),
     (T3 + timedelta(hours=6), False, {"Next": "2026-11-25T09:00:00"}, "manual", None),  # no offset: not read
+    # a stored Next that has come is the tick only up to TICK_LATENESS (5 minutes) after it; longer is a stale status
+    (T3 + timedelta(minutes=4, seconds=59), False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
+    (T3 + TICK_LATENESS, False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
+    (T3 + TICK_LATENESS + timedelta(seconds=1), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),
+    (T3 + timedelta(hours=1), False, {"Last": "2026-11-24T03:00:00+00:00", "Next": "2026-11-25T03:00:00+00:00"}, "manual", None),
+    (T3 + timedelta(days=2, hours=7), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),  # 11-27 10:00, stale
+    (T3 + timedelta(days=2), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),  # even on an occurrence
+    (T3 + timedelta(days=2, hours=7), True, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3 + timedelta(days=2)),  # past due: as is
 ])
 def test_run_time(started, past_due, status, trigger, moment):
     run = run_time(DAILY, started, past_due, status)
@@ -187,31 +250,36 @@ def _report(outcome, **kw):
 
 def test_the_report_carries_mode_times_capacity_decisions_and_what_was_enqueued():
     p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="1")
-    result = plan([customer(A, "Tip 1"), customer(B, "Tip 2"), customer(C, "Contoso"), customer(PROTECTED, "Tip")], p, frozenset({PROTECTED}))
+    result = decide([customer(A, "Tip 1"), customer(B, "Tip 2"), customer(C, "Contoso"), customer(PROTECTED, "Tip")], p, frozenset({PROTECTED}))
     run = RunTime(T3, "schedule", "why")
-    report = _report(Outcome("enqueued", result, [Enqueued(A, correlation_id(run, A), "m-1")]))
+    first = sorted((A, B), key=lambda i: correlation_id(run, i))[0]  # this run's draw of the two
+    report = _report(Outcome("enqueued", result, [Enqueued(first, correlation_id(run, first), "m-1")]))
     assert report["schemaVersion"] == 1 and report["mode"] == "delete" and report["trigger"] == "schedule"
     assert report["scheduledTime"] == "2026-11-25T03:00:00.000Z" and report["startedAt"] == "2026-11-25T03:00:00.000Z"
     assert report["capacity"] == {"listed": 4, "limit": 75, "free": 71}
-    assert report["selected"] == [{"customerTenantId": A, "companyName": "Tip 1", "domain": "", "correlationId": correlation_id(run, A)}]
-    assert {(e["customerTenantId"], e["reason"]) for e in report["excluded"]} == {(B, "over_limit"), (C, "not_matching"), (PROTECTED, "protected")}
-    assert report["deferred"] == 1 and report["enqueued"] == [{"customerTenantId": A, "correlationId": correlation_id(run, A), "messageId": "m-1"}]
+    other = B if first == A else A
+    assert report["selected"] == [{"customerTenantId": first, "companyName": {A: "Tip 1", B: "Tip 2"}[first], "domain": "",
+                                   "correlationId": correlation_id(run, first)}]
+    assert {(e["customerTenantId"], e["reason"]) for e in report["excluded"]} == {(other, "over_limit"), (C, "not_matching"), (PROTECTED, "protected")}
+    assert report["deferred"] == 1 and report["enqueued"] == [{"customerTenantId": first, "correlationId": correlation_id(run, first), "messageId": "m-1"}]
     assert report["error"] is None and report["result"] == "enqueued"
+    assert report["selection"] == "1 selected; not selected: 1 protected, 1 not_matching, 1 over_limit"
 
 
 def test_a_report_of_a_full_sandbox_with_the_longest_hostile_names_fits_in_a_queue_message():
     items = [customer(str(uuid.uuid4()), "\u202e" * 256, "d" * 256) for _ in range(75)]
     p = policy(SWEEP_INCLUDE="zzz")
     text = report_text(policy=p, run=RunTime(T3, "manual", ""), past_due=False, started=T3, finished=T3, invocation_id="i",
-                       outcome=Outcome("reported", plan(items, p, frozenset())))
+                       outcome=Outcome("reported", decide(items, p)))
     report = json.loads(text)
     assert len(text.encode()) <= MAX_REPORT_BYTES and len(report["excluded"]) + report.get("excludedOmitted", 0) == 75
+    assert report["selection"] == "nothing is selected; not selected: 75 not_matching"
     assert all(len(e["companyName"]) <= 257 for e in report["excluded"])
 
 
 @pytest.mark.parametrize("pattern", [r"\B", r"(?=t)", r"x*", r"\b", r"(?!zzz)", r"$"])
 def test_a_pattern_that_can_match_zero_characters_is_refused(pattern):
-    p = read_policy(env(SWEEP_INCLUDE=pattern, SWEEP_MODE="delete"), app_queues=APP_QUEUES)
+    p = checked(env(SWEEP_INCLUDE=pattern, SWEEP_MODE="delete"))
     assert any("SWEEP_INCLUDE" in text and ("zero characters" in text or "empty string" in text) for text in p.problems), p.problems
 
 
@@ -220,7 +288,7 @@ def test_spaces_around_a_pattern_are_part_of_it():
 
 
 def test_a_report_queue_that_no_queue_can_replace_is_only_logged():
-    p = read_policy(env(SWEEP_REPORTS_QUEUE="b-queue"), app_queues=("customer-sweep-reports", "b-queue", "c-queue"))
+    p = checked(env(SWEEP_REPORTS_QUEUE="b-queue"), app_queues=("customer-sweep-reports", "b-queue", "c-queue"))
     assert p.reports_queue is None and any("only logged" in text for text in p.problems)
 
 
@@ -232,7 +300,7 @@ def test_a_tick_seen_a_moment_before_its_occurrence_is_that_occurrence():
 def test_a_report_at_the_largest_allowed_settings_fits_in_a_queue_message():
     items = [customer(str(uuid.uuid4()), "Tip " + "\u202e" * 250, "d" * 256) for _ in range(1000)]
     p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="100", SANDBOX_CUSTOMER_LIMIT="1000")
-    result = plan(items, p, frozenset())
+    result = decide(items, p)
     run = RunTime(T3, "schedule", "")
     enqueued = [Enqueued(d.customer_id, correlation_id(run, d.customer_id), str(uuid.uuid4())) for d in result.selected]
     text = report_text(policy=p, run=run, past_due=False, started=T3, finished=T3, invocation_id=str(uuid.uuid4()),
@@ -241,3 +309,94 @@ def test_a_report_at_the_largest_allowed_settings_fits_in_a_queue_message():
     assert len(text.encode()) <= MAX_REPORT_BYTES and len(report["selected"]) == len(report["enqueued"]) == 100
     assert len(report["excluded"]) + report["excludedOmitted"] == 900 and report["deferred"] == 900
     assert read_policy(env(SWEEP_MAX_PER_RUN="101"), app_queues=APP_QUEUES).problems
+
+
+# -- the patterns: run elsewhere, decided here ------------------------------------------------------------------------
+
+
+def test_the_core_decides_from_the_searches_it_is_handed_and_never_matches_itself():
+    """Results that contradict the patterns win: the core reads them and runs no pattern (the shell runs them in a
+    child process, shared.sweeper.search)."""
+    p = policy(SWEEP_INCLUDE="tip", SWEEP_EXCLUDE="keep")
+    items = [customer(A, "Contoso", "c.com"), customer(B, "Tip", "t.com"), customer(C, "Tip keep", "k.com")]
+    job = match_job(p, items)
+    assert job == SearchJob(("tip", "keep"), tuple(sorted({"Contoso", "c.com", "Tip", "t.com", "Tip keep", "k.com"})))
+    lying = Searches(job, {"tip": frozenset({"Contoso", "Tip keep"}), "keep": frozenset({"Tip keep"})})
+    assert [(d.customer_id, d.reason) for d in plan(items, p, frozenset(), RUN, lying).decisions] == \
+        [(A, "selected"), (B, "not_matching"), (C, "excluded")]
+
+
+def test_the_search_job_holds_each_text_once_and_none_over_256_characters():
+    p = policy(SWEEP_INCLUDE="tip")
+    items = [customer(A, "Tip", "t.com"), customer(B, "Tip", "x" * (MAX_NAME_CHARS + 1)), customer(C, "y" * MAX_NAME_CHARS), "junk",
+             {"id": D, "companyProfile": {"companyName": 7}}]
+    assert match_job(p, items).texts == tuple(sorted({"Tip", "t.com", "", "y" * MAX_NAME_CHARS}))
+    assert match_job(policy(), items) is None  # no SWEEP_INCLUDE: nothing is ever selected, nothing to search
+
+
+@pytest.mark.parametrize("searches, why", [
+    (None, "no results for this list"),
+    ("failed", "stopped at the time limit of 10 s"),
+    ("other list", "no results for this list"),
+    ("incomplete", "no results for this list"),
+])
+def test_a_selection_without_complete_results_for_this_list_is_refused(searches, why):
+    p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete")
+    items = [customer(A, "Tip"), customer(B, "Tip 2")]
+    job = match_job(p, items)
+    given = {None: None, "failed": Searches(job, failure="stopped at the time limit of 10 s"),
+             "other list": precomputed(match_job(p, items[:1])),
+             "incomplete": Searches(job, {})}[searches]
+    result = plan(items, p, frozenset(), RUN, given)
+    assert result.selected == () and result.decisions == () and "did not finish" in result.refusal and why in result.refusal
+    assert decide(items, p).refusal is None  # the same list with its results is planned
+
+
+def test_patterns_are_tried_on_the_probe_texts_and_a_search_that_does_not_finish_is_a_setting_problem():
+    p = read_policy(env(SWEEP_INCLUDE="(a+)+$", SWEEP_EXCLUDE="keep", SWEEP_MODE="delete"), app_queues=APP_QUEUES)
+    assert p.problems == () and p.tried is False and probe_job(p) == SearchJob(("(a+)+$", "keep"), PROBES, zero_width=True)
+    # read but not tried: plan refuses rather than select with patterns nobody ran
+    assert "not tried" in plan([customer(A, "aaa")], p, frozenset(), RUN).refusal
+    for given in (Searches(probe_job(p), failure="stopped at the time limit of 10 s"), None):
+        bad = check_patterns(p, given)
+        (problem,) = bad.problems
+        assert "SWEEP_INCLUDE and SWEEP_EXCLUDE could not be tried" in problem and (given is None or "time limit" in problem)
+        assert bad.include is bad.exclude is None and "could not be tried" in plan([customer(A, "aaa")], bad, frozenset(), RUN).refusal
+    good = check_patterns(p, precomputed(probe_job(p)))
+    assert good.problems == () and good.tried and (good.include, good.exclude) == ("(a+)+$", "keep")
+    unset = check_patterns(read_policy(env(), app_queues=APP_QUEUES), None)
+    assert unset.tried and unset.problems == () and probe_job(unset) is None
+
+
+def test_the_probe_texts_find_zero_width_matches_that_the_empty_string_does_not():
+    p = read_policy(env(SWEEP_INCLUDE=r"\b"), app_queues=APP_QUEUES)
+    results = precomputed(probe_job(p))
+    assert "" not in results.found[r"\b"] and results.zero_width[r"\b"]  # only the probes catch it
+    assert "zero characters" in check_patterns(p, results).problems[0]
+
+
+# -- the report says why nothing was selected, whatever is cut ------------------------------------------------------------
+
+
+def _selection(p, outcome, run=RUN):
+    return json.loads(report_text(policy=p, run=run, past_due=False, started=T3, finished=T3, invocation_id="i", outcome=outcome))["selection"]
+
+
+def test_the_report_says_at_the_top_why_nothing_was_selected():
+    report_mode = policy()
+    assert _selection(report_mode, Outcome("reported", decide([], report_mode))) == \
+        "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); no customer is listed"
+    assert _selection(report_mode, Outcome("reported", decide([customer(A, "Tip"), customer(PROTECTED, "x")], report_mode, {PROTECTED}))) == \
+        "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); not selected: 1 protected, 1 not_matching"
+    assert _selection(policy(SWEEP_INCLUDE="tip"), Outcome("reported", decide([customer(A, "Tip")], policy(SWEEP_INCLUDE="tip")))) == \
+        "1 selected; every listed customer"
+    assert _selection(policy(SWEEP_MODE="off"), Outcome("off")) == "nothing is listed or selected: SWEEP_MODE is off"
+    assert _selection(policy(), Outcome("failed", error="x")) == "nothing is selected: the run failed (see error)"
+
+
+def test_the_selection_note_survives_when_every_entry_is_cut_for_size():
+    items = [customer(str(uuid.uuid4()), "\u202e" * 256, "d" * 256) for _ in range(1000)]
+    p = policy(SANDBOX_CUSTOMER_LIMIT="1000")
+    report = json.loads(report_text(policy=p, run=RUN, past_due=False, started=T3, finished=T3, invocation_id="i",
+                                    outcome=Outcome("reported", decide(items, p))))
+    assert report["excludedOmitted"] > 0 and "SWEEP_INCLUDE is not set" in report["selection"] and "1000 not_matching" in report["selection"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -18,8 +20,9 @@ from shared.errors import ThrottledError, TransientError
 from shared.ids import is_guid
 from shared.messages import parse_deletion_request
 from shared.service import Deps
-from shared.sweep import correlation_id, RunTime
-from shared.sweeper import SweepFailed, handle_sweep
+from shared import sweeper
+from shared.sweep import PROBES, SearchJob, Searches, correlation_id, RunTime
+from shared.sweeper import SweepFailed, handle_sweep, search
 from tests.fakes import Clock, FakePublisher
 
 UTC = timezone.utc
@@ -98,7 +101,8 @@ def test_delete_mode_enqueues_public_requests_with_run_correlation_ids(tmp_path)
                            env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="2"))
     requests = [parse_deletion_request(raw, message_id="m", insertion_time=None, now=T3) for raw, _ in pub.on(REQUESTS)]
     run = RunTime(T3, "schedule", "")
-    assert [(r.customer_id, r.correlation_id, r.dry_run) for r in requests] == [(i, correlation_id(run, i), False) for i in ids[:2]]
+    drawn = sorted(ids, key=lambda i: correlation_id(run, i))[:2]  # this run's draw, enqueued in listing order
+    assert [(r.customer_id, r.correlation_id, r.dry_run) for r in requests] == [(i, correlation_id(run, i), False) for i in ids if i in drawn]
     (report,) = pub.json_on(REPORTS)
     assert report["deferred"] == 1 and len(report["enqueued"]) == 2 and outcome.result == "enqueued"
     assert pub.sent[-1][0] == REPORTS  # the report is written after the requests
@@ -144,6 +148,22 @@ def test_decisions_are_logged_one_line_each_with_hostile_names_escaped(tmp_path,
 
 # -- invariants, with crashes and repeats -------------------------------------------------------------------------------
 
+
+def searched_here(job, timeout=None):
+    """shared.sweeper.search without the child process, for the property below (hundreds of runs with the harmless
+    patterns "tip" and "keep"); test_the_child_finds_what_re_finds_here shows that both give the same results."""
+    if job is None:
+        return None
+    compiled = {p: re.compile(p, re.IGNORECASE) for p in job.patterns}
+    return Searches(job, {p: frozenset(t for t in job.texts if c.search(t)) for p, c in compiled.items()},
+                    {p: frozenset(t for t in job.texts if any(m.end() == m.start() for m in c.finditer(t))) for p, c in compiled.items()}
+                    if job.zero_width else {})
+
+
+@pytest.fixture
+def in_process_search(monkeypatch):
+    monkeypatch.setattr(sweeper, "search", searched_here)
+
 NAMES = st.sampled_from(["Tip test", "tip run", "Contoso", "Tip keep", "", "TIP\n", "x" * 300 + "tip"])
 IDS = st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), st.just(PROTECTED), st.just(PROTECTED.upper()),
                 st.sampled_from(["not-a-guid", "{" + PROTECTED + "}", ""]))
@@ -155,7 +175,7 @@ IDS = st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), s
        listing_fails=st.booleans().map(lambda b: b and "fails"),
        crash_at=st.one_of(st.none(), st.integers(1, 8)), when=st.sampled_from(["before", "after"]),
        kind=st.sampled_from(["crash", "error"]), repeats=st.integers(1, 3))
-def test_sweep_invariants_under_crashes_and_repeats(tmp_path, customers, limit, per_run, listing_fails, crash_at, when, kind, repeats):
+def test_sweep_invariants_under_crashes_and_repeats(in_process_search, tmp_path, customers, limit, per_run, listing_fails, crash_at, when, kind, repeats):
     """Whatever the list, the failures and the crashes (before or after any queue put), over repeats of one scheduled run:
     1. only customers the policy selects are ever enqueued (never protected, invalid, unmatched, excluded or too long);
     2. no run enqueues more than SWEEP_MAX_PER_RUN, and none enqueues anything from a failed or oversized listing;
@@ -204,7 +224,7 @@ def test_sweep_invariants_under_crashes_and_repeats(tmp_path, customers, limit, 
             assert reports == [] or (len(reports) == 1 and pub.sent[-1][0] == REPORTS and when == "after")
     assert len(set(clean_sets)) <= 1  # 5
     if clean_sets and len(items) <= limit:
-        assert clean_sets[0] == frozenset(sorted(eligible)[:per_run])
+        assert clean_sets[0] == frozenset(sorted(eligible, key=lambda i: correlation_id(run, i))[:per_run])
 
 
 def test_off_wins_over_setting_problems_and_a_report_no_queue_can_take_is_logged(tmp_path, caplog):
@@ -226,3 +246,106 @@ def test_a_null_schedule_status_as_older_azure_functions_reads_it_is_no_status(t
     lone = SimpleNamespace(past_due=False, schedule_status=None)  # azure-functions 1.20 gives None for "ScheduleStatus": null
     handle_sweep(lone, "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3 + timedelta(seconds=3))), env=sweep_env())
     assert pub.json_on(REPORTS)[0]["trigger"] == "schedule"
+
+
+# -- the patterns run in a child process, under a time limit ------------------------------------------------------------
+
+CATASTROPHIC = "(a+)+$"
+HOSTILE = "a" * 40 + "!"  # (a+)+$ tries about 2**40 ways to split the a's before it gives up: hours, holding the GIL
+
+
+def test_the_child_finds_what_re_finds_here():
+    texts = (*PROBES, "Tip test run 7", "KEEP me", "tiptest7.onmicrosoft.com", "\u202eevil\x00\ud800", "")
+    for job in (SearchJob(("tip", "keep", r"\b", "^$", "x*"), texts, zero_width=True), SearchJob(("^tip test", "onmicrosoft"), texts)):
+        assert search(job) == searched_here(job)
+
+
+def test_a_catastrophic_pattern_on_a_hostile_name_is_refused_at_the_time_limit_while_other_threads_run(tmp_path):
+    """In this process, re.search("(a+)+$", "a"*40 + "!") holds the GIL for hours: every other thread of the worker,
+    delete_customer's and poll_orders' invocations, would stop. The search runs in a child process killed at the limit,
+    and the run is refused with a report; a thread of this process keeps ticking all along."""
+    ticks, stop = [], threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    pub = FakePublisher()
+    deps = make_deps(tmp_path, FakeListing([item(a, HOSTILE), item(b, "aaa")]), pub, Clock(T3))
+    thread = threading.Thread(target=ticker, daemon=True)
+    thread.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(SweepFailed, match="did not finish"):
+            handle_sweep(timer(), "inv", deps, env=sweep_env(SWEEP_INCLUDE=CATASTROPHIC, SWEEP_MODE="delete"), match_seconds=1.5)
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        thread.join()
+    assert 1.5 <= took < 6, took  # the limit, then at once (the probe texts themselves are quick for this pattern)
+    during = [t for t in ticks if began + 0.2 <= t <= began + 1.4]
+    assert len(during) > 30 and max(b - a for a, b in zip(during, during[1:])) < 0.5  # the other thread never stalled
+    (report,) = pub.json_on(REPORTS)
+    assert pub.on(REQUESTS) == [] and report["result"] == "refused" and report["selected"] == [] and report["enqueued"] == []
+    assert "stopped at the time limit of 1.5 s" in report["error"] and "nested repetition" in report["error"]
+
+
+def test_a_pattern_that_hangs_on_the_probe_texts_is_a_setting_problem_and_nothing_is_listed(tmp_path):
+    pub, pc = FakePublisher(), FakeListing([item(str(uuid.uuid4()), "Tip")])
+    with pytest.raises(SweepFailed, match="settings have problems"):  # (.|.)*x: 2**37 ways on the longest probe text
+        handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_EXCLUDE="(.|.)*x"), match_seconds=1.0)
+    (report,) = pub.json_on(REPORTS)
+    assert pc.calls == [] and report["result"] == "refused"
+    assert report["problems"] == ["SWEEP_EXCLUDE could not be tried on test texts (stopped at the time limit of 1 s); a pattern with "
+                                  "nested repetition, such as (a+)+$, can take hours on some texts"]
+
+
+def test_a_child_that_cannot_run_gives_no_results_and_the_run_is_refused(tmp_path, monkeypatch):
+    job = SearchJob(("tip",), ("Tip",))
+    monkeypatch.setattr(sweeper.sys, "executable", str(tmp_path / "no-python"))
+    assert search(job).failure == "the child process could not run (FileNotFoundError)"
+    monkeypatch.setattr(sweeper.sys, "executable", "/bin/false")
+    assert search(job).failure == "the child process ended with exit status 1"
+    pub = FakePublisher()
+    with pytest.raises(SweepFailed, match="could not be tried"):
+        handle_sweep(timer(), "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3)), env=sweep_env(SWEEP_INCLUDE="tip"))
+    assert pub.json_on(REPORTS)[0]["result"] == "refused"
+
+
+# -- every run gets a report --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["listing", "planning"])
+def test_an_unexpected_error_still_writes_a_report_naming_only_its_type(tmp_path, monkeypatch, caplog, where):
+    secret = "Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.secret"
+    pc = FakeListing([item(str(uuid.uuid4()), "Tip")], fail=ValueError(secret) if where == "listing" else None)
+    if where == "planning":
+        def broken(*args, **kwargs):
+            raise KeyError(secret)
+        monkeypatch.setattr(sweeper, "plan", broken)
+    pub = FakePublisher()
+    caplog.set_level("INFO", logger="customer_deletion.sweep")
+    with pytest.raises(SweepFailed, match="failed before enqueueing anything"):
+        handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete"))
+    (report,) = pub.json_on(REPORTS)
+    kind = "ValueError" if where == "listing" else "KeyError"
+    assert report["result"] == "failed" and kind in report["error"] and pub.on(REQUESTS) == []
+    assert secret not in json.dumps(report) and not any(secret in r.getMessage() for r in caplog.records)
+    assert any(kind in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+def test_the_listing_budget_reads_the_deps_clock(tmp_path):
+    seen = []
+
+    class Slow(FakeListing):
+        def list_customers(self, *, correlation_id, budget=None, stop_after=None):
+            seen.append(budget.may_start_call())
+            clock.advance(sweeper.LISTING_WORK_SECONDS + 1)  # only the deps' clock moves
+            seen.append(budget.may_start_call())
+            return []
+
+    clock = Clock(T3)
+    handle_sweep(timer(), "inv", make_deps(tmp_path, Slow([]), FakePublisher(), clock), env=sweep_env(SWEEP_INCLUDE="tip"))
+    assert seen == [True, False]
