@@ -2,7 +2,9 @@
 
 Starts Azurite, the Partner Center emulator (sample sandbox) and the local Functions host, drops a deletion request
 for a customer whose orders take a while to cancel, prints what the app does as it happens (orders cancelled, each
-poll, the DELETE, the outcome event), then stops everything it started (also on Ctrl-C).
+poll, the DELETE, the outcome event), then stops everything it started (also on Ctrl-C). The sweep is disabled for
+the demo (``AzureWebJobs.sweep_customers.Disabled``, which the local host honours as the Functions host does): a timer
+status kept in .local/demo from an earlier demo would otherwise start a past-due sweep at once.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def main() -> int:
         example = json.loads((devenv.ROOT / "local.settings.example.json").read_text())["Values"]
         settings = {**example, "AzureWebJobsStorage": devenv.azurite_connection_string(port), **pc.app_settings(),
                     "POLL_INTERVAL_SECONDS": "2", "POLL_MAX_INTERVAL_SECONDS": "8",
-                    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500"}
+                    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
+                    "AzureWebJobs.sweep_customers.Disabled": "true"}  # the single deletion only; no past-due sweep at start
         queues = devenv.Queues(settings["AzureWebJobsStorage"])
         for name in (settings["DELETE_CUSTOMER_QUEUE"], settings["POLL_ORDERS_QUEUE"]):
             queues.ensure(name)  # trigger queues are created by whoever deploys
@@ -71,7 +74,7 @@ def main() -> int:
         if host.proc.poll() is not None:
             print(host.log(), file=sys.stderr)
             return 1
-        say(t0, "local Functions host started (delete_customer, poll_orders)")
+        say(t0, "local Functions host started (delete_customer, poll_orders; sweep_customers disabled for this demo)")
 
         state = pc.state()["customers"][CUSTOMER]
         say(t0, f"customer {CUSTOMER} '{state['companyName']}' has {len(state['orders'])} order(s): "

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from shared.config import DEFAULTS
-from shared.sweep import SWEEP_DEFAULTS
+from shared.sweep import read_policy
 from tools.devenv import Queues
 from tools.local_host.host import decode_base64_strict
 
@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if not conn:
         parser.error("AzureWebJobsStorage is not set (settings file or environment)")
     names = {k: (values.get(k) or DEFAULTS[k]).lower() for k in ("DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "DELETION_OUTCOMES_QUEUE")}
-    reports = (values.get("SWEEP_REPORTS_QUEUE") or SWEEP_DEFAULTS["SWEEP_REPORTS_QUEUE"]).lower()
+    # The sweep's own rule (read_policy): a report queue name that is not valid, or is one of the app's queues, falls
+    # back to the default; None when even that is taken (the reports are then only logged).
+    reports = read_policy(values, app_queues=tuple(names.values())).reports_queue
+    if reports is None and args.command == "show" and args.which == "reports":
+        parser.error("no queue can take the sweep's reports with these settings (see SWEEP_REPORTS_QUEUE): they are only logged")
     queue_of = {"reports": reports, "requests": names["DELETE_CUSTOMER_QUEUE"], "polls": names["POLL_ORDERS_QUEUE"], "outcomes": names["DELETION_OUTCOMES_QUEUE"],
                 "poison": names["DELETE_CUSTOMER_QUEUE"] + "-poison", "polls-poison": names["POLL_ORDERS_QUEUE"] + "-poison"}
     service = QueueServiceClient.from_connection_string(conn)
