@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from shared.sweep import RunTime, correlation_id
 from tests.integration.conftest import FAST_HOST
 from tools import devenv
 from tools.local_host.host import decode_base64_strict
@@ -57,6 +58,13 @@ def sweep(own_pc, azurite, queues, tmp_path):
         def outcomes(self, count, timeout=90):
             return devenv.OutcomeReader(queues, settings["DELETION_OUTCOMES_QUEUE"]).wait(count, timeout)
 
+        def outcomes_of(self, correlation_ids, timeout=90):
+            """The outcome events of these requests (others, such as a later tick's, are left aside)."""
+            reader = devenv.OutcomeReader(queues, settings["DELETION_OUTCOMES_QUEUE"])
+            devenv.wait_for(lambda: set(correlation_ids) <= {e["correlationId"] for e in reader.poll()}, timeout,
+                            what=f"the outcomes of {len(correlation_ids)} request(s)")
+            return [e for e in reader.events if e["correlationId"] in set(correlation_ids)]
+
         def requests(self):
             return [json.loads(decode_base64_strict(t)) for t in queues.peek_all(settings["DELETE_CUSTOMER_QUEUE"])]
 
@@ -69,15 +77,15 @@ def test_a_scheduled_run_selects_by_name_and_deletes_through_the_ordinary_reques
     assert sweep.pc.fill(6, seed=11) == 6
     sweep.pc.add_customers([{"id": "6f1d2c3b-4a59-4e8f-9d7c-1b2a3c4d5e6f", "companyName": "Tip test run lookalike, kept",
                              "domain": "contoso.onmicrosoft.com"}])
-    fire = datetime.now(timezone.utc) + timedelta(seconds=15)  # room for a slow host start: a missed tick is a day away
-    sweep.start(SWEEP_MODE="delete", SWEEP_EXCLUDE="lookalike", SWEEP_SCHEDULE=f"{fire.second} {fire.minute} {fire.hour} * * *")
-    (report,) = sweep.reports(1, timeout=60)
-    assert report["trigger"] == "schedule" and report["runTime"].startswith(fire.strftime("%Y-%m-%dT%H:%M:%S"))
+    fire = datetime.now(timezone.utc) + timedelta(seconds=15)
+    # Every minute at that second: a tick that a slow host start misses comes again within 60 s.
+    sweep.start(SWEEP_MODE="delete", SWEEP_EXCLUDE="lookalike", SWEEP_SCHEDULE=f"{fire.second} * * * * *")
+    report = sweep.reports(1, timeout=15 + 60 + 60)[0]  # the first tick's (a later one may follow)
+    assert report["trigger"] == "schedule" and report["runTime"].endswith(f":{fire.second:02d}.000Z") and report["pastDue"] is False
     assert report["result"] == "enqueued" and len(report["enqueued"]) == 6 and report["capacity"] == {"listed": 7, "limit": 75, "free": 68}
     assert {e["reason"] for e in report["excluded"]} == {"excluded"}
-    events = sweep.outcomes(6)
+    events = sweep.outcomes_of([e["correlationId"] for e in report["enqueued"]])
     assert sorted(e["outcome"] for e in events) == ["deleted"] * 6
-    assert {e["correlationId"] for e in events} == {e["correlationId"] for e in report["enqueued"]}
     assert list(sweep.pc.state()["customers"]) == ["6f1d2c3b-4a59-4e8f-9d7c-1b2a3c4d5e6f"]
 
 
@@ -120,12 +128,17 @@ def test_a_full_sandbox_with_max_per_run_below_the_selection_deletes_a_batch_per
     selected = [e["customerTenantId"] for e in first["selected"]]
     deferred = [e["customerTenantId"] for e in first["excluded"] if e["reason"] == "over_limit"]
     assert first["capacity"] == {"listed": 75, "limit": 75, "free": 0} and len(selected) == 8 and len(deferred) == first["deferred"] > 0
-    assert selected == sorted(selected) and max(selected) < min(deferred)  # the lowest ids first, the same on every run
+    # this run's draw: the lowest correlation ids (uuid5 of "<run time>/<id>"), so a repeat of the run draws the same
+    first_run = RunTime(datetime.fromisoformat(first["runTime"].replace("Z", "+00:00")), "manual", "")
+    assert [e["correlationId"] for e in first["selected"]] == [correlation_id(first_run, i) for i in selected]
+    assert max(correlation_id(first_run, i) for i in selected) < min(correlation_id(first_run, i) for i in deferred)
     assert sorted(e["outcome"] for e in sweep.outcomes(8)) == ["deleted"] * 8
 
     assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
     (second,) = sweep.reports(1)
-    assert second["capacity"]["listed"] == 67 and [e["customerTenantId"] for e in second["selected"]] == deferred[:8]
+    second_run = RunTime(datetime.fromisoformat(second["runTime"].replace("Z", "+00:00")), "manual", "")
+    assert second["capacity"]["listed"] == 67 and second_run.moment != first_run.moment
+    assert sorted(e["customerTenantId"] for e in second["selected"]) == sorted(sorted(deferred, key=lambda i: correlation_id(second_run, i))[:8])
 
 
 def test_more_customers_than_the_sandbox_limit_is_refused(sweep):
