@@ -3,6 +3,8 @@ converter, as the Python worker builds it) against Azurite and the emulator over
 from __future__ import annotations
 
 import json
+import threading
+import time
 import types
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -100,3 +102,37 @@ def test_broken_sweep_settings_fail_only_the_sweep(sweep_env, queues, pc, make_c
     delete_customer.main(msg, context())
     (event,) = [json.loads(decode_base64_strict(m.content)) for m in queues.drain(sweep_env.deletion_outcomes_queue)]
     assert event["outcome"] == "dry_run"
+
+
+def test_a_catastrophic_pattern_refuses_the_sweep_while_delete_customer_keeps_working(sweep_env, queues, pc, make_customer):
+    """SWEEP_INCLUDE=(a+)+$ and a company name built for it: in the worker's process the search would hold the GIL for
+    hours and stop every invocation. The sweep searches in a child process, so a deletion request is handled while the
+    sweep waits, and the sweep is refused at its time limit with a report."""
+    make_customer(companyName="a" * 40 + "!")
+    target = make_customer(companyName=f"Sweep {sweep_env.tag} untouched")
+    sweep_env.apply(SWEEP_MODE="delete", SWEEP_INCLUDE="(a+)+$")
+    failures, done = [], threading.Event()
+
+    def sweep():
+        try:
+            sweep_customers.main(timer_request(), context())
+        except SweepFailed as exc:
+            failures.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=sweep, daemon=True)
+    began = time.monotonic()
+    thread.start()
+    time.sleep(1.0)  # the sweep has listed and is waiting for its child
+    queues.ensure(sweep_env.delete_customer_queue)
+    queues.send(sweep_env.delete_customer_queue, json.dumps({"customerTenantId": target["id"], "dryRun": True}))
+    msg, _ = receive(queues, sweep_env.delete_customer_queue)
+    delete_customer.main(msg, context())
+    (event,) = [json.loads(decode_base64_strict(m.content)) for m in queues.drain(sweep_env.deletion_outcomes_queue)]
+    assert event["outcome"] == "dry_run" and not done.is_set()  # handled while the sweep was still waiting
+    thread.join(timeout=60)
+    assert done.is_set() and time.monotonic() - began < 30
+    assert len(failures) == 1 and "did not finish" in str(failures[0])
+    (report,) = reports(queues, sweep_env.reports)
+    assert report["result"] == "refused" and report["enqueued"] == [] and report["selected"] == []
