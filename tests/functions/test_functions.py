@@ -106,10 +106,8 @@ def test_settings_errors_name_every_setting(monkeypatch):
     reset_settings()
 
 
-@pytest.fixture
-def otel_logs():
-    """An OpenTelemetry logging handler on the root logger, as the worker's Azure Monitor distro attaches it
-    (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true), exporting into memory instead of to Application Insights."""
+def otel_handler(exporter):
+    """A logger provider exporting each record at once to ``exporter``, and the logging handler the distro attaches."""
     import logging
 
     from opentelemetry.sdk._logs import LoggerProvider
@@ -118,14 +116,35 @@ def otel_logs():
         from opentelemetry.instrumentation.logging.handler import LoggingHandler  # the distro's handler, where it has one
     except ImportError:
         from opentelemetry.sdk._logs import LoggingHandler
+
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    return provider, LoggingHandler(level=logging.INFO, logger_provider=provider)
+
+
+def first_request(env, queues, make_customer):
+    """A customer with one order and its deletion request, received from the request queue: (customer, correlation, msg)."""
+    customer, correlation = make_customer([{}]), str(uuid.uuid4())
+    queues.ensure(env.delete_customer_queue)
+    queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"], "correlationId": correlation}))
+    msg, _ = receive(queues, env.delete_customer_queue)
+    return customer, correlation, msg
+
+
+@pytest.fixture
+def otel_logs():
+    """An OpenTelemetry logging handler on the root logger, as the worker's Azure Monitor distro attaches it
+    (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true), exporting into memory instead of to Application Insights."""
+    import logging
+
     try:
         from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter as Exporter
     except ImportError:
         from opentelemetry.sdk._logs.export import InMemoryLogExporter as Exporter
 
-    exporter, provider = Exporter(), LoggerProvider()
-    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    handler, root = LoggingHandler(level=logging.INFO, logger_provider=provider), logging.getLogger()
+    exporter = Exporter()
+    provider, handler = otel_handler(exporter)
+    root = logging.getLogger()
     level = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -136,10 +155,7 @@ def otel_logs():
 
 
 def test_every_log_record_of_a_deletion_carries_its_structured_fields(env, queues, pc, make_customer, otel_logs):
-    customer, correlation = make_customer([{}]), str(uuid.uuid4())
-    queues.ensure(env.delete_customer_queue)
-    queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"], "correlationId": correlation}))
-    msg, _ = receive(queues, env.delete_customer_queue)
+    customer, correlation, msg = first_request(env, queues, make_customer)
     first = context()
     delete_customer.main(msg, first)
     hops, deadline = [], time.monotonic() + 30
@@ -213,26 +229,16 @@ def test_the_azure_monitor_exporter_sends_the_fields_as_properties_of_each_messa
     import logging
 
     from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
-    from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
-    try:
-        from opentelemetry.instrumentation.logging.handler import LoggingHandler
-    except ImportError:
-        from opentelemetry.sdk._logs import LoggingHandler
 
     monkeypatch.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
-    provider = LoggerProvider()
-    provider.add_log_record_processor(SimpleLogRecordProcessor(
-        AzureMonitorLogExporter(connection_string=ingestion.connection_string, disable_offline_storage=True)))
-    handler, logger = LoggingHandler(level=logging.INFO, logger_provider=provider), logging.getLogger("customer_deletion")
+    provider, handler = otel_handler(AzureMonitorLogExporter(connection_string=ingestion.connection_string,
+                                                             disable_offline_storage=True))
+    logger = logging.getLogger("customer_deletion")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        customer, correlation = make_customer([{}]), str(uuid.uuid4())
-        queues.ensure(env.delete_customer_queue)
-        queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"], "correlationId": correlation}))
-        msg, _ = receive(queues, env.delete_customer_queue)
+        customer, correlation, msg = first_request(env, queues, make_customer)
         invocation = context()
         delete_customer.main(msg, invocation)
         provider.force_flush()
