@@ -192,6 +192,10 @@ class Settings:
                 problems.append("PARTNER_CENTER_CLIENT_ID is required with an app credential")
             elif not is_guid(client_id):
                 problems.append("PARTNER_CENTER_CLIENT_ID must be a GUID")
+            if secret and secret.startswith("@Microsoft.KeyVault("):
+                # App Service leaves a reference it cannot resolve as its own text: a token request would fail later, and vaguely.
+                problems.append("PARTNER_CENTER_CLIENT_SECRET is a Key Vault reference the platform could not resolve: does the "
+                                "secret exist, and does the app's identity hold Key Vault Secrets User on the vault?")
             if secret and cert:
                 problems.append("set PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH, not both")
             elif not secret and not cert:

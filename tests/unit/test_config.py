@@ -211,3 +211,13 @@ def test_every_setting_token_of_every_function_json_is_in_the_example_settings()
     assert {"DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "SWEEP_SCHEDULE"} <= tokens
     assert tokens <= set(example)
     assert example["SWEEP_SCHEDULE"] == "0 0 3 * * *"
+
+
+def test_an_unresolved_key_vault_reference_is_named_and_never_shown(tmp_path):
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-abc.vault.azure.net/secrets/partner-center-client-secret/)"
+    with pytest.raises(ConfigurationError, match="Key Vault reference the platform could not resolve") as info:
+        settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT, PARTNER_CENTER_CLIENT_SECRET=reference)
+    assert "kv-abc" not in str(info.value)
+    # A resolved reference is the secret itself, which may contain anything.
+    assert settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
+                    PARTNER_CENTER_CLIENT_SECRET="x@Microsoft.KeyVault(").client_secret == "x@Microsoft.KeyVault("
