@@ -230,13 +230,13 @@ LOOPBACK_CONNECTION_STRING = "InstrumentationKey=00000000-0000-0000-0000-0000000
 def worker_telemetry_cost(python: str = sys.executable, runs: int = 5, *, pycache_prefix: str | None = None) -> dict:
     """The worker's telemetry start-up: importing azure.monitor.opentelemetry and configure_azure_monitor(), as the
     Python worker runs them with PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, medians of ``runs`` fresh processes
-    (after one uncounted warm-up), with Entra authentication configured as in Azure (a managed identity credential is
-    made; no token is asked for at start-up)."""
+    (after one uncounted warm-up). Entra authentication is left out: its credential would be a managed identity, and
+    nothing here may ask the instance metadata address for a token (making the credential costs microseconds)."""
     if runs < 1:
         raise ValueError("runs must be at least 1")
     env = _environment(pycache_prefix)
+    env.pop("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", None)
     env.update({"APPLICATIONINSIGHTS_CONNECTION_STRING": LOOPBACK_CONNECTION_STRING,
-                "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD;ClientId=00000000-0000-0000-0000-000000000001",
                 "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true"})
     imports, configures, walls = [], [], []
     for i in range(runs + 1):

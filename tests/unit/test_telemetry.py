@@ -114,21 +114,25 @@ def _strings_inside(obj, depth=5, seen=None):
 
 
 def test_the_workers_exporter_authenticates_with_the_identity_named_in_the_authentication_string(monkeypatch):
-    """The worker calls configure_azure_monitor() without a credential; the exporter takes Entra authentication from
-    APPLICATIONINSIGHTS_AUTHENTICATION_STRING, the same setting the host reads. Which credential, never its token."""
-    from azure.identity import ManagedIdentityCredential
-    from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
+    """The worker calls configure_azure_monitor() without a credential; each Azure Monitor exporter then takes Entra
+    authentication from APPLICATIONINSIGHTS_AUTHENTICATION_STRING, the same setting the host reads.
 
-    conn = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"
+    Which credential, never its token: the exporter's own choice (``_get_authentication_credential``, what its
+    constructor calls) is asked directly, so no exporter exists that could flush at exit and ask the instance
+    metadata address for a token.
+    """
+    from azure.identity import ManagedIdentityCredential
+    from azure.monitor.opentelemetry.exporter.export._base import _get_authentication_credential
+
     client_id = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
-    monkeypatch.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
     monkeypatch.setenv("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", f"Authorization=AAD;ClientId={client_id}")
-    exporter = AzureMonitorLogExporter(connection_string=conn, disable_offline_storage=True)
-    credential = exporter._credential
+    credential = _get_authentication_credential()
     assert isinstance(credential, ManagedIdentityCredential)
     assert client_id in _strings_inside(credential)  # where azure-identity keeps it differs between versions
+    monkeypatch.setenv("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "Authorization=AAD")
+    assert isinstance(_get_authentication_credential(), ManagedIdentityCredential)  # the system-assigned identity
     monkeypatch.delenv("APPLICATIONINSIGHTS_AUTHENTICATION_STRING")
-    assert AzureMonitorLogExporter(connection_string=conn, disable_offline_storage=True)._credential is None
+    assert _get_authentication_credential() is None  # no Entra authentication without the setting
 
 
 def test_the_host_and_the_worker_are_set_for_opentelemetry():
