@@ -11,15 +11,19 @@ LOWEST_PY := $(LOWEST)/bin/python
 OTHER     := .venv-other
 OTHER_PY  := $(OTHER)/bin/python
 
-.PHONY: setup setup-lowest demo test test-lowest test-other-python unit integration reliability bench emulator host clean
+.PHONY: check-python setup setup-lowest demo test test-lowest test-other-python unit integration reliability bench emulator host clean
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: check-python $(VENV)/.installed node_modules/.installed
+
+## check-python: $(PYTHON) is a supported version (a plain reason if not); a .venv made by another Python is made
+## again, since requirements.txt picks azure-functions 1.x or 2.x by version
+check-python:
+	@$(PYTHON) tools/pythons.py check
+	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" != "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then \
+		echo "$(VENV) was made with another Python: making it again with $(PYTHON)"; rm -rf $(VENV) $(LOWEST); fi
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) tools/pythons.py check
-	@# A .venv made by another Python is made again (requirements pick azure-functions 1.x or 2.x by version).
-	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" != "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then \
-		echo "$(VENV) was made with another Python: making it again with $(PYTHON)"; rm -rf $(VENV) $(LOWEST); fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
