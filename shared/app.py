@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from shared import telemetry
 from shared.config import CONNECT_TIMEOUT_SECONDS, get_settings
@@ -64,21 +64,27 @@ def _invocation_id(context: Any) -> str:
     return str(getattr(context, "invocation_id", None) or "-")
 
 
-def run_delete_customer(msg: Any, context: Any) -> None:
+def _invoke(function: str, context: Any, handler: Callable[[str], None]) -> None:
+    """Run one invocation inside its structured log fields. An invocation that raises (a queue message then comes back) logs
+    the exception here, inside the fields, so the exception's record carries them too; then it raises on."""
     invocation = _invocation_id(context)
-    with telemetry.fields(function="delete_customer", invocationId=invocation):
-        handle_deletion_request(msg, invocation, deps())
+    with telemetry.fields(function=function, invocationId=invocation):
+        try:
+            handler(invocation)
+        except Exception as exc:
+            log.exception("[%s] the invocation failed (%s); the host records the failure", function, type(exc).__name__)
+            raise
+
+
+def run_delete_customer(msg: Any, context: Any) -> None:
+    _invoke("delete_customer", context, lambda invocation: handle_deletion_request(msg, invocation, deps()))
 
 
 def run_poll_orders(msg: Any, context: Any) -> None:
-    invocation = _invocation_id(context)
-    with telemetry.fields(function="poll_orders", invocationId=invocation):
-        handle_poll(msg, invocation, deps())
+    _invoke("poll_orders", context, lambda invocation: handle_poll(msg, invocation, deps()))
 
 
 def run_sweep_customers(timer: Any, context: Any) -> None:
     from shared.sweeper import handle_sweep
 
-    invocation = _invocation_id(context)
-    with telemetry.fields(function="sweep_customers", invocationId=invocation):
-        handle_sweep(timer, invocation, deps())
+    _invoke("sweep_customers", context, lambda invocation: handle_sweep(timer, invocation, deps()))

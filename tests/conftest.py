@@ -1,13 +1,20 @@
 """Session fixtures: Azurite and the Partner Center emulator, started by the test run itself (loopback only)."""
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tools import devenv
+from tools.coldstart import EXPORTER_OFFLINE
 from tools.pc_emulator.server import DEFAULT_KNOBS
+
+# Any Azure Monitor exporter a test builds stays on loopback, and none authenticates with a managed identity (which
+# would ask the instance metadata address for a token): set for the whole run, before any test imports the exporter.
+os.environ.update(EXPORTER_OFFLINE)
+os.environ.pop("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", None)
 
 
 @pytest.fixture(scope="session")

@@ -209,7 +209,7 @@ def module_cost(module: str, app_root: Path = ROOT, python: str = sys.executable
 
 # What the Python worker does at its start when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, before it loads a
 # function: import the Azure Monitor distro and call configure_azure_monitor(connection_string, logger_name). The
-# connection string's ingestion endpoint is a closed loopback port and statsbeat is off: nothing leaves the machine.
+# connection string's ingestion endpoint is a closed loopback port and EXPORTER_OFFLINE is set: nothing leaves the machine.
 # The process ends with os._exit, so no exporter flushes at exit (that is shutdown, not start-up).
 _TELEMETRY_HARNESS = """\
 import json, os, time
@@ -222,6 +222,12 @@ t2 = time.perf_counter()
 print(json.dumps({"import_ms": (t1 - t0) * 1000, "configure_ms": (t2 - t1) * 1000}), flush=True)
 os._exit(0)
 """
+
+#: What keeps an Azure Monitor exporter on loopback here: no statsbeat, no customer SDK stats, no control-plane settings
+#: fetch (each is a background call to a public Microsoft endpoint otherwise). No Entra authentication is in this list:
+#: callers remove APPLICATIONINSIGHTS_AUTHENTICATION_STRING (a managed identity would probe the instance metadata address).
+EXPORTER_OFFLINE = {"APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true", "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
+                    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true"}
 
 #: A connection string of the documented form whose ingestion endpoint is a closed loopback port.
 LOOPBACK_CONNECTION_STRING = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"
@@ -236,8 +242,7 @@ def worker_telemetry_cost(python: str = sys.executable, runs: int = 5, *, pycach
         raise ValueError("runs must be at least 1")
     env = _environment(pycache_prefix)
     env.pop("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", None)
-    env.update({"APPLICATIONINSIGHTS_CONNECTION_STRING": LOOPBACK_CONNECTION_STRING,
-                "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true"})
+    env.update({"APPLICATIONINSIGHTS_CONNECTION_STRING": LOOPBACK_CONNECTION_STRING, **EXPORTER_OFFLINE})
     imports, configures, walls = [], [], []
     for i in range(runs + 1):
         started = time.perf_counter()

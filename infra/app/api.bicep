@@ -40,7 +40,7 @@ var baseAppSettings = {
 
   // Application Insights settings are always included. The resource has local authentication disabled, so the host
   // authenticates with the identity named here. The Python worker's Azure Monitor exporter reads the same setting
-  // (azure-monitor-opentelemetry-exporter 1.0.0b36 and later) and builds a ManagedIdentityCredential from its ClientId.
+  // (azure-monitor-opentelemetry-exporter 1.0.0b36 and later; requirements.txt's azure-monitor-opentelemetry>=1.6.12 brings 1.0.0b40 or later) and builds a ManagedIdentityCredential from its ClientId.
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: applicationInsightsIdentity
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   // The worker exports its own logs and traces through OpenTelemetry (host.json "telemetryMode": "OpenTelemetry"),

@@ -21,11 +21,13 @@ MACHINE_ONLY = [
     ".venv/bin/python", ".venv-lowest/bin/python", ".venv-other/bin/python", "node_modules/.bin/azurite", "local.settings.json", "local.settings.azure.json",
     ".local/emulator/ca.pem", "shared/__pycache__/config.cpython-311.pyc", ".pytest_cache/v/cache/nodeids",
     ".hypothesis/examples/x", ".azure/dev/.env", ".azure/config.json", ".vscode/settings.json", ".env",
+    # Azurite's files when it runs in the repository root without --inMemoryPersistence
+    "__azurite_db_queue__.json", "__azurite_db_queue_extent__.json", "__queuestorage__/x", "__blobstorage__/x",
 ]
 MUST_SHIP = ["host.json", "requirements.txt", "shared/__init__.py", "shared/config.py",
              *(f"{f}/{name}" for f in FUNCTIONS for name in ("__init__.py", "function.json"))]
 MUST_NOT_SHIP_PREFIXES = ["infra/", "tests/", "tools/", ".ci/", ".git", ".venv/", "node_modules/", ".azure/",
-                          ".local/", "__pycache__/"]
+                          ".local/", "__pycache__/", "__azurite_db_", "__queuestorage__/", "__blobstorage__/"]
 MUST_NOT_SHIP_FILES = ["azure.yaml", "Makefile", "requirements-dev.txt", "package.json", "package-lock.json",
                        "local.settings.json", "local.settings.example.json", "local.settings.azure.json", "pyproject.toml", "README.md", ".funcignore",
                        ".gitignore"]
@@ -160,7 +162,7 @@ def test_the_package_ships_only_python_json_and_requirements() -> None:
 
 
 @pytest.mark.parametrize("line", ["infra/", "azure.yaml", "tests/", "tools/", "node_modules/", "local.settings*.json",
-                                  ".azure/", "Makefile", ".ci/"])
+                                  ".azure/", "Makefile", ".ci/", "__azurite_db_*", "__queuestorage__/"])
 def test_dropping_a_funcignore_line_is_noticed(line: str) -> None:
     text = (ROOT / ".funcignore").read_text(encoding="utf-8")
     lines = text.splitlines()

@@ -144,3 +144,23 @@ def test_the_host_and_the_worker_are_set_for_opentelemetry():
     lines = [line.split("#")[0].strip() for line in (root / "requirements.txt").read_text().splitlines()]
     distro = [line for line in lines if line.startswith("azure-monitor-opentelemetry")]
     assert distro and ";" not in distro[0]  # on every Python, not behind a marker
+
+
+def test_an_invocation_that_raises_logs_its_exception_with_the_fields(capture):
+    import types
+
+    from shared import app
+
+    handler, _ = capture
+    logging.getLogger("customer_deletion").addHandler(handler)
+    app.set_deps(types.SimpleNamespace())  # no clock, no settings: the handler fails at once
+    try:
+        with pytest.raises(AttributeError):
+            app.run_delete_customer(types.SimpleNamespace(get_body=lambda: b"{}", id="m", dequeue_count=1, insertion_time=None),
+                                    types.SimpleNamespace(invocation_id="inv-9"))
+    finally:
+        app.set_deps(None)
+        logging.getLogger("customer_deletion").removeHandler(handler)
+    (record,) = [r for r in handler.records if r.exc_info]
+    assert fields_of(record) == {"function": "delete_customer", "invocationId": "inv-9"}
+    assert record.exc_info[0] is AttributeError and "the invocation failed (AttributeError)" in record.getMessage()
