@@ -146,22 +146,18 @@ def load_host_config(app_root: Path, env: Mapping[str, str], *, development: boo
 
 
 def storage_credential(connection: IdentityConnection, env: Mapping[str, str]) -> Any:
-    """The token credential of an identity-based connection, chosen as the host does (Microsoft.Extensions.Azure):
-    ``credential=managedidentity``: ManagedIdentityCredential (``clientId``: that user-assigned identity);
-    ``tenantId`` + ``clientId`` + ``clientSecret`` (local development): ClientSecretCredential against
-    ``AZURE_AUTHORITY_HOST`` (Azure.Identity's variable; default the public cloud), without instance discovery for a
-    non-Microsoft authority; ``clientId`` alone: that managed identity; nothing: DefaultAzureCredential."""
-    from azure.identity import ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
+    """The token credential of an identity-based connection. The host's precedence (``credential=managedidentity``,
+    then ``tenantId`` + ``clientId`` + ``clientSecret`` against ``AZURE_AUTHORITY_HOST``, then ``clientId`` alone,
+    then DefaultAzureCredential) is the one the app follows for the same settings, so the app's ``storage_credential``
+    serves both: the connection only changes shape here."""
+    from shared.auth import storage_credential as app_storage_credential
+    from shared.config import DEFAULTS, StorageConnection
 
-    if connection.credential == "managedidentity" or (connection.client_id and not connection.client_secret):
-        return ManagedIdentityCredential(client_id=connection.client_id) if connection.client_id else ManagedIdentityCredential()
-    if connection.tenant_id and connection.client_id and connection.client_secret:
-        from shared.config import is_known_authority  # the one list of Microsoft authorities (as indexing uses shared.ncrontab)
-
-        authority = (env.get("AZURE_AUTHORITY_HOST") or "").strip().rstrip("/") or "https://login.microsoftonline.com"
-        private = {} if is_known_authority(authority) else {"disable_instance_discovery": True}
-        return ClientSecretCredential(connection.tenant_id, connection.client_id, connection.client_secret, authority=authority, **private)
-    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+    authority = (env.get("AZURE_AUTHORITY_HOST") or "").strip().rstrip("/") or DEFAULTS["PARTNER_CENTER_AUTHORITY_HOST"]
+    return app_storage_credential(StorageConnection(
+        queue_service_uri=connection.queue_service_uri, client_id=connection.client_id,
+        use_managed_identity=connection.credential == "managedidentity", tenant_id=connection.tenant_id,
+        client_secret=connection.client_secret, authority_host=authority))
 
 
 #: The scope of a storage token (the queue SDK asks for the same).
