@@ -186,7 +186,7 @@ class Settings:
         if any((tenant_id, client_id, secret, cert)):
             if not tenant_id:
                 problems.append("PARTNER_CENTER_TENANT_ID is required with an app credential")
-            elif not (is_guid(tenant_id) or _DOMAIN_RE.fullmatch(tenant_id)):
+            elif not _is_tenant(tenant_id):
                 problems.append("PARTNER_CENTER_TENANT_ID must be a tenant GUID or domain name")
             if not client_id:
                 problems.append("PARTNER_CENTER_CLIENT_ID is required with an app credential")
@@ -258,6 +258,11 @@ class Settings:
         )
 
 
+def _is_tenant(value: str) -> bool:
+    """An Entra tenant as a token endpoint takes it: its GUID or one of its domain names."""
+    return bool(is_guid(value) or _DOMAIN_RE.fullmatch(value))
+
+
 def is_known_authority(url: str) -> bool:
     """Whether ``url`` is the Entra ID authority of a Microsoft cloud (else instance discovery is switched off)."""
     return (urlsplit(url).hostname or "").lower() in KNOWN_AUTHORITY_HOSTS
@@ -311,7 +316,7 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
         # Local development only (as the host documents it): an app registration's secret. All three or none.
         if not tenant_id:
             problems.append("AzureWebJobsStorage__tenantId is required with AzureWebJobsStorage__clientSecret")
-        elif not (is_guid(tenant_id) or _DOMAIN_RE.fullmatch(tenant_id)):
+        elif not _is_tenant(tenant_id):
             problems.append("AzureWebJobsStorage__tenantId must be a tenant GUID or domain name")
         if not client_id:
             problems.append("AzureWebJobsStorage__clientId is required with AzureWebJobsStorage__clientSecret")
