@@ -1,4 +1,5 @@
 """Cancel a customer's orders and start polling (trigger: %DELETE_CUSTOMER_QUEUE%)."""
+
 import azure.functions as func
 
 from shared.app import run_delete_customer

@@ -1,4 +1,5 @@
 """Composition root: settings, credential and clients built once per worker process, on first use."""
+
 from __future__ import annotations
 
 import logging
@@ -28,18 +29,37 @@ def _build() -> Deps:
     settings = get_settings()
     # The storage SDK's default retries back off for 15 s and more: far longer than an invocation may wait. A send
     # that still fails raises, and the redelivered message hands the request over (shared.workflow).
-    storage = dict(retry_policy=LinearRetry(backoff=0.5, random_jitter_range=0.3, retry_total=2), connection_timeout=5, read_timeout=15)
+    storage = dict(
+        retry_policy=LinearRetry(backoff=0.5, random_jitter_range=0.3, retry_total=2),
+        connection_timeout=5,
+        read_timeout=15,
+    )
     if settings.storage.connection_string:
         service = QueueServiceClient.from_connection_string(settings.storage.connection_string, **storage)
     else:
-        service = QueueServiceClient(settings.storage.queue_service_uri, credential=storage_credential(settings.storage), **storage)
-    policy = RetryPolicy(connect_timeout=float(CONNECT_TIMEOUT_SECONDS), read_timeout=float(settings.read_timeout),
-                         max_total_seconds=float(settings.retry_budget))
-    client = PartnerCenterClient(settings.base_url, partner_center_credential(settings), settings.scope, policy=policy,
-                                 credential_factory=lambda: partner_center_credential(settings),
-                                 pacer=Pacer(settings.calls_per_minute))
-    log.info("customer deletion app configured: Partner Center %s, queues %s / %s / %s",
-             settings.base_url, settings.delete_queue, settings.poll_queue, settings.outcomes_queue)
+        service = QueueServiceClient(
+            settings.storage.queue_service_uri, credential=storage_credential(settings.storage), **storage
+        )
+    policy = RetryPolicy(
+        connect_timeout=float(CONNECT_TIMEOUT_SECONDS),
+        read_timeout=float(settings.read_timeout),
+        max_total_seconds=float(settings.retry_budget),
+    )
+    client = PartnerCenterClient(
+        settings.base_url,
+        partner_center_credential(settings),
+        settings.scope,
+        policy=policy,
+        credential_factory=lambda: partner_center_credential(settings),
+        pacer=Pacer(settings.calls_per_minute),
+    )
+    log.info(
+        "customer deletion app configured: Partner Center %s, queues %s / %s / %s",
+        settings.base_url,
+        settings.delete_queue,
+        settings.poll_queue,
+        settings.outcomes_queue,
+    )
     for note in settings.notes:
         log.warning("setting: %s", note)
     return Deps(settings=settings, partner_center=client, publisher=QueuePublisher(service))

@@ -1,11 +1,24 @@
 """Credentials, chosen from the settings once per process. Nothing here asks for a token."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from azure.identity import CertificateCredential, ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
+from azure.identity import (
+    CertificateCredential,
+    ClientSecretCredential,
+    DefaultAzureCredential,
+    ManagedIdentityCredential,
+)
 
-from shared.config import TOKEN_CONNECT_SECONDS, TOKEN_READ_SECONDS, TOKEN_RETRIES, Settings, StorageConnection, is_known_authority
+from shared.config import (
+    TOKEN_CONNECT_SECONDS,
+    TOKEN_READ_SECONDS,
+    TOKEN_RETRIES,
+    Settings,
+    StorageConnection,
+    is_known_authority,
+)
 
 __all__ = ["partner_center_credential", "storage_credential"]
 
@@ -14,8 +27,12 @@ def _token_endpoint_options(authority_host: str, *, app_credential: bool) -> dic
     """The authority, short timeouts and one retry at the token endpoint (azure-core's defaults wait for minutes). An
     app credential (secret or certificate) of a private or emulated authority gets no instance discovery: it would
     call login.microsoftonline.com."""
-    kwargs: dict[str, Any] = {"authority": authority_host, "connection_timeout": TOKEN_CONNECT_SECONDS,
-                              "read_timeout": TOKEN_READ_SECONDS, "retry_total": TOKEN_RETRIES}
+    kwargs: dict[str, Any] = {
+        "authority": authority_host,
+        "connection_timeout": TOKEN_CONNECT_SECONDS,
+        "read_timeout": TOKEN_READ_SECONDS,
+        "retry_total": TOKEN_RETRIES,
+    }
     if app_credential and not is_known_authority(authority_host):
         kwargs["disable_instance_discovery"] = True
     return kwargs
@@ -32,7 +49,9 @@ def partner_center_credential(settings: Settings) -> Any:
     if settings.client_secret:
         return ClientSecretCredential(settings.tenant_id, settings.client_id, settings.client_secret, **kwargs)
     if settings.client_certificate_path:
-        return CertificateCredential(settings.tenant_id, settings.client_id, certificate_path=settings.client_certificate_path, **kwargs)
+        return CertificateCredential(
+            settings.tenant_id, settings.client_id, certificate_path=settings.client_certificate_path, **kwargs
+        )
     return DefaultAzureCredential(exclude_interactive_browser_credential=True, **kwargs)
 
 
@@ -44,8 +63,14 @@ def storage_credential(storage: StorageConnection) -> Any:
     AZURE_AUTHORITY_HOST; ``__clientId`` alone: that user-assigned managed identity; nothing: DefaultAzureCredential.
     """
     if storage.use_managed_identity or (storage.client_id and not storage.client_secret):
-        return ManagedIdentityCredential(client_id=storage.client_id) if storage.client_id else ManagedIdentityCredential()
+        return (
+            ManagedIdentityCredential(client_id=storage.client_id) if storage.client_id else ManagedIdentityCredential()
+        )
     if storage.uses_client_secret:
-        return ClientSecretCredential(storage.tenant_id, storage.client_id, storage.client_secret,
-                                      **_token_endpoint_options(storage.authority_host, app_credential=True))
+        return ClientSecretCredential(
+            storage.tenant_id,
+            storage.client_id,
+            storage.client_secret,
+            **_token_endpoint_options(storage.authority_host, app_credential=True),
+        )
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)

@@ -3,6 +3,7 @@
 No invocation waits long in-process (Retry-After, back-off): a longer wait continues on the poll queue. No call starts
 after ``work_seconds``: the rest is handed to the next hop. So no deletion ever needs one long invocation.
 """
+
 from __future__ import annotations
 
 import threading

@@ -3,6 +3,7 @@
 ``Settings.from_env`` names every missing or malformed setting in one ``ConfigurationError``, so an operator
 fixes the deployment in one pass instead of one error per restart.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -114,8 +115,11 @@ class StorageConnection:
     def __repr__(self) -> str:  # never print the account key or the client secret
         if self.connection_string:
             return "StorageConnection(connection_string=<redacted>)"
-        extra = (f", tenant_id={self.tenant_id!r}, client_secret=<redacted>, authority_host={self.authority_host!r}"
-                 if self.uses_client_secret else "")
+        extra = (
+            f", tenant_id={self.tenant_id!r}, client_secret=<redacted>, authority_host={self.authority_host!r}"
+            if self.uses_client_secret
+            else ""
+        )
         return f"StorageConnection(queue_service_uri={self.queue_service_uri!r}, client_id={self.client_id!r}{extra})"
 
 
@@ -171,10 +175,14 @@ class Settings:
         for name in ("DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "DELETION_OUTCOMES_QUEUE"):
             queues[name] = _queue_name(name, get(name), problems)
         if len(set(queues.values())) != len(queues):
-            problems.append("DELETE_CUSTOMER_QUEUE, POLL_ORDERS_QUEUE and DELETION_OUTCOMES_QUEUE must be different queues")
+            problems.append(
+                "DELETE_CUSTOMER_QUEUE, POLL_ORDERS_QUEUE and DELETION_OUTCOMES_QUEUE must be different queues"
+            )
 
         base_url = _url("PARTNER_CENTER_BASE_URL", get("PARTNER_CENTER_BASE_URL"), problems, allow_loopback_http=True)
-        authority = _url("PARTNER_CENTER_AUTHORITY_HOST", get("PARTNER_CENTER_AUTHORITY_HOST"), problems, allow_loopback_http=False)
+        authority = _url(
+            "PARTNER_CENTER_AUTHORITY_HOST", get("PARTNER_CENTER_AUTHORITY_HOST"), problems, allow_loopback_http=False
+        )
         scope = get("PARTNER_CENTER_SCOPE")
         if not scope.endswith("/.default") or any(c.isspace() for c in scope):
             problems.append(f"PARTNER_CENTER_SCOPE must be one scope ending in '/.default' (got {scope!r})")
@@ -194,16 +202,22 @@ class Settings:
                 problems.append("PARTNER_CENTER_CLIENT_ID must be a GUID")
             if secret and secret.startswith("@Microsoft.KeyVault("):
                 # App Service leaves a reference it cannot resolve as its own text: a token request would fail later, and vaguely.
-                problems.append("PARTNER_CENTER_CLIENT_SECRET is a Key Vault reference the platform could not resolve: does the "
-                                "secret exist, and does the app's identity hold Key Vault Secrets User on the vault?")
+                problems.append(
+                    "PARTNER_CENTER_CLIENT_SECRET is a Key Vault reference the platform could not resolve: does the "
+                    "secret exist, and does the app's identity hold Key Vault Secrets User on the vault?"
+                )
             if secret and cert:
                 problems.append("set PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH, not both")
             elif not secret and not cert:
-                problems.append("PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH is required with an app credential")
+                problems.append(
+                    "PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH is required with an app credential"
+                )
 
         interval = _seconds("POLL_INTERVAL_SECONDS", get("POLL_INTERVAL_SECONDS"), problems, minimum=1)
         max_interval = _seconds("POLL_MAX_INTERVAL_SECONDS", get("POLL_MAX_INTERVAL_SECONDS"), problems, minimum=1)
-        timeout = _seconds("POLL_TIMEOUT_SECONDS", get("POLL_TIMEOUT_SECONDS"), problems, minimum=1, maximum=MAX_POLL_TIMEOUT_SECONDS)
+        timeout = _seconds(
+            "POLL_TIMEOUT_SECONDS", get("POLL_TIMEOUT_SECONDS"), problems, minimum=1, maximum=MAX_POLL_TIMEOUT_SECONDS
+        )
         if interval and max_interval and max_interval < interval:
             problems.append("POLL_MAX_INTERVAL_SECONDS must not be smaller than POLL_INTERVAL_SECONDS")
 
@@ -218,18 +232,36 @@ class Settings:
                 # A protection entry that cannot be read must stop the app: ignoring it could delete that customer.
                 problems.append(f"PROTECTED_CUSTOMER_IDS has an entry that is not a GUID: {item[:60]!r}")
 
-        read_timeout = _seconds("PARTNER_CENTER_TIMEOUT_SECONDS", get("PARTNER_CENTER_TIMEOUT_SECONDS"), problems, minimum=1, maximum=300)
+        read_timeout = _seconds(
+            "PARTNER_CENTER_TIMEOUT_SECONDS", get("PARTNER_CENTER_TIMEOUT_SECONDS"), problems, minimum=1, maximum=300
+        )
         # Compatible with the previous release (1-3600, per call): a larger value still starts, at the new maximum.
-        retry_budget = _seconds("PARTNER_CENTER_RETRY_BUDGET_SECONDS", get("PARTNER_CENTER_RETRY_BUDGET_SECONDS"), problems, minimum=0, maximum=3600)
+        retry_budget = _seconds(
+            "PARTNER_CENTER_RETRY_BUDGET_SECONDS",
+            get("PARTNER_CENTER_RETRY_BUDGET_SECONDS"),
+            problems,
+            minimum=0,
+            maximum=3600,
+        )
         notes = []
         if retry_budget > MAX_RETRY_BUDGET_SECONDS:
-            notes.append(f"PARTNER_CENTER_RETRY_BUDGET_SECONDS={retry_budget} is used as {MAX_RETRY_BUDGET_SECONDS}: it now bounds the "
-                         "in-process waits of a whole invocation; longer waits continue on the poll queue")
+            notes.append(
+                f"PARTNER_CENTER_RETRY_BUDGET_SECONDS={retry_budget} is used as {MAX_RETRY_BUDGET_SECONDS}: it now bounds the "
+                "in-process waits of a whole invocation; longer waits continue on the poll queue"
+            )
             retry_budget = MAX_RETRY_BUDGET_SECONDS
-        work_seconds = _seconds("INVOCATION_WORK_SECONDS", get("INVOCATION_WORK_SECONDS"), problems, minimum=1, maximum=120)
+        work_seconds = _seconds(
+            "INVOCATION_WORK_SECONDS", get("INVOCATION_WORK_SECONDS"), problems, minimum=1, maximum=120
+        )
         polling = host_max_polling_interval(app_root, env, problems)
-        calls_per_minute = _seconds("PARTNER_CENTER_CALLS_PER_MINUTE", get("PARTNER_CENTER_CALLS_PER_MINUTE"), problems,
-                                    minimum=1, maximum=100_000, unit="calls")
+        calls_per_minute = _seconds(
+            "PARTNER_CENTER_CALLS_PER_MINUTE",
+            get("PARTNER_CENTER_CALLS_PER_MINUTE"),
+            problems,
+            minimum=1,
+            maximum=100_000,
+            unit="calls",
+        )
 
         if problems:
             raise ConfigurationError(problems)
@@ -295,7 +327,9 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
     if not uri and account:
         uri = f"https://{account}.queue.core.windows.net"
     if not uri:
-        problems.append("AzureWebJobsStorage is required (a connection string, or AzureWebJobsStorage__queueServiceUri for an identity)")
+        problems.append(
+            "AzureWebJobsStorage is required (a connection string, or AzureWebJobsStorage__queueServiceUri for an identity)"
+        )
         return None
     parts = urlsplit(uri)
     if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(parts.hostname)):
@@ -305,13 +339,17 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
         problems.append("AzureWebJobsStorage__clientId must be a GUID")
     credential = get("credential")
     if credential and credential.lower() != "managedidentity":
-        problems.append(f"AzureWebJobsStorage__credential must be 'managedidentity' or not set (got {credential[:40]!r})")
+        problems.append(
+            f"AzureWebJobsStorage__credential must be 'managedidentity' or not set (got {credential[:40]!r})"
+        )
     managed = credential.lower() == "managedidentity"
     tenant_id, secret = get("tenantId") or None, get("clientSecret") or None
     authority = DEFAULTS["PARTNER_CENTER_AUTHORITY_HOST"]
     if managed and (tenant_id or secret):
-        problems.append("AzureWebJobsStorage__tenantId and __clientSecret are for local development: "
-                        "not with AzureWebJobsStorage__credential=managedidentity")
+        problems.append(
+            "AzureWebJobsStorage__tenantId and __clientSecret are for local development: "
+            "not with AzureWebJobsStorage__credential=managedidentity"
+        )
     elif secret or tenant_id:
         # Local development only (as the host documents it): an app registration's secret. All three or none.
         if not tenant_id:
@@ -327,15 +365,23 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
             authority = _url("AZURE_AUTHORITY_HOST", raw, problems, allow_loopback_http=False).rstrip("/")
         if parts.scheme != "https":
             problems.append("AzureWebJobsStorage__queueServiceUri must be an https URL with a token credential")
-    return StorageConnection(queue_service_uri=uri.rstrip("/"), client_id=client_id, use_managed_identity=managed,
-                             tenant_id=tenant_id, client_secret=secret, authority_host=authority)
+    return StorageConnection(
+        queue_service_uri=uri.rstrip("/"),
+        client_id=client_id,
+        use_managed_identity=managed,
+        tenant_id=tenant_id,
+        client_secret=secret,
+        authority_host=authority,
+    )
 
 
 def queue_name_problem(setting: str, name: str) -> str | None:
     """Why ``name`` (already lower-cased) cannot be one of the app's queues, or ``None``."""
     if not (3 <= len(name) <= 56) or not _QUEUE_NAME_RE.fullmatch(name):
-        return (f"{setting} must be a queue name of 3-56 lower-case letters, digits and single hyphens "
-                f"(56, so that '<name>-poison' is still valid; got {name!r})")
+        return (
+            f"{setting} must be a queue name of 3-56 lower-case letters, digits and single hyphens "
+            f"(56, so that '<name>-poison' is still valid; got {name!r})"
+        )
     return None
 
 
@@ -358,8 +404,15 @@ def _url(setting: str, value: str, problems: list[str], *, allow_loopback_http: 
     return value
 
 
-def _seconds(setting: str, value: str, problems: list[str], *, minimum: int, maximum: int | None = MAX_QUEUE_DELAY_SECONDS,
-             unit: str = "seconds") -> int:
+def _seconds(
+    setting: str,
+    value: str,
+    problems: list[str],
+    *,
+    minimum: int,
+    maximum: int | None = MAX_QUEUE_DELAY_SECONDS,
+    unit: str = "seconds",
+) -> int:
     try:
         seconds = int(value)
     except ValueError:
@@ -400,8 +453,13 @@ def host_max_polling_interval(app_root: Path, env: Mapping[str, str], problems: 
             problems.append(f"maxPollingInterval must be a TimeSpan such as 00:00:10 (got {raw!r})")
         return 60.0
     days, hours, minutes, seconds, fraction = m.groups()
-    return (int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + int(seconds)
-            + (float("0." + fraction) if fraction else 0.0))
+    return (
+        int(days or 0) * 86400
+        + int(hours) * 3600
+        + int(minutes) * 60
+        + int(seconds)
+        + (float("0." + fraction) if fraction else 0.0)
+    )
 
 
 _lock = threading.Lock()

@@ -14,6 +14,7 @@
 
 The service turns each into an observation; what it means is decided by the core (``shared.workflow``).
 """
+
 from __future__ import annotations
 
 __all__ = [

@@ -1,4 +1,5 @@
 """Identifier shapes. Every value that goes into a Partner Center URL is checked here first."""
+
 from __future__ import annotations
 
 import re

@@ -8,6 +8,7 @@ Poll messages stay at version 1 and only gain optional fields, so the release be
 each other's poll messages: an older reader ignores the new fields, and this reader gives missing ones their
 defaults. The order statuses a poll message carries are hints for what to read first, never proof of anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -167,11 +168,15 @@ def _load_json(text: str) -> Any:
         raise InvalidMessageError(f"message is neither a GUID nor valid JSON ({str(exc)[:80]})") from None
 
 
-def parse_deletion_request(body: bytes | str, *, message_id: str, insertion_time: datetime | None, now: datetime) -> DeletionRequest:
+def parse_deletion_request(
+    body: bytes | str, *, message_id: str, insertion_time: datetime | None, now: datetime
+) -> DeletionRequest:
     """Parse a deletion request: the JSON object form, or a bare GUID as the whole body."""
     derived = derived_correlation_id(message_id)
     try:
-        return _parse_deletion_request(body, derived, insertion_time.astimezone(timezone.utc) if insertion_time else now)
+        return _parse_deletion_request(
+            body, derived, insertion_time.astimezone(timezone.utc) if insertion_time else now
+        )
     except InvalidMessageError as exc:
         exc.correlation_id = exc.correlation_id or derived
         raise
@@ -212,7 +217,9 @@ def _parse_deletion_request(body: bytes | str, derived: str, requested_at: datet
         dry_run = False
     if not isinstance(dry_run, bool):
         raise InvalidMessageError(
-            f"dryRun must be true or false (got a {type(dry_run).__name__})", customer_id=customer_id, correlation_id=correlation_id
+            f"dryRun must be true or false (got a {type(dry_run).__name__})",
+            customer_id=customer_id,
+            correlation_id=correlation_id,
         )
     return DeletionRequest(customer_id, correlation_id, dry_run, requested_at)
 
@@ -229,15 +236,23 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         raise InvalidMessageError("poll message is not a JSON object")
     version = data.get("schemaVersion")
     if version != POLL_SCHEMA_VERSION or isinstance(version, bool):
-        raise InvalidMessageError(f"poll message has unsupported schemaVersion {str(version)[:20]!r} (this app reads {POLL_SCHEMA_VERSION})")
+        raise InvalidMessageError(
+            f"poll message has unsupported schemaVersion {str(version)[:20]!r} (this app reads {POLL_SCHEMA_VERSION})"
+        )
     customer = data.get("customerTenantId")
     correlation = data.get("correlationId")
     customer_id = customer.lower() if is_guid(customer) else None
     correlation_id = correlation.lower() if is_guid(correlation) else None
     if data.get("kind") != "poll":
-        raise InvalidMessageError("poll message kind is not 'poll'", customer_id=customer_id, correlation_id=correlation_id)
+        raise InvalidMessageError(
+            "poll message kind is not 'poll'", customer_id=customer_id, correlation_id=correlation_id
+        )
     if customer_id is None or correlation_id is None:
-        raise InvalidMessageError("poll message has no valid customerTenantId and correlationId", customer_id=customer_id, correlation_id=correlation_id)
+        raise InvalidMessageError(
+            "poll message has no valid customerTenantId and correlationId",
+            customer_id=customer_id,
+            correlation_id=correlation_id,
+        )
     try:
         orders = []
         raw_orders = data["orders"]
@@ -274,12 +289,32 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         if not isinstance(seen, bool):
             raise ValueError("customerSeen is not a boolean")
     except (KeyError, ValueError, TypeError) as exc:
-        raise InvalidMessageError(f"poll message is malformed: {str(exc)[:100]}", customer_id=customer_id, correlation_id=correlation_id) from None
+        raise InvalidMessageError(
+            f"poll message is malformed: {str(exc)[:100]}", customer_id=customer_id, correlation_id=correlation_id
+        ) from None
     if len({o.id for o in orders}) != len(orders):
-        raise InvalidMessageError("poll message lists an order twice", customer_id=customer_id, correlation_id=correlation_id)
-    return PollMessage(customer_id, correlation_id, tuple(orders), counts["attempt"], requested_at, first_handled_at,
-                       counts["deleteRefusals"], stage, dry_run, delete_by, counts["recoveries"], counts["setbacks"],
-                       cause, cause_detail, seen, counts["lastLooks"], cancel_sent_at)
+        raise InvalidMessageError(
+            "poll message lists an order twice", customer_id=customer_id, correlation_id=correlation_id
+        )
+    return PollMessage(
+        customer_id,
+        correlation_id,
+        tuple(orders),
+        counts["attempt"],
+        requested_at,
+        first_handled_at,
+        counts["deleteRefusals"],
+        stage,
+        dry_run,
+        delete_by,
+        counts["recoveries"],
+        counts["setbacks"],
+        cause,
+        cause_detail,
+        seen,
+        counts["lastLooks"],
+        cancel_sent_at,
+    )
 
 
 def _optional(data: dict, name: str, default: Any) -> Any:
@@ -304,8 +339,12 @@ def readable_fields(body: bytes | str) -> tuple[str | None, str | None, bool | N
         requested_at = parse_iso(data.get("requestedAt"))
     except (ValueError, TypeError):
         requested_at = None
-    return (customer.lower() if is_guid(customer) else None, correlation.lower() if is_guid(correlation) else None,
-            dry_run if isinstance(dry_run, bool) else None, requested_at)
+    return (
+        customer.lower() if is_guid(customer) else None,
+        correlation.lower() if is_guid(correlation) else None,
+        dry_run if isinstance(dry_run, bool) else None,
+        requested_at,
+    )
 
 
 def event_id(correlation_id: str, requested_at: datetime) -> str:

@@ -10,6 +10,7 @@ the day of the week must *both* match (NCrontab's rule, unlike Vixie cron's "eit
 rather than read NCrontab's lenient way (swapped; step 1). ``parse(text, strict=False)`` is the host's reading (five
 fields allowed, with the seconds at 0); the local host schedules with it. Nothing here reads a clock.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,11 +19,30 @@ from datetime import date, datetime, time, timedelta, timezone
 
 __all__ = ["ScheduleError", "Schedule", "parse", "SEARCH_YEARS"]
 
-_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december")
+_MONTHS = (
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
 _DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 #: name, minimum, maximum, value names (first name = minimum)
-_FIELDS = (("second", 0, 59, None), ("minute", 0, 59, None), ("hour", 0, 23, None), ("day", 1, 31, None),
-           ("month", 1, 12, _MONTHS), ("day of week", 0, 6, _DAYS))
+_FIELDS = (
+    ("second", 0, 59, None),
+    ("minute", 0, 59, None),
+    ("hour", 0, 23, None),
+    ("day", 1, 31, None),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 6, _DAYS),
+)
 #: How far ``next_after`` and ``latest_at_or_before`` look. A schedule that matches no day in this span never occurs
 #: (such as 30 February); 29 February on a given weekday recurs within 40 years.
 SEARCH_YEARS = 50
@@ -122,8 +142,15 @@ def parse(text: str, *, strict: bool = True) -> Schedule:
         wanted = "six fields ({second} {minute} {hour} {day} {month} {day-of-week})"
         raise ScheduleError(f"an NCRONTAB schedule has {wanted}, not {len(fields)}: {text[:80]!r}")
     values = [_field(f, *spec, strict=strict) for f, spec in zip(fields, _FIELDS)]
-    return Schedule(" ".join(fields), tuple(sorted(values[0])), tuple(sorted(values[1])), tuple(sorted(values[2])),
-                    frozenset(values[3]), frozenset(values[4]), frozenset(values[5]))
+    return Schedule(
+        " ".join(fields),
+        tuple(sorted(values[0])),
+        tuple(sorted(values[1])),
+        tuple(sorted(values[2])),
+        frozenset(values[3]),
+        frozenset(values[4]),
+        frozenset(values[5]),
+    )
 
 
 def _field(text: str, name: str, low: int, high: int, names: tuple[str, ...] | None, *, strict: bool) -> set[int]:
@@ -141,7 +168,9 @@ def _field(text: str, name: str, low: int, high: int, names: tuple[str, ...] | N
                 raise ScheduleError(f"the {name} field {text[:40]!r} has a step of 0")
             if step == 1 and strict and body != "*" and "-" not in body[1:]:
                 # NCrontab versions disagree on 'a/1' (a alone, or a to the maximum): refused rather than guessed
-                raise ScheduleError(f"the {name} field {text[:40]!r} has 'value/1', which NCrontab versions read differently")
+                raise ScheduleError(
+                    f"the {name} field {text[:40]!r} has 'value/1', which NCrontab versions read differently"
+                )
         if body == "*":
             first, last = low, high
         elif "-" in body[1:]:

@@ -10,6 +10,7 @@ A wait for a slot counts toward the invocation's in-process waiting allowance (`
 not fit is not slept through: the call raises ``ThrottledError`` with the wait as its ``Retry-After``, and the
 request continues on the poll queue like any throttled hop.
 """
+
 from __future__ import annotations
 
 import threading
@@ -27,8 +28,13 @@ MARGIN_SECONDS = 1.0
 
 
 class Pacer:
-    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
         self.per_minute = per_minute

@@ -8,6 +8,7 @@ Retries stay inside the invocation's ``Budget``: no attempt starts after its wor
 of one invocation together stay within its waiting allowance. A wait that does not fit raises the typed error, and
 the core continues the request on the poll queue instead (``shared.workflow``).
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -43,8 +44,16 @@ from shared.errors import (
 from shared.ids import is_guid, is_order_id
 from shared.pacing import Pacer
 
-__all__ = ["RetryPolicy", "TokenCredential", "PartnerCenterClient", "decode_body", "error_from_response", "parse_retry_after",
-           "RETRY_AFTER_MIN", "RETRY_AFTER_MAX"]
+__all__ = [
+    "RetryPolicy",
+    "TokenCredential",
+    "PartnerCenterClient",
+    "decode_body",
+    "error_from_response",
+    "parse_retry_after",
+    "RETRY_AFTER_MIN",
+    "RETRY_AFTER_MAX",
+]
 
 log = logging.getLogger("customer_deletion.partner_center")
 
@@ -159,7 +168,9 @@ def error_from_response(resp: requests.Response, method: str, path: str) -> Part
 def _segment(value: str, kind: str) -> str:
     ok = is_guid(value) if kind == "customer" else is_order_id(value)
     if not ok:
-        raise UnsafeIdError(f"refusing to build a URL from a {kind} id that is not the documented shape: {str(value)[:80]!r}")
+        raise UnsafeIdError(
+            f"refusing to build a URL from a {kind} id that is not the documented shape: {str(value)[:80]!r}"
+        )
     return value
 
 
@@ -200,7 +211,9 @@ class PartnerCenterClient:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}"
         return self._call("GET", path, correlation_id=correlation_id, budget=budget) or {}
 
-    def list_entitlement_order_ids(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> list[str]:
+    def list_entitlement_order_ids(
+        self, customer_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> list[str]:
         """Every ``referenceOrder.id`` of the customer's entitlements (nested ones too), de-duplicated, in order."""
         seen: dict[str, None] = {}
         for item in self._entitlements(customer_id, correlation_id, budget):
@@ -216,15 +229,21 @@ class PartnerCenterClient:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}/orders/{_segment(order_id, 'order')}"
         return self._call("GET", path, correlation_id=correlation_id, budget=budget) or {}
 
-    def cancel_order(self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict:
+    def cancel_order(
+        self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}/orders/{_segment(order_id, 'order')}"
         body = {"id": order_id, "status": "cancelled"}
         return self._call("PATCH", path, correlation_id=correlation_id, json_body=body, budget=budget) or {}
 
     def delete_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> None:
-        self._call("DELETE", f"/v1/customers/{_segment(customer_id, 'customer')}", correlation_id=correlation_id, budget=budget)
+        self._call(
+            "DELETE", f"/v1/customers/{_segment(customer_id, 'customer')}", correlation_id=correlation_id, budget=budget
+        )
 
-    def list_customers(self, *, correlation_id: str, budget: Budget | None = None, stop_after: int | None = None) -> list[Any]:
+    def list_customers(
+        self, *, correlation_id: str, budget: Budget | None = None, stop_after: int | None = None
+    ) -> list[Any]:
         """Every item of the partner's customer list, all pages (``links.next`` + ``MS-ContinuationToken``), as
         listed: items are not validated here (the sweep's core does that). With ``stop_after``, paging stops as soon
         as more than that many items were listed (the caller refuses such a list anyway). Any failure raises: a
@@ -243,7 +262,9 @@ class PartnerCenterClient:
         for page in self._pages(f"/v1/customers/{cid}/entitlements", "", "entitlements", correlation_id, budget):
             yield from (i for i in page if isinstance(i, dict))
 
-    def _pages(self, collection: str, query: str, what: str, correlation_id: str, budget: Budget | None) -> Iterator[list]:
+    def _pages(
+        self, collection: str, query: str, what: str, correlation_id: str, budget: Budget | None
+    ) -> Iterator[list]:
         """The ``items`` of each page of a collection, following ``links.next``; a malformed page, a page repeated,
         or more than MAX_PAGES pages raise ``TransientError``, a ``links.next`` elsewhere raises ``UnsafeIdError``."""
         path = collection + (f"?{query}" if query else "")
@@ -321,13 +342,23 @@ class PartnerCenterClient:
         # The cached token may have been revoked: a new credential (empty cache) fetches a fresh one, once.
         if not budget.may_start_call():
             raise OutOfTimeError(None, None, "no work time left to retry after a 401", method=method, path=path)
-        log.warning("%s %s answered 401: renewing the credential and retrying once (request %s)", method, path, request_id)
+        log.warning(
+            "%s %s answered 401: renewing the credential and retrying once (request %s)", method, path, request_id
+        )
         with self._credential_lock:
             self._credential = self._credential_factory()
         return self._send(method, path, request_id, correlation_id, json_body, extra_headers or {}, budget)
 
-    def _send(self, method: str, path: str, request_id: str, correlation_id: str, json_body: Any,
-              extra: dict[str, str], budget: Budget) -> Any:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        request_id: str,
+        correlation_id: str,
+        json_body: Any,
+        extra: dict[str, str],
+        budget: Budget,
+    ) -> Any:
         """One logical call with bounded retries: 429 waits its Retry-After, 408/5xx/connection failures back off."""
         policy = self._policy
         planned: dict[int, float | None] = {}
@@ -353,8 +384,15 @@ class PartnerCenterClient:
         def sleep(seconds: float) -> None:
             budget.record_wait(seconds)
             exc = last["exc"]
-            log.warning("retrying %s %s after %s (request %s, correlation %s, sleeping %.1fs)",
-                        method, path, exc, request_id, correlation_id, seconds)
+            log.warning(
+                "retrying %s %s after %s (request %s, correlation %s, sleeping %.1fs)",
+                method,
+                path,
+                exc,
+                request_id,
+                correlation_id,
+                seconds,
+            )
             self._sleep(seconds)
 
         last: dict[str, Any] = {"exc": None}
@@ -364,9 +402,15 @@ class PartnerCenterClient:
                 if self._pacer is not None:
                     wait = self._pacer.acquire(budget)
                     if wait is not None:  # no slot within this invocation's waiting allowance: continue later
-                        raise ThrottledError(None, None, f"paced: this instance has used its {self._pacer.per_minute} calls per "
-                                             f"minute (PARTNER_CENTER_CALLS_PER_MINUTE); the next slot frees in {wait:.1f}s",
-                                             method=method, path=path, retry_after=_clamp_retry_after(wait))
+                        raise ThrottledError(
+                            None,
+                            None,
+                            f"paced: this instance has used its {self._pacer.per_minute} calls per "
+                            f"minute (PARTNER_CENTER_CALLS_PER_MINUTE); the next slot frees in {wait:.1f}s",
+                            method=method,
+                            path=path,
+                            retry_after=_clamp_retry_after(wait),
+                        )
                 return self._attempt(method, path, request_id, correlation_id, json_body, extra)
             except (TransientError, ThrottledError) as exc:
                 last["exc"] = exc
@@ -387,7 +431,9 @@ class PartnerCenterClient:
         try:
             token = self._credential.get_token(self._scope).token
         except Exception as exc:  # azure-identity raises ClientAuthenticationError / ServiceRequestError
-            raise TransientError(None, None, f"could not obtain a token: {type(exc).__name__}", method=method, path=path) from exc
+            raise TransientError(
+                None, None, f"could not obtain a token: {type(exc).__name__}", method=method, path=path
+            ) from exc
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -409,12 +455,16 @@ class PartnerCenterClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            raise TransientError(None, None, f"{type(exc).__name__} talking to Partner Center", method=method, path=path) from exc
+            raise TransientError(
+                None, None, f"{type(exc).__name__} talking to Partner Center", method=method, path=path
+            ) from exc
         if 200 <= resp.status_code < 300:
             try:
                 return decode_body(resp.content)
             except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                raise TransientError(resp.status_code, None, "response body is not JSON", method=method, path=path) from exc
+                raise TransientError(
+                    resp.status_code, None, "response body is not JSON", method=method, path=path
+                ) from exc
         if 300 <= resp.status_code < 400:
             raise RefusedError(resp.status_code, None, "unexpected redirect (not followed)", method=method, path=path)
         error = error_from_response(resp, method, path)

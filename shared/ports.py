@@ -3,6 +3,7 @@
 ``shared.partner_center.PartnerCenterClient`` and ``shared.queues.QueuePublisher`` implement them in production; the
 unit tests' fakes and the property test's simulated world implement them too.
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -17,15 +18,23 @@ class PartnerCenterPort(Protocol):
 
     def get_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict: ...
 
-    def list_entitlement_order_ids(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> list[str]: ...
+    def list_entitlement_order_ids(
+        self, customer_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> list[str]: ...
 
-    def get_order(self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict: ...
+    def get_order(
+        self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict: ...
 
-    def cancel_order(self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict: ...
+    def cancel_order(
+        self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict: ...
 
     def delete_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> None: ...
 
-    def list_customers(self, *, correlation_id: str, budget: Budget | None = None, stop_after: int | None = None) -> list: ...
+    def list_customers(
+        self, *, correlation_id: str, budget: Budget | None = None, stop_after: int | None = None
+    ) -> list: ...
 
 
 class PublisherPort(Protocol):

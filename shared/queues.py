@@ -1,4 +1,5 @@
 """Sending to storage queues the way the Functions host reads them: Base64 text, queue created when missing."""
+
 from __future__ import annotations
 
 import base64

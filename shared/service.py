@@ -4,6 +4,7 @@ The service has no decisions of its own. It executes the core's calls, turns eve
 observation for the core, and publishes the core's last command: the next poll message (``Continue``) or the
 request's outcome (``Finish``), written in one place (``_publish``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,14 @@ from shared.errors import (
     UnsafeIdError,
 )
 from shared.ids import derived_correlation_id
-from shared.messages import PollMessage, deletion_request_text, outcome_event, parse_deletion_request, parse_poll_message, readable_fields
+from shared.messages import (
+    PollMessage,
+    deletion_request_text,
+    outcome_event,
+    parse_deletion_request,
+    parse_poll_message,
+    readable_fields,
+)
 from shared.ports import PartnerCenterPort, PublisherPort
 
 __all__ = ["Deps", "QueueMessageLike", "handle_deletion_request", "handle_poll", "policy_for", "utc_now"]
@@ -64,8 +72,13 @@ class Deps:
 def policy_for(s: Settings) -> core.Policy:
     call_time = float(TOKEN_SECONDS + CONNECT_TIMEOUT_SECONDS + s.read_timeout)  # a token, then one attempt
     return core.Policy(
-        interval=s.poll_interval, max_interval=s.poll_max_interval, timeout=s.poll_timeout, protected=s.protected_ids,
-        hop_work=float(s.work_seconds), pickup=s.max_polling_interval, call_time=call_time,
+        interval=s.poll_interval,
+        max_interval=s.poll_max_interval,
+        timeout=s.poll_timeout,
+        protected=s.protected_ids,
+        hop_work=float(s.work_seconds),
+        pickup=s.max_polling_interval,
+        call_time=call_time,
         # A DELETE decided just before the cut-off lands within one invocation's work time (in-process waits
         # included: the budget allows no wait past it) and one more call.
         settle=s.work_seconds + call_time + 5.0,
@@ -93,22 +106,38 @@ class _Log(logging.LoggerAdapter):
 
     def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:
         e = self.extra
-        return (f"[{e['function']}] {msg} (correlation={e['correlation_id']} customer={e['customer_id']} "
-                f"invocation={e['invocation_id']})"), kwargs
+        return (
+            f"[{e['function']}] {msg} (correlation={e['correlation_id']} customer={e['customer_id']} "
+            f"invocation={e['invocation_id']})"
+        ), kwargs
 
 
 def _logger(req: _Request) -> _Log:
-    return _Log(log, {"function": req.function, "correlation_id": req.correlation_id,
-                      "customer_id": req.customer_id or "-", "invocation_id": req.invocation_id})
+    return _Log(
+        log,
+        {
+            "function": req.function,
+            "correlation_id": req.correlation_id,
+            "customer_id": req.customer_id or "-",
+            "invocation_id": req.invocation_id,
+        },
+    )
 
 
 def _bind(req: _Request, hop: int) -> None:
     """The request's structured log fields, for every record of the rest of this invocation (``shared.telemetry``)."""
-    telemetry.bind(function=req.function, invocationId=req.invocation_id, correlationId=req.correlation_id,
-                   customerTenantId=req.customer_id, requestedAt=req.requested_at, hop=hop)
+    telemetry.bind(
+        function=req.function,
+        invocationId=req.invocation_id,
+        correlationId=req.correlation_id,
+        customerTenantId=req.customer_id,
+        requestedAt=req.requested_at,
+        hop=hop,
+    )
 
 
 # -- the two entry points -------------------------------------------------------------------------------------------
+
 
 def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
     now = deps.clock()
@@ -116,12 +145,24 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
     try:
         request = parse_deletion_request(body, message_id=str(msg.id or ""), insertion_time=msg.insertion_time, now=now)
     except InvalidMessageError as exc:
-        req = _Request("delete_customer", invocation_id, exc.correlation_id or derived_correlation_id(str(msg.id or "")),
-                       exc.customer_id, msg.insertion_time or now)
+        req = _Request(
+            "delete_customer",
+            invocation_id,
+            exc.correlation_id or derived_correlation_id(str(msg.id or "")),
+            exc.customer_id,
+            msg.insertion_time or now,
+        )
         _bind(req, 0)
         _publish(deps, req, core.reject_invalid_request(exc.reason), original=body)
         return
-    req = _Request("delete_customer", invocation_id, request.correlation_id, request.customer_id, request.requested_at, request.dry_run)
+    req = _Request(
+        "delete_customer",
+        invocation_id,
+        request.correlation_id,
+        request.customer_id,
+        request.requested_at,
+        request.dry_run,
+    )
     _bind(req, 0)
     _logger(req).info("received deletion request (dryRun=%s, delivery %s)", request.dry_run, msg.dequeue_count)
     start = core.begin_request(request, delivery=int(msg.dequeue_count or 1), now=now, policy=deps.policy)
@@ -135,23 +176,45 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
         poll = parse_poll_message(body)
     except InvalidMessageError as exc:
         customer, correlation, dry_run, requested_at = readable_fields(body)
-        req = _Request("poll_orders", invocation_id, correlation or exc.correlation_id or derived_correlation_id(str(msg.id or "")),
-                       customer, requested_at or msg.insertion_time or now, bool(dry_run))
+        req = _Request(
+            "poll_orders",
+            invocation_id,
+            correlation or exc.correlation_id or derived_correlation_id(str(msg.id or "")),
+            customer,
+            requested_at or msg.insertion_time or now,
+            bool(dry_run),
+        )
         _bind(req, 0)
-        _logger(req).warning("could not read a poll message (message %s, delivery %s): %s", msg.id, msg.dequeue_count, exc.reason)
-        start = core.unreadable_poll(exc.reason, customer_id=customer, correlation_id=correlation, dry_run=dry_run,
-                                     requested_at=req.requested_at, now=now, policy=deps.policy)
+        _logger(req).warning(
+            "could not read a poll message (message %s, delivery %s): %s", msg.id, msg.dequeue_count, exc.reason
+        )
+        start = core.unreadable_poll(
+            exc.reason,
+            customer_id=customer,
+            correlation_id=correlation,
+            dry_run=dry_run,
+            requested_at=req.requested_at,
+            now=now,
+            policy=deps.policy,
+        )
         _run(deps, req, start, original=body)
         return
     req = _Request("poll_orders", invocation_id, poll.correlation_id, poll.customer_id, poll.requested_at, poll.dry_run)
     _bind(req, poll.attempt + 1)
-    _logger(req).info("poll hop %d, stage %s (message %s, delivery %s): %d order(s) known", poll.attempt + 1, poll.stage,
-                      msg.id, msg.dequeue_count, len(poll.orders))
+    _logger(req).info(
+        "poll hop %d, stage %s (message %s, delivery %s): %d order(s) known",
+        poll.attempt + 1,
+        poll.stage,
+        msg.id,
+        msg.dequeue_count,
+        len(poll.orders),
+    )
     start = core.begin_poll(poll, delivery=int(msg.dequeue_count or 1), now=now, policy=deps.policy)
     _run(deps, req, start, original=body)
 
 
 # -- execute and publish --------------------------------------------------------------------------------------------
+
 
 def _run(deps: Deps, req: _Request, start: core.Hop | core.Command, *, original: bytes | str) -> None:
     if not isinstance(start, core.Hop):
@@ -183,10 +246,18 @@ def _execute(deps: Deps, req: _Request, chain: PollMessage, call: core.Call, bud
         else:
             body = pc.delete_customer(cid, correlation_id=corr, budget=budget)
     except UnsafeIdError as exc:
-        observation: core.Observation = core.Failure(core.FailureKind.UNSAFE, description=str(exc), where=call.describe())
+        observation: core.Observation = core.Failure(
+            core.FailureKind.UNSAFE, description=str(exc), where=call.describe()
+        )
     except PartnerCenterError as exc:
-        observation = core.Failure(_kind(exc), exc.status, exc.code, exc.description, exc.retry_after,
-                                   f"{exc.method} {exc.path}".strip() or call.describe())
+        observation = core.Failure(
+            _kind(exc),
+            exc.status,
+            exc.code,
+            exc.description,
+            exc.retry_after,
+            f"{exc.method} {exc.path}".strip() or call.describe(),
+        )
     else:
         observation = core.Answer(body)
     _logger(req).info("%s: %s", call.describe(), _summary(observation))
@@ -194,10 +265,14 @@ def _execute(deps: Deps, req: _Request, chain: PollMessage, call: core.Call, bud
 
 
 def _kind(exc: PartnerCenterError) -> core.FailureKind:
-    for error_type, kind in ((ThrottledError, core.FailureKind.THROTTLED), (OutOfTimeError, core.FailureKind.OUT_OF_TIME),
-                             (TransientError, core.FailureKind.TRANSIENT),
-                             (AuthenticationError, core.FailureKind.AUTH), (NotFoundError, core.FailureKind.NOT_FOUND),
-                             (ConflictError, core.FailureKind.CONFLICT)):
+    for error_type, kind in (
+        (ThrottledError, core.FailureKind.THROTTLED),
+        (OutOfTimeError, core.FailureKind.OUT_OF_TIME),
+        (TransientError, core.FailureKind.TRANSIENT),
+        (AuthenticationError, core.FailureKind.AUTH),
+        (NotFoundError, core.FailureKind.NOT_FOUND),
+        (ConflictError, core.FailureKind.CONFLICT),
+    ):
         if isinstance(exc, error_type):
             return kind
     return core.FailureKind.REFUSED
@@ -228,12 +303,21 @@ def _publish(deps: Deps, req: _Request, command: core.Continue | core.Finish, *,
     elif poison is core.Poison.POLL_ORIGINAL:
         deps.publisher.send(s.poll_poison_queue, original)
     elif poison is core.Poison.EQUIVALENT and req.customer_id:
-        deps.publisher.send(s.delete_poison_queue, deletion_request_text(req.customer_id, req.correlation_id, dry_run=req.dry_run))
+        deps.publisher.send(
+            s.delete_poison_queue, deletion_request_text(req.customer_id, req.correlation_id, dry_run=req.dry_run)
+        )
     if poison is not core.Poison.NONE:
         line.warning("copied the request to a poison queue for a redrive (%s)", poison.value)
-    event = outcome_event(outcome=command.outcome.value, customer_id=req.customer_id, correlation_id=req.correlation_id,
-                          orders=command.orders, poll_attempts=command.poll_attempts, detail=command.detail,
-                          requested_at=req.requested_at, finished_at=deps.clock())
+    event = outcome_event(
+        outcome=command.outcome.value,
+        customer_id=req.customer_id,
+        correlation_id=req.correlation_id,
+        orders=command.orders,
+        poll_attempts=command.poll_attempts,
+        detail=command.detail,
+        requested_at=req.requested_at,
+        finished_at=deps.clock(),
+    )
     deps.publisher.send(s.outcomes_queue, event)
     telemetry.bind(outcome=command.outcome.value)
     ok = command.outcome in (core.Outcome.DELETED, core.Outcome.NOT_FOUND, core.Outcome.DRY_RUN)

@@ -15,6 +15,7 @@ Safety rules (see the README, "The sweep"):
   searches in a child process under ``MATCH_SECONDS`` and hands the results back (``Searches``); the core decides
   from them, and refuses the run when they are missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,32 @@ from shared.messages import deletion_request_text, iso
 from shared.ncrontab import Schedule, ScheduleError, parse
 
 __all__ = [
-    "SWEEP_DEFAULTS", "MODES", "REASONS", "MAX_NAME_CHARS", "REPORT_SCHEMA_VERSION", "SweepPolicy", "RunTime", "Decision",
-    "Plan", "read_policy", "before_listing", "run_time", "run_id", "correlation_id", "plan", "request_text", "report_text", "MAX_REPORT_BYTES",
-    "SearchJob", "Searches", "probe_job", "check_patterns", "match_job", "MATCH_SECONDS", "PROBES", "TICK_LATENESS",
+    "SWEEP_DEFAULTS",
+    "MODES",
+    "REASONS",
+    "MAX_NAME_CHARS",
+    "REPORT_SCHEMA_VERSION",
+    "SweepPolicy",
+    "RunTime",
+    "Decision",
+    "Plan",
+    "read_policy",
+    "before_listing",
+    "run_time",
+    "run_id",
+    "correlation_id",
+    "plan",
+    "request_text",
+    "report_text",
+    "MAX_REPORT_BYTES",
+    "SearchJob",
+    "Searches",
+    "probe_job",
+    "check_patterns",
+    "match_job",
+    "MATCH_SECONDS",
+    "PROBES",
+    "TICK_LATENESS",
 ]
 
 SWEEP_DEFAULTS: dict[str, str] = {
@@ -46,7 +70,16 @@ SWEEP_DEFAULTS: dict[str, str] = {
 }
 MODES = ("off", "report", "delete")
 #: Why a listed customer was or was not selected, in the order they are checked.
-REASONS = ("invalid_id", "duplicate", "protected", "name_too_long", "not_matching", "excluded", "over_limit", "selected")
+REASONS = (
+    "invalid_id",
+    "duplicate",
+    "protected",
+    "name_too_long",
+    "not_matching",
+    "excluded",
+    "over_limit",
+    "selected",
+)
 MAX_NAME_CHARS = 256
 MAX_PATTERN_CHARS = 1000
 MAX_LIMIT = 1000
@@ -57,7 +90,17 @@ REPORT_SCHEMA_VERSION = 1
 MAX_REPORT_BYTES = 46 * 1024
 #: Texts a sane pattern never matches with zero characters: a pattern that does (``x*``, ``\B``, a lone lookahead)
 #: matches at positions, not names, and would select nearly every customer.
-PROBES = ("", "a", "ab", "a b", "0", "a-b.c", "é", "Tip test run 0001 – Contoso", "contosotiptestrun0001.onmicrosoft.com")
+PROBES = (
+    "",
+    "a",
+    "ab",
+    "a b",
+    "0",
+    "a-b.c",
+    "é",
+    "Tip test run 0001 – Contoso",
+    "contosotiptestrun0001.onmicrosoft.com",
+)
 #: A run is the scheduled one when it starts this close after the latest occurrence and nothing else tells.
 SCHEDULED_TOLERANCE = timedelta(seconds=60)
 #: A stored schedule status whose ``Next`` has come is this run's tick only if the run starts at most this long after
@@ -142,7 +185,9 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
             if schedule.next_after(datetime(2000, 1, 1, tzinfo=timezone.utc)) is None:
                 problems.append(f"SWEEP_SCHEDULE never occurs: {text[:80]!r}")
                 schedule = None
-    return SweepPolicy(mode if mode in MODES else "report", include, exclude, max_per_run, limit, reports, schedule, tuple(problems))
+    return SweepPolicy(
+        mode if mode in MODES else "report", include, exclude, max_per_run, limit, reports, schedule, tuple(problems)
+    )
 
 
 def _pattern(name: str, raw: str, problems: list[str]) -> str | None:
@@ -183,8 +228,12 @@ class Searches:
     failure: str | None = None
 
     def usable_for(self, job: SearchJob) -> bool:
-        return self.failure is None and self.job == job and all(p in self.found for p in job.patterns) \
+        return (
+            self.failure is None
+            and self.job == job
+            and all(p in self.found for p in job.patterns)
             and (not job.zero_width or all(p in self.zero_width for p in job.patterns))
+        )
 
 
 def probe_job(policy: SweepPolicy) -> SearchJob | None:
@@ -202,19 +251,29 @@ def check_patterns(policy: SweepPolicy, searches: Searches | None) -> SweepPolic
     named = [(n, p) for n, p in (("SWEEP_INCLUDE", policy.include), ("SWEEP_EXCLUDE", policy.exclude)) if p is not None]
     if searches is None or not searches.usable_for(job):
         why = searches.failure if searches is not None and searches.failure else "no results"
-        problems.append(f"{' and '.join(n for n, _ in named)} could not be tried on test texts ({why}); a pattern with "
-                        "nested repetition, such as (a+)+$, can take hours on some texts")
+        problems.append(
+            f"{' and '.join(n for n, _ in named)} could not be tried on test texts ({why}); a pattern with "
+            "nested repetition, such as (a+)+$, can take hours on some texts"
+        )
         return replace(policy, include=None, exclude=None, problems=tuple(problems), tried=True)
     kept = {}
     for name, text in named:
         if "" in searches.found[text]:
             problems.append(f"{name} matches the empty string, so it would match every customer: {text[:80]!r}")
         elif searches.zero_width[text]:
-            problems.append(f"{name} can match zero characters (such as \\B or a lookahead alone), so it would match nearly "
-                            f"every customer: {text[:80]!r}")
+            problems.append(
+                f"{name} can match zero characters (such as \\B or a lookahead alone), so it would match nearly "
+                f"every customer: {text[:80]!r}"
+            )
         else:
             kept[name] = text
-    return replace(policy, include=kept.get("SWEEP_INCLUDE"), exclude=kept.get("SWEEP_EXCLUDE"), problems=tuple(problems), tried=True)
+    return replace(
+        policy,
+        include=kept.get("SWEEP_INCLUDE"),
+        exclude=kept.get("SWEEP_EXCLUDE"),
+        problems=tuple(problems),
+        tried=True,
+    )
 
 
 def match_job(policy: SweepPolicy, items: list[Any]) -> SearchJob | None:
@@ -273,11 +332,18 @@ def run_time(schedule: Schedule | None, started: datetime, past_due: bool, statu
         if nxt > started + CLOCK_SKEW:
             return RunTime(started, "manual", f"the schedule status's next occurrence {iso(nxt)} is still ahead")
         if started - nxt > TICK_LATENESS:
-            return RunTime(started, "manual", f"the schedule status's next occurrence {iso(nxt)} passed more than "
-                           f"{TICK_LATENESS.total_seconds() / 60:g} minutes before the start (a stale status)")
+            return RunTime(
+                started,
+                "manual",
+                f"the schedule status's next occurrence {iso(nxt)} passed more than "
+                f"{TICK_LATENESS.total_seconds() / 60:g} minutes before the start (a stale status)",
+            )
         # a tick; one seen a moment early is still that occurrence's run
-        return RunTime(latest if nxt <= started else schedule.latest_at_or_before(nxt) or latest, "schedule",
-                       f"the schedule status's next occurrence {iso(nxt)} has come")
+        return RunTime(
+            latest if nxt <= started else schedule.latest_at_or_before(nxt) or latest,
+            "schedule",
+            f"the schedule status's next occurrence {iso(nxt)} has come",
+        )
     if started - latest <= SCHEDULED_TOLERANCE:
         return RunTime(latest, "schedule", "no schedule status; started within 60 s of an occurrence")
     return RunTime(started, "manual", "no schedule status; not near an occurrence")
@@ -294,8 +360,9 @@ def _status_time(value: Any) -> datetime | None:
         return None
     base, fraction, offset = m.groups()
     try:
-        moment = datetime.fromisoformat(base + (f".{(fraction + '000000')[:6]}" if fraction else "")
-                                        + ("+00:00" if offset == "Z" else offset))
+        moment = datetime.fromisoformat(
+            base + (f".{(fraction + '000000')[:6]}" if fraction else "") + ("+00:00" if offset == "Z" else offset)
+        )
     except ValueError:
         return None
     return moment.astimezone(timezone.utc) if moment.year >= 2000 else None
@@ -355,23 +422,37 @@ def before_listing(policy: SweepPolicy) -> "Outcome | None":
     return None
 
 
-def plan(items: list[Any], policy: SweepPolicy, protected_ids: frozenset[str] | set[str], run: RunTime,
-         searches: Searches | None = None) -> Plan:
+def plan(
+    items: list[Any],
+    policy: SweepPolicy,
+    protected_ids: frozenset[str] | set[str],
+    run: RunTime,
+    searches: Searches | None = None,
+) -> Plan:
     """Decide, for every listed customer, whether this run selects it, and why (or why not). ``searches`` is what
     ``match_job(policy, items)`` found (needed whenever that job is not ``None``)."""
     if policy.problems:
         return Plan(len(items), refusal=_settings_refusal(policy))
     if policy.patterns and not policy.tried:
-        return Plan(len(items), refusal="the patterns were not tried on test texts (check_patterns), so this run selects nothing")
+        return Plan(
+            len(items),
+            refusal="the patterns were not tried on test texts (check_patterns), so this run selects nothing",
+        )
     if len(items) > policy.sandbox_limit:
-        return Plan(len(items), refusal=f"the partner lists more than SANDBOX_CUSTOMER_LIMIT={policy.sandbox_limit} customers "
-                    f"(at least {len(items)}), so this is not an integration sandbox (a production credential?); nothing is selected")
+        return Plan(
+            len(items),
+            refusal=f"the partner lists more than SANDBOX_CUSTOMER_LIMIT={policy.sandbox_limit} customers "
+            f"(at least {len(items)}), so this is not an integration sandbox (a production credential?); nothing is selected",
+        )
     job = match_job(policy, items)
     if job is not None and (searches is None or not searches.usable_for(job)):
         why = searches.failure if searches is not None and searches.failure else "no results for this list"
-        return Plan(len(items), refusal=f"matching the patterns against the {len(job.texts)} listed names and domains did not "
-                    f"finish ({why}); a pattern with nested repetition, such as (a+)+$, can take hours on a hostile name, so "
-                    "this run selects and enqueues nothing")
+        return Plan(
+            len(items),
+            refusal=f"matching the patterns against the {len(job.texts)} listed names and domains did not "
+            f"finish ({why}); a pattern with nested repetition, such as (a+)+$, can take hours on a hostile name, so "
+            "this run selects and enqueues nothing",
+        )
     protected = frozenset(p.lower() for p in protected_ids if isinstance(p, str))  # never relies on config's lower case
     found = searches.found if job is not None and searches is not None else {}
     decisions: list[Decision] = []
@@ -385,22 +466,34 @@ def plan(items: list[Any], policy: SweepPolicy, protected_ids: frozenset[str] | 
     # The same customers on a repeat of the same run, a different draw on each new run: by this run's correlation id
     # (uuid5 of "<run time>/<id>"), so customers that can never be deleted cannot fill every run.
     candidates.sort(key=lambda i: correlation_id(run, decisions[i].customer_id))
-    for i in candidates[policy.max_per_run:]:
+    for i in candidates[policy.max_per_run :]:
         d = decisions[i]
-        decisions[i] = Decision(d.customer_id, d.company_name, d.domain, "over_limit",
-                                f"selected, but over SWEEP_MAX_PER_RUN={policy.max_per_run}: left for a later run")
+        decisions[i] = Decision(
+            d.customer_id,
+            d.company_name,
+            d.domain,
+            "over_limit",
+            f"selected, but over SWEEP_MAX_PER_RUN={policy.max_per_run}: left for a later run",
+        )
     return Plan(len(items), tuple(decisions))
 
 
-def _decide(item: Any, policy: SweepPolicy, protected_ids: frozenset[str], seen: set[str],
-            found: Mapping[str, frozenset[str]]) -> Decision:
+def _decide(
+    item: Any, policy: SweepPolicy, protected_ids: frozenset[str], seen: set[str], found: Mapping[str, frozenset[str]]
+) -> Decision:
     profile = item.get("companyProfile") if isinstance(item, dict) else None
     profile = profile if isinstance(profile, dict) else {}
     name = _text(profile.get("companyName"))
     domain = _text(profile.get("domain"))
     raw_id = item.get("id") if isinstance(item, dict) else None
     if not is_guid(raw_id):
-        return Decision(_printable(raw_id), name, domain, "invalid_id", "the id is not a GUID in the 8-4-4-4-12 form; never enqueued")
+        return Decision(
+            _printable(raw_id),
+            name,
+            domain,
+            "invalid_id",
+            "the id is not a GUID in the 8-4-4-4-12 form; never enqueued",
+        )
     cid = raw_id.lower()
     tenant = profile.get("tenantId")
     if tenant is not None and (not isinstance(tenant, str) or tenant.lower() != cid):
@@ -415,7 +508,9 @@ def _decide(item: Any, policy: SweepPolicy, protected_ids: frozenset[str], seen:
     if policy.include is None:
         return Decision(cid, name, domain, "not_matching", "SWEEP_INCLUDE is not set, so nothing is selected")
     if not (name in found[policy.include] or domain in found[policy.include]):
-        return Decision(cid, name, domain, "not_matching", "SWEEP_INCLUDE matches neither the company name nor the domain")
+        return Decision(
+            cid, name, domain, "not_matching", "SWEEP_INCLUDE matches neither the company name nor the domain"
+        )
     if policy.exclude is not None and (name in found[policy.exclude] or domain in found[policy.exclude]):
         return Decision(cid, name, domain, "excluded", "SWEEP_EXCLUDE matches the company name or the domain")
     return Decision(cid, name, domain, "selected")
@@ -472,15 +567,38 @@ def _selection(policy: SweepPolicy, outcome: Outcome) -> str:
     return head + "; " + (f"not selected: {others}" if others else "every listed customer")
 
 
-def report_text(*, policy: SweepPolicy, run: RunTime, past_due: bool, started: datetime, finished: datetime,
-                invocation_id: str, outcome: Outcome) -> str:
+def report_text(
+    *,
+    policy: SweepPolicy,
+    run: RunTime,
+    past_due: bool,
+    started: datetime,
+    finished: datetime,
+    invocation_id: str,
+    outcome: Outcome,
+) -> str:
     """The run's report (Base64-encoded by the publisher): at most MAX_REPORT_BYTES, shortening names and then leaving
     out entries of not-selected customers (counted in ``excludedOmitted``) if it must."""
     p = outcome.plan
-    selected = [{"customerTenantId": d.customer_id, "companyName": d.company_name, "domain": d.domain,
-                 "correlationId": correlation_id(run, d.customer_id)} for d in (p.selected if p else ())]
-    excluded = [{"customerTenantId": d.customer_id, "companyName": d.company_name, "reason": d.reason,
-                 **({"detail": d.detail} if d.detail else {})} for d in (p.decisions if p else ()) if not d.selected]
+    selected = [
+        {
+            "customerTenantId": d.customer_id,
+            "companyName": d.company_name,
+            "domain": d.domain,
+            "correlationId": correlation_id(run, d.customer_id),
+        }
+        for d in (p.selected if p else ())
+    ]
+    excluded = [
+        {
+            "customerTenantId": d.customer_id,
+            "companyName": d.company_name,
+            "reason": d.reason,
+            **({"detail": d.detail} if d.detail else {}),
+        }
+        for d in (p.decisions if p else ())
+        if not d.selected
+    ]
     body: dict[str, Any] = {
         "schemaVersion": REPORT_SCHEMA_VERSION,
         "kind": "sweepReport",
@@ -494,13 +612,20 @@ def report_text(*, policy: SweepPolicy, run: RunTime, past_due: bool, started: d
         "finishedAt": iso(finished),
         "invocationId": invocation_id,
         "result": outcome.result,
-        "capacity": {"listed": p.listed if p else None, "limit": policy.sandbox_limit or None,
-                     "free": policy.sandbox_limit - p.listed if p and policy.sandbox_limit and p.listed <= policy.sandbox_limit else None},
+        "capacity": {
+            "listed": p.listed if p else None,
+            "limit": policy.sandbox_limit or None,
+            "free": policy.sandbox_limit - p.listed
+            if p and policy.sandbox_limit and p.listed <= policy.sandbox_limit
+            else None,
+        },
         "selected": selected,
         "excluded": excluded,
         "deferred": p.deferred if p else 0,
-        "enqueued": [{"customerTenantId": e.customer_id, "correlationId": e.correlation_id, "messageId": e.message_id}
-                     for e in outcome.enqueued],
+        "enqueued": [
+            {"customerTenantId": e.customer_id, "correlationId": e.correlation_id, "messageId": e.message_id}
+            for e in outcome.enqueued
+        ],
         "problems": list(policy.problems),
         "error": outcome.error or (p.refusal if p else None),
         "note": run.why,

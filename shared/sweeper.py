@@ -5,6 +5,7 @@ It runs the patterns' searches the core asks for (``search``) in a child process
 holds the GIL while it backtracks, so in this process a pattern such as ``(a+)+$`` on a hostile name would freeze every
 thread of the worker, ``delete_customer`` and ``poll_orders`` included.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,26 @@ from shared import telemetry
 from shared.budget import Budget
 from shared.errors import AppError, PartnerCenterError
 from shared.service import Deps
-from shared.sweep import (MATCH_SECONDS, Enqueued, Outcome, RunTime, SearchJob, Searches, SweepPolicy, before_listing, check_patterns,
-                          correlation_id, match_job, plan, probe_job, read_policy, report_text, request_text, run_id, run_time)
+from shared.sweep import (
+    MATCH_SECONDS,
+    Enqueued,
+    Outcome,
+    RunTime,
+    SearchJob,
+    Searches,
+    SweepPolicy,
+    before_listing,
+    check_patterns,
+    correlation_id,
+    match_job,
+    plan,
+    probe_job,
+    read_policy,
+    report_text,
+    request_text,
+    run_id,
+    run_time,
+)
 
 __all__ = ["handle_sweep", "search", "SweepFailed", "LISTING_WORK_SECONDS"]
 
@@ -61,9 +80,17 @@ def search(job: SearchJob | None, timeout: float = MATCH_SECONDS) -> Searches | 
     if job is None:
         return None
     try:
-        payload = json.dumps({"patterns": list(job.patterns), "texts": list(job.texts), "zeroWidth": job.zero_width}).encode("ascii")
-        done = subprocess.run([sys.executable, "-I", "-S", "-c", _CHILD], input=payload, capture_output=True, timeout=timeout,
-                              env={}, check=False)
+        payload = json.dumps(
+            {"patterns": list(job.patterns), "texts": list(job.texts), "zeroWidth": job.zero_width}
+        ).encode("ascii")
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _CHILD],
+            input=payload,
+            capture_output=True,
+            timeout=timeout,
+            env={},
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return Searches(job, failure=f"stopped at the time limit of {timeout:g} s")
     except Exception as exc:  # noqa: BLE001 - no child, no results: the core refuses
@@ -79,33 +106,57 @@ def search(job: SearchJob | None, timeout: float = MATCH_SECONDS) -> Searches | 
     return Searches(job, found, zero)
 
 
-def handle_sweep(timer: Any, invocation_id: str, deps: Deps, *, env: Mapping[str, str] | None = None,
-                 match_seconds: float = MATCH_SECONDS) -> Outcome:
+def handle_sweep(
+    timer: Any,
+    invocation_id: str,
+    deps: Deps,
+    *,
+    env: Mapping[str, str] | None = None,
+    match_seconds: float = MATCH_SECONDS,
+) -> Outcome:
     """One run: the host's ``TimerRequest`` in, the report out (raises ``SweepFailed`` after a refused or failed run)."""
     clock = deps.clock
     started = clock()
     settings = deps.settings
-    policy = read_policy(os.environ if env is None else env,
-                         app_queues=(settings.delete_queue, settings.poll_queue, settings.outcomes_queue))
+    policy = read_policy(
+        os.environ if env is None else env,
+        app_queues=(settings.delete_queue, settings.poll_queue, settings.outcomes_queue),
+    )
     policy = check_patterns(policy, search(probe_job(policy), match_seconds))
     past_due = bool(getattr(timer, "past_due", False))
     status = getattr(timer, "schedule_status", None)
     run = run_time(policy.schedule, started, past_due, status if isinstance(status, dict) else None)
     rid = run_id(run)
     telemetry.bind(sweepRun=rid)
-    log.info("sweep %s: %s run at %s (%s), mode %s, invocation %s", rid, run.trigger, run.moment.isoformat(), run.why, policy.mode,
-             invocation_id)
+    log.info(
+        "sweep %s: %s run at %s (%s), mode %s, invocation %s",
+        rid,
+        run.trigger,
+        run.moment.isoformat(),
+        run.why,
+        policy.mode,
+        invocation_id,
+    )
 
     outcome = _run(policy, run, rid, deps, match_seconds)
-    text = report_text(policy=policy, run=run, past_due=past_due, started=started, finished=clock(), invocation_id=invocation_id,
-                       outcome=outcome)
+    text = report_text(
+        policy=policy,
+        run=run,
+        past_due=past_due,
+        started=started,
+        finished=clock(),
+        invocation_id=invocation_id,
+        outcome=outcome,
+    )
     if policy.reports_queue is None:
         log.error("sweep %s: no queue can take the report (see its problems); the report: %s", rid, text)
     else:
         deps.publisher.send(policy.reports_queue, text)  # never expires
-    summary = (f"sweep {rid}: {outcome.result}; listed {outcome.plan.listed if outcome.plan else '-'} of "
-               f"{policy.sandbox_limit or '-'}, selected {len(outcome.plan.selected) if outcome.plan else 0}, "
-               f"enqueued {len(outcome.enqueued)}, deferred {outcome.plan.deferred if outcome.plan else 0}; report on {policy.reports_queue}")
+    summary = (
+        f"sweep {rid}: {outcome.result}; listed {outcome.plan.listed if outcome.plan else '-'} of "
+        f"{policy.sandbox_limit or '-'}, selected {len(outcome.plan.selected) if outcome.plan else 0}, "
+        f"enqueued {len(outcome.enqueued)}, deferred {outcome.plan.deferred if outcome.plan else 0}; report on {policy.reports_queue}"
+    )
     telemetry.bind(outcome=outcome.result)
     if outcome.result in ("refused", "failed"):
         log.error("%s: %s", summary, outcome.error)
@@ -124,22 +175,37 @@ def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds:
     try:
         try:
             items = deps.partner_center.list_customers(
-                correlation_id=rid, budget=Budget(LISTING_WORK_SECONDS, settings.retry_budget, deps.monotonic), stop_after=policy.sandbox_limit)
+                correlation_id=rid,
+                budget=Budget(LISTING_WORK_SECONDS, settings.retry_budget, deps.monotonic),
+                stop_after=policy.sandbox_limit,
+            )
         except (PartnerCenterError, AppError) as exc:
-            return Outcome("failed", error=f"listing the customers failed, so nothing was enqueued (a partial list is never acted on): {exc}")
+            return Outcome(
+                "failed",
+                error=f"listing the customers failed, so nothing was enqueued (a partial list is never acted on): {exc}",
+            )
         result = plan(items, policy, settings.protected_ids, run, search(match_job(policy, items), match_seconds))
         if result.refusal:
             log.error("sweep %s: %s", rid, result.refusal)
             return Outcome("refused", plan=result, error=result.refusal)
         for d in result.decisions:
             with telemetry.fields(customerTenantId=d.customer_id):
-                log.info("sweep %s: customer %s %s -> %s%s", rid, d.customer_id, _shown(d.company_name), d.reason,
-                         f" ({d.detail})" if d.detail else "")
+                log.info(
+                    "sweep %s: customer %s %s -> %s%s",
+                    rid,
+                    d.customer_id,
+                    _shown(d.company_name),
+                    d.reason,
+                    f" ({d.detail})" if d.detail else "",
+                )
     except Exception as exc:  # noqa: BLE001 - anything else before the first request: still a report, never a secret
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         at = f" at {os.path.basename(where.filename)}:{where.lineno} in {where.name}" if where else ""
         log.error("sweep %s: the run failed before enqueueing anything: %s%s", rid, type(exc).__name__, at)
-        return Outcome("failed", error=f"the run failed before enqueueing anything ({type(exc).__name__}{at}), so nothing was enqueued")
+        return Outcome(
+            "failed",
+            error=f"the run failed before enqueueing anything ({type(exc).__name__}{at}), so nothing was enqueued",
+        )
     if policy.mode != "delete":
         return Outcome("reported", plan=result)
     outcome = Outcome("enqueued", plan=result)
@@ -149,12 +215,20 @@ def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds:
             message_id = deps.publisher.send(settings.delete_queue, request_text(run, d.customer_id))
         except Exception as exc:  # noqa: BLE001 - storage failed: stop, report what was enqueued
             outcome.result = "failed"
-            outcome.error = (f"enqueueing the deletion request of {d.customer_id} failed ({type(exc).__name__}); "
-                             f"{len(outcome.enqueued)} of {len(result.selected)} were enqueued, the rest wait for the next run")
+            outcome.error = (
+                f"enqueueing the deletion request of {d.customer_id} failed ({type(exc).__name__}); "
+                f"{len(outcome.enqueued)} of {len(result.selected)} were enqueued, the rest wait for the next run"
+            )
             return outcome
         outcome.enqueued.append(Enqueued(d.customer_id, cid, message_id))
         with telemetry.fields(customerTenantId=d.customer_id, correlationId=cid):
-            log.info("sweep %s: enqueued the deletion of %s (correlation %s) on %s", rid, d.customer_id, cid, settings.delete_queue)
+            log.info(
+                "sweep %s: enqueued the deletion of %s (correlation %s) on %s",
+                rid,
+                d.customer_id,
+                cid,
+                settings.delete_queue,
+            )
     return outcome
 
 

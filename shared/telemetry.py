@@ -10,6 +10,7 @@ The fields live in a context variable: an invocation sets them at its start (``f
 more (``bind``: the request once it is parsed, the outcome at the end), and they are gone when it returns. Threads
 that the worker runs invocations on each have their own context, so concurrent invocations never mix their fields.
 """
+
 from __future__ import annotations
 
 import logging

@@ -26,6 +26,7 @@ Rules (README, "Guarantees"):
 * **Bounded work.** No call starts after ``policy.hop_work`` seconds of the invocation; the rest is handed to the
   next hop. Longer waits (throttling, outages, crashes) always continue on the poll queue.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,11 +39,36 @@ from typing import Any, Mapping, Union
 from shared.messages import DeletionRequest, OrderState, PollMessage
 
 __all__ = [
-    "Outcome", "Cause", "Poison", "Entry", "Mode", "FailureKind", "Policy",
-    "GetCustomer", "ListEntitlements", "GetOrder", "CancelOrder", "DeleteCustomer", "Continue", "Finish",
-    "Call", "Command", "Answer", "Failure", "Observation", "Hop",
-    "begin_request", "begin_poll", "reject_invalid_request", "unreadable_poll", "step",
-    "milestones", "poll_delay", "normalise_status", "is_cancelled", "needs_cancel",
+    "Outcome",
+    "Cause",
+    "Poison",
+    "Entry",
+    "Mode",
+    "FailureKind",
+    "Policy",
+    "GetCustomer",
+    "ListEntitlements",
+    "GetOrder",
+    "CancelOrder",
+    "DeleteCustomer",
+    "Continue",
+    "Finish",
+    "Call",
+    "Command",
+    "Answer",
+    "Failure",
+    "Observation",
+    "Hop",
+    "begin_request",
+    "begin_poll",
+    "reject_invalid_request",
+    "unreadable_poll",
+    "step",
+    "milestones",
+    "poll_delay",
+    "normalise_status",
+    "is_cancelled",
+    "needs_cancel",
 ]
 
 CANCELLED = "cancelled"
@@ -80,8 +106,12 @@ class Cause(str, Enum):
 class Poison(Enum):
     NONE = "none"
     ORIGINAL = "original"  # the request message's own text, to <DELETE_CUSTOMER_QUEUE>-poison
-    EQUIVALENT = "equivalent"  # an equivalent request (same correlation id and dryRun), to <DELETE_CUSTOMER_QUEUE>-poison
-    POLL_ORIGINAL = "poll_original"  # a poll message nothing could be read from, as it was, to <POLL_ORDERS_QUEUE>-poison
+    EQUIVALENT = (
+        "equivalent"  # an equivalent request (same correlation id and dryRun), to <DELETE_CUSTOMER_QUEUE>-poison
+    )
+    POLL_ORIGINAL = (
+        "poll_original"  # a poll message nothing could be read from, as it was, to <POLL_ORDERS_QUEUE>-poison
+    )
 
 
 class Entry(Enum):
@@ -127,6 +157,7 @@ class Policy:
 
 
 # -- commands -----------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GetCustomer:
@@ -190,6 +221,7 @@ Command = Union[Call, Continue, Finish]
 
 # -- observations -------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Answer:
     """A 2xx. ``body``: the JSON (an order, a customer), or the order ids of an entitlement listing."""
@@ -213,7 +245,9 @@ class Failure:
         words = self.description or "no description"
         if self.status is None:
             return f"no answer from Partner Center to {self.where}: {words}"
-        verb = "refused" if self.kind in (FailureKind.REFUSED, FailureKind.NOT_FOUND, FailureKind.CONFLICT) else "answered"
+        verb = (
+            "refused" if self.kind in (FailureKind.REFUSED, FailureKind.NOT_FOUND, FailureKind.CONFLICT) else "answered"
+        )
         code = f" (code {self.code})" if self.code else ""
         return f"Partner Center {verb} {self.where} with HTTP {self.status}{code}: {words}"
 
@@ -222,6 +256,7 @@ Observation = Union[Answer, Failure]
 
 
 # -- the hop ------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Hop:
@@ -243,7 +278,9 @@ class Hop:
 
     @property
     def open_orders(self) -> tuple[str, ...]:
-        return tuple(o for o in self.order_ids if o in self.busy or (o in self.fresh and not is_cancelled(self.fresh[o])))
+        return tuple(
+            o for o in self.order_ids if o in self.busy or (o in self.fresh and not is_cancelled(self.fresh[o]))
+        )
 
     def current_orders(self) -> tuple[OrderState, ...]:
         return tuple(OrderState(o, self.fresh.get(o, self.hints.get(o, "unknown"))) for o in self.order_ids)
@@ -314,12 +351,25 @@ def milestones(chain: PollMessage, policy: Policy) -> tuple[datetime, datetime, 
 
 # -- entry points -------------------------------------------------------------------------------------------------
 
+
 def reject_invalid_request(reason: str) -> Finish:
-    return Finish(Outcome.REJECTED, f"invalid deletion request: {reason}; nothing was sent to Partner Center", poison=Poison.ORIGINAL)
+    return Finish(
+        Outcome.REJECTED,
+        f"invalid deletion request: {reason}; nothing was sent to Partner Center",
+        poison=Poison.ORIGINAL,
+    )
 
 
-def unreadable_poll(reason: str, *, customer_id: str | None, correlation_id: str | None, dry_run: bool | None,
-                    requested_at: datetime, now: datetime, policy: Policy) -> Hop | Finish:
+def unreadable_poll(
+    reason: str,
+    *,
+    customer_id: str | None,
+    correlation_id: str | None,
+    dry_run: bool | None,
+    requested_at: datetime,
+    now: datetime,
+    policy: Policy,
+) -> Hop | Finish:
     """A poll message this release cannot read: ``failed`` (a redrive is possible), never ``rejected``.
 
     Like every path that gives up, it first looks whether the customer is already gone (a sibling chain may have
@@ -327,67 +377,129 @@ def unreadable_poll(reason: str, *, customer_id: str | None, correlation_id: str
     """
     text = f"could not read a poll message ({reason})"
     if customer_id is None or correlation_id is None or dry_run is None:
-        return Finish(Outcome.FAILED, f"{text}; it waits in the poll poison queue as it was", poison=Poison.POLL_ORIGINAL)
+        return Finish(
+            Outcome.FAILED, f"{text}; it waits in the poll poison queue as it was", poison=Poison.POLL_ORIGINAL
+        )
     if customer_id in policy.protected:
-        return Finish(Outcome.FAILED, f"{text}; the customer is protected, so nothing was called; an equivalent request "
-                      "waits in the request poison queue", poison=Poison.EQUIVALENT)
-    chain = PollMessage(customer_id, correlation_id, (), 0, min(requested_at, now), now, stage="discover", dry_run=dry_run)
-    return Hop(chain, Entry.UNREADABLE, Mode.FINAL, (), {},
-               gone_check=f"{text}; an equivalent request waits in the request poison queue for a redrive")
+        return Finish(
+            Outcome.FAILED,
+            f"{text}; the customer is protected, so nothing was called; an equivalent request "
+            "waits in the request poison queue",
+            poison=Poison.EQUIVALENT,
+        )
+    chain = PollMessage(
+        customer_id, correlation_id, (), 0, min(requested_at, now), now, stage="discover", dry_run=dry_run
+    )
+    return Hop(
+        chain,
+        Entry.UNREADABLE,
+        Mode.FINAL,
+        (),
+        {},
+        gone_check=f"{text}; an equivalent request waits in the request poison queue for a redrive",
+    )
 
 
 def _protected() -> Finish:
-    return Finish(Outcome.REJECTED, "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; nothing was changed")
+    return Finish(
+        Outcome.REJECTED, "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; nothing was changed"
+    )
 
 
 def begin_request(request: DeletionRequest, *, delivery: int, now: datetime, policy: Policy) -> Hop | Command:
     """``delete_customer``. The first delivery works; a redelivery hands the request to a fresh poll message."""
     if request.customer_id in policy.protected:
         return _protected()
-    chain = PollMessage(request.customer_id, request.correlation_id, (), 0, request.requested_at, now,
-                        stage="discover", dry_run=request.dry_run)
+    chain = PollMessage(
+        request.customer_id,
+        request.correlation_id,
+        (),
+        0,
+        request.requested_at,
+        now,
+        stage="discover",
+        dry_run=request.dry_run,
+    )
     if delivery > 1:
         # An earlier delivery died, maybe after it started a chain of its own (we cannot know). This chain's
         # cut-off is the earliest the other one can have: its first handling was no earlier than requestedAt.
-        chain = replace(chain, delete_by=request.requested_at + timedelta(seconds=policy.timeout), recoveries=1,
-                        cause=Cause.RECOVERY.value)
-        return Continue(chain, _recovery_delay(chain, now, policy),
-                        f"the request was delivered {delivery} times (an earlier invocation died): handed over to the poll queue")
+        chain = replace(
+            chain,
+            delete_by=request.requested_at + timedelta(seconds=policy.timeout),
+            recoveries=1,
+            cause=Cause.RECOVERY.value,
+        )
+        return Continue(
+            chain,
+            _recovery_delay(chain, now, policy),
+            f"the request was delivered {delivery} times (an earlier invocation died): handed over to the poll queue",
+        )
     return Hop(chain, Entry.REQUEST, Mode.NORMAL, (), {})
 
 
 def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Policy) -> Hop | Command:
     """``poll_orders``: a hop, a hand-over (redelivery), or a wait for the final check."""
     if chain.customer_id in policy.protected:
-        return Finish(Outcome.REJECTED, "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; no call was made",
-                      chain.orders, chain.attempt)
+        return Finish(
+            Outcome.REJECTED,
+            "customer is listed in PROTECTED_CUSTOMER_IDS and is never deleted; no call was made",
+            chain.orders,
+            chain.attempt,
+        )
     if chain.first_handled_at > now + CLOCK_SKEW or chain.requested_at > chain.first_handled_at + CLOCK_SKEW:
-        return unreadable_poll("its times lie in the future", customer_id=chain.customer_id, correlation_id=chain.correlation_id,
-                               dry_run=chain.dry_run, requested_at=chain.requested_at, now=now, policy=policy)
+        return unreadable_poll(
+            "its times lie in the future",
+            customer_id=chain.customer_id,
+            correlation_id=chain.correlation_id,
+            dry_run=chain.dry_run,
+            requested_at=chain.requested_at,
+            now=now,
+            policy=policy,
+        )
     cut, final, hard = milestones(chain, policy)
     if delivery > 1:
         if now >= hard:
             if chain.last_looks >= LAST_TRIES:  # every last look died or failed: end here, without another call
-                hop = Hop(chain, Entry.POLL, Mode.FINAL, tuple(o.id for o in chain.orders), {o.id: o.status for o in chain.orders})
+                hop = Hop(
+                    chain,
+                    Entry.POLL,
+                    Mode.FINAL,
+                    tuple(o.id for o in chain.orders),
+                    {o.id: o.status for o in chain.orders},
+                )
                 return _timed_out(hop, policy, unchecked=True)
-            return Continue(replace(chain, recoveries=chain.recoveries + 1, last_looks=chain.last_looks + 1), _last_look_delay(policy),
-                            "the last look died with its invocation: handed over for another")
+            return Continue(
+                replace(chain, recoveries=chain.recoveries + 1, last_looks=chain.last_looks + 1),
+                _last_look_delay(policy),
+                "the last look died with its invocation: handed over for another",
+            )
         nxt = replace(chain, recoveries=chain.recoveries + 1, cause=chain.cause or Cause.RECOVERY.value)
-        return Continue(nxt, _recovery_delay(nxt, now, policy),
-                        f"poll message delivered {delivery} times (an earlier invocation died): handed over to a fresh message")
+        return Continue(
+            nxt,
+            _recovery_delay(nxt, now, policy),
+            f"poll message delivered {delivery} times (an earlier invocation died): handed over to a fresh message",
+        )
     if cut <= now < final:
-        return Continue(replace(chain, attempt=chain.attempt + 1), _seconds(final - now),
-                        "past the DELETE cut-off: waiting for the final check")
+        return Continue(
+            replace(chain, attempt=chain.attempt + 1),
+            _seconds(final - now),
+            "past the DELETE cut-off: waiting for the final check",
+        )
     mode = Mode.NORMAL if now < cut else Mode.FINAL
     hints = {o.id: o.status for o in chain.orders}
     # What to read first: orders that need a cancel, then those still cancelling, then those seen cancelled.
-    order_ids = tuple(sorted(hints, key=lambda o: (0 if needs_cancel(hints[o]) else 1 if not is_cancelled(hints[o]) else 2)))
+    order_ids = tuple(
+        sorted(hints, key=lambda o: 0 if needs_cancel(hints[o]) else 1 if not is_cancelled(hints[o]) else 2)
+    )
     return Hop(chain, Entry.POLL, mode, order_ids, hints)
 
 
 # -- the step -----------------------------------------------------------------------------------------------------
 
-def step(hop: Hop, observation: Observation | None, *, now: datetime, elapsed: float, policy: Policy) -> tuple[Hop, Command]:
+
+def step(
+    hop: Hop, observation: Observation | None, *, now: datetime, elapsed: float, policy: Policy
+) -> tuple[Hop, Command]:
     """Fold the observation of the pending call into the hop, then decide the next command."""
     if hop.pending is not None:
         if observation is None:
@@ -421,8 +533,12 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
         return replace(hop, listed=True, order_ids=hop.order_ids + new, hints=hints), None
     if isinstance(call, GetOrder):
         status = normalise_status(obs.body.get("status") if isinstance(obs.body, dict) else None)
-        hop = replace(hop, fresh={**hop.fresh, call.order_id: status}, hints={**hop.hints, call.order_id: status},
-                      busy=hop.busy - {call.order_id})
+        hop = replace(
+            hop,
+            fresh={**hop.fresh, call.order_id: status},
+            hints={**hop.hints, call.order_id: status},
+            busy=hop.busy - {call.order_id},
+        )
         refusal = hop.refused.get(call.order_id)
         if refusal is not None:
             if needs_cancel(status):  # neither cancelled nor cancelling: the refusal stands
@@ -436,9 +552,12 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
         hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id))
         return _busy(hop, call.order_id), None
     # DeleteCustomer answered 2xx.
-    return hop, _finish(hop, Outcome.DELETED,
-                        f"all {len(hop.order_ids)} order(s) read cancelled in the same hop as a fresh entitlements listing; "
-                        "DELETE accepted, the customer tenant is purged")
+    return hop, _finish(
+        hop,
+        Outcome.DELETED,
+        f"all {len(hop.order_ids)} order(s) read cancelled in the same hop as a fresh entitlements listing; "
+        "DELETE accepted, the customer tenant is purged",
+    )
 
 
 def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy) -> tuple[Hop, Command | None]:
@@ -446,16 +565,24 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     if kind is FailureKind.UNSAFE:
         return hop, _fail(hop, f.text())
     if hop.entry is Entry.UNREADABLE:  # one look only: gone, or the failure stands (said to be unchecked)
-        return hop, (_gone(hop, f) if kind is FailureKind.NOT_FOUND else _fail(hop, hop.gone_check or "", checked=False))
+        return hop, (
+            _gone(hop, f) if kind is FailureKind.NOT_FOUND else _fail(hop, hop.gone_check or "", checked=False)
+        )
     if kind is FailureKind.OUT_OF_TIME:
         return hop, _no_time_left(hop, now, policy)
     if _past_hard_end(hop, now, policy) and not (kind is FailureKind.NOT_FOUND or kind is FailureKind.REFUSED):
         return hop, _last_look_failed(hop, policy, f.text())
     if kind is FailureKind.THROTTLED:
-        return hop, _wait(hop, now, policy, Cause.THROTTLED, f"last Retry-After {_fmt(f.retry_after)}", retry_after=f.retry_after)
+        return hop, _wait(
+            hop, now, policy, Cause.THROTTLED, f"last Retry-After {_fmt(f.retry_after)}", retry_after=f.retry_after
+        )
     conflict_has_meaning = isinstance(call, (GetOrder, CancelOrder, DeleteCustomer)) and hop.gone_check is None
     if kind in (FailureKind.TRANSIENT, FailureKind.AUTH) or (kind is FailureKind.CONFLICT and not conflict_has_meaning):
-        lost = "the DELETE may have landed with its answer lost; the next hop reads again: " if isinstance(call, DeleteCustomer) else ""
+        lost = (
+            "the DELETE may have landed with its answer lost; the next hop reads again: "
+            if isinstance(call, DeleteCustomer)
+            else ""
+        )
         return hop, _wait(hop, now, policy, Cause.OUTAGE, lost + f.text())
     if hop.gone_check is not None:  # the gone check's own GET customer: 404 means gone, a refusal leaves the failure
         return hop, (_gone(hop, f) if kind is FailureKind.NOT_FOUND else _fail(hop, hop.gone_check))
@@ -464,17 +591,28 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     if isinstance(call, GetOrder):
         if kind is FailureKind.CONFLICT:
             return _busy(hop, call.order_id), None
-        suffix = "; the customer still exists, so an order this request knows of is missing" if kind is FailureKind.NOT_FOUND else ""
+        suffix = (
+            "; the customer still exists, so an order this request knows of is missing"
+            if kind is FailureKind.NOT_FOUND
+            else ""
+        )
         return _check_gone(hop, f.text() + suffix)
     if isinstance(call, CancelOrder):
         if kind is FailureKind.CONFLICT:  # 800060 "your order is in progress": it is being worked on; wait for it
-            return _busy(replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id)), call.order_id), None
+            return _busy(
+                replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id)),
+                call.order_id,
+            ), None
         if kind is FailureKind.NOT_FOUND:
             return _check_gone(hop, f.text())
         # Refused, maybe because it is already cancelling or cancelled (a retried PATCH whose answer was lost, a
         # duplicate request). Read it: only a refusal of an order that still needs a cancel ends the request.
-        return replace(hop, refused={**hop.refused, call.order_id: f.text()}, fresh=_without(hop.fresh, call.order_id),
-                       patched=hop.patched | {call.order_id}), None
+        return replace(
+            hop,
+            refused={**hop.refused, call.order_id: f.text()},
+            fresh=_without(hop.fresh, call.order_id),
+            patched=hop.patched | {call.order_id},
+        ), None
     if isinstance(call, ListEntitlements):
         return _check_gone(hop, f.text())
     # DeleteCustomer refused.
@@ -505,8 +643,12 @@ def _last_look_delay(policy: Policy) -> int:
 def _busy(hop: Hop, order_id: str) -> Hop:
     """Just PATCHed, or 409 "in progress": the order is being worked on. It counts as open for the rest of the hop,
     and a refused cancel of it is moot."""
-    return replace(hop, busy=hop.busy | {order_id}, hints={**hop.hints, order_id: "pending"},
-                   refused=_without(hop.refused, order_id))
+    return replace(
+        hop,
+        busy=hop.busy | {order_id},
+        hints={**hop.hints, order_id: "pending"},
+        refused=_without(hop.refused, order_id),
+    )
 
 
 def _check_gone(hop: Hop, failure_text: str) -> tuple[Hop, Command]:
@@ -523,8 +665,15 @@ def _decide(hop: Hop, now: datetime, elapsed: float, policy: Policy) -> Command:
     if call is None:
         return _end_of_reads(hop, now, policy)
     if isinstance(call, DeleteCustomer) and now >= milestones(hop.chain, policy)[0]:
-        return _continue(hop, now, policy, Cause.OPEN, "", want=0,
-                         why="every order reads cancelled, but the DELETE cut-off has passed: waiting for the final check")
+        return _continue(
+            hop,
+            now,
+            policy,
+            Cause.OPEN,
+            "",
+            want=0,
+            why="every order reads cancelled, but the DELETE cut-off has passed: waiting for the final check",
+        )
     return _out_of_time(hop, now, elapsed, policy) or call
 
 
@@ -540,8 +689,15 @@ def _no_time_left(hop: Hop, now: datetime, policy: Policy) -> Command:
         return _last_look_failed(hop, policy, f"the final reads did not fit into {policy.hop_work:g}s")
     # Soon, but not in a tight loop when the work never fits (1 s, 2 s, 4 s ... up to POLL_INTERVAL_SECONDS).
     want = min(policy.interval, 2 ** min(hop.chain.setbacks, 20))
-    return _continue(hop, now, policy, Cause.OUT_OF_TIME, "", want=want,
-                     why=f"this invocation used its {policy.hop_work:g}s of work: the rest continues on the next hop")
+    return _continue(
+        hop,
+        now,
+        policy,
+        Cause.OUT_OF_TIME,
+        "",
+        want=want,
+        why=f"this invocation used its {policy.hop_work:g}s of work: the rest continues on the next hop",
+    )
 
 
 def _next_call(hop: Hop) -> Call | None:
@@ -567,7 +723,12 @@ def _next_call(hop: Hop) -> Call | None:
             # it counts, see ``_on_failure``): a read first would cost a call for every order and save one only for an
             # order already cancelled. Any other hint (a status a poll message claims) is read first: a hint decides
             # what to read, never what to change.
-            if hop.mode is Mode.NORMAL and hop.listed and hop.hints.get(order_id) == "unknown" and order_id not in hop.patched:
+            if (
+                hop.mode is Mode.NORMAL
+                and hop.listed
+                and hop.hints.get(order_id) == "unknown"
+                and order_id not in hop.patched
+            ):
                 return CancelOrder(order_id)
             return GetOrder(order_id)
     if hop.open_orders and hop.mode is Mode.NORMAL:
@@ -585,19 +746,42 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
     chain = hop.chain
     if chain.dry_run:
         active = [o.id for o in hop.current_orders() if not is_cancelled(o.status)]
-        return _finish(hop, Outcome.DRY_RUN, (f"dry run: would cancel {len(active)} order(s) ({', '.join(active) or 'none'}), wait until all "
-                                              f"{len(hop.order_ids)} read cancelled, then DELETE the customer; nothing was changed"))
+        return _finish(
+            hop,
+            Outcome.DRY_RUN,
+            (
+                f"dry run: would cancel {len(active)} order(s) ({', '.join(active) or 'none'}), wait until all "
+                f"{len(hop.order_ids)} read cancelled, then DELETE the customer; nothing was changed"
+            ),
+        )
     if hop.mode is not Mode.NORMAL:
         return _timed_out(hop, policy)
     if hop.open_orders:
-        return _continue(hop, now, policy, Cause.OPEN, "", want=poll_delay(_since_cancel(hop, now), policy), progress=True,
-                         why=f"{len(hop.open_orders)} of {len(hop.order_ids)} order(s) not yet cancelled")
+        return _continue(
+            hop,
+            now,
+            policy,
+            Cause.OPEN,
+            "",
+            want=poll_delay(_since_cancel(hop, now), policy),
+            progress=True,
+            why=f"{len(hop.open_orders)} of {len(hop.order_ids)} order(s) not yet cancelled",
+        )
     # Every order read cancelled and listed, in a delete_customer hop: the DELETE is always sent by poll_orders.
-    return _continue(hop, now, policy, None, None, want=0, progress=True,
-                     why=f"all {len(hop.order_ids)} order(s) read cancelled: poll_orders confirms and sends the DELETE")
+    return _continue(
+        hop,
+        now,
+        policy,
+        None,
+        None,
+        want=0,
+        progress=True,
+        why=f"all {len(hop.order_ids)} order(s) read cancelled: poll_orders confirms and sends the DELETE",
+    )
 
 
 # -- endings ------------------------------------------------------------------------------------------------------
+
 
 def _cancel_sent_at(hop: Hop, now: datetime) -> datetime | None:
     """When this request last sent a cancel: this hop (now), or one before it."""
@@ -629,16 +813,31 @@ def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: boo
     )
 
 
-def _continue(hop: Hop, now: datetime, policy: Policy, cause: Cause | None, detail: str | None, *, want: float,
-              why: str, progress: bool = False) -> Continue:
+def _continue(
+    hop: Hop,
+    now: datetime,
+    policy: Policy,
+    cause: Cause | None,
+    detail: str | None,
+    *,
+    want: float,
+    why: str,
+    progress: bool = False,
+) -> Continue:
     message = _message(hop, cause, detail, progress=progress, now=now)
     return Continue(message, _schedule(want, now, message, policy), why)
 
 
-def _wait(hop: Hop, now: datetime, policy: Policy, cause: Cause, detail: str, *, retry_after: float | None = None) -> Continue:
+def _wait(
+    hop: Hop, now: datetime, policy: Policy, cause: Cause, detail: str, *, retry_after: float | None = None
+) -> Continue:
     """Throttled, an outage, a refused DELETE: continue later, with a delay that grows while nothing progresses."""
     if cause is Cause.THROTTLED:  # at least Retry-After (1-900 s), spread up to half again, never beyond 900 s
-        wait = policy.interval if retry_after is None or not math.isfinite(retry_after) else min(policy.retry_after_max, max(1.0, retry_after))
+        wait = (
+            policy.interval
+            if retry_after is None or not math.isfinite(retry_after)
+            else min(policy.retry_after_max, max(1.0, retry_after))
+        )
         want = min(float(max(wait, policy.retry_after_max)), wait + _spread(hop.chain, wait))
         why = f"throttled by Partner Center ({detail})"
     elif cause is Cause.DELETE_REFUSED:
@@ -710,11 +909,15 @@ def _gone(hop: Hop, failure: Failure) -> Finish:
     if hop.entry is Entry.REQUEST and not hop.looked:
         return _finish(hop, Outcome.NOT_FOUND, f"Partner Center has no such customer when the request arrived ({said})")
     if chain.customer_seen or hop.looked:
-        why = ("it existed when this request first looked, so this request's DELETE (whose answer was lost, or sent "
-               "by a sibling hop) or another request removed it")
+        why = (
+            "it existed when this request first looked, so this request's DELETE (whose answer was lost, or sent "
+            "by a sibling hop) or another request removed it"
+        )
     else:
-        why = ("this request could not look at it when it arrived (throttling, an outage or a redelivery), so an "
-               "earlier attempt of this request may have deleted it")
+        why = (
+            "this request could not look at it when it arrived (throttling, an outage or a redelivery), so an "
+            "earlier attempt of this request may have deleted it"
+        )
     return _finish(hop, Outcome.DELETED, f"the customer no longer exists ({said}): {why}")
 
 
@@ -723,7 +926,12 @@ def _timed_out(hop: Hop, policy: Policy, *, unchecked: bool = False) -> Finish:
     chain = hop.chain
     head = f"not finished by POLL_TIMEOUT_SECONDS ({policy.timeout}s after the request was first handled)"
     if chain.dry_run:
-        return _finish(hop, Outcome.TIMED_OUT, f"{head}: the dry run could not finish its reads; nothing was changed", Poison.EQUIVALENT)
+        return _finish(
+            hop,
+            Outcome.TIMED_OUT,
+            f"{head}: the dry run could not finish its reads; nothing was changed",
+            Poison.EQUIVALENT,
+        )
     open_now = hop.open_orders
     read_everything = hop.listed and all(o in hop.fresh for o in hop.order_ids)
     if open_now:
@@ -734,8 +942,13 @@ def _timed_out(hop: Hop, policy: Policy, *, unchecked: bool = False) -> Finish:
         reason = "every order reads cancelled now, but they turned cancelled too late for a DELETE before the cut-off"
     else:
         last_seen_open = [o.id for o in hop.current_orders() if not is_cancelled(o.status)]
-        orders = (f"orders last seen open: {', '.join(last_seen_open)}" if last_seen_open else
-                  "its orders were never listed" if chain.stage == "discover" and not hop.order_ids else "every order known was last seen cancelled")
+        orders = (
+            f"orders last seen open: {', '.join(last_seen_open)}"
+            if last_seen_open
+            else "its orders were never listed"
+            if chain.stage == "discover" and not hop.order_ids
+            else "every order known was last seen cancelled"
+        )
         why = {
             Cause.THROTTLED.value: f"Partner Center kept throttling ({chain.cause_detail})",
             Cause.OUTAGE.value: f"Partner Center was unavailable ({chain.cause_detail})",

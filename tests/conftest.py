@@ -1,4 +1,5 @@
 """Session fixtures: Azurite and the Partner Center emulator, started by the test run itself (loopback only)."""
+
 from __future__ import annotations
 
 import os
@@ -65,6 +66,7 @@ def make_customer(pc):
         customer = new_customer(orders, **extra)
         pc.add_customers([customer])
         return customer
+
     return make
 
 
@@ -72,5 +74,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/integration/" in str(item.fspath) or "/functions/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-
-

@@ -1,4 +1,5 @@
 """In-memory fakes of the app's ports, for unit tests (integration tests use Azurite and the emulator)."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,9 @@ class FakeOrder:
     pending_reads: int = 0  # reads that still say "pending" after a cancel
     refuse: RefusedError | None = None
     conflict: bool = False
-    patch_answer: str | None = None  # what a PATCH answers, whatever the order's real state (e.g. "cancelled" too early)
+    patch_answer: str | None = (
+        None  # what a PATCH answers, whatever the order's real state (e.g. "cancelled" too early)
+    )
     second_cancel: str = "idempotent"  # "error": a PATCH of a pending or cancelled order is refused with 800061
 
 
@@ -94,8 +97,14 @@ class FakePartnerCenter:
         c = self._customer(cid)
         if self.delete_refusals:
             self.delete_refusals -= 1
-            raise RefusedError(400, "800000", "Customer relationship cannot be removed due to active Azure reserved "
-                               "instances.Please cancel the following orders: 0bed3bbca6c", method="DELETE", path="/v1/customers")
+            raise RefusedError(
+                400,
+                "800000",
+                "Customer relationship cannot be removed due to active Azure reserved "
+                "instances.Please cancel the following orders: 0bed3bbca6c",
+                method="DELETE",
+                path="/v1/customers",
+            )
         assert all(o.status.lower() == "cancelled" for o in c.orders.values()), "DELETE while an order is open"
         del self.customers[cid]
         if self.lose_delete_answer:
@@ -140,5 +149,12 @@ class Clock:
 def queue_message(body: bytes | str, *, id="msg-1", dequeue_count=1, inserted=None) -> QueueMessage:
     """A message as the worker builds it for a queue trigger."""
     inserted = inserted or datetime(2026, 11, 24, 11, 59, tzinfo=timezone.utc)
-    return QueueMessage(id=id, body=body, dequeue_count=dequeue_count, insertion_time=inserted,
-                        expiration_time=inserted + timedelta(days=7), time_next_visible=inserted + timedelta(minutes=10), pop_receipt="pr")
+    return QueueMessage(
+        id=id,
+        body=body,
+        dequeue_count=dequeue_count,
+        insertion_time=inserted,
+        expiration_time=inserted + timedelta(days=7),
+        time_next_visible=inserted + timedelta(minutes=10),
+        pop_receipt="pr",
+    )

@@ -12,6 +12,7 @@ Functions host, in memory, on a simulated clock, with a crash possible at every 
   invocation: before or after each Partner Center call's effect, before or after each queue put, and after the
   function returned but before the host deleted the message.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,7 +22,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from shared.errors import AuthenticationError, ConflictError, NotFoundError, RefusedError, ThrottledError, TransientError
+from shared.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    RefusedError,
+    ThrottledError,
+    TransientError,
+)
 from tests.fakes import queue_message
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -102,7 +110,9 @@ class SimPartnerCenter:
         self.log: list[CallRecord] = []
         self.invocation = "-"
         self.boundaries = Boundaries()
-        self.delete_attempts: list[tuple[str, str, float, tuple[str, ...]]] = []  # (invocation, customer, time, listed open orders)
+        self.delete_attempts: list[
+            tuple[str, str, float, tuple[str, ...]]
+        ] = []  # (invocation, customer, time, listed open orders)
 
     # -- world rules --------------------------------------------------------------------------------------------
 
@@ -125,13 +135,17 @@ class SimPartnerCenter:
         self.clock.t += self.SLOW_SECONDS if window and window.kind == "slow" else self.CALL_SECONDS
         try:
             if window and window.kind == "throttle":
-                raise ThrottledError(429, "429", "Rate limit is exceeded.", retry_after=window.retry_after, method="GET", path=name)
+                raise ThrottledError(
+                    429, "429", "Rate limit is exceeded.", retry_after=window.retry_after, method="GET", path=name
+                )
             if window and window.kind == "outage":
                 raise TransientError(503, "800003", "Unexpected service error", method="GET", path=name)
             if window and window.kind == "busy" and oid in self.customers.get(cid, SimCustomer()).orders:
                 raise ConflictError(409, "800060", "Your order is in progress.", method="PATCH", path=name)
             if window and window.kind == "unauthorised":
-                raise AuthenticationError(401, "800001", "Partner Token missing in request context", method="GET", path=name)
+                raise AuthenticationError(
+                    401, "800001", "Partner Token missing in request context", method="GET", path=name
+                )
             answer = effect()
         except (ThrottledError, TransientError, RefusedError, ConflictError, AuthenticationError) as exc:
             self.log.append(CallRecord(self.invocation, name, cid, oid, self.clock.t, type(exc).__name__))
@@ -140,7 +154,9 @@ class SimPartnerCenter:
         self.log.append(CallRecord(self.invocation, name, cid, oid, self.clock.t, "lost" if lost else _summary(answer)))
         self.boundaries.cross(f"after {name}")
         if lost:
-            raise TransientError(None, None, "ReadTimeout talking to Partner Center (the call took effect)", method="X", path=name)
+            raise TransientError(
+                None, None, "ReadTimeout talking to Partner Center (the call took effect)", method="X", path=name
+            )
         return answer
 
     def _customer(self, cid: str, what: str) -> SimCustomer:
@@ -156,6 +172,7 @@ class SimPartnerCenter:
     def list_entitlement_order_ids(self, cid, *, correlation_id, budget=None):
         def effect():
             return [oid for oid, o in self._customer(cid, "entitlements").orders.items() if not o.hidden]
+
         return self._call("entitlements", cid, None, effect)
 
     def get_order(self, cid, oid, *, correlation_id, budget=None):
@@ -165,6 +182,7 @@ class SimPartnerCenter:
                 raise NotFoundError(404, "20000", "Order Id not found", method="GET", path="order")
             self._advance(order)
             return {"id": oid, "status": order.status}
+
         return self._call("get_order", cid, oid, effect)
 
     def cancel_order(self, cid, oid, *, correlation_id, budget=None):
@@ -174,24 +192,38 @@ class SimPartnerCenter:
                 raise NotFoundError(404, "20000", "Order Id not found", method="PATCH", path="order")
             self._advance(order)
             if order.refuse:
-                raise RefusedError(400, order.refuse, "You have passed your 60-day cancellation window.", method="PATCH", path="order")
+                raise RefusedError(
+                    400, order.refuse, "You have passed your 60-day cancellation window.", method="PATCH", path="order"
+                )
             if order.status in ("pending", "cancelled") and order.second_cancel_error:
                 raise RefusedError(400, "800061", "Order cannot be canceled", method="PATCH", path="order")
             if order.status == "completed":
-                order.status, order.cancel_at = ("cancelled", None) if order.delay == 0 else ("pending", self.clock.t + order.delay)
+                order.status, order.cancel_at = (
+                    ("cancelled", None) if order.delay == 0 else ("pending", self.clock.t + order.delay)
+                )
             return {"id": oid, "status": "cancelled" if order.early_answer else order.status}
+
         return self._call("cancel_order", cid, oid, effect)
 
     def delete_customer(self, cid, *, correlation_id, budget=None):
         def effect():
             self._customer(cid, "customer")
-            self.delete_attempts.append((self.invocation, cid, self.clock.t, tuple(self.open_orders(cid, listed_only=True))))
+            self.delete_attempts.append(
+                (self.invocation, cid, self.clock.t, tuple(self.open_orders(cid, listed_only=True)))
+            )
             blocking = self.open_orders(cid, listed_only=False)
             if blocking:
-                raise RefusedError(400, "800000", "Customer relationship cannot be removed due to active Azure reserved "
-                                   f"instances.Please cancel the following orders: {','.join(blocking)}", method="DELETE", path="customer")
+                raise RefusedError(
+                    400,
+                    "800000",
+                    "Customer relationship cannot be removed due to active Azure reserved "
+                    f"instances.Please cancel the following orders: {','.join(blocking)}",
+                    method="DELETE",
+                    path="customer",
+                )
             del self.customers[cid]
             self.deleted[cid] = (self.clock.t, self.invocation)
+
         return self._call("delete_customer", cid, None, effect)
 
 
@@ -204,6 +236,7 @@ def _summary(answer: Any) -> Any:
 
 
 # -- queues and the host ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class SimMessage:
@@ -243,8 +276,10 @@ class SimQueues:
         return msg.id
 
     def visible(self, queues: tuple[str, ...]) -> list[SimMessage]:
-        return sorted((m for m in self.messages.values() if m.queue in queues and m.visible_at <= self.clock.t),
-                      key=lambda m: (m.visible_at, m.id))
+        return sorted(
+            (m for m in self.messages.values() if m.queue in queues and m.visible_at <= self.clock.t),
+            key=lambda m: (m.visible_at, m.id),
+        )
 
     def on(self, queue: str) -> list[SimMessage]:
         return [m for m in self.messages.values() if m.queue == queue]
@@ -269,8 +304,17 @@ class Invocation:
 class SimHost:
     """Delivers messages to the two functions the way the queue extension does."""
 
-    def __init__(self, clock: SimClock, queues: SimQueues, pc: SimPartnerCenter, handlers: dict[str, Callable],
-                 *, max_dequeue: int = 5, visibility_timeout: float = 30, lease: float = 600):
+    def __init__(
+        self,
+        clock: SimClock,
+        queues: SimQueues,
+        pc: SimPartnerCenter,
+        handlers: dict[str, Callable],
+        *,
+        max_dequeue: int = 5,
+        visibility_timeout: float = 30,
+        lease: float = 600,
+    ):
         self.clock, self.queues, self.pc, self.handlers = clock, queues, pc, handlers
         self.max_dequeue, self.visibility_timeout, self.lease = max_dequeue, visibility_timeout, lease
         self.invocations: list[Invocation] = []
@@ -288,8 +332,12 @@ class SimHost:
         self._current = boundaries
         msg.visible_at = self.clock.t + self.lease  # leased while it runs
         text = base64.b64encode(msg.body).decode()
-        function_message = queue_message(base64.b64decode(text), id=msg.id, dequeue_count=msg.dequeue_count,
-                                         inserted=T0 + timedelta(seconds=msg.inserted))
+        function_message = queue_message(
+            base64.b64decode(text),
+            id=msg.id,
+            dequeue_count=msg.dequeue_count,
+            inserted=T0 + timedelta(seconds=msg.inserted),
+        )
         try:
             self.handlers[msg.queue](function_message, inv.id)
             boundaries.cross("after the function returned, before the host deleted the message")

@@ -17,6 +17,7 @@ cold start; ``pycache_prefix`` / ``--cached-bytecode`` measures with their bytec
 The Python worker has imported ``azure.functions`` before it loads a function; ``preload`` / ``--preload
 azure.functions`` takes modules out of the measured import the same way. Development tool only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["ImportNode", "parse_importtime", "find_module", "heaviest", "package_of", "function_module", "import_cost",
-           "module_cost", "worker_telemetry_cost", "main"]
+__all__ = [
+    "ImportNode",
+    "parse_importtime",
+    "find_module",
+    "heaviest",
+    "package_of",
+    "function_module",
+    "import_cost",
+    "module_cost",
+    "worker_telemetry_cost",
+    "main",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,8 +52,15 @@ ROOT = Path(__file__).resolve().parent.parent
 _LINE_RE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\| ( *)(\S+)\s*$")
 
 #: Namespace packages: a package is named by one more component than these (azure.identity, azure.storage.queue).
-NAMESPACES = ("azure.storage", "azure.mgmt", "azure", "google.cloud", "google", "opentelemetry.instrumentation",
-              "opentelemetry")
+NAMESPACES = (
+    "azure.storage",
+    "azure.mgmt",
+    "azure",
+    "google.cloud",
+    "google",
+    "opentelemetry.instrumentation",
+    "opentelemetry",
+)
 
 # argv: app root, module to measure, modules to import first. Mirrors tools/local_host/indexing.py load_entry_points.
 _HARNESS = """\
@@ -104,7 +122,7 @@ def find_module(roots: Sequence[ImportNode], name: str, *, top_level: bool = Fal
     """The line of ``name`` (imported once per process, so at most one), or None; ``top_level``: only a root line,
     i.e. not first imported by another module."""
     for root in roots:
-        for node in ([root] if top_level else root.walk()):
+        for node in [root] if top_level else root.walk():
             if node.name == name:
                 return node
     return None
@@ -157,8 +175,9 @@ def _environment(pycache_prefix: str | None) -> dict[str, str]:
     return env
 
 
-def _measure(app_root: Path, target: str, *, python: str, runs: int, preload: Sequence[str],
-             pycache_prefix: str | None, top: int) -> dict:
+def _measure(
+    app_root: Path, target: str, *, python: str, runs: int, preload: Sequence[str], pycache_prefix: str | None, top: int
+) -> dict:
     if runs < 1:
         raise ValueError("runs must be at least 1")
     root = str(Path(app_root).resolve())
@@ -173,7 +192,9 @@ def _measure(app_root: Path, target: str, *, python: str, runs: int, preload: Se
             raise RuntimeError(f"importing {target} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         node = find_module(parse_importtime(proc.stderr), target, top_level=True)
         if node is None:
-            raise RuntimeError(f"no top-level importtime line for {target}: imported already (by {list(preload) or 'start-up'})?")
+            raise RuntimeError(
+                f"no top-level importtime line for {target}: imported already (by {list(preload) or 'start-up'})?"
+            )
         if i == 0:
             continue
         totals.append(node.cumulative_us / 1000.0)
@@ -182,29 +203,57 @@ def _measure(app_root: Path, target: str, *, python: str, runs: int, preload: Se
     packages = {pkg for run in tops for pkg in run}
     medians = {pkg: statistics.median(run.get(pkg, 0.0) for run in tops) for pkg in packages}
     ranked = sorted(medians.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    return {"module": target, "total_ms": round(statistics.median(totals), 2),
-            "top": [(pkg, round(ms, 2)) for pkg, ms in ranked], "wall_ms": round(statistics.median(walls), 2),
-            "runs": runs}
+    return {
+        "module": target,
+        "total_ms": round(statistics.median(totals), 2),
+        "top": [(pkg, round(ms, 2)) for pkg, ms in ranked],
+        "wall_ms": round(statistics.median(walls), 2),
+        "runs": runs,
+    }
 
 
-def import_cost(app_root: Path, function: str, python: str = sys.executable, runs: int = 5, *,
-                preload: Sequence[str] = (), pycache_prefix: str | None = None, top: int = 10) -> dict:
+def import_cost(
+    app_root: Path,
+    function: str,
+    python: str = sys.executable,
+    runs: int = 5,
+    *,
+    preload: Sequence[str] = (),
+    pycache_prefix: str | None = None,
+    top: int = 10,
+) -> dict:
     """Import cost of one function folder, medians over ``runs`` fresh processes (after one uncounted warm-up).
 
     Returns ``{"function", "module", "total_ms", "top": [(package, cumulative_ms)], "wall_ms", "runs"}``: ``total_ms``
     the cumulative importtime of ``__app__.<function>``, ``top`` the ``top`` heaviest packages inside it,
     ``wall_ms`` the whole process (interpreter start-up included).
     """
-    result = _measure(Path(app_root), function_module(Path(app_root), function), python=python, runs=runs,
-                      preload=preload, pycache_prefix=pycache_prefix, top=top)
+    result = _measure(
+        Path(app_root),
+        function_module(Path(app_root), function),
+        python=python,
+        runs=runs,
+        preload=preload,
+        pycache_prefix=pycache_prefix,
+        top=top,
+    )
     return {"function": function, **result}
 
 
-def module_cost(module: str, app_root: Path = ROOT, python: str = sys.executable, runs: int = 5, *,
-                preload: Sequence[str] = (), pycache_prefix: str | None = None, top: int = 10) -> dict:
+def module_cost(
+    module: str,
+    app_root: Path = ROOT,
+    python: str = sys.executable,
+    runs: int = 5,
+    *,
+    preload: Sequence[str] = (),
+    pycache_prefix: str | None = None,
+    top: int = 10,
+) -> dict:
     """The same measurement for any module (``azure.identity``, ``shared.auth``), in the same harness."""
-    return _measure(Path(app_root), module, python=python, runs=runs, preload=preload,
-                    pycache_prefix=pycache_prefix, top=top)
+    return _measure(
+        Path(app_root), module, python=python, runs=runs, preload=preload, pycache_prefix=pycache_prefix, top=top
+    )
 
 
 # What the Python worker does at its start when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, before it loads a
@@ -226,11 +275,16 @@ os._exit(0)
 #: What keeps an Azure Monitor exporter on loopback here: no statsbeat, no customer SDK stats, no control-plane settings
 #: fetch (each is a background call to a public Microsoft endpoint otherwise). No Entra authentication is in this list:
 #: callers remove APPLICATIONINSIGHTS_AUTHENTICATION_STRING (a managed identity would probe the instance metadata address).
-EXPORTER_OFFLINE = {"APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true", "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
-                    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true"}
+EXPORTER_OFFLINE = {
+    "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+    "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
+    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+}
 
 #: A connection string of the documented form whose ingestion endpoint is a closed loopback port.
-LOOPBACK_CONNECTION_STRING = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"
+LOOPBACK_CONNECTION_STRING = (
+    "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"
+)
 
 
 def worker_telemetry_cost(python: str = sys.executable, runs: int = 5, *, pycache_prefix: str | None = None) -> dict:
@@ -256,8 +310,12 @@ def worker_telemetry_cost(python: str = sys.executable, runs: int = 5, *, pycach
         imports.append(figures["import_ms"])
         configures.append(figures["configure_ms"])
         walls.append(wall)
-    return {"import_ms": round(statistics.median(imports), 1), "configure_ms": round(statistics.median(configures), 1),
-            "wall_ms": round(statistics.median(walls), 1), "runs": runs}
+    return {
+        "import_ms": round(statistics.median(imports), 1),
+        "configure_ms": round(statistics.median(configures), 1),
+        "wall_ms": round(statistics.median(walls), 1),
+        "runs": runs,
+    }
 
 
 def _functions(app_root: Path) -> list[str]:
@@ -265,8 +323,10 @@ def _functions(app_root: Path) -> list[str]:
 
 
 def _table(rows: list[dict], shown: int) -> str:
-    out = ["| function | import total (ms) | process wall (ms) | heaviest packages inside (cumulative ms) |",
-           "|---|---:|---:|---|"]
+    out = [
+        "| function | import total (ms) | process wall (ms) | heaviest packages inside (cumulative ms) |",
+        "|---|---:|---:|---|",
+    ]
     for r in rows:
         heavy = ", ".join(f"{pkg} {ms:.1f}" for pkg, ms in r["top"][:shown])
         out.append(f"| {r.get('function', r['module'])} | {r['total_ms']:.1f} | {r['wall_ms']:.1f} | {heavy} |")
@@ -280,14 +340,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--top", type=int, default=5, help="packages shown per function")
-    p.add_argument("--preload", action="append", default=[], metavar="MODULE",
-                   help="import first, outside the measurement (the worker has azure.functions loaded already)")
-    p.add_argument("--cached-bytecode", action="store_true",
-                   help="cache the app's bytecode in a temporary PYTHONPYCACHEPREFIX (default: as this environment)")
-    p.add_argument("--module", action="append", default=[], metavar="MODULE",
-                   help="also measure this module on its own (e.g. azure.identity)")
-    p.add_argument("--worker-telemetry", action="store_true",
-                   help="also measure the worker's telemetry start-up (azure.monitor.opentelemetry, configure_azure_monitor)")
+    p.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import first, outside the measurement (the worker has azure.functions loaded already)",
+    )
+    p.add_argument(
+        "--cached-bytecode",
+        action="store_true",
+        help="cache the app's bytecode in a temporary PYTHONPYCACHEPREFIX (default: as this environment)",
+    )
+    p.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also measure this module on its own (e.g. azure.identity)",
+    )
+    p.add_argument(
+        "--worker-telemetry",
+        action="store_true",
+        help="also measure the worker's telemetry start-up (azure.monitor.opentelemetry, configure_azure_monitor)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="coldstart-pyc-") as tmp:
         prefix = tmp if args.cached_bytecode else None
@@ -295,18 +371,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             rows = [import_cost(args.app_root, name, **kw) for name in (args.functions or _functions(args.app_root))]
             rows += [module_cost(name, args.app_root, **kw) for name in args.module]
-            telemetry = worker_telemetry_cost(args.python, args.runs, pycache_prefix=prefix) if args.worker_telemetry else None
+            telemetry = (
+                worker_telemetry_cost(args.python, args.runs, pycache_prefix=prefix) if args.worker_telemetry else None
+            )
         except (RuntimeError, ValueError, OSError) as exc:
             print(f"coldstart: {exc}", file=sys.stderr)
             return 2
     print(_table(rows, args.top))
-    bytecode = "cached" if args.cached_bytecode else f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}"
+    bytecode = (
+        "cached"
+        if args.cached_bytecode
+        else f"PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}"
+    )
     if telemetry:
-        print(f"\nworker telemetry start-up (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true): import "
-              f"azure.monitor.opentelemetry {telemetry['import_ms']:.1f} ms, configure_azure_monitor {telemetry['configure_ms']:.1f} ms, "
-              f"whole process {telemetry['wall_ms']:.1f} ms")
-    print(f"\nmedians of {args.runs} runs; {args.python}; preloaded: {', '.join(args.preload) or 'nothing'}; "
-          f"app bytecode: {bytecode}")
+        print(
+            f"\nworker telemetry start-up (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true): import "
+            f"azure.monitor.opentelemetry {telemetry['import_ms']:.1f} ms, configure_azure_monitor {telemetry['configure_ms']:.1f} ms, "
+            f"whole process {telemetry['wall_ms']:.1f} ms"
+        )
+    print(
+        f"\nmedians of {args.runs} runs; {args.python}; preloaded: {', '.join(args.preload) or 'nothing'}; "
+        f"app bytecode: {bytecode}"
+    )
     return 0
 
 

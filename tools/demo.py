@@ -6,6 +6,7 @@ poll, the DELETE, the outcome event), then stops everything it started (also on 
 the demo (``AzureWebJobs.sweep_customers.Disabled``, which the local host honours as the Functions host does): a timer
 status kept in .local/demo from an earlier demo would otherwise start a past-due sweep at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,10 +62,15 @@ def main() -> int:
         say(t0, f"Azurite on 127.0.0.1:{port}, emulator on {pc.url}")
 
         example = json.loads((devenv.ROOT / "local.settings.example.json").read_text())["Values"]
-        settings = {**example, "AzureWebJobsStorage": devenv.azurite_connection_string(port), **pc.app_settings(),
-                    "POLL_INTERVAL_SECONDS": "2", "POLL_MAX_INTERVAL_SECONDS": "8",
-                    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
-                    "AzureWebJobs.sweep_customers.Disabled": "true"}  # the single deletion only; no past-due sweep at start
+        settings = {
+            **example,
+            "AzureWebJobsStorage": devenv.azurite_connection_string(port),
+            **pc.app_settings(),
+            "POLL_INTERVAL_SECONDS": "2",
+            "POLL_MAX_INTERVAL_SECONDS": "8",
+            "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
+            "AzureWebJobs.sweep_customers.Disabled": "true",
+        }  # the single deletion only; no past-due sweep at start
         queues = devenv.Queues(settings["AzureWebJobsStorage"])
         for name in (settings["DELETE_CUSTOMER_QUEUE"], settings["POLL_ORDERS_QUEUE"]):
             queues.ensure(name)  # trigger queues are created by whoever deploys
@@ -77,8 +83,11 @@ def main() -> int:
         say(t0, "local Functions host started (delete_customer, poll_orders; sweep_customers disabled for this demo)")
 
         state = pc.state()["customers"][CUSTOMER]
-        say(t0, f"customer {CUSTOMER} '{state['companyName']}' has {len(state['orders'])} order(s): "
-                + ", ".join(f"{oid[:10]}... {o['status']}" for oid, o in state["orders"].items()))
+        say(
+            t0,
+            f"customer {CUSTOMER} '{state['companyName']}' has {len(state['orders'])} order(s): "
+            + ", ".join(f"{oid[:10]}... {o['status']}" for oid, o in state["orders"].items()),
+        )
         correlation = str(uuid.uuid4())
         request = {"customerTenantId": CUSTOMER, "correlationId": correlation}
         queues.send(settings["DELETE_CUSTOMER_QUEUE"], json.dumps(request))
@@ -96,8 +105,11 @@ def main() -> int:
             for line in host.log().splitlines():
                 if correlation in line and f"poll hop {hops + 1}, stage" in line:
                     hops += 1
-                    say(t0, f"poll_orders: hop {hops} ran (reads the orders, the ones last seen open first, up to the first still open; "
-                            "when every order reads cancelled it lists the entitlements again and DELETEs in that same hop)")
+                    say(
+                        t0,
+                        f"poll_orders: hop {hops} ran (reads the orders, the ones last seen open first, up to the first still open; "
+                        "when every order reads cancelled it lists the entitlements again and DELETEs in that same hop)",
+                    )
             if outcomes.poll():
                 break
             time.sleep(0.3)

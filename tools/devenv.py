@@ -1,5 +1,6 @@
 """The local world, for the demo, the integration tests and the reliability run: Azurite, the Partner Center
 emulator and the local Functions host as child processes, plus small helpers to drive and inspect them."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def azurite_queue_service_uri(port: int) -> str:
 
 
 def azurite_connection_string(port: int) -> str:
-    return ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    return (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        f"AccountKey={AZURITE_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
@@ -92,7 +95,15 @@ def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     out = open(log_path, "wb")  # a fresh log per start: readers look for "listening" lines in it
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=str(cwd), env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=str(cwd),
+        env=env,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
     out.close()
     return Child(name, proc, log_path)
 
@@ -106,14 +117,30 @@ def azurite_binary() -> Path:
     return path
 
 
-def start_azurite(log_dir: Path, port: int = 0, *, oauth: bool = False, cert: str | Path | None = None,
-                  key: str | Path | None = None, name: str = "azurite") -> tuple[Child, int]:
+def start_azurite(
+    log_dir: Path,
+    port: int = 0,
+    *,
+    oauth: bool = False,
+    cert: str | Path | None = None,
+    key: str | Path | None = None,
+    name: str = "azurite",
+) -> tuple[Child, int]:
     """Azurite's queue service on loopback, in memory. ``oauth=True``: HTTPS with ``cert``/``key`` (PEM; the
     emulator's ``storage-cert.pem``/``storage-key.pem``, ``Emulator.storage_tls``) and ``--oauth basic``, so bearer
     tokens are accepted (and checked: format, issuer, audience, lifetime; not the signature). The account key keeps
     working in either mode."""
-    argv = [str(azurite_binary()), "--queueHost", "127.0.0.1", "--queuePort", str(port), "--inMemoryPersistence",
-            "--skipApiVersionCheck", "--disableTelemetry", "--silent"]
+    argv = [
+        str(azurite_binary()),
+        "--queueHost",
+        "127.0.0.1",
+        "--queuePort",
+        str(port),
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--silent",
+    ]
     if oauth:
         if not (cert and key):
             raise ValueError("Azurite's OAuth mode needs HTTPS: pass cert and key")
@@ -121,8 +148,14 @@ def start_azurite(log_dir: Path, port: int = 0, *, oauth: bool = False, cert: st
     child = _spawn(name, argv, log_dir)
     scheme = "https" if oauth else "http"
     try:
-        found = wait_for(lambda: re.search(rf"listens on {scheme}://127\.0\.0\.1:(\d+)", child.log()) or (child.proc.poll() is not None and "exit"),
-                         30, what="Azurite to listen")
+        found = wait_for(
+            lambda: (
+                re.search(rf"listens on {scheme}://127\.0\.0\.1:(\d+)", child.log())
+                or (child.proc.poll() is not None and "exit")
+            ),
+            30,
+            what="Azurite to listen",
+        )
         if found == "exit":
             raise RuntimeError(f"Azurite exited: {child.log()[-2000:]}")
     except BaseException:
@@ -138,11 +171,15 @@ class Emulator:
     partner: dict
     child: Child | None = None
     _session: requests.Session = field(default_factory=requests.Session)
-    storage_identity: dict | None = None  # {"clientId", "clientSecret"}: the tenant's app registration for storage tokens
+    storage_identity: dict | None = (
+        None  # {"clientId", "clientSecret"}: the tenant's app registration for storage tokens
+    )
     storage_tls: dict | None = None  # {"cert", "key"}: PEM files from the emulator's CA, for Azurite's HTTPS
 
     def _req(self, method: str, name: str, body: Any = None, **params: Any) -> Any:
-        resp = self._session.request(method, f"{self.url}/_emulator/{name}", json=body, params=params, verify=self.ca, timeout=10)
+        resp = self._session.request(
+            method, f"{self.url}/_emulator/{name}", json=body, params=params, verify=self.ca, timeout=10
+        )
         resp.raise_for_status()
         return resp.json()
 
@@ -176,49 +213,92 @@ class Emulator:
         return self._req("POST", "customers/fill", {"count": count, "seed": seed})["customers"]
 
     def app_settings(self) -> dict[str, str]:
-        return {"PARTNER_CENTER_BASE_URL": self.url, "PARTNER_CENTER_AUTHORITY_HOST": self.url,
-                "PARTNER_CENTER_TENANT_ID": self.partner["tenantId"], "PARTNER_CENTER_CLIENT_ID": self.partner["clientId"],
-                "PARTNER_CENTER_CLIENT_SECRET": self.partner["clientSecret"], "REQUESTS_CA_BUNDLE": self.ca}
-
+        return {
+            "PARTNER_CENTER_BASE_URL": self.url,
+            "PARTNER_CENTER_AUTHORITY_HOST": self.url,
+            "PARTNER_CENTER_TENANT_ID": self.partner["tenantId"],
+            "PARTNER_CENTER_CLIENT_ID": self.partner["clientId"],
+            "PARTNER_CENTER_CLIENT_SECRET": self.partner["clientSecret"],
+            "REQUESTS_CA_BUNDLE": self.ca,
+        }
 
     def storage_identity_settings(self, queue_service_uri: str, *, client_secret: str | None = None) -> dict[str, str]:
         """Identity-based ``AzureWebJobsStorage`` as the host documents it for local development (no connection
         string): the storage identity's client secret, against the emulator as ``AZURE_AUTHORITY_HOST``."""
         assert self.storage_identity, "this emulator has no storage identity"
-        return {"AzureWebJobsStorage__queueServiceUri": queue_service_uri, "AzureWebJobsStorage__tenantId": self.partner["tenantId"],
-                "AzureWebJobsStorage__clientId": self.storage_identity["clientId"],
-                "AzureWebJobsStorage__clientSecret": client_secret or self.storage_identity["clientSecret"],
-                "AZURE_AUTHORITY_HOST": self.url, "REQUESTS_CA_BUNDLE": self.ca}
+        return {
+            "AzureWebJobsStorage__queueServiceUri": queue_service_uri,
+            "AzureWebJobsStorage__tenantId": self.partner["tenantId"],
+            "AzureWebJobsStorage__clientId": self.storage_identity["clientId"],
+            "AzureWebJobsStorage__clientSecret": client_secret or self.storage_identity["clientSecret"],
+            "AZURE_AUTHORITY_HOST": self.url,
+            "REQUESTS_CA_BUNDLE": self.ca,
+        }
 
     def storage_credential(self, *, client_secret: str | None = None) -> Any:
         """A real ClientSecretCredential of the storage identity against the emulator (TLS checked with its CA)."""
         from azure.identity import ClientSecretCredential
 
         assert self.storage_identity, "this emulator has no storage identity"
-        return ClientSecretCredential(self.partner["tenantId"], self.storage_identity["clientId"],
-                                      client_secret or self.storage_identity["clientSecret"], authority=self.url,
-                                      disable_instance_discovery=True, connection_verify=self.ca)
+        return ClientSecretCredential(
+            self.partner["tenantId"],
+            self.storage_identity["clientId"],
+            client_secret or self.storage_identity["clientSecret"],
+            authority=self.url,
+            disable_instance_discovery=True,
+            connection_verify=self.ca,
+        )
 
 
 def start_emulator(log_dir: Path, seed: Path = SAMPLE_SANDBOX, port: int = 0) -> Emulator:
     state_dir = Path(tempfile.mkdtemp(prefix="pc-emulator-", dir=log_dir if log_dir.exists() else None))
-    child = _spawn("emulator", [sys.executable, "-m", "tools.pc_emulator", "--seed", str(seed), "--port", str(port), "--state-dir", str(state_dir)], log_dir)
+    child = _spawn(
+        "emulator",
+        [
+            sys.executable,
+            "-m",
+            "tools.pc_emulator",
+            "--seed",
+            str(seed),
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state_dir),
+        ],
+        log_dir,
+    )
     info_path = state_dir / "emulator.json"
     try:
-        wait_for(lambda: info_path.exists() or (child.proc.poll() is not None and "exit"), 30, what="the emulator to start")
+        wait_for(
+            lambda: info_path.exists() or (child.proc.poll() is not None and "exit"), 30, what="the emulator to start"
+        )
         if child.proc.poll() is not None:
             raise RuntimeError(f"emulator exited: {child.log()[-2000:]}")
         info = json.loads(info_path.read_text())
     except BaseException:
         child.stop()
         raise
-    return Emulator(info["url"], info["ca"], info["partner"], child, storage_identity=info.get("storageIdentity"),
-                    storage_tls=info.get("storageTls"))
+    return Emulator(
+        info["url"],
+        info["ca"],
+        info["partner"],
+        child,
+        storage_identity=info.get("storageIdentity"),
+        storage_tls=info.get("storageTls"),
+    )
 
 
-def start_host(log_dir: Path, settings: dict[str, str], *, name: str = "host", lease_seconds: int = 600,
-               extra_env: dict[str, str] | None = None, app_root: Path = ROOT, admin_port: int = 0,
-               state_dir: Path | None = None) -> Child:
+def start_host(
+    log_dir: Path,
+    settings: dict[str, str],
+    *,
+    name: str = "host",
+    lease_seconds: int = 600,
+    extra_env: dict[str, str] | None = None,
+    app_root: Path = ROOT,
+    admin_port: int = 0,
+    state_dir: Path | None = None,
+) -> Child:
     """The local Functions host with ``settings`` as its local.settings.json ``Values``.
 
     ``admin_port`` 0 lets it pick a free port (``Child.admin_url()`` reads it from the log); ``state_dir`` (timer
@@ -228,13 +308,35 @@ def start_host(log_dir: Path, settings: dict[str, str], *, name: str = "host", l
     log_dir.mkdir(parents=True, exist_ok=True)
     settings_file = log_dir / f"{name}.settings.json"
     settings_file.write_text(json.dumps({"IsEncrypted": False, "Values": settings}, indent=2))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PARTNER_CENTER_", "AzureWebJobs", "POLL_", "DELETE_CUSTOMER", "DELETION_OUTCOMES", "SWEEP_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("PARTNER_CENTER_", "AzureWebJobs", "POLL_", "DELETE_CUSTOMER", "DELETION_OUTCOMES", "SWEEP_")
+        )
+    }
     env.update(extra_env or {})
     env["PYTHONUNBUFFERED"] = "1"
-    return _spawn(name, [sys.executable, "-m", "tools.local_host", "--settings", str(settings_file), "--lease-seconds", str(lease_seconds),
-                         "--app-root", str(app_root), "--admin-port", str(admin_port),
-                         "--state-dir", str(state_dir or log_dir / f"{name}-state")], log_dir, env)
+    return _spawn(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "tools.local_host",
+            "--settings",
+            str(settings_file),
+            "--lease-seconds",
+            str(lease_seconds),
+            "--app-root",
+            str(app_root),
+            "--admin-port",
+            str(admin_port),
+            "--state-dir",
+            str(state_dir or log_dir / f"{name}-state"),
+        ],
+        log_dir,
+        env,
+    )
 
 
 def invoke_admin(url: str, name: str, input: str = "") -> int:  # noqa: A002 - the endpoint's field name
@@ -246,14 +348,24 @@ def invoke_admin(url: str, name: str, input: str = "") -> int:  # noqa: A002 - t
 
 def unique_queues(prefix: str = "t") -> dict[str, str]:
     tag = f"{prefix}{uuid.uuid4().hex[:10]}"
-    return {"DELETE_CUSTOMER_QUEUE": f"{tag}-req", "POLL_ORDERS_QUEUE": f"{tag}-poll", "DELETION_OUTCOMES_QUEUE": f"{tag}-out"}
+    return {
+        "DELETE_CUSTOMER_QUEUE": f"{tag}-req",
+        "POLL_ORDERS_QUEUE": f"{tag}-poll",
+        "DELETION_OUTCOMES_QUEUE": f"{tag}-out",
+    }
 
 
 class Queues:
     """Send and read messages as the app and the host do (Base64 text)."""
 
-    def __init__(self, connection_string: str | None = None, *, account_url: str | None = None, credential: Any = None,
-                 ca: str | None = None):
+    def __init__(
+        self,
+        connection_string: str | None = None,
+        *,
+        account_url: str | None = None,
+        credential: Any = None,
+        ca: str | None = None,
+    ):
         """From a connection string, or identity-based: ``account_url`` (``azurite_queue_service_uri``) with a token
         ``credential``, TLS checked against ``ca`` (the emulator's)."""
         from azure.storage.queue import QueueServiceClient
@@ -261,7 +373,9 @@ class Queues:
         if connection_string:
             self.service = QueueServiceClient.from_connection_string(connection_string)
         else:
-            self.service = QueueServiceClient(account_url, credential=credential, **({"connection_verify": ca} if ca else {}))
+            self.service = QueueServiceClient(
+                account_url, credential=credential, **({"connection_verify": ca} if ca else {})
+            )
 
     def client(self, name: str) -> Any:
         return self.service.get_queue_client(name)
@@ -294,7 +408,14 @@ class Queues:
         seen: dict[str, str] = {}
         try:
             while len(seen) < limit:
-                page = list(next(self.client(name).receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=1).by_page(), []))
+                page = list(
+                    next(
+                        self.client(name)
+                        .receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=1)
+                        .by_page(),
+                        [],
+                    )
+                )
                 fresh = [m for m in page if m.id not in seen]
                 if not fresh:
                     return list(seen.values())
@@ -311,7 +432,14 @@ class Queues:
         out = []
         try:
             while True:
-                page = list(next(self.client(name).receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=30).by_page(), []))
+                page = list(
+                    next(
+                        self.client(name)
+                        .receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=30)
+                        .by_page(),
+                        [],
+                    )
+                )
                 if not page:
                     return out
                 for m in page:
@@ -341,4 +469,6 @@ class OutcomeReader:
         return self.events
 
     def wait(self, count: int, timeout: float) -> list[dict]:
-        return wait_for(lambda: len(self.poll()) >= count and self.events, timeout, 0.3, f"{count} outcome event(s) on {self.name}")
+        return wait_for(
+            lambda: len(self.poll()) >= count and self.events, timeout, 0.3, f"{count} outcome event(s) on {self.name}"
+        )

@@ -19,6 +19,7 @@ The admin API on the same port, never forwarded: ``GET /_proxy/stats``, ``GET /_
 the die). On start it writes ``<state-dir>/fault_proxy.json`` (port, url, target) and prints one line. Stop it with
 Ctrl-C or SIGTERM. ``start_fault_proxy`` runs it as a child process for tools and tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,9 @@ HOST = "127.0.0.1"
 ADMIN_PREFIX = "/_proxy/"
 STATE_FILE = "fault_proxy.json"
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never relayed; Expect was answered here.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect"})
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect"}
+)
 UPSTREAM_IDLE_LIMIT = 2.0  # seconds; Azurite drops keep-alive connections idle for 5 s, so never reuse one near that
 UPSTREAM_TIMEOUT = 30.0
 CLIENT_IDLE_TIMEOUT = 120.0
@@ -101,7 +104,9 @@ def is_put(method: str, path: str) -> bool:
     segments = [s for s in parts.path.split("/") if s]
     if method == "POST":
         return bool(segments) and segments[-1] == "messages"
-    return method == "PUT" and len(segments) >= 2 and segments[-2] == "messages" and "popreceipt" in parse_qs(parts.query)
+    return (
+        method == "PUT" and len(segments) >= 2 and segments[-2] == "messages" and "popreceipt" in parse_qs(parts.query)
+    )
 
 
 class Faults:
@@ -177,13 +182,17 @@ class Answer:
 
 def azure_error_body(code: str, message: str) -> bytes:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S.0000000Z", time.gmtime())
-    return (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{message}\n'
-            f"RequestId:{uuid.uuid4()}\nTime:{stamp}</Message></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{message}\n'
+        f"RequestId:{uuid.uuid4()}\nTime:{stamp}</Message></Error>"
+    ).encode()
 
 
 def hop_by_hop(headers: list[tuple[str, str]]) -> set[str]:
     """The hop-by-hop header names, including any a Connection header lists."""
-    named = {token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")}
+    named = {
+        token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
+    }
     return HOP_BY_HOP | named
 
 
@@ -217,7 +226,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if answer is None:
             self._send_azure_error(502, "ProxyTargetError", f"The fault proxy could not reach {self.server.target}.")
         elif fault == "after":
-            log.info("after: %s %s forwarded (target answered %d), dropping the client connection", self.command, self.path, answer.status)
+            log.info(
+                "after: %s %s forwarded (target answered %d), dropping the client connection",
+                self.command,
+                self.path,
+                answer.status,
+            )
             self._drop_connection()
         else:
             self._relay(answer)
@@ -228,7 +242,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         """The request body by Content-Length; None after answering a request this proxy will not forward."""
         if "transfer-encoding" in {k.lower() for k in self.headers.keys()}:
             self.close_connection = True  # the body's end is unknown: the rest of the stream cannot be trusted
-            self._send_azure_error(411, "MissingContentLengthHeader", "The fault proxy needs Content-Length on request bodies.")
+            self._send_azure_error(
+                411, "MissingContentLengthHeader", "The fault proxy needs Content-Length on request bodies."
+            )
             return None
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -240,7 +256,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return None
         body = self.rfile.read(length)
         if len(body) < length:
-            raise ConnectionResetError(f"client closed after {len(body)} of {length} body bytes")  # logged by handle_error
+            raise ConnectionResetError(
+                f"client closed after {len(body)} of {length} body bytes"
+            )  # logged by handle_error
         return body
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -299,9 +317,18 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def _send_azure_error(self, status: int, code: str, message: str) -> None:
         body = azure_error_body(code, message)
-        self._respond(status, None, [("Content-Type", "application/xml"), ("Content-Length", str(len(body))),
-                                     ("x-ms-error-code", code), ("x-ms-request-id", str(uuid.uuid4())),
-                                     ("Date", formatdate(usegmt=True))], body)
+        self._respond(
+            status,
+            None,
+            [
+                ("Content-Type", "application/xml"),
+                ("Content-Length", str(len(body))),
+                ("x-ms-error-code", code),
+                ("x-ms-request-id", str(uuid.uuid4())),
+                ("Date", formatdate(usegmt=True)),
+            ],
+            body,
+        )
 
     def _send_json(self, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -379,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-port", type=int, required=True, help="Azurite's queue port on 127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="port to listen on, 0 for any free one (default 0)")
     parser.add_argument("--before-share", type=float, default=0.005, help="share of puts answered 503 unforwarded")
-    parser.add_argument("--after-share", type=float, default=0.005, help="share of puts forwarded, then the answer dropped")
+    parser.add_argument(
+        "--after-share", type=float, default=0.005, help="share of puts forwarded, then the answer dropped"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the die (default 1)")
     parser.add_argument("--state-dir", default=".local/fault_proxy", help=f"where {STATE_FILE} goes")
     args = parser.parse_args(argv)
@@ -462,9 +491,25 @@ def start_fault_proxy(log_dir: Path, target_port: int, *, name: str = "fault_pro
 
     log_dir.mkdir(parents=True, exist_ok=True)
     state_dir = Path(tempfile.mkdtemp(prefix="fault-proxy-", dir=log_dir))
-    flags = [arg for key in CLI_SETTINGS if key in config for arg in (f"--{key.replace('_', '-')}", str(config.pop(key)))]
-    child = _spawn(name, [sys.executable, "-m", "tools.fault_proxy", "--target-port", str(target_port), "--port", "0",
-                          "--state-dir", str(state_dir), *flags], log_dir)
+    flags = [
+        arg for key in CLI_SETTINGS if key in config for arg in (f"--{key.replace('_', '-')}", str(config.pop(key)))
+    ]
+    child = _spawn(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "tools.fault_proxy",
+            "--target-port",
+            str(target_port),
+            "--port",
+            "0",
+            "--state-dir",
+            str(state_dir),
+            *flags,
+        ],
+        log_dir,
+    )
     info_path = state_dir / STATE_FILE
     try:
         wait_for(lambda: info_path.exists() or child.proc.poll() is not None, 30, 0.05, "the fault proxy to start")

@@ -5,6 +5,7 @@
 
 Run as a file by the Makefile before any virtual environment exists, so it imports nothing of the project.
 """
+
 from __future__ import annotations
 
 import glob
@@ -26,17 +27,25 @@ def verdict(version: tuple[int, int]) -> tuple[bool, str]:
     if version in SUPPORTED:
         return True, ""
     if version > SUPPORTED[-1]:
-        return True, (f"warning: Python {shown} is newer than this project has been tested on ({wanted}); "
-                      f"it is used anyway. If something fails, run make with PYTHON=python{SUPPORTED[-1][0]}.{SUPPORTED[-1][1]}.")
+        return True, (
+            f"warning: Python {shown} is newer than this project has been tested on ({wanted}); "
+            f"it is used anyway. If something fails, run make with PYTHON=python{SUPPORTED[-1][0]}.{SUPPORTED[-1][1]}."
+        )
     reason = " (Azure Functions ended support for 3.10 in October 2026)" if version == (3, 10) else ""
-    return False, (f"Python {shown} is not supported{reason}. This project needs Python {wanted}: "
-                   f"install one and run make with PYTHON=python3.13 (or the path to it).")
+    return False, (
+        f"Python {shown} is not supported{reason}. This project needs Python {wanted}: "
+        f"install one and run make with PYTHON=python3.13 (or the path to it)."
+    )
 
 
 def _version_of(python: str) -> tuple[int, int] | None:
     try:
-        out = subprocess.run([python, "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [python, "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     parts = out.stdout.split()

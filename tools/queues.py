@@ -7,6 +7,7 @@
 Connection string and queue names come from the settings file (``--settings``, default local.settings.json) or, when
 it is missing, from the environment, with the app's defaults. ``show`` peeks (up to 32 messages) and consumes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,14 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     conn = values.get("AzureWebJobsStorage")
     if not conn:
         parser.error("AzureWebJobsStorage is not set (settings file or environment)")
-    names = {k: (values.get(k) or DEFAULTS[k]).lower() for k in ("DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "DELETION_OUTCOMES_QUEUE")}
+    names = {
+        k: (values.get(k) or DEFAULTS[k]).lower()
+        for k in ("DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "DELETION_OUTCOMES_QUEUE")
+    }
     # The sweep's own rule (read_policy): a report queue name that is not valid, or is one of the app's queues, falls
     # back to the default; None when even that is taken (the reports are then only logged).
     reports = read_policy(values, app_queues=tuple(names.values())).reports_queue
     if reports is None and args.command == "show" and args.which == "reports":
-        parser.error("no queue can take the sweep's reports with these settings (see SWEEP_REPORTS_QUEUE): they are only logged")
-    queue_of = {"reports": reports, "requests": names["DELETE_CUSTOMER_QUEUE"], "polls": names["POLL_ORDERS_QUEUE"], "outcomes": names["DELETION_OUTCOMES_QUEUE"],
-                "poison": names["DELETE_CUSTOMER_QUEUE"] + "-poison", "polls-poison": names["POLL_ORDERS_QUEUE"] + "-poison"}
+        parser.error(
+            "no queue can take the sweep's reports with these settings (see SWEEP_REPORTS_QUEUE): they are only logged"
+        )
+    queue_of = {
+        "reports": reports,
+        "requests": names["DELETE_CUSTOMER_QUEUE"],
+        "polls": names["POLL_ORDERS_QUEUE"],
+        "outcomes": names["DELETION_OUTCOMES_QUEUE"],
+        "poison": names["DELETE_CUSTOMER_QUEUE"] + "-poison",
+        "polls-poison": names["POLL_ORDERS_QUEUE"] + "-poison",
+    }
     service = QueueServiceClient.from_connection_string(conn)
 
     if args.command == "send":
@@ -80,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 pass
             print(f"--- {m.id} inserted {m.inserted_on:%Y-%m-%dT%H:%M:%SZ} dequeued {m.dequeue_count}x\n{text}")
-        print(f"{len(messages)} message(s) on {queue_of[args.which]}" + (" (peek shows at most 32)" if len(messages) == 32 else ""))
+        print(
+            f"{len(messages)} message(s) on {queue_of[args.which]}"
+            + (" (peek shows at most 32)" if len(messages) == 32 else "")
+        )
         return 0
 
     # redrive: receive from poison, send the same text to the request queue, then delete from poison
@@ -89,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     moved = 0
     try:
         while True:
-            page = list(next(poison.receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=60).by_page(), []))
+            page = list(
+                next(
+                    poison.receive_messages(max_messages=32, messages_per_page=32, visibility_timeout=60).by_page(), []
+                )
+            )
             if not page:
                 break
             for m in page:

@@ -15,6 +15,7 @@ nothing was deleted twice, no DELETE went out while an order was open, outcomes 
 that could have been deleted ended `failed` or `timed_out`. Exit status 1 if any of those happened. Not part of
 `make test`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,10 +56,28 @@ class Profile:
 
 
 PROFILES = {
-    "standard": Profile(hosts=1, kill_every="20-45", lease_seconds=8, outage_at=0, outage_seconds=0, storage_put_failures=0.0,
-                        cancel_after_seconds=(0, 0, 0, 1, 2), cancel_after_reads=(0, 0, 1, 2, 3), poll_timeout=1500),
-    "harsh": Profile(hosts=2, kill_every="5-15", lease_seconds=8, outage_at=60, outage_seconds=240, storage_put_failures=0.01,
-                     cancel_after_seconds=(0, 0, 1, 5, 20), cancel_after_reads=(0,), poll_timeout=1500),
+    "standard": Profile(
+        hosts=1,
+        kill_every="20-45",
+        lease_seconds=8,
+        outage_at=0,
+        outage_seconds=0,
+        storage_put_failures=0.0,
+        cancel_after_seconds=(0, 0, 0, 1, 2),
+        cancel_after_reads=(0, 0, 1, 2, 3),
+        poll_timeout=1500,
+    ),
+    "harsh": Profile(
+        hosts=2,
+        kill_every="5-15",
+        lease_seconds=8,
+        outage_at=60,
+        outage_seconds=240,
+        storage_put_failures=0.01,
+        cancel_after_seconds=(0, 0, 1, 5, 20),
+        cancel_after_reads=(0,),
+        poll_timeout=1500,
+    ),
 }
 
 
@@ -67,9 +86,14 @@ def build_customers(rng: random.Random, count: int, min_orders: int, max_orders:
     for _ in range(count):
         orders = []
         for _ in range(rng.randint(min_orders, max_orders)):
-            orders.append({"id": uuid.uuid4().hex + "A", "cancelAfterReads": rng.choice(profile.cancel_after_reads),
-                           "cancelAfterSeconds": rng.choice(profile.cancel_after_seconds),
-                           "status": "cancelled" if rng.random() < 0.05 else "completed"})
+            orders.append(
+                {
+                    "id": uuid.uuid4().hex + "A",
+                    "cancelAfterReads": rng.choice(profile.cancel_after_reads),
+                    "cancelAfterSeconds": rng.choice(profile.cancel_after_seconds),
+                    "status": "cancelled" if rng.random() < 0.05 else "completed",
+                }
+            )
         customers.append({"id": str(uuid.uuid4()), "orders": orders})
     return customers
 
@@ -102,12 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=200)
     p.add_argument("--min-orders", type=int, default=1)
     p.add_argument("--max-orders", type=int, default=10)
-    p.add_argument("--fault-share", type=float, default=0.10, help="share of API calls answered 5xx (another half of it: dropped)")
-    p.add_argument("--slow-share", type=float, default=0.02, help="share of API calls slower than the client read timeout")
+    p.add_argument(
+        "--fault-share", type=float, default=0.10, help="share of API calls answered 5xx (another half of it: dropped)"
+    )
+    p.add_argument(
+        "--slow-share", type=float, default=0.02, help="share of API calls slower than the client read timeout"
+    )
     p.add_argument("--token-fault-share", type=float, default=0.10)
-    p.add_argument("--rate-limit", type=int, default=500, help="requests per window per partner tenant (documented: 500/min)")
+    p.add_argument(
+        "--rate-limit", type=int, default=500, help="requests per window per partner tenant (documented: 500/min)"
+    )
     p.add_argument("--window", type=float, default=60)
-    p.add_argument("--kill-every", default=None, help="seconds between kills of each host, as LOW-HIGH (0 disables); default: the profile's")
+    p.add_argument(
+        "--kill-every",
+        default=None,
+        help="seconds between kills of each host, as LOW-HIGH (0 disables); default: the profile's",
+    )
     p.add_argument("--duplicates", type=float, default=0.05, help="share of customers whose request is sent twice")
     p.add_argument("--malformed", type=int, default=6)
     p.add_argument("--timeout", type=float, default=2400)
@@ -151,18 +185,32 @@ def main(argv: list[str] | None = None) -> int:
             begin = time.time() + profile.outage_at
             outage = (begin, begin + profile.outage_seconds)
             # Every call fails or is dropped, the token endpoint included. First in the list: it wins over the others.
-            faults = [{"kind": "status", "status": 503, "path": ".*", "share": 0.5, "from": outage[0], "until": outage[1]},
-                      {"kind": "drop", "path": ".*", "share": 1.0, "from": outage[0], "until": outage[1]}] + faults
+            faults = [
+                {"kind": "status", "status": 503, "path": ".*", "share": 0.5, "from": outage[0], "until": outage[1]},
+                {"kind": "drop", "path": ".*", "share": 1.0, "from": outage[0], "until": outage[1]},
+            ] + faults
         pc.faults(faults)
-        settings = {"AzureWebJobsStorage": proxy.connection_string() if proxy else storage, **devenv.unique_queues("r"), **pc.app_settings(),
-                    "POLL_INTERVAL_SECONDS": "2", "POLL_MAX_INTERVAL_SECONDS": str(POLL_MAX), "POLL_TIMEOUT_SECONDS": str(profile.poll_timeout),
-                    "PARTNER_CENTER_TIMEOUT_SECONDS": "2", "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4", "INVOCATION_WORK_SECONDS": "10",
-                    "PROTECTED_CUSTOMER_IDS": protected["id"],
-                    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
-                    "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:02",
-                    "AzureWebJobs.sweep_customers.Disabled": "true"}  # the deletions only
+        settings = {
+            "AzureWebJobsStorage": proxy.connection_string() if proxy else storage,
+            **devenv.unique_queues("r"),
+            **pc.app_settings(),
+            "POLL_INTERVAL_SECONDS": "2",
+            "POLL_MAX_INTERVAL_SECONDS": str(POLL_MAX),
+            "POLL_TIMEOUT_SECONDS": str(profile.poll_timeout),
+            "PARTNER_CENTER_TIMEOUT_SECONDS": "2",
+            "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4",
+            "INVOCATION_WORK_SECONDS": "10",
+            "PROTECTED_CUSTOMER_IDS": protected["id"],
+            "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
+            "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:02",
+            "AzureWebJobs.sweep_customers.Disabled": "true",
+        }  # the deletions only
         queues = devenv.Queues(storage)  # the harness itself talks to Azurite directly
-        req_q, poll_q, out_q = settings["DELETE_CUSTOMER_QUEUE"], settings["POLL_ORDERS_QUEUE"], settings["DELETION_OUTCOMES_QUEUE"]
+        req_q, poll_q, out_q = (
+            settings["DELETE_CUSTOMER_QUEUE"],
+            settings["POLL_ORDERS_QUEUE"],
+            settings["DELETION_OUTCOMES_QUEUE"],
+        )
         for name in (req_q, poll_q):
             queues.ensure(name)
 
@@ -170,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def start_host() -> devenv.Child:
             generation[0] += 1
-            host = devenv.start_host(state, settings, name=f"host{generation[0]:03d}", lease_seconds=profile.lease_seconds)
+            host = devenv.start_host(
+                state, settings, name=f"host{generation[0]:03d}", lease_seconds=profile.lease_seconds
+            )
             children.append(host)
             return host
 
@@ -179,23 +229,46 @@ def main(argv: list[str] | None = None) -> int:
 
         # The requests: every customer once (some twice), the protected one, and malformed ones.
         requests: dict[str, dict] = {}  # correlation id -> what was sent
-        sends = [c["id"] for c in customers] + [c["id"] for c in customers if rng.random() < args.duplicates] + [protected["id"]]
+        sends = (
+            [c["id"] for c in customers]
+            + [c["id"] for c in customers if rng.random() < args.duplicates]
+            + [protected["id"]]
+        )
         rng.shuffle(sends)
         for cid in sends:
             corr = str(uuid.uuid4())
             text = json.dumps({"customerTenantId": cid, "correlationId": corr})
-            requests[corr] = {"customer": cid, "text": text, "kind": "protected" if cid == protected["id"] else "valid", "sent": time.time()}
+            requests[corr] = {
+                "customer": cid,
+                "text": text,
+                "kind": "protected" if cid == protected["id"] else "valid",
+                "sent": time.time(),
+            }
             queues.send(req_q, text)
         for i in range(args.malformed):
-            text = [f"garbage {i}", json.dumps({"customerTenantId": f"../{i}"}), json.dumps({"customerTenantId": str(uuid.uuid4()), "dryRun": "no"}),
-                    "[1,2,3]", json.dumps({"customerTenantId": 42}), "{not json"][i % 6]
+            text = [
+                f"garbage {i}",
+                json.dumps({"customerTenantId": f"../{i}"}),
+                json.dumps({"customerTenantId": str(uuid.uuid4()), "dryRun": "no"}),
+                "[1,2,3]",
+                json.dumps({"customerTenantId": 42}),
+                "{not json",
+            ][i % 6]
             msg_id = queues.send(req_q, text)
-            requests[derived_correlation_id(msg_id)] = {"customer": None, "text": text, "kind": "malformed", "sent": time.time()}
+            requests[derived_correlation_id(msg_id)] = {
+                "customer": None,
+                "text": text,
+                "kind": "malformed",
+                "sent": time.time(),
+            }
         for killer in killers:
             killer.start()
-        print(f"[{args.profile}] sent {len(requests)} requests ({len(sends)} valid or protected, {args.malformed} malformed) for "
-              f"{len(customers)} customers; {profile.hosts} host(s)" + (f"; outage in {profile.outage_at:.0f}s for {profile.outage_seconds:.0f}s" if outage else ""),
-              flush=True)
+        print(
+            f"[{args.profile}] sent {len(requests)} requests ({len(sends)} valid or protected, {args.malformed} malformed) for "
+            f"{len(customers)} customers; {profile.hosts} host(s)"
+            + (f"; outage in {profile.outage_at:.0f}s for {profile.outage_seconds:.0f}s" if outage else ""),
+            flush=True,
+        )
 
         reader = devenv.OutcomeReader(queues, out_q)
         deadline = time.monotonic() + args.timeout
@@ -205,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             poisoned = poison_correlations(queues, req_q, requests)
             settled = sum(1 for corr in requests if corr in done or corr in poisoned)
             if time.monotonic() - last_report > 15:
-                print(f"[{time.monotonic() - started:6.0f}s] {len(done & set(requests))}/{len(requests)} requests have an outcome, "
-                      f"{sum(k.kills for k in killers)} host kills so far", flush=True)
+                print(
+                    f"[{time.monotonic() - started:6.0f}s] {len(done & set(requests))}/{len(requests)} requests have an outcome, "
+                    f"{sum(k.kills for k in killers)} host kills so far",
+                    flush=True,
+                )
                 last_report = time.monotonic()
             if settled == len(requests):
                 break
@@ -222,12 +298,34 @@ def main(argv: list[str] | None = None) -> int:
             host.stop()
         reader.poll()
         wall = time.monotonic() - started
-        result = measure(requests, reader.events, pc, queues, req_q, poll_q, customers, protected, wall,
-                         sum(k.kills for k in killers), args, profile, state, outage, proxy)
+        result = measure(
+            requests,
+            reader.events,
+            pc,
+            queues,
+            req_q,
+            poll_q,
+            customers,
+            protected,
+            wall,
+            sum(k.kills for k in killers),
+            args,
+            profile,
+            state,
+            outage,
+            proxy,
+        )
         (state / "result.json").write_text(json.dumps(result, indent=2))
         print(table(result))
-        bad = (result["lost"] or result["deletes_while_open"] or result["deleted_twice"] or result["resurrected"]
-               or result["protected_touched"] or result["inconsistent_repeats"] or result["could_have_been_deleted"])
+        bad = (
+            result["lost"]
+            or result["deletes_while_open"]
+            or result["deleted_twice"]
+            or result["resurrected"]
+            or result["protected_touched"]
+            or result["inconsistent_repeats"]
+            or result["could_have_been_deleted"]
+        )
         return 1 if bad else 0
     finally:
         for child in reversed(children):
@@ -251,7 +349,9 @@ def poison_correlations(queues: devenv.Queues, req_q: str, requests: dict[str, d
     return found
 
 
-def could_have_been_deleted(customer: dict | None, deadline: float, poll_max: float, outage: tuple[float, float] | None) -> bool:
+def could_have_been_deleted(
+    customer: dict | None, deadline: float, poll_max: float, outage: tuple[float, float] | None
+) -> bool:
     """The issue's definition: not protected, every order cancellable, and every order read cancelled in the emulator
     at least POLL_MAX_INTERVAL_SECONDS before the deadline, outside any outage window."""
     if customer is None:
@@ -287,12 +387,33 @@ def invocation_durations(state_dir: Path) -> dict[str, dict]:
     for function in sorted(started):
         values = sorted(durations[function])
         pick = (lambda q: values[min(len(values) - 1, int(q * len(values)))]) if values else (lambda q: 0.0)
-        out[function] = {"invocations": started[function], "finished": len(values), "p50": round(statistics.median(values), 2) if values else 0.0,
-                         "p99": round(pick(0.99), 2), "max": round(values[-1], 2) if values else 0.0}
+        out[function] = {
+            "invocations": started[function],
+            "finished": len(values),
+            "p50": round(statistics.median(values), 2) if values else 0.0,
+            "p99": round(pick(0.99), 2),
+            "max": round(values[-1], 2) if values else 0.0,
+        }
     return out
 
 
-def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, wall, kills, args, profile, state_dir, outage, proxy) -> dict:
+def measure(
+    requests,
+    events,
+    pc,
+    queues,
+    req_q,
+    poll_q,
+    customers,
+    protected,
+    wall,
+    kills,
+    args,
+    profile,
+    state_dir,
+    outage,
+    proxy,
+) -> dict:
     state = pc.state()
     log = pc.requests_log()
     per_corr = defaultdict(list)
@@ -306,11 +427,15 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
     exactly_one = sum(1 for corr in requests if len(per_corr.get(corr, [])) == 1)
     more_than_one = sum(1 for corr in requests if len(per_corr.get(corr, [])) > 1)
     inconsistent = [corr for corr in requests if len({e["outcome"] for e in per_corr.get(corr, [])}) > 1]
-    lost = [corr for corr in requests if corr not in per_corr]  # every request must end in an outcome event, poisoned or not
+    lost = [
+        corr for corr in requests if corr not in per_corr
+    ]  # every request must end in an outcome event, poisoned or not
     poison_reasons = Counter()
     for corr in poisoned:
         detail = (per_corr.get(corr) or [{"detail": "no outcome event"}])[0]["detail"]
-        poison_reasons[re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|[A-Za-z0-9_-]{33}|\d+", "#", detail.split(";")[0].split(" (")[0])[:70]] += 1
+        poison_reasons[
+            re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|[A-Za-z0-9_-]{33}|\d+", "#", detail.split(";")[0].split(" (")[0])[:70]
+        ] += 1
     deletes_204 = Counter(r["path"].rsplit("/", 1)[1] for r in log if r["method"] == "DELETE" and r["status"] == 204)
     api_calls = [r for r in log if r["path"].startswith("/v1/")]
     deleted = state["deleted"]
@@ -320,29 +445,69 @@ def measure(requests, events, pc, queues, req_q, poll_q, customers, protected, w
         outcome = (per_corr.get(corr) or [{}])[0].get("outcome")
         if sent["kind"] != "valid" or outcome not in ("failed", "timed_out"):
             continue
-        deadline = sent["sent"] + profile.poll_timeout  # the earliest it can be: the request was first handled after it was sent
+        deadline = (
+            sent["sent"] + profile.poll_timeout
+        )  # the earliest it can be: the request was first handled after it was sent
         if could_have_been_deleted(all_customers.get(sent["customer"]), deadline, POLL_MAX, outage):
             missed.append(corr)
     customer_ids = {c["id"] for c in customers}
     return {
-        "profile": args.profile, "customers": len(customers), "orders": sum(len(c["orders"]) for c in customers), "requests_in": len(requests),
-        "exactly_one_outcome": exactly_one, "more_than_one_outcome": more_than_one, "inconsistent_repeats": len(inconsistent),
-        "inconsistent_ids": inconsistent[:10], "outcomes": dict(outcome_counts), "deletions_done": len(set(deleted) & customer_ids),
+        "profile": args.profile,
+        "customers": len(customers),
+        "orders": sum(len(c["orders"]) for c in customers),
+        "requests_in": len(requests),
+        "exactly_one_outcome": exactly_one,
+        "more_than_one_outcome": more_than_one,
+        "inconsistent_repeats": len(inconsistent),
+        "inconsistent_ids": inconsistent[:10],
+        "outcomes": dict(outcome_counts),
+        "deletions_done": len(set(deleted) & customer_ids),
         "customers_left": len(customer_ids & set(state["customers"])),
-        "could_have_been_deleted": len(missed), "could_have_been_deleted_ids": missed[:10],
-        "deletes_while_open": len(state["violations"]), "deleted_twice": len({c for c, n in deletes_204.items() if n > 1} | {c for c, v in deleted.items() if len(v) > 1}),
+        "could_have_been_deleted": len(missed),
+        "could_have_been_deleted_ids": missed[:10],
+        "deletes_while_open": len(state["violations"]),
+        "deleted_twice": len(
+            {c for c, n in deletes_204.items() if n > 1} | {c for c, v in deleted.items() if len(v) > 1}
+        ),
         "resurrected": len(set(deleted) & set(state["customers"])),
         "protected_touched": sum(1 for r in log if protected["id"] in r["path"]),
-        "lost": len(lost), "lost_ids": lost[:10], "poisoned": len(poisoned), "poison_reasons": dict(poison_reasons),
-        "poll_poison": queues.count(poll_q + "-poison"), "left_on_the_poll_queue": queues.count(poll_q),
-        "api_calls": len(api_calls), "api_calls_per_deletion": round(len(api_calls) / max(1, len(deleted)), 1),
-        "throttled_429": sum(1 for r in api_calls if r["status"] == 429), "injected_5xx": sum(1 for r in api_calls if r["status"] in (500, 503)),
-        "dropped": sum(1 for r in api_calls if r["status"] == "dropped"), "host_kills": kills, "hosts": profile.hosts,
-        "durations": invocation_durations(state_dir), "lease_seconds": profile.lease_seconds, "function_timeout": "00:10:00 (host.json)",
-        "storage": proxy.stats() if proxy else None, "outage_seconds": profile.outage_seconds,
-        "forks": chain_forks(state_dir), "wall_seconds": round(wall),
-        "settings": {k: getattr(args, k) for k in ("customers", "min_orders", "max_orders", "fault_share", "slow_share", "token_fault_share",
-                                                   "rate_limit", "window", "kill_every", "duplicates", "malformed", "seed")},
+        "lost": len(lost),
+        "lost_ids": lost[:10],
+        "poisoned": len(poisoned),
+        "poison_reasons": dict(poison_reasons),
+        "poll_poison": queues.count(poll_q + "-poison"),
+        "left_on_the_poll_queue": queues.count(poll_q),
+        "api_calls": len(api_calls),
+        "api_calls_per_deletion": round(len(api_calls) / max(1, len(deleted)), 1),
+        "throttled_429": sum(1 for r in api_calls if r["status"] == 429),
+        "injected_5xx": sum(1 for r in api_calls if r["status"] in (500, 503)),
+        "dropped": sum(1 for r in api_calls if r["status"] == "dropped"),
+        "host_kills": kills,
+        "hosts": profile.hosts,
+        "durations": invocation_durations(state_dir),
+        "lease_seconds": profile.lease_seconds,
+        "function_timeout": "00:10:00 (host.json)",
+        "storage": proxy.stats() if proxy else None,
+        "outage_seconds": profile.outage_seconds,
+        "forks": chain_forks(state_dir),
+        "wall_seconds": round(wall),
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "customers",
+                "min_orders",
+                "max_orders",
+                "fault_share",
+                "slow_share",
+                "token_fault_share",
+                "rate_limit",
+                "window",
+                "kill_every",
+                "duplicates",
+                "malformed",
+                "seed",
+            )
+        },
     }
 
 
@@ -352,10 +517,12 @@ def chain_forks(state_dir: Path) -> dict:
     hop_of: dict[str, tuple[str, int, str]] = {}  # invocation -> (correlation, hop, message)
     handovers: set[str] = set()
     succeeded: set[str] = set()
-    hop_line = re.compile(r"poll hop (\d+), stage \w+ \(message ([^,]+), delivery \d+\).*correlation=([0-9a-f-]+) .*invocation=([0-9a-f-]+)\)")
+    hop_line = re.compile(
+        r"poll hop (\d+), stage \w+ \(message ([^,]+), delivery \d+\).*correlation=([0-9a-f-]+) .*invocation=([0-9a-f-]+)\)"
+    )
     for path in state_dir.glob("host*.log"):
         for line in path.read_text(errors="replace").splitlines():
-            if (m := hop_line.search(line)):
+            if m := hop_line.search(line):
                 hop_of[m.group(4)] = (m.group(3), int(m.group(1)), m.group(2))
             elif "handed over" in line and (m := re.search(r"invocation=([0-9a-f-]+)\)", line)):
                 handovers.add(m.group(1))
@@ -365,23 +532,41 @@ def chain_forks(state_dir: Path) -> dict:
     for invocation, (correlation, hop, message) in hop_of.items():
         if invocation in succeeded and invocation not in handovers:
             messages[(correlation, hop)].add(message)
-    return {"worst": max((len(v) for v in messages.values()), default=0), "forked": sum(1 for v in messages.values() if len(v) > 1),
-            "recoveries": len(handovers)}
+    return {
+        "worst": max((len(v) for v in messages.values()), default=0),
+        "forked": sum(1 for v in messages.values() if len(v) > 1),
+        "recoveries": len(handovers),
+    }
 
 
 def table(r: dict) -> str:
-    durations = "; ".join(f"{f}: p50 {d['p50']} s, p99 {d['p99']} s, max {d['max']} s ({d['invocations'] - d['finished']} of "
-                          f"{d['invocations']} killed)" for f, d in r["durations"].items())
+    durations = "; ".join(
+        f"{f}: p50 {d['p50']} s, p99 {d['p99']} s, max {d['max']} s ({d['invocations'] - d['finished']} of "
+        f"{d['invocations']} killed)"
+        for f, d in r["durations"].items()
+    )
     storage = r["storage"]
-    puts = (f"{storage['failed_before'] + storage['failed_after']} of {storage['puts']} ({storage['failed_before']} before, "
-            f"{storage['failed_after']} after being stored)") if storage else "none injected"
+    puts = (
+        (
+            f"{storage['failed_before'] + storage['failed_after']} of {storage['puts']} ({storage['failed_before']} before, "
+            f"{storage['failed_after']} after being stored)"
+        )
+        if storage
+        else "none injected"
+    )
     rows = [
-        ("profile", f"{r['profile']}: {r['hosts']} host(s), message lease {r['lease_seconds']} s, functionTimeout {r['function_timeout']}"
-         + (f", Partner Center outage {r['outage_seconds']:.0f} s" if r["outage_seconds"] else "")),
+        (
+            "profile",
+            f"{r['profile']}: {r['hosts']} host(s), message lease {r['lease_seconds']} s, functionTimeout {r['function_timeout']}"
+            + (f", Partner Center outage {r['outage_seconds']:.0f} s" if r["outage_seconds"] else ""),
+        ),
         ("customers (orders)", f"{r['customers']} ({r['orders']})"),
         ("requests in (incl. duplicates, protected, malformed)", r["requests_in"]),
         ("requests ending in exactly one outcome event", r["exactly_one_outcome"]),
-        ("requests with a repeated outcome (inconsistent repeats)", f"{r['more_than_one_outcome']} ({r['inconsistent_repeats']})"),
+        (
+            "requests with a repeated outcome (inconsistent repeats)",
+            f"{r['more_than_one_outcome']} ({r['inconsistent_repeats']})",
+        ),
         ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))),
         ("failed or timed_out although they could have been deleted", r["could_have_been_deleted"]),
         ("deletions done (customers left)", f"{r['deletions_done']} ({r['customers_left']})"),
@@ -389,14 +574,23 @@ def table(r: dict) -> str:
         ("customers deleted twice / resurrected", f"{r['deleted_twice']} / {r['resurrected']}"),
         ("protected customer: Partner Center calls", r["protected_touched"]),
         ("requests lost (no outcome event)", r["lost"]),
-        ("poll messages left at the end / in the poll poison queue", f"{r['left_on_the_poll_queue']} / {r['poll_poison']}"),
-        ("requests waiting in poison (reasons)", f"{r['poisoned']} (" + "; ".join(f"{v}x {k}" for k, v in sorted(r["poison_reasons"].items())) + ")"),
+        (
+            "poll messages left at the end / in the poll poison queue",
+            f"{r['left_on_the_poll_queue']} / {r['poll_poison']}",
+        ),
+        (
+            "requests waiting in poison (reasons)",
+            f"{r['poisoned']} (" + "; ".join(f"{v}x {k}" for k, v in sorted(r["poison_reasons"].items())) + ")",
+        ),
         ("Partner Center calls (per deletion)", f"{r['api_calls']} ({r['api_calls_per_deletion']})"),
         ("429 / injected 5xx / dropped connections", f"{r['throttled_429']} / {r['injected_5xx']} / {r['dropped']}"),
         ("storage puts failed", puts),
         ("host kills (SIGKILL mid-run)", r["host_kills"]),
         ("invocation durations", durations),
-        ("forked chains: most copies of one hop (hops run by more than one copy)", f"{r['forks']['worst']} ({r['forks']['forked']})"),
+        (
+            "forked chains: most copies of one hop (hops run by more than one copy)",
+            f"{r['forks']['worst']} ({r['forks']['forked']})",
+        ),
         ("hand-overs after a redelivery (an invocation died)", r["forks"]["recoveries"]),
         ("wall time", f"{r['wall_seconds']} s"),
     ]

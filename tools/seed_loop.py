@@ -55,6 +55,7 @@ Where it differs, on purpose:
 Headers as the SDK sends them: ``Authorization``, ``Accept: application/json``, ``X-Locale: en-US``, a new
 ``MS-RequestId`` per call and one ``MS-CorrelationId`` per run. Bodies are decoded with a UTF-8 BOM tolerated.
 """
+
 from __future__ import annotations
 
 import time
@@ -102,7 +103,7 @@ def process_start_time() -> tuple[float, str]:
     try:
         with open("/proc/self/stat", "rb") as f:
             stat = f.read()
-        fields = stat[stat.rindex(b")") + 2:].split()  # the command name may contain spaces and parentheses
+        fields = stat[stat.rindex(b")") + 2 :].split()  # the command name may contain spaces and parentheses
         start_ticks = int(fields[19])  # field 22; fields[0] is field 3 (state)
         ticks = os.sysconf("SC_CLK_TCK")
         with open("/proc/uptime", "rb") as f:
@@ -186,9 +187,18 @@ def run(
         path = f"/{tenant_id}/oauth2/v2.0/token"
         token["requests"] += 1
         try:
-            resp = session.post(authority + path, data={"grant_type": "client_credentials", "client_id": client_id,
-                                                        "client_secret": client_secret, "scope": scope},
-                                verify=verify, timeout=TIMEOUTS, allow_redirects=False)
+            resp = session.post(
+                authority + path,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": client_id,
+                    "client_secret": client_secret,
+                    "scope": scope,
+                },
+                verify=verify,
+                timeout=TIMEOUTS,
+                allow_redirects=False,
+            )
         except requests.RequestException as exc:
             raise SeedLoopError("POST", path, None, type(exc).__name__) from exc
         if resp.status_code != 200:
@@ -201,21 +211,28 @@ def run(
         return token["value"]
 
     def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {access_token()}", "Accept": "application/json", "X-Locale": "en-US",
-                   "MS-RequestId": str(uuid.uuid4()), "MS-CorrelationId": correlation_id}
+        headers = {
+            "Authorization": f"Bearer {access_token()}",
+            "Accept": "application/json",
+            "X-Locale": "en-US",
+            "MS-RequestId": str(uuid.uuid4()),
+            "MS-CorrelationId": correlation_id,
+        }
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body).encode("utf-8")
         calls[method] += 1
         try:
-            resp = session.request(method, base + path, headers=headers, data=data, verify=verify, timeout=TIMEOUTS,
-                                   allow_redirects=False)
+            resp = session.request(
+                method, base + path, headers=headers, data=data, verify=verify, timeout=TIMEOUTS, allow_redirects=False
+            )
         except requests.RequestException as exc:
             raise SeedLoopError(method, path, None, type(exc).__name__) from exc
         if not 200 <= resp.status_code < 300:
-            raise SeedLoopError(method, path, resp.status_code,
-                                resp.content[:MAX_ERROR_TEXT].decode("utf-8-sig", errors="replace"))
+            raise SeedLoopError(
+                method, path, resp.status_code, resp.content[:MAX_ERROR_TEXT].decode("utf-8-sig", errors="replace")
+            )
         try:
             return resp.status_code, _decode(resp.content)
         except ValueError as exc:
@@ -247,7 +264,9 @@ def run(
         passes = 0
         while True:
             passes += 1
-            proceed = True  # reset on every pass: the published loop never does, so one pending read made it loop forever
+            proceed = (
+                True  # reset on every pass: the published loop never does, so one pending read made it loop forever
+            )
             for path in paths:
                 _, order = call("GET", path)
                 order_status = order.get("status") if isinstance(order, dict) else None
@@ -258,8 +277,9 @@ def run(
             if time.monotonic() - t0 + interval > timeout:
                 if proceed:
                     break  # the sample's trailing sleep is not worth a timeout
-                raise TimeoutError(f"orders of customer {customer_id} not all cancelled within {timeout} s "
-                                   f"({passes} passes)")
+                raise TimeoutError(
+                    f"orders of customer {customer_id} not all cancelled within {timeout} s ({passes} passes)"
+                )
             sleep(interval)
             if proceed:
                 break
@@ -268,8 +288,16 @@ def run(
         deleted_at = time.time()
     finally:
         session.close()
-    return {"customer": customer_id, "started": started, "deletedAt": deleted_at, "deleteStatus": delete_status,
-            "calls": calls, "tokenRequests": token["requests"], "passes": passes, "wall": time.time() - started}
+    return {
+        "customer": customer_id,
+        "started": started,
+        "deletedAt": deleted_at,
+        "deleteStatus": delete_status,
+        "calls": calls,
+        "tokenRequests": token["requests"],
+        "passes": passes,
+        "wall": time.time() - started,
+    }
 
 
 def main(argv: list[str] | None = None, *, started: float | None = None, started_source: str = "caller") -> int:
@@ -280,8 +308,11 @@ def main(argv: list[str] | None = None, *, started: float | None = None, started
     parser.add_argument("--settings-json", required=True, help="JSON file with the dict of Emulator.app_settings()")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between polling passes (default 5)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds (default 3600)")
-    parser.add_argument("--sleep-after-last-pass", action="store_true",
-                        help="also sleep after the pass that found every order cancelled, as the published loop does")
+    parser.add_argument(
+        "--sleep-after-last-pass",
+        action="store_true",
+        help="also sleep after the pass that found every order cancelled, as the published loop does",
+    )
     args = parser.parse_args(argv)
     if started is None:
         started, started_source = process_start_time()

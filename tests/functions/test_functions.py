@@ -1,5 +1,6 @@
 """Each function's ``main`` called with a real QueueMessage (built as the worker builds it) against Azurite and the
 emulator over real HTTPS, with the real azure-identity credential and azure-storage-queue client."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ from tools.local_host.host import decode_base64_strict, to_function_message
 @pytest.fixture
 def env(monkeypatch, azurite, pc):
     names = devenv.unique_queues("f")
-    settings = {"AzureWebJobsStorage": azurite, **names, **pc.app_settings(), "POLL_INTERVAL_SECONDS": "3",
-                "POLL_MAX_INTERVAL_SECONDS": "4", "POLL_TIMEOUT_SECONDS": "120"}
+    settings = {
+        "AzureWebJobsStorage": azurite,
+        **names,
+        **pc.app_settings(),
+        "POLL_INTERVAL_SECONDS": "3",
+        "POLL_MAX_INTERVAL_SECONDS": "4",
+        "POLL_TIMEOUT_SECONDS": "120",
+    }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     reset_settings()
@@ -99,7 +106,12 @@ def test_settings_errors_name_every_setting(monkeypatch):
     monkeypatch.setenv("POLL_INTERVAL_SECONDS", "0")
     reset_settings()
     app.set_deps(None)
-    msg = to_function_message(types.SimpleNamespace(id="x", dequeue_count=1, inserted_on=None, expires_on=None, next_visible_on=None, pop_receipt="p"), "x")
+    msg = to_function_message(
+        types.SimpleNamespace(
+            id="x", dequeue_count=1, inserted_on=None, expires_on=None, next_visible_on=None, pop_receipt="p"
+        ),
+        "x",
+    )
     with pytest.raises(Exception) as info:
         delete_customer.main(msg, context())
     assert "AzureWebJobsStorage" in str(info.value) and "POLL_INTERVAL_SECONDS" in str(info.value)
@@ -112,8 +124,11 @@ def otel_handler(exporter):
 
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+
     try:
-        from opentelemetry.instrumentation.logging.handler import LoggingHandler  # the distro's handler, where it has one
+        from opentelemetry.instrumentation.logging.handler import (
+            LoggingHandler,
+        )  # the distro's handler, where it has one
     except ImportError:
         from opentelemetry.sdk._logs import LoggingHandler
 
@@ -126,7 +141,9 @@ def first_request(env, queues, make_customer):
     """A customer with one order and its deletion request, received from the request queue: (customer, correlation, msg)."""
     customer, correlation = make_customer([{}]), str(uuid.uuid4())
     queues.ensure(env.delete_customer_queue)
-    queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"], "correlationId": correlation}))
+    queues.send(
+        env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"], "correlationId": correlation})
+    )
     msg, _ = receive(queues, env.delete_customer_queue)
     return customer, correlation, msg
 
@@ -178,7 +195,9 @@ def test_every_log_record_of_a_deletion_carries_its_structured_fields(env, queue
         expected_invocation = first.invocation_id if a["function"] == "delete_customer" else None
         assert a["invocationId"] == expected_invocation or a["invocationId"] in {h.invocation_id for h in hops}
         assert a["hop"] == "0" if a["function"] == "delete_customer" else int(a["hop"]) >= 1
-    assert {r.attributes["hop"] for r in ours if r.attributes["function"] == "poll_orders"} == {str(i + 1) for i in range(len(hops))}
+    assert {r.attributes["hop"] for r in ours if r.attributes["function"] == "poll_orders"} == {
+        str(i + 1) for i in range(len(hops))
+    }
     last = ours[-1]
     assert "outcome deleted" in str(last.body) and last.attributes["outcome"] == "deleted"
     assert all("outcome" not in r.attributes for r in ours[:-1])  # only the end carries the outcome
@@ -216,22 +235,27 @@ def ingestion():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Track)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield types.SimpleNamespace(envelopes=envelopes, connection_string="InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-                                f"IngestionEndpoint=http://127.0.0.1:{server.server_port}/")
+    yield types.SimpleNamespace(
+        envelopes=envelopes,
+        connection_string="InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+        f"IngestionEndpoint=http://127.0.0.1:{server.server_port}/",
+    )
     server.shutdown()
     server.server_close()
 
 
-def test_the_azure_monitor_exporter_sends_the_fields_as_properties_of_each_message(env, queues, pc, make_customer,
-                                                                                    ingestion, monkeypatch):
+def test_the_azure_monitor_exporter_sends_the_fields_as_properties_of_each_message(
+    env, queues, pc, make_customer, ingestion, monkeypatch
+):
     """The distro's own exporter, pointed at a loopback ingestion endpoint: each log record becomes a MessageData
     envelope whose properties (Application Insights' customDimensions) hold the structured fields."""
     import logging
 
     from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
 
-    provider, handler = otel_handler(AzureMonitorLogExporter(connection_string=ingestion.connection_string,
-                                                             disable_offline_storage=True))
+    provider, handler = otel_handler(
+        AzureMonitorLogExporter(connection_string=ingestion.connection_string, disable_offline_storage=True)
+    )
     logger = logging.getLogger("customer_deletion")
     level = logger.level
     logger.addHandler(handler)
@@ -249,7 +273,13 @@ def test_the_azure_monitor_exporter_sends_the_fields_as_properties_of_each_messa
     ours = [m for m in messages if f"correlation={correlation}" in m["message"]]
     assert len(ours) >= 3, [m["message"] for m in messages]  # received, the reads and cancels, the poll message
     for m in ours:
-        assert {k: m["properties"].get(k) for k in ("function", "invocationId", "correlationId", "customerTenantId", "hop")} == {
-            "function": "delete_customer", "invocationId": invocation.invocation_id, "correlationId": correlation,
-            "customerTenantId": customer["id"], "hop": "0"}, m
+        assert {
+            k: m["properties"].get(k) for k in ("function", "invocationId", "correlationId", "customerTenantId", "hop")
+        } == {
+            "function": "delete_customer",
+            "invocationId": invocation.invocation_id,
+            "correlationId": correlation,
+            "customerTenantId": customer["id"],
+            "hop": "0",
+        }, m
         assert m["properties"]["requestedAt"].endswith("Z")

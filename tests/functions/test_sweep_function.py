@@ -1,5 +1,6 @@
 """sweep_customers' ``main`` called with a real ``azure.functions.TimerRequest`` (built by the library's own timer
 converter, as the Python worker builds it) against Azurite and the emulator over real HTTPS."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,15 @@ def sweep_env(monkeypatch, azurite, pc):
     names = devenv.unique_queues("s")
     reports = names["DELETE_CUSTOMER_QUEUE"].replace("-req", "-rep")
     tag = uuid.uuid4().hex[:8]
-    settings = {"AzureWebJobsStorage": azurite, **names, **pc.app_settings(), "SWEEP_SCHEDULE": "0 0 3 * * *",
-                "SWEEP_REPORTS_QUEUE": reports, "SWEEP_INCLUDE": f"^sweep {tag} ", "SANDBOX_CUSTOMER_LIMIT": "1000"}
+    settings = {
+        "AzureWebJobsStorage": azurite,
+        **names,
+        **pc.app_settings(),
+        "SWEEP_SCHEDULE": "0 0 3 * * *",
+        "SWEEP_REPORTS_QUEUE": reports,
+        "SWEEP_INCLUDE": f"^sweep {tag} ",
+        "SANDBOX_CUSTOMER_LIMIT": "1000",
+    }
 
     def apply(**extra):
         for key, value in {**settings, **extra}.items():
@@ -60,9 +68,16 @@ def reports(queues, name):
 
 
 def test_a_scheduled_report_run_lists_and_changes_nothing(sweep_env, queues, pc, make_customer):
-    mine = [make_customer(companyName=f"Sweep {sweep_env.tag} run {i}", domain=f"sweep{sweep_env.tag}{i}.onmicrosoft.com") for i in range(2)]
+    mine = [
+        make_customer(companyName=f"Sweep {sweep_env.tag} run {i}", domain=f"sweep{sweep_env.tag}{i}.onmicrosoft.com")
+        for i in range(2)
+    ]
     now = datetime.now(timezone.utc)
-    status = {"Last": (now - timedelta(days=1)).isoformat(), "Next": (now - timedelta(seconds=1)).isoformat(), "LastUpdated": now.isoformat()}
+    status = {
+        "Last": (now - timedelta(days=1)).isoformat(),
+        "Next": (now - timedelta(seconds=1)).isoformat(),
+        "LastUpdated": now.isoformat(),
+    }
     sweep_customers.main(timer_request(status=status), context())
     (report,) = reports(queues, sweep_env.reports)
     assert report["mode"] == "report" and report["trigger"] == "schedule" and report["result"] == "reported"
@@ -72,24 +87,38 @@ def test_a_scheduled_report_run_lists_and_changes_nothing(sweep_env, queues, pc,
     assert not any(c["id"] in pc.state()["deleted"] for c in mine)
 
 
-def test_a_manual_delete_run_enqueues_ordinary_requests_that_delete_customer_processes(sweep_env, queues, pc, make_customer):
+def test_a_manual_delete_run_enqueues_ordinary_requests_that_delete_customer_processes(
+    sweep_env, queues, pc, make_customer
+):
     mine = make_customer(companyName=f"Sweep {sweep_env.tag} doomed", domain="doomed.onmicrosoft.com")
     sweep_env.apply(SWEEP_MODE="delete")
-    nxt = (datetime.now(timezone.utc) + timedelta(hours=5)).isoformat()  # an admin call gets the stored status: Next ahead
+    nxt = (
+        datetime.now(timezone.utc) + timedelta(hours=5)
+    ).isoformat()  # an admin call gets the stored status: Next ahead
     sweep_customers.main(timer_request(status={"Next": nxt}), context())
     (report,) = reports(queues, sweep_env.reports)
     assert report["trigger"] == "manual" and [e["customerTenantId"] for e in report["enqueued"]] == [mine["id"]]
     msg, _ = receive(queues, sweep_env.delete_customer_queue)
     request = json.loads(msg.get_body())
-    assert request == {"customerTenantId": mine["id"], "correlationId": report["enqueued"][0]["correlationId"], "dryRun": False}
+    assert request == {
+        "customerTenantId": mine["id"],
+        "correlationId": report["enqueued"][0]["correlationId"],
+        "dryRun": False,
+    }
     delete_customer.main(msg, context())  # the deletion itself is the ordinary one
     assert queues.count(sweep_env.poll_orders_queue) == 1
 
 
 def test_broken_sweep_settings_fail_only_the_sweep(sweep_env, queues, pc, make_customer):
     target = make_customer(companyName=f"Sweep {sweep_env.tag} untouched")
-    sweep_env.apply(SWEEP_MODE="delete", SWEEP_INCLUDE="(", SWEEP_EXCLUDE=".*", SWEEP_SCHEDULE="every night",
-                    SWEEP_MAX_PER_RUN="lots", SANDBOX_CUSTOMER_LIMIT="0")
+    sweep_env.apply(
+        SWEEP_MODE="delete",
+        SWEEP_INCLUDE="(",
+        SWEEP_EXCLUDE=".*",
+        SWEEP_SCHEDULE="every night",
+        SWEEP_MAX_PER_RUN="lots",
+        SANDBOX_CUSTOMER_LIMIT="0",
+    )
     before = len(pc.requests_log())
     with pytest.raises(SweepFailed, match="settings have problems"):
         sweep_customers.main(timer_request(), context())
@@ -104,7 +133,9 @@ def test_broken_sweep_settings_fail_only_the_sweep(sweep_env, queues, pc, make_c
     assert event["outcome"] == "dry_run"
 
 
-def test_a_catastrophic_pattern_refuses_the_sweep_while_delete_customer_keeps_working(sweep_env, queues, pc, make_customer):
+def test_a_catastrophic_pattern_refuses_the_sweep_while_delete_customer_keeps_working(
+    sweep_env, queues, pc, make_customer
+):
     """SWEEP_INCLUDE=(a+)+$ and a company name built for it: in the worker's process the search would hold the GIL for
     hours and stop every invocation. The sweep searches in a child process, so a deletion request is handled while the
     sweep waits, and the sweep is refused at its time limit with a report."""

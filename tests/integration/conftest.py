@@ -1,4 +1,5 @@
 """End-to-end fixtures: the local Functions host as a process, with unique queues per test."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ class World:
         self.settings.update(overrides)
         self.queues.ensure(self.request_queue)
         self.queues.ensure(self.poll_queue)
-        host = devenv.start_host(self.log_dir, self.settings, name=f"host{len(self.hosts)}", lease_seconds=lease_seconds)
+        host = devenv.start_host(
+            self.log_dir, self.settings, name=f"host{len(self.hosts)}", lease_seconds=lease_seconds
+        )
         self.hosts.append(host)
         devenv.wait_for(lambda: "Host started" in host.log() or host.proc.poll() is not None, 30, what="the local host")
         assert host.proc.poll() is None, host.log()
@@ -46,12 +49,16 @@ class World:
         return self.queues.send(self.request_queue, data)
 
     def outcomes(self, count: int, timeout: float = 60) -> list[dict]:
-        reader = getattr(self, "_reader", None) or devenv.OutcomeReader(self.queues, self.settings["DELETION_OUTCOMES_QUEUE"])
+        reader = getattr(self, "_reader", None) or devenv.OutcomeReader(
+            self.queues, self.settings["DELETION_OUTCOMES_QUEUE"]
+        )
         self._reader = reader
         try:
             return reader.wait(count, timeout)
         except TimeoutError:
-            raise AssertionError(f"only {reader.events} arrived; host log:\n" + "\n".join(h.log()[-6000:] for h in self.hosts)) from None
+            raise AssertionError(
+                f"only {reader.events} arrived; host log:\n" + "\n".join(h.log()[-6000:] for h in self.hosts)
+            ) from None
 
     def poison(self, queue: str | None = None) -> list[bytes]:
         return [decode_base64_strict(t) for t in self.queues.peek_raw((queue or self.request_queue) + "-poison")]
@@ -63,10 +70,19 @@ class World:
 @pytest.fixture
 def world(azurite, pc, queues, tmp_path):
     # Short work and read times keep the wait before the final check short (settle = work + call + 5 s).
-    settings = {"AzureWebJobsStorage": azurite, **devenv.unique_queues("e"), **pc.app_settings(),
-                "POLL_INTERVAL_SECONDS": "1", "POLL_MAX_INTERVAL_SECONDS": "2", "POLL_TIMEOUT_SECONDS": "60",
-                "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "3", "INVOCATION_WORK_SECONDS": "4", "PARTNER_CENTER_TIMEOUT_SECONDS": "3",
-                **FAST_HOST, "AzureWebJobs.sweep_customers.Disabled": "true"}  # the sweep has tests of its own
+    settings = {
+        "AzureWebJobsStorage": azurite,
+        **devenv.unique_queues("e"),
+        **pc.app_settings(),
+        "POLL_INTERVAL_SECONDS": "1",
+        "POLL_MAX_INTERVAL_SECONDS": "2",
+        "POLL_TIMEOUT_SECONDS": "60",
+        "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "3",
+        "INVOCATION_WORK_SECONDS": "4",
+        "PARTNER_CENTER_TIMEOUT_SECONDS": "3",
+        **FAST_HOST,
+        "AzureWebJobs.sweep_customers.Disabled": "true",
+    }  # the sweep has tests of its own
     w = World(settings, queues, pc, tmp_path)
     yield w
     for host in w.hosts:

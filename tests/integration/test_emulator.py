@@ -1,4 +1,5 @@
 """The Partner Center emulator itself behaves like the documented API (reference partner-center-api.md)."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,16 @@ BOM = b"\xef\xbb\xbf"
 def bearer_session(emu):
     """A session with a token of the emulator's partner app, as the app gets one."""
     partner = emu.partner
-    token = requests.post(f"{emu.url}/{partner['tenantId']}/oauth2/v2.0/token", verify=emu.ca, data={
-        "grant_type": "client_credentials", "client_id": partner["clientId"], "client_secret": partner["clientSecret"],
-        "scope": "https://api.partnercenter.microsoft.com/.default"}).json()["access_token"]
+    token = requests.post(
+        f"{emu.url}/{partner['tenantId']}/oauth2/v2.0/token",
+        verify=emu.ca,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": partner["clientId"],
+            "client_secret": partner["clientSecret"],
+            "scope": "https://api.partnercenter.microsoft.com/.default",
+        },
+    ).json()["access_token"]
     session = requests.Session()
     session.trust_env = False  # else a machine-wide REQUESTS_CA_BUNDLE wins over session.verify
     session.verify = emu.ca
@@ -62,8 +70,16 @@ def cancel(pc, api, cid, oid):
 
 def test_token_endpoint_checks_the_client_secret_and_bearer_tokens_are_checked(pc):
     partner = pc.partner
-    bad = requests.post(f"{pc.url}/{partner['tenantId']}/oauth2/v2.0/token", verify=pc.ca,
-                        data={"grant_type": "client_credentials", "client_id": partner["clientId"], "client_secret": "wrong", "scope": "x/.default"})
+    bad = requests.post(
+        f"{pc.url}/{partner['tenantId']}/oauth2/v2.0/token",
+        verify=pc.ca,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": partner["clientId"],
+            "client_secret": "wrong",
+            "scope": "x/.default",
+        },
+    )
     assert bad.status_code == 401 and bad.json()["error"] == "invalid_client"
     conf = requests.get(f"{pc.url}/{partner['tenantId']}/v2.0/.well-known/openid-configuration", verify=pc.ca).json()
     assert conf["token_endpoint"].endswith(f"/{partner['tenantId']}/oauth2/v2.0/token")
@@ -87,15 +103,26 @@ def test_a_page_cap_returns_fewer_customers_than_asked_and_links_next_still_list
     seen = [c["id"] for page in pages for c in page["items"]]
     assert len(pages) >= 4 and len(seen) == len(set(seen)) == total and mine <= set(seen)
     assert all(len(page["items"]) == page["totalCount"] <= cap for page in pages)  # totalCount: the page's items
-    assert [page["links"]["next"]["uri"] for page in pages[:-1]] == ["/customers?size=40&seekOperation=Next"] * (len(pages) - 1)
-    assert {page["links"]["self"]["uri"] for page in pages} == {"/customers?size=40"} and "continuationToken" not in pages[-1]
+    assert [page["links"]["next"]["uri"] for page in pages[:-1]] == ["/customers?size=40&seekOperation=Next"] * (
+        len(pages) - 1
+    )
+    assert {page["links"]["self"]["uri"] for page in pages} == {
+        "/customers?size=40"
+    } and "continuationToken" not in pages[-1]
 
 
-@pytest.mark.parametrize("query", ["", "?size=", "?size=0", "?size=-1", "?size=abc", "?size=1.5", "?size=%2B5", "?size=1" + "0" * 30])
+@pytest.mark.parametrize(
+    "query", ["", "?size=", "?size=0", "?size=-1", "?size=abc", "?size=1.5", "?size=%2B5", "?size=1" + "0" * 30]
+)
 def test_size_is_required_on_the_first_page_and_must_be_a_positive_integer(pc, api, query):
     refused = api.get(f"{pc.url}/v1/customers{query}")
     assert refused.status_code == 400
-    assert body(refused) == {"code": 800002, "description": body(refused)["description"], "data": [], "source": "PartnerFD"}
+    assert body(refused) == {
+        "code": 800002,
+        "description": body(refused)["description"],
+        "data": [],
+        "source": "PartnerFD",
+    }
     assert body(refused)["description"].startswith("Invalid request input: size")
 
 
@@ -153,8 +180,12 @@ def test_rate_limit_answers_429_with_retry_after_and_gateway_body(pc, api, make_
 def test_faults_by_method_and_path_and_the_request_log(pc, api, make_customer):
     customer = make_customer([])
     url = f"{pc.url}/v1/customers/{customer['id']}"
-    pc.faults([{"kind": "status", "status": 503, "method": "GET", "path": customer["id"], "times": 1},
-               {"kind": "drop", "method": "GET", "path": customer["id"], "times": 1}])
+    pc.faults(
+        [
+            {"kind": "status", "status": 503, "method": "GET", "path": customer["id"], "times": 1},
+            {"kind": "drop", "method": "GET", "path": customer["id"], "times": 1},
+        ]
+    )
     assert api.get(url).status_code == 503
     with pytest.raises(requests.ConnectionError):
         api.get(url)
@@ -162,7 +193,9 @@ def test_faults_by_method_and_path_and_the_request_log(pc, api, make_customer):
     entries = [r for r in pc.requests_log() if customer["id"] in r["path"]]
     assert [e["status"] for e in entries] == [503, "dropped", 200]
     assert all(e["auth"] for e in entries) and "Bearer" not in json.dumps(entries)  # never the token itself
-    assert all(abs(datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - e["t"]) < 0.001 for e in entries)
+    assert all(
+        abs(datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - e["t"]) < 0.001 for e in entries
+    )
 
 
 def test_a_fault_window_applies_only_between_from_and_until(pc, api, make_customer):
@@ -206,7 +239,9 @@ def test_skip_fails_exactly_the_third_page_and_the_same_links_next_can_be_asked_
         page = body(resp)
         seen += [c["id"] for c in page["items"]]
         nxt = page["links"].get("next")
-        url, headers = (f"{pc.url}/v1{nxt['uri']}", {h["key"]: h["value"] for h in nxt["headers"]}) if nxt else (None, {})
+        url, headers = (
+            (f"{pc.url}/v1{nxt['uri']}", {h["key"]: h["value"] for h in nxt["headers"]}) if nxt else (None, {})
+        )
     assert statuses == [200, 200, 503] + [200] * (len(statuses) - 3) and len(statuses) >= 5
     assert len(seen) == len(set(seen)) == total and mine <= set(seen)
     assert [e["status"] for e in pc.requests_log(since) if e["path"] == "/v1/customers"] == statuses
@@ -229,7 +264,9 @@ def test_a_malformed_skip_is_refused(pc, skip):
     assert refused.status_code == 400 and "'skip'" in refused.json()["error"]
 
 
-@pytest.mark.parametrize("window", [{"from": "soon"}, {"until": True}, {"from": 10, "until": 10}, {"from": 20.5, "until": 10}])
+@pytest.mark.parametrize(
+    "window", [{"from": "soon"}, {"until": True}, {"from": 10, "until": 10}, {"from": 20.5, "until": 10}]
+)
 def test_a_malformed_fault_window_is_refused(pc, window):
     pc.faults([{"kind": "drop", "times": 1}])
     refused = requests.post(f"{pc.url}/_emulator/faults", json=[{"kind": "drop", **window}], verify=pc.ca)
@@ -238,8 +275,17 @@ def test_a_malformed_fault_window_is_refused(pc, window):
 
 
 def test_state_shows_when_orders_were_asked_to_cancel_could_read_cancelled_and_did(pc, api, make_customer):
-    customer = make_customer([{}, {"cancelAfterSeconds": 1}, {"cancelAfterReads": 1}, {"neverCancels": True},
-                              {"status": "cancelled"}, {"kind": "license"}, {"ageDays": 90}])
+    customer = make_customer(
+        [
+            {},
+            {"cancelAfterSeconds": 1},
+            {"cancelAfterReads": 1},
+            {"neverCancels": True},
+            {"status": "cancelled"},
+            {"kind": "license"},
+            {"ageDays": 90},
+        ]
+    )
     cid, ids = customer["id"], [o["id"] for o in customer["orders"]]
     instant, timed, by_reads, never, done, license_, old = ids
     before = time.time()
@@ -250,7 +296,10 @@ def test_state_shows_when_orders_were_asked_to_cancel_could_read_cancelled_and_d
     assert orders[instant]["cancelledAt"] == orders[instant]["readyAt"] == orders[instant]["cancelRequestedAt"]
     assert orders[timed]["readyAt"] == orders[timed]["cancelRequestedAt"] + 1 and orders[timed]["cancelledAt"] is None
     assert orders[by_reads]["readyAt"] is None and orders[never]["readyAt"] is None  # depends on reads; never
-    assert orders[done]["cancelRequestedAt"] is None and orders[done]["readyAt"] == orders[done]["cancelledAt"] == orders[done]["addedAt"]
+    assert (
+        orders[done]["cancelRequestedAt"] is None
+        and orders[done]["readyAt"] == orders[done]["cancelledAt"] == orders[done]["addedAt"]
+    )
     assert orders[license_]["cancelRequestedAt"] is None and orders[old]["cancelRequestedAt"] is None  # refused PATCHes
     assert [orders[oid]["cancellable"] for oid in ids] == [True, True, True, False, True, False, False]
 
@@ -294,7 +343,9 @@ def test_a_new_purchase_is_listed_and_holds_the_delete_until_cancelled(pc, api, 
 def test_a_hidden_order_is_in_no_entitlement_but_blocks_delete_until_cancelled(pc, api, make_customer):
     customer = make_customer([{"hidden": True, "alternateId": "hiddenplan01"}, {}])
     cid, (hidden, listed) = customer["id"], [o["id"] for o in customer["orders"]]
-    assert [e["referenceOrder"]["id"] for e in body(api.get(f"{pc.url}/v1/customers/{cid}/entitlements"))["items"]] == [listed]
+    assert [e["referenceOrder"]["id"] for e in body(api.get(f"{pc.url}/v1/customers/{cid}/entitlements"))["items"]] == [
+        listed
+    ]
     assert body(api.get(f"{pc.url}/v1/customers/{cid}/orders/{hidden}"))["alternateId"] == "hiddenplan01"
     assert cancel(pc, api, cid, listed).status_code == 200
     refused = api.delete(f"{pc.url}/v1/customers/{cid}")
@@ -304,22 +355,48 @@ def test_a_hidden_order_is_in_no_entitlement_but_blocks_delete_until_cancelled(p
     assert api.delete(f"{pc.url}/v1/customers/{cid}").status_code == 204
 
 
-HOSTILE = ["Contoso\nMS-ContinuationToken: forged\r\n\x00\x07\x1b[31m", "\u202eexe.nosnoc\u202c Tip", "A" * 300 + "\u00e9" * 20,
-           '"quoted" <script>alert(1)</script> \\ %s {0} \t', "\ud83d lone surrogate", "", None]
+HOSTILE = [
+    "Contoso\nMS-ContinuationToken: forged\r\n\x00\x07\x1b[31m",
+    "\u202eexe.nosnoc\u202c Tip",
+    "A" * 300 + "\u00e9" * 20,
+    '"quoted" <script>alert(1)</script> \\ %s {0} \t',
+    "\ud83d lone surrogate",
+    "",
+    None,
+]
 
 
 def test_hostile_company_names_and_domains_are_shown_exactly_by_the_list_get_and_state(pc, api, make_customer):
-    made = {make_customer([], companyName=name, domain=HOSTILE[-1 - i])["id"]: (name, HOSTILE[-1 - i]) for i, name in enumerate(HOSTILE)}
-    listed = {c["id"]: c["companyProfile"] for page in list_customers(pc, api) for c in page["items"] if c["id"] in made}
-    assert listed == {cid: {"tenantId": cid, "companyName": name, "domain": domain} for cid, (name, domain) in made.items()}
+    made = {
+        make_customer([], companyName=name, domain=HOSTILE[-1 - i])["id"]: (name, HOSTILE[-1 - i])
+        for i, name in enumerate(HOSTILE)
+    }
+    listed = {
+        c["id"]: c["companyProfile"] for page in list_customers(pc, api) for c in page["items"] if c["id"] in made
+    }
+    assert listed == {
+        cid: {"tenantId": cid, "companyName": name, "domain": domain} for cid, (name, domain) in made.items()
+    }
     state = pc.state()["customers"]
     for cid, (name, domain) in made.items():
-        assert body(api.get(f"{pc.url}/v1/customers/{cid}"))["companyProfile"] == {"tenantId": cid, "domain": domain, "companyName": name}
+        assert body(api.get(f"{pc.url}/v1/customers/{cid}"))["companyProfile"] == {
+            "tenantId": cid,
+            "domain": domain,
+            "companyName": name,
+        }
         assert (state[cid]["companyName"], state[cid]["domain"]) == (name, domain)
 
 
-@pytest.mark.parametrize("customer", [{"id": "not-a-guid"}, {"id": str(uuid.uuid4()), "companyName": 5},
-                                      {"id": str(uuid.uuid4()), "domain": ["x"]}, {"id": str(uuid.uuid4()), "orders": [{"id": 1}]}, "text"])
+@pytest.mark.parametrize(
+    "customer",
+    [
+        {"id": "not-a-guid"},
+        {"id": str(uuid.uuid4()), "companyName": 5},
+        {"id": str(uuid.uuid4()), "domain": ["x"]},
+        {"id": str(uuid.uuid4()), "orders": [{"id": 1}]},
+        "text",
+    ],
+)
 def test_a_malformed_customer_is_refused_and_nothing_is_added(pc, customer):
     good = str(uuid.uuid4())
     refused = requests.post(f"{pc.url}/_emulator/customers", json=[{"id": good}, customer], verify=pc.ca)
@@ -331,10 +408,27 @@ def test_a_malformed_customer_is_refused_and_nothing_is_added(pc, customer):
 def full_emulator(run_dir):
     """A private emulator started as ``python -m tools.pc_emulator --full-sandbox 75``: the shared one stays small."""
     state_dir = run_dir / f"full-sandbox-{uuid.uuid4().hex[:8]}"
-    child = devenv._spawn("emulator-full", [sys.executable, "-m", "tools.pc_emulator", "--full-sandbox", "75", "--port", "0",
-                                            "--state-dir", str(state_dir)], run_dir)
+    child = devenv._spawn(
+        "emulator-full",
+        [
+            sys.executable,
+            "-m",
+            "tools.pc_emulator",
+            "--full-sandbox",
+            "75",
+            "--port",
+            "0",
+            "--state-dir",
+            str(state_dir),
+        ],
+        run_dir,
+    )
     try:
-        devenv.wait_for(lambda: (state_dir / "emulator.json").exists() or child.proc.poll() is not None, 30, what="the full-sandbox emulator")
+        devenv.wait_for(
+            lambda: (state_dir / "emulator.json").exists() or child.proc.poll() is not None,
+            30,
+            what="the full-sandbox emulator",
+        )
         assert child.proc.poll() is None, child.log()
         info = json.loads((state_dir / "emulator.json").read_text())
         yield devenv.Emulator(info["url"], info["ca"], info["partner"], child)
@@ -353,11 +447,19 @@ def test_full_sandbox_from_the_command_line_lists_the_sample_and_75_test_run_cus
     assert listed == profiles(sample + generated) and len(listed) == 82
     assert all(re.fullmatch(r"[a-z0-9]+\.onmicrosoft\.com", c["domain"]) for c in sample + generated)
     assert all(re.fullmatch(r"Tip test run \d{4} \u2013 [A-Z][A-Za-z ]+", c["companyName"]) for c in generated)
-    assert len({c["domain"] for c in sample + generated}) == 82 and len({c["companyName"].split(" \u2013 ")[1] for c in generated}) >= 5
+    assert (
+        len({c["domain"] for c in sample + generated}) == 82
+        and len({c["companyName"].split(" \u2013 ")[1] for c in generated}) >= 5
+    )
     with_orders = [c for c in generated if c["orders"]]
-    assert 3 <= len(with_orders) <= 20 and all(re.fullmatch(r"[A-Za-z0-9_-]{33}", o["id"]) for c in with_orders for o in c["orders"])
+    assert 3 <= len(with_orders) <= 20 and all(
+        re.fullmatch(r"[A-Za-z0-9_-]{33}", o["id"]) for c in with_orders for o in c["orders"]
+    )
     cid, oid = with_orders[0]["id"], with_orders[0]["orders"][0]["id"]
-    assert body(api.patch(f"{emu.url}/v1/customers/{cid}/orders/{oid}", json={"id": oid, "status": "cancelled"}))["status"] == "pending"
+    assert (
+        body(api.patch(f"{emu.url}/v1/customers/{cid}/orders/{oid}", json={"id": oid, "status": "cancelled"}))["status"]
+        == "pending"
+    )
     order = emu.state()["customers"][cid]["orders"][oid]
     assert 1 <= order["readyAt"] - order["cancelRequestedAt"] <= 3
 
@@ -373,13 +475,21 @@ def test_fill_adds_a_deterministic_full_sandbox_per_seed_and_reset_keeps_the_com
     assert first == {"customers": start + 75, "ids": [c["id"] for c in full_sandbox_customers(75, seed=8)]}
     assert fill(count=75, seed=8).json() == first  # the same customers again, replaced
     state = emu.state()["customers"]
-    assert {cid: {"tenantId": cid, "domain": state[cid]["domain"], "companyName": state[cid]["companyName"]} for cid in first["ids"]} \
-        == profiles(full_sandbox_customers(75, seed=8))
+    assert {
+        cid: {"tenantId": cid, "domain": state[cid]["domain"], "companyName": state[cid]["companyName"]}
+        for cid in first["ids"]
+    } == profiles(full_sandbox_customers(75, seed=8))
     other = fill(count=3, seed=9, prefix="Sweep e2e").json()
     assert other["customers"] == start + 78 and not set(other["ids"]) & set(first["ids"])
-    assert [emu.state()["customers"][cid]["domain"].split(".")[0][-4:] for cid in other["ids"]] == ["0001", "0002", "0003"]
+    assert [emu.state()["customers"][cid]["domain"].split(".")[0][-4:] for cid in other["ids"]] == [
+        "0001",
+        "0002",
+        "0003",
+    ]
     assert all(emu.state()["customers"][cid]["companyName"].startswith("Sweep e2e 000") for cid in other["ids"])
     for bad in ({"count": -1}, {"count": True}, {"count": 10001}, {"seed": "7"}, {"prefix": " "}, {"colour": "red"}):
         assert fill(**bad).status_code == 400
     emu.reset()
-    assert set(emu.state()["customers"]) == set(profiles(json.loads(devenv.SAMPLE_SANDBOX.read_text())["customers"] + full_sandbox_customers(75)))
+    assert set(emu.state()["customers"]) == set(
+        profiles(json.loads(devenv.SAMPLE_SANDBOX.read_text())["customers"] + full_sandbox_customers(75))
+    )

@@ -2,6 +2,7 @@
 
 Assertions are on the emulator's request log and state and on the outcome events, never on log text.
 """
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import uuid
 from datetime import datetime
 
 import pytest
-
 
 
 #: A request past POLL_TIMEOUT ends after the settle time (work + a token + a call + 5 s, about 48 s here), the final
@@ -31,16 +31,30 @@ def assert_no_delete_while_open(world, customer_id):
 
 def test_happy_path_with_cancellation_lag_and_nested_duplicate_order_ids(world):
     o1, o2 = uuid.uuid4().hex + "A", uuid.uuid4().hex + "B"
-    ent = lambda oid, nested=(): {"referenceOrder": {"id": oid, "lineItemId": "0"}, "entitlementType": "software",  # noqa: E731
-                                  "includedEntitlements": list(nested)}
+    ent = lambda oid, nested=(): {
+        "referenceOrder": {"id": oid, "lineItemId": "0"},
+        "entitlementType": "software",  # noqa: E731
+        "includedEntitlements": list(nested),
+    }
     customer_id = str(uuid.uuid4())
-    world.pc.add_customers([{"id": customer_id, "orders": [{"id": o1, "cancelAfterReads": 2}, {"id": o2, "cancelAfterReads": 1}],
-                             "entitlements": [ent(o1, [ent(o1), ent(o2)]), ent(o2), ent(o1)]}])
+    world.pc.add_customers(
+        [
+            {
+                "id": customer_id,
+                "orders": [{"id": o1, "cancelAfterReads": 2}, {"id": o2, "cancelAfterReads": 1}],
+                "entitlements": [ent(o1, [ent(o1), ent(o2)]), ent(o2), ent(o1)],
+            }
+        ]
+    )
     world.start()
     correlation = str(uuid.uuid4())
     world.request({"customerTenantId": customer_id.upper(), "correlationId": correlation})
     (event,) = world.outcomes(1)
-    assert event["outcome"] == "deleted" and event["correlationId"] == correlation and event["customerTenantId"] == customer_id
+    assert (
+        event["outcome"] == "deleted"
+        and event["correlationId"] == correlation
+        and event["customerTenantId"] == customer_id
+    )
     assert sorted(o["id"] for o in event["orders"]) == sorted([o1, o2]) and event["pollAttempts"] >= 2
     calls = world.api_calls(customer_id)
     assert len(methods(calls, "PATCH")) == 2  # de-duplicated
@@ -62,7 +76,10 @@ def test_no_orders_and_already_cancelled(world, make_customer):
     assert {e["outcome"] for e in events} == {"deleted"}
     # Every order found is cancelled without a read first (as Microsoft's sample PATCHes every order whatever its
     # status); an order already cancelled accepts it unchanged, and only GETs reading cancelled lead to the DELETE.
-    assert methods(world.api_calls(empty["id"]), "PATCH") == [] and len(methods(world.api_calls(empty["id"]), "DELETE")) == 1
+    assert (
+        methods(world.api_calls(empty["id"]), "PATCH") == []
+        and len(methods(world.api_calls(empty["id"]), "DELETE")) == 1
+    )
     calls = world.api_calls(done["id"])
     assert len(methods(calls, "PATCH")) == 2 and len(methods(calls, "DELETE")) == 1
     assert all(o["status"] == "cancelled" for o in world.pc.state()["deletedCustomers"][done["id"]]["orders"].values())
@@ -91,7 +108,9 @@ def test_429_storm_with_retry_after_honoured(world, make_customer):
     events = world.outcomes(3, timeout=120)
     assert {e["outcome"] for e in events} == {"deleted"}
     log = world.pc.requests_log()
-    throttled = [r for r in log if r["status"] == 429 and r["requestId"] and any(c["id"] in r["path"] for c in customers)]
+    throttled = [
+        r for r in log if r["status"] == 429 and r["requestId"] and any(c["id"] in r["path"] for c in customers)
+    ]
     assert throttled, "the storm did not happen"
     for r in throttled:  # the retry of a throttled call (same MS-RequestId) came after Retry-After (>= 1 s)
         retries = [x for x in log if x["requestId"] == r["requestId"] and x["seq"] > r["seq"]]
@@ -104,9 +123,13 @@ def test_429_storm_with_retry_after_honoured(world, make_customer):
 
 def test_5xx_and_dropped_connections(world, make_customer):
     world.pc.knobs(randomSeed=7)
-    world.pc.faults([{"kind": "status", "status": 503, "path": "^/v1/", "share": 0.25},
-                     {"kind": "drop", "path": "^/v1/", "share": 0.15},
-                     {"kind": "status", "status": 500, "path": "/oauth2/", "times": 1}])
+    world.pc.faults(
+        [
+            {"kind": "status", "status": 503, "path": "^/v1/", "share": 0.25},
+            {"kind": "drop", "path": "^/v1/", "share": 0.15},
+            {"kind": "status", "status": 500, "path": "/oauth2/", "times": 1},
+        ]
+    )
     customers = [make_customer([{"cancelAfterReads": 1}, {}]) for _ in range(3)]
     world.start()
     for c in customers:
@@ -130,8 +153,16 @@ def test_unknown_customer_is_not_found(world):
     assert [c["method"] for c in calls] == ["GET"]
 
 
-@pytest.mark.parametrize("body", [b"not json at all", b'{"customerTenantId": "12345"}', b'{"customerTenantId": "../../v1/customers"}',
-                                  b'["3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"]', b'{"customerTenantId": "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b", "dryRun": "yes"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json at all",
+        b'{"customerTenantId": "12345"}',
+        b'{"customerTenantId": "../../v1/customers"}',
+        b'["3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"]',
+        b'{"customerTenantId": "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b", "dryRun": "yes"}',
+    ],
+)
 def test_malformed_requests_are_rejected_into_poison_with_zero_calls(world, body):
     world.start()
     before = [r for r in world.pc.requests_log() if r["path"].startswith("/v1/")]
@@ -230,8 +261,12 @@ def test_a_ten_second_outage_changes_nothing_but_the_duration(world, make_custom
 
     customer = make_customer([{"cancelAfterSeconds": 1}, {}])
     start = time.time()
-    world.pc.faults([{"kind": "status", "status": 503, "path": ".*", "share": 0.5, "from": start + 1, "until": start + 11},
-                     {"kind": "drop", "path": ".*", "share": 1.0, "from": start + 1, "until": start + 11}])
+    world.pc.faults(
+        [
+            {"kind": "status", "status": 503, "path": ".*", "share": 0.5, "from": start + 1, "until": start + 11},
+            {"kind": "drop", "path": ".*", "share": 1.0, "from": start + 1, "until": start + 11},
+        ]
+    )
     world.start()
     world.request(customer["id"])
     (event,) = world.outcomes(1, timeout=90)
@@ -243,13 +278,24 @@ def test_hostile_order_id_in_entitlements_cannot_redirect_a_request(world, make_
     victim = make_customer([{}])
     attacker = str(uuid.uuid4())
     hostile = f"../../{victim['id']}"  # would turn PATCH .../orders/<id> into a call on another customer
-    world.pc.add_customers([{"id": attacker, "orders": [{"id": "A" * 33}],
-                             "entitlements": [{"referenceOrder": {"id": "A" * 33}}, {"referenceOrder": {"id": hostile}}]}])
+    world.pc.add_customers(
+        [
+            {
+                "id": attacker,
+                "orders": [{"id": "A" * 33}],
+                "entitlements": [{"referenceOrder": {"id": "A" * 33}}, {"referenceOrder": {"id": hostile}}],
+            }
+        ]
+    )
     world.start()
     world.request(attacker)
     (event,) = world.outcomes(1)
     assert event["outcome"] == "failed" and "not the documented shape" in event["detail"]
-    assert [c for c in world.pc.requests_log() if c["method"] in ("PATCH", "DELETE") and (attacker in c["path"] or victim["id"] in c["path"])] == []
+    assert [
+        c
+        for c in world.pc.requests_log()
+        if c["method"] in ("PATCH", "DELETE") and (attacker in c["path"] or victim["id"] in c["path"])
+    ] == []
     assert world.api_calls(victim["id"]) == []
 
 
@@ -267,9 +313,14 @@ def test_revoked_token_is_replaced_instead_of_failing_every_retry(world, make_cu
 
 def test_invocations_cut_off_by_function_timeout_end_in_one_outcome(world, make_customer):
     customer = make_customer([{}])
-    world.pc.faults([{"kind": "slow", "path": customer["id"], "seconds": 8}])  # every call outlasts the function timeout
-    world.start(AzureFunctionsJobHost__functionTimeout="00:00:02", AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3",
-                POLL_TIMEOUT_SECONDS="5")
+    world.pc.faults(
+        [{"kind": "slow", "path": customer["id"], "seconds": 8}]
+    )  # every call outlasts the function timeout
+    world.start(
+        AzureFunctionsJobHost__functionTimeout="00:00:02",
+        AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3",
+        POLL_TIMEOUT_SECONDS="5",
+    )
     world.request(customer["id"])
     (event,) = world.outcomes(1, timeout=DEADLINE_WAIT)
     assert event["outcome"] == "timed_out" and "could not be checked" in event["detail"]
@@ -285,7 +336,9 @@ def test_a_new_purchase_during_the_deletion_is_cancelled_too(world, make_custome
     world.start()
     world.request(customer["id"])
     devenv_wait = __import__("tools.devenv", fromlist=["wait_for"]).wait_for
-    devenv_wait(lambda: any(c["method"] == "PATCH" for c in world.api_calls(customer["id"])), 30, what="the first cancel")
+    devenv_wait(
+        lambda: any(c["method"] == "PATCH" for c in world.api_calls(customer["id"])), 30, what="the first cancel"
+    )
     late = uuid.uuid4().hex + "L"
     world.pc.add_orders(customer["id"], [{"id": late, "cancelAfterSeconds": 1}])
     (event,) = world.outcomes(1, timeout=60)

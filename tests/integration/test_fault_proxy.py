@@ -1,4 +1,5 @@
 """The loopback fault proxy (tools/fault_proxy.py) between the real queue SDK and Azurite."""
+
 from __future__ import annotations
 
 import http.client
@@ -14,7 +15,11 @@ from azure.storage.queue import QueueServiceClient
 from tools import devenv
 from tools.fault_proxy import FaultProxy, is_put, start_fault_proxy
 
-FAST_RETRIES = {"initial_backoff": 0, "increment_base": 0, "random_jitter_range": 0}  # the default policy, without the waits
+FAST_RETRIES = {
+    "initial_backoff": 0,
+    "increment_base": 0,
+    "random_jitter_range": 0,
+}  # the default policy, without the waits
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +54,20 @@ def contents(service: QueueServiceClient, name: str) -> list[str]:
     return [m.content for m in service.get_queue_client(name).peek_messages(max_messages=32)]
 
 
-@pytest.mark.parametrize("method, path, put", [
-    ("POST", "/devstoreaccount1/q/messages", True),
-    ("POST", "/devstoreaccount1/q/messages?visibilitytimeout=5&messagettl=60", True),
-    ("PUT", "/devstoreaccount1/q/messages/5f3c?popreceipt=AgAAAA%3D%3D&visibilitytimeout=0", True),
-    ("PUT", "/devstoreaccount1/q", False),  # create queue
-    ("PUT", "/devstoreaccount1/q?comp=metadata", False),
-    ("GET", "/devstoreaccount1/q/messages?numofmessages=32", False),  # receive
-    ("GET", "/devstoreaccount1/q/messages?peekonly=true", False),
-    ("DELETE", "/devstoreaccount1/q/messages/5f3c?popreceipt=AgAAAA%3D%3D", False),
-    ("DELETE", "/devstoreaccount1/q/messages", False),  # clear
-])
+@pytest.mark.parametrize(
+    "method, path, put",
+    [
+        ("POST", "/devstoreaccount1/q/messages", True),
+        ("POST", "/devstoreaccount1/q/messages?visibilitytimeout=5&messagettl=60", True),
+        ("PUT", "/devstoreaccount1/q/messages/5f3c?popreceipt=AgAAAA%3D%3D&visibilitytimeout=0", True),
+        ("PUT", "/devstoreaccount1/q", False),  # create queue
+        ("PUT", "/devstoreaccount1/q?comp=metadata", False),
+        ("GET", "/devstoreaccount1/q/messages?numofmessages=32", False),  # receive
+        ("GET", "/devstoreaccount1/q/messages?peekonly=true", False),
+        ("DELETE", "/devstoreaccount1/q/messages/5f3c?popreceipt=AgAAAA%3D%3D", False),
+        ("DELETE", "/devstoreaccount1/q/messages", False),  # clear
+    ],
+)
 def test_only_sends_and_updates_are_puts(method, path, put):
     assert is_put(method, path) is put
 
@@ -79,7 +87,9 @@ def test_everything_passes_through_unchanged_with_zero_shares(proxy, direct):
     queue.set_queue_metadata({"owner": "proxy-test"})
     properties = queue.get_queue_properties(raw_response_hook=lambda r: seen.append(r.http_response.headers))
     assert properties.metadata == {"owner": "proxy-test"} and properties.approximate_message_count == 1
-    assert queue.queue_name in [q.name for q in service.list_queues(raw_response_hook=lambda r: seen.append(r.http_response.headers))]
+    assert queue.queue_name in [
+        q.name for q in service.list_queues(raw_response_hook=lambda r: seen.append(r.http_response.headers))
+    ]
     # Azurite answers XML bodies chunked; the proxy relays them with a Content-Length, and the SDK reads them fine
     assert "Content-Length" in seen[-1] and "Transfer-Encoding" not in seen[-1]
     queue.delete_queue()
@@ -160,8 +170,16 @@ def test_stats_count_requests_puts_and_methods(proxy):
     assert message.content == "one"
     [received] = queue.receive_messages(max_messages=1)  # GET
     queue.delete_message(received)  # DELETE
-    assert proxy.stats() == {"requests": 6, "forwarded": 5, "puts": 2, "failed_before": 1, "failed_after": 0, "failed_outage": 0,
-                             "target_errors": 0, "by_method": {"PUT": 1, "POST": 2, "GET": 2, "DELETE": 1}}
+    assert proxy.stats() == {
+        "requests": 6,
+        "forwarded": 5,
+        "puts": 2,
+        "failed_before": 1,
+        "failed_after": 0,
+        "failed_outage": 0,
+        "target_errors": 0,
+        "by_method": {"PUT": 1, "POST": 2, "GET": 2, "DELETE": 1},
+    }
 
 
 def test_admin_api_is_never_forwarded_and_target_errors_answer_502(tmp_path):
@@ -169,8 +187,13 @@ def test_admin_api_is_never_forwarded_and_target_errors_answer_502(tmp_path):
         target.setblocking(False)
         proxy = start_fault_proxy(tmp_path, target.getsockname()[1])
         try:
-            assert proxy.configure(before_share=0.25, seed=3) == {"before_share": 0.25, "after_share": 0.005, "seed": 3,
-                                                                  "outage_from": None, "outage_until": None}
+            assert proxy.configure(before_share=0.25, seed=3) == {
+                "before_share": 0.25,
+                "after_share": 0.005,
+                "seed": 3,
+                "outage_from": None,
+                "outage_until": None,
+            }
             assert proxy.stats()["requests"] == 0
             with pytest.raises(ValueError, match="400"):
                 proxy.configure(before_share=0.9, after_share=0.2)
@@ -205,7 +228,9 @@ def test_keep_alive_and_request_bodies_need_a_content_length(proxy):
     conn.putheader("Transfer-Encoding", "chunked")
     conn.endheaders()  # the proxy answers before any body arrives
     resp = conn.getresponse()
-    assert resp.status == 411 and resp.getheader("Connection") == "close" and b"MissingContentLengthHeader" in resp.read()
+    assert (
+        resp.status == 411 and resp.getheader("Connection") == "close" and b"MissingContentLengthHeader" in resp.read()
+    )
     conn.close()
     assert proxy.stats()["forwarded"] == 3
 

@@ -6,6 +6,7 @@ local-development settings ``AzureWebJobsStorage__queueServiceUri/__tenantId/__c
 ``AZURE_AUTHORITY_HOST``. What Azurite's basic OAuth checks, and what it does not (the signature), is asserted here
 too, so the limits stated in the README are tested facts.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,9 @@ WRONG_SECRET = "not-the-storage-identity-secret"
 def oauth_azurite(emulator, tmp_path_factory):
     """Azurite's queue service over HTTPS in OAuth mode: (queue service URI, port)."""
     tls = emulator.storage_tls
-    child, port = devenv.start_azurite(tmp_path_factory.mktemp("oauth-azurite"), oauth=True, cert=tls["cert"], key=tls["key"],
-                                       name="azurite-oauth")
+    child, port = devenv.start_azurite(
+        tmp_path_factory.mktemp("oauth-azurite"), oauth=True, cert=tls["cert"], key=tls["key"], name="azurite-oauth"
+    )
     yield devenv.azurite_queue_service_uri(port)
     child.stop()
 
@@ -40,10 +42,20 @@ def id_queues(oauth_azurite, pc):
 
 
 def identity_settings(pc, uri, **extra):
-    settings = {**devenv.unique_queues("i"), **pc.app_settings(), **pc.storage_identity_settings(uri),
-                "POLL_INTERVAL_SECONDS": "1", "POLL_MAX_INTERVAL_SECONDS": "2", "POLL_TIMEOUT_SECONDS": "60",
-                "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "3", "INVOCATION_WORK_SECONDS": "4", "PARTNER_CENTER_TIMEOUT_SECONDS": "3",
-                **FAST_HOST, "AzureWebJobs.sweep_customers.Disabled": "true", **extra}
+    settings = {
+        **devenv.unique_queues("i"),
+        **pc.app_settings(),
+        **pc.storage_identity_settings(uri),
+        "POLL_INTERVAL_SECONDS": "1",
+        "POLL_MAX_INTERVAL_SECONDS": "2",
+        "POLL_TIMEOUT_SECONDS": "60",
+        "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "3",
+        "INVOCATION_WORK_SECONDS": "4",
+        "PARTNER_CENTER_TIMEOUT_SECONDS": "3",
+        **FAST_HOST,
+        "AzureWebJobs.sweep_customers.Disabled": "true",
+        **extra,
+    }
     assert "AzureWebJobsStorage" not in settings and not any("AccountKey" in v for v in settings.values())
     return settings
 
@@ -68,7 +80,9 @@ def claims_of(token: str) -> dict:
 
 def forged(claims: dict) -> str:
     """A JWT nobody signed (the signature is random bytes)."""
-    return f"{b64url({'typ': 'JWT', 'alg': 'RS256', 'kid': 'nobody'})}.{b64url(claims)}.{b64url(uuid.uuid4().bytes * 8)}"
+    return (
+        f"{b64url({'typ': 'JWT', 'alg': 'RS256', 'kid': 'nobody'})}.{b64url(claims)}.{b64url(uuid.uuid4().bytes * 8)}"
+    )
 
 
 def list_queues(uri: str, ca: str, token: str | None) -> requests.Response:
@@ -78,6 +92,7 @@ def list_queues(uri: str, ca: str, token: str | None) -> requests.Response:
 
 # -- end to end, no connection string ------------------------------------------------------------------------------------
 
+
 def test_deletion_end_to_end_with_tokens_only(id_world, make_customer):
     customer = make_customer()
     since = len(id_world.pc.requests_log())
@@ -85,16 +100,24 @@ def test_deletion_end_to_end_with_tokens_only(id_world, make_customer):
     correlation = str(uuid.uuid4())
     id_world.request({"customerTenantId": customer["id"], "correlationId": correlation})
     (event,) = id_world.outcomes(1)
-    assert event["outcome"] == "deleted" and event["correlationId"] == correlation and event["customerTenantId"] == customer["id"]
+    assert (
+        event["outcome"] == "deleted"
+        and event["correlationId"] == correlation
+        and event["customerTenantId"] == customer["id"]
+    )
     assert customer["id"] not in id_world.pc.state()["customers"]
     log = host.log()
     # The host read the identity-based connection (its one line about it; never the secret) ...
     storage_id = id_world.pc.storage_identity
-    assert f"Storage connection 'AzureWebJobsStorage': identity-based, {id_world.settings['AzureWebJobsStorage__queueServiceUri']}, " \
-           f"client secret of app {storage_id['clientId']}" in log
+    assert (
+        f"Storage connection 'AzureWebJobsStorage': identity-based, {id_world.settings['AzureWebJobsStorage__queueServiceUri']}, "
+        f"client secret of app {storage_id['clientId']}" in log
+    )
     assert storage_id["clientSecret"] not in log
     # ... and the emulator issued the tokens: the host's and the app's (separate processes, separate token caches).
-    token_calls = [r for r in id_world.pc.requests_log(since) if r["path"].endswith("/oauth2/v2.0/token") and r["status"] == 200]
+    token_calls = [
+        r for r in id_world.pc.requests_log(since) if r["path"].endswith("/oauth2/v2.0/token") and r["status"] == 200
+    ]
     assert len(token_calls) >= 3  # the host's storage token, the app's storage token, the app's Partner Center token
 
 
@@ -120,17 +143,29 @@ def test_the_apps_own_composition_root_with_a_token(oauth_azurite, pc, id_queues
 
 # -- Azurite really checks tokens (and what it does not check) -----------------------------------------------------------
 
+
 def test_azurite_refuses_requests_without_a_valid_storage_token(oauth_azurite, pc):
     good = pc.storage_credential().get_token("https://storage.azure.com/.default").token
     assert list_queues(oauth_azurite, pc.ca, good).status_code == 200
     claims = claims_of(good)
-    assert claims["aud"] == "https://storage.azure.com" and claims["iss"] == f"https://sts.windows.net/{pc.partner['tenantId']}/"
+    assert (
+        claims["aud"] == "https://storage.azure.com"
+        and claims["iss"] == f"https://sts.windows.net/{pc.partner['tenantId']}/"
+    )
     assert claims["appid"] == pc.storage_identity["clientId"] and claims["tid"] == pc.partner["tenantId"]
 
     partner = pc.partner
-    pc_token = requests.post(f"{pc.url}/{partner['tenantId']}/oauth2/v2.0/token", verify=pc.ca, timeout=10, data={
-        "grant_type": "client_credentials", "client_id": partner["clientId"], "client_secret": partner["clientSecret"],
-        "scope": "https://api.partnercenter.microsoft.com/.default"}).json()["access_token"]
+    pc_token = requests.post(
+        f"{pc.url}/{partner['tenantId']}/oauth2/v2.0/token",
+        verify=pc.ca,
+        timeout=10,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": partner["clientId"],
+            "client_secret": partner["clientSecret"],
+            "scope": "https://api.partnercenter.microsoft.com/.default",
+        },
+    ).json()["access_token"]
     now = int(time.time())
     refused = {
         "no token": None,
@@ -145,8 +180,16 @@ def test_azurite_refuses_requests_without_a_valid_storage_token(oauth_azurite, p
         resp = list_queues(oauth_azurite, pc.ca, token)
         assert resp.status_code in (401, 403), f"{what}: {resp.status_code} {resp.text[:200]}"
     # The storage token is no Partner Center token either.
-    assert requests.get(f"{pc.url}/v1/customers", params={"size": 1}, headers={"Authorization": f"Bearer {good}"},
-                        verify=pc.ca, timeout=10).status_code == 401
+    assert (
+        requests.get(
+            f"{pc.url}/v1/customers",
+            params={"size": 1},
+            headers={"Authorization": f"Bearer {good}"},
+            verify=pc.ca,
+            timeout=10,
+        ).status_code
+        == 401
+    )
     # The limit of "basic": a token with the right claims that nobody signed is accepted. The signature is not checked.
     assert list_queues(oauth_azurite, pc.ca, forged(claims)).status_code == 200
 
@@ -158,19 +201,36 @@ def test_the_emulators_storage_token_is_a_verifiable_rs256_jwt(pc):
     token = pc.storage_credential().get_token("https://storage.azure.com/.default").token
     head_b64, body_b64, sig_b64 = token.split(".")
     header = json.loads(base64.urlsafe_b64decode(head_b64 + "=" * (-len(head_b64) % 4)))
-    conf = requests.get(f"{pc.url}/{pc.partner['tenantId']}/v2.0/.well-known/openid-configuration", verify=pc.ca, timeout=10).json()
-    (key,) = [k for k in requests.get(conf["jwks_uri"], verify=pc.ca, timeout=10).json()["keys"] if k["kid"] == header["kid"]]
+    conf = requests.get(
+        f"{pc.url}/{pc.partner['tenantId']}/v2.0/.well-known/openid-configuration", verify=pc.ca, timeout=10
+    ).json()
+    (key,) = [
+        k for k in requests.get(conf["jwks_uri"], verify=pc.ca, timeout=10).json()["keys"] if k["kid"] == header["kid"]
+    ]
     n, e = (int.from_bytes(base64.urlsafe_b64decode(key[x] + "=" * (-len(key[x]) % 4)), "big") for x in ("n", "e"))
-    rsa.RSAPublicNumbers(e, n).public_key().verify(base64.urlsafe_b64decode(sig_b64 + "=" * (-len(sig_b64) % 4)),
-                                                   f"{head_b64}.{body_b64}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    rsa.RSAPublicNumbers(e, n).public_key().verify(
+        base64.urlsafe_b64decode(sig_b64 + "=" * (-len(sig_b64) % 4)),
+        f"{head_b64}.{body_b64}".encode(),
+        padding.PKCS1v15(),
+        hashes.SHA256(),
+    )
     # The storage identity gets storage tokens only.
-    resp = requests.post(f"{pc.url}/{pc.partner['tenantId']}/oauth2/v2.0/token", verify=pc.ca, timeout=10, data={
-        "grant_type": "client_credentials", "client_id": pc.storage_identity["clientId"],
-        "client_secret": pc.storage_identity["clientSecret"], "scope": "https://api.partnercenter.microsoft.com/.default"})
+    resp = requests.post(
+        f"{pc.url}/{pc.partner['tenantId']}/oauth2/v2.0/token",
+        verify=pc.ca,
+        timeout=10,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": pc.storage_identity["clientId"],
+            "client_secret": pc.storage_identity["clientSecret"],
+            "scope": "https://api.partnercenter.microsoft.com/.default",
+        },
+    )
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_scope"
 
 
 # -- a wrong client secret fails clearly -------------------------------------------------------------------------------
+
 
 def test_wrong_client_secret_fails_clearly_in_the_app(oauth_azurite, pc, monkeypatch):
     from azure.core.exceptions import ClientAuthenticationError
@@ -192,14 +252,22 @@ def test_wrong_client_secret_fails_clearly_in_the_app(oauth_azurite, pc, monkeyp
 
 
 def test_wrong_client_secret_fails_clearly_in_the_host(oauth_azurite, pc, id_queues, tmp_path, make_customer):
-    w = World(identity_settings(pc, oauth_azurite, AzureWebJobsStorage__clientSecret=WRONG_SECRET), id_queues, pc, tmp_path)
+    w = World(
+        identity_settings(pc, oauth_azurite, AzureWebJobsStorage__clientSecret=WRONG_SECRET), id_queues, pc, tmp_path
+    )
     try:
         host = w.start()
         customer = make_customer()
         w.request({"customerTenantId": customer["id"], "correlationId": str(uuid.uuid4())})
-        line = devenv.wait_for(lambda: next((ln for ln in host.log().splitlines() if "ERROR" in ln and "no token" in ln), None),
-                               30, what="the host to report the refused token")
-        assert "Storage connection 'AzureWebJobsStorage'" in line and "AADSTS7000215: Invalid client secret provided" in line
+        line = devenv.wait_for(
+            lambda: next((ln for ln in host.log().splitlines() if "ERROR" in ln and "no token" in ln), None),
+            30,
+            what="the host to report the refused token",
+        )
+        assert (
+            "Storage connection 'AzureWebJobsStorage'" in line
+            and "AADSTS7000215: Invalid client secret provided" in line
+        )
         assert WRONG_SECRET not in host.log()
         time.sleep(2)  # it keeps trying (as the host does); nothing runs, the request waits on its queue
         assert host.proc.poll() is None and "Executing 'Functions." not in host.log()

@@ -1,5 +1,6 @@
 """The local host itself: the documented queue-trigger semantics (functions-queues.md section 9), timer triggers as
 the timer extension runs them, and the admin endpoint."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,16 @@ import pytest
 import requests
 
 from tools import devenv
-from tools.local_host.host import (EXECUTED_LINE, HostError, decode_base64_strict, load_host_config, parse_timespan,
-                                   resolve_setting_tokens)
+from tools.local_host.host import (
+    EXECUTED_LINE,
+    HostError,
+    decode_base64_strict,
+    load_host_config,
+    parse_timespan,
+    resolve_setting_tokens,
+)
 
-PROBE = '''
+PROBE = """
 import json, os, time
 import azure.functions as func
 
@@ -31,17 +38,43 @@ def main(msg: func.QueueMessage, context: func.Context) -> None:
             f.write(json.dumps({"done": body, "t": time.time()}) + "\\n")
     if body.startswith("fail"):
         raise RuntimeError("probe failure")
-'''
+"""
 
 
 @pytest.fixture
 def probe_app(tmp_path):
     app = tmp_path / "app"
     (app / "probe").mkdir(parents=True)
-    (app / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"queues": {
-        "maxDequeueCount": 3, "visibilityTimeout": "00:00:01", "maxPollingInterval": "00:00:00.200"}}}))
-    (app / "probe" / "function.json").write_text(json.dumps({"scriptFile": "__init__.py", "bindings": [
-        {"name": "msg", "type": "queueTrigger", "direction": "in", "queueName": "%PROBE_QUEUE%", "connection": "AzureWebJobsStorage"}]}))
+    (app / "host.json").write_text(
+        json.dumps(
+            {
+                "version": "2.0",
+                "extensions": {
+                    "queues": {
+                        "maxDequeueCount": 3,
+                        "visibilityTimeout": "00:00:01",
+                        "maxPollingInterval": "00:00:00.200",
+                    }
+                },
+            }
+        )
+    )
+    (app / "probe" / "function.json").write_text(
+        json.dumps(
+            {
+                "scriptFile": "__init__.py",
+                "bindings": [
+                    {
+                        "name": "msg",
+                        "type": "queueTrigger",
+                        "direction": "in",
+                        "queueName": "%PROBE_QUEUE%",
+                        "connection": "AzureWebJobsStorage",
+                    }
+                ],
+            }
+        )
+    )
     (app / "probe" / "__init__.py").write_text(textwrap.dedent(PROBE))
     return app
 
@@ -54,8 +87,13 @@ def run_probe(probe_app, azurite, queues, tmp_path):
 
     def start(lease_seconds=600, **extra):
         queues.ensure(queue)
-        host = devenv.start_host(tmp_path, {"AzureWebJobsStorage": azurite, "PROBE_QUEUE": queue.upper(), "PROBE_LOG": str(log), **extra},
-                                 name=f"probe{len(hosts)}", lease_seconds=lease_seconds, app_root=probe_app)
+        host = devenv.start_host(
+            tmp_path,
+            {"AzureWebJobsStorage": azurite, "PROBE_QUEUE": queue.upper(), "PROBE_LOG": str(log), **extra},
+            name=f"probe{len(hosts)}",
+            lease_seconds=lease_seconds,
+            app_root=probe_app,
+        )
         hosts.append(host)
         devenv.wait_for(lambda: "Host started" in host.log() or host.proc.poll() is not None, 30, what="host")
         assert host.proc.poll() is None, host.log()
@@ -79,7 +117,9 @@ def test_failing_message_is_retried_max_times_with_visibility_delay_then_poisone
     assert [c["dequeue"] for c in attempts] == [1, 2, 3]  # maxDequeueCount 3
     gaps = [b["t"] - a["t"] for a, b in zip(attempts, attempts[1:])]
     assert all(g >= 0.9 for g in gaps), gaps  # visibilityTimeout 1 s before each retry
-    assert [decode_base64_strict(t) for t in queues.peek_raw(queue + "-poison")] == [b"fail-always"]  # same encoded text
+    assert [decode_base64_strict(t) for t in queues.peek_raw(queue + "-poison")] == [
+        b"fail-always"
+    ]  # same encoded text
     assert queues.count(queue) == 0
 
 
@@ -139,15 +179,30 @@ def test_unresolved_setting_stops_indexing(probe_app, tmp_path, azurite):
 
 
 def test_host_json_parsing_and_overrides(tmp_path):
-    assert parse_timespan("00:00:00.500", "x") == 0.5 and parse_timespan("1.02:00:00", "x") == 93600 and parse_timespan("30", "x") == 30 * 86400
+    assert (
+        parse_timespan("00:00:00.500", "x") == 0.5
+        and parse_timespan("1.02:00:00", "x") == 93600
+        and parse_timespan("30", "x") == 30 * 86400
+    )
     with pytest.raises(HostError):
         parse_timespan("5s", "x")
     (tmp_path / "host.json").write_text(json.dumps({"version": "2.0"}))
     cfg = load_host_config(tmp_path, {})
     q = cfg.queues
-    assert (q.batch_size, q.max_dequeue_count, q.visibility_timeout, q.message_encoding, q.max_polling_interval) == (16, 5, 0, "base64", 2.0)
-    cfg = load_host_config(tmp_path, {"AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "2",
-                                      "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:05"})
+    assert (q.batch_size, q.max_dequeue_count, q.visibility_timeout, q.message_encoding, q.max_polling_interval) == (
+        16,
+        5,
+        0,
+        "base64",
+        2.0,
+    )
+    cfg = load_host_config(
+        tmp_path,
+        {
+            "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "2",
+            "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:05",
+        },
+    )
     assert cfg.queues.max_dequeue_count == 2 and cfg.queues.max_polling_interval == 5
     with pytest.raises(HostError):
         load_host_config(tmp_path, {"AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.050"})
@@ -158,7 +213,7 @@ def test_host_json_parsing_and_overrides(tmp_path):
 
 # -- timers and the admin endpoint -------------------------------------------------------------------------------------
 
-TIMER_PROBE = '''
+TIMER_PROBE = """
 import json, os, time
 import azure.functions as func
 
@@ -170,7 +225,7 @@ def main(timer: func.TimerRequest, context: func.Context) -> None:
         time.sleep(float(os.environ["TIMER_SLEEP"]))
         with open(os.environ["TIMER_LOG"], "a") as f:
             f.write(json.dumps({"done": context.invocation_id}) + "\\n")
-'''
+"""
 DEFAULT_TIME = "0001-01-01T00:00:00+00:00"  # the host's unset Last / LastUpdated
 
 
@@ -178,13 +233,31 @@ def write_timer_app(root, *, use_monitor=True, run_on_startup=False):
     """An app with a timer function ``tick`` (schedule from %TICK_SCHEDULE%) and the queue function ``probe``."""
     (root / "tick").mkdir(parents=True)
     (root / "probe").mkdir()
-    (root / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"queues": {"maxPollingInterval": "00:00:00.200"}}}))
-    (root / "tick" / "function.json").write_text(json.dumps({"bindings": [
-        {"name": "timer", "type": "timerTrigger", "direction": "in", "schedule": "%TICK_SCHEDULE%",
-         "useMonitor": use_monitor, "runOnStartup": run_on_startup}]}))
+    (root / "host.json").write_text(
+        json.dumps({"version": "2.0", "extensions": {"queues": {"maxPollingInterval": "00:00:00.200"}}})
+    )
+    (root / "tick" / "function.json").write_text(
+        json.dumps(
+            {
+                "bindings": [
+                    {
+                        "name": "timer",
+                        "type": "timerTrigger",
+                        "direction": "in",
+                        "schedule": "%TICK_SCHEDULE%",
+                        "useMonitor": use_monitor,
+                        "runOnStartup": run_on_startup,
+                    }
+                ]
+            }
+        )
+    )
     (root / "tick" / "__init__.py").write_text(textwrap.dedent(TIMER_PROBE))
-    (root / "probe" / "function.json").write_text(json.dumps({"bindings": [
-        {"name": "msg", "type": "queueTrigger", "direction": "in", "queueName": "%PROBE_QUEUE%"}]}))
+    (root / "probe" / "function.json").write_text(
+        json.dumps(
+            {"bindings": [{"name": "msg", "type": "queueTrigger", "direction": "in", "queueName": "%PROBE_QUEUE%"}]}
+        )
+    )
     (root / "probe" / "__init__.py").write_text(textwrap.dedent(PROBE))
     return root
 
@@ -199,14 +272,23 @@ class TimerWorld:
         self.timer_log, self.probe_log = tmp_path / "timer.log", tmp_path / "probe.log"
         self.state_dir = tmp_path / "state"
         self.queue = f"t{uuid.uuid4().hex[:12]}"
-        self.settings = {"AzureWebJobsStorage": azurite, "PROBE_QUEUE": self.queue, "TIMER_LOG": str(self.timer_log),
-                         "PROBE_LOG": str(self.probe_log)}
+        self.settings = {
+            "AzureWebJobsStorage": azurite,
+            "PROBE_QUEUE": self.queue,
+            "TIMER_LOG": str(self.timer_log),
+            "PROBE_LOG": str(self.probe_log),
+        }
         self.hosts = []
 
     def start(self, wait=True, **settings):
         self.queues.ensure(self.queue)
-        host = devenv.start_host(self.tmp, {**self.settings, **settings}, name=f"thost{len(self.hosts)}", app_root=self.app,
-                                 state_dir=self.state_dir)
+        host = devenv.start_host(
+            self.tmp,
+            {**self.settings, **settings},
+            name=f"thost{len(self.hosts)}",
+            app_root=self.app,
+            state_dir=self.state_dir,
+        )
         self.hosts.append(host)
         if wait:
             devenv.wait_for(lambda: "Host started" in host.log() or host.proc.poll() is not None, 30, what="host")
@@ -214,7 +296,9 @@ class TimerWorld:
         return host
 
     def runs(self, done=False):
-        entries = [json.loads(line) for line in self.timer_log.read_text().splitlines()] if self.timer_log.exists() else []
+        entries = (
+            [json.loads(line) for line in self.timer_log.read_text().splitlines()] if self.timer_log.exists() else []
+        )
         return [e for e in entries if ("done" in e) == done]
 
     def probe_calls(self):
@@ -249,11 +333,17 @@ def test_timer_fires_on_the_second_grid_with_its_schedule_status(timer_world):
         nxt = iso_seconds(r["status"]["Next"])
         assert nxt % 2 == 0 and 0 <= r["t"] - nxt < 1.5, r
     first, second, third = runs
-    assert first["status"]["Last"] == DEFAULT_TIME == first["status"]["LastUpdated"]  # never ran before (the host's unset time)
-    assert iso_seconds(second["status"]["Last"]) == iso_seconds(first["status"]["Next"])  # the previous run's occurrence
+    assert (
+        first["status"]["Last"] == DEFAULT_TIME == first["status"]["LastUpdated"]
+    )  # never ran before (the host's unset time)
+    assert iso_seconds(second["status"]["Last"]) == iso_seconds(
+        first["status"]["Next"]
+    )  # the previous run's occurrence
     assert iso_seconds(third["status"]["Next"]) - iso_seconds(second["status"]["Next"]) == 2
     assert "The next 5 occurrences of the 'tick' schedule" in host.log()
-    assert re.search(r"Executing 'Functions\.tick' \(Reason='Timer fired at \d{4}-\d\d-\d\dT[^']*\+00:00', Id=", host.log())
+    assert re.search(
+        r"Executing 'Functions\.tick' \(Reason='Timer fired at \d{4}-\d\d-\d\dT[^']*\+00:00', Id=", host.log()
+    )
     executed = [m for m in map(EXECUTED_LINE.search, host.log().splitlines()) if m and m["function"] == "tick"]
     assert executed and all(m["status"] == "Succeeded" for m in executed)
     stored = w.stored()  # after each run: Last = that occurrence, Next = the one after it
@@ -275,7 +365,9 @@ def test_stale_status_runs_once_past_due_at_start_then_ticks(timer_world):
 
 
 def test_run_on_startup_without_monitor(tmp_path, azurite, queues):
-    w = TimerWorld(tmp_path, azurite, queues, write_timer_app(tmp_path / "tapp", use_monitor=False, run_on_startup=True))
+    w = TimerWorld(
+        tmp_path, azurite, queues, write_timer_app(tmp_path / "tapp", use_monitor=False, run_on_startup=True)
+    )
     try:
         host = w.start(TICK_SCHEDULE="0 0 0 1 1 *")  # once a year: the run comes from runOnStartup
         devenv.wait_for(w.runs, 15, what="the startup run")
@@ -290,10 +382,18 @@ def test_run_on_startup_without_monitor(tmp_path, azurite, queues):
 def test_admin_endpoint_runs_a_timer_now_and_leaves_its_status(timer_world):
     w = timer_world
     year = datetime.now(timezone.utc).year
-    w.store(f"{year}-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")  # Next is not what the schedule gives from Last
+    w.store(
+        f"{year}-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00"
+    )  # Next is not what the schedule gives from Last
     host = w.start(TICK_SCHEDULE="0 0 0 1 1 *")
-    stored = w.stored()  # a schedule change: Next recomputed from Last (the next 1 January), Last reset, as the host does
-    assert stored == {"Last": DEFAULT_TIME, "Next": f"{year + 1}-01-01T00:00:00+00:00", "LastUpdated": f"{year}-01-01T00:00:00+00:00"}
+    stored = (
+        w.stored()
+    )  # a schedule change: Next recomputed from Last (the next 1 January), Last reset, as the host does
+    assert stored == {
+        "Last": DEFAULT_TIME,
+        "Next": f"{year + 1}-01-01T00:00:00+00:00",
+        "LastUpdated": f"{year}-01-01T00:00:00+00:00",
+    }
     url = host.admin_url()
     assert url and w.runs() == []
     assert devenv.invoke_admin(url, "tick") == 202
@@ -301,7 +401,10 @@ def test_admin_endpoint_runs_a_timer_now_and_leaves_its_status(timer_world):
     (run,) = w.runs()
     assert run["past_due"] is False and run["status"] == stored
     assert w.stored() == stored  # an admin run does not update the status
-    assert "Executing 'Functions.tick' (Reason='This function was programmatically called via the host APIs.', Id=" in host.log()
+    assert (
+        "Executing 'Functions.tick' (Reason='This function was programmatically called via the host APIs.', Id="
+        in host.log()
+    )
 
 
 def test_admin_endpoint_errors(timer_world):
@@ -334,7 +437,10 @@ def test_admin_endpoint_delivers_input_to_a_queue_function(timer_world, queues):
 def test_missing_schedule_setting_disables_only_that_function(timer_world, queues):
     w = timer_world
     host = w.start()  # no TICK_SCHEDULE
-    assert "Function 'tick' failed indexing and will be disabled: '%TICK_SCHEDULE%' does not resolve to a value." in host.log()
+    assert (
+        "Function 'tick' failed indexing and will be disabled: '%TICK_SCHEDULE%' does not resolve to a value."
+        in host.log()
+    )
     queues.send(w.queue, "still here")
     devenv.wait_for(w.probe_calls, 15, what="the queue function")
     assert devenv.invoke_admin(host.admin_url(), "tick") == 404
@@ -346,7 +452,9 @@ def test_two_hosts_sharing_a_state_dir_run_the_timer_once(timer_world):
     first = w.start(TICK_SCHEDULE="* * * * * *")
     devenv.wait_for(w.runs, 15, what="the first host's ticks")
     second = w.start(TICK_SCHEDULE="* * * * * *")
-    devenv.wait_for(lambda: "another host instance holds the singleton lock" in second.log(), 15, what="the second host to wait")
+    devenv.wait_for(
+        lambda: "another host instance holds the singleton lock" in second.log(), 15, what="the second host to wait"
+    )
     count = len(w.runs())
     devenv.wait_for(lambda: len(w.runs()) >= count + 2, 15, what="two more ticks")
     assert "Executing 'Functions.tick'" not in second.log()
@@ -361,8 +469,14 @@ def test_admin_port_in_use_stops_the_host(timer_world):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        host = devenv.start_host(timer_world.tmp, {**timer_world.settings, "TICK_SCHEDULE": "0 0 0 1 1 *"}, name="busy",
-                                 app_root=timer_world.app, admin_port=port, state_dir=timer_world.state_dir)
+        host = devenv.start_host(
+            timer_world.tmp,
+            {**timer_world.settings, "TICK_SCHEDULE": "0 0 0 1 1 *"},
+            name="busy",
+            app_root=timer_world.app,
+            admin_port=port,
+            state_dir=timer_world.state_dir,
+        )
         host.proc.wait(30)
     assert host.proc.returncode == 2
     assert f"127.0.0.1:{port}" in host.log() and "--admin-port" in host.log()
@@ -374,8 +488,12 @@ def test_timer_run_cut_off_by_function_timeout_is_not_retried_and_updates_the_st
     devenv.wait_for(lambda: len(w.runs()) >= 2, 20, what="two ticks")
     first, second = w.runs()[:2]
     assert "A function timeout has occurred. Restarting worker process" in host.log()
-    assert iso_seconds(second["status"]["Next"]) - iso_seconds(first["status"]["Next"]) == 2  # the next occurrence, no retry
-    assert iso_seconds(second["status"]["Last"]) == iso_seconds(first["status"]["Next"])  # status updated after the failure
+    assert (
+        iso_seconds(second["status"]["Next"]) - iso_seconds(first["status"]["Next"]) == 2
+    )  # the next occurrence, no retry
+    assert iso_seconds(second["status"]["Last"]) == iso_seconds(
+        first["status"]["Next"]
+    )  # status updated after the failure
     assert "Executed 'Functions.tick' (Succeeded" not in host.log()
     time.sleep(1)
     assert w.runs(done=True) == []  # each run died with its worker process

@@ -1,4 +1,5 @@
 """tools.seed_loop (Microsoft's sample delete loop, the benchmark baseline) against the real Partner Center emulator."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,14 @@ from tools.devenv import ROOT
 
 def settings_kwargs(pc) -> dict:
     s = pc.app_settings()
-    return {"base_url": s["PARTNER_CENTER_BASE_URL"], "authority_host": s["PARTNER_CENTER_AUTHORITY_HOST"],
-            "tenant_id": s["PARTNER_CENTER_TENANT_ID"], "client_id": s["PARTNER_CENTER_CLIENT_ID"],
-            "client_secret": s["PARTNER_CENTER_CLIENT_SECRET"], "ca": s["REQUESTS_CA_BUNDLE"]}
+    return {
+        "base_url": s["PARTNER_CENTER_BASE_URL"],
+        "authority_host": s["PARTNER_CENTER_AUTHORITY_HOST"],
+        "tenant_id": s["PARTNER_CENTER_TENANT_ID"],
+        "client_id": s["PARTNER_CENTER_CLIENT_ID"],
+        "client_secret": s["PARTNER_CENTER_CLIENT_SECRET"],
+        "ca": s["REQUESTS_CA_BUNDLE"],
+    }
 
 
 def api_log(pc, since: int, cid: str) -> tuple[list[dict], list[dict]]:
@@ -48,8 +54,10 @@ def test_two_lagging_orders_are_cancelled_polled_and_then_the_customer_is_delete
     # GET entitlements, then per entitlement (one per order here) GET + PATCH of that order, in entitlement order.
     assert [(r["method"], r["path"]) for r in entries[:5]] == [
         ("GET", f"/v1/customers/{cid}/entitlements"),
-        ("GET", order_paths[0]), ("PATCH", order_paths[0]),
-        ("GET", order_paths[1]), ("PATCH", order_paths[1]),
+        ("GET", order_paths[0]),
+        ("PATCH", order_paths[0]),
+        ("GET", order_paths[1]),
+        ("PATCH", order_paths[1]),
     ]
     # Then passes of GETs of every order, and the DELETE last.
     polls, delete = entries[5:-1], entries[-1]
@@ -82,11 +90,28 @@ def test_mirrors_the_sample_one_get_and_patch_per_entitlement_and_ignores_nested
     """Two entitlements naming the same order: the sample GETs, PATCHes and polls it twice; nested ones are skipped."""
     cid, oid, nested = str(uuid.uuid4()), uuid.uuid4().hex + "A", uuid.uuid4().hex + "B"
     ref = {"id": oid, "lineItemId": "0"}
-    pc.add_customers([{"id": cid, "orders": [{"id": oid}, {"id": nested, "status": "cancelled"}], "entitlements": [
-        {"referenceOrder": ref, "entitlementType": "reservedinstance", "includedEntitlements": [
-            {"referenceOrder": {"id": nested, "lineItemId": "0"}, "entitlementType": "software", "includedEntitlements": []}]},
-        {"referenceOrder": ref, "entitlementType": "software", "includedEntitlements": []},
-    ]}])
+    pc.add_customers(
+        [
+            {
+                "id": cid,
+                "orders": [{"id": oid}, {"id": nested, "status": "cancelled"}],
+                "entitlements": [
+                    {
+                        "referenceOrder": ref,
+                        "entitlementType": "reservedinstance",
+                        "includedEntitlements": [
+                            {
+                                "referenceOrder": {"id": nested, "lineItemId": "0"},
+                                "entitlementType": "software",
+                                "includedEntitlements": [],
+                            }
+                        ],
+                    },
+                    {"referenceOrder": ref, "entitlementType": "software", "includedEntitlements": []},
+                ],
+            }
+        ]
+    )
     since = pc.state()["requests"]
 
     result = seed_loop.run(cid, interval=0.2, timeout=10, **settings_kwargs(pc))
@@ -94,8 +119,15 @@ def test_mirrors_the_sample_one_get_and_patch_per_entitlement_and_ignores_nested
     entries, _ = api_log(pc, since, cid)
     path = f"/v1/customers/{cid}/orders/{oid}"
     assert [(r["method"], r["path"]) for r in entries] == [
-        ("GET", f"/v1/customers/{cid}/entitlements"), ("GET", path), ("PATCH", path), ("GET", path), ("PATCH", path),
-        ("GET", path), ("GET", path), ("DELETE", f"/v1/customers/{cid}")]
+        ("GET", f"/v1/customers/{cid}/entitlements"),
+        ("GET", path),
+        ("PATCH", path),
+        ("GET", path),
+        ("PATCH", path),
+        ("GET", path),
+        ("GET", path),
+        ("DELETE", f"/v1/customers/{cid}"),
+    ]
     assert result["passes"] == 1 and result["calls"] == method_counts(entries) == {"GET": 5, "PATCH": 2, "DELETE": 1}
     assert pc.state()["deletedCustomers"][cid]["orders"][oid]["patches"] == 2
 
@@ -134,18 +166,32 @@ def test_cli_prints_one_json_line_and_exits_zero(pc, make_customer, tmp_path):
     settings.write_text(json.dumps(pc.app_settings()))
     since = pc.state()["requests"]
     before = time.time()
-    proc = subprocess.run([sys.executable, "-m", "tools.seed_loop", "--customer", customer["id"], "--settings-json", str(settings)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.seed_loop", "--customer", customer["id"], "--settings-json", str(settings)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert result["deleteStatus"] == 204 and result["passes"] == 1 and result["calls"] == {"GET": 5, "PATCH": 2, "DELETE": 1}
+    assert (
+        result["deleteStatus"] == 204
+        and result["passes"] == 1
+        and result["calls"] == {"GET": 5, "PATCH": 2, "DELETE": 1}
+    )
     assert result["startedSource"] in ("proc", "entry")
     _, tokens = api_log(pc, since, customer["id"])
     assert before - 0.05 <= result["started"] <= tokens[0]["t"] <= result["deletedAt"]
     assert customer["id"] in pc.state()["deletedCustomers"]
 
-    bad = subprocess.run([sys.executable, "-m", "tools.seed_loop", "--customer", "nope", "--settings-json", str(settings)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tools.seed_loop", "--customer", "nope", "--settings-json", str(settings)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and bad.stdout == "" and "GUID" in bad.stderr

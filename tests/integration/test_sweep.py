@@ -1,6 +1,7 @@
 """The sweep end to end through the local host: scheduled and admin-started runs, a listing that fails on page 3, a
 full sandbox with SWEEP_MAX_PER_RUN below the number selected (and the deletions it starts), and a sandbox over its
 limit. The sweep lists every customer of the partner, so these tests have an emulator of their own."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,19 @@ def sweep(own_pc, azurite, queues, tmp_path):
     own_pc.reset(EMPTY)
     names = devenv.unique_queues("w")
     reports = names["DELETE_CUSTOMER_QUEUE"].replace("-req", "-rep")
-    settings = {"AzureWebJobsStorage": azurite, **names, **own_pc.app_settings(), **FAST_HOST, "SWEEP_REPORTS_QUEUE": reports,
-                "SWEEP_SCHEDULE": "0 0 0 1 1 *", "SWEEP_INCLUDE": "^tip test run", "POLL_INTERVAL_SECONDS": "1",
-                "POLL_MAX_INTERVAL_SECONDS": "2", "POLL_TIMEOUT_SECONDS": "120", "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "2"}
+    settings = {
+        "AzureWebJobsStorage": azurite,
+        **names,
+        **own_pc.app_settings(),
+        **FAST_HOST,
+        "SWEEP_REPORTS_QUEUE": reports,
+        "SWEEP_SCHEDULE": "0 0 0 1 1 *",
+        "SWEEP_INCLUDE": "^tip test run",
+        "POLL_INTERVAL_SECONDS": "1",
+        "POLL_MAX_INTERVAL_SECONDS": "2",
+        "POLL_TIMEOUT_SECONDS": "120",
+        "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "2",
+    }
     hosts = []
 
     class Sweep:
@@ -52,7 +63,12 @@ def sweep(own_pc, azurite, queues, tmp_path):
             def arrived():
                 found.extend(json.loads(decode_base64_strict(m.content)) for m in queues.drain(reports))
                 return len(found) >= count
-            devenv.wait_for(arrived, timeout, what=f"{count} sweep report(s); host log:\n" + "\n".join(h.log()[-4000:] for h in hosts))
+
+            devenv.wait_for(
+                arrived,
+                timeout,
+                what=f"{count} sweep report(s); host log:\n" + "\n".join(h.log()[-4000:] for h in hosts),
+            )
             return found
 
         def outcomes(self, count, timeout=90):
@@ -61,8 +77,11 @@ def sweep(own_pc, azurite, queues, tmp_path):
         def outcomes_of(self, correlation_ids, timeout=90):
             """The outcome events of these requests (others, such as a later tick's, are left aside)."""
             reader = devenv.OutcomeReader(queues, settings["DELETION_OUTCOMES_QUEUE"])
-            devenv.wait_for(lambda: set(correlation_ids) <= {e["correlationId"] for e in reader.poll()}, timeout,
-                            what=f"the outcomes of {len(correlation_ids)} request(s)")
+            devenv.wait_for(
+                lambda: set(correlation_ids) <= {e["correlationId"] for e in reader.poll()},
+                timeout,
+                what=f"the outcomes of {len(correlation_ids)} request(s)",
+            )
             return [e for e in reader.events if e["correlationId"] in set(correlation_ids)]
 
         def requests(self):
@@ -75,14 +94,29 @@ def sweep(own_pc, azurite, queues, tmp_path):
 
 def test_a_scheduled_run_selects_by_name_and_deletes_through_the_ordinary_requests(sweep):
     assert sweep.pc.fill(6, seed=11) == 6
-    sweep.pc.add_customers([{"id": "6f1d2c3b-4a59-4e8f-9d7c-1b2a3c4d5e6f", "companyName": "Tip test run lookalike, kept",
-                             "domain": "contoso.onmicrosoft.com"}])
+    sweep.pc.add_customers(
+        [
+            {
+                "id": "6f1d2c3b-4a59-4e8f-9d7c-1b2a3c4d5e6f",
+                "companyName": "Tip test run lookalike, kept",
+                "domain": "contoso.onmicrosoft.com",
+            }
+        ]
+    )
     fire = datetime.now(timezone.utc) + timedelta(seconds=15)
     # Every minute at that second: a tick that a slow host start misses comes again within 60 s.
     sweep.start(SWEEP_MODE="delete", SWEEP_EXCLUDE="lookalike", SWEEP_SCHEDULE=f"{fire.second} * * * * *")
     report = sweep.reports(1, timeout=15 + 60 + 60)[0]  # the first tick's (a later one may follow)
-    assert report["trigger"] == "schedule" and report["runTime"].endswith(f":{fire.second:02d}.000Z") and report["pastDue"] is False
-    assert report["result"] == "enqueued" and len(report["enqueued"]) == 6 and report["capacity"] == {"listed": 7, "limit": 75, "free": 68}
+    assert (
+        report["trigger"] == "schedule"
+        and report["runTime"].endswith(f":{fire.second:02d}.000Z")
+        and report["pastDue"] is False
+    )
+    assert (
+        report["result"] == "enqueued"
+        and len(report["enqueued"]) == 6
+        and report["capacity"] == {"listed": 7, "limit": 75, "free": 68}
+    )
     assert {e["reason"] for e in report["excluded"]} == {"excluded"}
     events = sweep.outcomes_of([e["correlationId"] for e in report["enqueued"]])
     assert sorted(e["outcome"] for e in events) == ["deleted"] * 6
@@ -107,10 +141,14 @@ def test_a_listing_that_fails_on_page_3_enqueues_nothing_and_the_next_run_recove
     host = sweep.start(SWEEP_MODE="delete")
     assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
     (report,) = sweep.reports(1)
-    assert report["result"] == "failed" and "listing the customers failed" in report["error"] and "503" in report["error"]
+    assert (
+        report["result"] == "failed" and "listing the customers failed" in report["error"] and "503" in report["error"]
+    )
     assert report["enqueued"] == [] and report["selected"] == [] and sweep.requests() == []
     pages = [r for r in sweep.pc.requests_log() if r["path"] == "/v1/customers"]
-    assert [r["status"] for r in pages[:3]] == [200, 200, 503] and len(pages) >= 4  # retried within the budget, then gave up
+    assert [r["status"] for r in pages[:3]] == [200, 200, 503] and len(
+        pages
+    ) >= 4  # retried within the budget, then gave up
     assert "Executed 'Functions.sweep_customers' (Failed" in host.log()
 
     sweep.pc.faults([])
@@ -122,12 +160,18 @@ def test_a_listing_that_fails_on_page_3_enqueues_nothing_and_the_next_run_recove
 
 def test_a_full_sandbox_with_max_per_run_below_the_selection_deletes_a_batch_per_run(sweep):
     sweep.pc.fill(75, seed=14)
-    host = sweep.start(SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="8", SWEEP_INCLUDE=r"^tip test run \d+ – (contoso|fabrikam|litware)")
+    host = sweep.start(
+        SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="8", SWEEP_INCLUDE=r"^tip test run \d+ – (contoso|fabrikam|litware)"
+    )
     assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
     (first,) = sweep.reports(1)
     selected = [e["customerTenantId"] for e in first["selected"]]
     deferred = [e["customerTenantId"] for e in first["excluded"] if e["reason"] == "over_limit"]
-    assert first["capacity"] == {"listed": 75, "limit": 75, "free": 0} and len(selected) == 8 and len(deferred) == first["deferred"] > 0
+    assert (
+        first["capacity"] == {"listed": 75, "limit": 75, "free": 0}
+        and len(selected) == 8
+        and len(deferred) == first["deferred"] > 0
+    )
     # this run's draw: the lowest correlation ids (uuid5 of "<run time>/<id>"), so a repeat of the run draws the same
     first_run = RunTime(datetime.fromisoformat(first["runTime"].replace("Z", "+00:00")), "manual", "")
     assert [e["correlationId"] for e in first["selected"]] == [correlation_id(first_run, i) for i in selected]
@@ -138,7 +182,9 @@ def test_a_full_sandbox_with_max_per_run_below_the_selection_deletes_a_batch_per
     (second,) = sweep.reports(1)
     second_run = RunTime(datetime.fromisoformat(second["runTime"].replace("Z", "+00:00")), "manual", "")
     assert second["capacity"]["listed"] == 67 and second_run.moment != first_run.moment
-    assert sorted(e["customerTenantId"] for e in second["selected"]) == sorted(sorted(deferred, key=lambda i: correlation_id(second_run, i))[:8])
+    assert sorted(e["customerTenantId"] for e in second["selected"]) == sorted(
+        sorted(deferred, key=lambda i: correlation_id(second_run, i))[:8]
+    )
 
 
 def test_more_customers_than_the_sandbox_limit_is_refused(sweep):
@@ -146,5 +192,7 @@ def test_more_customers_than_the_sandbox_limit_is_refused(sweep):
     host = sweep.start(SWEEP_MODE="delete")
     assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
     (report,) = sweep.reports(1)
-    assert report["result"] == "refused" and "not an integration sandbox" in report["error"] and report["enqueued"] == []
+    assert (
+        report["result"] == "refused" and "not an integration sandbox" in report["error"] and report["enqueued"] == []
+    )
     assert report["selected"] == [] and sweep.requests() == []

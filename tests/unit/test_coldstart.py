@@ -1,4 +1,5 @@
 """tools/coldstart.py: the -X importtime parser on a captured sample, and one real measurement."""
+
 import json
 import sys
 
@@ -39,7 +40,11 @@ def test_parse_builds_the_import_tree():
     assert [c.name for c in app.children] == ["shared.config", "shared.queues"]
     assert [c.name for c in app.children[1].children] == ["azure.storage.queue", "azure.core.exceptions"]
     werkzeug = find_module(roots, "werkzeug")
-    assert (werkzeug.depth, werkzeug.cumulative_us, [c.name for c in werkzeug.children]) == (3, 5000, ["werkzeug._internal"])
+    assert (werkzeug.depth, werkzeug.cumulative_us, [c.name for c in werkzeug.children]) == (
+        3,
+        5000,
+        ["werkzeug._internal"],
+    )
     assert len(list(target.walk())) == 13
 
 
@@ -53,26 +58,38 @@ def test_find_module_top_level_only_sees_root_lines():
 
 def test_heaviest_counts_each_package_at_its_outermost_lines():
     target = find_module(parse_importtime(SAMPLE), "__app__.poll_orders")
-    assert heaviest(target) == [("shared", 10.8), ("azure.functions", 9.0), ("azure.storage.queue", 7.0),
-                                ("azure.core", 5.5), ("werkzeug", 5.0), ("requests", 2.5)]
+    assert heaviest(target) == [
+        ("shared", 10.8),
+        ("azure.functions", 9.0),
+        ("azure.storage.queue", 7.0),
+        ("azure.core", 5.5),
+        ("werkzeug", 5.0),
+        ("requests", 2.5),
+    ]
     assert heaviest(target, n=2) == [("shared", 10.8), ("azure.functions", 9.0)]
     assert ("encodings", 1.0) not in heaviest(target)  # start-up is not part of the function's import
 
 
 def test_parse_ignores_everything_else():
     assert parse_importtime("") == []
-    assert parse_importtime("Traceback (most recent call last):\nimport time: self [us] | cumulative | imported package\n") == []
+    assert (
+        parse_importtime("Traceback (most recent call last):\nimport time: self [us] | cumulative | imported package\n")
+        == []
+    )
 
 
-@pytest.mark.parametrize("module, package", [
-    ("azure.storage.queue._shared.base_client", "azure.storage.queue"),
-    ("azure.identity._credentials.default", "azure.identity"),
-    ("azure.functions", "azure.functions"),
-    ("azure", "azure"),
-    ("requests.adapters", "requests"),
-    ("shared.app", "shared"),
-    ("_ssl", "_ssl"),
-])
+@pytest.mark.parametrize(
+    "module, package",
+    [
+        ("azure.storage.queue._shared.base_client", "azure.storage.queue"),
+        ("azure.identity._credentials.default", "azure.identity"),
+        ("azure.functions", "azure.functions"),
+        ("azure", "azure"),
+        ("requests.adapters", "requests"),
+        ("shared.app", "shared"),
+        ("_ssl", "_ssl"),
+    ],
+)
 def test_package_of(module, package):
     assert package_of(module) == package
 

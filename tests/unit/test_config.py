@@ -1,8 +1,14 @@
 """Settings validation and credential selection (which credential, never its token)."""
+
 import json
 
 import pytest
-from azure.identity import CertificateCredential, ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
+from azure.identity import (
+    CertificateCredential,
+    ClientSecretCredential,
+    DefaultAzureCredential,
+    ManagedIdentityCredential,
+)
 
 from shared.auth import partner_center_credential, storage_credential
 from shared.config import ConfigurationError, Settings
@@ -19,7 +25,11 @@ def settings(tmp_path, **env):
 
 def test_defaults(tmp_path):
     s = settings(tmp_path)
-    assert (s.delete_queue, s.poll_queue, s.outcomes_queue) == ("customer-deletions", "customer-deletion-polls", "customer-deletion-outcomes")
+    assert (s.delete_queue, s.poll_queue, s.outcomes_queue) == (
+        "customer-deletions",
+        "customer-deletion-polls",
+        "customer-deletion-outcomes",
+    )
     assert s.delete_poison_queue == "customer-deletions-poison"
     assert s.base_url == "https://api.partnercenter.microsoft.com"
     assert s.scope == "https://api.partnercenter.microsoft.com/.default"
@@ -31,26 +41,43 @@ def test_defaults(tmp_path):
 
 def test_every_problem_is_named_at_once(tmp_path):
     with pytest.raises(ConfigurationError) as info:
-        settings(tmp_path, AzureWebJobsStorage=None, POLL_INTERVAL_SECONDS="soon", PARTNER_CENTER_BASE_URL="http://pc.example.com",
-                 PROTECTED_CUSTOMER_IDS="not-a-guid", DELETE_CUSTOMER_QUEUE="Bad_Queue", PARTNER_CENTER_CLIENT_ID="x")
+        settings(
+            tmp_path,
+            AzureWebJobsStorage=None,
+            POLL_INTERVAL_SECONDS="soon",
+            PARTNER_CENTER_BASE_URL="http://pc.example.com",
+            PROTECTED_CUSTOMER_IDS="not-a-guid",
+            DELETE_CUSTOMER_QUEUE="Bad_Queue",
+            PARTNER_CENTER_CLIENT_ID="x",
+        )
     text = str(info.value)
-    for name in ("AzureWebJobsStorage", "POLL_INTERVAL_SECONDS", "PARTNER_CENTER_BASE_URL", "PROTECTED_CUSTOMER_IDS",
-                 "DELETE_CUSTOMER_QUEUE", "PARTNER_CENTER_TENANT_ID", "PARTNER_CENTER_CLIENT_SECRET"):
+    for name in (
+        "AzureWebJobsStorage",
+        "POLL_INTERVAL_SECONDS",
+        "PARTNER_CENTER_BASE_URL",
+        "PROTECTED_CUSTOMER_IDS",
+        "DELETE_CUSTOMER_QUEUE",
+        "PARTNER_CENTER_TENANT_ID",
+        "PARTNER_CENTER_CLIENT_SECRET",
+    ):
         assert name in text
     assert len(info.value.problems) >= 7
 
 
-@pytest.mark.parametrize("url, ok", [
-    ("https://api.partnercenter.microsoft.com", True),
-    ("http://127.0.0.1:8443", True),
-    ("http://localhost:8443", True),
-    ("http://[::1]:8443", True),
-    ("http://api.partnercenter.microsoft.com", False),
-    ("http://10.0.0.5", False),
-    ("ftp://127.0.0.1", False),
-    ("https://user:pw@api.partnercenter.microsoft.com", False),
-    ("https://api.partnercenter.microsoft.com?x=1", False),
-])
+@pytest.mark.parametrize(
+    "url, ok",
+    [
+        ("https://api.partnercenter.microsoft.com", True),
+        ("http://127.0.0.1:8443", True),
+        ("http://localhost:8443", True),
+        ("http://[::1]:8443", True),
+        ("http://api.partnercenter.microsoft.com", False),
+        ("http://10.0.0.5", False),
+        ("ftp://127.0.0.1", False),
+        ("https://user:pw@api.partnercenter.microsoft.com", False),
+        ("https://api.partnercenter.microsoft.com?x=1", False),
+    ],
+)
 def test_base_url_https_except_loopback(tmp_path, url, ok):
     if ok:
         assert settings(tmp_path, PARTNER_CENTER_BASE_URL=url).base_url == url.rstrip("/")
@@ -82,9 +109,16 @@ def test_poll_bounds(tmp_path):
 
 def test_max_polling_interval_from_host_json_and_override(tmp_path):
     assert settings(tmp_path).max_polling_interval == 60  # no host.json: the host's default, one minute
-    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"queues": {"MaxPollingInterval": "00:00:10"}}}))
+    (tmp_path / "host.json").write_text(
+        json.dumps({"version": "2.0", "extensions": {"queues": {"MaxPollingInterval": "00:00:10"}}})
+    )
     assert settings(tmp_path).max_polling_interval == 10
-    assert settings(tmp_path, AzureFunctionsJobHost__extensions__queues__maxPollingInterval="00:00:00.500").max_polling_interval == 0.5
+    assert (
+        settings(
+            tmp_path, AzureFunctionsJobHost__extensions__queues__maxPollingInterval="00:00:00.500"
+        ).max_polling_interval
+        == 0.5
+    )
     with pytest.raises(ConfigurationError, match="maxPollingInterval"):
         settings(tmp_path, AzureFunctionsJobHost__extensions__queues__maxPollingInterval="2 seconds")
 
@@ -104,8 +138,12 @@ def test_poll_timeout_has_an_upper_bound(tmp_path):
 
 
 def test_identity_based_storage(tmp_path):
-    s = settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__queueServiceUri="https://acct.queue.core.windows.net/",
-                 AzureWebJobsStorage__clientId=CLIENT)
+    s = settings(
+        tmp_path,
+        AzureWebJobsStorage=None,
+        AzureWebJobsStorage__queueServiceUri="https://acct.queue.core.windows.net/",
+        AzureWebJobsStorage__clientId=CLIENT,
+    )
     assert s.storage.queue_service_uri == "https://acct.queue.core.windows.net" and s.storage.client_id == CLIENT
     assert isinstance(storage_credential(s.storage), ManagedIdentityCredential)
     s = settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__accountName="acct")
@@ -123,49 +161,109 @@ def identity(tmp_path, **env):
 def test_storage_credential_precedence(tmp_path):
     """The host's order: a connection string wins; credential=managedidentity; tenantId + clientId + clientSecret
     (local development); clientId alone (a user-assigned identity); else DefaultAzureCredential."""
-    s = settings(tmp_path, AzureWebJobsStorage__queueServiceUri=URI, AzureWebJobsStorage__tenantId=TENANT,
-                 AzureWebJobsStorage__clientId=CLIENT, AzureWebJobsStorage__clientSecret="s3cret")
+    s = settings(
+        tmp_path,
+        AzureWebJobsStorage__queueServiceUri=URI,
+        AzureWebJobsStorage__tenantId=TENANT,
+        AzureWebJobsStorage__clientId=CLIENT,
+        AzureWebJobsStorage__clientSecret="s3cret",
+    )
     assert s.storage.connection_string == CONN and s.storage.queue_service_uri is None
-    cred = storage_credential(identity(tmp_path, AzureWebJobsStorage__credential="managedidentity", AzureWebJobsStorage__clientId=CLIENT))
+    cred = storage_credential(
+        identity(tmp_path, AzureWebJobsStorage__credential="managedidentity", AzureWebJobsStorage__clientId=CLIENT)
+    )
     assert isinstance(cred, ManagedIdentityCredential)
-    assert isinstance(storage_credential(identity(tmp_path, AzureWebJobsStorage__credential="ManagedIdentity")), ManagedIdentityCredential)
-    storage = identity(tmp_path, AzureWebJobsStorage__tenantId=TENANT, AzureWebJobsStorage__clientId=CLIENT,
-                       AzureWebJobsStorage__clientSecret="s3cret")
+    assert isinstance(
+        storage_credential(identity(tmp_path, AzureWebJobsStorage__credential="ManagedIdentity")),
+        ManagedIdentityCredential,
+    )
+    storage = identity(
+        tmp_path,
+        AzureWebJobsStorage__tenantId=TENANT,
+        AzureWebJobsStorage__clientId=CLIENT,
+        AzureWebJobsStorage__clientSecret="s3cret",
+    )
     assert storage.uses_client_secret and storage.authority_host == "https://login.microsoftonline.com"
     cred = storage_credential(storage)
     assert isinstance(cred, ClientSecretCredential)
     assert cred._instance_discovery is None  # a known cloud keeps instance discovery
-    assert isinstance(storage_credential(identity(tmp_path, AzureWebJobsStorage__clientId=CLIENT)), ManagedIdentityCredential)
+    assert isinstance(
+        storage_credential(identity(tmp_path, AzureWebJobsStorage__clientId=CLIENT)), ManagedIdentityCredential
+    )
     assert isinstance(storage_credential(identity(tmp_path)), DefaultAzureCredential)
 
 
 def test_storage_client_secret_uses_azure_authority_host(tmp_path):
-    storage = identity(tmp_path, AzureWebJobsStorage__tenantId=TENANT, AzureWebJobsStorage__clientId=CLIENT,
-                       AzureWebJobsStorage__clientSecret="s3cret", AZURE_AUTHORITY_HOST="https://127.0.0.1:9443/",
-                       PARTNER_CENTER_AUTHORITY_HOST="https://login.microsoftonline.com")
+    storage = identity(
+        tmp_path,
+        AzureWebJobsStorage__tenantId=TENANT,
+        AzureWebJobsStorage__clientId=CLIENT,
+        AzureWebJobsStorage__clientSecret="s3cret",
+        AZURE_AUTHORITY_HOST="https://127.0.0.1:9443/",
+        PARTNER_CENTER_AUTHORITY_HOST="https://login.microsoftonline.com",
+    )
     assert storage.authority_host == "https://127.0.0.1:9443"
     cred = storage_credential(storage)
     assert isinstance(cred, ClientSecretCredential)
     assert cred._instance_discovery is False  # an emulated authority must work with no internet
     assert "s3cret" not in repr(storage) and "<redacted>" in repr(storage)
-    s = settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__queueServiceUri=URI, AzureWebJobsStorage__tenantId=TENANT,
-                 AzureWebJobsStorage__clientId=CLIENT, AzureWebJobsStorage__clientSecret="s3cret")
+    s = settings(
+        tmp_path,
+        AzureWebJobsStorage=None,
+        AzureWebJobsStorage__queueServiceUri=URI,
+        AzureWebJobsStorage__tenantId=TENANT,
+        AzureWebJobsStorage__clientId=CLIENT,
+        AzureWebJobsStorage__clientSecret="s3cret",
+    )
     assert "s3cret" not in repr(s)
 
 
-@pytest.mark.parametrize("env, names", [
-    ({"AzureWebJobsStorage__clientSecret": "s"}, ["__tenantId is required", "__clientId is required"]),
-    ({"AzureWebJobsStorage__tenantId": TENANT, "AzureWebJobsStorage__clientId": CLIENT}, ["__clientSecret is required"]),
-    ({"AzureWebJobsStorage__tenantId": "not a tenant", "AzureWebJobsStorage__clientId": CLIENT, "AzureWebJobsStorage__clientSecret": "s"},
-     ["__tenantId must be"]),
-    ({"AzureWebJobsStorage__credential": "managedidentity", "AzureWebJobsStorage__tenantId": TENANT,
-      "AzureWebJobsStorage__clientId": CLIENT, "AzureWebJobsStorage__clientSecret": "s"}, ["not with AzureWebJobsStorage__credential"]),
-    ({"AzureWebJobsStorage__credential": "clientsecret"}, ["__credential must be"]),
-    ({"AzureWebJobsStorage__tenantId": TENANT, "AzureWebJobsStorage__clientId": CLIENT, "AzureWebJobsStorage__clientSecret": "s",
-      "AZURE_AUTHORITY_HOST": "http://127.0.0.1:9443"}, ["AZURE_AUTHORITY_HOST must use https"]),
-    ({"AzureWebJobsStorage__queueServiceUri": "http://127.0.0.1:10001/devstoreaccount1", "AzureWebJobsStorage__tenantId": TENANT,
-      "AzureWebJobsStorage__clientId": CLIENT, "AzureWebJobsStorage__clientSecret": "s"}, ["https URL with a token credential"]),
-])
+@pytest.mark.parametrize(
+    "env, names",
+    [
+        ({"AzureWebJobsStorage__clientSecret": "s"}, ["__tenantId is required", "__clientId is required"]),
+        (
+            {"AzureWebJobsStorage__tenantId": TENANT, "AzureWebJobsStorage__clientId": CLIENT},
+            ["__clientSecret is required"],
+        ),
+        (
+            {
+                "AzureWebJobsStorage__tenantId": "not a tenant",
+                "AzureWebJobsStorage__clientId": CLIENT,
+                "AzureWebJobsStorage__clientSecret": "s",
+            },
+            ["__tenantId must be"],
+        ),
+        (
+            {
+                "AzureWebJobsStorage__credential": "managedidentity",
+                "AzureWebJobsStorage__tenantId": TENANT,
+                "AzureWebJobsStorage__clientId": CLIENT,
+                "AzureWebJobsStorage__clientSecret": "s",
+            },
+            ["not with AzureWebJobsStorage__credential"],
+        ),
+        ({"AzureWebJobsStorage__credential": "clientsecret"}, ["__credential must be"]),
+        (
+            {
+                "AzureWebJobsStorage__tenantId": TENANT,
+                "AzureWebJobsStorage__clientId": CLIENT,
+                "AzureWebJobsStorage__clientSecret": "s",
+                "AZURE_AUTHORITY_HOST": "http://127.0.0.1:9443",
+            },
+            ["AZURE_AUTHORITY_HOST must use https"],
+        ),
+        (
+            {
+                "AzureWebJobsStorage__queueServiceUri": "http://127.0.0.1:10001/devstoreaccount1",
+                "AzureWebJobsStorage__tenantId": TENANT,
+                "AzureWebJobsStorage__clientId": CLIENT,
+                "AzureWebJobsStorage__clientSecret": "s",
+            },
+            ["https URL with a token credential"],
+        ),
+    ],
+)
 def test_storage_identity_problems(tmp_path, env, names):
     with pytest.raises(ConfigurationError) as info:
         settings(tmp_path, AzureWebJobsStorage=None, **{"AzureWebJobsStorage__queueServiceUri": URI, **env})
@@ -176,12 +274,25 @@ def test_storage_identity_problems(tmp_path, env, names):
 
 def test_credential_selection(tmp_path):
     assert isinstance(partner_center_credential(settings(tmp_path)), DefaultAzureCredential)
-    cred = partner_center_credential(settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
-                                              PARTNER_CENTER_CLIENT_SECRET="s3cret"))
+    cred = partner_center_credential(
+        settings(
+            tmp_path,
+            PARTNER_CENTER_TENANT_ID=TENANT,
+            PARTNER_CENTER_CLIENT_ID=CLIENT,
+            PARTNER_CENTER_CLIENT_SECRET="s3cret",
+        )
+    )
     assert isinstance(cred, ClientSecretCredential)
     assert cred._instance_discovery is None  # a known cloud keeps instance discovery
-    cred = partner_center_credential(settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
-                                              PARTNER_CENTER_CLIENT_SECRET="s3cret", PARTNER_CENTER_AUTHORITY_HOST="https://127.0.0.1:9443"))
+    cred = partner_center_credential(
+        settings(
+            tmp_path,
+            PARTNER_CENTER_TENANT_ID=TENANT,
+            PARTNER_CENTER_CLIENT_ID=CLIENT,
+            PARTNER_CENTER_CLIENT_SECRET="s3cret",
+            PARTNER_CENTER_AUTHORITY_HOST="https://127.0.0.1:9443",
+        )
+    )
     assert cred._instance_discovery is False  # a private authority must work with no internet
 
 
@@ -191,12 +302,23 @@ def test_certificate_credential(tmp_path):
     ca = trustme.CA(key_type=trustme.KeyType.RSA)
     pem = tmp_path / "app.pem"
     ca.issue_cert("app.example", key_type=trustme.KeyType.RSA).private_key_and_cert_chain_pem.write_to_path(str(pem))
-    cred = partner_center_credential(settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
-                                              PARTNER_CENTER_CLIENT_CERTIFICATE_PATH=str(pem)))
+    cred = partner_center_credential(
+        settings(
+            tmp_path,
+            PARTNER_CENTER_TENANT_ID=TENANT,
+            PARTNER_CENTER_CLIENT_ID=CLIENT,
+            PARTNER_CENTER_CLIENT_CERTIFICATE_PATH=str(pem),
+        )
+    )
     assert isinstance(cred, CertificateCredential)
     with pytest.raises(ConfigurationError, match="not both"):
-        settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
-                 PARTNER_CENTER_CLIENT_SECRET="s", PARTNER_CENTER_CLIENT_CERTIFICATE_PATH=str(pem))
+        settings(
+            tmp_path,
+            PARTNER_CENTER_TENANT_ID=TENANT,
+            PARTNER_CENTER_CLIENT_ID=CLIENT,
+            PARTNER_CENTER_CLIENT_SECRET="s",
+            PARTNER_CENTER_CLIENT_CERTIFICATE_PATH=str(pem),
+        )
 
 
 def test_every_setting_token_of_every_function_json_is_in_the_example_settings():
@@ -216,8 +338,20 @@ def test_every_setting_token_of_every_function_json_is_in_the_example_settings()
 def test_an_unresolved_key_vault_reference_is_named_and_never_shown(tmp_path):
     reference = "@Microsoft.KeyVault(SecretUri=https://kv-abc.vault.azure.net/secrets/partner-center-client-secret/)"
     with pytest.raises(ConfigurationError, match="Key Vault reference the platform could not resolve") as info:
-        settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT, PARTNER_CENTER_CLIENT_SECRET=reference)
+        settings(
+            tmp_path,
+            PARTNER_CENTER_TENANT_ID=TENANT,
+            PARTNER_CENTER_CLIENT_ID=CLIENT,
+            PARTNER_CENTER_CLIENT_SECRET=reference,
+        )
     assert "kv-abc" not in str(info.value)
     # A resolved reference is the secret itself, which may contain anything.
-    assert settings(tmp_path, PARTNER_CENTER_TENANT_ID=TENANT, PARTNER_CENTER_CLIENT_ID=CLIENT,
-                    PARTNER_CENTER_CLIENT_SECRET="x@Microsoft.KeyVault(").client_secret == "x@Microsoft.KeyVault("
+    assert (
+        settings(
+            tmp_path,
+            PARTNER_CENTER_TENANT_ID=TENANT,
+            PARTNER_CENTER_CLIENT_ID=CLIENT,
+            PARTNER_CENTER_CLIENT_SECRET="x@Microsoft.KeyVault(",
+        ).client_secret
+        == "x@Microsoft.KeyVault("
+    )

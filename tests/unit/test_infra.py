@@ -15,6 +15,7 @@ What they prove, each against the code rather than a list kept by hand:
 Each check is a function over a ``Sources`` (the texts), so the negative tests feed it a mutated copy and expect it
 to fail: a check that cannot fail proves nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,12 @@ BUILT_IN_ROLES = {
     "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
 }
 # What the function app's identity must hold, and only that (README "Deploying to Azure", rbac.bicep's comments).
-APP_IDENTITY_ROLES = {"Storage Blob Data Owner", "Storage Queue Data Contributor", "Monitoring Metrics Publisher",
-                      "Key Vault Secrets User"}
+APP_IDENTITY_ROLES = {
+    "Storage Blob Data Owner",
+    "Storage Queue Data Contributor",
+    "Monitoring Metrics Publisher",
+    "Key Vault Secrets User",
+}
 
 # Azure Verified Modules, at the versions Microsoft's Flex Consumption azd templates use
 # (functions-quickstart-python-azd-timer, -python-azd-otel, -dotnet-azd, fastapi-on-azure-functions), with the outputs
@@ -66,9 +71,16 @@ NOT_SET_IN_AZURE = {
     "AZURE_AUTHORITY_HOST": "the storage credential's authority for other clouds; public cloud needs none",
 }
 # Flex Consumption rejects or ignores these (flex-consumption-plan.md, "deprecated properties and settings").
-FLEX_DEPRECATED_SETTINGS = ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE",
-                            "SCM_DO_BUILD_DURING_DEPLOYMENT", "WEBSITE_CONTENTSHARE", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-                            "WEBSITE_LOAD_CERTIFICATES", "WEBSITE_TIME_ZONE")
+FLEX_DEPRECATED_SETTINGS = (
+    "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_EXTENSION_VERSION",
+    "WEBSITE_RUN_FROM_PACKAGE",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    "WEBSITE_CONTENTSHARE",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "WEBSITE_LOAD_CERTIFICATES",
+    "WEBSITE_TIME_ZONE",
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -81,11 +93,21 @@ class Sources:
 
     @classmethod
     def load(cls) -> "Sources":
-        paths = ["azure.yaml", "infra/main.parameters.json", "infra/abbreviations.json", "local.settings.example.json",
-                 "shared/config.py", "shared/sweep.py", *(f"{f}/function.json" for f in FUNCTIONS)]
+        paths = [
+            "azure.yaml",
+            "infra/main.parameters.json",
+            "infra/abbreviations.json",
+            "local.settings.example.json",
+            "shared/config.py",
+            "shared/sweep.py",
+            *(f"{f}/function.json" for f in FUNCTIONS),
+        ]
         paths += [p.relative_to(ROOT).as_posix() for p in sorted(INFRA.rglob("*.bicep"))]
-        paths += [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "shared").glob("*.py"))
-                  if p.name not in ("config.py", "sweep.py")]
+        paths += [
+            p.relative_to(ROOT).as_posix()
+            for p in sorted((ROOT / "shared").glob("*.py"))
+            if p.name not in ("config.py", "sweep.py")
+        ]
         paths += [f"{f}/__init__.py" for f in FUNCTIONS]
         return cls({p: (ROOT / p).read_text(encoding="utf-8") for p in paths})
 
@@ -238,13 +260,13 @@ class Bicep:
         while self.text[j] in " \t":
             j += 1
         if self.text[j] in "{[":
-            return self.text[j:matching_close(self.text, j) + 1]
+            return self.text[j : matching_close(self.text, j) + 1]
         end = self.text.find("\n", j)
         value = self.text[j:] if end < 0 else self.text[j:end]
         # a ternary or call spanning lines: extend while brackets are open
         k = value.find("(")
         if k >= 0 and value.count("(") > value.count(")"):
-            return self.text[j:matching_close(self.text, j + k) + 1]
+            return self.text[j : matching_close(self.text, j + k) + 1]
         return value.strip()
 
     @property
@@ -268,7 +290,7 @@ class Bicep:
         result = {}
         for m in re.finditer(r"^module (\w+) '([^']+)'\s*=\s*(?:if\s*\((.*?)\)\s*)?\{", self.text, re.M):
             start = m.end() - 1
-            body = object_entries(self.text[start + 1:matching_close(self.text, start)])
+            body = object_entries(self.text[start + 1 : matching_close(self.text, start)])
             params_raw = body.get("params", "{}")
             assert params_raw.startswith("{"), f"module {m.group(1)}: params is not an object literal"
             params = object_entries(params_raw[1:-1])
@@ -434,9 +456,14 @@ def check_app_settings(src: Sources) -> None:
     assert settings.get("AzureWebJobsStorage__clientId") == "identityClientId"
     # The client secret only as a Key Vault reference, resolved with the user-assigned identity.
     assert settings.get("PARTNER_CENTER_CLIENT_SECRET") == "partnerCenterClientSecretReference"
-    assert api_call(src).params.get("partnerCenterClientSecretReference") == "keyVault.outputs.partnerCenterClientSecretReference"
+    assert (
+        api_call(src).params.get("partnerCenterClientSecretReference")
+        == "keyVault.outputs.partnerCenterClientSecretReference"
+    )
     reference = src.bicep("infra/app/keyvault.bicep").outputs["partnerCenterClientSecretReference"]
-    assert re.fullmatch(r"'@Microsoft\.KeyVault\(VaultName=\$\{vault\.name\};SecretName=\$\{\w+\}\)'", reference), reference
+    assert re.fullmatch(r"'@Microsoft\.KeyVault\(VaultName=\$\{vault\.name\};SecretName=\$\{\w+\}\)'", reference), (
+        reference
+    )
     site = src.bicep("infra/app/api.bicep").modules["api"].params
     assert site.get("keyVaultAccessIdentityResourceId", "").startswith("identityType == 'UserAssigned' ? identityId")
     for path in src.bicep_paths():
@@ -460,7 +487,9 @@ def check_setting_defaults(src: Sources) -> None:
         param = params[m.group(1)]
         assert m.group(1) in mapped, f"main.parameters.json does not map {m.group(1)} ({name})"
         env = re.fullmatch(r"\$\{(\w+)(?:=(.*))?\}", mapped[m.group(1)], re.S)
-        assert env and env.group(1) == name, f"{m.group(1)} must come from the azd variable {name}, not {mapped[m.group(1)]}"
+        assert env and env.group(1) == name, (
+            f"{m.group(1)} must come from the azd variable {name}, not {mapped[m.group(1)]}"
+        )
         default = code_default(name)
         if name == "SWEEP_SCHEDULE":  # no default in code: the README's example, as local.settings.example.json has it
             default = example[name]
@@ -469,7 +498,9 @@ def check_setting_defaults(src: Sources) -> None:
             assert "@minLength(1)" in param.decorators, f"{name} must be required (@minLength(1))"
             continue
         assert literal(param.default) == default, f"{m.group(1)} defaults to {param.default}, the code to {default!r}"
-        assert env.group(2) == default, f"main.parameters.json's default for {name} is {env.group(2)!r}, not {default!r}"
+        assert env.group(2) == default, (
+            f"main.parameters.json's default for {name} is {env.group(2)!r}, not {default!r}"
+        )
 
 
 def check_queues(src: Sources) -> None:
@@ -485,8 +516,12 @@ def check_queues(src: Sources) -> None:
     expected = set()
     for name in sorted(queue_settings):
         var = passed.get(name)
-        assert var and re.fullmatch(r"\w+", var) and var in main.vars, f"{name} must be set from a var (the queue's name)"
-        assert re.fullmatch(r"toLower\(\w+\)", main.vars[var]), f"var {var} must lower-case its parameter, as the host does"
+        assert var and re.fullmatch(r"\w+", var) and var in main.vars, (
+            f"{name} must be set from a var (the queue's name)"
+        )
+        assert re.fullmatch(r"toLower\(\w+\)", main.vars[var]), (
+            f"var {var} must lower-case its parameter, as the host does"
+        )
         expected.add(var)
         if name in triggers:
             expected.add(f"'${{{var}}}-poison'")
@@ -499,8 +534,11 @@ def check_queues(src: Sources) -> None:
 def role_vars(src: Sources) -> dict[str, tuple[str, str]]:
     """rbac.bicep's role id variables: var name -> (role named in the comment above it, GUID)."""
     result = {}
-    for m in re.finditer(r"^// ([A-Z][A-Za-z ]+?)(?: \([^)]*\))?:.*\n(?://.*\n)*var (\w+RoleId) = '([0-9a-f-]{36})'",
-                         src["infra/app/rbac.bicep"], re.M):
+    for m in re.finditer(
+        r"^// ([A-Z][A-Za-z ]+?)(?: \([^)]*\))?:.*\n(?://.*\n)*var (\w+RoleId) = '([0-9a-f-]{36})'",
+        src["infra/app/rbac.bicep"],
+        re.M,
+    ):
         result[m.group(2)] = (m.group(1), m.group(3))
     return result
 
@@ -525,11 +563,14 @@ def check_roles(src: Sources) -> None:
     rbac = src.bicep("infra/app/rbac.bicep")
     by_principal: dict[str, set[str]] = {}
     conditions: dict[str, str] = {}
-    for m in re.finditer(r"^resource (\w+) 'Microsoft\.Authorization/roleAssignments@[\w-]+' = (?:if \((.*?)\) )?\{",
-                         rbac.text, re.M):
-        body = object_entries(rbac.text[m.end():matching_close(rbac.text, m.end() - 1)])
+    for m in re.finditer(
+        r"^resource (\w+) 'Microsoft\.Authorization/roleAssignments@[\w-]+' = (?:if \((.*?)\) )?\{", rbac.text, re.M
+    ):
+        body = object_entries(rbac.text[m.end() : matching_close(rbac.text, m.end() - 1)])
         props = object_entries(body["properties"][1:-1])
-        role_var = re.fullmatch(r"resourceId\('Microsoft\.Authorization/roleDefinitions', (\w+)\)", props["roleDefinitionId"])
+        role_var = re.fullmatch(
+            r"resourceId\('Microsoft\.Authorization/roleDefinitions', (\w+)\)", props["roleDefinitionId"]
+        )
         assert role_var and role_var.group(1) in roles, f"{m.group(1)}: roleDefinitionId must use a role id variable"
         assert role_var.group(1) in body["name"], f"{m.group(1)}: the assignment's guid() must include its role"
         role = roles[role_var.group(1)][0]
@@ -540,6 +581,7 @@ def check_roles(src: Sources) -> None:
     call = main.modules["rbac"].params
     assert resolve(main, call["enableTable"]) == "false", "Storage Table Data Contributor is not justified for this app"
     assert resolve(main, call["enableQueue"]) == "true" and resolve(main, call["enableBlob"]) == "true"
+
     def assigned(role: str) -> bool:  # unconditional, or under an enable flag main.bicep sets true
         condition = conditions[f"managedIdentityPrincipalId:{role}"]
         if not condition:
@@ -561,7 +603,9 @@ def check_consistency(src: Sources) -> None:
     main = src.bicep("infra/main.bicep")
     # main.parameters.json <-> main.bicep
     declared, mapped = main.params, json_parameters(src)
-    assert not set(mapped) - set(declared), f"main.parameters.json maps undeclared params: {sorted(set(mapped) - set(declared))}"
+    assert not set(mapped) - set(declared), (
+        f"main.parameters.json maps undeclared params: {sorted(set(mapped) - set(declared))}"
+    )
     required = {n for n, p in declared.items() if p.default is None}
     assert required <= set(mapped), f"required params not in main.parameters.json: {sorted(required - set(mapped))}"
     assert mapped["environmentName"] == "${AZURE_ENV_NAME}" and mapped["location"] == "${AZURE_LOCATION}"
@@ -571,14 +615,18 @@ def check_consistency(src: Sources) -> None:
         for module in bicep.modules.values():
             path = local_module_path(caller, module.source)
             if path is None:
-                assert module.source in AVM_MODULES, f"{caller}: {module.source} is not a version Microsoft's templates use"
+                assert module.source in AVM_MODULES, (
+                    f"{caller}: {module.source} is not a version Microsoft's templates use"
+                )
                 continue
             assert path in src.files, f"{caller}: module {module.source} does not exist"
             target = src.bicep(path)
             extra = set(module.params) - set(target.params)
             assert not extra, f"{caller} passes {sorted(extra)} to {path}, which does not declare them"
             needed = {n for n, p in target.params.items() if p.default is None}
-            assert needed <= set(module.params), f"{caller} does not pass {sorted(needed - set(module.params))} to {path}"
+            assert needed <= set(module.params), (
+                f"{caller} does not pass {sorted(needed - set(module.params))} to {path}"
+            )
         for symbol, out in re.findall(r"\b(\w+)\.outputs\.\??(\w+)", bicep.text):
             module = bicep.modules.get(symbol)
             assert module, f"{caller}: {symbol}.outputs.{out} names no module"
@@ -592,11 +640,13 @@ def check_consistency(src: Sources) -> None:
     # azure.yaml <-> the azd-service-name tag
     services = mini_yaml(src["azure.yaml"])["services"]
     assert len(services) == 1, "one service: the function app"
-    (service_name, service), = services.items()
+    ((service_name, service),) = services.items()
     assert service == {"project": ".", "language": "python", "host": "function"}, service
     api = src.bicep("infra/app/api.bicep")
     assert "serviceName" not in api_call(src).params, "main.bicep must not override api.bicep's serviceName"
-    assert literal(api.params["serviceName"].default) == service_name, "azure.yaml's service is not api.bicep's serviceName"
+    assert literal(api.params["serviceName"].default) == service_name, (
+        "azure.yaml's service is not api.bicep's serviceName"
+    )
     site = api.modules["api"].params
     assert "'azd-service-name': serviceName" in site["tags"], "the function app lacks the azd-service-name tag"
     # Flex Consumption, as Microsoft's templates build it.
@@ -609,7 +659,9 @@ def check_consistency(src: Sources) -> None:
     version = main.params[api_call(src).params["runtimeVersion"]]
     assert literal(version.default) == "3.11", "3.11 by default (see main.bicep)"
     allowed = re.search(r"@allowed\(\[(.*?)\]\)", version.decorators)
-    assert allowed and set(re.findall(r"'([\d.]+)'", allowed.group(1))) == {"3.11", "3.12", "3.13"}, "Functions supports 3.11-3.13"
+    assert allowed and set(re.findall(r"'([\d.]+)'", allowed.group(1))) == {"3.11", "3.12", "3.13"}, (
+        "Functions supports 3.11-3.13"
+    )
     scale = object_entries(config["scaleAndConcurrency"][1:-1])
     assert set(scale) == {"instanceMemoryMB", "maximumInstanceCount"}
     storage = object_entries(object_entries(config["deployment"][1:-1])["storage"][1:-1])
@@ -628,7 +680,9 @@ def check_consistency(src: Sources) -> None:
     assert resolve(main, pe["enableBlob"]) == "true" and resolve(main, pe["enableQueue"]) == "true"
     vault = src.bicep("infra/app/keyvault.bicep").text
     assert "enableRbacAuthorization: true" in vault and "publicNetworkAccess: 'Enabled'" in vault
-    assert re.search(r"resource \w+ 'Microsoft\.KeyVault/vaults/secrets@[\w-]+' = if \(!empty\(partnerCenterClientSecret\)\)", vault)
+    assert re.search(
+        r"resource \w+ 'Microsoft\.KeyVault/vaults/secrets@[\w-]+' = if \(!empty\(partnerCenterClientSecret\)\)", vault
+    )
     assert "@secure()" in main.params["partnerCenterClientSecret"].decorators
     assert "@secure()" in src.bicep("infra/app/keyvault.bicep").params["partnerCenterClientSecret"].decorators
 
@@ -659,48 +713,133 @@ MUTATIONS = [
     ("app_settings", "infra/main.bicep", "enableQueue: true  //", "enableQueue: false  //"),
     ("app_settings", "infra/app/api.bicep", "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n", ""),
     ("app_settings", "infra/app/api.bicep", "Authorization=AAD'", "Authorization=Key'"),
-    ("app_settings", "infra/app/api.bicep", "  AZURE_CLIENT_ID: identityClientId\n", "  FUNCTIONS_WORKER_RUNTIME: 'python'\n"),
-    ("app_settings", "infra/app/api.bicep", "AzureWebJobsStorage__credential: 'managedidentity'", "AzureWebJobsStorage__credential: 'none'"),
-    ("app_settings", "infra/app/api.bicep", "    keyVaultAccessIdentityResourceId: identityType == 'UserAssigned' ? identityId : ''\n", ""),
+    (
+        "app_settings",
+        "infra/app/api.bicep",
+        "  AZURE_CLIENT_ID: identityClientId\n",
+        "  FUNCTIONS_WORKER_RUNTIME: 'python'\n",
+    ),
+    (
+        "app_settings",
+        "infra/app/api.bicep",
+        "AzureWebJobsStorage__credential: 'managedidentity'",
+        "AzureWebJobsStorage__credential: 'none'",
+    ),
+    (
+        "app_settings",
+        "infra/app/api.bicep",
+        "    keyVaultAccessIdentityResourceId: identityType == 'UserAssigned' ? identityId : ''\n",
+        "",
+    ),
     ("app_settings", "sweep_customers/function.json", "%SWEEP_SCHEDULE%", "%SWEEP_CRON%"),
     ("app_settings", "shared/config.py", 'env.get("PARTNER_CENTER_TENANT_ID"', 'env.get("PARTNER_CENTER_NEW_SETTING"'),
     ("app_settings", "delete_customer/__init__.py", "\n", '\nX = os.environ.get("SOME_NEW_SETTING")\n'),
-    ("setting_defaults", "infra/main.bicep", "param pollIntervalSeconds string = '30'", "param pollIntervalSeconds string = '60'"),
+    (
+        "setting_defaults",
+        "infra/main.bicep",
+        "param pollIntervalSeconds string = '30'",
+        "param pollIntervalSeconds string = '60'",
+    ),
     ("setting_defaults", "infra/main.parameters.json", "${SWEEP_MAX_PER_RUN=25}", "${SWEEP_MAX_PER_RUN=50}"),
     ("setting_defaults", "infra/main.parameters.json", "${SWEEP_MODE=report}", "${SWEEP_MODUS=report}"),
-    ("setting_defaults", "infra/main.bicep", "param sweepSchedule string = '0 0 3 * * *'", "param sweepSchedule string = '0 0 4 * * *'"),
+    (
+        "setting_defaults",
+        "infra/main.bicep",
+        "param sweepSchedule string = '0 0 3 * * *'",
+        "param sweepSchedule string = '0 0 4 * * *'",
+    ),
     ("setting_defaults", "infra/main.bicep", "@minLength(1)\n@description('Tenant", "@description('Tenant"),
     ("setting_defaults", "infra/main.bicep", "  SWEEP_MODE: sweepMode\n", "  SWEEP_MODE: 'delete'\n"),
     ("queues", "infra/main.bicep", "  '${pollQueueName}-poison'\n", ""),
     ("queues", "infra/main.bicep", "  sweepReportsQueueName\n]", "]"),
-    ("queues", "infra/main.bicep", "var outcomesQueueName = toLower(deletionOutcomesQueue)", "var outcomesQueueName = deletionOutcomesQueue"),
-    ("queues", "infra/main.bicep", "queues: [for queueName in queueNames: {\n        name: queueName", "queues: [for queueName in queueNames: {\n        name: 'x'"),
-    ("queues", "infra/main.bicep", "  DELETE_CUSTOMER_QUEUE: deleteQueueName\n", "  DELETE_CUSTOMER_QUEUE: 'customer-deletions'\n"),
-    ("roles", "infra/app/rbac.bicep", "var storageQueueDataContributorRoleId = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'",
-     "var storageQueueDataContributorRoleId = '19e7f393-937e-4f77-808e-94535e297925'"),
+    (
+        "queues",
+        "infra/main.bicep",
+        "var outcomesQueueName = toLower(deletionOutcomesQueue)",
+        "var outcomesQueueName = deletionOutcomesQueue",
+    ),
+    (
+        "queues",
+        "infra/main.bicep",
+        "queues: [for queueName in queueNames: {\n        name: queueName",
+        "queues: [for queueName in queueNames: {\n        name: 'x'",
+    ),
+    (
+        "queues",
+        "infra/main.bicep",
+        "  DELETE_CUSTOMER_QUEUE: deleteQueueName\n",
+        "  DELETE_CUSTOMER_QUEUE: 'customer-deletions'\n",
+    ),
+    (
+        "roles",
+        "infra/app/rbac.bicep",
+        "var storageQueueDataContributorRoleId = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'",
+        "var storageQueueDataContributorRoleId = '19e7f393-937e-4f77-808e-94535e297925'",
+    ),
     ("roles", "infra/app/rbac.bicep", "// Key Vault Secrets User: read", "// Key Vault Secrets Officer: read"),
     ("roles", "infra/app/rbac.bicep", "var monitoringMetricsPublisherRoleId =", "var metricsRoleId ="),
     ("roles", "infra/main.bicep", "enableTable: false  //", "enableTable: true  //"),
-    ("roles", "infra/app/rbac.bicep", "resource appInsightsRoleAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {",
-     "resource appInsightsRoleAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (false) {"),
-    ("roles", "infra/app/rbac.bicep", "resource keyVaultSecretsOfficerRoleAssignment_User 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (assignToUser) {",
-     "resource keyVaultSecretsOfficerRoleAssignment_User 'Microsoft.Authorization/roleAssignments@2022-04-01' = {"),
+    (
+        "roles",
+        "infra/app/rbac.bicep",
+        "resource appInsightsRoleAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {",
+        "resource appInsightsRoleAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (false) {",
+    ),
+    (
+        "roles",
+        "infra/app/rbac.bicep",
+        "resource keyVaultSecretsOfficerRoleAssignment_User 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (assignToUser) {",
+        "resource keyVaultSecretsOfficerRoleAssignment_User 'Microsoft.Authorization/roleAssignments@2022-04-01' = {",
+    ),
     ("consistency", "azure.yaml", "  api:\n", "  app:\n"),
     ("consistency", "azure.yaml", "project: .", "project: ./src"),
     ("consistency", "infra/main.parameters.json", '"sweepMode": {', '"sweepModus": {'),
-    ("consistency", "infra/main.bicep", "    instanceMemoryMB: instanceMemoryMB\n    appSettings", "    instanceMemory: instanceMemoryMB\n    appSettings"),
-    ("consistency", "infra/main.bicep", "    partnerCenterClientSecretReference: keyVault.outputs.partnerCenterClientSecretReference\n", ""),
-    ("consistency", "infra/main.bicep", "output SERVICE_API_NAME string = api.outputs.SERVICE_API_NAME",
-     "output SERVICE_API_NAME string = api.outputs.SERVICE_NAME"),
-    ("consistency", "infra/main.bicep", "'br/public:avm/res/web/serverfarm:0.1.1'", "'br/public:avm/res/web/serverfarm:0.4.0'"),
+    (
+        "consistency",
+        "infra/main.bicep",
+        "    instanceMemoryMB: instanceMemoryMB\n    appSettings",
+        "    instanceMemory: instanceMemoryMB\n    appSettings",
+    ),
+    (
+        "consistency",
+        "infra/main.bicep",
+        "    partnerCenterClientSecretReference: keyVault.outputs.partnerCenterClientSecretReference\n",
+        "",
+    ),
+    (
+        "consistency",
+        "infra/main.bicep",
+        "output SERVICE_API_NAME string = api.outputs.SERVICE_API_NAME",
+        "output SERVICE_API_NAME string = api.outputs.SERVICE_NAME",
+    ),
+    (
+        "consistency",
+        "infra/main.bicep",
+        "'br/public:avm/res/web/serverfarm:0.1.1'",
+        "'br/public:avm/res/web/serverfarm:0.4.0'",
+    ),
     ("consistency", "infra/main.bicep", "name: 'FC1'", "name: 'Y1'"),
     ("consistency", "infra/main.bicep", "allowSharedKeyAccess: false", "allowSharedKeyAccess: true"),
     ("consistency", "infra/main.bicep", "param pythonVersion string = '3.11'", "param pythonVersion string = '3.12'"),
-    ("consistency", "infra/main.bicep", "@allowed(['3.11', '3.12', '3.13'])", "@allowed(['3.10', '3.11', '3.12', '3.13'])"),
-    ("consistency", "infra/main.bicep", "'${abbrs.keyVaultVaults}${resourceToken}'", "'${abbrs.keyVaults}${resourceToken}'"),
+    (
+        "consistency",
+        "infra/main.bicep",
+        "@allowed(['3.11', '3.12', '3.13'])",
+        "@allowed(['3.10', '3.11', '3.12', '3.13'])",
+    ),
+    (
+        "consistency",
+        "infra/main.bicep",
+        "'${abbrs.keyVaultVaults}${resourceToken}'",
+        "'${abbrs.keyVaults}${resourceToken}'",
+    ),
     ("consistency", "infra/app/api.bicep", "tags: union(tags, { 'azd-service-name': serviceName })", "tags: tags"),
-    ("consistency", "infra/main.bicep", "module storagePrivateEndpoint 'app/storage-PrivateEndpoint.bicep' = if (vnetEnabled) {",
-     "module storagePrivateEndpoint 'app/storage-PrivateEndpoint.bicep' = {"),
+    (
+        "consistency",
+        "infra/main.bicep",
+        "module storagePrivateEndpoint 'app/storage-PrivateEndpoint.bicep' = if (vnetEnabled) {",
+        "module storagePrivateEndpoint 'app/storage-PrivateEndpoint.bicep' = {",
+    ),
     ("consistency", "infra/main.bicep", "disableLocalAuth: true", "disableLocalAuth: false"),
     ("consistency", "infra/main.bicep", "@secure()\n@description('Client secret", "@description('Client secret"),
     ("consistency", "infra/main.parameters.json", "${VNET_ENABLED=false}", "${VNET_ENABLED}"),
@@ -720,4 +859,7 @@ def test_the_reader_handles_what_the_templates_use() -> None:
     params = Bicep("@secure()\nparam s string = ''\nparam r string\nparam o object = {\n  a: 1\n}\n").params
     assert params["s"].default == "''" and "@secure()" in params["s"].decorators
     assert params["r"].default is None and params["o"].default == "{\n  a: 1\n}"
-    assert mini_yaml("name: x\nservices:\n  api:\n    project: .  # here\n") == {"name": "x", "services": {"api": {"project": "."}}}
+    assert mini_yaml("name: x\nservices:\n  api:\n    project: .  # here\n") == {
+        "name": "x",
+        "services": {"api": {"project": "."}},
+    }

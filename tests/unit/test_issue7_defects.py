@@ -4,6 +4,7 @@ They use only what both releases have (the two entry points, the fakes, the real
 same file runs against either. The fake Partner Center fails a test outright when a DELETE arrives while an order is
 not cancelled.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
 CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
 O1, O2, O3 = "A" * 33, "B" * 33, "C" * 33
 OUT, POLL = "customer-deletion-outcomes", "customer-deletion-polls"
-ENV = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "POLL_INTERVAL_SECONDS": "30", "POLL_MAX_INTERVAL_SECONDS": "120",
-       "POLL_TIMEOUT_SECONDS": "3600"}
+ENV = {
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    "POLL_INTERVAL_SECONDS": "30",
+    "POLL_MAX_INTERVAL_SECONDS": "120",
+    "POLL_TIMEOUT_SECONDS": "3600",
+}
 
 
 @pytest.fixture
@@ -125,10 +130,22 @@ def test_an_order_that_appears_after_discovery_is_cancelled_and_reported(world):
 def test_a_forged_or_stale_poll_message_cannot_cause_a_delete(world, schema):
     """Was: a poll message whose orders all said `cancelled` led straight to a DELETE with no read."""
     pc, pub, clock, deps = world
-    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(status="pending", pending_reads=10**6), O2: FakeOrder(status="cancelled")})
-    forged = {"schemaVersion": 1, "kind": "poll", "stage": "poll", "dryRun": False, "customerTenantId": CUST, "correlationId": CORR,
-              "orders": [{"id": O1, "status": "cancelled"}, {"id": O2, "status": "cancelled"}], "attempt": 3,
-              "requestedAt": "2026-11-24T11:00:00.000Z", "firstHandledAt": "2026-11-24T11:00:01.000Z", "deleteRefusals": 0}
+    pc.customers[CUST] = FakeCustomer(
+        {O1: FakeOrder(status="pending", pending_reads=10**6), O2: FakeOrder(status="cancelled")}
+    )
+    forged = {
+        "schemaVersion": 1,
+        "kind": "poll",
+        "stage": "poll",
+        "dryRun": False,
+        "customerTenantId": CUST,
+        "correlationId": CORR,
+        "orders": [{"id": O1, "status": "cancelled"}, {"id": O2, "status": "cancelled"}],
+        "attempt": 3,
+        "requestedAt": "2026-11-24T11:00:00.000Z",
+        "firstHandledAt": "2026-11-24T11:00:01.000Z",
+        "deleteRefusals": 0,
+    }
     if schema == "this release":
         forged.update(recoveries=0, setbacks=0, cause=None, causeDetail=None, customerSeen=True, deleteBy=None)
     handle_poll(queue_message(json.dumps(forged)), "inv", deps)
@@ -170,15 +187,32 @@ def test_retry_after_as_an_http_date_or_garbage(world, retry_after, expected_del
     pc, pub, clock, deps = world
     if retry_after.startswith("HTTP-DATE"):
         retry_after = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=120), usegmt=True)
-    deps.partner_center = PartnerCenterClient("https://pc.test", Token(), "s/.default", policy=RetryPolicy(max_attempts=2), sleep=lambda s: None)
-    poll = {"schemaVersion": 1, "kind": "poll", "stage": "poll", "dryRun": False, "customerTenantId": CUST, "correlationId": CORR,
-            "orders": [{"id": O1, "status": "pending"}], "attempt": 0, "requestedAt": "2026-11-24T11:59:00.000Z",
-            "firstHandledAt": "2026-11-24T12:00:00.000Z", "deleteRefusals": 0}
+    deps.partner_center = PartnerCenterClient(
+        "https://pc.test", Token(), "s/.default", policy=RetryPolicy(max_attempts=2), sleep=lambda s: None
+    )
+    poll = {
+        "schemaVersion": 1,
+        "kind": "poll",
+        "stage": "poll",
+        "dryRun": False,
+        "customerTenantId": CUST,
+        "correlationId": CORR,
+        "orders": [{"id": O1, "status": "pending"}],
+        "attempt": 0,
+        "requestedAt": "2026-11-24T11:59:00.000Z",
+        "firstHandledAt": "2026-11-24T12:00:00.000Z",
+        "deleteRefusals": 0,
+    }
     with responses.RequestsMock() as rsps:
-        rsps.add(responses.GET, re.compile(r"https://pc\.test/.*"), status=429, headers={"Retry-After": retry_after},
-                 body=b'{"statusCode": 429, "message": "Rate limit is exceeded."}')
+        rsps.add(
+            responses.GET,
+            re.compile(r"https://pc\.test/.*"),
+            status=429,
+            headers={"Retry-After": retry_after},
+            body=b'{"statusCode": 429, "message": "Rate limit is exceeded."}',
+        )
         handle_poll(queue_message(json.dumps(poll)), "inv", deps)
-    (raw, delay), = pub.on(POLL)
+    ((raw, delay),) = pub.on(POLL)
     assert expected_delay - 2 <= delay <= expected_delay * 1.5 + 2  # Retry-After, plus a spread of up to half of it
 
 

@@ -1,6 +1,7 @@
 """The local host's pure parts, without sockets or processes: function.json indexing, the timer's start decision and
 status updates (the timer extension's TimerListener / ScheduleMonitor rules), the worker-side loading and
 conversions, the singleton lock and the admin body."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,27 @@ import pytest
 
 from shared.ncrontab import parse
 from tools.local_host.host import parse_admin_body
-from tools.local_host.indexing import (HostError, index_functions, load_entry_points, read_function, timer_data,
-                                       to_timer_request)
-from tools.local_host.timers import (DEFAULT_TIME, PAST_DUE, RUN_ON_STARTUP, SCHEDULED, ScheduleStatus, SingletonLock,
-                                     TimerListener, plan_startup, read_status, status_after_run, write_status)
+from tools.local_host.indexing import (
+    HostError,
+    index_functions,
+    load_entry_points,
+    read_function,
+    timer_data,
+    to_timer_request,
+)
+from tools.local_host.timers import (
+    DEFAULT_TIME,
+    PAST_DUE,
+    RUN_ON_STARTUP,
+    SCHEDULED,
+    ScheduleStatus,
+    SingletonLock,
+    TimerListener,
+    plan_startup,
+    read_status,
+    status_after_run,
+    write_status,
+)
 
 UTC = timezone.utc
 HOURLY = parse("0 0 * * * *", strict=False)
@@ -28,10 +46,13 @@ def at(hour, minute=0, second=0, day=10):
 
 # -- the start decision -----------------------------------------------------------------------------------------------
 
+
 def test_first_start_stores_a_status_and_the_first_run_sees_the_unset_times():
     plan = plan_startup(HOURLY, None, NOW, use_monitor=True, run_on_startup=False)
     assert plan.action is None
-    assert plan.store == ScheduleStatus(DEFAULT_TIME, at(13), NOW)  # LastUpdated = now: a restart can tell it missed 13:00
+    assert plan.store == ScheduleStatus(
+        DEFAULT_TIME, at(13), NOW
+    )  # LastUpdated = now: a restart can tell it missed 13:00
     assert plan.status == ScheduleStatus(DEFAULT_TIME, at(13), DEFAULT_TIME)  # what the first invocation gets
 
 
@@ -81,11 +102,19 @@ def test_scheduled_run_records_its_occurrence():
 
 def test_status_json_as_the_host_writes_and_reads_it():
     status = ScheduleStatus(DEFAULT_TIME, at(13), NOW)
-    assert status.to_json() == {"Last": "0001-01-01T00:00:00+00:00", "Next": "2026-03-10T13:00:00+00:00",
-                                "LastUpdated": "2026-03-10T12:20:30+00:00"}
+    assert status.to_json() == {
+        "Last": "0001-01-01T00:00:00+00:00",
+        "Next": "2026-03-10T13:00:00+00:00",
+        "LastUpdated": "2026-03-10T12:20:30+00:00",
+    }
     assert ScheduleStatus.from_json(status.to_json()) == status
-    read = ScheduleStatus.from_json({"Last": "0001-01-01T00:00:00", "Next": "2026-03-10T13:00:00Z",
-                                     "LastUpdated": "2026-03-10T13:20:30.1234567+01:00"})
+    read = ScheduleStatus.from_json(
+        {
+            "Last": "0001-01-01T00:00:00",
+            "Next": "2026-03-10T13:00:00Z",
+            "LastUpdated": "2026-03-10T13:20:30.1234567+01:00",
+        }
+    )
     assert read == ScheduleStatus(DEFAULT_TIME, at(13), NOW + timedelta(microseconds=123456))
     with pytest.raises(ValueError):
         ScheduleStatus.from_json({"Next": "tomorrow"})
@@ -102,8 +131,14 @@ def test_status_file_round_trip_and_a_corrupt_one_reads_as_missing(tmp_path):
 
 # -- the listener on a fixed clock -------------------------------------------------------------------------------------
 
+
 def test_listener_runs_past_due_with_the_stored_status_then_stores_the_new_one(tmp_path):
-    spec = read_function(_function(tmp_path, "tick", {"type": "timerTrigger", "direction": "in", "name": "t", "schedule": "0 0 * * * *"}), {})
+    spec = read_function(
+        _function(
+            tmp_path, "tick", {"type": "timerTrigger", "direction": "in", "name": "t", "schedule": "0 0 * * * *"}
+        ),
+        {},
+    )
     stored = ScheduleStatus(at(9), at(10), at(9))
     write_status(tmp_path / "state", "tick", stored)
     stop, calls = threading.Event(), []
@@ -131,6 +166,7 @@ def test_singleton_lock_is_exclusive_until_released(tmp_path):
 
 # -- indexing ------------------------------------------------------------------------------------------------------------
 
+
 def _function(root, name, binding, **extra):
     (root / name).mkdir(parents=True, exist_ok=True)
     (root / name / "function.json").write_text(json.dumps({"bindings": [binding] if binding else [], **extra}))
@@ -142,35 +178,67 @@ def _timer(schedule, **extra):
 
 
 def test_timer_binding_resolves_settings_and_defaults_use_monitor_by_frequency(tmp_path):
-    spec = read_function(_function(tmp_path, "a", _timer("%SCHED%")), {"SCHED": "*/5 * * * *"})  # five fields: seconds 0
+    spec = read_function(
+        _function(tmp_path, "a", _timer("%SCHED%")), {"SCHED": "*/5 * * * *"}
+    )  # five fields: seconds 0
     assert (spec.trigger, spec.binding, spec.schedule_text, spec.use_monitor, spec.run_on_startup) == (
-        "timerTrigger", "timer", "*/5 * * * *", True, False)
+        "timerTrigger",
+        "timer",
+        "*/5 * * * *",
+        True,
+        False,
+    )
     assert spec.schedule.next_after(at(12, 1)) == at(12, 5)
     assert read_function(_function(tmp_path, "b", _timer("*/2 * * * * *")), {}).use_monitor is False
-    explicit = read_function(_function(tmp_path, "c", _timer("*/2 * * * * *", useMonitor=True, runOnStartup="true")), {})
+    explicit = read_function(
+        _function(tmp_path, "c", _timer("*/2 * * * * *", useMonitor=True, runOnStartup="true")), {}
+    )
     assert explicit.use_monitor is True and explicit.run_on_startup is True
 
 
 def test_queue_binding(tmp_path):
-    fj = _function(tmp_path, "q", {"type": "queueTrigger", "direction": "in", "name": "msg", "queueName": "%Q%"}, entryPoint="run")
+    fj = _function(
+        tmp_path, "q", {"type": "queueTrigger", "direction": "in", "name": "msg", "queueName": "%Q%"}, entryPoint="run"
+    )
     spec = read_function(fj, {"Q": "Jobs-1", "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
     assert (spec.queue, spec.connection, spec.entry_point) == ("jobs-1", "UseDevelopmentStorage=true", "run")
-    assert spec.for_worker() == {"name": "q", "directory": str(tmp_path / "q"), "trigger": "queueTrigger", "binding": "msg",
-                                 "script_file": "__init__.py", "entry_point": "run"}
+    assert spec.for_worker() == {
+        "name": "q",
+        "directory": str(tmp_path / "q"),
+        "trigger": "queueTrigger",
+        "binding": "msg",
+        "script_file": "__init__.py",
+        "entry_point": "run",
+    }
 
 
-@pytest.mark.parametrize("binding, env, message", [
-    (_timer("%MISSING%"), {}, "'%MISSING%' does not resolve to a value."),
-    (_timer("0 0 25 * * *"), {}, "was not recognized as a valid cron expression"),
-    (_timer("00:05:00"), {}, "is a TimeSpan"),
-    (_timer("0 0 0 30 2 *"), {}, "never occurs"),
-    (_timer("0 * * * * *", useMonitor="yes"), {}, "must be true or false"),
-    ({"type": "httpTrigger", "direction": "in", "name": "req"}, {}, "exactly one queueTrigger or timerTrigger binding"),
-    (None, {}, "exactly one"),
-    ({"type": "queueTrigger", "direction": "out", "name": "m", "queueName": "abc"}, {}, "direction 'in'"),
-    ({"type": "queueTrigger", "direction": "in", "name": "m", "queueName": "a--b"}, {"AzureWebJobsStorage": "x"}, "invalid queue name"),
-    ({"type": "queueTrigger", "direction": "in", "name": "m", "queueName": "abc"}, {}, "'AzureWebJobsStorage' does not exist"),
-])
+@pytest.mark.parametrize(
+    "binding, env, message",
+    [
+        (_timer("%MISSING%"), {}, "'%MISSING%' does not resolve to a value."),
+        (_timer("0 0 25 * * *"), {}, "was not recognized as a valid cron expression"),
+        (_timer("00:05:00"), {}, "is a TimeSpan"),
+        (_timer("0 0 0 30 2 *"), {}, "never occurs"),
+        (_timer("0 * * * * *", useMonitor="yes"), {}, "must be true or false"),
+        (
+            {"type": "httpTrigger", "direction": "in", "name": "req"},
+            {},
+            "exactly one queueTrigger or timerTrigger binding",
+        ),
+        (None, {}, "exactly one"),
+        ({"type": "queueTrigger", "direction": "out", "name": "m", "queueName": "abc"}, {}, "direction 'in'"),
+        (
+            {"type": "queueTrigger", "direction": "in", "name": "m", "queueName": "a--b"},
+            {"AzureWebJobsStorage": "x"},
+            "invalid queue name",
+        ),
+        (
+            {"type": "queueTrigger", "direction": "in", "name": "m", "queueName": "abc"},
+            {},
+            "'AzureWebJobsStorage' does not exist",
+        ),
+    ],
+)
 def test_indexing_errors(tmp_path, binding, env, message):
     with pytest.raises(HostError, match=message.replace("(", r"\(").replace("*", r"\*")):
         read_function(_function(tmp_path, "f", binding), env)
@@ -185,23 +253,43 @@ QUEUE_URI = "https://127.0.0.1:10001/devstoreaccount1"
 def test_identity_based_connection_is_read_as_the_host_does():
     from tools.local_host.indexing import IdentityConnection, resolve_connection
 
-    env = {"AzureWebJobsStorage__queueServiceUri": QUEUE_URI + "/", "azurewebjobsstorage__TENANTID": TENANT,
-           "AzureWebJobsStorage__clientId": APP, "AzureWebJobsStorage__clientSecret": "s3cret"}
+    env = {
+        "AzureWebJobsStorage__queueServiceUri": QUEUE_URI + "/",
+        "azurewebjobsstorage__TENANTID": TENANT,
+        "AzureWebJobsStorage__clientId": APP,
+        "AzureWebJobsStorage__clientSecret": "s3cret",
+    }
     conn = resolve_connection(None, env)
     assert conn == IdentityConnection("AzureWebJobsStorage", QUEUE_URI, None, APP, TENANT, "s3cret")
     assert "s3cret" not in repr(conn) and "s3cret" not in conn.describe() and APP in conn.describe()
-    assert resolve_connection(None, {**env, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}) == "UseDevelopmentStorage=true"
-    assert resolve_connection(None, {"AzureWebJobsStorage__accountName": "acct"}).queue_service_uri == "https://acct.queue.core.windows.net"
+    assert (
+        resolve_connection(None, {**env, "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+        == "UseDevelopmentStorage=true"
+    )
+    assert (
+        resolve_connection(None, {"AzureWebJobsStorage__accountName": "acct"}).queue_service_uri
+        == "https://acct.queue.core.windows.net"
+    )
     custom = resolve_connection("Orders", {"Orders__serviceUri": QUEUE_URI, "Orders__credential": "ManagedIdentity"})
-    assert (custom.name, custom.credential, custom.kind) == ("Orders", "managedidentity", "managed identity (system-assigned)")
+    assert (custom.name, custom.credential, custom.kind) == (
+        "Orders",
+        "managedidentity",
+        "managed identity (system-assigned)",
+    )
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"AzureWebJobsStorage__clientId": APP}, "has no AzureWebJobsStorage__queueServiceUri"),
-    ({"AzureWebJobsStorage__queueServiceUri": "http://127.0.0.1:10001/devstoreaccount1"}, "must be an https URL"),
-    ({"AzureWebJobsStorage__queueServiceUri": QUEUE_URI, "AzureWebJobsStorage__credential": "secret"}, "'managedidentity' or not set"),
-    ({"AzureWebJobsStorage__queueServiceUri": QUEUE_URI, "AzureWebJobsStorage__clientSecret": "s"}, "go together"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"AzureWebJobsStorage__clientId": APP}, "has no AzureWebJobsStorage__queueServiceUri"),
+        ({"AzureWebJobsStorage__queueServiceUri": "http://127.0.0.1:10001/devstoreaccount1"}, "must be an https URL"),
+        (
+            {"AzureWebJobsStorage__queueServiceUri": QUEUE_URI, "AzureWebJobsStorage__credential": "secret"},
+            "'managedidentity' or not set",
+        ),
+        ({"AzureWebJobsStorage__queueServiceUri": QUEUE_URI, "AzureWebJobsStorage__clientSecret": "s"}, "go together"),
+    ],
+)
 def test_identity_based_connection_problems(env, message):
     from tools.local_host.indexing import resolve_connection
 
@@ -217,12 +305,19 @@ def test_host_storage_credential_precedence():
 
     secret = IdentityConnection("AzureWebJobsStorage", QUEUE_URI, None, APP, TENANT, "s3cret")
     cred = storage_credential(secret, {"AZURE_AUTHORITY_HOST": "https://127.0.0.1:9443/"})
-    assert isinstance(cred, ClientSecretCredential) and cred._instance_discovery is False  # emulated authority: no discovery
+    assert (
+        isinstance(cred, ClientSecretCredential) and cred._instance_discovery is False
+    )  # emulated authority: no discovery
     assert storage_credential(secret, {})._instance_discovery is None  # the public cloud
     managed = IdentityConnection("AzureWebJobsStorage", QUEUE_URI, "managedidentity", APP)
     assert isinstance(storage_credential(managed, {}), ManagedIdentityCredential)
-    assert isinstance(storage_credential(IdentityConnection("AzureWebJobsStorage", QUEUE_URI, None, APP), {}), ManagedIdentityCredential)
-    assert isinstance(storage_credential(IdentityConnection("AzureWebJobsStorage", QUEUE_URI), {}), DefaultAzureCredential)
+    assert isinstance(
+        storage_credential(IdentityConnection("AzureWebJobsStorage", QUEUE_URI, None, APP), {}),
+        ManagedIdentityCredential,
+    )
+    assert isinstance(
+        storage_credential(IdentityConnection("AzureWebJobsStorage", QUEUE_URI), {}), DefaultAzureCredential
+    )
 
 
 def test_an_index_error_disables_only_that_function(tmp_path):
@@ -235,6 +330,7 @@ def test_an_index_error_disables_only_that_function(tmp_path):
 
 
 # -- the worker's side ---------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def app_package(tmp_path):
@@ -252,8 +348,12 @@ def app_package(tmp_path):
 
 def test_worker_loading_reports_each_function_that_cannot_load(app_package):
     root = app_package
-    sources = {"ok": "def main(timer, context):\n    return timer\n", "wrong": "def main(msg):\n    pass\n",
-               "broken": "raise ImportError('no such thing')\n", "noentry": "def other(timer):\n    pass\n"}
+    sources = {
+        "ok": "def main(timer, context):\n    return timer\n",
+        "wrong": "def main(msg):\n    pass\n",
+        "broken": "raise ImportError('no such thing')\n",
+        "noentry": "def other(timer):\n    pass\n",
+    }
     entries = []
     for name, source in sources.items():
         spec = read_function(_function(root, name, _timer("0 * * * * *")), {})
@@ -275,9 +375,18 @@ def test_timer_request_through_the_library_converter():
     assert later.past_due is True and later.schedule_status == status
 
 
-@pytest.mark.parametrize("raw, expected", [
-    (b'{"input": ""}', ""), (b'{"input": "x", "other": 1}', "x"), ('\ufeff{"input": "é"}'.encode(), "é"),
-    (b"", None), (b"not json", None), (b'{"input": 5}', None), (b'["input"]', None), (b"\xff", None),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (b'{"input": ""}', ""),
+        (b'{"input": "x", "other": 1}', "x"),
+        ('\ufeff{"input": "é"}'.encode(), "é"),
+        (b"", None),
+        (b"not json", None),
+        (b'{"input": 5}', None),
+        (b'["input"]', None),
+        (b"\xff", None),
+    ],
+)
 def test_admin_body(raw, expected):
     assert parse_admin_body(raw) == expected

@@ -1,4 +1,5 @@
 """Parsing and validation of deletion requests and poll messages (no sockets)."""
+
 import json
 import uuid
 from datetime import datetime, timezone
@@ -8,7 +9,15 @@ import pytest
 
 from shared.errors import InvalidMessageError
 from shared.ids import derived_correlation_id
-from shared.messages import OrderState, PollMessage, event_id, outcome_event, parse_deletion_request, parse_poll_message, readable_fields
+from shared.messages import (
+    OrderState,
+    PollMessage,
+    event_id,
+    outcome_event,
+    parse_deletion_request,
+    parse_poll_message,
+    readable_fields,
+)
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 INSERTED = datetime(2026, 11, 24, 11, 59, 30, tzinfo=timezone.utc)
@@ -96,8 +105,23 @@ def test_poll_message_round_trip():
     discover = PollMessage(CUST, CORR, (), 0, INSERTED, NOW, 0, "discover", True)
     assert parse_poll_message(discover.to_text()) == discover
     assert json.loads(poll.to_text())["schemaVersion"] == 1
-    full = PollMessage(CUST, CORR, (), 7, INSERTED, NOW, 2, "discover", False, delete_by=NOW, recoveries=3, setbacks=4,
-                       cause="throttled", cause_detail="last Retry-After 60s", customer_seen=True)
+    full = PollMessage(
+        CUST,
+        CORR,
+        (),
+        7,
+        INSERTED,
+        NOW,
+        2,
+        "discover",
+        False,
+        delete_by=NOW,
+        recoveries=3,
+        setbacks=4,
+        cause="throttled",
+        cause_detail="last Retry-After 60s",
+        customer_seen=True,
+    )
     assert parse_poll_message(full.to_text()) == full
 
 
@@ -113,8 +137,20 @@ def test_poll_messages_of_the_previous_release_are_read_with_defaults():
 
 def test_the_previous_release_reads_poll_messages_of_this_one():
     """What the previous release's parser requires (its code, as of eaf0670): this release still writes it."""
-    full = PollMessage(CUST, CORR, (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),), 2, INSERTED, NOW, 1,
-                       delete_by=NOW, recoveries=1, setbacks=2, cause="outage", cause_detail="x")
+    full = PollMessage(
+        CUST,
+        CORR,
+        (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),),
+        2,
+        INSERTED,
+        NOW,
+        1,
+        delete_by=NOW,
+        recoveries=1,
+        setbacks=2,
+        cause="outage",
+        cause_detail="x",
+    )
     data = json.loads(full.to_text())
     assert data["schemaVersion"] == 1 and data["kind"] == "poll" and data["stage"] in ("poll", "discover")
     assert isinstance(data["attempt"], int) and isinstance(data["deleteRefusals"], int) and data["dryRun"] is False
@@ -157,30 +193,64 @@ def test_invalid_poll_messages(mutate, reason_part):
 
 
 def test_outcome_event_shape():
-    event = json.loads(outcome_event(outcome="deleted", customer_id=CUST, correlation_id=CORR,
-                                     orders=[OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "cancelled")], poll_attempts=2,
-                                     detail="done.", requested_at=INSERTED, finished_at=NOW))
+    event = json.loads(
+        outcome_event(
+            outcome="deleted",
+            customer_id=CUST,
+            correlation_id=CORR,
+            orders=[OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "cancelled")],
+            poll_attempts=2,
+            detail="done.",
+            requested_at=INSERTED,
+            finished_at=NOW,
+        )
+    )
     assert event == {
-        "schemaVersion": 1, "eventId": event_id(CORR, INSERTED), "customerTenantId": CUST, "correlationId": CORR, "outcome": "deleted",
-        "orders": [{"id": "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "status": "cancelled"}], "pollAttempts": 2,
-        "detail": "done.", "requestedAt": "2026-11-24T11:59:30.000Z", "finishedAt": "2026-11-24T12:00:00.000Z",
+        "schemaVersion": 1,
+        "eventId": event_id(CORR, INSERTED),
+        "customerTenantId": CUST,
+        "correlationId": CORR,
+        "outcome": "deleted",
+        "orders": [{"id": "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "status": "cancelled"}],
+        "pollAttempts": 2,
+        "detail": "done.",
+        "requestedAt": "2026-11-24T11:59:30.000Z",
+        "finishedAt": "2026-11-24T12:00:00.000Z",
     }
     with pytest.raises(ValueError):
-        outcome_event(outcome="gone", customer_id=None, correlation_id=CORR, detail="", requested_at=NOW, finished_at=NOW)
+        outcome_event(
+            outcome="gone", customer_id=None, correlation_id=CORR, detail="", requested_at=NOW, finished_at=NOW
+        )
 
 
 def test_event_id_is_the_requests_identity():
     """The same request (correlation id and requestedAt) gives the same eventId on every repeat; a redrive is new."""
-    later = outcome_event(outcome="deleted", customer_id=CUST, correlation_id=CORR, detail="again", requested_at=INSERTED, finished_at=NOW)
-    first = outcome_event(outcome="deleted", customer_id=CUST, correlation_id=CORR, detail="x", requested_at=INSERTED, finished_at=INSERTED)
+    later = outcome_event(
+        outcome="deleted", customer_id=CUST, correlation_id=CORR, detail="again", requested_at=INSERTED, finished_at=NOW
+    )
+    first = outcome_event(
+        outcome="deleted",
+        customer_id=CUST,
+        correlation_id=CORR,
+        detail="x",
+        requested_at=INSERTED,
+        finished_at=INSERTED,
+    )
     assert json.loads(later)["eventId"] == json.loads(first)["eventId"]
     assert event_id(CORR, NOW) != event_id(CORR, INSERTED) and event_id(CUST, INSERTED) != event_id(CORR, INSERTED)
     assert uuid.UUID(event_id(CORR, NOW)).version == 5
 
 
 def test_readable_fields_of_a_broken_poll_message():
-    assert readable_fields(json.dumps({"customerTenantId": CUST.upper(), "correlationId": CORR, "dryRun": False, "x": 1})) == (CUST, CORR, False, None)
-    assert readable_fields(json.dumps({"customerTenantId": "../x", "correlationId": 5, "dryRun": "no"})) == (None, None, None, None)
+    assert readable_fields(
+        json.dumps({"customerTenantId": CUST.upper(), "correlationId": CORR, "dryRun": False, "x": 1})
+    ) == (CUST, CORR, False, None)
+    assert readable_fields(json.dumps({"customerTenantId": "../x", "correlationId": 5, "dryRun": "no"})) == (
+        None,
+        None,
+        None,
+        None,
+    )
     assert readable_fields(b"\xff") == (None, None, None, None)
 
 
@@ -189,13 +259,34 @@ def test_the_previous_release_parses_every_kind_of_poll_message_this_one_writes(
     from tests.data.messages_eaf0670 import parse_poll_message as previous_parser
 
     written = [
-        PollMessage(CUST, CORR, (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),), 2, INSERTED, NOW, 1,
-                    delete_by=NOW, recoveries=1, setbacks=2, cause="outage", cause_detail="x", last_looks=1),
+        PollMessage(
+            CUST,
+            CORR,
+            (OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "pending"),),
+            2,
+            INSERTED,
+            NOW,
+            1,
+            delete_by=NOW,
+            recoveries=1,
+            setbacks=2,
+            cause="outage",
+            cause_detail="x",
+            last_looks=1,
+        ),
         PollMessage(CUST, CORR, (), 0, INSERTED, NOW, stage="discover", dry_run=True, customer_seen=True),
-        PollMessage(CUST, CORR, (), 3, INSERTED, NOW, stage="discover", cause="throttled", cause_detail="last Retry-After 60s"),
+        PollMessage(
+            CUST, CORR, (), 3, INSERTED, NOW, stage="discover", cause="throttled", cause_detail="last Retry-After 60s"
+        ),
     ]
     for message in written:
         old = previous_parser(message.to_text())
         assert (old.customer_id, old.correlation_id, old.stage, old.dry_run, old.attempt, old.delete_refusals) == (
-            message.customer_id, message.correlation_id, message.stage, message.dry_run, message.attempt, message.delete_refusals)
+            message.customer_id,
+            message.correlation_id,
+            message.stage,
+            message.dry_run,
+            message.attempt,
+            message.delete_refusals,
+        )
         assert [(o.id, o.status) for o in old.orders] == [(o.id, o.status) for o in message.orders]

@@ -17,6 +17,7 @@ a final drain with a healthy host, it checks the invariants of the README ("Guar
 Environment: MODEL_EXAMPLES (default 2000) and MODEL_STEPS (default 40) make the run larger; MODEL_RANDOM=1 draws new
 histories (by default every run explores the same ones, so CI is deterministic).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,16 +43,30 @@ from tests.sim import T0, SimClock, SimCustomer, SimHost, SimOrder, SimPartnerCe
 REQ, POLL, OUT = "customer-deletions", "customer-deletion-polls", "customer-deletion-outcomes"
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 UNKNOWN = "0d0d0d0d-0000-4000-8000-00000000dead"
-ENV = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "POLL_INTERVAL_SECONDS": "30", "POLL_MAX_INTERVAL_SECONDS": "120",
-       "POLL_TIMEOUT_SECONDS": "1800", "PROTECTED_CUSTOMER_IDS": PROTECTED, "INVOCATION_WORK_SECONDS": "10",
-       "PARTNER_CENTER_TIMEOUT_SECONDS": "30", "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:02"}
+ENV = {
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    "POLL_INTERVAL_SECONDS": "30",
+    "POLL_MAX_INTERVAL_SECONDS": "120",
+    "POLL_TIMEOUT_SECONDS": "1800",
+    "PROTECTED_CUSTOMER_IDS": PROTECTED,
+    "INVOCATION_WORK_SECONDS": "10",
+    "PARTNER_CENTER_TIMEOUT_SECONDS": "30",
+    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:02",
+}
 LEASE, VISIBILITY, MAX_DEQUEUE = 600.0, 30.0, 5
 
 orders_strategy = st.lists(
-    st.builds(SimOrder, status=st.sampled_from(["completed", "completed", "cancelled"]), delay=st.sampled_from([0, 5, 60, 400, 2500]),
-              refuse=st.sampled_from([None, None, None, None, "900117"]), second_cancel_error=st.booleans(),
-              early_answer=st.booleans(), hidden=st.sampled_from([False, False, False, False, True])),
-    max_size=3)
+    st.builds(
+        SimOrder,
+        status=st.sampled_from(["completed", "completed", "cancelled"]),
+        delay=st.sampled_from([0, 5, 60, 400, 2500]),
+        refuse=st.sampled_from([None, None, None, None, "900117"]),
+        second_cancel_error=st.booleans(),
+        early_answer=st.booleans(),
+        hidden=st.sampled_from([False, False, False, False, True]),
+    ),
+    max_size=3,
+)
 
 
 class DeletionModel(RuleBasedStateMachine):
@@ -62,11 +77,26 @@ class DeletionModel(RuleBasedStateMachine):
         self.host: SimHost
         self.queues = SimQueues(self.clock, lambda: self.host.boundaries())
         settings_ = Settings.from_env(ENV, app_root=Path(__file__).resolve().parents[2])
-        self.deps = Deps(settings=settings_, partner_center=self.pc, publisher=self.queues, clock=self.clock.now, monotonic=self.clock.monotonic)
+        self.deps = Deps(
+            settings=settings_,
+            partner_center=self.pc,
+            publisher=self.queues,
+            clock=self.clock.now,
+            monotonic=self.clock.monotonic,
+        )
         self.policy = self.deps.policy
-        self.host = SimHost(self.clock, self.queues, self.pc,
-                            {REQ: lambda m, i: handle_deletion_request(m, i, self.deps), POLL: lambda m, i: handle_poll(m, i, self.deps)},
-                            max_dequeue=MAX_DEQUEUE, visibility_timeout=VISIBILITY, lease=LEASE)
+        self.host = SimHost(
+            self.clock,
+            self.queues,
+            self.pc,
+            {
+                REQ: lambda m, i: handle_deletion_request(m, i, self.deps),
+                POLL: lambda m, i: handle_poll(m, i, self.deps),
+            },
+            max_dequeue=MAX_DEQUEUE,
+            visibility_timeout=VISIBILITY,
+            lease=LEASE,
+        )
         self.requests: dict[str, dict] = {}  # request message id -> what was asked
         self.changes: list[tuple[float, str, str]] = []  # (time, customer, kind): purchase, fallback, vanished
         self.replayed: set[str] = set()  # correlation ids of which a stale poll message was replayed
@@ -89,7 +119,11 @@ class DeletionModel(RuleBasedStateMachine):
         pool = self.customer_ids + [UNKNOWN, PROTECTED]
         cid = pool[which % len(pool)]
         correlation = str(uuid.uuid4())
-        body = cid if bare and not dry_run else json.dumps({"customerTenantId": cid, "correlationId": correlation, "dryRun": dry_run})
+        body = (
+            cid
+            if bare and not dry_run
+            else json.dumps({"customerTenantId": cid, "correlationId": correlation, "dryRun": dry_run})
+        )
         msg = self.queues.put(REQ, body)
         if body == cid:
             correlation = derived_correlation_id(msg.id)
@@ -102,7 +136,11 @@ class DeletionModel(RuleBasedStateMachine):
         visible = self.queues.visible((REQ, POLL))
         msg = visible[data.draw(st.integers(0, len(visible) - 1), label="message")]
         # A message is not killed on every one of its deliveries: the host survives some (README: "Known limits").
-        crash_at = data.draw(st.none() | st.integers(0, 30), label="crash at boundary") if msg.crashes < MAX_DEQUEUE - 2 else None
+        crash_at = (
+            data.draw(st.none() | st.integers(0, 30), label="crash at boundary")
+            if msg.crashes < MAX_DEQUEUE - 2
+            else None
+        )
         self.host.deliver(msg, crash_at)
 
     @rule(seconds=st.sampled_from([1, 5, 30, 60, 120, 600, 1800]))
@@ -114,8 +152,11 @@ class DeletionModel(RuleBasedStateMachine):
     def until_the_next_message(self):
         self.clock.t = max(self.clock.t, self.queues.next_visible_at((REQ, POLL)))
 
-    @rule(kind=st.sampled_from(["throttle", "outage", "lost", "slow", "busy", "unauthorised"]), seconds=st.sampled_from([5, 60, 300, 900]),
-          retry_after=st.none() | st.sampled_from([1.0, 30.0, 900.0]))
+    @rule(
+        kind=st.sampled_from(["throttle", "outage", "lost", "slow", "busy", "unauthorised"]),
+        seconds=st.sampled_from([5, 60, 300, 900]),
+        retry_after=st.none() | st.sampled_from([1.0, 30.0, 900.0]),
+    )
     def fault_window(self, kind, seconds, retry_after):
         self.pc.windows.append(Window(kind, self.clock.t, self.clock.t + seconds, retry_after))
 
@@ -129,7 +170,9 @@ class DeletionModel(RuleBasedStateMachine):
 
     @rule(which=st.integers(0, 30))
     def an_order_falls_back(self, which):
-        orders = [(cid, o) for cid, c in self.pc.customers.items() for o in c.orders.values() if o.status == "cancelled"]
+        orders = [
+            (cid, o) for cid, c in self.pc.customers.items() for o in c.orders.values() if o.status == "cancelled"
+        ]
         if orders:
             cid, order = orders[which % len(orders)]
             order.status = "completed"
@@ -138,7 +181,13 @@ class DeletionModel(RuleBasedStateMachine):
     @rule(which=st.integers(0, 30))
     def a_cancelled_order_vanishes(self, which):
         """Whether Partner Center forgets cancelled orders is unconfirmed (reference section 11); it never forgets others."""
-        orders = [(cid, oid) for cid, c in self.pc.customers.items() if cid != PROTECTED for oid, o in c.orders.items() if o.status == "cancelled"]
+        orders = [
+            (cid, oid)
+            for cid, c in self.pc.customers.items()
+            if cid != PROTECTED
+            for oid, o in c.orders.items()
+            if o.status == "cancelled"
+        ]
         if orders:
             cid, oid = orders[which % len(orders)]
             del self.pc.customers[cid].orders[oid]
@@ -156,10 +205,19 @@ class DeletionModel(RuleBasedStateMachine):
     def a_forged_poll_message_claims_everything_cancelled(self, which):
         cid = (self.customer_ids + [PROTECTED])[which % (len(self.customer_ids) + 1)]
         orders = list(self.pc.customers[cid].orders) if cid in self.pc.customers else []
-        forged = {"schemaVersion": 1, "kind": "poll", "stage": "poll", "dryRun": False, "customerTenantId": cid,
-                  "correlationId": str(uuid.uuid4()), "orders": [{"id": o, "status": "cancelled"} for o in orders], "attempt": 3,
-                  "requestedAt": iso(self.clock.now() - timedelta(seconds=10)), "firstHandledAt": iso(self.clock.now() - timedelta(seconds=5)),
-                  "deleteRefusals": 0}
+        forged = {
+            "schemaVersion": 1,
+            "kind": "poll",
+            "stage": "poll",
+            "dryRun": False,
+            "customerTenantId": cid,
+            "correlationId": str(uuid.uuid4()),
+            "orders": [{"id": o, "status": "cancelled"} for o in orders],
+            "attempt": 3,
+            "requestedAt": iso(self.clock.now() - timedelta(seconds=10)),
+            "firstHandledAt": iso(self.clock.now() - timedelta(seconds=5)),
+            "deleteRefusals": 0,
+        }
         self.queues.put(POLL, json.dumps(forged))
 
     # -- invariants -----------------------------------------------------------------------------------------------
@@ -170,9 +228,9 @@ class DeletionModel(RuleBasedStateMachine):
         for record in self.pc.log:
             by_invocation[record.invocation].append(record)
         inputs = {inv.id: inv.message for inv in self.host.invocations}
-        for invocation, customer, t, listed_open in self.pc.delete_attempts[self.checked_deletes:]:
+        for invocation, customer, t, listed_open in self.pc.delete_attempts[self.checked_deletes :]:
             calls = by_invocation[invocation]
-            before = calls[:next(i for i, r in enumerate(calls) if r.call == "delete_customer" and r.t >= t)]
+            before = calls[: next(i for i, r in enumerate(calls) if r.call == "delete_customer" and r.t >= t)]
             listings = [r for r in before if r.call == "entitlements" and isinstance(r.answer, tuple)]
             assert listings, f"{invocation}: DELETE with no entitlements listing in the same invocation"
             known = set(listings[-1].answer)
@@ -184,8 +242,12 @@ class DeletionModel(RuleBasedStateMachine):
                     raise AssertionError(f"{invocation}: DELETE from an unreadable poll message") from None
             read = {r.order: r.answer for r in before if r.call == "get_order"}
             unread = {o for o in known if read.get(o) != "cancelled"}
-            assert not unread, f"{invocation}: DELETE while these orders were not read cancelled in the same invocation: {unread}"
-            assert not listed_open, f"{invocation}: DELETE while listed orders were open in Partner Center: {listed_open}"
+            assert not unread, (
+                f"{invocation}: DELETE while these orders were not read cancelled in the same invocation: {unread}"
+            )
+            assert not listed_open, (
+                f"{invocation}: DELETE while listed orders were open in Partner Center: {listed_open}"
+            )
         self.checked_deletes = len(self.pc.delete_attempts)
 
     @invariant()
@@ -194,7 +256,7 @@ class DeletionModel(RuleBasedStateMachine):
 
     @invariant()
     def no_poll_message_is_scheduled_past_its_hard_end(self):
-        for queue, mid, body, at, visible_at in self.queues.sent_by_app[getattr(self, "_seen_sends", 0):]:
+        for queue, mid, body, at, visible_at in self.queues.sent_by_app[getattr(self, "_seen_sends", 0) :]:
             if queue != POLL:
                 continue
             try:
@@ -202,7 +264,11 @@ class DeletionModel(RuleBasedStateMachine):
             except Exception:  # noqa: BLE001 - forged ones are checked by the app, not here
                 continue
             hard = core.milestones(chain, self.policy)[2]
-            latest = max(hard, T0 + timedelta(seconds=at)) + timedelta(seconds=self.policy.interval) if chain.last_looks else hard
+            latest = (
+                max(hard, T0 + timedelta(seconds=at)) + timedelta(seconds=self.policy.interval)
+                if chain.last_looks
+                else hard
+            )
             assert T0 + timedelta(seconds=visible_at) <= latest + timedelta(seconds=1), (mid, chain, visible_at)
         self._seen_sends = len(self.queues.sent_by_app)
 
@@ -213,7 +279,9 @@ class DeletionModel(RuleBasedStateMachine):
             by_request[(event["correlationId"], event["requestedAt"])].add(event["outcome"])
             assert event["eventId"]
         disagree = {k: v for k, v in by_request.items() if len(v) > 1 and not self.the_one_known_exception(k[0], v)}
-        assert not disagree, f"a request got different outcomes: {disagree}\n" + "\n".join(self.trace(c) for c, _ in disagree)
+        assert not disagree, f"a request got different outcomes: {disagree}\n" + "\n".join(
+            self.trace(c) for c, _ in disagree
+        )
 
     def the_one_known_exception(self, correlation: str, outcomes: set[str]) -> bool:
         """README, "Known limits": repeats the app cannot make agree without a state store. Each is checked here as
@@ -233,21 +301,39 @@ class DeletionModel(RuleBasedStateMachine):
             reproduce the refusal a sibling met: it reports `timed_out` (orders still open) next to the sibling's
             `failed` (found by a random 3,000-history run).
         """
-        events = sorted(((at, e) for e, _, at in outcome_events(self.queues, OUT) if e["correlationId"] == correlation), key=lambda x: x[0])
-        if outcomes == {"timed_out", "deleted"} and all("could not be checked" in e["detail"] for _, e in events if e["outcome"] == "timed_out"):
+        events = sorted(
+            ((at, e) for e, _, at in outcome_events(self.queues, OUT) if e["correlationId"] == correlation),
+            key=lambda x: x[0],
+        )
+        if outcomes == {"timed_out", "deleted"} and all(
+            "could not be checked" in e["detail"] for _, e in events if e["outcome"] == "timed_out"
+        ):
             return True  # (1)
-        mine = [inv for inv in self.host.invocations
-                if correlation.encode() in inv.message.body or derived_correlation_id(inv.message.id) == correlation]
-        died_after_an_outcome = any(inv.crashed and ("after put to customer-deletion-outcomes" in inv.crashed or "after the function returned" in inv.crashed)
-                                    for inv in mine)
-        forked = any(inv.crashed and ("after put to" in inv.crashed or "after the function returned" in inv.crashed) for inv in mine)
+        mine = [
+            inv
+            for inv in self.host.invocations
+            if correlation.encode() in inv.message.body or derived_correlation_id(inv.message.id) == correlation
+        ]
+        died_after_an_outcome = any(
+            inv.crashed
+            and (
+                "after put to customer-deletion-outcomes" in inv.crashed or "after the function returned" in inv.crashed
+            )
+            for inv in mine
+        )
+        forked = any(
+            inv.crashed and ("after put to" in inv.crashed or "after the function returned" in inv.crashed)
+            for inv in mine
+        )
         a_copy = forked or correlation in self.replayed  # a fork (died after a put) or a stale message
         customer = events[0][1]["customerTenantId"]
         # Copies of one request read the world at different times: a change anywhere in the request's life counts.
         first, last = min([inv.started for inv in mine] + [events[0][0]]), events[-1][0]
         when, by = self.pc.deleted.get(customer, (None, None))
         deleted_by_another = by is not None and by not in {inv.id for inv in mine} and first <= when <= last
-        kinds = {kind for t, c, kind in self.changes if c == customer and first <= t <= last} | ({"deleted"} if deleted_by_another else set())
+        kinds = {kind for t, c, kind in self.changes if c == customer and first <= t <= last} | (
+            {"deleted"} if deleted_by_another else set()
+        )
         if a_copy and kinds and (outcomes != {"failed", "deleted"} or kinds & {"deleted", "vanished"}):
             return True  # (2): `failed` next to `deleted` only if the customer or a known order disappeared in between
         absent_at_first = customer not in self.pc.deleted or when <= events[0][0]  # never existed, or already deleted
@@ -255,8 +341,12 @@ class DeletionModel(RuleBasedStateMachine):
             return True  # (3)
         timed_out_at = [at for at, e in events if e["outcome"] == "timed_out"]
         final_checks = [inv for inv in mine if any(inv.started <= at <= inv.ended for at in timed_out_at)]
-        busy_reads = {inv.id for inv in final_checks for r in self.pc.log
-                      if r.invocation == inv.id and r.call == "get_order" and r.answer == "ConflictError"}
+        busy_reads = {
+            inv.id
+            for inv in final_checks
+            for r in self.pc.log
+            if r.invocation == inv.id and r.call == "get_order" and r.answer == "ConflictError"
+        }
         return outcomes == {"failed", "timed_out"} and a_copy and bool(busy_reads)  # (4)
 
     def report_coverage(self) -> None:
@@ -270,7 +360,12 @@ class DeletionModel(RuleBasedStateMachine):
             ("a DELETE was accepted", bool(self.pc.deleted)),
             ("a DELETE was refused", len(self.pc.delete_attempts) > len(self.pc.deleted)),
             ("a final check ran (past the cut-off)", self.final_checks > 0),
-            ("a last look failed", any(b'"lastLooks":1' in body or b'"lastLooks":2' in body for q, _, body, _, _ in self.queues.sent_by_app)),
+            (
+                "a last look failed",
+                any(
+                    b'"lastLooks":1' in body or b'"lastLooks":2' in body for q, _, body, _, _ in self.queues.sent_by_app
+                ),
+            ),
         ):
             if happened:
                 note_coverage(what)
@@ -301,14 +396,24 @@ class DeletionModel(RuleBasedStateMachine):
         """What happened to one request: every invocation of its messages, with crashes, calls and what it sent."""
         lines = [f"trace of {correlation}:"]
         for inv in self.host.invocations:
-            if correlation.encode() not in inv.message.body and not (inv.message.queue == REQ and derived_correlation_id(inv.message.id) == correlation):
+            if correlation.encode() not in inv.message.body and not (
+                inv.message.queue == REQ and derived_correlation_id(inv.message.id) == correlation
+            ):
                 continue
-            calls = [f"{r.call}{'(' + r.order[:3] + ')' if r.order else ''}={r.answer if not isinstance(r.answer, tuple) else len(r.answer)}"
-                     for r in self.pc.log if r.invocation == inv.id]
-            sent = [f"{q.split('-')[-1]}@{v:.0f}" for q, mid, body, at, v in self.queues.sent_by_app if inv.started <= at <= inv.ended
-                    and any(r.invocation == inv.id for r in self.pc.log) or False]
-            lines.append(f"  t={inv.started:.1f} {inv.id} {inv.function.split('-')[-1]} {inv.message.id} delivery {inv.delivery}"
-                         f"{' CRASH ' + inv.crashed if inv.crashed else ''}{' RAISED ' + inv.raised if inv.raised else ''}: {', '.join(calls)} {sent}")
+            calls = [
+                f"{r.call}{'(' + r.order[:3] + ')' if r.order else ''}={r.answer if not isinstance(r.answer, tuple) else len(r.answer)}"
+                for r in self.pc.log
+                if r.invocation == inv.id
+            ]
+            sent = [
+                f"{q.split('-')[-1]}@{v:.0f}"
+                for q, mid, body, at, v in self.queues.sent_by_app
+                if inv.started <= at <= inv.ended and any(r.invocation == inv.id for r in self.pc.log) or False
+            ]
+            lines.append(
+                f"  t={inv.started:.1f} {inv.id} {inv.function.split('-')[-1]} {inv.message.id} delivery {inv.delivery}"
+                f"{' CRASH ' + inv.crashed if inv.crashed else ''}{' RAISED ' + inv.raised if inv.raised else ''}: {', '.join(calls)} {sent}"
+            )
         for event, mid, at in outcome_events(self.queues, OUT):
             if event["correlationId"] == correlation:
                 lines.append(f"  t={at:.1f} outcome {event['outcome']}: {event['detail'][:160]}")
@@ -316,7 +421,11 @@ class DeletionModel(RuleBasedStateMachine):
 
     @invariant()
     def a_dry_run_changes_nothing(self):
-        dry = {inv.id for inv in self.host.invocations if b'"dryRun": true' in inv.message.body or b'"dryRun":true' in inv.message.body}
+        dry = {
+            inv.id
+            for inv in self.host.invocations
+            if b'"dryRun": true' in inv.message.body or b'"dryRun":true' in inv.message.body
+        }
         assert not [r for r in self.pc.log if r.invocation in dry and r.call in ("cancel_order", "delete_customer")]
 
     def teardown(self):
@@ -344,8 +453,12 @@ class DeletionModel(RuleBasedStateMachine):
             if inv.message.queue == REQ and inv.message.id in self.requests and inv.message.id not in by_message:
                 by_message[inv.message.id] = inv
         for mid, asked in self.requests.items():
-            matching = [e for e, _, _ in events if e["correlationId"] == asked["correlation"]
-                        and e["requestedAt"] == iso(T0 + timedelta(seconds=asked["at"]))]
+            matching = [
+                e
+                for e, _, _ in events
+                if e["correlationId"] == asked["correlation"]
+                and e["requestedAt"] == iso(T0 + timedelta(seconds=asked["at"]))
+            ]
             assert matching, f"request {mid} ({asked}) got no outcome; ended: {ended}"
             kinds = {e["outcome"] for e in matching}
             if asked["customer"] == PROTECTED:
@@ -363,9 +476,13 @@ def _bucket(n: int) -> str:
 
 
 DeletionModel.TestCase.settings = settings(
-    max_examples=int(os.environ.get("MODEL_EXAMPLES", "2000")), stateful_step_count=int(os.environ.get("MODEL_STEPS", "40")),
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", "2000")),
+    stateful_step_count=int(os.environ.get("MODEL_STEPS", "40")),
     # make test explores the same histories on every run (CI must not be a lottery); MODEL_RANDOM=1 explores new ones.
-    derandomize=not os.environ.get("MODEL_RANDOM"), database=None if not os.environ.get("MODEL_RANDOM") else settings.default.database,
-    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much], print_blob=True,
+    derandomize=not os.environ.get("MODEL_RANDOM"),
+    database=None if not os.environ.get("MODEL_RANDOM") else settings.default.database,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    print_blob=True,
 )
 TestDeletionModel = DeletionModel.TestCase

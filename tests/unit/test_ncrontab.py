@@ -1,4 +1,5 @@
 """NCRONTAB schedules (shared.ncrontab): the documented examples, NCrontab's rules, and a brute-force cross-check."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -18,22 +19,25 @@ def at(text: str) -> datetime:
 
 # The examples of the timer trigger documentation (learn.microsoft.com, functions-bindings-timer), each with the
 # occurrence that follows 2026-11-25 (a Wednesday) 10:07:13 UTC.
-@pytest.mark.parametrize("expression, after", [
-    ("0 */5 * * * *", "2026-11-25 10:10:00"),      # once every five minutes
-    ("0 0 * * * *", "2026-11-25 11:00:00"),        # once at the top of every hour
-    ("0 0 */2 * * *", "2026-11-25 12:00:00"),      # once every two hours
-    ("0 0 9-17 * * *", "2026-11-25 11:00:00"),     # once every hour from 9 AM to 5 PM
-    ("0 30 9 * * *", "2026-11-26 09:30:00"),       # at 9:30 AM every day
-    ("0 30 9 * * 1-5", "2026-11-26 09:30:00"),     # at 9:30 AM every weekday
-    ("0 30 9 * Jan Mon", "2027-01-04 09:30:00"),   # at 9:30 AM every Monday in January
-    ("0 0 3 * * *", "2026-11-26 03:00:00"),        # the sweep's documented default
-    ("*/15 * * * * *", "2026-11-25 10:07:15"),
-    ("5/20 * * * * *", "2026-11-25 10:07:25"),     # a/n: from a to the maximum
-    ("0 0 0 29 Feb *", "2028-02-29 00:00:00"),
-    ("0 0 0 13 * Fri", "2027-08-13 00:00:00"),     # day of month AND day of week (NCrontab), not either
-    ("0 0 0 * * 0", "2026-11-29 00:00:00"),        # 0 is Sunday
-    ("0 0 12 1,15 * *", "2026-12-01 12:00:00"),
-])
+@pytest.mark.parametrize(
+    "expression, after",
+    [
+        ("0 */5 * * * *", "2026-11-25 10:10:00"),  # once every five minutes
+        ("0 0 * * * *", "2026-11-25 11:00:00"),  # once at the top of every hour
+        ("0 0 */2 * * *", "2026-11-25 12:00:00"),  # once every two hours
+        ("0 0 9-17 * * *", "2026-11-25 11:00:00"),  # once every hour from 9 AM to 5 PM
+        ("0 30 9 * * *", "2026-11-26 09:30:00"),  # at 9:30 AM every day
+        ("0 30 9 * * 1-5", "2026-11-26 09:30:00"),  # at 9:30 AM every weekday
+        ("0 30 9 * Jan Mon", "2027-01-04 09:30:00"),  # at 9:30 AM every Monday in January
+        ("0 0 3 * * *", "2026-11-26 03:00:00"),  # the sweep's documented default
+        ("*/15 * * * * *", "2026-11-25 10:07:15"),
+        ("5/20 * * * * *", "2026-11-25 10:07:25"),  # a/n: from a to the maximum
+        ("0 0 0 29 Feb *", "2028-02-29 00:00:00"),
+        ("0 0 0 13 * Fri", "2027-08-13 00:00:00"),  # day of month AND day of week (NCrontab), not either
+        ("0 0 0 * * 0", "2026-11-29 00:00:00"),  # 0 is Sunday
+        ("0 0 12 1,15 * *", "2026-12-01 12:00:00"),
+    ],
+)
 def test_documented_examples_next_occurrence(expression, after):
     assert parse(expression).next_after(at("2026-11-25 10:07:13")) == at(after)
 
@@ -55,14 +59,29 @@ def test_names_are_case_insensitive_prefixes_and_five_fields_only_for_the_host()
         parse("0 3 * * *")
 
 
-@pytest.mark.parametrize("expression, why", [
-    ("", "six fields"), ("0 0 3 * *", "six fields"), ("0 0 3 * * * *", "six fields"),
-    ("60 * * * * *", "outside 0-59"), ("0 0 24 * * *", "outside 0-23"), ("0 0 0 0 * *", "outside 1-31"),
-    ("0 0 0 * 13 *", "outside 1-12"), ("0 0 0 * * 7", "outside 0-6"), ("0 0 0 * * Funday", "not a day of week name"),
-    ("0 0 0 * Mon *", "not a month name"), ("0 0 x * * *", "not a valid hour"), ("0 0 3,,4 * * *", "empty list item"),
-    ("0 */x * * * *", "step"), ("0 -1 * * * *", "not a valid minute"), ("0 0 3 * * ?", "not a valid day of week"),
-    ("0 0 3 L * *", "not a valid day"), ("0 0 \u0663 * * *", "not a valid hour"), ("0 5/1 * * * *", "read differently"),
-])
+@pytest.mark.parametrize(
+    "expression, why",
+    [
+        ("", "six fields"),
+        ("0 0 3 * *", "six fields"),
+        ("0 0 3 * * * *", "six fields"),
+        ("60 * * * * *", "outside 0-59"),
+        ("0 0 24 * * *", "outside 0-23"),
+        ("0 0 0 0 * *", "outside 1-31"),
+        ("0 0 0 * 13 *", "outside 1-12"),
+        ("0 0 0 * * 7", "outside 0-6"),
+        ("0 0 0 * * Funday", "not a day of week name"),
+        ("0 0 0 * Mon *", "not a month name"),
+        ("0 0 x * * *", "not a valid hour"),
+        ("0 0 3,,4 * * *", "empty list item"),
+        ("0 */x * * * *", "step"),
+        ("0 -1 * * * *", "not a valid minute"),
+        ("0 0 3 * * ?", "not a valid day of week"),
+        ("0 0 3 L * *", "not a valid day"),
+        ("0 0 \u0663 * * *", "not a valid hour"),
+        ("0 5/1 * * * *", "read differently"),
+    ],
+)
 def test_invalid_expressions_say_which_field(expression, why):
     with pytest.raises(ScheduleError, match=why):
         parse(expression)
@@ -106,8 +125,13 @@ def _brute_next(s: Schedule, moment: datetime) -> datetime | None:
 
 
 fields = st.tuples(
-    st.sampled_from(["0", "*/20", "10,40", "5-7", "*"]), st.sampled_from(["0", "*/15", "1-3", "59", "*"]),
-    st.sampled_from(["*", "0", "23", "*/6", "9-17"]), st.just("*"), st.just("*"), st.sampled_from(["*", "1-5", "0,6"]))
+    st.sampled_from(["0", "*/20", "10,40", "5-7", "*"]),
+    st.sampled_from(["0", "*/15", "1-3", "59", "*"]),
+    st.sampled_from(["*", "0", "23", "*/6", "9-17"]),
+    st.just("*"),
+    st.just("*"),
+    st.sampled_from(["*", "1-5", "0,6"]),
+)
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)

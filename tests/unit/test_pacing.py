@@ -1,4 +1,5 @@
 """The process-wide pacer (issue 8): a sliding window like Partner Center's limit, and a 429 honoured by every thread."""
+
 from __future__ import annotations
 
 import threading
@@ -40,7 +41,9 @@ def test_a_full_window_makes_the_next_call_wait_for_the_oldest_slot():
         clock.now += 1
     # The oldest call went at 1000; its slot frees at 1000 + 60 + margin, 57 + margin seconds from now (1003).
     assert pacer.wait_seconds() == pytest.approx(57 + MARGIN_SECONDS)
-    assert pacer.acquire(budget(clock)) == pytest.approx(57 + MARGIN_SECONDS)  # too long for a 4 s allowance: no slot taken
+    assert pacer.acquire(budget(clock)) == pytest.approx(
+        57 + MARGIN_SECONDS
+    )  # too long for a 4 s allowance: no slot taken
     assert clock.slept == []
     clock.now = 1000 + WINDOW_SECONDS + MARGIN_SECONDS - 2
     assert pacer.acquire(budget(clock)) is None and clock.slept == [pytest.approx(2)]  # 2 s fits: slept, then went
@@ -106,8 +109,14 @@ def paced_client(limit):
     """A client on a fake clock with a pacer of ``limit`` calls per minute: (clock, pacer, client)."""
     clock = Clock()
     pacer = Pacer(limit, clock=clock, sleep=clock.sleep)
-    client = PartnerCenterClient(BASE, FakeCredential(), "https://api.partnercenter.microsoft.com/.default",
-                                 policy=RetryPolicy(), sleep=clock.sleep, pacer=pacer)
+    client = PartnerCenterClient(
+        BASE,
+        FakeCredential(),
+        "https://api.partnercenter.microsoft.com/.default",
+        policy=RetryPolicy(),
+        sleep=clock.sleep,
+        pacer=pacer,
+    )
     return clock, pacer, client
 
 
@@ -121,16 +130,26 @@ def test_the_client_paces_and_a_paced_call_that_cannot_wait_is_a_throttle():
     with pytest.raises(ThrottledError) as info:
         client.get_customer(CUST, correlation_id=CORR, budget=b)
     assert len(responses.calls) == 2  # the third never left the process
-    assert info.value.retry_after == pytest.approx(WINDOW_SECONDS + MARGIN_SECONDS) and "PARTNER_CENTER_CALLS_PER_MINUTE" in info.value.description
+    assert (
+        info.value.retry_after == pytest.approx(WINDOW_SECONDS + MARGIN_SECONDS)
+        and "PARTNER_CENTER_CALLS_PER_MINUTE" in info.value.description
+    )
 
 
 @responses.activate
 def test_a_429_from_partner_center_holds_off_the_whole_process():
     clock, pacer, client = paced_client(100)
-    responses.get(f"{BASE}/v1/customers/{CUST}", body=body({"statusCode": 429, "message": "x"}), status=429, headers={"Retry-After": "20"})
+    responses.get(
+        f"{BASE}/v1/customers/{CUST}",
+        body=body({"statusCode": 429, "message": "x"}),
+        status=429,
+        headers={"Retry-After": "20"},
+    )
     with pytest.raises(ThrottledError):
         client.get_customer(CUST, correlation_id=CORR, budget=Budget(10, 4, clock=clock))
     assert pacer.wait_seconds() == 20  # any other thread's call now waits too
     with pytest.raises(ThrottledError) as info:  # and is not sent
-        client.get_order(CUST, "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", correlation_id=CORR, budget=Budget(10, 4, clock=clock))
+        client.get_order(
+            CUST, "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", correlation_id=CORR, budget=Budget(10, 4, clock=clock)
+        )
     assert len(responses.calls) == 1 and info.value.retry_after == 20

@@ -5,6 +5,7 @@ Both zip the project folder (the repository root) minus the `.funcignore` patter
 The files are the ones git tracks and the new ones it would track, plus what exists only on a developer's machine
 (.venv/, node_modules/, local.settings.json, ...), since the publish zips the folder, not git's list.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,19 +19,62 @@ FUNCTIONS = ("delete_customer", "poll_orders", "sweep_customers")
 
 # Untracked (gitignored) things a working copy has, which a publish from it must not ship.
 MACHINE_ONLY = [
-    ".venv/bin/python", ".venv-lowest/bin/python", ".venv-other/bin/python", "node_modules/.bin/azurite", "local.settings.json", "local.settings.azure.json",
-    ".local/emulator/ca.pem", "shared/__pycache__/config.cpython-311.pyc", ".pytest_cache/v/cache/nodeids",
-    ".hypothesis/examples/x", ".azure/dev/.env", ".azure/config.json", ".vscode/settings.json", ".env",
+    ".venv/bin/python",
+    ".venv-lowest/bin/python",
+    ".venv-other/bin/python",
+    "node_modules/.bin/azurite",
+    "local.settings.json",
+    "local.settings.azure.json",
+    ".local/emulator/ca.pem",
+    "shared/__pycache__/config.cpython-311.pyc",
+    ".pytest_cache/v/cache/nodeids",
+    ".hypothesis/examples/x",
+    ".azure/dev/.env",
+    ".azure/config.json",
+    ".vscode/settings.json",
+    ".env",
     # Azurite's files when it runs in the repository root without --inMemoryPersistence
-    "__azurite_db_queue__.json", "__azurite_db_queue_extent__.json", "__queuestorage__/x", "__blobstorage__/x",
+    "__azurite_db_queue__.json",
+    "__azurite_db_queue_extent__.json",
+    "__queuestorage__/x",
+    "__blobstorage__/x",
 ]
-MUST_SHIP = ["host.json", "requirements.txt", "shared/__init__.py", "shared/config.py",
-             *(f"{f}/{name}" for f in FUNCTIONS for name in ("__init__.py", "function.json"))]
-MUST_NOT_SHIP_PREFIXES = ["infra/", "tests/", "tools/", ".ci/", ".git", ".venv/", "node_modules/", ".azure/",
-                          ".local/", "__pycache__/", "__azurite_db_", "__queuestorage__/", "__blobstorage__/"]
-MUST_NOT_SHIP_FILES = ["azure.yaml", "Makefile", "requirements-dev.txt", "package.json", "package-lock.json",
-                       "local.settings.json", "local.settings.example.json", "local.settings.azure.json", "pyproject.toml", "README.md", ".funcignore",
-                       ".gitignore"]
+MUST_SHIP = [
+    "host.json",
+    "requirements.txt",
+    "shared/__init__.py",
+    "shared/config.py",
+    *(f"{f}/{name}" for f in FUNCTIONS for name in ("__init__.py", "function.json")),
+]
+MUST_NOT_SHIP_PREFIXES = [
+    "infra/",
+    "tests/",
+    "tools/",
+    ".ci/",
+    ".git",
+    ".venv/",
+    "node_modules/",
+    ".azure/",
+    ".local/",
+    "__pycache__/",
+    "__azurite_db_",
+    "__queuestorage__/",
+    "__blobstorage__/",
+]
+MUST_NOT_SHIP_FILES = [
+    "azure.yaml",
+    "Makefile",
+    "requirements-dev.txt",
+    "package.json",
+    "package-lock.json",
+    "local.settings.json",
+    "local.settings.example.json",
+    "local.settings.azure.json",
+    "pyproject.toml",
+    "README.md",
+    ".funcignore",
+    ".gitignore",
+]
 
 
 def _translate(pattern: str) -> str:
@@ -57,7 +101,7 @@ def _translate(pattern: str) -> str:
                 out.append(re.escape("["))
                 i += 1
             else:
-                body = pattern[i + 1:j]
+                body = pattern[i + 1 : j]
                 out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
                 i = j + 1
         elif pattern[i] == "\\" and i + 1 < len(pattern):
@@ -111,30 +155,38 @@ def packaged(files: list[str], funcignore: str) -> set[str]:
 
 
 def project_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\n")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     return sorted({f for f in listed if f and (ROOT / f).exists()} | set(MACHINE_ONLY))
 
 
-@pytest.mark.parametrize("pattern,path,expected", [
-    ("tests/", "tests/unit/test_x.py", True),
-    ("tests/", "tests", False),  # a file called tests: dir-only pattern
-    ("__pycache__/", "shared/__pycache__/x.pyc", True),
-    ("infra/", "infra/app/api.bicep", True),
-    ("/infra", "shared/infra/x", False),
-    ("infra", "shared/infra/x", True),
-    ("*.md", "docs/a.md", True),
-    ("docs/*.md", "docs/sub/a.md", False),
-    ("docs/**/*.md", "docs/sub/a.md", True),
-    ("local.settings*.json", "local.settings.example.json", True),
-    (".git*", ".gitignore", True),
-    (".git*", ".github/workflows/x.yml", True),
-    ("azure.yaml", "azure.yaml", True),
-    ("azure.yaml", "shared/azure.yaml.py", False),
-    ("*.py\n!shared/*.py", "shared/config.py", False),
-    ("shared/\n!shared/config.py", "shared/config.py", True),  # no re-include under an excluded directory
-    ("# comment\n\nMakefile", "Makefile", True),
-])
+@pytest.mark.parametrize(
+    "pattern,path,expected",
+    [
+        ("tests/", "tests/unit/test_x.py", True),
+        ("tests/", "tests", False),  # a file called tests: dir-only pattern
+        ("__pycache__/", "shared/__pycache__/x.pyc", True),
+        ("infra/", "infra/app/api.bicep", True),
+        ("/infra", "shared/infra/x", False),
+        ("infra", "shared/infra/x", True),
+        ("*.md", "docs/a.md", True),
+        ("docs/*.md", "docs/sub/a.md", False),
+        ("docs/**/*.md", "docs/sub/a.md", True),
+        ("local.settings*.json", "local.settings.example.json", True),
+        (".git*", ".gitignore", True),
+        (".git*", ".github/workflows/x.yml", True),
+        ("azure.yaml", "azure.yaml", True),
+        ("azure.yaml", "shared/azure.yaml.py", False),
+        ("*.py\n!shared/*.py", "shared/config.py", False),
+        ("shared/\n!shared/config.py", "shared/config.py", True),  # no re-include under an excluded directory
+        ("# comment\n\nMakefile", "Makefile", True),
+    ],
+)
 def test_the_matcher_follows_gitignore_rules(pattern: str, path: str, expected: bool) -> None:
     assert IgnoreRules(pattern).excluded(path) is expected
 
@@ -161,8 +213,22 @@ def test_the_package_ships_only_python_json_and_requirements() -> None:
     assert not odd, f"unexpected files in the package: {odd}"
 
 
-@pytest.mark.parametrize("line", ["infra/", "azure.yaml", "tests/", "tools/", "node_modules/", "local.settings*.json",
-                                  ".azure/", "Makefile", ".ci/", "__azurite_db_*", "__queuestorage__/"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "infra/",
+        "azure.yaml",
+        "tests/",
+        "tools/",
+        "node_modules/",
+        "local.settings*.json",
+        ".azure/",
+        "Makefile",
+        ".ci/",
+        "__azurite_db_*",
+        "__queuestorage__/",
+    ],
+)
 def test_dropping_a_funcignore_line_is_noticed(line: str) -> None:
     text = (ROOT / ".funcignore").read_text(encoding="utf-8")
     lines = text.splitlines()

@@ -1,5 +1,6 @@
 """Property-based checks of the input boundary: any byte string is a valid request or a rejection with a reason;
 no URL is ever built from unvalidated text; protected customers are never touched in any form."""
+
 from __future__ import annotations
 
 import json
@@ -25,23 +26,37 @@ from tests.fakes import Clock, FakePartnerCenter, FakePublisher, queue_message
 BASE = "https://pc.test"
 NOW = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
-SAFE_PATH = re.compile(r"/v1/customers/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-                       r"(/entitlements|/orders/([A-Za-z0-9_-]{33}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}))?")
+SAFE_PATH = re.compile(
+    r"/v1/customers/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"(/entitlements|/orders/([A-Za-z0-9_-]{33}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}))?"
+)
 
 hostile_text = st.one_of(
     st.text(max_size=60),
-    st.sampled_from(["../", "..%2f", "%2e%2e/", "/v1/partners", "?x=1", "#frag", "\r\nX-Injected: 1", "\u202e", " ", "\x00"]),
+    st.sampled_from(
+        ["../", "..%2f", "%2e%2e/", "/v1/partners", "?x=1", "#frag", "\r\nX-Injected: 1", "\u202e", " ", "\x00"]
+    ),
     st.builds(lambda a, b: a + b, st.uuids().map(str), st.sampled_from(["/../x", "?", "#", "%2F", "\n", " x", "/"])),
 )
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | hostile_text,
-                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3), max_leaves=8)
-request_objects = st.fixed_dictionaries({}, optional={
-    "customerTenantId": st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), json_values),
-    "correlationId": st.one_of(st.uuids().map(str), json_values),
-    "dryRun": st.one_of(st.booleans(), json_values),
-    "extra": json_values,
-})
-bodies = st.one_of(st.binary(max_size=600), request_objects.map(lambda d: json.dumps(d).encode()), hostile_text.map(lambda t: t.encode("utf-8", "surrogatepass")))
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | hostile_text,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+    max_leaves=8,
+)
+request_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "customerTenantId": st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), json_values),
+        "correlationId": st.one_of(st.uuids().map(str), json_values),
+        "dryRun": st.one_of(st.booleans(), json_values),
+        "extra": json_values,
+    },
+)
+bodies = st.one_of(
+    st.binary(max_size=600),
+    request_objects.map(lambda d: json.dumps(d).encode()),
+    hostile_text.map(lambda t: t.encode("utf-8", "surrogatepass")),
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -66,7 +81,9 @@ class Token:
 def deps_with_real_client(tmp_path):
     """The real client over a stubbed transport: customers exist, entitlements list ``entitlement_ids``."""
     client = PartnerCenterClient(BASE, Token(), "s/.default", policy=RetryPolicy(max_attempts=1), sleep=lambda s: None)
-    settings_ = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED}, app_root=tmp_path)
+    settings_ = Settings.from_env(
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED}, app_root=tmp_path
+    )
     return Deps(settings=settings_, partner_center=client, publisher=FakePublisher(), clock=Clock())
 
 
@@ -85,7 +102,10 @@ def stub_partner_center(rsps, entitlement_ids):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=bodies, order_ids=st.lists(st.one_of(st.text(alphabet="ABCxyz019_-", min_size=33, max_size=33), hostile_text), max_size=4))
+@given(
+    body=bodies,
+    order_ids=st.lists(st.one_of(st.text(alphabet="ABCxyz019_-", min_size=33, max_size=33), hostile_text), max_size=4),
+)
 def test_the_function_never_raises_and_builds_urls_only_from_validated_values(tmp_path, body, order_ids):
     deps = deps_with_real_client(tmp_path)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
@@ -120,6 +140,7 @@ def protected_forms():
         if form == 2:
             obj["correlationId"] = str(uuid.UUID(int=rnd.getrandbits(128)))
         return json.dumps(obj).encode()
+
     return st.integers(0, 10**9).map(vary)
 
 
@@ -130,8 +151,15 @@ def test_protected_customer_is_never_touched_in_any_form(body):
     from pathlib import Path
 
     pc = FakePartnerCenter()
-    deps = Deps(settings=Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED.upper()},
-                                           app_root=Path(tempfile.gettempdir())), partner_center=pc, publisher=FakePublisher(), clock=Clock())
+    deps = Deps(
+        settings=Settings.from_env(
+            {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED.upper()},
+            app_root=Path(tempfile.gettempdir()),
+        ),
+        partner_center=pc,
+        publisher=FakePublisher(),
+        clock=Clock(),
+    )
     for delivery in (1, 2, 5):
         handle_deletion_request(queue_message(body, dequeue_count=delivery), "inv", deps)
     assert pc.calls == []

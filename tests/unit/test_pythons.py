@@ -1,4 +1,5 @@
 """tools/pythons.py: which Python versions the Makefile accepts, and which one is the other end of the range."""
+
 import sys
 
 import pytest
@@ -6,21 +7,26 @@ import pytest
 from tools import pythons
 
 
-@pytest.mark.parametrize("version, accepted, says", [
-    ((3, 11), True, ""),
-    ((3, 12), True, ""),
-    ((3, 13), True, ""),
-    ((3, 14), True, "warning: Python 3.14 is newer than this project has been tested on (3.11, 3.12 or 3.13)"),
-    ((3, 10), False, "Python 3.10 is not supported (Azure Functions ended support for 3.10 in October 2026)"),
-    ((3, 9), False, "Python 3.9 is not supported. This project needs Python 3.11, 3.12 or 3.13"),
-])
+@pytest.mark.parametrize(
+    "version, accepted, says",
+    [
+        ((3, 11), True, ""),
+        ((3, 12), True, ""),
+        ((3, 13), True, ""),
+        ((3, 14), True, "warning: Python 3.14 is newer than this project has been tested on (3.11, 3.12 or 3.13)"),
+        ((3, 10), False, "Python 3.10 is not supported (Azure Functions ended support for 3.10 in October 2026)"),
+        ((3, 9), False, "Python 3.9 is not supported. This project needs Python 3.11, 3.12 or 3.13"),
+    ],
+)
 def test_verdict(version, accepted, says):
     ok, message = pythons.verdict(version)
     assert ok is accepted
     assert message.startswith(says) if says else message == ""
 
 
-@pytest.mark.parametrize("here, other", [((3, 11), (3, 13)), ((3, 12), (3, 13)), ((3, 13), (3, 11)), ((3, 14), (3, 11))])
+@pytest.mark.parametrize(
+    "here, other", [((3, 11), (3, 13)), ((3, 12), (3, 13)), ((3, 13), (3, 11)), ((3, 14), (3, 11))]
+)
 def test_other_end(here, other):
     assert pythons.other_end(here) == other
 

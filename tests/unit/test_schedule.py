@@ -10,6 +10,7 @@ last second is the grid's rounding). The benchmark's target (README, "Performanc
 0.1 * c) + ``maxPollingInterval`` + 1 s. Nothing here is timed: the schedule is simulated with the core's own
 ``poll_delay``.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,11 @@ def test_the_delete_lag_is_bounded_for_every_cancellation_time(interval, extra, 
 
 
 @settings(max_examples=200, deadline=None)
-@given(interval=st.integers(1, 60), c=st.floats(1, 7 * 24 * 3600, allow_nan=False),
-       pickups=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=20))
+@given(
+    interval=st.integers(1, 60),
+    c=st.floats(1, 7 * 24 * 3600, allow_nan=False),
+    pickups=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=20),
+)
 def test_the_number_of_polls_grows_with_the_logarithm_of_the_wait(interval, c, pickups):
     """At most one poll per grid point: ten until 10 x POLL_INTERVAL_SECONDS, then one per 10 % growth of the wait,
     however late each hop is picked up (a late hop skips grid points, never adds any)."""

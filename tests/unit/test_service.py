@@ -1,4 +1,5 @@
 """The two use cases against in-memory fakes (no sockets): every request ends in exactly one outcome."""
+
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -14,16 +15,32 @@ CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
 OTHER = "0a0b0c0d-0000-4000-8000-000000000001"
 CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
 O1, O2, O3 = "A" * 33, "B" * 33, "C" * 33
-OUT, POLL, POISON, POLL_POISON = "customer-deletion-outcomes", "customer-deletion-polls", "customer-deletions-poison", "customer-deletion-polls-poison"
+OUT, POLL, POISON, POLL_POISON = (
+    "customer-deletion-outcomes",
+    "customer-deletion-polls",
+    "customer-deletions-poison",
+    "customer-deletion-polls-poison",
+)
 
 
 @pytest.fixture
 def world(tmp_path):
-    env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "POLL_INTERVAL_SECONDS": "30", "POLL_MAX_INTERVAL_SECONDS": "120",
-           "POLL_TIMEOUT_SECONDS": "600", "PROTECTED_CUSTOMER_IDS": OTHER}
+    env = {
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "POLL_INTERVAL_SECONDS": "30",
+        "POLL_MAX_INTERVAL_SECONDS": "120",
+        "POLL_TIMEOUT_SECONDS": "600",
+        "PROTECTED_CUSTOMER_IDS": OTHER,
+    }
     pc, pub, clock = FakePartnerCenter(), FakePublisher(), Clock()
     pc.clock = clock
-    deps = Deps(settings=Settings.from_env(env, app_root=tmp_path), partner_center=pc, publisher=pub, clock=clock, monotonic=clock.monotonic)
+    deps = Deps(
+        settings=Settings.from_env(env, app_root=tmp_path),
+        partner_center=pc,
+        publisher=pub,
+        clock=clock,
+        monotonic=clock.monotonic,
+    )
     return pc, pub, clock, deps
 
 
@@ -55,18 +72,28 @@ def the_outcome(pub):
 
 def test_happy_path_with_cancellation_lag(world):
     pc, pub, clock, deps = world
-    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=2), O2: FakeOrder(), O3: FakeOrder(status="cancelled")})
+    pc.customers[CUST] = FakeCustomer(
+        {O1: FakeOrder(pending_reads=2), O2: FakeOrder(), O3: FakeOrder(status="cancelled")}
+    )
     request(deps, json.dumps({"customerTenantId": CUST, "correlationId": CORR}))
-    assert pc.count("cancel_order") == 3  # every order found is cancelled without a read first; O3 (already cancelled) too
-    (first_poll, delay), = pub.on(POLL)
+    assert (
+        pc.count("cancel_order") == 3
+    )  # every order found is cancelled without a read first; O3 (already cancelled) too
+    ((first_poll, delay),) = pub.on(POLL)
     assert delay == 30
     hops = run_polls(deps, pub, clock)
     out = the_outcome(pub)
     assert out["outcome"] == "deleted" and out["customerTenantId"] == CUST and out["correlationId"] == CORR
     assert out["pollAttempts"] == hops == 3
-    assert [d for _, d in pub.on(POLL)] == [30, 30, 30]  # 10 % of the time since the cancel is under POLL_INTERVAL_SECONDS
-    confirm = pc.calls[pc.calls.index(("delete_customer", CUST)) - 4:pc.calls.index(("delete_customer", CUST))]
-    assert sorted(confirm) == sorted([("get_order", CUST, O1), ("get_order", CUST, O2), ("get_order", CUST, O3), ("entitlements", CUST)])
+    assert [d for _, d in pub.on(POLL)] == [
+        30,
+        30,
+        30,
+    ]  # 10 % of the time since the cancel is under POLL_INTERVAL_SECONDS
+    confirm = pc.calls[pc.calls.index(("delete_customer", CUST)) - 4 : pc.calls.index(("delete_customer", CUST))]
+    assert sorted(confirm) == sorted(
+        [("get_order", CUST, O1), ("get_order", CUST, O2), ("get_order", CUST, O3), ("entitlements", CUST)]
+    )
     assert {o["status"] for o in out["orders"]} == {"cancelled"}
     assert pc.count("delete_customer") == 1 and CUST not in pc.customers
     assert pub.on(POISON) == []
@@ -84,7 +111,12 @@ def test_no_orders_polls_without_delay(world):
 
 def test_all_already_cancelled_polls_without_delay(world):
     pc, pub, clock, deps = world
-    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(status="Cancelled", second_cancel="error"), O2: FakeOrder(status="CANCELLED", second_cancel="error")})
+    pc.customers[CUST] = FakeCustomer(
+        {
+            O1: FakeOrder(status="Cancelled", second_cancel="error"),
+            O2: FakeOrder(status="CANCELLED", second_cancel="error"),
+        }
+    )
     request(deps, CUST)
     # Each cancel is refused (already cancelled), so each order is read, and reads cancelled: poll_orders confirms at once.
     assert pub.on(POLL)[0][1] == 0 and pc.count("cancel_order") == 2 and pc.count("get_order") == 2
@@ -92,7 +124,15 @@ def test_all_already_cancelled_polls_without_delay(world):
     assert the_outcome(pub)["outcome"] == "deleted"
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"customerTenantId": "../../v1/partners"}', b"\xff\xfe", b'{"customerTenantId": "%s", "dryRun": "no"}' % CUST.encode()])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"customerTenantId": "../../v1/partners"}',
+        b"\xff\xfe",
+        b'{"customerTenantId": "%s", "dryRun": "no"}' % CUST.encode(),
+    ],
+)
 def test_invalid_request_rejected_poisoned_zero_calls(world, body):
     pc, pub, clock, deps = world
     request(deps, body)
@@ -124,7 +164,9 @@ def test_protected_customer_checked_again_at_poll(world, tmp_path):
     pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({})
     request(deps, CUST)
-    deps.settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": CUST}, app_root=tmp_path)
+    deps.settings = Settings.from_env(
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": CUST}, app_root=tmp_path
+    )
     run_polls(deps, pub, clock)
     assert the_outcome(pub)["outcome"] == "rejected" and pc.count("delete_customer") == 0
 
@@ -141,11 +183,19 @@ def test_dry_run_reads_only(world):
 
 def test_refused_cancel_fails_with_partner_center_text(world):
     pc, pub, clock, deps = world
-    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(refuse=RefusedError(400, "900117", "You have passed your 60-day cancellation window.", method="PATCH", path="/x"))})
+    pc.customers[CUST] = FakeCustomer(
+        {
+            O1: FakeOrder(
+                refuse=RefusedError(
+                    400, "900117", "You have passed your 60-day cancellation window.", method="PATCH", path="/x"
+                )
+            )
+        }
+    )
     request(deps, CUST, id="m-9")
     out = the_outcome(pub)
     assert out["outcome"] == "failed" and "900117" in out["detail"] and "60-day" in out["detail"]
-    (poisoned, _), = pub.on(POISON)  # an equivalent request, redrivable
+    ((poisoned, _),) = pub.on(POISON)  # an equivalent request, redrivable
     assert json.loads(poisoned) == {"customerTenantId": CUST, "correlationId": out["correlationId"], "dryRun": False}
     assert pc.count("delete_customer") == 0
 
@@ -200,7 +250,11 @@ def test_a_delete_refused_until_the_deadline_times_out_naming_the_refusal(world)
     request(deps, CUST)
     run_polls(deps, pub, clock)
     out = the_outcome(pub)
-    assert out["outcome"] == "timed_out" and "refused the DELETE" in out["detail"] and "cannot be removed due to active" in out["detail"]
+    assert (
+        out["outcome"] == "timed_out"
+        and "refused the DELETE" in out["detail"]
+        and "cannot be removed due to active" in out["detail"]
+    )
     assert CUST in pc.customers and len(pub.on(POISON)) == 1
 
 
@@ -248,7 +302,9 @@ def test_duplicate_request_deletes_once(world):
     run_polls(deps, pub, clock)
     outcomes = pub.json_on(OUT)
     assert pc.count("delete_customer") == 1 and CUST not in pc.customers  # the second chain found it gone
-    assert {(o["outcome"], o["correlationId"], o["eventId"]) for o in outcomes} == {("deleted", outcomes[0]["correlationId"], outcomes[0]["eventId"])}
+    assert {(o["outcome"], o["correlationId"], o["eventId"]) for o in outcomes} == {
+        ("deleted", outcomes[0]["correlationId"], outcomes[0]["eventId"])
+    }
 
 
 def test_the_last_delivery_hands_over_instead_of_giving_up(world):
@@ -263,7 +319,16 @@ def test_the_last_delivery_hands_over_instead_of_giving_up(world):
 def test_an_unreadable_poll_message_fails_with_a_redrivable_request(world):
     pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
-    body = json.dumps({"schemaVersion": 1, "kind": "poll", "customerTenantId": CUST, "correlationId": CORR, "dryRun": False, "orders": "x"})
+    body = json.dumps(
+        {
+            "schemaVersion": 1,
+            "kind": "poll",
+            "customerTenantId": CUST,
+            "correlationId": CORR,
+            "dryRun": False,
+            "orders": "x",
+        }
+    )
     handle_poll(queue_message(body), "inv", deps)
     out = the_outcome(pub)
     assert out["outcome"] == "failed" and out["customerTenantId"] == CUST and out["correlationId"] == CORR
@@ -273,7 +338,16 @@ def test_an_unreadable_poll_message_fails_with_a_redrivable_request(world):
 
 def test_an_unreadable_poll_message_of_a_customer_already_gone_is_deleted(world):
     pc, pub, clock, deps = world
-    body = json.dumps({"schemaVersion": 1, "kind": "poll", "customerTenantId": CUST, "correlationId": CORR, "dryRun": False, "orders": "x"})
+    body = json.dumps(
+        {
+            "schemaVersion": 1,
+            "kind": "poll",
+            "customerTenantId": CUST,
+            "correlationId": CORR,
+            "dryRun": False,
+            "orders": "x",
+        }
+    )
     handle_poll(queue_message(body), "inv", deps)
     assert the_outcome(pub)["outcome"] == "deleted" and pub.on(POISON) == []
 
@@ -290,7 +364,7 @@ def test_throttled_request_continues_on_the_poll_queue_instead_of_burning_delive
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=1), O2: FakeOrder()})
     pc.throttle_next = 50
     request(deps, json.dumps({"customerTenantId": CUST, "correlationId": CORR}))  # does not raise
-    (raw, delay), = pub.on(POLL)
+    ((raw, delay),) = pub.on(POLL)
     assert 50 <= delay <= 75 and json.loads(raw)["stage"] == "discover" and pub.on(OUT) == []
     run_polls(deps, pub, clock)
     out = the_outcome(pub)
@@ -322,7 +396,7 @@ def test_a_throttled_dry_run_that_times_out_is_redriven_as_a_dry_run(world):
     request(deps, json.dumps({"customerTenantId": CUST, "dryRun": True}))
     run_polls(deps, pub, clock)
     assert the_outcome(pub)["outcome"] == "timed_out"
-    (poisoned, _), = pub.on(POISON)
+    ((poisoned, _),) = pub.on(POISON)
     assert json.loads(poisoned)["dryRun"] is True
 
 
@@ -334,6 +408,7 @@ def test_discovery_that_stays_throttled_times_out_without_changes(world):
         def _enter(self, *call):
             self.calls.append(call)
             from shared.errors import ThrottledError
+
             raise ThrottledError(429, "429", "Rate limit is exceeded.", retry_after=120)
 
     deps.partner_center = AlwaysThrottled()
@@ -344,12 +419,16 @@ def test_discovery_that_stays_throttled_times_out_without_changes(world):
     assert out["outcome"] == "timed_out" and "throttling" in out["detail"]
     assert {c[0] for c in deps.partner_center.calls} == {"get_customer"}
     assert len(pub.on(POISON)) == 1
-    assert clock.now <= clock.start + timedelta(seconds=600 + max(120, 900))  # POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)
+    assert clock.now <= clock.start + timedelta(
+        seconds=600 + max(120, 900)
+    )  # POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)
 
 
 def test_a_poll_hop_stops_reading_at_the_first_open_order(world):
     pc, pub, clock, deps = world
-    pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=3), O2: FakeOrder(pending_reads=1), O3: FakeOrder(pending_reads=1)})
+    pc.customers[CUST] = FakeCustomer(
+        {O1: FakeOrder(pending_reads=3), O2: FakeOrder(pending_reads=1), O3: FakeOrder(pending_reads=1)}
+    )
     request(deps, CUST)
     reads_before = pc.count("get_order")
     raw, _ = pub.on(POLL)[0]
@@ -363,7 +442,9 @@ def test_a_poll_hop_stops_reading_at_the_first_open_order(world):
 def test_poll_messages_of_the_previous_release_are_run_and_never_trusted(world):
     """Every poll message the previous release wrote (tests/data) runs in this one: it reads before any DELETE."""
     pc, pub, clock, deps = world
-    recorded = json.loads((Path(__file__).parent.parent / "data" / "poll_messages_release_eaf0670.json").read_text())["messages"]
+    recorded = json.loads((Path(__file__).parent.parent / "data" / "poll_messages_release_eaf0670.json").read_text())[
+        "messages"
+    ]
     for item in recorded:
         message = json.loads(item["message"])
         customer = message["customerTenantId"]
@@ -372,7 +453,9 @@ def test_poll_messages_of_the_previous_release_are_run_and_never_trusted(world):
         clock.now = clock.start + timedelta(seconds=60)
         pc.calls.clear()
         before = len(pub.json_on(OUT))
-        handle_poll(queue_message(item["message"], id=f"old-{item['what']}"), "inv", deps)  # the fake fails on a premature DELETE
+        handle_poll(
+            queue_message(item["message"], id=f"old-{item['what']}"), "inv", deps
+        )  # the fake fails on a premature DELETE
         assert pc.count("delete_customer") == 0, item["what"]
         assert pc.calls, f"{item['what']}: no read at all"
         ended = [o["outcome"] for o in pub.json_on(OUT)[before:]]

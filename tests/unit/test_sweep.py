@@ -1,4 +1,5 @@
 """The sweep's pure core (shared.sweep): settings, the run's time, the selection as a table, and the report."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,29 @@ import pytest
 
 from shared.config import Settings
 from shared.ncrontab import parse as parse_schedule
-from shared.sweep import (MAX_NAME_CHARS, MAX_REPORT_BYTES, PROBES, REASONS, TICK_LATENESS, Decision, Enqueued, Outcome, RunTime, SearchJob,
-                          Searches, check_patterns, correlation_id, match_job, plan, probe_job, read_policy, report_text, request_text,
-                          run_id, run_time)
+from shared.sweep import (
+    MAX_NAME_CHARS,
+    MAX_REPORT_BYTES,
+    PROBES,
+    REASONS,
+    TICK_LATENESS,
+    Decision,
+    Enqueued,
+    Outcome,
+    RunTime,
+    SearchJob,
+    Searches,
+    check_patterns,
+    correlation_id,
+    match_job,
+    plan,
+    probe_job,
+    read_policy,
+    report_text,
+    request_text,
+    run_id,
+    run_time,
+)
 from shared.messages import parse_deletion_request
 
 UTC = timezone.utc
@@ -36,7 +57,10 @@ def precomputed(job):
         return None
     compiled = {p: re.compile(p, re.IGNORECASE) for p in job.patterns}
     found = {p: frozenset(t for t in job.texts if c.search(t)) for p, c in compiled.items()}
-    zero = {p: frozenset(t for t in job.texts if any(m.end() == m.start() for m in c.finditer(t))) for p, c in compiled.items()}
+    zero = {
+        p: frozenset(t for t in job.texts if any(m.end() == m.start() for m in c.finditer(t)))
+        for p, c in compiled.items()
+    }
     return Searches(job, found, zero if job.zero_width else {})
 
 
@@ -73,36 +97,112 @@ HOSTILE = "Tip test\n2026-11-25 INFO sweep: customer 00000000 -> selected\x1b[2K
 
 # Each row: listed customers, settings, protected ids -> (id, reason) per listed customer, in listing order.
 TABLE = [
-    pytest.param([customer(A, "Tip test run 1", "tiptest1.onmicrosoft.com"), customer(B, "Contoso", "contoso.onmicrosoft.com")],
-                 {"SWEEP_INCLUDE": "^tip test"}, (), [(A, "selected"), (B, "not_matching")], id="include on the name"),
-    pytest.param([customer(A, "Contoso", "TIPTEST1.onmicrosoft.com")], {"SWEEP_INCLUDE": r"^tiptest\d"}, (),
-                 [(A, "selected")], id="include on the domain, case-insensitive"),
-    pytest.param([customer(A, "Tip test keep", "t.onmicrosoft.com"), customer(B, "Tip test", "keep.onmicrosoft.com"), customer(C, "Tip test", "x.com")],
-                 {"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "keep"}, (), [(A, "excluded"), (B, "excluded"), (C, "selected")],
-                 id="exclude on either field"),
-    pytest.param([customer(A, "Tip", "a.com")], {}, (), [(A, "not_matching")], id="report mode without include selects nothing"),
-    pytest.param([customer(A.upper(), "Tip", "a.com"), customer(B, "Tip", "b.com"), customer(C.upper(), "Tip", "c.com")],
-                 {"SWEEP_INCLUDE": "tip"}, (A, B.upper(), C.upper()),
-                 [(A, "protected"), (B, "protected"), (C, "protected")], id="protected in any letter case on either side"),
-    pytest.param([customer(A, "Tip", "a.com")], {"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "zzz"}, (A,),
-                 [(A, "protected")], id="protected wins over include"),
-    pytest.param([customer("{" + A + "}", "Tip"), customer(A + "\n", "Tip"), customer("../../x", "Tip"), customer(None, "Tip"),
-                  customer(12, "Tip"), "not an object", customer(A.replace("-", ""), "Tip")],
-                 {"SWEEP_INCLUDE": "tip"}, (),
-                 [("{" + A + "}", "invalid_id"), (A + "\\n", "invalid_id"), ("../../x", "invalid_id"), ("null", "invalid_id"),
-                  ("12", "invalid_id"), ("null", "invalid_id"), (A.replace("-", ""), "invalid_id")], id="invalid ids are never selected"),
-    pytest.param([customer(A, "Tip", tenant=B), customer(C, "Tip", tenant=C.upper())], {"SWEEP_INCLUDE": "tip"}, (),
-                 [(A, "invalid_id"), (C, "selected")], id="the company profile's tenant id must agree"),
-    pytest.param([customer(A, "Tip"), customer(A.upper(), "Tip again")], {"SWEEP_INCLUDE": "tip"}, (),
-                 [(A, "selected"), (A, "duplicate")], id="listed twice: decided once"),
-    pytest.param([customer(A, "Tip" + "x" * 254), customer(B, "Tip" + "x" * 253), customer(C, "Tip", "d" * 257)], {"SWEEP_INCLUDE": "tip"}, (),
-                 [(A, "name_too_long"), (B, "selected"), (C, "name_too_long")], id="over 256 characters: never selected"),
-    pytest.param([customer(A, HOSTILE, "evil.onmicrosoft.com"), customer(B, {"name": "Tip"}, ["tip"])], {"SWEEP_INCLUDE": "^tip test$"}, (),
-                 [(A, "not_matching"), (B, "not_matching")], id="a hostile name is only text; non-text names are empty"),
-    pytest.param([customer(A, HOSTILE)], {"SWEEP_INCLUDE": "^tip test"}, (), [(A, "selected")], id="a hostile name can match"),
-    pytest.param([customer(x, "Tip") for x in (D, C, B, A)], {"SWEEP_INCLUDE": "tip", "SWEEP_MAX_PER_RUN": "2"}, (),
-                 [(x, "selected" if x in sorted((D, C, B, A), key=lambda i: correlation_id(RUN, i))[:2] else "over_limit") for x in (D, C, B, A)],
-                 id="per-run limit: this run's draw, by correlation id"),
+    pytest.param(
+        [customer(A, "Tip test run 1", "tiptest1.onmicrosoft.com"), customer(B, "Contoso", "contoso.onmicrosoft.com")],
+        {"SWEEP_INCLUDE": "^tip test"},
+        (),
+        [(A, "selected"), (B, "not_matching")],
+        id="include on the name",
+    ),
+    pytest.param(
+        [customer(A, "Contoso", "TIPTEST1.onmicrosoft.com")],
+        {"SWEEP_INCLUDE": r"^tiptest\d"},
+        (),
+        [(A, "selected")],
+        id="include on the domain, case-insensitive",
+    ),
+    pytest.param(
+        [
+            customer(A, "Tip test keep", "t.onmicrosoft.com"),
+            customer(B, "Tip test", "keep.onmicrosoft.com"),
+            customer(C, "Tip test", "x.com"),
+        ],
+        {"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "keep"},
+        (),
+        [(A, "excluded"), (B, "excluded"), (C, "selected")],
+        id="exclude on either field",
+    ),
+    pytest.param(
+        [customer(A, "Tip", "a.com")], {}, (), [(A, "not_matching")], id="report mode without include selects nothing"
+    ),
+    pytest.param(
+        [customer(A.upper(), "Tip", "a.com"), customer(B, "Tip", "b.com"), customer(C.upper(), "Tip", "c.com")],
+        {"SWEEP_INCLUDE": "tip"},
+        (A, B.upper(), C.upper()),
+        [(A, "protected"), (B, "protected"), (C, "protected")],
+        id="protected in any letter case on either side",
+    ),
+    pytest.param(
+        [customer(A, "Tip", "a.com")],
+        {"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "zzz"},
+        (A,),
+        [(A, "protected")],
+        id="protected wins over include",
+    ),
+    pytest.param(
+        [
+            customer("{" + A + "}", "Tip"),
+            customer(A + "\n", "Tip"),
+            customer("../../x", "Tip"),
+            customer(None, "Tip"),
+            customer(12, "Tip"),
+            "not an object",
+            customer(A.replace("-", ""), "Tip"),
+        ],
+        {"SWEEP_INCLUDE": "tip"},
+        (),
+        [
+            ("{" + A + "}", "invalid_id"),
+            (A + "\\n", "invalid_id"),
+            ("../../x", "invalid_id"),
+            ("null", "invalid_id"),
+            ("12", "invalid_id"),
+            ("null", "invalid_id"),
+            (A.replace("-", ""), "invalid_id"),
+        ],
+        id="invalid ids are never selected",
+    ),
+    pytest.param(
+        [customer(A, "Tip", tenant=B), customer(C, "Tip", tenant=C.upper())],
+        {"SWEEP_INCLUDE": "tip"},
+        (),
+        [(A, "invalid_id"), (C, "selected")],
+        id="the company profile's tenant id must agree",
+    ),
+    pytest.param(
+        [customer(A, "Tip"), customer(A.upper(), "Tip again")],
+        {"SWEEP_INCLUDE": "tip"},
+        (),
+        [(A, "selected"), (A, "duplicate")],
+        id="listed twice: decided once",
+    ),
+    pytest.param(
+        [customer(A, "Tip" + "x" * 254), customer(B, "Tip" + "x" * 253), customer(C, "Tip", "d" * 257)],
+        {"SWEEP_INCLUDE": "tip"},
+        (),
+        [(A, "name_too_long"), (B, "selected"), (C, "name_too_long")],
+        id="over 256 characters: never selected",
+    ),
+    pytest.param(
+        [customer(A, HOSTILE, "evil.onmicrosoft.com"), customer(B, {"name": "Tip"}, ["tip"])],
+        {"SWEEP_INCLUDE": "^tip test$"},
+        (),
+        [(A, "not_matching"), (B, "not_matching")],
+        id="a hostile name is only text; non-text names are empty",
+    ),
+    pytest.param(
+        [customer(A, HOSTILE)], {"SWEEP_INCLUDE": "^tip test"}, (), [(A, "selected")], id="a hostile name can match"
+    ),
+    pytest.param(
+        [customer(x, "Tip") for x in (D, C, B, A)],
+        {"SWEEP_INCLUDE": "tip", "SWEEP_MAX_PER_RUN": "2"},
+        (),
+        [
+            (x, "selected" if x in sorted((D, C, B, A), key=lambda i: correlation_id(RUN, i))[:2] else "over_limit")
+            for x in (D, C, B, A)
+        ],
+        id="per-run limit: this run's draw, by correlation id",
+    ),
 ]
 
 
@@ -117,9 +217,19 @@ def test_the_draw_row_is_not_the_order_of_ids():
 
 
 def test_protected_ids_read_from_the_settings_in_any_letter_case():
-    settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": f"{A.upper()}, {B}"})
-    result = decide([customer(A, "Tip"), customer(B.upper(), "Tip"), customer(C, "Tip")], policy(SWEEP_INCLUDE="tip"), settings.protected_ids)
-    assert [(d.customer_id, d.reason) for d in result.decisions] == [(A, "protected"), (B, "protected"), (C, "selected")]
+    settings = Settings.from_env(
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": f"{A.upper()}, {B}"}
+    )
+    result = decide(
+        [customer(A, "Tip"), customer(B.upper(), "Tip"), customer(C, "Tip")],
+        policy(SWEEP_INCLUDE="tip"),
+        settings.protected_ids,
+    )
+    assert [(d.customer_id, d.reason) for d in result.decisions] == [
+        (A, "protected"),
+        (B, "protected"),
+        (C, "selected"),
+    ]
 
 
 def test_customers_that_can_never_be_deleted_do_not_fill_every_run():
@@ -128,7 +238,10 @@ def test_customers_that_can_never_be_deleted_do_not_fill_every_run():
     ids = sorted(str(uuid.UUID(int=i * 7919 + 1)) for i in range(30))
     items = [customer(i, "Tip") for i in ids]
     p = policy(SWEEP_INCLUDE="tip", SWEEP_MAX_PER_RUN="5", SWEEP_MODE="delete")
-    draws = [frozenset(d.customer_id for d in decide(items, p, run=RunTime(T3 + timedelta(days=n), "schedule", "")).selected) for n in range(20)]
+    draws = [
+        frozenset(d.customer_id for d in decide(items, p, run=RunTime(T3 + timedelta(days=n), "schedule", "")).selected)
+        for n in range(20)
+    ]
     assert all(len(d) == 5 for d in draws) and len(set(draws)) > 1
     assert frozenset().union(*draws) > frozenset(ids[:5])  # not stuck on the lowest ids
     assert len(frozenset().union(*draws)) >= 25  # the undeletable ones cannot keep the others out for long
@@ -146,33 +259,44 @@ def test_more_customers_than_the_sandbox_limit_refuses_everything():
     p = policy(SWEEP_INCLUDE="tip")
     assert match_job(p, items) is None  # nothing to search: the run is refused anyway
     result = plan(items, p, frozenset(), RUN)
-    assert result.refusal and "not an integration sandbox" in result.refusal and result.decisions == () and result.selected == ()
+    assert (
+        result.refusal
+        and "not an integration sandbox" in result.refusal
+        and result.decisions == ()
+        and result.selected == ()
+    )
     assert decide(items[:75], policy(SWEEP_INCLUDE="tip", SWEEP_MAX_PER_RUN="75")).refusal is None
     assert len(decide(items[:75], policy(SWEEP_INCLUDE="tip", SWEEP_MAX_PER_RUN="75")).selected) == 75
     assert decide(items[:5], policy(SWEEP_INCLUDE="tip", SANDBOX_CUSTOMER_LIMIT="4")).refusal
 
 
-@pytest.mark.parametrize("settings, problem", [
-    ({"SWEEP_MODE": "delete"}, "needs SWEEP_INCLUDE"),
-    ({"SWEEP_MODE": "delete", "SWEEP_INCLUDE": "   "}, "needs SWEEP_INCLUDE"),
-    ({"SWEEP_MODE": "purge", "SWEEP_INCLUDE": "tip"}, "SWEEP_MODE must be"),
-    ({"SWEEP_INCLUDE": "tip("}, "SWEEP_INCLUDE is not a valid regular expression"),
-    ({"SWEEP_INCLUDE": ".*"}, "matches the empty string"),
-    ({"SWEEP_INCLUDE": "tip|"}, "matches the empty string"),
-    ({"SWEEP_INCLUDE": "^"}, "matches the empty string"),
-    ({"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "x*"}, "SWEEP_EXCLUDE matches the empty string"),
-    ({"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "[z"}, "SWEEP_EXCLUDE is not a valid"),
-    ({"SWEEP_MAX_PER_RUN": "0"}, "SWEEP_MAX_PER_RUN must be"),
-    ({"SWEEP_MAX_PER_RUN": "-1"}, "SWEEP_MAX_PER_RUN must be"),
-    ({"SANDBOX_CUSTOMER_LIMIT": "75.0"}, "SANDBOX_CUSTOMER_LIMIT must be"),
-    ({"SWEEP_REPORTS_QUEUE": "Bad_Queue"}, "SWEEP_REPORTS_QUEUE must be a queue name"),
-    ({"SWEEP_REPORTS_QUEUE": "customer-deletions"}, "must not be one of the deletion functions' queues"),
-    ({"SWEEP_REPORTS_QUEUE": "customer-deletion-polls-poison"}, "must not be one of the deletion functions' queues"),
-    ({"SWEEP_SCHEDULE": ""}, "SWEEP_SCHEDULE is not set"),
-    ({"SWEEP_SCHEDULE": "0 3 * * *"}, "six fields"),
-    ({"SWEEP_SCHEDULE": "0 0 25 * * *"}, "not valid NCRONTAB"),
-    ({"SWEEP_SCHEDULE": "0 0 0 31 Feb *"}, "never occurs"),
-])
+@pytest.mark.parametrize(
+    "settings, problem",
+    [
+        ({"SWEEP_MODE": "delete"}, "needs SWEEP_INCLUDE"),
+        ({"SWEEP_MODE": "delete", "SWEEP_INCLUDE": "   "}, "needs SWEEP_INCLUDE"),
+        ({"SWEEP_MODE": "purge", "SWEEP_INCLUDE": "tip"}, "SWEEP_MODE must be"),
+        ({"SWEEP_INCLUDE": "tip("}, "SWEEP_INCLUDE is not a valid regular expression"),
+        ({"SWEEP_INCLUDE": ".*"}, "matches the empty string"),
+        ({"SWEEP_INCLUDE": "tip|"}, "matches the empty string"),
+        ({"SWEEP_INCLUDE": "^"}, "matches the empty string"),
+        ({"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "x*"}, "SWEEP_EXCLUDE matches the empty string"),
+        ({"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "[z"}, "SWEEP_EXCLUDE is not a valid"),
+        ({"SWEEP_MAX_PER_RUN": "0"}, "SWEEP_MAX_PER_RUN must be"),
+        ({"SWEEP_MAX_PER_RUN": "-1"}, "SWEEP_MAX_PER_RUN must be"),
+        ({"SANDBOX_CUSTOMER_LIMIT": "75.0"}, "SANDBOX_CUSTOMER_LIMIT must be"),
+        ({"SWEEP_REPORTS_QUEUE": "Bad_Queue"}, "SWEEP_REPORTS_QUEUE must be a queue name"),
+        ({"SWEEP_REPORTS_QUEUE": "customer-deletions"}, "must not be one of the deletion functions' queues"),
+        (
+            {"SWEEP_REPORTS_QUEUE": "customer-deletion-polls-poison"},
+            "must not be one of the deletion functions' queues",
+        ),
+        ({"SWEEP_SCHEDULE": ""}, "SWEEP_SCHEDULE is not set"),
+        ({"SWEEP_SCHEDULE": "0 3 * * *"}, "six fields"),
+        ({"SWEEP_SCHEDULE": "0 0 25 * * *"}, "not valid NCRONTAB"),
+        ({"SWEEP_SCHEDULE": "0 0 0 31 Feb *"}, "never occurs"),
+    ],
+)
 def test_each_setting_problem_is_named_and_selects_nothing(settings, problem):
     p = checked({**env(), **settings})
     assert any(problem in text for text in p.problems), p.problems
@@ -181,13 +305,27 @@ def test_each_setting_problem_is_named_and_selects_nothing(settings, problem):
 
 
 def test_every_problem_is_named_at_once_and_the_report_queue_falls_back_to_the_default():
-    p = checked({"SWEEP_MODE": "delete", "SWEEP_EXCLUDE": "(", "SWEEP_MAX_PER_RUN": "x", "SWEEP_REPORTS_QUEUE": "customer-deletions"})
+    p = checked(
+        {
+            "SWEEP_MODE": "delete",
+            "SWEEP_EXCLUDE": "(",
+            "SWEEP_MAX_PER_RUN": "x",
+            "SWEEP_REPORTS_QUEUE": "customer-deletions",
+        }
+    )
     assert len(p.problems) == 5 and p.reports_queue == "customer-sweep-reports"
 
 
 def test_defaults():
     p = read_policy(env(), app_queues=APP_QUEUES)
-    assert (p.mode, p.include, p.exclude, p.max_per_run, p.sandbox_limit, p.reports_queue) == ("report", None, None, 25, 75, "customer-sweep-reports")
+    assert (p.mode, p.include, p.exclude, p.max_per_run, p.sandbox_limit, p.reports_queue) == (
+        "report",
+        None,
+        None,
+        25,
+        75,
+        "customer-sweep-reports",
+    )
 
 
 # -- the run's time ---------------------------------------------------------------------------------------------------
@@ -195,29 +333,83 @@ def test_defaults():
 DAILY = parse_schedule("0 0 3 * * *")
 
 
-@pytest.mark.parametrize("started, past_due, status, trigger, moment", [
-    (T3 + timedelta(seconds=0.4), False, {}, "schedule", T3),  # the first tick: no status yet
-    (T3 + timedelta(seconds=2), False, {"Last": "2026-11-24T03:00:00+00:00", "Next": "2026-11-25T03:00:00+00:00",
-                                        "LastUpdated": "2026-11-24T03:00:01.1234567+00:00"}, "schedule", T3),
-    (T3 + timedelta(seconds=30), False, {"Next": "2026-11-25T03:00:00.0000000+00:00"}, "schedule", T3),
-    (T3 + timedelta(hours=6, minutes=15), True, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),  # past due after an outage
-    (T3 + timedelta(hours=6), False, {"Last": "2026-11-25T03:00:00+00:00", "Next": "2026-11-26T03:00:00+00:00"}, "manual", None),
-    (T3 + timedelta(seconds=20), False, {"Next": "2026-11-26T03:00:00Z"}, "manual", None),  # by hand just after the tick
-    (T3 + timedelta(hours=6), False, {}, "manual", None),  # by hand, nothing stored
-    (T3 + timedelta(hours=6), False, None, "manual", None),
-    (T3 + timedelta(seconds=45), False, {}, "schedule", T3),  # by hand within a minute of the tick, no status: the tick's ids
-    (T3 + timedelta(hours=6), False, {"Next": "0001-01-01T00:00:00"}, "manual", None),  # the host's "never"
-    (T3 + timedelta(hours=6), False, {"Next": "soon"}, "manual", None),
-    (T3 + timedelta(hours=6), False, {"Next": "2026-11-25T09:00:00"}, "manual", None),  # no offset: not read
-    # a stored Next that has come is the tick only up to TICK_LATENESS (5 minutes) after it; longer is a stale status
-    (T3 + timedelta(minutes=4, seconds=59), False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
-    (T3 + TICK_LATENESS, False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
-    (T3 + TICK_LATENESS + timedelta(seconds=1), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),
-    (T3 + timedelta(hours=1), False, {"Last": "2026-11-24T03:00:00+00:00", "Next": "2026-11-25T03:00:00+00:00"}, "manual", None),
-    (T3 + timedelta(days=2, hours=7), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),  # 11-27 10:00, stale
-    (T3 + timedelta(days=2), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),  # even on an occurrence
-    (T3 + timedelta(days=2, hours=7), True, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3 + timedelta(days=2)),  # past due: as is
-])
+@pytest.mark.parametrize(
+    "started, past_due, status, trigger, moment",
+    [
+        (T3 + timedelta(seconds=0.4), False, {}, "schedule", T3),  # the first tick: no status yet
+        (
+            T3 + timedelta(seconds=2),
+            False,
+            {
+                "Last": "2026-11-24T03:00:00+00:00",
+                "Next": "2026-11-25T03:00:00+00:00",
+                "LastUpdated": "2026-11-24T03:00:01.1234567+00:00",
+            },
+            "schedule",
+            T3,
+        ),
+        (T3 + timedelta(seconds=30), False, {"Next": "2026-11-25T03:00:00.0000000+00:00"}, "schedule", T3),
+        (
+            T3 + timedelta(hours=6, minutes=15),
+            True,
+            {"Next": "2026-11-25T03:00:00+00:00"},
+            "schedule",
+            T3,
+        ),  # past due after an outage
+        (
+            T3 + timedelta(hours=6),
+            False,
+            {"Last": "2026-11-25T03:00:00+00:00", "Next": "2026-11-26T03:00:00+00:00"},
+            "manual",
+            None,
+        ),
+        (
+            T3 + timedelta(seconds=20),
+            False,
+            {"Next": "2026-11-26T03:00:00Z"},
+            "manual",
+            None,
+        ),  # by hand just after the tick
+        (T3 + timedelta(hours=6), False, {}, "manual", None),  # by hand, nothing stored
+        (T3 + timedelta(hours=6), False, None, "manual", None),
+        (
+            T3 + timedelta(seconds=45),
+            False,
+            {},
+            "schedule",
+            T3,
+        ),  # by hand within a minute of the tick, no status: the tick's ids
+        (T3 + timedelta(hours=6), False, {"Next": "0001-01-01T00:00:00"}, "manual", None),  # the host's "never"
+        (T3 + timedelta(hours=6), False, {"Next": "soon"}, "manual", None),
+        (T3 + timedelta(hours=6), False, {"Next": "2026-11-25T09:00:00"}, "manual", None),  # no offset: not read
+        # a stored Next that has come is the tick only up to TICK_LATENESS (5 minutes) after it; longer is a stale status
+        (T3 + timedelta(minutes=4, seconds=59), False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
+        (T3 + TICK_LATENESS, False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
+        (T3 + TICK_LATENESS + timedelta(seconds=1), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),
+        (
+            T3 + timedelta(hours=1),
+            False,
+            {"Last": "2026-11-24T03:00:00+00:00", "Next": "2026-11-25T03:00:00+00:00"},
+            "manual",
+            None,
+        ),
+        (
+            T3 + timedelta(days=2, hours=7),
+            False,
+            {"Next": "2026-11-25T03:00:00+00:00"},
+            "manual",
+            None,
+        ),  # 11-27 10:00, stale
+        (T3 + timedelta(days=2), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),  # even on an occurrence
+        (
+            T3 + timedelta(days=2, hours=7),
+            True,
+            {"Next": "2026-11-25T03:00:00+00:00"},
+            "schedule",
+            T3 + timedelta(days=2),
+        ),  # past due: as is
+    ],
+)
 def test_run_time(started, past_due, status, trigger, moment):
     run = run_time(DAILY, started, past_due, status)
     assert run.trigger == trigger and run.moment == (moment or started) and run.why
@@ -232,7 +424,9 @@ def test_correlation_ids_are_stable_per_run_time_and_customer_and_the_request_is
     run = RunTime(T3, "schedule", "")
     again = RunTime(T3, "schedule", "other reason")
     assert correlation_id(run, A) == correlation_id(again, A) != correlation_id(run, B)
-    assert correlation_id(run, A) == str(uuid.uuid5(uuid.UUID("5f0c2d7e-9b61-4c3a-8e0f-7a9d1c4b2e63"), f"2026-11-25T03:00:00.000Z/{A}"))
+    assert correlation_id(run, A) == str(
+        uuid.uuid5(uuid.UUID("5f0c2d7e-9b61-4c3a-8e0f-7a9d1c4b2e63"), f"2026-11-25T03:00:00.000Z/{A}")
+    )
     assert correlation_id(RunTime(T3 + timedelta(days=1), "schedule", ""), A) != correlation_id(run, A)
     request = parse_deletion_request(request_text(run, A), message_id="m", insertion_time=None, now=T3)
     assert (request.customer_id, request.correlation_id, request.dry_run) == (A, correlation_id(run, A), False)
@@ -244,13 +438,27 @@ def test_correlation_ids_are_stable_per_run_time_and_customer_and_the_request_is
 
 def _report(outcome, **kw):
     p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="1")
-    return json.loads(report_text(policy=p, run=RunTime(T3, "schedule", "why"), past_due=False, started=T3, finished=T3 + timedelta(seconds=2),
-                                  invocation_id="inv-1", outcome=outcome, **kw))
+    return json.loads(
+        report_text(
+            policy=p,
+            run=RunTime(T3, "schedule", "why"),
+            past_due=False,
+            started=T3,
+            finished=T3 + timedelta(seconds=2),
+            invocation_id="inv-1",
+            outcome=outcome,
+            **kw,
+        )
+    )
 
 
 def test_the_report_carries_mode_times_capacity_decisions_and_what_was_enqueued():
     p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="1")
-    result = decide([customer(A, "Tip 1"), customer(B, "Tip 2"), customer(C, "Contoso"), customer(PROTECTED, "Tip")], p, frozenset({PROTECTED}))
+    result = decide(
+        [customer(A, "Tip 1"), customer(B, "Tip 2"), customer(C, "Contoso"), customer(PROTECTED, "Tip")],
+        p,
+        frozenset({PROTECTED}),
+    )
     run = RunTime(T3, "schedule", "why")
     first = sorted((A, B), key=lambda i: correlation_id(run, i))[0]  # this run's draw of the two
     report = _report(Outcome("enqueued", result, [Enqueued(first, correlation_id(run, first), "m-1")]))
@@ -258,10 +466,22 @@ def test_the_report_carries_mode_times_capacity_decisions_and_what_was_enqueued(
     assert report["scheduledTime"] == "2026-11-25T03:00:00.000Z" and report["startedAt"] == "2026-11-25T03:00:00.000Z"
     assert report["capacity"] == {"listed": 4, "limit": 75, "free": 71}
     other = B if first == A else A
-    assert report["selected"] == [{"customerTenantId": first, "companyName": {A: "Tip 1", B: "Tip 2"}[first], "domain": "",
-                                   "correlationId": correlation_id(run, first)}]
-    assert {(e["customerTenantId"], e["reason"]) for e in report["excluded"]} == {(other, "over_limit"), (C, "not_matching"), (PROTECTED, "protected")}
-    assert report["deferred"] == 1 and report["enqueued"] == [{"customerTenantId": first, "correlationId": correlation_id(run, first), "messageId": "m-1"}]
+    assert report["selected"] == [
+        {
+            "customerTenantId": first,
+            "companyName": {A: "Tip 1", B: "Tip 2"}[first],
+            "domain": "",
+            "correlationId": correlation_id(run, first),
+        }
+    ]
+    assert {(e["customerTenantId"], e["reason"]) for e in report["excluded"]} == {
+        (other, "over_limit"),
+        (C, "not_matching"),
+        (PROTECTED, "protected"),
+    }
+    assert report["deferred"] == 1 and report["enqueued"] == [
+        {"customerTenantId": first, "correlationId": correlation_id(run, first), "messageId": "m-1"}
+    ]
     assert report["error"] is None and report["result"] == "enqueued"
     assert report["selection"] == "1 selected; not selected: 1 protected, 1 not_matching, 1 over_limit"
 
@@ -269,8 +489,15 @@ def test_the_report_carries_mode_times_capacity_decisions_and_what_was_enqueued(
 def test_a_report_of_a_full_sandbox_with_the_longest_hostile_names_fits_in_a_queue_message():
     items = [customer(str(uuid.uuid4()), "\u202e" * 256, "d" * 256) for _ in range(75)]
     p = policy(SWEEP_INCLUDE="zzz")
-    text = report_text(policy=p, run=RunTime(T3, "manual", ""), past_due=False, started=T3, finished=T3, invocation_id="i",
-                       outcome=Outcome("reported", decide(items, p)))
+    text = report_text(
+        policy=p,
+        run=RunTime(T3, "manual", ""),
+        past_due=False,
+        started=T3,
+        finished=T3,
+        invocation_id="i",
+        outcome=Outcome("reported", decide(items, p)),
+    )
     report = json.loads(text)
     assert len(text.encode()) <= MAX_REPORT_BYTES and len(report["excluded"]) + report.get("excludedOmitted", 0) == 75
     assert report["selection"] == "nothing is selected; not selected: 75 not_matching"
@@ -280,11 +507,16 @@ def test_a_report_of_a_full_sandbox_with_the_longest_hostile_names_fits_in_a_que
 @pytest.mark.parametrize("pattern", [r"\B", r"(?=t)", r"x*", r"\b", r"(?!zzz)", r"$"])
 def test_a_pattern_that_can_match_zero_characters_is_refused(pattern):
     p = checked(env(SWEEP_INCLUDE=pattern, SWEEP_MODE="delete"))
-    assert any("SWEEP_INCLUDE" in text and ("zero characters" in text or "empty string" in text) for text in p.problems), p.problems
+    assert any(
+        "SWEEP_INCLUDE" in text and ("zero characters" in text or "empty string" in text) for text in p.problems
+    ), p.problems
 
 
 def test_spaces_around_a_pattern_are_part_of_it():
-    assert reasons([customer(A, "Tip x"), customer(B, "Tipping Co")], SWEEP_INCLUDE="^tip ") == [(A, "selected"), (B, "not_matching")]
+    assert reasons([customer(A, "Tip x"), customer(B, "Tipping Co")], SWEEP_INCLUDE="^tip ") == [
+        (A, "selected"),
+        (B, "not_matching"),
+    ]
 
 
 def test_a_report_queue_that_no_queue_can_replace_is_only_logged():
@@ -303,8 +535,15 @@ def test_a_report_at_the_largest_allowed_settings_fits_in_a_queue_message():
     result = decide(items, p)
     run = RunTime(T3, "schedule", "")
     enqueued = [Enqueued(d.customer_id, correlation_id(run, d.customer_id), str(uuid.uuid4())) for d in result.selected]
-    text = report_text(policy=p, run=run, past_due=False, started=T3, finished=T3, invocation_id=str(uuid.uuid4()),
-                       outcome=Outcome("enqueued", result, enqueued))
+    text = report_text(
+        policy=p,
+        run=run,
+        past_due=False,
+        started=T3,
+        finished=T3,
+        invocation_id=str(uuid.uuid4()),
+        outcome=Outcome("enqueued", result, enqueued),
+    )
     report = json.loads(text)
     assert len(text.encode()) <= MAX_REPORT_BYTES and len(report["selected"]) == len(report["enqueued"]) == 100
     assert len(report["excluded"]) + report["excludedOmitted"] == 900 and report["deferred"] == 900
@@ -322,46 +561,72 @@ def test_the_core_decides_from_the_searches_it_is_handed_and_never_matches_itsel
     job = match_job(p, items)
     assert job == SearchJob(("tip", "keep"), tuple(sorted({"Contoso", "c.com", "Tip", "t.com", "Tip keep", "k.com"})))
     lying = Searches(job, {"tip": frozenset({"Contoso", "Tip keep"}), "keep": frozenset({"Tip keep"})})
-    assert [(d.customer_id, d.reason) for d in plan(items, p, frozenset(), RUN, lying).decisions] == \
-        [(A, "selected"), (B, "not_matching"), (C, "excluded")]
+    assert [(d.customer_id, d.reason) for d in plan(items, p, frozenset(), RUN, lying).decisions] == [
+        (A, "selected"),
+        (B, "not_matching"),
+        (C, "excluded"),
+    ]
 
 
 def test_the_search_job_holds_each_text_once_and_none_over_256_characters():
     p = policy(SWEEP_INCLUDE="tip")
-    items = [customer(A, "Tip", "t.com"), customer(B, "Tip", "x" * (MAX_NAME_CHARS + 1)), customer(C, "y" * MAX_NAME_CHARS), "junk",
-             {"id": D, "companyProfile": {"companyName": 7}}]
+    items = [
+        customer(A, "Tip", "t.com"),
+        customer(B, "Tip", "x" * (MAX_NAME_CHARS + 1)),
+        customer(C, "y" * MAX_NAME_CHARS),
+        "junk",
+        {"id": D, "companyProfile": {"companyName": 7}},
+    ]
     assert match_job(p, items).texts == tuple(sorted({"Tip", "t.com", "", "y" * MAX_NAME_CHARS}))
     assert match_job(policy(), items) is None  # no SWEEP_INCLUDE: nothing is ever selected, nothing to search
 
 
-@pytest.mark.parametrize("searches, why", [
-    (None, "no results for this list"),
-    ("failed", "stopped at the time limit of 10 s"),
-    ("other list", "no results for this list"),
-    ("incomplete", "no results for this list"),
-])
+@pytest.mark.parametrize(
+    "searches, why",
+    [
+        (None, "no results for this list"),
+        ("failed", "stopped at the time limit of 10 s"),
+        ("other list", "no results for this list"),
+        ("incomplete", "no results for this list"),
+    ],
+)
 def test_a_selection_without_complete_results_for_this_list_is_refused(searches, why):
     p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete")
     items = [customer(A, "Tip"), customer(B, "Tip 2")]
     job = match_job(p, items)
-    given = {None: None, "failed": Searches(job, failure="stopped at the time limit of 10 s"),
-             "other list": precomputed(match_job(p, items[:1])),
-             "incomplete": Searches(job, {})}[searches]
+    given = {
+        None: None,
+        "failed": Searches(job, failure="stopped at the time limit of 10 s"),
+        "other list": precomputed(match_job(p, items[:1])),
+        "incomplete": Searches(job, {}),
+    }[searches]
     result = plan(items, p, frozenset(), RUN, given)
-    assert result.selected == () and result.decisions == () and "did not finish" in result.refusal and why in result.refusal
+    assert (
+        result.selected == ()
+        and result.decisions == ()
+        and "did not finish" in result.refusal
+        and why in result.refusal
+    )
     assert decide(items, p).refusal is None  # the same list with its results is planned
 
 
 def test_patterns_are_tried_on_the_probe_texts_and_a_search_that_does_not_finish_is_a_setting_problem():
     p = read_policy(env(SWEEP_INCLUDE="(a+)+$", SWEEP_EXCLUDE="keep", SWEEP_MODE="delete"), app_queues=APP_QUEUES)
-    assert p.problems == () and p.tried is False and probe_job(p) == SearchJob(("(a+)+$", "keep"), PROBES, zero_width=True)
+    assert (
+        p.problems == () and p.tried is False and probe_job(p) == SearchJob(("(a+)+$", "keep"), PROBES, zero_width=True)
+    )
     # read but not tried: plan refuses rather than select with patterns nobody ran
     assert "not tried" in plan([customer(A, "aaa")], p, frozenset(), RUN).refusal
     for given in (Searches(probe_job(p), failure="stopped at the time limit of 10 s"), None):
         bad = check_patterns(p, given)
         (problem,) = bad.problems
-        assert "SWEEP_INCLUDE and SWEEP_EXCLUDE could not be tried" in problem and (given is None or "time limit" in problem)
-        assert bad.include is bad.exclude is None and "could not be tried" in plan([customer(A, "aaa")], bad, frozenset(), RUN).refusal
+        assert "SWEEP_INCLUDE and SWEEP_EXCLUDE could not be tried" in problem and (
+            given is None or "time limit" in problem
+        )
+        assert (
+            bad.include is bad.exclude is None
+            and "could not be tried" in plan([customer(A, "aaa")], bad, frozenset(), RUN).refusal
+        )
     good = check_patterns(p, precomputed(probe_job(p)))
     assert good.problems == () and good.tried and (good.include, good.exclude) == ("(a+)+$", "keep")
     unset = check_patterns(read_policy(env(), app_queues=APP_QUEUES), None)
@@ -379,17 +644,30 @@ def test_the_probe_texts_find_zero_width_matches_that_the_empty_string_does_not(
 
 
 def _selection(p, outcome, run=RUN):
-    return json.loads(report_text(policy=p, run=run, past_due=False, started=T3, finished=T3, invocation_id="i", outcome=outcome))["selection"]
+    return json.loads(
+        report_text(policy=p, run=run, past_due=False, started=T3, finished=T3, invocation_id="i", outcome=outcome)
+    )["selection"]
 
 
 def test_the_report_says_at_the_top_why_nothing_was_selected():
     report_mode = policy()
-    assert _selection(report_mode, Outcome("reported", decide([], report_mode))) == \
-        "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); no customer is listed"
-    assert _selection(report_mode, Outcome("reported", decide([customer(A, "Tip"), customer(PROTECTED, "x")], report_mode, {PROTECTED}))) == \
-        "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); not selected: 1 protected, 1 not_matching"
-    assert _selection(policy(SWEEP_INCLUDE="tip"), Outcome("reported", decide([customer(A, "Tip")], policy(SWEEP_INCLUDE="tip")))) == \
-        "1 selected; every listed customer"
+    assert (
+        _selection(report_mode, Outcome("reported", decide([], report_mode)))
+        == "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); no customer is listed"
+    )
+    assert (
+        _selection(
+            report_mode,
+            Outcome("reported", decide([customer(A, "Tip"), customer(PROTECTED, "x")], report_mode, {PROTECTED})),
+        )
+        == "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); not selected: 1 protected, 1 not_matching"
+    )
+    assert (
+        _selection(
+            policy(SWEEP_INCLUDE="tip"), Outcome("reported", decide([customer(A, "Tip")], policy(SWEEP_INCLUDE="tip")))
+        )
+        == "1 selected; every listed customer"
+    )
     assert _selection(policy(SWEEP_MODE="off"), Outcome("off")) == "nothing is listed or selected: SWEEP_MODE is off"
     assert _selection(policy(), Outcome("failed", error="x")) == "nothing is selected: the run failed (see error)"
 
@@ -397,6 +675,19 @@ def test_the_report_says_at_the_top_why_nothing_was_selected():
 def test_the_selection_note_survives_when_every_entry_is_cut_for_size():
     items = [customer(str(uuid.uuid4()), "\u202e" * 256, "d" * 256) for _ in range(1000)]
     p = policy(SANDBOX_CUSTOMER_LIMIT="1000")
-    report = json.loads(report_text(policy=p, run=RUN, past_due=False, started=T3, finished=T3, invocation_id="i",
-                                    outcome=Outcome("reported", decide(items, p))))
-    assert report["excludedOmitted"] > 0 and "SWEEP_INCLUDE is not set" in report["selection"] and "1000 not_matching" in report["selection"]
+    report = json.loads(
+        report_text(
+            policy=p,
+            run=RUN,
+            past_due=False,
+            started=T3,
+            finished=T3,
+            invocation_id="i",
+            outcome=Outcome("reported", decide(items, p)),
+        )
+    )
+    assert (
+        report["excludedOmitted"] > 0
+        and "SWEEP_INCLUDE is not set" in report["selection"]
+        and "1000 not_matching" in report["selection"]
+    )

@@ -1,5 +1,6 @@
 """The sweep's shell (shared.sweeper) on in-memory fakes: what a run enqueues and reports, and its invariants under
 listing failures, storage failures and crashes at every side-effect boundary, with repeats of the same run."""
+
 from __future__ import annotations
 
 import base64
@@ -68,7 +69,9 @@ class CrashingPublisher(FakePublisher):
 
 
 def make_deps(tmp_path, pc, publisher, clock):
-    settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED}, app_root=tmp_path)
+    settings = Settings.from_env(
+        {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED}, app_root=tmp_path
+    )
     return Deps(settings=settings, partner_center=pc, publisher=publisher, clock=clock, monotonic=clock.monotonic)
 
 
@@ -90,47 +93,80 @@ def test_report_mode_lists_and_changes_nothing(tmp_path):
     outcome = handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_INCLUDE="^tip"))
     assert outcome.result == "reported" and pub.on(REQUESTS) == []
     (report,) = pub.json_on(REPORTS)
-    assert [s["customerTenantId"] for s in report["selected"]] == [a] and report["enqueued"] == [] and report["mode"] == "report"
+    assert (
+        [s["customerTenantId"] for s in report["selected"]] == [a]
+        and report["enqueued"] == []
+        and report["mode"] == "report"
+    )
     assert pc.calls == [(report["runId"], 75)]
 
 
 def test_delete_mode_enqueues_public_requests_with_run_correlation_ids(tmp_path):
     ids = sorted(str(uuid.uuid4()) for _ in range(3))
     pub = FakePublisher()
-    outcome = handle_sweep(timer(), "inv", make_deps(tmp_path, FakeListing([item(i, "Tip") for i in ids]), pub, Clock(T3 + timedelta(seconds=1))),
-                           env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="2"))
+    outcome = handle_sweep(
+        timer(),
+        "inv",
+        make_deps(tmp_path, FakeListing([item(i, "Tip") for i in ids]), pub, Clock(T3 + timedelta(seconds=1))),
+        env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN="2"),
+    )
     requests = [parse_deletion_request(raw, message_id="m", insertion_time=None, now=T3) for raw, _ in pub.on(REQUESTS)]
     run = RunTime(T3, "schedule", "")
     drawn = sorted(ids, key=lambda i: correlation_id(run, i))[:2]  # this run's draw, enqueued in listing order
-    assert [(r.customer_id, r.correlation_id, r.dry_run) for r in requests] == [(i, correlation_id(run, i), False) for i in ids if i in drawn]
+    assert [(r.customer_id, r.correlation_id, r.dry_run) for r in requests] == [
+        (i, correlation_id(run, i), False) for i in ids if i in drawn
+    ]
     (report,) = pub.json_on(REPORTS)
     assert report["deferred"] == 1 and len(report["enqueued"]) == 2 and outcome.result == "enqueued"
     assert pub.sent[-1][0] == REPORTS  # the report is written after the requests
 
 
-@pytest.mark.parametrize("fail", [TransientError(503, "800003", "Unexpected service error", method="GET", path="/v1/customers"),
-                                  ThrottledError(429, None, "Rate limit is exceeded.", retry_after=30.0)])
+@pytest.mark.parametrize(
+    "fail",
+    [
+        TransientError(503, "800003", "Unexpected service error", method="GET", path="/v1/customers"),
+        ThrottledError(429, None, "Rate limit is exceeded.", retry_after=30.0),
+    ],
+)
 def test_a_listing_that_fails_enqueues_nothing_reports_why_and_fails_the_invocation(tmp_path, fail):
     pub = FakePublisher()
     with pytest.raises(SweepFailed, match="listing the customers failed"):
-        handle_sweep(timer(), "inv", make_deps(tmp_path, FakeListing([], fail=fail), pub, Clock(T3)),
-                     env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete"))
+        handle_sweep(
+            timer(),
+            "inv",
+            make_deps(tmp_path, FakeListing([], fail=fail), pub, Clock(T3)),
+            env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete"),
+        )
     (report,) = pub.json_on(REPORTS)
-    assert pub.on(REQUESTS) == [] and report["result"] == "failed" and "partial list is never acted on" in report["error"]
+    assert (
+        pub.on(REQUESTS) == [] and report["result"] == "failed" and "partial list is never acted on" in report["error"]
+    )
 
 
 def test_setting_problems_list_nothing_and_are_all_in_the_report(tmp_path):
     pub, pc = FakePublisher(), FakeListing([item(str(uuid.uuid4()), "Tip")])
     with pytest.raises(SweepFailed):
-        handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env={"SWEEP_MODE": "delete", "SWEEP_SCHEDULE": "0 3 * * *",
-                                                                                   "SWEEP_EXCLUDE": "(", "SWEEP_REPORTS_QUEUE": "X"})
+        handle_sweep(
+            timer(),
+            "inv",
+            make_deps(tmp_path, pc, pub, Clock(T3)),
+            env={
+                "SWEEP_MODE": "delete",
+                "SWEEP_SCHEDULE": "0 3 * * *",
+                "SWEEP_EXCLUDE": "(",
+                "SWEEP_REPORTS_QUEUE": "X",
+            },
+        )
     (report,) = pub.json_on(REPORTS)
     assert pc.calls == [] and pub.on(REQUESTS) == [] and report["result"] == "refused" and len(report["problems"]) == 4
 
 
 def test_off_lists_nothing_and_still_reports(tmp_path):
     pub, pc = FakePublisher(), FakeListing([])
-    assert handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_MODE="off")).result == "off"
+    assert (
+        handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_MODE="off")).result
+        == "off"
+    )
     assert pc.calls == [] and pub.json_on(REPORTS)[0]["result"] == "off"
 
 
@@ -138,11 +174,17 @@ def test_decisions_are_logged_one_line_each_with_hostile_names_escaped(tmp_path,
     a = str(uuid.uuid4())
     hostile = "Tip\nFAKE LOG LINE\x1b[2K\u202eevil"
     caplog.set_level("INFO", logger="customer_deletion.sweep")
-    handle_sweep(timer(), "inv", make_deps(tmp_path, FakeListing([item(a, hostile), item("x", "Tip")]), FakePublisher(), Clock(T3)),
-                 env=sweep_env(SWEEP_INCLUDE="tip"))
+    handle_sweep(
+        timer(),
+        "inv",
+        make_deps(tmp_path, FakeListing([item(a, hostile), item("x", "Tip")]), FakePublisher(), Clock(T3)),
+        env=sweep_env(SWEEP_INCLUDE="tip"),
+    )
     lines = [r.getMessage() for r in caplog.records]
     decision_lines = [line for line in lines if "->" in line]
-    assert len(decision_lines) == 2 and all("\n" not in line and "\x1b" not in line and "\u202e" not in line for line in lines)
+    assert len(decision_lines) == 2 and all(
+        "\n" not in line and "\x1b" not in line and "\u202e" not in line for line in lines
+    )
     assert any(a in line and "-> selected" in line for line in decision_lines)
 
 
@@ -155,27 +197,49 @@ def searched_here(job, timeout=None):
     if job is None:
         return None
     compiled = {p: re.compile(p, re.IGNORECASE) for p in job.patterns}
-    return Searches(job, {p: frozenset(t for t in job.texts if c.search(t)) for p, c in compiled.items()},
-                    {p: frozenset(t for t in job.texts if any(m.end() == m.start() for m in c.finditer(t))) for p, c in compiled.items()}
-                    if job.zero_width else {})
+    return Searches(
+        job,
+        {p: frozenset(t for t in job.texts if c.search(t)) for p, c in compiled.items()},
+        {
+            p: frozenset(t for t in job.texts if any(m.end() == m.start() for m in c.finditer(t)))
+            for p, c in compiled.items()
+        }
+        if job.zero_width
+        else {},
+    )
 
 
 @pytest.fixture
 def in_process_search(monkeypatch):
     monkeypatch.setattr(sweeper, "search", searched_here)
 
+
 NAMES = st.sampled_from(["Tip test", "tip run", "Contoso", "Tip keep", "", "TIP\n", "x" * 300 + "tip"])
-IDS = st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), st.just(PROTECTED), st.just(PROTECTED.upper()),
-                st.sampled_from(["not-a-guid", "{" + PROTECTED + "}", ""]))
+IDS = st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.just(PROTECTED),
+    st.just(PROTECTED.upper()),
+    st.sampled_from(["not-a-guid", "{" + PROTECTED + "}", ""]),
+)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(customers=st.lists(st.tuples(IDS, NAMES), max_size=12),
-       limit=st.integers(5, 12), per_run=st.integers(1, 6),
-       listing_fails=st.booleans().map(lambda b: b and "fails"),
-       crash_at=st.one_of(st.none(), st.integers(1, 8)), when=st.sampled_from(["before", "after"]),
-       kind=st.sampled_from(["crash", "error"]), repeats=st.integers(1, 3))
-def test_sweep_invariants_under_crashes_and_repeats(in_process_search, tmp_path, customers, limit, per_run, listing_fails, crash_at, when, kind, repeats):
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    customers=st.lists(st.tuples(IDS, NAMES), max_size=12),
+    limit=st.integers(5, 12),
+    per_run=st.integers(1, 6),
+    listing_fails=st.booleans().map(lambda b: b and "fails"),
+    crash_at=st.one_of(st.none(), st.integers(1, 8)),
+    when=st.sampled_from(["before", "after"]),
+    kind=st.sampled_from(["crash", "error"]),
+    repeats=st.integers(1, 3),
+)
+def test_sweep_invariants_under_crashes_and_repeats(
+    in_process_search, tmp_path, customers, limit, per_run, listing_fails, crash_at, when, kind, repeats
+):
     """Whatever the list, the failures and the crashes (before or after any queue put), over repeats of one scheduled run:
     1. only customers the policy selects are ever enqueued (never protected, invalid, unmatched, excluded or too long);
     2. no run enqueues more than SWEEP_MAX_PER_RUN, and none enqueues anything from a failed or oversized listing;
@@ -184,11 +248,23 @@ def test_sweep_invariants_under_crashes_and_repeats(in_process_search, tmp_path,
        to store the report fails the invocation: nothing else does, apart from a refused or failed run);
     5. a clean repeat enqueues the same customers as any other clean run."""
     items = [item(cid, name) for cid, name in customers]
-    env = sweep_env(SWEEP_INCLUDE="tip", SWEEP_EXCLUDE="keep", SWEEP_MODE="delete", SWEEP_MAX_PER_RUN=str(per_run),
-                    SANDBOX_CUSTOMER_LIMIT=str(limit))
+    env = sweep_env(
+        SWEEP_INCLUDE="tip",
+        SWEEP_EXCLUDE="keep",
+        SWEEP_MODE="delete",
+        SWEEP_MAX_PER_RUN=str(per_run),
+        SANDBOX_CUSTOMER_LIMIT=str(limit),
+    )
     run = RunTime(T3, "schedule", "")
-    eligible = {cid.lower() for cid, name in customers if is_guid(cid) and cid.lower() != PROTECTED and len(name) <= 256
-                and re.search("tip", name, re.I) and not re.search("keep", name, re.I)}
+    eligible = {
+        cid.lower()
+        for cid, name in customers
+        if is_guid(cid)
+        and cid.lower() != PROTECTED
+        and len(name) <= 256
+        and re.search("tip", name, re.I)
+        and not re.search("keep", name, re.I)
+    }
     clean_sets = []
     for attempt in range(repeats):
         pub = CrashingPublisher(crash_at if attempt == 0 else None, when, kind)
@@ -205,7 +281,9 @@ def test_sweep_invariants_under_crashes_and_repeats(in_process_search, tmp_path,
         except OSError:  # storage failed writing the report itself: the invocation fails (nothing else may)
             assert pub.hit_queue == REPORTS
             crashed = True
-        requests = [parse_deletion_request(raw, message_id="m", insertion_time=None, now=T3) for raw, _ in pub.on(REQUESTS)]
+        requests = [
+            parse_deletion_request(raw, message_id="m", insertion_time=None, now=T3) for raw, _ in pub.on(REQUESTS)
+        ]
         enqueued = [r.customer_id for r in requests]
         assert set(enqueued) <= eligible  # 1
         assert len(enqueued) <= per_run and len(set(enqueued)) == len(enqueued)  # 2
@@ -229,12 +307,21 @@ def test_sweep_invariants_under_crashes_and_repeats(in_process_search, tmp_path,
 
 def test_off_wins_over_setting_problems_and_a_report_no_queue_can_take_is_logged(tmp_path, caplog):
     pub, pc = FakePublisher(), FakeListing([])
-    outcome = handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_MODE="off", SWEEP_INCLUDE="("))
+    outcome = handle_sweep(
+        timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_MODE="off", SWEEP_INCLUDE="(")
+    )
     assert outcome.result == "off" and pc.calls == [] and pub.json_on(REPORTS)[0]["problems"]
     settings_env = {"SWEEP_SCHEDULE": "0 0 3 * * *", "SWEEP_REPORTS_QUEUE": REQUESTS}
     deps = make_deps(tmp_path, pc, FakePublisher(), Clock(T3))
-    deps.settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "DELETE_CUSTOMER_QUEUE": REPORTS,
-                                       "POLL_ORDERS_QUEUE": "p-queue", "DELETION_OUTCOMES_QUEUE": "o-queue"}, app_root=tmp_path)
+    deps.settings = Settings.from_env(
+        {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "DELETE_CUSTOMER_QUEUE": REPORTS,
+            "POLL_ORDERS_QUEUE": "p-queue",
+            "DELETION_OUTCOMES_QUEUE": "o-queue",
+        },
+        app_root=tmp_path,
+    )
     settings_env["SWEEP_REPORTS_QUEUE"] = "p-queue"
     with pytest.raises(SweepFailed):
         handle_sweep(timer(), "inv", deps, env=settings_env)
@@ -243,8 +330,12 @@ def test_off_wins_over_setting_problems_and_a_report_no_queue_can_take_is_logged
 
 def test_a_null_schedule_status_as_older_azure_functions_reads_it_is_no_status(tmp_path):
     pub = FakePublisher()
-    lone = SimpleNamespace(past_due=False, schedule_status=None)  # azure-functions 1.20 gives None for "ScheduleStatus": null
-    handle_sweep(lone, "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3 + timedelta(seconds=3))), env=sweep_env())
+    lone = SimpleNamespace(
+        past_due=False, schedule_status=None
+    )  # azure-functions 1.20 gives None for "ScheduleStatus": null
+    handle_sweep(
+        lone, "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3 + timedelta(seconds=3))), env=sweep_env()
+    )
     assert pub.json_on(REPORTS)[0]["trigger"] == "schedule"
 
 
@@ -256,7 +347,10 @@ HOSTILE = "a" * 40 + "!"  # (a+)+$ tries about 2**40 ways to split the a's befor
 
 def test_the_child_finds_what_re_finds_here():
     texts = (*PROBES, "Tip test run 7", "KEEP me", "tiptest7.onmicrosoft.com", "\u202eevil\x00\ud800", "")
-    for job in (SearchJob(("tip", "keep", r"\b", "^$", "x*"), texts, zero_width=True), SearchJob(("^tip test", "onmicrosoft"), texts)):
+    for job in (
+        SearchJob(("tip", "keep", r"\b", "^$", "x*"), texts, zero_width=True),
+        SearchJob(("^tip test", "onmicrosoft"), texts),
+    ):
         assert search(job) == searched_here(job)
 
 
@@ -279,7 +373,9 @@ def test_a_catastrophic_pattern_on_a_hostile_name_is_refused_at_the_time_limit_w
     began = time.monotonic()
     try:
         with pytest.raises(SweepFailed, match="did not finish"):
-            handle_sweep(timer(), "inv", deps, env=sweep_env(SWEEP_INCLUDE=CATASTROPHIC, SWEEP_MODE="delete"), match_seconds=1.5)
+            handle_sweep(
+                timer(), "inv", deps, env=sweep_env(SWEEP_INCLUDE=CATASTROPHIC, SWEEP_MODE="delete"), match_seconds=1.5
+            )
         took = time.monotonic() - began
     finally:
         stop.set()
@@ -288,18 +384,31 @@ def test_a_catastrophic_pattern_on_a_hostile_name_is_refused_at_the_time_limit_w
     during = [t for t in ticks if began + 0.2 <= t <= began + 1.4]
     assert len(during) > 30 and max(b - a for a, b in zip(during, during[1:])) < 0.5  # the other thread never stalled
     (report,) = pub.json_on(REPORTS)
-    assert pub.on(REQUESTS) == [] and report["result"] == "refused" and report["selected"] == [] and report["enqueued"] == []
+    assert (
+        pub.on(REQUESTS) == []
+        and report["result"] == "refused"
+        and report["selected"] == []
+        and report["enqueued"] == []
+    )
     assert "stopped at the time limit of 1.5 s" in report["error"] and "nested repetition" in report["error"]
 
 
 def test_a_pattern_that_hangs_on_the_probe_texts_is_a_setting_problem_and_nothing_is_listed(tmp_path):
     pub, pc = FakePublisher(), FakeListing([item(str(uuid.uuid4()), "Tip")])
     with pytest.raises(SweepFailed, match="settings have problems"):  # (.|.)*x: 2**37 ways on the longest probe text
-        handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_EXCLUDE="(.|.)*x"), match_seconds=1.0)
+        handle_sweep(
+            timer(),
+            "inv",
+            make_deps(tmp_path, pc, pub, Clock(T3)),
+            env=sweep_env(SWEEP_EXCLUDE="(.|.)*x"),
+            match_seconds=1.0,
+        )
     (report,) = pub.json_on(REPORTS)
     assert pc.calls == [] and report["result"] == "refused"
-    assert report["problems"] == ["SWEEP_EXCLUDE could not be tried on test texts (stopped at the time limit of 1 s); a pattern with "
-                                  "nested repetition, such as (a+)+$, can take hours on some texts"]
+    assert report["problems"] == [
+        "SWEEP_EXCLUDE could not be tried on test texts (stopped at the time limit of 1 s); a pattern with "
+        "nested repetition, such as (a+)+$, can take hours on some texts"
+    ]
 
 
 def test_a_child_that_cannot_run_gives_no_results_and_the_run_is_refused(tmp_path, monkeypatch):
@@ -310,7 +419,9 @@ def test_a_child_that_cannot_run_gives_no_results_and_the_run_is_refused(tmp_pat
     assert search(job).failure == "the child process ended with exit status 1"
     pub = FakePublisher()
     with pytest.raises(SweepFailed, match="could not be tried"):
-        handle_sweep(timer(), "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3)), env=sweep_env(SWEEP_INCLUDE="tip"))
+        handle_sweep(
+            timer(), "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3)), env=sweep_env(SWEEP_INCLUDE="tip")
+        )
     assert pub.json_on(REPORTS)[0]["result"] == "refused"
 
 
@@ -322,13 +433,20 @@ def test_an_unexpected_error_still_writes_a_report_naming_only_its_type(tmp_path
     secret = "Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.secret"
     pc = FakeListing([item(str(uuid.uuid4()), "Tip")], fail=ValueError(secret) if where == "listing" else None)
     if where == "planning":
+
         def broken(*args, **kwargs):
             raise KeyError(secret)
+
         monkeypatch.setattr(sweeper, "plan", broken)
     pub = FakePublisher()
     caplog.set_level("INFO", logger="customer_deletion.sweep")
     with pytest.raises(SweepFailed, match="failed before enqueueing anything"):
-        handle_sweep(timer(), "inv", make_deps(tmp_path, pc, pub, Clock(T3)), env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete"))
+        handle_sweep(
+            timer(),
+            "inv",
+            make_deps(tmp_path, pc, pub, Clock(T3)),
+            env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete"),
+        )
     (report,) = pub.json_on(REPORTS)
     kind = "ValueError" if where == "listing" else "KeyError"
     assert report["result"] == "failed" and kind in report["error"] and pub.on(REQUESTS) == []
@@ -347,5 +465,7 @@ def test_the_listing_budget_reads_the_deps_clock(tmp_path):
             return []
 
     clock = Clock(T3)
-    handle_sweep(timer(), "inv", make_deps(tmp_path, Slow([]), FakePublisher(), clock), env=sweep_env(SWEEP_INCLUDE="tip"))
+    handle_sweep(
+        timer(), "inv", make_deps(tmp_path, Slow([]), FakePublisher(), clock), env=sweep_env(SWEEP_INCLUDE="tip")
+    )
     assert seen == [True, False]

@@ -1,4 +1,5 @@
 """shared/telemetry.py: structured log fields on every record of a step; and the worker's Entra authentication."""
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,13 @@ def test_fields_reach_every_record_made_inside_the_block_and_only_those(capture)
     before, start, retry, end, after = handler.records
     assert fields_of(before) == {} and fields_of(after) == {}
     assert fields_of(start) == {"function": "poll_orders", "invocationId": "inv-1"}
-    assert fields_of(retry) == {"function": "poll_orders", "invocationId": "inv-1", "correlationId": "c-1",
-                                "customerTenantId": "t-1", "hop": "3"}  # None is left out, numbers are text
+    assert fields_of(retry) == {
+        "function": "poll_orders",
+        "invocationId": "inv-1",
+        "correlationId": "c-1",
+        "customerTenantId": "t-1",
+        "hop": "3",
+    }  # None is left out, numbers are text
     assert fields_of(end)["outcome"] == "deleted"
 
 
@@ -156,8 +162,10 @@ def test_an_invocation_that_raises_logs_its_exception_with_the_fields(capture):
     app.set_deps(types.SimpleNamespace())  # no clock, no settings: the handler fails at once
     try:
         with pytest.raises(AttributeError):
-            app.run_delete_customer(types.SimpleNamespace(get_body=lambda: b"{}", id="m", dequeue_count=1, insertion_time=None),
-                                    types.SimpleNamespace(invocation_id="inv-9"))
+            app.run_delete_customer(
+                types.SimpleNamespace(get_body=lambda: b"{}", id="m", dequeue_count=1, insertion_time=None),
+                types.SimpleNamespace(invocation_id="inv-9"),
+            )
     finally:
         app.set_deps(None)
         logging.getLogger("customer_deletion").removeHandler(handler)

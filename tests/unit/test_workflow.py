@@ -1,4 +1,5 @@
 """The pure core, table-driven: whole hops, (state, observations) -> calls and the hop's last command. No I/O."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,19 @@ import pytest
 from shared import workflow as core
 from shared.messages import DeletionRequest, OrderState, PollMessage
 from shared.workflow import (
-    Answer, CancelOrder, Continue, DeleteCustomer, Failure, FailureKind, Finish, GetCustomer, GetOrder,
-    ListEntitlements, Outcome, Poison, Policy,
+    Answer,
+    CancelOrder,
+    Continue,
+    DeleteCustomer,
+    Failure,
+    FailureKind,
+    Finish,
+    GetCustomer,
+    GetOrder,
+    ListEntitlements,
+    Outcome,
+    Poison,
+    Policy,
 )
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -20,8 +32,16 @@ CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
 CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 A, B, C = "A" * 33, "B" * 33, "C" * 33
-POLICY = Policy(interval=30, max_interval=600, timeout=3600, protected=frozenset({PROTECTED}), hop_work=10, pickup=10,
-                settle=60, call_time=35)
+POLICY = Policy(
+    interval=30,
+    max_interval=600,
+    timeout=3600,
+    protected=frozenset({PROTECTED}),
+    hop_work=10,
+    pickup=10,
+    settle=60,
+    call_time=35,
+)
 # The hard end keeps room for the last looks, whole hops: 900 - 55 - 3 x (30 + 55) = 590 < 60 + 2 x 600.
 CUT, FINAL, HARD = T0 + timedelta(seconds=3600), T0 + timedelta(seconds=3660), T0 + timedelta(seconds=3600 + 590)
 
@@ -40,8 +60,17 @@ OUTAGE = Failure(FailureKind.TRANSIENT, 503, "800003", "Unexpected service error
 
 
 def poll(*orders, attempt=1, stage="poll", **kw):
-    return PollMessage(CUST, CORR, tuple(OrderState(i, s) for i, s in orders), attempt, T0 - timedelta(seconds=5), T0,
-                       stage=stage, customer_seen=stage == "poll", **kw)
+    return PollMessage(
+        CUST,
+        CORR,
+        tuple(OrderState(i, s) for i, s in orders),
+        attempt,
+        T0 - timedelta(seconds=5),
+        T0,
+        stage=stage,
+        customer_seen=stage == "poll",
+        **kw,
+    )
 
 
 def request(dry_run=False, customer=CUST):
@@ -75,6 +104,7 @@ def poll_hop(message, now=T0 + timedelta(seconds=100), delivery=1):
 
 # -- delete_customer: the request's first delivery ---------------------------------------------------------------------
 
+
 def test_first_look_finds_no_customer_not_found():
     calls, last = drive(first_delivery(), {GetCustomer(): NOT_FOUND})
     assert calls == [GetCustomer()]
@@ -82,8 +112,15 @@ def test_first_look_finds_no_customer_not_found():
 
 
 def test_discovery_cancels_every_open_order_and_polls_after_the_interval():
-    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B, A]),
-                                           CancelOrder(A): order("pending"), CancelOrder(B): order("cancelled")})
+    calls, last = drive(
+        first_delivery(),
+        {
+            GetCustomer(): Answer({}),
+            ListEntitlements(): Answer([A, B, A]),
+            CancelOrder(A): order("pending"),
+            CancelOrder(B): order("cancelled"),
+        },
+    )
     # No read before the cancel, and none after it in this hop: B's "cancelled" answer is no proof (issue 8).
     assert calls == [GetCustomer(), ListEntitlements(), CancelOrder(A), CancelOrder(B)]
     assert isinstance(last, Continue) and last.delay == POLICY.interval
@@ -93,15 +130,26 @@ def test_discovery_cancels_every_open_order_and_polls_after_the_interval():
 
 def test_everything_read_cancelled_goes_to_poll_orders_at_once_and_never_deletes_here():
     already = refused(400, "800061", "Order cannot be canceled")
-    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B]),
-                                           CancelOrder(A): already, CancelOrder(B): already,
-                                           GetOrder(A): order("cancelled"), GetOrder(B): order("CANCELLED")})
+    calls, last = drive(
+        first_delivery(),
+        {
+            GetCustomer(): Answer({}),
+            ListEntitlements(): Answer([A, B]),
+            CancelOrder(A): already,
+            CancelOrder(B): already,
+            GetOrder(A): order("cancelled"),
+            GetOrder(B): order("CANCELLED"),
+        },
+    )
     assert calls == [GetCustomer(), ListEntitlements(), CancelOrder(A), GetOrder(A), CancelOrder(B), GetOrder(B)]
     assert isinstance(last, Continue) and last.delay == 0 and last.message.stage == "poll"
 
 
 def test_a_patch_answering_cancelled_is_no_proof_the_next_hop_reads_it():
-    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]), CancelOrder(A): order("cancelled")})
+    calls, last = drive(
+        first_delivery(),
+        {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]), CancelOrder(A): order("cancelled")},
+    )
     assert calls == [GetCustomer(), ListEntitlements(), CancelOrder(A)]
     assert isinstance(last, Continue) and last.delay == POLICY.interval
     assert [(o.id, o.status) for o in last.message.orders] == [(A, "pending")]  # never "cancelled" from a PATCH
@@ -110,16 +158,25 @@ def test_a_patch_answering_cancelled_is_no_proof_the_next_hop_reads_it():
 
 
 def test_dry_run_reads_only():
-    calls, last = drive(first_delivery(request(dry_run=True)), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B]),
-                                                                GetOrder(A): order("completed"), GetOrder(B): order("cancelled")})
+    calls, last = drive(
+        first_delivery(request(dry_run=True)),
+        {
+            GetCustomer(): Answer({}),
+            ListEntitlements(): Answer([A, B]),
+            GetOrder(A): order("completed"),
+            GetOrder(B): order("cancelled"),
+        },
+    )
     assert calls == [GetCustomer(), ListEntitlements(), GetOrder(A), GetOrder(B)]
     assert last.outcome is Outcome.DRY_RUN and A in last.detail and "1 order(s)" in last.detail
 
 
 def test_a_dry_run_out_of_time_stays_a_dry_run():
-    calls, last = drive(first_delivery(request(dry_run=True)), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B]),
-                                                                GetOrder(A): order("completed")},
-                        elapsed=lambda n: 0.0 if n < 3 else 11.0)
+    calls, last = drive(
+        first_delivery(request(dry_run=True)),
+        {GetCustomer(): Answer({}), ListEntitlements(): Answer([A, B]), GetOrder(A): order("completed")},
+        elapsed=lambda n: 0.0 if n < 3 else 11.0,
+    )
     assert isinstance(last, Continue) and last.message.dry_run and last.message.stage == "discover"
     assert core.CancelOrder(A) not in calls
 
@@ -130,6 +187,7 @@ def test_protected_customer_zero_calls():
 
 
 # -- poll_orders ----------------------------------------------------------------------------------------------------
+
 
 def test_intermediate_hop_stops_at_the_first_open_order():
     calls, last = drive(poll_hop(poll((B, "cancelled"), (A, "pending"))), {GetOrder(A): order("pending")})
@@ -145,47 +203,72 @@ def test_the_poll_delay_grows_with_the_time_since_the_last_cancel():
     # point is 300 x 1.1^17 = 1516.3 s: the poll waits until then, not 10 % of 1500 s from now.
     assert last.delay == 16 and last.message.cancel_sent_at == T0 + timedelta(seconds=20)
     _, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): order("pending")}, now=T0 + timedelta(seconds=1520))
-    assert last.delay == 147  # no cancel recorded (an older message): counted from the first handling, next point 1667.9 s
+    assert (
+        last.delay == 147
+    )  # no cancel recorded (an older message): counted from the first handling, next point 1667.9 s
 
 
 def test_a_new_cancel_starts_the_poll_delay_again():
     message = poll((A, "pending"), (C, "active"), cancel_sent_at=T0)
     now = T0 + timedelta(seconds=2000)
-    calls, last = drive(poll_hop(message), {GetOrder(C): order("active"), CancelOrder(C): order("pending"), GetOrder(A): order("pending")}, now=now)
+    calls, last = drive(
+        poll_hop(message),
+        {GetOrder(C): order("active"), CancelOrder(C): order("pending"), GetOrder(A): order("pending")},
+        now=now,
+    )
     assert CancelOrder(C) in calls
     assert last.delay == POLICY.interval and last.message.cancel_sent_at == now
 
 
 def test_confirming_hop_lists_and_reads_everything_then_deletes():
-    calls, last = drive(poll_hop(poll((A, "pending"), (B, "cancelled"))),
-                        {GetOrder(A): order("cancelled"), GetOrder(B): order("cancelled"), ListEntitlements(): Answer([A, B]),
-                         DeleteCustomer(): Answer(None)})
+    calls, last = drive(
+        poll_hop(poll((A, "pending"), (B, "cancelled"))),
+        {
+            GetOrder(A): order("cancelled"),
+            GetOrder(B): order("cancelled"),
+            ListEntitlements(): Answer([A, B]),
+            DeleteCustomer(): Answer(None),
+        },
+    )
     assert calls == [GetOrder(A), GetOrder(B), ListEntitlements(), DeleteCustomer()]
     assert last.outcome is Outcome.DELETED and last.poll_attempts == 2
 
 
 def test_a_forged_all_cancelled_message_causes_reads_not_a_delete():
-    calls, last = drive(poll_hop(poll((A, "cancelled"), (B, "cancelled"))), {GetOrder(A): order("cancelled"), GetOrder(B): order("pending")})
+    calls, last = drive(
+        poll_hop(poll((A, "cancelled"), (B, "cancelled"))),
+        {GetOrder(A): order("cancelled"), GetOrder(B): order("pending")},
+    )
     assert DeleteCustomer() not in calls and isinstance(last, Continue)
 
 
 def test_an_order_that_appears_after_discovery_is_cancelled_and_waited_for():
-    calls, last = drive(poll_hop(poll((A, "pending"))),
-                        {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A, C]), CancelOrder(C): order("pending")})
+    calls, last = drive(
+        poll_hop(poll((A, "pending"))),
+        {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A, C]), CancelOrder(C): order("pending")},
+    )
     assert calls == [GetOrder(A), ListEntitlements(), CancelOrder(C)]
     assert isinstance(last, Continue) and [o.id for o in last.message.orders] == [A, C]
 
 
 def test_an_order_that_fell_back_is_cancelled_again():
-    calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): order("completed"), CancelOrder(A): order("pending")})
+    calls, last = drive(
+        poll_hop(poll((A, "pending"))), {GetOrder(A): order("completed"), CancelOrder(A): order("pending")}
+    )
     assert calls == [GetOrder(A), CancelOrder(A)] and isinstance(last, Continue)
 
 
 def test_a_refused_second_cancel_reads_the_order_and_carries_on():
     already = refused(400, "800061", "Order cannot be canceled")
-    calls, last = drive(poll_hop(poll((A, "completed"))),
-                        {GetOrder(A): [order("completed"), order("cancelled")], CancelOrder(A): already,
-                         ListEntitlements(): Answer([A]), DeleteCustomer(): Answer(None)})
+    calls, last = drive(
+        poll_hop(poll((A, "completed"))),
+        {
+            GetOrder(A): [order("completed"), order("cancelled")],
+            CancelOrder(A): already,
+            ListEntitlements(): Answer([A]),
+            DeleteCustomer(): Answer(None),
+        },
+    )
     # A status the poll message claims is read before anything is changed; then the cancel, refused, is read again.
     assert calls == [GetOrder(A), CancelOrder(A), GetOrder(A), ListEntitlements(), DeleteCustomer()]
     assert last.outcome is Outcome.DELETED
@@ -193,15 +276,24 @@ def test_a_refused_second_cancel_reads_the_order_and_carries_on():
 
 def test_a_refusal_of_an_order_that_still_needs_a_cancel_fails_with_partner_centers_words():
     window = refused(400, "900117", "You have passed your 60-day cancellation window.")
-    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]),
-                                           GetOrder(A): order("completed"), CancelOrder(A): window})
+    calls, last = drive(
+        first_delivery(),
+        {
+            GetCustomer(): Answer({}),
+            ListEntitlements(): Answer([A]),
+            GetOrder(A): order("completed"),
+            CancelOrder(A): window,
+        },
+    )
     assert calls[-1] == GetOrder(A) and last.outcome is Outcome.FAILED
     assert "900117" in last.detail and "60-day" in last.detail and last.poison is Poison.EQUIVALENT
 
 
 def test_an_order_missing_while_the_customer_exists_fails_after_checking_the_customer():
-    calls, last = drive(poll_hop(poll((A, "pending"))),
-                        {GetOrder(A): refused(404, "20000", "Order Id not found", "GET /o"), GetCustomer(): Answer({})})
+    calls, last = drive(
+        poll_hop(poll((A, "pending"))),
+        {GetOrder(A): refused(404, "20000", "Order Id not found", "GET /o"), GetCustomer(): Answer({})},
+    )
     assert calls == [GetOrder(A), GetCustomer()] and last.outcome is Outcome.FAILED and "20000" in last.detail
 
 
@@ -221,14 +313,21 @@ def test_a_dry_run_finding_no_customer_later_is_not_found():
     assert last.outcome is Outcome.NOT_FOUND
 
 
-@pytest.mark.parametrize("failure, delay, cause", [
-    (THROTTLED, 75, "throttled"),
-    (replace(THROTTLED, retry_after=None), POLICY.interval, "throttled"),
-    (replace(THROTTLED, retry_after=5000.0), 900, "throttled"),
-    (OUTAGE, POLICY.interval, "outage"),
-    (Failure(FailureKind.AUTH, 401, "800001", "Partner Token missing", where="GET /o"), POLICY.interval, "outage"),
-    (Failure(FailureKind.TRANSIENT, None, None, "ConnectionError talking to Partner Center", where="GET /o"), POLICY.interval, "outage"),
-])
+@pytest.mark.parametrize(
+    "failure, delay, cause",
+    [
+        (THROTTLED, 75, "throttled"),
+        (replace(THROTTLED, retry_after=None), POLICY.interval, "throttled"),
+        (replace(THROTTLED, retry_after=5000.0), 900, "throttled"),
+        (OUTAGE, POLICY.interval, "outage"),
+        (Failure(FailureKind.AUTH, 401, "800001", "Partner Token missing", where="GET /o"), POLICY.interval, "outage"),
+        (
+            Failure(FailureKind.TRANSIENT, None, None, "ConnectionError talking to Partner Center", where="GET /o"),
+            POLICY.interval,
+            "outage",
+        ),
+    ],
+)
 def test_throttling_and_outages_continue_on_the_poll_queue(failure, delay, cause):
     calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): failure})
     assert isinstance(last, Continue) and spread(last.delay, delay, cause) and last.message.cause == cause
@@ -262,8 +361,11 @@ def test_outage_backoff_grows_while_nothing_progresses_and_resets_after():
 
 
 def test_a_hop_hands_over_after_its_work_budget():
-    calls, last = drive(poll_hop(poll((A, "pending"), (B, "cancelled"))), {GetOrder(A): order("cancelled")},
-                        elapsed=lambda n: 0.0 if n < 1 else 10.5)
+    calls, last = drive(
+        poll_hop(poll((A, "pending"), (B, "cancelled"))),
+        {GetOrder(A): order("cancelled")},
+        elapsed=lambda n: 0.0 if n < 1 else 10.5,
+    )
     assert calls == [GetOrder(A)]
     assert isinstance(last, Continue) and last.delay == 1 and last.message.cause == "out_of_time"
     assert {o.id: o.status for o in last.message.orders} == {A: "cancelled", B: "cancelled"}  # hints only
@@ -271,39 +373,70 @@ def test_a_hop_hands_over_after_its_work_budget():
 
 def test_a_refused_delete_keeps_polling_and_names_the_refusal():
     text = "Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the following orders: 0bed3bbca6c"
-    calls, last = drive(poll_hop(poll((A, "cancelled"))),
-                        {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A]), DeleteCustomer(): refused(400, "800000", text, "DELETE /c")})
+    calls, last = drive(
+        poll_hop(poll((A, "cancelled"))),
+        {
+            GetOrder(A): order("cancelled"),
+            ListEntitlements(): Answer([A]),
+            DeleteCustomer(): refused(400, "800000", text, "DELETE /c"),
+        },
+    )
     assert isinstance(last, Continue) and last.message.delete_refusals == 1 and last.message.cause == "delete_refused"
     assert "0bed3bbca6c" in last.message.cause_detail
 
 
 def test_a_lost_delete_answer_is_settled_by_the_next_hop():
-    _, last = drive(poll_hop(poll((A, "cancelled"))), {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A]),
-                                                       DeleteCustomer(): Failure(FailureKind.TRANSIENT, None, None, "ReadTimeout", where="DELETE /c")})
+    _, last = drive(
+        poll_hop(poll((A, "cancelled"))),
+        {
+            GetOrder(A): order("cancelled"),
+            ListEntitlements(): Answer([A]),
+            DeleteCustomer(): Failure(FailureKind.TRANSIENT, None, None, "ReadTimeout", where="DELETE /c"),
+        },
+    )
     assert isinstance(last, Continue) and "answer lost" in last.message.cause_detail
-    calls, last = drive(poll_hop(last.message, now=T0 + timedelta(seconds=200)), {GetOrder(A): NOT_FOUND, GetCustomer(): NOT_FOUND})
+    calls, last = drive(
+        poll_hop(last.message, now=T0 + timedelta(seconds=200)), {GetOrder(A): NOT_FOUND, GetCustomer(): NOT_FOUND}
+    )
     assert last.outcome is Outcome.DELETED
 
 
 def test_unsafe_ids_fail_without_a_guess():
-    unsafe = Failure(FailureKind.UNSAFE, description="entitlement names an order id that is not the documented shape: '../x'", where="GET entitlements")
+    unsafe = Failure(
+        FailureKind.UNSAFE,
+        description="entitlement names an order id that is not the documented shape: '../x'",
+        where="GET entitlements",
+    )
     calls, last = drive(poll_hop(poll((A, "cancelled"))), {GetOrder(A): order("cancelled"), ListEntitlements(): unsafe})
-    assert last.outcome is Outcome.FAILED and "not the documented shape" in last.detail and DeleteCustomer() not in calls
+    assert (
+        last.outcome is Outcome.FAILED and "not the documented shape" in last.detail and DeleteCustomer() not in calls
+    )
 
 
 def test_a_409_on_a_cancel_means_in_progress():
     busy = Failure(FailureKind.CONFLICT, 409, "800060", "Your order is in progress.", where="PATCH /o")
-    calls, last = drive(first_delivery(), {GetCustomer(): Answer({}), ListEntitlements(): Answer([A]), GetOrder(A): order("completed"), CancelOrder(A): busy})
+    calls, last = drive(
+        first_delivery(),
+        {
+            GetCustomer(): Answer({}),
+            ListEntitlements(): Answer([A]),
+            GetOrder(A): order("completed"),
+            CancelOrder(A): busy,
+        },
+    )
     assert isinstance(last, Continue) and last.message.orders == (OrderState(A, "pending"),)
 
 
 # -- redeliveries, protection, unreadable and forged messages --------------------------------------------------------
 
+
 def test_a_redelivered_request_hands_over_without_a_call():
     last = core.begin_request(request(), delivery=2, now=T0 + timedelta(seconds=600), policy=POLICY)
     assert isinstance(last, Continue) and last.message.stage == "discover" and last.message.recoveries == 1
     assert last.message.first_handled_at == T0 + timedelta(seconds=600)
-    assert last.message.delete_by == T0 - timedelta(seconds=5) + timedelta(seconds=POLICY.timeout)  # the earliest sibling cut-off
+    assert last.message.delete_by == T0 - timedelta(seconds=5) + timedelta(
+        seconds=POLICY.timeout
+    )  # the earliest sibling cut-off
     assert last.delay == POLICY.interval
 
 
@@ -320,7 +453,9 @@ def test_a_poll_message_for_a_protected_customer_is_rejected_with_zero_calls():
 
 
 def test_a_poll_message_from_the_future_is_unreadable_and_looks_once_before_failing():
-    calls, last = drive(poll_hop(replace(poll((A, "cancelled")), first_handled_at=T0 + timedelta(days=1))), {GetCustomer(): Answer({})})
+    calls, last = drive(
+        poll_hop(replace(poll((A, "cancelled")), first_handled_at=T0 + timedelta(days=1))), {GetCustomer(): Answer({})}
+    )
     assert calls == [GetCustomer()] and last.outcome is Outcome.FAILED and last.poison is Poison.EQUIVALENT
     assert "times lie in the future" in last.detail
 
@@ -331,10 +466,14 @@ def test_a_poll_message_cannot_move_its_cut_off_later():
 
 
 def unreadable(customer=CUST, correlation=CORR, dry_run=False):
-    return core.unreadable_poll("x", customer_id=customer, correlation_id=correlation, dry_run=dry_run, requested_at=T0, now=T0, policy=POLICY)
+    return core.unreadable_poll(
+        "x", customer_id=customer, correlation_id=correlation, dry_run=dry_run, requested_at=T0, now=T0, policy=POLICY
+    )
 
 
-@pytest.mark.parametrize("answer, outcome", [(Answer({}), Outcome.FAILED), (NOT_FOUND, Outcome.DELETED), (OUTAGE, Outcome.FAILED)])
+@pytest.mark.parametrize(
+    "answer, outcome", [(Answer({}), Outcome.FAILED), (NOT_FOUND, Outcome.DELETED), (OUTAGE, Outcome.FAILED)]
+)
 def test_an_unreadable_poll_message_looks_whether_the_customer_is_gone_then_fails(answer, outcome):
     calls, last = drive(unreadable(), {GetCustomer(): answer})
     assert calls == [GetCustomer()] and last.outcome is outcome
@@ -352,6 +491,7 @@ def test_unreadable_poll_messages_without_a_readable_request_wait_as_they_were_a
 
 
 # -- the deadline ---------------------------------------------------------------------------------------------------
+
 
 def test_no_hop_is_scheduled_past_the_last_moment_it_could_confirm():
     message = poll((A, "pending"), attempt=9)
@@ -372,13 +512,21 @@ def test_a_delete_is_never_sent_at_or_after_the_cut_off():
 
 
 def test_a_throttled_hop_respects_the_deadline():
-    _, last = drive(poll_hop(poll((A, "pending")), now=CUT - timedelta(seconds=40)), {GetOrder(A): THROTTLED}, now=CUT - timedelta(seconds=40))
+    _, last = drive(
+        poll_hop(poll((A, "pending")), now=CUT - timedelta(seconds=40)),
+        {GetOrder(A): THROTTLED},
+        now=CUT - timedelta(seconds=40),
+    )
     assert last.delay == 20  # not Retry-After 75: the last useful moment to confirm is 20 s away
 
 
 def test_the_final_check_classifies_from_fresh_reads():
     message = poll((A, "pending"), cause="open")
-    calls, last = drive(poll_hop(message, now=FINAL), {GetCustomer(): Answer({}), GetOrder(A): order("pending"), ListEntitlements(): Answer([A])}, now=FINAL)
+    calls, last = drive(
+        poll_hop(message, now=FINAL),
+        {GetCustomer(): Answer({}), GetOrder(A): order("pending"), ListEntitlements(): Answer([A])},
+        now=FINAL,
+    )
     assert calls == [GetCustomer(), GetOrder(A), ListEntitlements()] and DeleteCustomer() not in calls
     assert last.outcome is Outcome.TIMED_OUT and f"orders still open: {A}" in last.detail
     assert last.poison is Poison.EQUIVALENT
@@ -386,8 +534,11 @@ def test_the_final_check_classifies_from_fresh_reads():
 
 def test_the_final_check_reproduces_a_refusal_a_sibling_chain_may_have_reported():
     window = refused(400, "900117", "You have passed your 60-day cancellation window.")
-    calls, last = drive(poll_hop(poll((A, "completed")), now=FINAL),
-                        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window}, now=FINAL)
+    calls, last = drive(
+        poll_hop(poll((A, "completed")), now=FINAL),
+        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window},
+        now=FINAL,
+    )
     assert last.outcome is Outcome.FAILED and "900117" in last.detail
 
 
@@ -396,20 +547,38 @@ def test_the_final_check_finds_the_customer_gone():
     assert last.outcome is Outcome.DELETED
 
 
-@pytest.mark.parametrize("cause, status, words", [
-    ("delete_refused", "cancelled", "every order reads cancelled, but Partner Center refused the DELETE (last: something)"),
-    ("throttled", "cancelled", "turned cancelled too late"),
-    (None, "cancelled", "turned cancelled too late"),
-    ("throttled", "pending", f"orders still open: {A}"),  # what the final check read wins over an older cause
-])
+@pytest.mark.parametrize(
+    "cause, status, words",
+    [
+        (
+            "delete_refused",
+            "cancelled",
+            "every order reads cancelled, but Partner Center refused the DELETE (last: something)",
+        ),
+        ("throttled", "cancelled", "turned cancelled too late"),
+        (None, "cancelled", "turned cancelled too late"),
+        ("throttled", "pending", f"orders still open: {A}"),  # what the final check read wins over an older cause
+    ],
+)
 def test_timed_out_names_what_the_final_check_read(cause, status, words):
     message = poll((A, "cancelled"), cause=cause, cause_detail="last: something")
-    calls, last = drive(poll_hop(message, now=FINAL), {GetCustomer(): Answer({}), GetOrder(A): order(status), ListEntitlements(): Answer([A])}, now=FINAL)
+    calls, last = drive(
+        poll_hop(message, now=FINAL),
+        {GetCustomer(): Answer({}), GetOrder(A): order(status), ListEntitlements(): Answer([A])},
+        now=FINAL,
+    )
     assert last.outcome is Outcome.TIMED_OUT and words in last.detail and "kept throttling" not in last.detail
 
 
-@pytest.mark.parametrize("cause, words", [("throttled", "kept throttling (last: something)"), ("outage", "unavailable (last: something)"),
-                                          ("delete_refused", "refused the DELETE (last: something)"), (None, "could not be finished")])
+@pytest.mark.parametrize(
+    "cause, words",
+    [
+        ("throttled", "kept throttling (last: something)"),
+        ("outage", "unavailable (last: something)"),
+        ("delete_refused", "refused the DELETE (last: something)"),
+        (None, "could not be finished"),
+    ],
+)
 def test_timed_out_names_the_recorded_cause_when_the_final_check_could_not_read(cause, words):
     message = poll((A, "pending"), cause=cause, cause_detail="last: something")
     for _ in range(core.LAST_TRIES + 1):
@@ -421,7 +590,11 @@ def test_timed_out_names_the_recorded_cause_when_the_final_check_could_not_read(
 def test_a_final_check_that_keeps_failing_ends_at_the_hard_end():
     _, last = drive(poll_hop(poll((A, "pending")), now=FINAL), {GetCustomer(): THROTTLED}, now=FINAL)
     assert isinstance(last, Continue) and spread(last.delay, 75)
-    _, last = drive(poll_hop(poll((A, "pending")), now=HARD - timedelta(seconds=10)), {GetCustomer(): THROTTLED}, now=HARD - timedelta(seconds=10))
+    _, last = drive(
+        poll_hop(poll((A, "pending")), now=HARD - timedelta(seconds=10)),
+        {GetCustomer(): THROTTLED},
+        now=HARD - timedelta(seconds=10),
+    )
     assert last.delay == 10  # never past the hard end
     message = poll((A, "pending"), cause="outage", cause_detail="503")
     for look in range(core.LAST_TRIES):  # a few more tries at the last look, POLL_INTERVAL apart
@@ -435,8 +608,11 @@ def test_a_final_check_that_keeps_failing_ends_at_the_hard_end():
 
 def test_after_the_hard_end_a_look_still_classifies_a_refusal():
     window = refused(400, "900117", "You have passed your 60-day cancellation window.")
-    calls, last = drive(poll_hop(poll((A, "completed")), now=HARD + timedelta(seconds=999)),
-                        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window}, now=HARD + timedelta(seconds=999))
+    calls, last = drive(
+        poll_hop(poll((A, "completed")), now=HARD + timedelta(seconds=999)),
+        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window},
+        now=HARD + timedelta(seconds=999),
+    )
     assert last.outcome is Outcome.FAILED and "900117" in last.detail
 
 
@@ -460,14 +636,16 @@ def test_the_hard_end_keeps_the_documented_bound():
 
 def test_a_hint_never_causes_a_change_without_a_read():
     """A stale or forged poll message that calls an order "active" gets it read, not cancelled blindly."""
-    calls, last = drive(poll_hop(poll((A, "active"), (B, "unknown"))), {GetOrder(A): order("pending"), GetOrder(B): order("pending")})
+    calls, last = drive(
+        poll_hop(poll((A, "active"), (B, "unknown"))), {GetOrder(A): order("pending"), GetOrder(B): order("pending")}
+    )
     # Both may need a cancel, so both are read (issue 7); neither is PATCHed on a hint's word.
     assert calls == [GetOrder(A), GetOrder(B)] and isinstance(last, Continue)
 
 
 def test_polls_land_on_the_grid_whatever_the_pickup():
     """Wherever a hop ran, its next poll lands on the next grid point (a second early at most, from rounding down)."""
-    grid = [30 * k for k in range(1, 11)] + [300 * 1.1 ** j for j in range(1, 40)]
+    grid = [30 * k for k in range(1, 11)] + [300 * 1.1**j for j in range(1, 40)]
     for since in [0, 0.4, 29.5, 30, 31.7, 59.2, 299, 300, 301, 333.2, 1000, 1516, 5555.5]:
         lands = since + core.poll_delay(since, POLICY)
         nxt = min(g for g in grid if g > since + 1)
@@ -479,5 +657,3 @@ def test_poll_delay_grows_and_is_capped():
     assert [core.poll_delay(s, POLICY) for s in seconds] == [30, 30, 30, 31, 35, 25, 600, 600]
     capped = Policy(interval=30, max_interval=100, timeout=3600)
     assert core.poll_delay(10**6, capped) == 100  # the grid is far sparser there: the cap wins
-
-

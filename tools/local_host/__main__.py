@@ -9,6 +9,7 @@ CA), then host.json. Timer schedules are in UTC; their schedule status and singl
 function at once. Stop it with Ctrl-C or SIGTERM: it stops polling and timers and lets running invocations finish.
 Exit status 2: the host could not start (the log says why). A development tool, not a production host.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,20 +28,37 @@ ROOT = Path(__file__).resolve().parents[2]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.local_host", description=__doc__.split("\n")[0])
     parser.add_argument("--app-root", default=str(ROOT), help="folder with host.json and the function folders")
-    parser.add_argument("--settings", default=str(ROOT / "local.settings.json"), help="local settings file (default local.settings.json)")
-    parser.add_argument("--lease-seconds", type=int, default=int(os.environ.get("LOCAL_HOST_LEASE_SECONDS", "600")),
-                        help="message lease while a function runs (Azure: 600, renewed at half time); shorter for crash tests")
+    parser.add_argument(
+        "--settings",
+        default=str(ROOT / "local.settings.json"),
+        help="local settings file (default local.settings.json)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=int,
+        default=int(os.environ.get("LOCAL_HOST_LEASE_SECONDS", "600")),
+        help="message lease while a function runs (Azure: 600, renewed at half time); shorter for crash tests",
+    )
     parser.add_argument("--functions", default="", help="comma-separated function names to run (default: all)")
-    parser.add_argument("--state-dir", default=None,
-                        help="timer schedule status and singleton locks (default <app-root>/.local/local_host)")
-    parser.add_argument("--admin-port", type=int, default=7071,
-                        help="port of the admin endpoint on 127.0.0.1 (default 7071, as func start; 0 = any free port)")
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help="timer schedule status and singleton locks (default <app-root>/.local/local_host)",
+    )
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=7071,
+        help="port of the admin endpoint on 127.0.0.1 (default 7071, as func start; 0 = any free port)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOCAL_HOST_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not 0 <= args.admin_port <= 65535:
         parser.error("--admin-port must be 0..65535")
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stdout, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
     for noisy in ("azure", "urllib3", "msal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings_path = Path(args.settings)
@@ -51,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("local_host").warning("%s not found; using the environment only", settings_path)
     try:
         app_root = Path(args.app_root)
-        host = LocalHost(app_root, os.environ, lease_seconds=args.lease_seconds,
-                         functions={f for f in args.functions.split(",") if f} or None,
-                         state_dir=Path(args.state_dir) if args.state_dir else app_root / ".local" / "local_host",
-                         admin_port=args.admin_port)
+        host = LocalHost(
+            app_root,
+            os.environ,
+            lease_seconds=args.lease_seconds,
+            functions={f for f in args.functions.split(",") if f} or None,
+            state_dir=Path(args.state_dir) if args.state_dir else app_root / ".local" / "local_host",
+            admin_port=args.admin_port,
+        )
         host.start()
     except HostError as exc:
         logging.getLogger("local_host").error("%s", exc)

@@ -12,6 +12,7 @@ trigger's connection is a connection string or identity-based (``<connection>__q
 credential settings, ``storage_credential``). Timer status and singleton locks stay in files under the state
 directory (the host keeps them in blob storage), so only queues need the connection. Development tool only.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,20 +34,47 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tools.local_host.indexing import (  # some re-exported (__all__): tools and tests import them from here
-    QUEUE_TRIGGER, TIMER_TRIGGER, Context, FunctionSpec, HostError, IdentityConnection, index_functions, queue_message_fields,
-    resolve_connection, resolve_setting_tokens, timer_data, to_function_message, to_timer_request)
+    QUEUE_TRIGGER,
+    TIMER_TRIGGER,
+    Context,
+    FunctionSpec,
+    HostError,
+    IdentityConnection,
+    index_functions,
+    queue_message_fields,
+    resolve_connection,
+    resolve_setting_tokens,
+    timer_data,
+    to_function_message,
+    to_timer_request,
+)
 from tools.local_host.timers import TimerListener, read_status
 from tools.local_host.worker import QUEUE, TIMER, WorkerDied, WorkerProcess
 
-__all__ = ["EXECUTED_LINE", "Context", "HostError", "IdentityConnection", "LocalHost", "decode_base64_strict", "load_host_config",
-           "load_local_settings", "parse_timespan", "resolve_connection", "resolve_setting_tokens", "storage_credential", "to_function_message",
-           "to_timer_request"]
+__all__ = [
+    "EXECUTED_LINE",
+    "Context",
+    "HostError",
+    "IdentityConnection",
+    "LocalHost",
+    "decode_base64_strict",
+    "load_host_config",
+    "load_local_settings",
+    "parse_timespan",
+    "resolve_connection",
+    "resolve_setting_tokens",
+    "storage_credential",
+    "to_function_message",
+    "to_timer_request",
+]
 
 log = logging.getLogger("local_host")
 
 #: The line the host logs when an invocation ends (as the Functions host does); the tools that read host logs parse
 #: it with this, so its format lives in one place.
-EXECUTED_LINE = re.compile(r"Executed 'Functions\.(?P<function>\w+)' \((?P<status>Succeeded|Failed), Id=(?P<id>[^,]+), Duration=(?P<ms>\d+)ms\)")
+EXECUTED_LINE = re.compile(
+    r"Executed 'Functions\.(?P<function>\w+)' \((?P<status>Succeeded|Failed), Id=(?P<id>[^,]+), Duration=(?P<ms>\d+)ms\)"
+)
 
 QUEUE_DEFAULTS = {
     "maxpollinginterval": "00:01:00",
@@ -70,7 +98,13 @@ def parse_timespan(value: Any, name: str) -> float:
     days, hours, minutes, seconds, frac = m.groups()
     if int(hours) > 23 or int(minutes) > 59 or int(seconds) > 59:
         raise HostError(f"host.json {name}: {value!r} is out of range")
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + int(seconds) + (float("0." + frac) if frac else 0.0)
+    return (
+        int(days or 0) * 86400
+        + int(hours) * 3600
+        + int(minutes) * 60
+        + int(seconds)
+        + (float("0." + frac) if frac else 0.0)
+    )
 
 
 def load_local_settings(path: Path) -> dict[str, str]:
@@ -111,7 +145,7 @@ def load_host_config(app_root: Path, env: Mapping[str, str], *, development: boo
     for key, value in env.items():
         k = key.lower()
         if k.startswith(prefix + "extensions__queues__"):
-            raw[k[len(prefix + "extensions__queues__"):]] = value
+            raw[k[len(prefix + "extensions__queues__") :]] = value
         elif k == prefix + "functiontimeout":
             top["functiontimeout"] = value
     opts = {**QUEUE_DEFAULTS, **raw}
@@ -131,7 +165,11 @@ def load_host_config(app_root: Path, env: Mapping[str, str], *, development: boo
     if max_dequeue < 1:
         raise HostError("host.json maxDequeueCount must be at least 1")
     threshold = opts["newbatchthreshold"]
-    threshold = (batch // 2) * (1 if env.get("WEBSITE_SKU") == "Dynamic" else (os.cpu_count() or 1)) if threshold is None else int(threshold)
+    threshold = (
+        (batch // 2) * (1 if env.get("WEBSITE_SKU") == "Dynamic" else (os.cpu_count() or 1))
+        if threshold is None
+        else int(threshold)
+    )
     if threshold < 0:
         raise HostError("host.json newBatchThreshold must be >= 0")
     encoding = str(opts["messageencoding"]).lower()
@@ -141,8 +179,17 @@ def load_host_config(app_root: Path, env: Mapping[str, str], *, development: boo
     function_timeout = None if timeout in (None, "-1", -1) else parse_timespan(timeout, "functionTimeout")
     if timeout is None:
         function_timeout = 30 * 60.0
-    return HostConfig(QueueOptions(polling, parse_timespan(opts["visibilitytimeout"], "visibilityTimeout"), batch, max_dequeue, threshold, encoding),
-                      function_timeout)
+    return HostConfig(
+        QueueOptions(
+            polling,
+            parse_timespan(opts["visibilitytimeout"], "visibilityTimeout"),
+            batch,
+            max_dequeue,
+            threshold,
+            encoding,
+        ),
+        function_timeout,
+    )
 
 
 def storage_credential(connection: IdentityConnection, env: Mapping[str, str]) -> Any:
@@ -154,10 +201,16 @@ def storage_credential(connection: IdentityConnection, env: Mapping[str, str]) -
     from shared.config import DEFAULTS, StorageConnection
 
     authority = (env.get("AZURE_AUTHORITY_HOST") or "").strip().rstrip("/") or DEFAULTS["PARTNER_CENTER_AUTHORITY_HOST"]
-    return app_storage_credential(StorageConnection(
-        queue_service_uri=connection.queue_service_uri, client_id=connection.client_id,
-        use_managed_identity=connection.credential == "managedidentity", tenant_id=connection.tenant_id,
-        client_secret=connection.client_secret, authority_host=authority))
+    return app_storage_credential(
+        StorageConnection(
+            queue_service_uri=connection.queue_service_uri,
+            client_id=connection.client_id,
+            use_managed_identity=connection.credential == "managedidentity",
+            tenant_id=connection.tenant_id,
+            client_secret=connection.client_secret,
+            authority_host=authority,
+        )
+    )
 
 
 #: The scope of a storage token (the queue SDK asks for the same).
@@ -170,8 +223,13 @@ def check_token(connection: IdentityConnection, credential: Any) -> bool:
     try:
         credential.get_token(STORAGE_SCOPE)
     except Exception as exc:  # noqa: BLE001 - any failure to get a token is reported the same way
-        log.error("Storage connection '%s': no token for %s (%s: %s); the queue listeners keep retrying", connection.name,
-                  connection.kind, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.error(
+            "Storage connection '%s': no token for %s (%s: %s); the queue listeners keep retrying",
+            connection.name,
+            connection.kind,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         return False
     return True
 
@@ -196,8 +254,16 @@ Execute = Callable[..., bool]
 class Listener:
     """One queue listener per function, as in the queue extension 5.x."""
 
-    def __init__(self, fn: FunctionSpec, options: QueueOptions, *, lease_seconds: int, stop: threading.Event,
-                 client_factory: Callable[[str, str], Any], execute: Execute):
+    def __init__(
+        self,
+        fn: FunctionSpec,
+        options: QueueOptions,
+        *,
+        lease_seconds: int,
+        stop: threading.Event,
+        client_factory: Callable[[str, str], Any],
+        execute: Execute,
+    ):
         assert fn.queue and fn.connection
         self.fn = fn
         self.execute = execute
@@ -206,8 +272,14 @@ class Listener:
         self.stop = stop
         self.queue = client_factory(fn.connection, fn.queue)
         poison_name = fn.queue + "-poison"
-        self.poison = None if fn.queue.endswith("-poison") or len(poison_name) > 63 else client_factory(fn.connection, poison_name)
-        self.pool = ThreadPoolExecutor(max_workers=options.batch_size + options.new_batch_threshold, thread_name_prefix=fn.name)
+        self.poison = (
+            None
+            if fn.queue.endswith("-poison") or len(poison_name) > 63
+            else client_factory(fn.connection, poison_name)
+        )
+        self.pool = ThreadPoolExecutor(
+            max_workers=options.batch_size + options.new_batch_threshold, thread_name_prefix=fn.name
+        )
         self.in_flight = 0
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"listener-{fn.name}", daemon=True)
@@ -225,8 +297,14 @@ class Listener:
                 self.stop.wait(0.05)
                 continue
             try:
-                page = next(self.queue.receive_messages(max_messages=self.opts.batch_size, messages_per_page=self.opts.batch_size,
-                                                        visibility_timeout=self.lease).by_page(), [])
+                page = next(
+                    self.queue.receive_messages(
+                        max_messages=self.opts.batch_size,
+                        messages_per_page=self.opts.batch_size,
+                        visibility_timeout=self.lease,
+                    ).by_page(),
+                    [],
+                )
                 messages = list(page)
             except ResourceNotFoundError:
                 messages = []  # the host does not create a trigger queue: it backs off and looks again
@@ -264,16 +342,25 @@ class Listener:
             try:
                 data = decode_base64_strict(text)
             except (binascii.Error, ValueError):
-                log.warning("%s: Message has reached MaxDequeueCount of %d. Moving message to queue '%s'. "
-                            "(the message is not valid Base64; the function was not invoked)",
-                            self.fn.name, self.opts.max_dequeue_count, self.fn.queue + "-poison")
+                log.warning(
+                    "%s: Message has reached MaxDequeueCount of %d. Moving message to queue '%s'. "
+                    "(the message is not valid Base64; the function was not invoked)",
+                    self.fn.name,
+                    self.opts.max_dequeue_count,
+                    self.fn.queue + "-poison",
+                )
                 self._to_poison(message, text)
                 return
         else:
             data = text.encode("utf-8")
         if message.dequeue_count > self.opts.max_dequeue_count and self.poison is not None:
-            log.warning("%s: message %s dequeued %d times; moving it to %s without invoking", self.fn.name, message.id,
-                        message.dequeue_count, self.fn.queue + "-poison")
+            log.warning(
+                "%s: message %s dequeued %d times; moving it to %s without invoking",
+                self.fn.name,
+                message.id,
+                message.dequeue_count,
+                self.fn.queue + "-poison",
+            )
             self._to_poison(message, text)
             return
 
@@ -289,7 +376,9 @@ class Listener:
     def _renew(self, message: Any, receipt: dict, stop: threading.Event) -> None:
         while not stop.wait(self.lease / 2):
             try:
-                updated = self.queue.update_message(message.id, pop_receipt=receipt["pop"], visibility_timeout=self.lease)
+                updated = self.queue.update_message(
+                    message.id, pop_receipt=receipt["pop"], visibility_timeout=self.lease
+                )
                 receipt["pop"] = updated.pop_receipt
             except Exception as exc:
                 log.debug("lease renewal of %s failed: %s", message.id, exc)
@@ -301,8 +390,13 @@ class Listener:
         except UnicodeDecodeError:
             log.error("%s: message %s is not valid UTF-8 after decoding; invocation failed", self.fn.name, message.id)
             return False
-        return self.execute(self.fn, QUEUE, {"fields": queue_message_fields(message), "body": body},
-                            f"New queue message detected on '{self.fn.queue}'.", f", DequeueCount={message.dequeue_count}")
+        return self.execute(
+            self.fn,
+            QUEUE,
+            {"fields": queue_message_fields(message), "body": body},
+            f"New queue message detected on '{self.fn.queue}'.",
+            f", DequeueCount={message.dequeue_count}",
+        )
 
     def _complete(self, message: Any, pop_receipt: str, text: str, ok: bool) -> None:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -311,11 +405,17 @@ class Listener:
             if ok:
                 self.queue.delete_message(message.id, pop_receipt=pop_receipt)
             elif self.poison is not None and message.dequeue_count >= self.opts.max_dequeue_count:
-                log.warning("%s: Message has reached MaxDequeueCount of %d. Moving message to queue '%s'.",
-                            self.fn.name, self.opts.max_dequeue_count, self.fn.queue + "-poison")
+                log.warning(
+                    "%s: Message has reached MaxDequeueCount of %d. Moving message to queue '%s'.",
+                    self.fn.name,
+                    self.opts.max_dequeue_count,
+                    self.fn.queue + "-poison",
+                )
                 self._to_poison(message, text, pop_receipt)
             elif self.poison is not None:
-                self.queue.update_message(message.id, pop_receipt=pop_receipt, visibility_timeout=int(self.opts.visibility_timeout))
+                self.queue.update_message(
+                    message.id, pop_receipt=pop_receipt, visibility_timeout=int(self.opts.visibility_timeout)
+                )
             # no poison queue: leave it leased; it comes back when the lease runs out
         except (ResourceNotFoundError, HttpResponseError) as exc:
             log.debug("%s: completing %s: %s (ignored, as the host does)", self.fn.name, message.id, exc)
@@ -405,9 +505,18 @@ class _AdminHandler(BaseHTTPRequestHandler):
 
 # -- the host --------------------------------------------------------------------------------------------------------
 
+
 class LocalHost:
-    def __init__(self, app_root: Path, env: Mapping[str, str], *, lease_seconds: int = 600, functions: set[str] | None = None,
-                 state_dir: Path | None = None, admin_port: int | None = None):
+    def __init__(
+        self,
+        app_root: Path,
+        env: Mapping[str, str],
+        *,
+        lease_seconds: int = 600,
+        functions: set[str] | None = None,
+        state_dir: Path | None = None,
+        admin_port: int | None = None,
+    ):
         self.app_root = app_root
         self.env = env
         self.config = load_host_config(app_root, env)
@@ -462,7 +571,9 @@ class LocalHost:
                 old.kill()
                 self._worker = None
 
-    def execute(self, fn: FunctionSpec, kind: str, data: dict, reason: str, extra: str = "", invocation_id: str | None = None) -> bool:
+    def execute(
+        self, fn: FunctionSpec, kind: str, data: dict, reason: str, extra: str = "", invocation_id: str | None = None
+    ) -> bool:
         """One invocation through the worker, logged as the host does; a function timeout restarts the worker."""
         invocation_id = invocation_id or str(uuid.uuid4())
         log.info("Executing 'Functions.%s' (Reason='%s', Id=%s%s)", fn.name, reason, invocation_id, extra)
@@ -471,7 +582,9 @@ class LocalHost:
         try:
             error = worker.invoke(invocation_id, fn.name, kind, data).result(timeout=self.config.function_timeout)
         except (TimeoutError, FutureTimeout):  # distinct classes before Python 3.11
-            log.error("A function timeout has occurred. Restarting worker process executing invocationId '%s'.", invocation_id)
+            log.error(
+                "A function timeout has occurred. Restarting worker process executing invocationId '%s'.", invocation_id
+            )
             self.restart_worker(worker)
             return False  # no "Executed" line: the invocation never finished (the log readers count it as cut off)
         except WorkerDied as exc:
@@ -499,8 +612,14 @@ class LocalHost:
             status = read_status(self.state_dir, fn.name) if fn.use_monitor else None
             kind, data = TIMER, timer_data(status.to_json() if status else None, past_due=False)
         else:
-            fields = {"id": str(uuid.uuid4()), "dequeue_count": 1, "inserted_on": datetime.now(timezone.utc), "expires_on": None,
-                      "next_visible_on": None, "pop_receipt": None}
+            fields = {
+                "id": str(uuid.uuid4()),
+                "dequeue_count": 1,
+                "inserted_on": datetime.now(timezone.utc),
+                "expires_on": None,
+                "next_visible_on": None,
+                "pop_receipt": None,
+            }
             kind, data = QUEUE, {"fields": fields, "body": text}
         try:
             self._admin_pool.submit(self.execute, fn, kind, data, ADMIN_REASON)
@@ -515,8 +634,10 @@ class LocalHost:
         try:
             server = ThreadingHTTPServer(("127.0.0.1", self.admin_port), handler)
         except OSError as exc:
-            raise HostError(f"the admin endpoint cannot listen on 127.0.0.1:{self.admin_port} ({exc.strerror or exc}); "
-                            f"choose another port with --admin-port (0 = any free port)") from None
+            raise HostError(
+                f"the admin endpoint cannot listen on 127.0.0.1:{self.admin_port} ({exc.strerror or exc}); "
+                f"choose another port with --admin-port (0 = any free port)"
+            ) from None
         server.daemon_threads = True
         self._admin = server
         self._admin_pool = ThreadPoolExecutor(max_workers=ADMIN_CONCURRENCY, thread_name_prefix="admin")
@@ -547,16 +668,37 @@ class LocalHost:
             raise
         for fn in self.functions:
             if fn.trigger == QUEUE_TRIGGER:
-                listener = Listener(fn, self.config.queues, lease_seconds=self.lease, stop=self.stop_event, client_factory=self._client,
-                                    execute=self.execute)
+                listener = Listener(
+                    fn,
+                    self.config.queues,
+                    lease_seconds=self.lease,
+                    stop=self.stop_event,
+                    client_factory=self._client,
+                    execute=self.execute,
+                )
                 self.listeners.append(listener)
-                log.info("Found function %s: queue trigger on '%s' (poison '%s')", fn.name, fn.queue,
-                         fn.queue + "-poison" if listener.poison else "none")
+                log.info(
+                    "Found function %s: queue trigger on '%s' (poison '%s')",
+                    fn.name,
+                    fn.queue,
+                    fn.queue + "-poison" if listener.poison else "none",
+                )
             else:
-                timer = TimerListener(fn, self.state_dir, lambda spec, data, reason: self.execute(spec, TIMER, data, reason), self.stop_event)
+                timer = TimerListener(
+                    fn,
+                    self.state_dir,
+                    lambda spec, data, reason: self.execute(spec, TIMER, data, reason),
+                    self.stop_event,
+                )
                 self.timers.append(timer)
-                log.info("Found function %s: timer trigger '%s' (UTC; useMonitor=%s, runOnStartup=%s; status in %s)", fn.name,
-                         fn.schedule_text, str(fn.use_monitor).lower(), str(fn.run_on_startup).lower(), timer.lock.path.parent)
+                log.info(
+                    "Found function %s: timer trigger '%s' (UTC; useMonitor=%s, runOnStartup=%s; status in %s)",
+                    fn.name,
+                    fn.schedule_text,
+                    str(fn.use_monitor).lower(),
+                    str(fn.run_on_startup).lower(),
+                    timer.lock.path.parent,
+                )
         for runner in [*self.listeners, *self.timers]:
             runner.thread.start()
         if self._admin is not None:
@@ -564,8 +706,15 @@ class LocalHost:
             self._admin_serving = True
             log.info("Admin endpoint listening on http://127.0.0.1:%d", self._admin.server_address[1])
         q = self.config.queues
-        log.info("Host started: batchSize=%d newBatchThreshold=%d maxDequeueCount=%d visibilityTimeout=%ss maxPollingInterval=%ss lease=%ss",
-                 q.batch_size, q.new_batch_threshold, q.max_dequeue_count, q.visibility_timeout, q.max_polling_interval, self.lease)
+        log.info(
+            "Host started: batchSize=%d newBatchThreshold=%d maxDequeueCount=%d visibilityTimeout=%ss maxPollingInterval=%ss lease=%ss",
+            q.batch_size,
+            q.new_batch_threshold,
+            q.max_dequeue_count,
+            q.visibility_timeout,
+            q.max_polling_interval,
+            self.lease,
+        )
         return self.listeners
 
     def _load_in_worker(self) -> None:

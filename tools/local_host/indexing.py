@@ -9,6 +9,7 @@ function that fails either step is disabled alone; the others run. The host proc
 This module must stay importable in the worker without side effects on the app's imports: it imports nothing from
 the app's packages at module level (``shared.ncrontab`` is imported where the host parses a schedule only).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -47,7 +48,7 @@ def resolve_setting_tokens(value: str, env: Mapping[str, str]) -> str:
         end = value.find("%", start + 1)
         if end < 0:
             raise HostError(f"The '%' at position {start} does not have a closing '%'")
-        name = value[start + 1:end]
+        name = value[start + 1 : end]
         if name not in env:
             raise HostError(f"'%{name}%' does not resolve to a value.")
         out.append(value[i:start])
@@ -63,7 +64,7 @@ class IdentityConnection:
     ``__credential=managedidentity`` (+ ``__clientId``), or, for local development, ``__tenantId`` + ``__clientId`` +
     ``__clientSecret``. The secret is never shown."""
 
-    name: str                     # the setting prefix the host found, e.g. "AzureWebJobsStorage"
+    name: str  # the setting prefix the host found, e.g. "AzureWebJobsStorage"
     queue_service_uri: str
     credential: str | None = None  # "managedidentity" or None
     client_id: str | None = None
@@ -87,7 +88,7 @@ class IdentityConnection:
 def _section(env: Mapping[str, str], prefix: str) -> dict[str, str]:
     """The ``<prefix>__<key>`` settings, keys lower-cased (configuration keys are case-insensitive in the host)."""
     head = prefix.lower() + "__"
-    return {k[len(head):].lower(): v.strip() for k, v in env.items() if k.lower().startswith(head) and v and v.strip()}
+    return {k[len(head) :].lower(): v.strip() for k, v in env.items() if k.lower().startswith(head) and v and v.strip()}
 
 
 def resolve_connection(name: str | None, env: Mapping[str, str]) -> str | IdentityConnection:
@@ -106,20 +107,31 @@ def resolve_connection(name: str | None, env: Mapping[str, str]) -> str | Identi
         if not uri:
             raise HostError(f"connection '{prefix}' is identity-based but has no {prefix}__queueServiceUri")
         if not uri.lower().startswith("https://"):
-            raise HostError(f"{prefix}__queueServiceUri must be an https URL (tokens are sent over HTTPS only): {uri!r}")
+            raise HostError(
+                f"{prefix}__queueServiceUri must be an https URL (tokens are sent over HTTPS only): {uri!r}"
+            )
         credential = section.get("credential", "").lower() or None
         if credential not in (None, "managedidentity"):
             raise HostError(f"{prefix}__credential must be 'managedidentity' or not set, not {section['credential']!r}")
         secret_parts = [section.get(k) for k in ("tenantid", "clientid", "clientsecret")]
         if (section.get("clientsecret") or section.get("tenantid")) and not all(secret_parts):
-            raise HostError(f"connection '{prefix}': __tenantId, __clientId and __clientSecret go together (local development)")
-        return IdentityConnection(prefix, uri.rstrip("/"), credential, section.get("clientid"), section.get("tenantid"),
-                                  section.get("clientsecret"))
+            raise HostError(
+                f"connection '{prefix}': __tenantId, __clientId and __clientSecret go together (local development)"
+            )
+        return IdentityConnection(
+            prefix,
+            uri.rstrip("/"),
+            credential,
+            section.get("clientid"),
+            section.get("tenantid"),
+            section.get("clientsecret"),
+        )
     shown = name if name.startswith("AzureWebJobs") else f"AzureWebJobs{name}"
     raise HostError(f"Storage account connection string '{shown}' does not exist")
 
 
 # -- the host's side: function.json ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FunctionSpec:
@@ -127,28 +139,34 @@ class FunctionSpec:
 
     name: str
     directory: Path
-    trigger: str                      # "queueTrigger" or "timerTrigger"
-    binding: str                      # the trigger's parameter name
+    trigger: str  # "queueTrigger" or "timerTrigger"
+    binding: str  # the trigger's parameter name
     script_file: str = "__init__.py"
     entry_point: str = "main"
-    queue: str | None = None          # queueTrigger: resolved, lower-cased, validated
+    queue: str | None = None  # queueTrigger: resolved, lower-cased, validated
     connection: str | IdentityConnection | None = None  # queueTrigger: the connection string, or identity-based
     schedule_text: str | None = None  # timerTrigger: resolved NCRONTAB text
-    schedule: Any = None              # timerTrigger: shared.ncrontab.Schedule (UTC)
+    schedule: Any = None  # timerTrigger: shared.ncrontab.Schedule (UTC)
     run_on_startup: bool = False
     use_monitor: bool = False
 
     def for_worker(self) -> dict[str, str]:
         """What the worker needs to load the function (plain data: the worker must not unpickle app-side types)."""
-        return {"name": self.name, "directory": str(self.directory), "trigger": self.trigger, "binding": self.binding,
-                "script_file": self.script_file, "entry_point": self.entry_point}
+        return {
+            "name": self.name,
+            "directory": str(self.directory),
+            "trigger": self.trigger,
+            "binding": self.binding,
+            "script_file": self.script_file,
+            "entry_point": self.entry_point,
+        }
 
 
 @dataclass
 class IndexResult:
     functions: list[FunctionSpec]
-    errors: dict[str, str]   # function -> why it failed indexing (it is disabled)
-    disabled: list[str]      # disabled by setting or by function.json
+    errors: dict[str, str]  # function -> why it failed indexing (it is disabled)
+    disabled: list[str]  # disabled by setting or by function.json
 
 
 def _flag(binding: dict, key: str, default: bool | None) -> bool | None:
@@ -172,7 +190,9 @@ def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
     bindings = spec_json.get("bindings") or []
     types = [b.get("type") if isinstance(b, dict) else None for b in bindings]
     if len(bindings) != 1 or types[0] not in SUPPORTED_TRIGGERS:
-        raise HostError(f"the local host runs functions with exactly one queueTrigger or timerTrigger binding; found {types}")
+        raise HostError(
+            f"the local host runs functions with exactly one queueTrigger or timerTrigger binding; found {types}"
+        )
     trig = bindings[0]
     kind = trig["type"]
     if trig.get("direction") != "in":
@@ -180,8 +200,14 @@ def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
     binding = trig.get("name")
     if not isinstance(binding, str) or not binding.isidentifier():
         raise HostError(f"the {kind} binding needs a 'name' that is a Python parameter name, not {binding!r}")
-    common = dict(name=name, directory=function_json.parent, trigger=kind, binding=binding,
-                  script_file=str(spec_json.get("scriptFile") or "__init__.py"), entry_point=str(spec_json.get("entryPoint") or "main"))
+    common = dict(
+        name=name,
+        directory=function_json.parent,
+        trigger=kind,
+        binding=binding,
+        script_file=str(spec_json.get("scriptFile") or "__init__.py"),
+        entry_point=str(spec_json.get("entryPoint") or "main"),
+    )
     if kind == QUEUE_TRIGGER:
         if not isinstance(trig.get("queueName"), str):
             raise HostError("a queueTrigger binding needs a 'queueName'")
@@ -201,14 +227,21 @@ def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
     try:
         schedule = parse(text, strict=False)
     except ScheduleError as exc:
-        raise HostError(f"The schedule expression '{text}' was not recognized as a valid cron expression: {exc}") from None
+        raise HostError(
+            f"The schedule expression '{text}' was not recognized as a valid cron expression: {exc}"
+        ) from None
     if schedule.next_after(datetime.now(timezone.utc)) is None:
         raise HostError(f"the schedule '{text}' never occurs")
     use_monitor = _flag(trig, "useMonitor", None)
     if use_monitor is None:  # the host's default: monitor unless the schedule fires more than once a minute
         use_monitor = not schedule.more_than_once_a_minute
-    return FunctionSpec(**common, schedule_text=text, schedule=schedule, run_on_startup=bool(_flag(trig, "runOnStartup", False)),
-                        use_monitor=bool(use_monitor))
+    return FunctionSpec(
+        **common,
+        schedule_text=text,
+        schedule=schedule,
+        run_on_startup=bool(_flag(trig, "runOnStartup", False)),
+        use_monitor=bool(use_monitor),
+    )
 
 
 def index_functions(app_root: Path, env: Mapping[str, str], only: set[str] | None = None) -> IndexResult:
@@ -236,6 +269,7 @@ def index_functions(app_root: Path, env: Mapping[str, str], only: set[str] | Non
 
 
 # -- the worker's side: imports and signatures -----------------------------------------------------------------------
+
 
 @dataclass
 class LoadedFunction:
@@ -275,7 +309,9 @@ def load_entry_point(entry: Mapping[str, str]) -> LoadedFunction:
     return LoadedFunction(name, entry["trigger"], binding, func, "context" in params, entry["directory"])
 
 
-def load_entry_points(app_root: Path, entries: list[Mapping[str, str]]) -> tuple[dict[str, LoadedFunction], dict[str, str]]:
+def load_entry_points(
+    app_root: Path, entries: list[Mapping[str, str]]
+) -> tuple[dict[str, LoadedFunction], dict[str, str]]:
     """Load every function the host indexed: (loaded by name, load errors by name)."""
     install_app_package(app_root)
     loaded, errors = {}, {}

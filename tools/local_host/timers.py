@@ -6,6 +6,7 @@ a blob) and drives the past-due check at start. Only the host instance holding `
 (an ``flock``; the host's blob lease, its "singleton lock") runs the timer. The decisions are pure functions
 (``plan_startup``, ``status_after_run``); ``TimerListener`` only waits, invokes and stores.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -59,8 +60,11 @@ class ScheduleStatus:
         """Read a stored status, setting anything before year 2 to the default (the host's ``GetSafeStatusAsync``)."""
         if not isinstance(data, dict):
             raise ValueError("a schedule status is a JSON object")
-        return cls(_read_time(data.get("Last", iso(DEFAULT_TIME))), _read_time(data.get("Next", iso(DEFAULT_TIME))),
-                   _read_time(data.get("LastUpdated", iso(DEFAULT_TIME))))
+        return cls(
+            _read_time(data.get("Last", iso(DEFAULT_TIME))),
+            _read_time(data.get("Next", iso(DEFAULT_TIME))),
+            _read_time(data.get("LastUpdated", iso(DEFAULT_TIME))),
+        )
 
 
 def _next(schedule: Any, moment: datetime) -> datetime:
@@ -72,12 +76,14 @@ def _next(schedule: Any, moment: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class StartupPlan:
-    status: ScheduleStatus             # the listener's status from now on (the next tick is at status.next)
-    store: ScheduleStatus | None       # write this to the status file before anything runs (None: leave it)
-    action: str | None                 # PAST_DUE or RUN_ON_STARTUP: invoke once at once; None: wait for status.next
+    status: ScheduleStatus  # the listener's status from now on (the next tick is at status.next)
+    store: ScheduleStatus | None  # write this to the status file before anything runs (None: leave it)
+    action: str | None  # PAST_DUE or RUN_ON_STARTUP: invoke once at once; None: wait for status.next
 
 
-def plan_startup(schedule: Any, stored: ScheduleStatus | None, now: datetime, *, use_monitor: bool, run_on_startup: bool) -> StartupPlan:
+def plan_startup(
+    schedule: Any, stored: ScheduleStatus | None, now: datetime, *, use_monitor: bool, run_on_startup: bool
+) -> StartupPlan:
     """What a timer does when its listener starts (TimerListener.StartAsync + ScheduleMonitor.CheckPastDueAsync).
 
     Without a monitor nothing is read or stored. With one: no status yet -> store one (Next = next occurrence,
@@ -110,7 +116,9 @@ def plan_startup(schedule: Any, stored: ScheduleStatus | None, now: datetime, *,
     return StartupPlan(status, store, action)
 
 
-def status_after_run(schedule: Any, status: ScheduleStatus, fired_at: datetime, kind: str, now: datetime) -> ScheduleStatus:
+def status_after_run(
+    schedule: Any, status: ScheduleStatus, fired_at: datetime, kind: str, now: datetime
+) -> ScheduleStatus:
     """The status after an invocation, whether it succeeded or failed (TimerListener.InvokeJobFunction).
 
     A scheduled tick records its occurrence (``status.next``; a tick that fired a little early counts as on time)
@@ -132,6 +140,7 @@ def next_occurrences(schedule: Any, start: datetime, count: int = 5) -> list[dat
 
 
 # -- the files -------------------------------------------------------------------------------------------------------
+
 
 def timer_dir(state_dir: Path, name: str) -> Path:
     return state_dir / "timers" / name
@@ -191,8 +200,15 @@ Execute = Callable[[FunctionSpec, dict, str], bool]
 class TimerListener:
     """One timer: takes the singleton lock, plans its start, then invokes at each occurrence, one at a time."""
 
-    def __init__(self, spec: FunctionSpec, state_dir: Path, execute: Execute, stop: threading.Event,
-                 lock_retry_seconds: float = LOCK_RETRY_SECONDS, clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        state_dir: Path,
+        execute: Execute,
+        stop: threading.Event,
+        lock_retry_seconds: float = LOCK_RETRY_SECONDS,
+        clock: Callable[[], datetime] = utcnow,
+    ):
         self.spec = spec
         self.state_dir = state_dir
         self.execute = execute
@@ -216,8 +232,12 @@ class TimerListener:
         told = False
         while not self.lock.try_acquire():
             if not told:
-                log.info("Function '%s': another host instance holds the singleton lock (%s); retrying every %gs",
-                         self.spec.name, self.lock.path, self.lock_retry)
+                log.info(
+                    "Function '%s': another host instance holds the singleton lock (%s); retrying every %gs",
+                    self.spec.name,
+                    self.lock.path,
+                    self.lock_retry,
+                )
                 told = True
             if self.stop.wait(self.lock_retry):
                 return False
@@ -233,8 +253,12 @@ class TimerListener:
         if plan.store is not None:
             write_status(self.state_dir, spec.name, plan.store)
         self.status = plan.status
-        log.info("The next 5 occurrences of the '%s' schedule (Cron: '%s', UTC) will be: %s", spec.name, spec.schedule_text,
-                 ", ".join(iso(t) for t in next_occurrences(schedule, now)))
+        log.info(
+            "The next 5 occurrences of the '%s' schedule (Cron: '%s', UTC) will be: %s",
+            spec.name,
+            spec.schedule_text,
+            ", ".join(iso(t) for t in next_occurrences(schedule, now)),
+        )
         if plan.action == PAST_DUE:
             log.info("Function '%s' is past due on startup. Executing now.", spec.name)
             self._fire(PAST_DUE)

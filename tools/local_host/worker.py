@@ -14,6 +14,7 @@ The pipe protocol (pickled tuples):
   ``{"Schedule", "ScheduleStatus", "IsPastDue"}``);
 * worker -> host, per invocation: ``("done", invocation_id, error)``, ``error`` None when it succeeded.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,7 +54,9 @@ def _worker_main(conn: Any, app_root: str, entries: list[dict], log_level: str, 
         try:
             fn = functions.get(name)
             if fn is None:
-                raise RuntimeError(f"function '{name}' is not loaded in this worker: {errors.get(name, 'unknown function')}")
+                raise RuntimeError(
+                    f"function '{name}' is not loaded in this worker: {errors.get(name, 'unknown function')}"
+                )
             if kind == QUEUE:
                 value = to_function_message(types.SimpleNamespace(**data["fields"]), data["body"])
             elif kind == TIMER:
@@ -83,7 +86,9 @@ class WorkerProcess:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         level = logging.getLevelName(logging.getLogger().level)
-        self.proc = ctx.Process(target=_worker_main, args=(child, str(app_root), entries, level, threads), name="python-worker", daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, str(app_root), entries, level, threads), name="python-worker", daemon=True
+        )
         self.proc.start()
         child.close()
         self._pending: dict[str, Future] = {}
@@ -122,7 +127,9 @@ class WorkerProcess:
             if future is not None:
                 future.set_result(error)
         if not self.loaded.done():
-            self.loaded.set_exception(WorkerDied(f"the worker process exited while loading the functions (exit code {self.proc.exitcode})"))
+            self.loaded.set_exception(
+                WorkerDied(f"the worker process exited while loading the functions (exit code {self.proc.exitcode})")
+            )
         with self._lock:
             pending, self._pending = self._pending, {}
         for future in pending.values():

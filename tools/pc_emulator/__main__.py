@@ -10,6 +10,7 @@ the partner's app registration, the storage identity and the files below), and p
 Stop it with Ctrl-C or SIGTERM. It also writes ``<state-dir>/storage-cert.pem`` and ``storage-key.pem``: a loopback
 certificate from the same CA, for Azurite over HTTPS (``--cert``/``--key``), so one ``ca.pem`` validates both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,12 +51,22 @@ def make_tls(state_dir: Path) -> tuple[ssl.SSLContext, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.pc_emulator", description=__doc__.split("\n")[0])
-    parser.add_argument("--seed", default=str(HERE / "sample_sandbox.json"), help="sandbox JSON file (default: the sample)")
+    parser.add_argument(
+        "--seed", default=str(HERE / "sample_sandbox.json"), help="sandbox JSON file (default: the sample)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8443, help="port, 0 for any free one (default 8443)")
     parser.add_argument("--state-dir", default=".local/emulator", help="where ca.pem and emulator.json go")
-    parser.add_argument("--full-sandbox", type=int, default=0, metavar="N", help="also N generated test-run customers (default 0)")
-    parser.add_argument("--full-sandbox-seed", type=int, default=7, metavar="SEED", help="random seed of the generated customers (default 7)")
+    parser.add_argument(
+        "--full-sandbox", type=int, default=0, metavar="N", help="also N generated test-run customers (default 0)"
+    )
+    parser.add_argument(
+        "--full-sandbox-seed",
+        type=int,
+        default=7,
+        metavar="SEED",
+        help="random seed of the generated customers (default 7)",
+    )
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the emulator listens on loopback only")
@@ -64,17 +75,30 @@ def main(argv: list[str] | None = None) -> int:
 
     seed = json.loads(Path(args.seed).read_text(encoding="utf-8"))
     if args.full_sandbox:
-        seed["customers"] = list(seed.get("customers") or []) + full_sandbox_customers(args.full_sandbox, seed=args.full_sandbox_seed)
+        seed["customers"] = list(seed.get("customers") or []) + full_sandbox_customers(
+            args.full_sandbox, seed=args.full_sandbox_seed
+        )
     state_dir = Path(args.state_dir)
     context, ca_path = make_tls(state_dir)
     server = EmulatorServer((args.host, args.port), Sandbox(seed), context)
     port = server.server_address[1]
     url = f"https://127.0.0.1:{port}"
     sandbox = server.sandbox
-    (state_dir / "emulator.json").write_text(json.dumps({
-        "url": url, "ca": str(ca_path.resolve()), "partner": seed.get("partner"), "storageIdentity": sandbox.storage_identity,
-        "storageTls": {"cert": str((state_dir / "storage-cert.pem").resolve()), "key": str((state_dir / "storage-key.pem").resolve())},
-    }), encoding="utf-8")
+    (state_dir / "emulator.json").write_text(
+        json.dumps(
+            {
+                "url": url,
+                "ca": str(ca_path.resolve()),
+                "partner": seed.get("partner"),
+                "storageIdentity": sandbox.storage_identity,
+                "storageTls": {
+                    "cert": str((state_dir / "storage-cert.pem").resolve()),
+                    "key": str((state_dir / "storage-key.pem").resolve()),
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
 
     def stop(*_: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

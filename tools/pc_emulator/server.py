@@ -40,6 +40,7 @@ the state, the request log, the knobs and the faults. Development tool: never de
   ``DEFAULT_STORAGE_IDENTITY``; storage tokens only) may ask for one. Partner Center never accepts them, and
   ``revoke-tokens`` cannot reach them (Azurite keeps accepting a storage token until its ``exp``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -85,7 +86,10 @@ STORAGE_SCOPE = "https://storage.azure.com/.default"
 STORAGE_AUDIENCE = "https://storage.azure.com"
 #: The second app registration of the emulated tenant, for identity-based storage only (a seed's ``storageIdentity``
 #: replaces it). Development values, not a secret of anything real.
-DEFAULT_STORAGE_IDENTITY = {"clientId": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f", "clientSecret": "local-emulator-storage-secret-not-a-real-one"}
+DEFAULT_STORAGE_IDENTITY = {
+    "clientId": "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f",
+    "clientSecret": "local-emulator-storage-secret-not-a-real-one",
+}
 
 
 def _b64url(data: bytes) -> str:
@@ -106,8 +110,11 @@ class TokenSigner:
         from cryptography.hazmat.primitives.asymmetric import padding
 
         header = {"typ": "JWT", "alg": "RS256", "kid": self.kid}
-        signing_input = _b64url(json.dumps(header, separators=(",", ":")).encode()) + "." + \
-            _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = (
+            _b64url(json.dumps(header, separators=(",", ":")).encode())
+            + "."
+            + _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        )
         signature = self.key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
         return signing_input + "." + _b64url(signature)
 
@@ -117,16 +124,40 @@ class TokenSigner:
         def b64int(n: int) -> str:
             return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
-        return {"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid, "n": b64int(numbers.n), "e": b64int(numbers.e)}]}
+        return {
+            "keys": [
+                {
+                    "kty": "RSA",
+                    "use": "sig",
+                    "alg": "RS256",
+                    "kid": self.kid,
+                    "n": b64int(numbers.n),
+                    "e": b64int(numbers.e),
+                }
+            ]
+        }
 
 
 def storage_token_claims(tenant_id: str, client_id: str, now: float, lifetime: int) -> dict:
     """What Azurite's basic OAuth checks (iss prefix, aud, iat/nbf/exp) plus the usual app-token claims."""
     oid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pc-emulator:service-principal:{client_id.lower()}"))
     issued = int(now)
-    return {"aud": STORAGE_AUDIENCE, "iss": f"https://sts.windows.net/{tenant_id}/", "iat": issued, "nbf": issued,
-            "exp": issued + lifetime, "appid": client_id, "appidacr": "1", "idp": f"https://sts.windows.net/{tenant_id}/",
-            "idtyp": "app", "oid": oid, "sub": oid, "tid": tenant_id, "uti": secrets.token_urlsafe(16), "ver": "1.0"}
+    return {
+        "aud": STORAGE_AUDIENCE,
+        "iss": f"https://sts.windows.net/{tenant_id}/",
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + lifetime,
+        "appid": client_id,
+        "appidacr": "1",
+        "idp": f"https://sts.windows.net/{tenant_id}/",
+        "idtyp": "app",
+        "oid": oid,
+        "sub": oid,
+        "tid": tenant_id,
+        "uti": secrets.token_urlsafe(16),
+        "ver": "1.0",
+    }
 
 
 class Drop(Exception):
@@ -164,7 +195,9 @@ class Fault:
             raise ValueError(f"fault 'skip' must be an integer >= 0, not {fault.skip!r}")
         re.compile(fault.path)
         for bound in (fault.start, fault.until):
-            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound)):
+            if bound is not None and (
+                isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound)
+            ):
                 raise ValueError(f"fault window bounds 'from' and 'until' must be unix times (numbers), not {bound!r}")
         if fault.start is not None and fault.until is not None and fault.start >= fault.until:
             raise ValueError("fault window: 'from' must be before 'until'")
@@ -176,8 +209,13 @@ class Fault:
         return data
 
     def applies(self, method: str, path: str, now: float) -> bool:
-        return (self.method in ("*", method) and re.search(self.path, path) is not None and (self.times is None or self.times > 0)
-                and (self.start is None or self.start <= now) and (self.until is None or now < self.until))
+        return (
+            self.method in ("*", method)
+            and re.search(self.path, path) is not None
+            and (self.times is None or self.times > 0)
+            and (self.start is None or self.start <= now)
+            and (self.until is None or now < self.until)
+        )
 
 
 def _now() -> datetime:
@@ -259,7 +297,9 @@ class Sandbox:
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise ValueError(f"customer {data['id']}: {key} must be a string or null")
         orders = data.get("orders")
-        if orders is not None and not (isinstance(orders, list) and all(isinstance(o, dict) and isinstance(o.get("id"), str) for o in orders)):
+        if orders is not None and not (
+            isinstance(orders, list) and all(isinstance(o, dict) and isinstance(o.get("id"), str) for o in orders)
+        ):
             raise ValueError(f"customer {data['id']}: orders must be a list of objects with a string id")
 
     def add_customer(self, data: dict) -> None:
@@ -303,7 +343,10 @@ class Sandbox:
             return
         order["readsSinceCancel"] += 1
         now = time.time()
-        if order["readsSinceCancel"] > order["cancelAfterReads"] and now - order["cancelRequestedAt"] >= order["cancelAfterSeconds"]:
+        if (
+            order["readsSinceCancel"] > order["cancelAfterReads"]
+            and now - order["cancelRequestedAt"] >= order["cancelAfterSeconds"]
+        ):
             order["status"], order["cancelledAt"] = "cancelled", now
 
     def wire_status(self, status: str) -> str:
@@ -312,10 +355,23 @@ class Sandbox:
 
     def order_json(self, cid: str, order: dict) -> dict:
         return {
-            "id": order["id"], "alternateId": order["alternateId"], "referenceCustomerId": cid, "billingCycle": "one_time",
-            "currencyCode": "USD", "currencySymbol": "$", "creationDate": order["creationDate"],
-            "status": self.wire_status(order["status"]), "transactionType": "UserPurchase",
-            "lineItems": [{"lineItemNumber": 0, "offerId": "DZH318Z0BQ3W:007J:DZH318Z0BQ3W", "friendlyName": "Reserved VM Instance", "quantity": 1}],
+            "id": order["id"],
+            "alternateId": order["alternateId"],
+            "referenceCustomerId": cid,
+            "billingCycle": "one_time",
+            "currencyCode": "USD",
+            "currencySymbol": "$",
+            "creationDate": order["creationDate"],
+            "status": self.wire_status(order["status"]),
+            "transactionType": "UserPurchase",
+            "lineItems": [
+                {
+                    "lineItemNumber": 0,
+                    "offerId": "DZH318Z0BQ3W:007J:DZH318Z0BQ3W",
+                    "friendlyName": "Reserved VM Instance",
+                    "quantity": 1,
+                }
+            ],
             "links": {"self": {"uri": f"/customers/{cid}/orders/{order['id']}", "method": "GET", "headers": []}},
             "attributes": {"objectType": "Order"},
         }
@@ -325,14 +381,30 @@ class Sandbox:
         PATCH; ``readyAt``, the earliest a read can return cancelled (known when the order cancels by time alone, or
         was added cancelled); ``cancelledAt``, when its status became cancelled. ``cancellable``: a cancel PATCH can
         get it cancelled (not license, not past the cancellation window, not ``neverCancels``)."""
-        cancellable = (order["kind"] != "license" and not order["neverCancels"]
-                       and order["ageDays"] <= float(self.knobs["cancellationWindowDays"]))
-        keys = ("status", "alternateId", "patches", "kind", "hidden", "addedAt", "cancelRequestedAt", "readyAt", "cancelledAt")
+        cancellable = (
+            order["kind"] != "license"
+            and not order["neverCancels"]
+            and order["ageDays"] <= float(self.knobs["cancellationWindowDays"])
+        )
+        keys = (
+            "status",
+            "alternateId",
+            "patches",
+            "kind",
+            "hidden",
+            "addedAt",
+            "cancelRequestedAt",
+            "readyAt",
+            "cancelledAt",
+        )
         return {**{k: order[k] for k in keys}, "cancellable": cancellable}
 
     def customer_state(self, customer: dict) -> dict:
-        return {"companyName": customer["companyName"], "domain": customer["domain"],
-                "orders": {oid: self.order_state(o) for oid, o in customer["orders"].items()}}
+        return {
+            "companyName": customer["companyName"],
+            "domain": customer["domain"],
+            "orders": {oid: self.order_state(o) for oid, o in customer["orders"].items()},
+        }
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -351,8 +423,19 @@ def error(status: int, code: Any, description: str, shape: str = "classic") -> t
     if shape == "gateway":
         return status, {"statusCode": status, "message": description}, {}
     if shape == "new":
-        return status, {"code": code, "message": description, "description": description, "errorName": "Error",
-                        "isRetryable": status >= 500, "parameters": {}, "errorMessageExtended": f"InternalErrorCode={code}"}, {}
+        return (
+            status,
+            {
+                "code": code,
+                "message": description,
+                "description": description,
+                "errorName": "Error",
+                "isRetryable": status >= 500,
+                "parameters": {},
+                "errorMessageExtended": f"InternalErrorCode={code}",
+            },
+            {},
+        )
     return status, {"code": code, "description": description, "data": [], "source": "PartnerFD"}, {}
 
 
@@ -364,11 +447,20 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     # one entry point for every method
-    def do_GET(self) -> None: self._handle("GET")
-    def do_POST(self) -> None: self._handle("POST")
-    def do_PATCH(self) -> None: self._handle("PATCH")
-    def do_DELETE(self) -> None: self._handle("DELETE")
-    def do_PUT(self) -> None: self._handle("PUT")
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
 
     def _handle(self, method: str) -> None:
         sandbox = self.server.sandbox
@@ -377,10 +469,18 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path, query = parts.path, {k.lower(): v for k, v in parse_qs(parts.query).items()}
         now = time.time()
-        entry = {"time": _iso(datetime.fromtimestamp(now, timezone.utc)), "t": now, "method": method, "path": path, "query": parts.query,
-                 "requestId": self.headers.get("MS-RequestId"), "correlationId": self.headers.get("MS-CorrelationId"),
-                 "continuation": self.headers.get("MS-ContinuationToken"), "auth": bool(self.headers.get("Authorization")),
-                 "status": None}
+        entry = {
+            "time": _iso(datetime.fromtimestamp(now, timezone.utc)),
+            "t": now,
+            "method": method,
+            "path": path,
+            "query": parts.query,
+            "requestId": self.headers.get("MS-RequestId"),
+            "correlationId": self.headers.get("MS-CorrelationId"),
+            "continuation": self.headers.get("MS-ContinuationToken"),
+            "auth": bool(self.headers.get("Authorization")),
+            "status": None,
+        }
         try:
             if path.startswith("/_emulator/"):
                 status, body, headers = self._admin(method, path, query, raw)
@@ -447,9 +547,18 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(chosen.seconds)
             elif chosen.kind == "throttle":
                 secs = max(1, math.ceil(chosen.seconds))
-                return 429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {secs} seconds."}, {"Retry-After": str(secs)}
+                return (
+                    429,
+                    {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {secs} seconds."},
+                    {"Retry-After": str(secs)},
+                )
             elif chosen.kind == "status":
-                return error(chosen.status, 800003 if chosen.status >= 500 else chosen.status, "Unexpected service error (injected)", "new")
+                return error(
+                    chosen.status,
+                    800003 if chosen.status >= 500 else chosen.status,
+                    "Unexpected service error (injected)",
+                    "new",
+                )
         if self._is_identity(path):
             return self._identity(method, path, raw)
         return self._api(method, path, query, raw)
@@ -457,7 +566,11 @@ class Handler(BaseHTTPRequestHandler):
     @staticmethod
     def _is_identity(path: str) -> bool:
         """The Entra ID side (token endpoint, OpenID configuration, signing keys): no BOM, no Partner Center auth."""
-        return "/oauth2/" in path or "/.well-known/" in path or re.fullmatch(r"/[^/]+/discovery/(v2\.0/)?keys", path) is not None
+        return (
+            "/oauth2/" in path
+            or "/.well-known/" in path
+            or re.fullmatch(r"/[^/]+/discovery/(v2\.0/)?keys", path) is not None
+        )
 
     def _identity(self, method: str, path: str, raw: bytes) -> tuple[int, Any, dict]:
         sandbox = self.server.sandbox
@@ -465,10 +578,20 @@ class Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/([^/]+)/v2\.0/\.well-known/openid-configuration", path)
         if m and method == "GET":
             t = m.group(1)
-            return 200, {"issuer": f"{host}/{t}/v2.0", "token_endpoint": f"{host}/{t}/oauth2/v2.0/token",
-                         "authorization_endpoint": f"{host}/{t}/oauth2/v2.0/authorize", "jwks_uri": f"{host}/{t}/discovery/v2.0/keys",
-                         "response_types_supported": ["code", "token"], "subject_types_supported": ["pairwise"],
-                         "id_token_signing_alg_values_supported": ["RS256"], "tenant_region_scope": "NA"}, {}
+            return (
+                200,
+                {
+                    "issuer": f"{host}/{t}/v2.0",
+                    "token_endpoint": f"{host}/{t}/oauth2/v2.0/token",
+                    "authorization_endpoint": f"{host}/{t}/oauth2/v2.0/authorize",
+                    "jwks_uri": f"{host}/{t}/discovery/v2.0/keys",
+                    "response_types_supported": ["code", "token"],
+                    "subject_types_supported": ["pairwise"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "tenant_region_scope": "NA",
+                },
+                {},
+            )
         m = re.fullmatch(r"/([^/]+)/discovery/(v2\.0/)?keys", path)
         if m and method == "GET":
             return 200, sandbox.signer.jwks(), {}
@@ -479,20 +602,41 @@ class Handler(BaseHTTPRequestHandler):
             if m.group(1).lower() != str(partner.get("tenantId", "")).lower():
                 return 400, {"error": "invalid_tenant", "error_description": "AADSTS90002: Tenant not found."}, {}
             if form.get("grant_type") != "client_credentials":
-                return 400, {"error": "unsupported_grant_type", "error_description": "AADSTS70003: only client_credentials"}, {}
+                return (
+                    400,
+                    {"error": "unsupported_grant_type", "error_description": "AADSTS70003: only client_credentials"},
+                    {},
+                )
             client = next((app for app in (partner, storage) if form.get("client_id") == app.get("clientId")), None)
             if client is None or form.get("client_secret") != client.get("clientSecret"):
-                return 401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}, {}
+                return (
+                    401,
+                    {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."},
+                    {},
+                )
             lifetime = int(sandbox.knobs["tokenLifetimeSeconds"])
             if STORAGE_SCOPE in (form.get("scope") or "").split():
-                token = sandbox.signer.sign(storage_token_claims(str(partner["tenantId"]), client["clientId"], time.time(), lifetime))
+                token = sandbox.signer.sign(
+                    storage_token_claims(str(partner["tenantId"]), client["clientId"], time.time(), lifetime)
+                )
             elif client is storage:
-                return 400, {"error": "invalid_scope", "error_description": "AADSTS70011: the storage identity gets storage tokens only."}, {}
+                return (
+                    400,
+                    {
+                        "error": "invalid_scope",
+                        "error_description": "AADSTS70011: the storage identity gets storage tokens only.",
+                    },
+                    {},
+                )
             else:
                 token = "emu-" + secrets.token_urlsafe(32)
                 with sandbox.lock:
                     sandbox.tokens[token] = time.time() + lifetime
-            return 200, {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}, {}
+            return (
+                200,
+                {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token},
+                {},
+            )
         return error(404, 404, "Resource not found", "gateway")
 
     def _authorised(self) -> bool:
@@ -513,7 +657,11 @@ class Handler(BaseHTTPRequestHandler):
                 q.popleft()
             if len(q) >= limit:
                 wait = max(1, math.ceil(q[0] + window - now))
-                return 429, {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {wait} seconds."}, {"Retry-After": str(wait)}
+                return (
+                    429,
+                    {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {wait} seconds."},
+                    {"Retry-After": str(wait)},
+                )
             q.append(now)
         return None
 
@@ -521,8 +669,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def _api(self, method: str, path: str, query: dict, raw: bytes) -> tuple[int, Any, dict]:
         if not self._authorised():
-            return 401, {"code": 800001, "description": "Partner Token missing in request context", "data": [], "source": "PartnerFD"}, \
-                {"WWW-Authenticate": "OAuth realm=urn:cpsvc:cpid:emulator"}
+            return (
+                401,
+                {
+                    "code": 800001,
+                    "description": "Partner Token missing in request context",
+                    "data": [],
+                    "source": "PartnerFD",
+                },
+                {"WWW-Authenticate": "OAuth realm=urn:cpsvc:cpid:emulator"},
+            )
         limited = self._throttled()
         if limited:
             return limited
@@ -539,8 +695,20 @@ class Handler(BaseHTTPRequestHandler):
                 return error(404, 60003, "Tenant not found")
             if sub is None:
                 if method == "GET":
-                    return 200, {"id": cid, "companyProfile": {"tenantId": cid, "domain": customer["domain"], "companyName": customer["companyName"]},
-                                 "relationshipToPartner": "reseller", "attributes": {"objectType": "Customer"}}, {}
+                    return (
+                        200,
+                        {
+                            "id": cid,
+                            "companyProfile": {
+                                "tenantId": cid,
+                                "domain": customer["domain"],
+                                "companyName": customer["companyName"],
+                            },
+                            "relationshipToPartner": "reseller",
+                            "attributes": {"objectType": "Customer"},
+                        },
+                        {},
+                    )
                 if method == "DELETE":
                     return self._delete_customer(cid, customer)
                 return error(405, 405, "Method not allowed")
@@ -551,8 +719,16 @@ class Handler(BaseHTTPRequestHandler):
                 for order in customer["orders"].values():
                     sandbox._advance(order)
                     items.append(sandbox.order_json(cid, order))
-                return 200, {"totalCount": len(items), "items": items, "links": {"self": {"uri": f"/customers/{cid}/orders", "method": "GET", "headers": []}},
-                             "attributes": {"objectType": "Collection"}}, {}
+                return (
+                    200,
+                    {
+                        "totalCount": len(items),
+                        "items": items,
+                        "links": {"self": {"uri": f"/customers/{cid}/orders", "method": "GET", "headers": []}},
+                        "attributes": {"objectType": "Collection"},
+                    },
+                    {},
+                )
             if oid:
                 order = customer["orders"].get(oid)
                 if order is None:
@@ -564,7 +740,9 @@ class Handler(BaseHTTPRequestHandler):
                     return self._cancel(cid, order, raw)
             return error(405, 405, "Method not allowed")
 
-    def _page(self, items: list, size: int | None, owner: str, next_uri: str, query: dict, body: dict, cap: int = 0) -> int | None:
+    def _page(
+        self, items: list, size: int | None, owner: str, next_uri: str, query: dict, body: dict, cap: int = 0
+    ) -> int | None:
         """Put one page of ``items`` into ``body["items"]``; ``size`` 0 means one page, and ``cap`` > 0 at most ``cap``
         items whatever ``size`` asks. A later page is asked for with ``seekOperation=Next`` and the
         ``MS-ContinuationToken`` of ``links.next``, which only pages ``owner``'s collection; there ``size`` None keeps
@@ -581,12 +759,16 @@ class Handler(BaseHTTPRequestHandler):
         if size is None:
             return None
         take = min(size, cap) if size and cap > 0 else size
-        body["items"] = items[start:start + take] if take else items[start:]
+        body["items"] = items[start : start + take] if take else items[start:]
         if take and start + take < len(items):
             nxt = secrets.token_urlsafe(16)
             sandbox.continuations[nxt] = (owner, start + take, size)
             body["continuationToken"] = nxt
-            body["links"]["next"] = {"uri": next_uri.format(size=size), "method": "GET", "headers": [{"key": "MS-ContinuationToken", "value": nxt}]}
+            body["links"]["next"] = {
+                "uri": next_uri.format(size=size),
+                "method": "GET",
+                "headers": [{"key": "MS-ContinuationToken", "value": nxt}],
+            }
         return size
 
     def _list_customers(self, query: dict) -> tuple[int, Any, dict]:
@@ -601,13 +783,31 @@ class Handler(BaseHTTPRequestHandler):
             return error(400, 800002, "Invalid request input: size is required")
         body: dict = {"links": {}, "attributes": {"objectType": "Collection"}}
         cap = int(sandbox.knobs.get("customersMaxPageSize") or 0)
-        size = self._page(sorted(sandbox.customers), None if given is None else int(given), "customers",
-                          "/customers?size={size}&seekOperation=Next", query, body, cap)
+        size = self._page(
+            sorted(sandbox.customers),
+            None if given is None else int(given),
+            "customers",
+            "/customers?size={size}&seekOperation=Next",
+            query,
+            body,
+            cap,
+        )
         if size is None:
             return error(400, 800002, "Invalid request input: continuation token")
         body["links"] = {"self": {"uri": f"/customers?size={size}", "method": "GET", "headers": []}, **body["links"]}
-        body["items"] = [{"id": c, "companyProfile": {"tenantId": c, "domain": sandbox.customers[c]["domain"], "companyName": sandbox.customers[c]["companyName"]},
-                          "relationshipToPartner": "reseller", "attributes": {"objectType": "Customer"}} for c in body["items"]]
+        body["items"] = [
+            {
+                "id": c,
+                "companyProfile": {
+                    "tenantId": c,
+                    "domain": sandbox.customers[c]["domain"],
+                    "companyName": sandbox.customers[c]["companyName"],
+                },
+                "relationshipToPartner": "reseller",
+                "attributes": {"objectType": "Customer"},
+            }
+            for c in body["items"]
+        ]
         body["totalCount"] = len(body["items"])
         return 200, body, {}
 
@@ -616,9 +816,14 @@ class Handler(BaseHTTPRequestHandler):
         items = customer["entitlements"]
         wanted = (query.get("entitlementtype") or [""])[0].lower()
         if wanted:
-            items = [e for e in items if str(e.get("entitlementType", "")).lower() in (wanted, "virtualmachine" + wanted)]
-        body: dict = {"totalCount": len(items), "attributes": {"objectType": "Collection"},
-                      "links": {"self": {"uri": f"/customers/{cid}/entitlements", "method": "GET", "headers": []}}}
+            items = [
+                e for e in items if str(e.get("entitlementType", "")).lower() in (wanted, "virtualmachine" + wanted)
+            ]
+        body: dict = {
+            "totalCount": len(items),
+            "attributes": {"objectType": "Collection"},
+            "links": {"self": {"uri": f"/customers/{cid}/entitlements", "method": "GET", "headers": []}},
+        }
         size = int(sandbox.knobs.get("entitlementsPageSize") or 0)
         if self._page(items, size, cid, f"/customers/{cid}/entitlements?seekOperation=Next", query, body) is None:
             return error(400, 800002, "Invalid request input: continuation token")
@@ -630,14 +835,27 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw.decode("utf-8-sig") or "{}")
         except ValueError:
             return error(400, 800002, "Invalid request input")
-        if not isinstance(body, dict) or str(body.get("status", "")).lower() != "cancelled" or body.get("id", order["id"]) != order["id"]:
+        if (
+            not isinstance(body, dict)
+            or str(body.get("status", "")).lower() != "cancelled"
+            or body.get("id", order["id"]) != order["id"]
+        ):
             return error(400, 3000, "Invalid property: status must be cancelled and id must match")
         order["patches"] += 1
         if order["kind"] == "license":
-            return error(400, 800063, f"This order {order['id']} cannot be canceled. Use PATCH /customers/{cid}/subscriptions/<subscriptionId> to suspend subscriptions")
+            return error(
+                400,
+                800063,
+                f"This order {order['id']} cannot be canceled. Use PATCH /customers/{cid}/subscriptions/<subscriptionId> to suspend subscriptions",
+            )
         if order["ageDays"] > float(sandbox.knobs["cancellationWindowDays"]):
             days = int(sandbox.knobs["cancellationWindowDays"])
-            return error(400, 900117, f"You have passed your {days}-day cancellation window. We are unable to cancel your purchase", "new")
+            return error(
+                400,
+                900117,
+                f"You have passed your {days}-day cancellation window. We are unable to cancel your purchase",
+                "new",
+            )
         if order["status"] == "cancelled":
             if sandbox.knobs.get("secondCancel") == "error":
                 return error(400, 800061, "Order cannot be canceled")
@@ -657,12 +875,19 @@ class Handler(BaseHTTPRequestHandler):
     def _delete_customer(self, cid: str, customer: dict) -> tuple[int, Any, dict]:
         sandbox = self.server.sandbox
         referenced = {e_id for e in customer["entitlements"] for e_id in _order_ids(e)}
-        active = [o for oid, o in customer["orders"].items() if (oid in referenced or o["hidden"]) and o["status"] != "cancelled"]
+        active = [
+            o
+            for oid, o in customer["orders"].items()
+            if (oid in referenced or o["hidden"]) and o["status"] != "cancelled"
+        ]
         if active:
             sandbox.violations.append({"customer": cid, "time": _iso(_now()), "openOrders": [o["id"] for o in active]})
             alt = ",".join(o["alternateId"] for o in active)
-            return error(int(sandbox.knobs["deleteRefusalStatus"]), 800000,
-                         f"Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the following orders: {alt}")
+            return error(
+                int(sandbox.knobs["deleteRefusalStatus"]),
+                800000,
+                f"Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the following orders: {alt}",
+            )
         sandbox.deleted_customers[cid] = sandbox.customer_state(customer)
         del sandbox.customers[cid]
         sandbox.deleted.setdefault(cid, []).append(_iso(_now()))
@@ -676,7 +901,7 @@ class Handler(BaseHTTPRequestHandler):
             data = json.loads(raw.decode("utf-8") or "null")
         except ValueError:
             return 400, {"error": "body is not JSON"}, {}
-        name = path[len("/_emulator/"):].strip("/")
+        name = path[len("/_emulator/") :].strip("/")
         with sandbox.lock:
             if name == "state" and method == "GET":
                 return 200, sandbox.snapshot(), {}
@@ -711,10 +936,23 @@ class Handler(BaseHTTPRequestHandler):
             if name == "customers/fill" and method == "POST" and isinstance(data, (dict, type(None))):
                 args = data or {}
                 unknown = set(args) - {"count", "seed", "prefix"}
-                count, seed, prefix = args.get("count", 75), args.get("seed", 7), args.get("prefix", FULL_SANDBOX_PREFIX)
-                if unknown or not all(isinstance(n, int) and not isinstance(n, bool) for n in (count, seed)) \
-                        or not 0 <= count <= 10000 or not isinstance(prefix, str) or not prefix.strip():
-                    return 400, {"error": "fill takes {\"count\": 0..10000, \"seed\": <int>, \"prefix\": <non-blank string>}"}, {}
+                count, seed, prefix = (
+                    args.get("count", 75),
+                    args.get("seed", 7),
+                    args.get("prefix", FULL_SANDBOX_PREFIX),
+                )
+                if (
+                    unknown
+                    or not all(isinstance(n, int) and not isinstance(n, bool) for n in (count, seed))
+                    or not 0 <= count <= 10000
+                    or not isinstance(prefix, str)
+                    or not prefix.strip()
+                ):
+                    return (
+                        400,
+                        {"error": 'fill takes {"count": 0..10000, "seed": <int>, "prefix": <non-blank string>}'},
+                        {},
+                    )
                 made = full_sandbox_customers(count, seed=seed, prefix=prefix)
                 for customer in made:
                     sandbox.add_customer(customer)
@@ -744,8 +982,18 @@ class Handler(BaseHTTPRequestHandler):
 
 
 FULL_SANDBOX_PREFIX = "Tip test run"
-FULL_SANDBOX_STEMS = ("Contoso", "Fabrikam", "Northwind Traders", "Tailspin Toys", "Wingtip Toys", "Litware",
-                      "Adventure Works", "Woodgrove Bank", "Proseware", "Alpine Ski House")
+FULL_SANDBOX_STEMS = (
+    "Contoso",
+    "Fabrikam",
+    "Northwind Traders",
+    "Tailspin Toys",
+    "Wingtip Toys",
+    "Litware",
+    "Adventure Works",
+    "Woodgrove Bank",
+    "Proseware",
+    "Alpine Ski House",
+)
 ORDER_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -763,22 +1011,43 @@ def full_sandbox_customers(count: int = 75, *, seed: int = 7, prefix: str = FULL
         cid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         stem = rng.choice(FULL_SANDBOX_STEMS)
         number = f"{n:04d}"
-        label = (re.sub(r"[^a-z0-9]", "", stem.lower()) + slug)[:63 - len(number)] + number
+        label = (re.sub(r"[^a-z0-9]", "", stem.lower()) + slug)[: 63 - len(number)] + number
         orders = []
         for _ in range(rng.choice((1, 1, 2)) if rng.random() < 0.125 else 0):
-            orders.append({"id": "".join(rng.choice(ORDER_ID_CHARS) for _ in range(32)) + "1", "alternateId": f"{rng.getrandbits(48):012x}",
-                           "kind": rng.choice(("reservedInstance", "software")), "cancelAfterSeconds": rng.randint(1, 3)})
-        customers.append({"id": cid, "companyName": f"{prefix} {number} – {stem}", "domain": f"{label}.onmicrosoft.com", "orders": orders})
+            orders.append(
+                {
+                    "id": "".join(rng.choice(ORDER_ID_CHARS) for _ in range(32)) + "1",
+                    "alternateId": f"{rng.getrandbits(48):012x}",
+                    "kind": rng.choice(("reservedInstance", "software")),
+                    "cancelAfterSeconds": rng.randint(1, 3),
+                }
+            )
+        customers.append(
+            {
+                "id": cid,
+                "companyName": f"{prefix} {number} – {stem}",
+                "domain": f"{label}.onmicrosoft.com",
+                "orders": orders,
+            }
+        )
     return customers
 
 
 def _derived_entitlements(orders: dict[str, dict]) -> list[dict]:
     """One entitlement per order, as Partner Center lists them; none for license orders and hidden ones."""
-    return [{"referenceOrder": {"id": oid, "lineItemId": "0", "alternateId": o["alternateId"]},
-             "productId": "DZH318Z0BQ3W", "skuId": "007J", "quantity": 1,
-             "entitlementType": "software" if o["kind"] == "software" else "reservedinstance",
-             "includedEntitlements": [], "entitledArtifacts": []}
-            for oid, o in orders.items() if o["kind"] != "license" and not o["hidden"]]
+    return [
+        {
+            "referenceOrder": {"id": oid, "lineItemId": "0", "alternateId": o["alternateId"]},
+            "productId": "DZH318Z0BQ3W",
+            "skuId": "007J",
+            "quantity": 1,
+            "entitlementType": "software" if o["kind"] == "software" else "reservedinstance",
+            "includedEntitlements": [],
+            "entitledArtifacts": [],
+        }
+        for oid, o in orders.items()
+        if o["kind"] != "license" and not o["hidden"]
+    ]
 
 
 def _order_ids(entitlement: dict) -> list[str]:
@@ -810,4 +1079,3 @@ class EmulatorServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # client went away: not our problem
         pass
-
