@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from shared import telemetry
 from shared.config import CONNECT_TIMEOUT_SECONDS, get_settings
 from shared.service import Deps, handle_deletion_request, handle_poll
 
-__all__ = ["deps", "set_deps", "run_delete_customer", "run_poll_orders", "run_sweep_customers"]
+__all__ = ["deps", "run_delete_customer", "run_poll_orders", "run_sweep_customers", "set_deps"]
 
 log = logging.getLogger("customer_deletion")
 
@@ -29,11 +30,11 @@ def _build() -> Deps:
     settings = get_settings()
     # The storage SDK's default retries back off for 15 s and more: far longer than an invocation may wait. A send
     # that still fails raises, and the redelivered message hands the request over (shared.workflow).
-    storage = dict(
-        retry_policy=LinearRetry(backoff=0.5, random_jitter_range=0.3, retry_total=2),
-        connection_timeout=5,
-        read_timeout=15,
-    )
+    storage = {
+        "retry_policy": LinearRetry(backoff=0.5, random_jitter_range=0.3, retry_total=2),
+        "connection_timeout": 5,
+        "read_timeout": 15,
+    }
     if settings.storage.connection_string:
         service = QueueServiceClient.from_connection_string(settings.storage.connection_string, **storage)
     else:
@@ -85,7 +86,8 @@ def _invocation_id(context: Any) -> str:
 
 
 def _invoke(function: str, context: Any, handler: Callable[[str], None]) -> None:
-    """Run one invocation inside its structured log fields. An invocation that raises (a queue message then comes back) logs
+    """Run one invocation inside its structured log fields. An invocation that raises (a queue message then comes back)
+    logs
     the exception here, inside the fields, so the exception's record carries them too; then it raises on."""
     invocation = _invocation_id(context)
     with telemetry.fields(function=function, invocationId=invocation):

@@ -11,24 +11,24 @@ import json
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from shared.ids import is_guid
 
 __all__ = [
+    "DEFAULTS",
     "ConfigurationError",
     "Settings",
     "StorageConnection",
-    "DEFAULTS",
     "get_settings",
-    "reset_settings",
+    "host_max_polling_interval",
     "is_known_authority",
     "is_loopback_host",
     "queue_name_problem",
-    "host_max_polling_interval",
+    "reset_settings",
 ]
 
 APP_ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ class Settings:
         return is_known_authority(self.authority_host)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, app_root: Path = APP_ROOT) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, app_root: Path = APP_ROOT) -> Settings:
         env = os.environ if environ is None else environ
         problems: list[str] = []
 
@@ -201,7 +201,8 @@ class Settings:
             elif not is_guid(client_id):
                 problems.append("PARTNER_CENTER_CLIENT_ID must be a GUID")
             if secret and secret.startswith("@Microsoft.KeyVault("):
-                # App Service leaves a reference it cannot resolve as its own text: a token request would fail later, and vaguely.
+                # App Service leaves a reference it cannot resolve as its own text: a token request would fail
+                # later, and vaguely.
                 problems.append(
                     "PARTNER_CENTER_CLIENT_SECRET is a Key Vault reference the platform could not resolve: does the "
                     "secret exist, and does the app's identity hold Key Vault Secrets User on the vault?"
@@ -210,7 +211,8 @@ class Settings:
                 problems.append("set PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH, not both")
             elif not secret and not cert:
                 problems.append(
-                    "PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH is required with an app credential"
+                    "PARTNER_CENTER_CLIENT_SECRET or PARTNER_CENTER_CLIENT_CERTIFICATE_PATH is required with an app "
+                    "credential"
                 )
 
         interval = _seconds("POLL_INTERVAL_SECONDS", get("POLL_INTERVAL_SECONDS"), problems, minimum=1)
@@ -246,8 +248,8 @@ class Settings:
         notes = []
         if retry_budget > MAX_RETRY_BUDGET_SECONDS:
             notes.append(
-                f"PARTNER_CENTER_RETRY_BUDGET_SECONDS={retry_budget} is used as {MAX_RETRY_BUDGET_SECONDS}: it now bounds the "
-                "in-process waits of a whole invocation; longer waits continue on the poll queue"
+                f"PARTNER_CENTER_RETRY_BUDGET_SECONDS={retry_budget} is used as {MAX_RETRY_BUDGET_SECONDS}: it now "
+                "bounds the in-process waits of a whole invocation; longer waits continue on the poll queue"
             )
             retry_budget = MAX_RETRY_BUDGET_SECONDS
         work_seconds = _seconds(
@@ -328,7 +330,8 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
         uri = f"https://{account}.queue.core.windows.net"
     if not uri:
         problems.append(
-            "AzureWebJobsStorage is required (a connection string, or AzureWebJobsStorage__queueServiceUri for an identity)"
+            "AzureWebJobsStorage is required (a connection string, or AzureWebJobsStorage__queueServiceUri for an "
+            "identity)"
         )
         return None
     parts = urlsplit(uri)
@@ -426,7 +429,8 @@ def _seconds(
 
 
 def _host_queue_option(app_root: Path, env: Mapping[str, str], name: str) -> object:
-    """``extensions.queues.<name>`` of the host: the ``AzureFunctionsJobHost__`` app setting, else host.json, else None."""
+    """``extensions.queues.<name>`` of the host: the ``AzureFunctionsJobHost__`` app setting, else host.json, else
+    None."""
     override_key = f"azurefunctionsjobhost__extensions__queues__{name.lower()}"
     for key, value in env.items():
         if key.lower() == override_key:

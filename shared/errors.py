@@ -10,7 +10,7 @@
         ├── AuthenticationError      401 even with a fresh credential
         ├── ThrottledError           429 whose Retry-After does not fit in the invocation's in-process waits
         └── TransientError           408, 5xx, connection failures and timeouts that outlasted the retries
-            └── OutOfTimeError       the invocation's work time ran out in the middle of a logical call (paging, a renewed 401)
+            └── OutOfTimeError       the work time ran out in the middle of a logical call (paging, a renewed 401)
 
 The service turns each into an observation; what it means is decided by the core (``shared.workflow``).
 """
@@ -19,16 +19,16 @@ from __future__ import annotations
 
 __all__ = [
     "AppError",
+    "AuthenticationError",
+    "ConflictError",
     "InvalidMessageError",
-    "UnsafeIdError",
+    "NotFoundError",
+    "OutOfTimeError",
     "PartnerCenterError",
     "RefusedError",
-    "NotFoundError",
-    "ConflictError",
-    "AuthenticationError",
     "ThrottledError",
     "TransientError",
-    "OutOfTimeError",
+    "UnsafeIdError",
 ]
 
 
@@ -99,7 +99,8 @@ class AuthenticationError(PartnerCenterError):
 
 
 class ThrottledError(PartnerCenterError):
-    """429 not waited for in-process; ``retry_after``: seconds (clamped to 1-900), or None when absent or unparseable."""
+    """429 not waited for in-process; ``retry_after``: seconds (clamped to 1-900), or None when absent or
+    unparseable."""
 
 
 class TransientError(PartnerCenterError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-__all__ = ["GUID_RE", "ORDER_ID_RE", "is_guid", "normalise_guid", "is_order_id", "derived_correlation_id"]
+__all__ = ["GUID_RE", "ORDER_ID_RE", "derived_correlation_id", "is_guid", "is_order_id", "normalise_guid"]
 
 #: Canonical 8-4-4-4-12 hex form, any letter case. ``fullmatch`` is used, so no trailing newline slips through.
 GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -14,28 +14,28 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import InvalidMessageError
 from shared.ids import derived_correlation_id, is_guid, is_order_id
 
 __all__ = [
-    "POLL_SCHEMA_VERSION",
-    "OUTCOME_SCHEMA_VERSION",
     "OUTCOMES",
+    "OUTCOME_SCHEMA_VERSION",
+    "POLL_SCHEMA_VERSION",
     "STAGES",
     "DeletionRequest",
     "OrderState",
     "PollMessage",
-    "parse_deletion_request",
-    "parse_poll_message",
     "deletion_request_text",
-    "outcome_event",
     "event_id",
-    "readable_fields",
     "iso",
+    "outcome_event",
+    "parse_deletion_request",
     "parse_iso",
+    "parse_poll_message",
+    "readable_fields",
 ]
 
 #: Version of the internal poll message. Stays 1: new fields are optional (see the module docstring).
@@ -53,14 +53,14 @@ _EVENT_NAMESPACE = uuid.UUID("0d3c6f1e-8a53-4f0b-9d7e-5b2f51c0a9e4")
 
 def iso(moment: datetime) -> str:
     """ISO 8601 UTC with ``Z``, millisecond precision."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(value: Any) -> datetime:
     if not isinstance(value, str) or not value.endswith("Z"):
         raise ValueError("not an ISO 8601 UTC time ending in Z")
     moment = datetime.fromisoformat(value[:-1] + "+00:00")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -174,9 +174,7 @@ def parse_deletion_request(
     """Parse a deletion request: the JSON object form, or a bare GUID as the whole body."""
     derived = derived_correlation_id(message_id)
     try:
-        return _parse_deletion_request(
-            body, derived, insertion_time.astimezone(timezone.utc) if insertion_time else now
-        )
+        return _parse_deletion_request(body, derived, insertion_time.astimezone(UTC) if insertion_time else now)
     except InvalidMessageError as exc:
         exc.correlation_id = exc.correlation_id or derived
         raise

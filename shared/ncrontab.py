@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
-__all__ = ["ScheduleError", "Schedule", "parse", "SEARCH_YEARS"]
+__all__ = ["SEARCH_YEARS", "Schedule", "ScheduleError", "parse"]
 
 _MONTHS = (
     "january",
@@ -80,7 +80,7 @@ class Schedule:
             if self._day_matches(day):
                 found = _first_at_or_after(self, bound)
                 if found is not None:
-                    return datetime.combine(day, found, timezone.utc)
+                    return datetime.combine(day, found, UTC)
             day, bound = day + timedelta(days=1), time(0, 0, 0)
         return None
 
@@ -92,7 +92,7 @@ class Schedule:
             if self._day_matches(day):
                 found = _last_at_or_before(self, bound)
                 if found is not None:
-                    return datetime.combine(day, found, timezone.utc)
+                    return datetime.combine(day, found, UTC)
             day, bound = day - timedelta(days=1), time(23, 59, 59)
         return None
 
@@ -100,7 +100,7 @@ class Schedule:
 def _floor_second(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("a schedule needs an aware datetime (UTC)")
-    return moment.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None)
+    return moment.astimezone(UTC).replace(microsecond=0, tzinfo=None)
 
 
 def _first_at_or_after(s: Schedule, bound: time) -> time | None:
@@ -141,7 +141,7 @@ def parse(text: str, *, strict: bool = True) -> Schedule:
     if len(fields) != 6:
         wanted = "six fields ({second} {minute} {hour} {day} {month} {day-of-week})"
         raise ScheduleError(f"an NCRONTAB schedule has {wanted}, not {len(fields)}: {text[:80]!r}")
-    values = [_field(f, *spec, strict=strict) for f, spec in zip(fields, _FIELDS)]
+    values = [_field(f, *spec, strict=strict) for f, spec in zip(fields, _FIELDS, strict=True)]
     return Schedule(
         " ".join(fields),
         tuple(sorted(values[0])),

@@ -16,11 +16,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from shared.budget import Budget
 
-__all__ = ["Pacer", "WINDOW_SECONDS", "MARGIN_SECONDS"]
+__all__ = ["MARGIN_SECONDS", "WINDOW_SECONDS", "Pacer"]
 
 WINDOW_SECONDS = 60.0
 #: A slot is reused this long after the window, for the gap between our clock and Partner Center's arrival time.

@@ -20,9 +20,10 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -45,14 +46,14 @@ from shared.ids import is_guid, is_order_id
 from shared.pacing import Pacer
 
 __all__ = [
+    "RETRY_AFTER_MAX",
+    "RETRY_AFTER_MIN",
+    "PartnerCenterClient",
     "RetryPolicy",
     "TokenCredential",
-    "PartnerCenterClient",
     "decode_body",
     "error_from_response",
     "parse_retry_after",
-    "RETRY_AFTER_MIN",
-    "RETRY_AFTER_MAX",
 ]
 
 log = logging.getLogger("customer_deletion.partner_center")
@@ -108,7 +109,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         if moment is None:
             return None
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         seconds = (moment - now).total_seconds()
     if not math.isfinite(seconds):
         return None
@@ -120,11 +121,11 @@ def _clamp_retry_after(seconds: float) -> float:
 
 
 def _retry_after(resp: requests.Response) -> float | None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         server_now = email.utils.parsedate_to_datetime(resp.headers.get("Date", ""))
         if server_now is not None:
-            now = server_now if server_now.tzinfo else server_now.replace(tzinfo=timezone.utc)
+            now = server_now if server_now.tzinfo else server_now.replace(tzinfo=UTC)
     except (TypeError, ValueError, IndexError, OverflowError):
         pass
     return parse_retry_after(resp.headers.get("Retry-After"), now)
@@ -151,7 +152,7 @@ def error_from_response(resp: requests.Response, method: str, path: str) -> Part
     if description:
         description = " ".join(description.split())[:MAX_DESCRIPTION]
     status = resp.status_code
-    kwargs = dict(method=method, path=path)
+    kwargs = {"method": method, "path": path}
     if status == 429:
         return ThrottledError(status, code, description, retry_after=_retry_after(resp), **kwargs)
     if status == 408 or status >= 500:
@@ -294,9 +295,8 @@ class PartnerCenterClient:
         if not isinstance(uri, str):
             raise UnsafeIdError(f"{what} links.next has no uri")
         parts = urlsplit(uri)
-        if parts.scheme or parts.netloc:
-            if f"{parts.scheme}://{parts.netloc}" != self._origin:
-                raise UnsafeIdError(f"{what} links.next points to another host: {uri[:120]!r}")
+        if (parts.scheme or parts.netloc) and f"{parts.scheme}://{parts.netloc}" != self._origin:
+            raise UnsafeIdError(f"{what} links.next points to another host: {uri[:120]!r}")
         path = parts.path if parts.path.startswith("/v1/") else "/v1" + parts.path
         if path.rstrip("/").lower() != collection.lower() or parts.fragment:
             raise UnsafeIdError(f"{what} links.next is not the same collection ({collection}): {uri[:120]!r}")
@@ -475,7 +475,8 @@ class PartnerCenterClient:
 
 
 def _reference_order_ids(entitlement: dict) -> Iterator[Any]:
-    """``referenceOrder.id`` of an entitlement and of its nested ``includedEntitlements`` (iteratively: no depth limit)."""
+    """``referenceOrder.id`` of an entitlement and of its nested ``includedEntitlements`` (iteratively: no depth
+    limit)."""
     stack = [entitlement]
     while stack:
         item = stack.pop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -51,9 +52,7 @@ class QueuePublisher:
             sent = client.send_message(text, visibility_timeout=delay, time_to_live=time_to_live)
         except ResourceNotFoundError:
             log.info("queue %s does not exist; creating it", queue)
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 client.create_queue()
-            except ResourceExistsError:
-                pass
             sent = client.send_message(text, visibility_timeout=delay, time_to_live=time_to_live)
         return sent.id

@@ -22,9 +22,10 @@ import json
 import re
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared.config import queue_name_problem
 from shared.ids import is_guid
@@ -32,32 +33,32 @@ from shared.messages import deletion_request_text, iso
 from shared.ncrontab import Schedule, ScheduleError, parse
 
 __all__ = [
-    "SWEEP_DEFAULTS",
-    "MODES",
-    "REASONS",
+    "MATCH_SECONDS",
     "MAX_NAME_CHARS",
+    "MAX_REPORT_BYTES",
+    "MODES",
+    "PROBES",
+    "REASONS",
     "REPORT_SCHEMA_VERSION",
-    "SweepPolicy",
-    "RunTime",
+    "SWEEP_DEFAULTS",
+    "TICK_LATENESS",
     "Decision",
     "Plan",
-    "read_policy",
-    "before_listing",
-    "run_time",
-    "run_id",
-    "correlation_id",
-    "plan",
-    "request_text",
-    "report_text",
-    "MAX_REPORT_BYTES",
+    "RunTime",
     "SearchJob",
     "Searches",
-    "probe_job",
+    "SweepPolicy",
+    "before_listing",
     "check_patterns",
+    "correlation_id",
     "match_job",
-    "MATCH_SECONDS",
-    "PROBES",
-    "TICK_LATENESS",
+    "plan",
+    "probe_job",
+    "read_policy",
+    "report_text",
+    "request_text",
+    "run_id",
+    "run_time",
 ]
 
 SWEEP_DEFAULTS: dict[str, str] = {
@@ -182,7 +183,7 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
         except ScheduleError as exc:
             problems.append(f"SWEEP_SCHEDULE is not valid NCRONTAB: {exc}")
         else:
-            if schedule.next_after(datetime(2000, 1, 1, tzinfo=timezone.utc)) is None:
+            if schedule.next_after(datetime(2000, 1, 1, tzinfo=UTC)) is None:
                 problems.append(f"SWEEP_SCHEDULE never occurs: {text[:80]!r}")
                 schedule = None
     return SweepPolicy(
@@ -365,7 +366,7 @@ def _status_time(value: Any) -> datetime | None:
         )
     except ValueError:
         return None
-    return moment.astimezone(timezone.utc) if moment.year >= 2000 else None
+    return moment.astimezone(UTC) if moment.year >= 2000 else None
 
 
 def run_id(run: RunTime) -> str:
@@ -412,7 +413,7 @@ def _settings_refusal(policy: SweepPolicy) -> str:
     return "the sweep's settings have problems, so this run selects and enqueues nothing: " + "; ".join(policy.problems)
 
 
-def before_listing(policy: SweepPolicy) -> "Outcome | None":
+def before_listing(policy: SweepPolicy) -> Outcome | None:
     """The run's outcome when it must not list the customers at all, else ``None``: ``off`` (any setting problem is
     in the report, and the run does not fail), or settings with problems (refused)."""
     if policy.mode == "off":
@@ -442,7 +443,8 @@ def plan(
         return Plan(
             len(items),
             refusal=f"the partner lists more than SANDBOX_CUSTOMER_LIMIT={policy.sandbox_limit} customers "
-            f"(at least {len(items)}), so this is not an integration sandbox (a production credential?); nothing is selected",
+            f"(at least {len(items)}), so this is not an integration sandbox (a production credential?); "
+            "nothing is selected",
         )
     job = match_job(policy, items)
     if job is not None and (searches is None or not searches.usable_for(job)):

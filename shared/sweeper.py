@@ -14,7 +14,8 @@ import os
 import subprocess
 import sys
 import traceback
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from shared import telemetry
 from shared.budget import Budget
@@ -25,8 +26,8 @@ from shared.sweep import (
     Enqueued,
     Outcome,
     RunTime,
-    SearchJob,
     Searches,
+    SearchJob,
     SweepPolicy,
     before_listing,
     check_patterns,
@@ -41,7 +42,7 @@ from shared.sweep import (
     run_time,
 )
 
-__all__ = ["handle_sweep", "search", "SweepFailed", "LISTING_WORK_SECONDS"]
+__all__ = ["LISTING_WORK_SECONDS", "SweepFailedError", "handle_sweep", "search"]
 
 log = logging.getLogger("customer_deletion.sweep")
 
@@ -49,7 +50,7 @@ log = logging.getLogger("customer_deletion.sweep")
 LISTING_WORK_SECONDS = 60.0
 
 
-class SweepFailed(Exception):
+class SweepFailedError(Exception):
     """The run was refused or failed; its report is written. Raised so that the host records a failed invocation."""
 
 
@@ -114,7 +115,8 @@ def handle_sweep(
     env: Mapping[str, str] | None = None,
     match_seconds: float = MATCH_SECONDS,
 ) -> Outcome:
-    """One run: the host's ``TimerRequest`` in, the report out (raises ``SweepFailed`` after a refused or failed run)."""
+    """One run: the host's ``TimerRequest`` in, the report out (raises ``SweepFailedError`` after a refused or failed
+    run)."""
     clock = deps.clock
     started = clock()
     settings = deps.settings
@@ -155,12 +157,13 @@ def handle_sweep(
     summary = (
         f"sweep {rid}: {outcome.result}; listed {outcome.plan.listed if outcome.plan else '-'} of "
         f"{policy.sandbox_limit or '-'}, selected {len(outcome.plan.selected) if outcome.plan else 0}, "
-        f"enqueued {len(outcome.enqueued)}, deferred {outcome.plan.deferred if outcome.plan else 0}; report on {policy.reports_queue}"
+        f"enqueued {len(outcome.enqueued)}, deferred {outcome.plan.deferred if outcome.plan else 0}; report on "
+        f"{policy.reports_queue}"
     )
     telemetry.bind(outcome=outcome.result)
     if outcome.result in ("refused", "failed"):
         log.error("%s: %s", summary, outcome.error)
-        raise SweepFailed(f"{summary}: {outcome.error}")
+        raise SweepFailedError(f"{summary}: {outcome.error}")
     log.info("%s", summary)
     return outcome
 
@@ -182,7 +185,8 @@ def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds:
         except (PartnerCenterError, AppError) as exc:
             return Outcome(
                 "failed",
-                error=f"listing the customers failed, so nothing was enqueued (a partial list is never acted on): {exc}",
+                error=f"listing the customers failed, so nothing was enqueued (a partial list is never acted on): "
+                f"{exc}",
             )
         result = plan(items, policy, settings.protected_ids, run, search(match_job(policy, items), match_seconds))
         if result.refusal:

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
-from typing import Any, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
 
 __all__ = ["FIELDS", "bind", "current", "fields", "install"]
 
 #: The field names, as they appear as custom dimensions (``customDimensions.correlationId`` in KQL).
 FIELDS = ("function", "invocationId", "correlationId", "customerTenantId", "hop", "requestedAt", "outcome", "sweepRun")
 
-_current: ContextVar[Mapping[str, str]] = ContextVar("customer_deletion_log_fields", default={})
+_current: ContextVar[Mapping[str, str]] = ContextVar("customer_deletion_log_fields", default=MappingProxyType({}))
 _open: ContextVar[bool] = ContextVar("customer_deletion_log_fields_open", default=False)
 _install_lock = threading.Lock()
 _installed = False

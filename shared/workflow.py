@@ -31,44 +31,45 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import Enum
-from typing import Any, Mapping, Union
+from enum import Enum, StrEnum
+from typing import Any
 
 from shared.messages import DeletionRequest, OrderState, PollMessage
 
 __all__ = [
-    "Outcome",
-    "Cause",
-    "Poison",
-    "Entry",
-    "Mode",
-    "FailureKind",
-    "Policy",
-    "GetCustomer",
-    "ListEntitlements",
-    "GetOrder",
-    "CancelOrder",
-    "DeleteCustomer",
-    "Continue",
-    "Finish",
-    "Call",
-    "Command",
     "Answer",
+    "Call",
+    "CancelOrder",
+    "Cause",
+    "Command",
+    "Continue",
+    "DeleteCustomer",
+    "Entry",
     "Failure",
-    "Observation",
+    "FailureKind",
+    "Finish",
+    "GetCustomer",
+    "GetOrder",
     "Hop",
-    "begin_request",
+    "ListEntitlements",
+    "Mode",
+    "Observation",
+    "Outcome",
+    "Poison",
+    "Policy",
     "begin_poll",
-    "reject_invalid_request",
-    "unreadable_poll",
-    "step",
-    "milestones",
-    "poll_delay",
-    "normalise_status",
+    "begin_request",
     "is_cancelled",
+    "milestones",
     "needs_cancel",
+    "normalise_status",
+    "poll_delay",
+    "reject_invalid_request",
+    "step",
+    "unreadable_poll",
 ]
 
 CANCELLED = "cancelled"
@@ -83,7 +84,7 @@ LAST_TRIES = 3
 LAST_LOOK_SECONDS = 60
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     DELETED = "deleted"
     NOT_FOUND = "not_found"
     REJECTED = "rejected"
@@ -92,7 +93,7 @@ class Outcome(str, Enum):
     DRY_RUN = "dry_run"
 
 
-class Cause(str, Enum):
+class Cause(StrEnum):
     """Why the last hop did not finish the request; named by ``timed_out``."""
 
     OPEN = "open"  # orders still open
@@ -193,7 +194,7 @@ class DeleteCustomer:
         return "DELETE customer"
 
 
-Call = Union[GetCustomer, ListEntitlements, GetOrder, CancelOrder, DeleteCustomer]
+Call = GetCustomer | ListEntitlements | GetOrder | CancelOrder | DeleteCustomer
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class Finish:
     poison: Poison = Poison.NONE
 
 
-Command = Union[Call, Continue, Finish]
+Command = Call | Continue | Finish
 
 
 # -- observations -------------------------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ class Failure:
         return f"Partner Center {verb} {self.where} with HTTP {self.status}{code}: {words}"
 
 
-Observation = Union[Answer, Failure]
+Observation = Answer | Failure
 
 
 # -- the hop ------------------------------------------------------------------------------------------------------
@@ -529,7 +530,7 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
     if isinstance(call, ListEntitlements):
         ids = [i for i in (obs.body or []) if isinstance(i, str)]
         new = tuple(i for i in dict.fromkeys(ids) if i not in hop.hints)
-        hints = {**hop.hints, **{i: "unknown" for i in new}}
+        hints = {**hop.hints, **dict.fromkeys(new, "unknown")}
         return replace(hop, listed=True, order_ids=hop.order_ids + new, hints=hints), None
     if isinstance(call, GetOrder):
         status = normalise_status(obs.body.get("status") if isinstance(obs.body, dict) else None)

@@ -54,9 +54,7 @@ def queues(azurite):
 def new_customer(orders=(), **extra) -> dict:
     """A customer with a fresh id; ``orders`` are dicts of emulator order knobs (ids made up here)."""
     cid = str(uuid.uuid4())
-    made = []
-    for knobs in orders:
-        made.append({"id": uuid.uuid4().hex + "A", **knobs})  # 33 URL-safe characters
+    made = [{"id": uuid.uuid4().hex + "A", **knobs} for knobs in orders]  # 33 URL-safe characters
     return {"id": cid, "orders": made, **extra}
 
 

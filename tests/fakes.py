@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from azure.functions.queue import QueueMessage
 
@@ -37,7 +37,7 @@ class FakePartnerCenter:
         self.delete_refusals = 0  # DELETEs to refuse with the active-orders description
         self.lose_delete_answer = False
         self.outage_calls = 0  # the next N calls fail as if Partner Center were down (after the client's retries)
-        self.clock: "Clock | None" = None
+        self.clock: Clock | None = None
         self.call_seconds = 0.0  # each call advances ``clock`` by this much (slow calls)
 
     def _enter(self, *call):
@@ -132,7 +132,7 @@ class FakePublisher:
 
 
 class Clock:
-    def __init__(self, start=datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)):
+    def __init__(self, start=datetime(2026, 11, 24, 12, 0, tzinfo=UTC)):
         self.now = start
         self.start = start
 
@@ -146,9 +146,15 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def queue_message(body: bytes | str, *, id="msg-1", dequeue_count=1, inserted=None) -> QueueMessage:
+def queue_message(
+    body: bytes | str,
+    *,
+    id="msg-1",  # noqa: A002 - QueueMessage's own name for it
+    dequeue_count=1,
+    inserted=None,
+) -> QueueMessage:
     """A message as the worker builds it for a queue trigger."""
-    inserted = inserted or datetime(2026, 11, 24, 11, 59, tzinfo=timezone.utc)
+    inserted = inserted or datetime(2026, 11, 24, 11, 59, tzinfo=UTC)
     return QueueMessage(
         id=id,
         body=body,

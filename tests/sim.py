@@ -18,9 +18,10 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from shared.errors import (
     AuthenticationError,
@@ -32,7 +33,7 @@ from shared.errors import (
 )
 from tests.fakes import queue_message
 
-T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 class Crash(BaseException):

@@ -1,4 +1,5 @@
-"""`make bench`: this app side by side with Microsoft's busy loop (tools.seed_loop), on the same emulated Partner Center.
+"""`make bench`: this app side by side with Microsoft's busy loop (tools.seed_loop), on the same emulated Partner
+Center.
 
 Not a test: it prints figures, and gates only the targets of issue 8 (README, "Performance"). Scenarios:
 
@@ -350,7 +351,10 @@ def side_by_side(
             ("compute <= 2 % of the seed's", app["compute"] / seed["compute"] <= TARGETS["compute"]),
             ("Flex-billed time <= 12 % of the seed's", app["flex"] / seed["flex"] <= TARGETS["flex"]),
             (
-                f"worst DELETE lag <= {lag_bound:g} s (max(POLL_INTERVAL_SECONDS, 10 % of {cancel_after:g}) + maxPollingInterval {pickup:g} + 1)",
+                (
+                    f"worst DELETE lag <= {lag_bound:g} s (max(POLL_INTERVAL_SECONDS, 10 % of {cancel_after:g}) + "
+                    f"maxPollingInterval {pickup:g} + 1)"
+                ),
                 app["lag_worst"] <= lag_bound,
             ),
             ("end to end <= 1.05 x the seed's", app["e2e"] / seed["e2e"] <= TARGETS["e2e"]),
@@ -397,7 +401,10 @@ def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
     ]
     table = "\n".join(
         [
-            "**sandbox: 75 customers, 1-4 orders each, cancelled 60 s after the cancel, 500 requests per minute (app: POLL_INTERVAL_SECONDS=5)**",
+            (
+                "**sandbox: 75 customers, 1-4 orders each, cancelled 60 s after the cancel, 500 requests per minute "
+                "(app: POLL_INTERVAL_SECONDS=5)**"
+            ),
             "",
             "| measure | value |",
             "|---|---|",
@@ -405,10 +412,15 @@ def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
             f"| floor: max(65 s, sum(3n + 4) calls / 500 per minute) | {floor:.1f} s |",
             f"| all deleted after (ratio to the floor) | {took:.1f} s ({took / floor:.2f}) |",
             f"| outcomes | {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items(), key=str))} |",
-            f"| Partner Center calls (GET / PATCH / DELETE), per deletion | {len(calls)} ({by_method['GET']} / {by_method['PATCH']} / {by_method['DELETE']}), "
-            f"{len(calls) / 75:.1f} |",
+            (
+                f"| Partner Center calls (GET / PATCH / DELETE), per deletion | {len(calls)} "
+                f"({by_method['GET']} / {by_method['PATCH']} / {by_method['DELETE']}), {len(calls) / 75:.1f} |"
+            ),
             f"| 429 answers / calls inside a Retry-After | {throttled} / {early} |",
-            f"| executions, Flex-billed s (median per deletion) | {median([p['executions'] for p in per]):.0f}, {median([p['flex'] for p in per]):.1f} |",
+            (
+                f"| executions, Flex-billed s (median per deletion) | {median([p['executions'] for p in per]):.0f}, "
+                f"{median([p['flex'] for p in per]):.1f} |"
+            ),
             "",
             "\n".join(f"* {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks),
         ]
@@ -439,11 +451,14 @@ def cold_start() -> str:
         [
             "**cold start** (Flex requires start-up within 30 s)",
             "",
-            "| function | import, ms (median of 5, -X importtime) | the same after azure.functions, as the worker loads it | "
-            "whole process, ms | slowest first invocation of a host (builds the clients, first token), ms | heaviest imports, ms |",
+            (
+                "| function | import, ms (median of 5, -X importtime) | the same after azure.functions, as the worker "
+                "loads it | whole process, ms | slowest first invocation of a host (builds the clients, first token), "
+                "ms | heaviest imports, ms |"
+            ),
             "|---|---|---|---|---|---|",
+            *rows,
         ]
-        + rows
     )
 
 

@@ -29,21 +29,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 __all__ = [
     "ImportNode",
-    "parse_importtime",
     "find_module",
-    "heaviest",
-    "package_of",
     "function_module",
+    "heaviest",
     "import_cost",
-    "module_cost",
-    "worker_telemetry_cost",
     "main",
+    "module_cost",
+    "package_of",
+    "parse_importtime",
+    "worker_telemetry_cost",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,13 +86,13 @@ class ImportNode:
     self_us: int
     cumulative_us: int
     depth: int
-    children: list["ImportNode"] = field(default_factory=list)
+    children: list[ImportNode] = field(default_factory=list)
 
     @property
     def cumulative_ms(self) -> float:
         return self.cumulative_us / 1000.0
 
-    def walk(self) -> Iterable["ImportNode"]:
+    def walk(self) -> Iterable[ImportNode]:
         yield self
         for child in self.children:
             yield from child.walk()
@@ -258,7 +258,8 @@ def module_cost(
 
 # What the Python worker does at its start when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, before it loads a
 # function: import the Azure Monitor distro and call configure_azure_monitor(connection_string, logger_name). The
-# connection string's ingestion endpoint is a closed loopback port and EXPORTER_OFFLINE is set: nothing leaves the machine.
+# connection string's ingestion endpoint is a closed loopback port and EXPORTER_OFFLINE is set: nothing leaves
+# the machine.
 # The process ends with os._exit, so no exporter flushes at exit (that is shutdown, not start-up).
 _TELEMETRY_HARNESS = """\
 import json, os, time
@@ -274,7 +275,8 @@ os._exit(0)
 
 #: What keeps an Azure Monitor exporter on loopback here: no statsbeat, no customer SDK stats, no control-plane settings
 #: fetch (each is a background call to a public Microsoft endpoint otherwise). No Entra authentication is in this list:
-#: callers remove APPLICATIONINSIGHTS_AUTHENTICATION_STRING (a managed identity would probe the instance metadata address).
+#: callers remove APPLICATIONINSIGHTS_AUTHENTICATION_STRING (a managed identity would probe the instance
+#: metadata address).
 EXPORTER_OFFLINE = {
     "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
     "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
@@ -367,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="coldstart-pyc-") as tmp:
         prefix = tmp if args.cached_bytecode else None
-        kw = dict(python=args.python, runs=args.runs, preload=args.preload, pycache_prefix=prefix)
+        kw = {"python": args.python, "runs": args.runs, "preload": args.preload, "pycache_prefix": prefix}
         try:
             rows = [import_cost(args.app_root, name, **kw) for name in (args.functions or _functions(args.app_root))]
             rows += [module_cost(name, args.app_root, **kw) for name in args.module]
@@ -386,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if telemetry:
         print(
             f"\nworker telemetry start-up (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true): import "
-            f"azure.monitor.opentelemetry {telemetry['import_ms']:.1f} ms, configure_azure_monitor {telemetry['configure_ms']:.1f} ms, "
+            f"azure.monitor.opentelemetry {telemetry['import_ms']:.1f} ms, configure_azure_monitor "
+            f"{telemetry['configure_ms']:.1f} ms, "
             f"whole process {telemetry['wall_ms']:.1f} ms"
         )
     print(

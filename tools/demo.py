@@ -107,8 +107,9 @@ def main() -> int:
                     hops += 1
                     say(
                         t0,
-                        f"poll_orders: hop {hops} ran (reads the orders, the ones last seen open first, up to the first still open; "
-                        "when every order reads cancelled it lists the entitlements again and DELETEs in that same hop)",
+                        f"poll_orders: hop {hops} ran (reads the orders, the ones last seen open first, up to "
+                        "the first still open; when every order reads cancelled it lists the entitlements again "
+                        "and DELETEs in that same hop)",
                     )
             if outcomes.poll():
                 break

@@ -3,6 +3,7 @@ emulator and the local Functions host as child processes, plus small helpers to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,9 +13,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -31,7 +33,8 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 
 
 def azurite_queue_service_uri(port: int) -> str:
-    """The queue service URI of an Azurite started with ``oauth=True`` (HTTPS): ``AzureWebJobsStorage__queueServiceUri``."""
+    """The queue service URI of an Azurite started with ``oauth=True`` (HTTPS):
+    ``AzureWebJobsStorage__queueServiceUri``."""
     return f"https://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
 
 
@@ -94,22 +97,22 @@ class Child:
 def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Child:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    out = open(log_path, "wb")  # a fresh log per start: readers look for "listening" lines in it
-    proc = subprocess.Popen(
-        argv,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        cwd=str(cwd),
-        env=env,
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-    )
-    out.close()
+    with open(log_path, "wb") as out:  # a fresh log per start: readers look for "listening" lines in it
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(cwd),
+            env=env,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
     return Child(name, proc, log_path)
 
 
 def azurite_binary() -> Path:
-    """``node_modules/.bin/azurite-queue``; ``AZURITE_QUEUE_BIN`` names another one (a checkout without node_modules)."""
+    """``node_modules/.bin/azurite-queue``; ``AZURITE_QUEUE_BIN`` names another one (a checkout without
+    node_modules)."""
     override = os.environ.get("AZURITE_QUEUE_BIN")
     path = Path(override) if override else ROOT / "node_modules" / ".bin" / "azurite-queue"
     if not path.exists():
@@ -209,7 +212,8 @@ class Emulator:
         self._req("POST", "reset", seed)
 
     def fill(self, count: int = 75, seed: int = 7) -> int:
-        """Add ``count`` generated customers (the same ones for the same seed); returns the emulator's customer total."""
+        """Add ``count`` generated customers (the same ones for the same seed); returns the emulator's customer
+        total."""
         return self._req("POST", "customers/fill", {"count": count, "seed": seed})["customers"]
 
     def app_settings(self) -> dict[str, str]:
@@ -383,10 +387,8 @@ class Queues:
     def ensure(self, name: str) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        try:
+        with contextlib.suppress(ResourceExistsError):
             self.client(name).create_queue()
-        except ResourceExistsError:
-            pass
 
     def send(self, name: str, data: bytes | str, *, encode: bool = True, delay: int = 0) -> str:
         raw = data.encode() if isinstance(data, str) else data

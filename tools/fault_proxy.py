@@ -23,6 +23,7 @@ Ctrl-C or SIGTERM. ``start_fault_proxy`` runs it as a child process for tools an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import logging
@@ -99,7 +100,8 @@ def coerce_changes(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_put(method: str, path: str) -> bool:
-    """Send (POST .../messages) or update (PUT .../messages/<id>?popreceipt=...): the requests that add or change a message."""
+    """Send (POST .../messages) or update (PUT .../messages/<id>?popreceipt=...): the requests that add or change a
+    message."""
     parts = urlsplit(path)
     segments = [s for s in parts.path.split("/") if s]
     if method == "POST":
@@ -163,7 +165,8 @@ class Faults:
             self._counts[name] += 1
 
     def stats(self) -> dict[str, Any]:
-        """Counts since start: requests (admin ones excluded), forwarded (answered by the target, after-faults included),
+        """Counts since start: requests (admin ones excluded), forwarded (answered by the target, after-faults
+        included),
         puts, failed_<kind> per injected fault, target_errors (answered 502) and requests by_method."""
         names = ("requests", "forwarded", "puts", "failed_before", "failed_after", "failed_outage", "target_errors")
         with self._lock:
@@ -236,11 +239,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         else:
             self._relay(answer)
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = do_MERGE = handle_request
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = do_MERGE = handle_request  # noqa: N815 - http.server's names
 
     def _read_body(self) -> bytes | None:
         """The request body by Content-Length; None after answering a request this proxy will not forward."""
-        if "transfer-encoding" in {k.lower() for k in self.headers.keys()}:
+        if "transfer-encoding" in {k.lower() for k in self.headers}:
             self.close_connection = True  # the body's end is unknown: the rest of the stream cannot be trusted
             self._send_azure_error(
                 411, "MissingContentLengthHeader", "The fault proxy needs Content-Length on request bodies."
@@ -358,10 +361,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _drop_connection(self) -> None:
         """Closes the client connection without an answer, as a lost response looks to the client."""
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):  # the client is gone already
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # the client is gone already
 
     def finish(self) -> None:
         self._close_upstream()
@@ -385,12 +386,13 @@ class FaultProxyServer(ThreadingHTTPServer):
         return f"http://{HOST}:{self.target_port}"
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that goes away ends its connection's thread, quietly; anything else is logged, the server goes on."""
+        """A client that goes away ends its connection's thread, quietly; anything else is logged, the server goes
+        on."""
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError)):
             log.info("client %s:%s went away: %r", *client_address[:2], exc)
         else:
-            log.exception("unexpected error serving %s:%s", *client_address[:2])
+            log.error("unexpected error serving %s:%s", *client_address[:2], exc_info=exc)
 
 
 def write_state(state_dir: Path, info: dict[str, Any]) -> None:

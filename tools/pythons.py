@@ -1,7 +1,8 @@
 """Which Python versions the app supports, and where the other end of that range is on this machine (dev only).
 
-    python tools/pythons.py check        exit 1 with a plain reason if this Python is not supported; a warning if untested
-    python tools/pythons.py other-end    path of a Python at the other end of the supported range, or nothing
+    python tools/pythons.py check       exit 1 with a plain reason if this Python is not supported (a warning
+                                        if it is newer than the tested ones)
+    python tools/pythons.py other-end   path of a Python at the other end of the supported range, or nothing
 
 Run as a file by the Makefile before any virtual environment exists, so it imports nothing of the project.
 """
@@ -19,10 +20,15 @@ import sys
 SUPPORTED = ((3, 11), (3, 12), (3, 13))
 
 
+def dotted(version: tuple[int, int]) -> str:
+    """``(3, 11)`` as ``"3.11"``."""
+    return f"{version[0]}.{version[1]}"
+
+
 def verdict(version: tuple[int, int]) -> tuple[bool, str]:
     """(accepted, message): the message is empty for a supported version, a warning or the refusal otherwise."""
-    shown = "%d.%d" % version
-    names = ["%d.%d" % v for v in SUPPORTED]
+    shown = dotted(version)
+    names = [dotted(v) for v in SUPPORTED]
     wanted = ", ".join(names[:-1]) + " or " + names[-1]
     if version in SUPPORTED:
         return True, ""
@@ -53,11 +59,12 @@ def _version_of(python: str) -> tuple[int, int] | None:
 
 
 def find(version: tuple[int, int]) -> str | None:
-    """A working interpreter of ``version``: ``python3.X`` on PATH (a pyenv shim may exist and still refuse), or pyenv's."""
-    name = "python%d.%d" % version
+    """A working interpreter of ``version``: ``python3.X`` on PATH (a pyenv shim may exist and still refuse), or
+    pyenv's."""
+    name = f"python{dotted(version)}"
     candidates = [shutil.which(name)]
     root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    candidates += sorted(glob.glob(os.path.join(root, "versions", "%d.%d.*" % version, "bin", name)), reverse=True)
+    candidates += sorted(glob.glob(os.path.join(root, "versions", f"{dotted(version)}.*", "bin", name)), reverse=True)
     for candidate in candidates:
         if candidate and _version_of(candidate) == version:
             return candidate

@@ -11,6 +11,7 @@ it is missing, from the environment, with the app's defaults. ``show`` peeks (up
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -87,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 text = decode_base64_strict(m.content).decode("utf-8")
             except ValueError:
                 text = f"(not Base64) {m.content}"
-            try:
+            with contextlib.suppress(ValueError):
                 text = json.dumps(json.loads(text), indent=2)
-            except ValueError:
-                pass
             print(f"--- {m.id} inserted {m.inserted_on:%Y-%m-%dT%H:%M:%SZ} dequeued {m.dequeue_count}x\n{text}")
         print(
             f"{len(messages)} message(s) on {queue_of[args.which]}"

@@ -84,16 +84,15 @@ PROFILES = {
 def build_customers(rng: random.Random, count: int, min_orders: int, max_orders: int, profile: Profile) -> list[dict]:
     customers = []
     for _ in range(count):
-        orders = []
-        for _ in range(rng.randint(min_orders, max_orders)):
-            orders.append(
-                {
-                    "id": uuid.uuid4().hex + "A",
-                    "cancelAfterReads": rng.choice(profile.cancel_after_reads),
-                    "cancelAfterSeconds": rng.choice(profile.cancel_after_seconds),
-                    "status": "cancelled" if rng.random() < 0.05 else "completed",
-                }
-            )
+        orders = [
+            {
+                "id": uuid.uuid4().hex + "A",
+                "cancelAfterReads": rng.choice(profile.cancel_after_reads),
+                "cancelAfterSeconds": rng.choice(profile.cancel_after_seconds),
+                "status": "cancelled" if rng.random() < 0.05 else "completed",
+            }
+            for _ in range(rng.randint(min_orders, max_orders))
+        ]
         customers.append({"id": str(uuid.uuid4()), "orders": orders})
     return customers
 
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         children.append(pc.child)
         customers = build_customers(rng, args.customers, args.min_orders, args.max_orders, profile)
         protected = {"id": str(uuid.uuid4()), "orders": [{"id": uuid.uuid4().hex + "P"}]}
-        pc.add_customers(customers + [protected])
+        pc.add_customers([*customers, protected])
         pc.knobs(rateLimitPerWindow=args.rate_limit, rateLimitWindowSeconds=args.window, randomSeed=args.seed)
         faults = [
             {"kind": "status", "status": 503, "path": "^/v1/", "share": args.fault_share / 2},
@@ -188,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             faults = [
                 {"kind": "status", "status": 503, "path": ".*", "share": 0.5, "from": outage[0], "until": outage[1]},
                 {"kind": "drop", "path": ".*", "share": 1.0, "from": outage[0], "until": outage[1]},
-            ] + faults
+                *faults,
+            ]
         pc.faults(faults)
         settings = {
             "AzureWebJobsStorage": proxy.connection_string() if proxy else storage,
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         for killer in killers:
             killer.start()
         print(
-            f"[{args.profile}] sent {len(requests)} requests ({len(sends)} valid or protected, {args.malformed} malformed) for "
-            f"{len(customers)} customers; {profile.hosts} host(s)"
+            f"[{args.profile}] sent {len(requests)} requests ({len(sends)} valid or protected, {args.malformed} "
+            f"malformed) for {len(customers)} customers; {profile.hosts} host(s)"
             + (f"; outage in {profile.outage_at:.0f}s for {profile.outage_seconds:.0f}s" if outage else ""),
             flush=True,
         )
@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             settled = sum(1 for corr in requests if corr in done or corr in poisoned)
             if time.monotonic() - last_report > 15:
                 print(
-                    f"[{time.monotonic() - started:6.0f}s] {len(done & set(requests))}/{len(requests)} requests have an outcome, "
-                    f"{sum(k.kills for k in killers)} host kills so far",
+                    f"[{time.monotonic() - started:6.0f}s] {len(done & set(requests))}/{len(requests)} requests have "
+                    f"an outcome, {sum(k.kills for k in killers)} host kills so far",
                     flush=True,
                 )
                 last_report = time.monotonic()
@@ -386,7 +386,10 @@ def invocation_durations(state_dir: Path) -> dict[str, dict]:
     out = {}
     for function in sorted(started):
         values = sorted(durations[function])
-        pick = (lambda q: values[min(len(values) - 1, int(q * len(values)))]) if values else (lambda q: 0.0)
+
+        def pick(q: float, values: list[float] = values) -> float:
+            return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
         out[function] = {
             "invocations": started[function],
             "finished": len(values),
@@ -518,7 +521,8 @@ def chain_forks(state_dir: Path) -> dict:
     handovers: set[str] = set()
     succeeded: set[str] = set()
     hop_line = re.compile(
-        r"poll hop (\d+), stage \w+ \(message ([^,]+), delivery \d+\).*correlation=([0-9a-f-]+) .*invocation=([0-9a-f-]+)\)"
+        r"poll hop (\d+), stage \w+ \(message ([^,]+), delivery \d+\)"
+        r".*correlation=([0-9a-f-]+) .*invocation=([0-9a-f-]+)\)"
     )
     for path in state_dir.glob("host*.log"):
         for line in path.read_text(errors="replace").splitlines():
@@ -548,8 +552,8 @@ def table(r: dict) -> str:
     storage = r["storage"]
     puts = (
         (
-            f"{storage['failed_before'] + storage['failed_after']} of {storage['puts']} ({storage['failed_before']} before, "
-            f"{storage['failed_after']} after being stored)"
+            f"{storage['failed_before'] + storage['failed_after']} of {storage['puts']} ({storage['failed_before']} "
+            f"before, {storage['failed_after']} after being stored)"
         )
         if storage
         else "none injected"
@@ -557,7 +561,8 @@ def table(r: dict) -> str:
     rows = [
         (
             "profile",
-            f"{r['profile']}: {r['hosts']} host(s), message lease {r['lease_seconds']} s, functionTimeout {r['function_timeout']}"
+            f"{r['profile']}: {r['hosts']} host(s), message lease {r['lease_seconds']} s, functionTimeout "
+            f"{r['function_timeout']}"
             + (f", Partner Center outage {r['outage_seconds']:.0f} s" if r["outage_seconds"] else ""),
         ),
         ("customers (orders)", f"{r['customers']} ({r['orders']})"),

@@ -1,7 +1,8 @@
 """Microsoft's "delete a customer from the Tip integration sandbox" loop, ported to plain ``requests``: the baseline
 the benchmark runs side by side with our app against the Partner Center emulator.
 
-    python -m tools.seed_loop --customer <customer-tenant-id> --settings-json settings.json [--interval 5] [--timeout 3600]
+    python -m tools.seed_loop --customer <customer-tenant-id> --settings-json settings.json \
+        [--interval 5] [--timeout 3600]
 
 ``settings.json`` holds the dict of ``tools.devenv.Emulator.app_settings()`` (``PARTNER_CENTER_BASE_URL``,
 ``PARTNER_CENTER_AUTHORITY_HOST``, ``PARTNER_CENTER_TENANT_ID``, ``PARTNER_CENTER_CLIENT_ID``,
@@ -62,17 +63,21 @@ import time
 
 _ENTRY = time.time()  # the first statement the module executes: the CLI's fallback start time (see process_start_time)
 
-import argparse  # noqa: E402  (after the timestamp on purpose; requests is imported lazily in run())
-import ipaddress  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import uuid  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
+# Every import comes after the timestamp on purpose (E402 is off for this file, see pyproject.toml); requests is
+# imported lazily in run().
+import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["run", "main", "SeedLoopError", "process_start_time", "DEFAULT_SCOPE"]
+__all__ = ["DEFAULT_SCOPE", "SeedLoopError", "main", "process_start_time", "run"]
 
 DEFAULT_SCOPE = "https://api.partnercenter.microsoft.com/.default"  # shared.config DEFAULTS["PARTNER_CENTER_SCOPE"]
 GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")  # as shared.ids
@@ -119,10 +124,8 @@ def process_start_time() -> tuple[float, str]:
 def _check_base(url: str, what: str) -> str:
     parts = urlsplit(url)
     loopback = False
-    try:
+    with contextlib.suppress(ValueError):
         loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:
-        pass
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
         raise ValueError(f"{what} must be https (http only for loopback hosts): {url!r}")
     return url.rstrip("/")

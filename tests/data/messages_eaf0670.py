@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import InvalidMessageError
 from shared.ids import derived_correlation_id, is_guid, is_order_id
 
 __all__ = [
-    "SCHEMA_VERSION",
     "OUTCOMES",
+    "SCHEMA_VERSION",
     "DeletionRequest",
     "OrderState",
     "PollMessage",
-    "parse_deletion_request",
-    "parse_poll_message",
     "deletion_request_text",
-    "outcome_event",
     "iso",
+    "outcome_event",
+    "parse_deletion_request",
     "parse_iso",
+    "parse_poll_message",
 ]
 
 SCHEMA_VERSION = 1
@@ -37,14 +37,14 @@ MAX_BODY_BYTES = 64 * 1024
 
 def iso(moment: datetime) -> str:
     """ISO 8601 UTC with ``Z``, millisecond precision."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(value: Any) -> datetime:
     if not isinstance(value, str) or not value.endswith("Z"):
         raise ValueError("not an ISO 8601 UTC time ending in Z")
     moment = datetime.fromisoformat(value[:-1] + "+00:00")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,7 @@ def parse_deletion_request(
     """Parse a deletion request: the JSON object form, or a bare GUID as the whole body."""
     derived = derived_correlation_id(message_id)
     try:
-        return _parse_deletion_request(
-            body, derived, insertion_time.astimezone(timezone.utc) if insertion_time else now
-        )
+        return _parse_deletion_request(body, derived, insertion_time.astimezone(UTC) if insertion_time else now)
     except InvalidMessageError as exc:
         exc.correlation_id = exc.correlation_id or derived
         raise

@@ -15,8 +15,8 @@ import poll_orders
 from shared import app
 from shared.config import reset_settings
 from shared.messages import parse_poll_message
-from tools import devenv
 from tests.functions import receive
+from tools import devenv
 from tools.local_host.host import decode_base64_strict, to_function_message
 
 
@@ -138,7 +138,8 @@ def otel_handler(exporter):
 
 
 def first_request(env, queues, make_customer):
-    """A customer with one order and its deletion request, received from the request queue: (customer, correlation, msg)."""
+    """A customer with one order and its deletion request, received from the request queue: (customer, correlation,
+    msg)."""
     customer, correlation = make_customer([{}]), str(uuid.uuid4())
     queues.ensure(env.delete_customer_queue)
     queues.send(
@@ -217,7 +218,7 @@ def ingestion():
     envelopes: list[dict] = []
 
     class Track(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
+        def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)

@@ -16,8 +16,8 @@ import delete_customer
 import poll_orders
 from shared import app
 from shared.config import reset_settings
-from tools import devenv
 from tests.functions import receive
+from tools import devenv
 from tools.local_host.host import decode_base64_strict
 
 

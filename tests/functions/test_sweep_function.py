@@ -8,7 +8,7 @@ import threading
 import time
 import types
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.functions import meta
@@ -18,7 +18,7 @@ import delete_customer
 import sweep_customers
 from shared import app
 from shared.config import reset_settings
-from shared.sweeper import SweepFailed
+from shared.sweeper import SweepFailedError
 from tests.functions import receive
 from tools import devenv
 from tools.local_host.host import decode_base64_strict
@@ -72,7 +72,7 @@ def test_a_scheduled_report_run_lists_and_changes_nothing(sweep_env, queues, pc,
         make_customer(companyName=f"Sweep {sweep_env.tag} run {i}", domain=f"sweep{sweep_env.tag}{i}.onmicrosoft.com")
         for i in range(2)
     ]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     status = {
         "Last": (now - timedelta(days=1)).isoformat(),
         "Next": (now - timedelta(seconds=1)).isoformat(),
@@ -92,9 +92,7 @@ def test_a_manual_delete_run_enqueues_ordinary_requests_that_delete_customer_pro
 ):
     mine = make_customer(companyName=f"Sweep {sweep_env.tag} doomed", domain="doomed.onmicrosoft.com")
     sweep_env.apply(SWEEP_MODE="delete")
-    nxt = (
-        datetime.now(timezone.utc) + timedelta(hours=5)
-    ).isoformat()  # an admin call gets the stored status: Next ahead
+    nxt = (datetime.now(UTC) + timedelta(hours=5)).isoformat()  # an admin call gets the stored status: Next ahead
     sweep_customers.main(timer_request(status={"Next": nxt}), context())
     (report,) = reports(queues, sweep_env.reports)
     assert report["trigger"] == "manual" and [e["customerTenantId"] for e in report["enqueued"]] == [mine["id"]]
@@ -120,7 +118,7 @@ def test_broken_sweep_settings_fail_only_the_sweep(sweep_env, queues, pc, make_c
         SANDBOX_CUSTOMER_LIMIT="0",
     )
     before = len(pc.requests_log())
-    with pytest.raises(SweepFailed, match="settings have problems"):
+    with pytest.raises(SweepFailedError, match="settings have problems"):
         sweep_customers.main(timer_request(), context())
     (report,) = reports(queues, sweep_env.reports)
     assert report["result"] == "refused" and len(report["problems"]) == 5 and len(pc.requests_log()) == before
@@ -147,7 +145,7 @@ def test_a_catastrophic_pattern_refuses_the_sweep_while_delete_customer_keeps_wo
     def sweep():
         try:
             sweep_customers.main(timer_request(), context())
-        except SweepFailed as exc:
+        except SweepFailedError as exc:
             failures.append(exc)
         finally:
             done.set()

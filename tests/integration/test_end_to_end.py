@@ -11,7 +11,6 @@ from datetime import datetime
 
 import pytest
 
-
 #: A request past POLL_TIMEOUT ends after the settle time (work + a token + a call + 5 s, about 48 s here), the final
 #: check and, if Partner Center is down, a few last looks: minutes, not seconds.
 DEADLINE_WAIT = 240
@@ -31,11 +30,14 @@ def assert_no_delete_while_open(world, customer_id):
 
 def test_happy_path_with_cancellation_lag_and_nested_duplicate_order_ids(world):
     o1, o2 = uuid.uuid4().hex + "A", uuid.uuid4().hex + "B"
-    ent = lambda oid, nested=(): {
-        "referenceOrder": {"id": oid, "lineItemId": "0"},
-        "entitlementType": "software",  # noqa: E731
-        "includedEntitlements": list(nested),
-    }
+
+    def ent(oid, nested=()):
+        return {
+            "referenceOrder": {"id": oid, "lineItemId": "0"},
+            "entitlementType": "software",
+            "includedEntitlements": list(nested),
+        }
+
     customer_id = str(uuid.uuid4())
     world.pc.add_customers(
         [

@@ -197,7 +197,7 @@ def test_admin_api_is_never_forwarded_and_target_errors_answer_502(tmp_path):
             assert proxy.stats()["requests"] == 0
             with pytest.raises(ValueError, match="400"):
                 proxy.configure(before_share=0.9, after_share=0.2)
-            with pytest.raises(ValueError, match="400.*unknown"):
+            with pytest.raises(ValueError, match=r"400.*unknown"):
                 proxy.configure(share=1)
             with pytest.raises(BlockingIOError):
                 target.accept()  # nobody came

@@ -90,7 +90,7 @@ def list_queues(uri: str, ca: str, token: str | None) -> requests.Response:
     return requests.get(uri, params={"comp": "list"}, headers=headers, verify=ca, timeout=10)
 
 
-# -- end to end, no connection string ------------------------------------------------------------------------------------
+# -- end to end, no connection string ----------------------------------------------------------------------------------
 
 
 def test_deletion_end_to_end_with_tokens_only(id_world, make_customer):
@@ -110,7 +110,8 @@ def test_deletion_end_to_end_with_tokens_only(id_world, make_customer):
     # The host read the identity-based connection (its one line about it; never the secret) ...
     storage_id = id_world.pc.storage_identity
     assert (
-        f"Storage connection 'AzureWebJobsStorage': identity-based, {id_world.settings['AzureWebJobsStorage__queueServiceUri']}, "
+        "Storage connection 'AzureWebJobsStorage': identity-based, "
+        f"{id_world.settings['AzureWebJobsStorage__queueServiceUri']}, "
         f"client secret of app {storage_id['clientId']}" in log
     )
     assert storage_id["clientSecret"] not in log
@@ -141,7 +142,7 @@ def test_the_apps_own_composition_root_with_a_token(oauth_azurite, pc, id_queues
         reset_settings()
 
 
-# -- Azurite really checks tokens (and what it does not check) -----------------------------------------------------------
+# -- Azurite really checks tokens (and what it does not check) ---------------------------------------------------------
 
 
 def test_azurite_refuses_requests_without_a_valid_storage_token(oauth_azurite, pc):

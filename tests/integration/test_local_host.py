@@ -3,13 +3,14 @@ the timer extension runs them, and the admin endpoint."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
 import textwrap
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -31,7 +32,8 @@ import azure.functions as func
 def main(msg: func.QueueMessage, context: func.Context) -> None:
     body = msg.get_body().decode()
     with open(os.environ["PROBE_LOG"], "a") as f:
-        f.write(json.dumps({"body": body, "dequeue": msg.dequeue_count, "t": time.time(), "inv": context.invocation_id}) + "\\n")
+        seen = {"body": body, "dequeue": msg.dequeue_count, "t": time.time(), "inv": context.invocation_id}
+        f.write(json.dumps(seen) + "\\n")
     if body.startswith("sleep"):
         time.sleep(float(body.split(":")[1]))
         with open(os.environ["PROBE_LOG"], "a") as f:
@@ -115,7 +117,7 @@ def test_failing_message_is_retried_max_times_with_visibility_delay_then_poisone
     devenv.wait_for(lambda: queues.peek_raw(queue + "-poison"), 30, what="poison")
     attempts = [c for c in calls() if c["body"] == "fail-always"]
     assert [c["dequeue"] for c in attempts] == [1, 2, 3]  # maxDequeueCount 3
-    gaps = [b["t"] - a["t"] for a, b in zip(attempts, attempts[1:])]
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(attempts)]
     assert all(g >= 0.9 for g in gaps), gaps  # visibilityTimeout 1 s before each retry
     assert [decode_base64_strict(t) for t in queues.peek_raw(queue + "-poison")] == [
         b"fail-always"
@@ -167,7 +169,7 @@ def test_function_timeout_restarts_the_worker_and_counts_as_a_failure(run_probe,
     devenv.wait_for(lambda: queues.peek_raw(queue + "-poison"), 40, what="poison after timeouts")
     attempts = calls()
     assert [c["dequeue"] for c in attempts] == [1, 2, 3]
-    assert all(1.9 <= b["t"] - a["t"] < 6 for a, b in zip(attempts, attempts[1:]))  # cut off at the timeout
+    assert all(1.9 <= b["t"] - a["t"] < 6 for a, b in itertools.pairwise(attempts))  # cut off at the timeout
     time.sleep(7)
     assert calls(done=True) == []  # the invocations died with their worker process; none finished later
 
@@ -353,7 +355,7 @@ def test_timer_fires_on_the_second_grid_with_its_schedule_status(timer_world):
 def test_stale_status_runs_once_past_due_at_start_then_ticks(timer_world):
     w = timer_world
     hour_ago = int(time.time()) // 2 * 2 - 3600
-    last, nxt = (datetime.fromtimestamp(t, timezone.utc).isoformat() for t in (hour_ago - 2, hour_ago))
+    last, nxt = (datetime.fromtimestamp(t, UTC).isoformat() for t in (hour_ago - 2, hour_ago))
     w.store(last, nxt)  # consistent with the schedule (Next = the occurrence after Last): not a schedule change
     host = w.start(TICK_SCHEDULE="*/2 * * * * *")
     devenv.wait_for(lambda: len(w.runs()) >= 3, 20, what="a past-due run and two ticks")
@@ -381,7 +383,7 @@ def test_run_on_startup_without_monitor(tmp_path, azurite, queues):
 
 def test_admin_endpoint_runs_a_timer_now_and_leaves_its_status(timer_world):
     w = timer_world
-    year = datetime.now(timezone.utc).year
+    year = datetime.now(UTC).year
     w.store(
         f"{year}-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00"
     )  # Next is not what the schedule gives from Last

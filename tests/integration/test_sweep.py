@@ -5,7 +5,7 @@ limit. The sweep lists every customer of the partner, so these tests have an emu
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -103,7 +103,7 @@ def test_a_scheduled_run_selects_by_name_and_deletes_through_the_ordinary_reques
             }
         ]
     )
-    fire = datetime.now(timezone.utc) + timedelta(seconds=15)
+    fire = datetime.now(UTC) + timedelta(seconds=15)
     # Every minute at that second: a tick that a slow host start misses comes again within 60 s.
     sweep.start(SWEEP_MODE="delete", SWEEP_EXCLUDE="lookalike", SWEEP_SCHEDULE=f"{fire.second} * * * * *")
     report = sweep.reports(1, timeout=15 + 60 + 60)[0]  # the first tick's (a later one may follow)

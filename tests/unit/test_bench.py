@@ -26,13 +26,19 @@ def test_invocations_are_attributed_to_their_customer_by_the_apps_log_lines():
     log = "\n".join(
         [
             f"x INFO local_host: Executing 'Functions.delete_customer' (Reason='...', Id={INV1}, DequeueCount=1)",
-            f"x INFO customer_deletion: [delete_customer] cancelled (correlation=c customer={A} hop=0 invocation={INV1})",
+            (
+                f"x INFO customer_deletion: [delete_customer] cancelled (correlation=c customer={A} hop=0 "
+                f"invocation={INV1})"
+            ),
             f"x INFO local_host: Executed 'Functions.delete_customer' (Succeeded, Id={INV1}, Duration=120ms)",
             f"x INFO customer_deletion: [poll_orders] poll hop 1 (correlation=c customer={A} invocation={INV2})",
             f"x ERROR local_host: Executed 'Functions.poll_orders' (Failed, Id={INV2}, Duration=4500ms): boom",
             f"x INFO customer_deletion: [poll_orders] poll hop 1 (correlation=d customer={B} invocation={INV3})",
             f"x INFO local_host: Executed 'Functions.poll_orders' (Succeeded, Id={INV3}, Duration=30ms)",
-            "x INFO local_host: Executed 'Functions.poll_orders' (Succeeded, Id=99999999-9999-4999-8999-999999999999, Duration=7ms)",
+            (
+                "x INFO local_host: Executed 'Functions.poll_orders' (Succeeded, "
+                "Id=99999999-9999-4999-8999-999999999999, Duration=7ms)"
+            ),
         ]
     )
     found = bench.host_invocations(log)

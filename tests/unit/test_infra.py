@@ -1,4 +1,5 @@
-"""The azd templates (azure.yaml, infra/) read as text: no Bicep compiler exists here, so these tests are what checks them.
+"""The azd templates (azure.yaml, infra/) read as text: no Bicep compiler exists here, so these tests are what checks
+them.
 
 What they prove, each against the code rather than a list kept by hand:
 
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -92,7 +93,7 @@ class Sources:
     files: dict[str, str] = field(default_factory=dict)  # path relative to the repo root -> text
 
     @classmethod
-    def load(cls) -> "Sources":
+    def load(cls) -> Sources:
         paths = [
             "azure.yaml",
             "infra/main.parameters.json",
@@ -114,12 +115,12 @@ class Sources:
     def __getitem__(self, path: str) -> str:
         return self.files[path]
 
-    def edit(self, path: str, old: str, new: str, count: int = 1) -> "Sources":
+    def edit(self, path: str, old: str, new: str, count: int = 1) -> Sources:
         text = self.files[path]
         assert old in text, f"mutation target {old!r} not in {path}"
         return replace(self, files={**self.files, path: text.replace(old, new, count)})
 
-    def bicep(self, path: str) -> "Bicep":
+    def bicep(self, path: str) -> Bicep:
         return Bicep(self.files[path])
 
     def bicep_paths(self) -> list[str]:
@@ -304,7 +305,7 @@ class Bicep:
 
 
 def local_module_path(caller: str, source: str) -> str | None:
-    if source.startswith("br/") or source.startswith("ts/"):
+    if source.startswith(("br/", "ts/")):
         return None
     return (Path(caller).parent / source).as_posix().replace("infra/./", "infra/")
 
@@ -788,7 +789,10 @@ MUTATIONS = [
     (
         "roles",
         "infra/app/rbac.bicep",
-        "resource keyVaultSecretsOfficerRoleAssignment_User 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (assignToUser) {",
+        (
+            "resource keyVaultSecretsOfficerRoleAssignment_User 'Microsoft.Authorization/roleAssignments@2022-04-01' "
+            "= if (assignToUser) {"
+        ),
         "resource keyVaultSecretsOfficerRoleAssignment_User 'Microsoft.Authorization/roleAssignments@2022-04-01' = {",
     ),
     ("consistency", "azure.yaml", "  api:\n", "  app:\n"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -129,7 +129,7 @@ def test_an_order_that_appears_after_discovery_is_cancelled_and_reported(world):
 @pytest.mark.parametrize("schema", ["this release", "older release"])
 def test_a_forged_or_stale_poll_message_cannot_cause_a_delete(world, schema):
     """Was: a poll message whose orders all said `cancelled` led straight to a DELETE with no read."""
-    pc, pub, clock, deps = world
+    pc, _pub, _clock, deps = world
     pc.customers[CUST] = FakeCustomer(
         {O1: FakeOrder(status="pending", pending_reads=10**6), O2: FakeOrder(status="cancelled")}
     )
@@ -184,9 +184,9 @@ class Token:
 @pytest.mark.parametrize("retry_after, expected_delay", [("inf", 30), ("HTTP-DATE+120", 120), ("nonsense", 30)])
 def test_retry_after_as_an_http_date_or_garbage(world, retry_after, expected_delay):
     """Was: the HTTP-date form was ignored, and `Retry-After: inf` raised OverflowError."""
-    pc, pub, clock, deps = world
+    _pc, pub, _clock, deps = world
     if retry_after.startswith("HTTP-DATE"):
-        retry_after = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=120), usegmt=True)
+        retry_after = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     deps.partner_center = PartnerCenterClient(
         "https://pc.test", Token(), "s/.default", policy=RetryPolicy(max_attempts=2), sleep=lambda s: None
     )
@@ -212,12 +212,13 @@ def test_retry_after_as_an_http_date_or_garbage(world, retry_after, expected_del
             body=b'{"statusCode": 429, "message": "Rate limit is exceeded."}',
         )
         handle_poll(queue_message(json.dumps(poll)), "inv", deps)
-    ((raw, delay),) = pub.on(POLL)
+    ((_raw, delay),) = pub.on(POLL)
     assert expected_delay - 2 <= delay <= expected_delay * 1.5 + 2  # Retry-After, plus a spread of up to half of it
 
 
 def test_a_refused_second_cancel_reads_the_order_and_carries_on(world):
-    """Was: a cancel refused because the order was already cancelling (a retried PATCH, a duplicate) failed the request."""
+    """Was: a cancel refused because the order was already cancelling (a retried PATCH, a duplicate) failed the
+    request."""
     pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=2, second_cancel="error")})
     send_request(deps, json.dumps({"customerTenantId": CUST, "correlationId": CORR}), id="first")
@@ -241,8 +242,9 @@ def test_an_invocation_starts_no_call_after_its_work_budget(world):
 
 def test_throttled_error_keeps_an_unparseable_retry_after_unset():
     """The client passes on `None`, never inf or nan: the core then waits POLL_INTERVAL_SECONDS."""
-    from shared.partner_center import error_from_response
     import requests
+
+    from shared.partner_center import error_from_response
 
     resp = requests.Response()
     resp.status_code, resp._content = 429, b"{}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -35,7 +35,7 @@ from tools.local_host.timers import (
     write_status,
 )
 
-UTC = timezone.utc
+UTC = UTC
 HOURLY = parse("0 0 * * * *", strict=False)
 NOW = datetime(2026, 3, 10, 12, 20, 30, tzinfo=UTC)
 
@@ -164,7 +164,7 @@ def test_singleton_lock_is_exclusive_until_released(tmp_path):
     second.release()
 
 
-# -- indexing ------------------------------------------------------------------------------------------------------------
+# -- indexing ----------------------------------------------------------------------------------------------------------
 
 
 def _function(root, name, binding, **extra):
@@ -329,7 +329,7 @@ def test_an_index_error_disables_only_that_function(tmp_path):
     assert result.errors == {"bad": "'%MISSING%' does not resolve to a value."} and result.disabled == ["off"]
 
 
-# -- the worker's side ---------------------------------------------------------------------------------------------------
+# -- the worker's side -------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -368,7 +368,8 @@ def test_worker_loading_reports_each_function_that_cannot_load(app_package):
 
 def test_timer_request_through_the_library_converter():
     first = to_timer_request(timer_data(None, past_due=False))
-    # A null ScheduleStatus reads as {} in recent azure-functions and as None in 1.20 (the lowest allowed): the app takes both.
+    # A null ScheduleStatus reads as {} in recent azure-functions and as None in 1.20 (the lowest allowed):
+    # the app takes both.
     assert first.past_due is False and first.schedule_status in ({}, None) and first.schedule == {"AdjustForDST": True}
     status = ScheduleStatus(at(12), at(13), NOW).to_json()
     later = to_timer_request(timer_data(status, past_due=True))

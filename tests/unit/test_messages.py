@@ -2,7 +2,7 @@
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,8 @@ from shared.messages import (
     readable_fields,
 )
 
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
-INSERTED = datetime(2026, 11, 24, 11, 59, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+INSERTED = datetime(2026, 11, 24, 11, 59, 30, tzinfo=UTC)
 CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
 CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
 
@@ -72,7 +72,7 @@ def test_valid_requests(body, customer, correlation, dry_run):
         (json.dumps({"customerTenantId": CUST, "correlationId": 7}).encode(), "correlationId"),
         (json.dumps({"customerTenantId": CUST, "dryRun": "false"}).encode(), "dryRun"),
         (json.dumps({"customerTenantId": CUST, "dryRun": 0}).encode(), "dryRun"),
-        (('{"customerTenantId": "%s", "customerTenantId": "%s"}' % (CUST, CORR)).encode(), "duplicate"),
+        ((f'{{"customerTenantId": "{CUST}", "customerTenantId": "{CORR}"}}').encode(), "duplicate"),
         (b"[" * 30000, "nested too deeply"),
         (b"x" * 70000, "larger"),
     ],
@@ -255,7 +255,8 @@ def test_readable_fields_of_a_broken_poll_message():
 
 
 def test_the_previous_release_parses_every_kind_of_poll_message_this_one_writes():
-    """Its own parser (tests/data/messages_eaf0670.py, verbatim) reads what this release writes, with the same meaning."""
+    """Its own parser (tests/data/messages_eaf0670.py, verbatim) reads what this release writes, with the same
+    meaning."""
     from tests.data.messages_eaf0670 import parse_poll_message as previous_parser
 
     written = [

@@ -116,7 +116,7 @@ class DeletionModel(RuleBasedStateMachine):
 
     @rule(which=st.integers(0, 9), dry_run=st.booleans(), bare=st.booleans())
     def send_request(self, which, dry_run, bare):
-        pool = self.customer_ids + [UNKNOWN, PROTECTED]
+        pool = [*self.customer_ids, UNKNOWN, PROTECTED]
         cid = pool[which % len(pool)]
         correlation = str(uuid.uuid4())
         body = (
@@ -180,7 +180,8 @@ class DeletionModel(RuleBasedStateMachine):
 
     @rule(which=st.integers(0, 30))
     def a_cancelled_order_vanishes(self, which):
-        """Whether Partner Center forgets cancelled orders is unconfirmed (reference section 11); it never forgets others."""
+        """Whether Partner Center forgets cancelled orders is unconfirmed (reference section 11); it never forgets
+        others."""
         orders = [
             (cid, oid)
             for cid, c in self.pc.customers.items()
@@ -203,7 +204,7 @@ class DeletionModel(RuleBasedStateMachine):
 
     @rule(which=st.integers(0, 9))
     def a_forged_poll_message_claims_everything_cancelled(self, which):
-        cid = (self.customer_ids + [PROTECTED])[which % (len(self.customer_ids) + 1)]
+        cid = ([*self.customer_ids, PROTECTED])[which % (len(self.customer_ids) + 1)]
         orders = list(self.pc.customers[cid].orders) if cid in self.pc.customers else []
         forged = {
             "schemaVersion": 1,
@@ -228,7 +229,7 @@ class DeletionModel(RuleBasedStateMachine):
         for record in self.pc.log:
             by_invocation[record.invocation].append(record)
         inputs = {inv.id: inv.message for inv in self.host.invocations}
-        for invocation, customer, t, listed_open in self.pc.delete_attempts[self.checked_deletes :]:
+        for invocation, _customer, t, listed_open in self.pc.delete_attempts[self.checked_deletes :]:
             calls = by_invocation[invocation]
             before = calls[: next(i for i, r in enumerate(calls) if r.call == "delete_customer" and r.t >= t)]
             listings = [r for r in before if r.call == "entitlements" and isinstance(r.answer, tuple)]
@@ -401,20 +402,22 @@ class DeletionModel(RuleBasedStateMachine):
             ):
                 continue
             calls = [
-                f"{r.call}{'(' + r.order[:3] + ')' if r.order else ''}={r.answer if not isinstance(r.answer, tuple) else len(r.answer)}"
+                f"{r.call}{'(' + r.order[:3] + ')' if r.order else ''}="
+                f"{r.answer if not isinstance(r.answer, tuple) else len(r.answer)}"
                 for r in self.pc.log
                 if r.invocation == inv.id
             ]
             sent = [
                 f"{q.split('-')[-1]}@{v:.0f}"
                 for q, mid, body, at, v in self.queues.sent_by_app
-                if inv.started <= at <= inv.ended and any(r.invocation == inv.id for r in self.pc.log) or False
+                if (inv.started <= at <= inv.ended and any(r.invocation == inv.id for r in self.pc.log)) or False
             ]
             lines.append(
                 f"  t={inv.started:.1f} {inv.id} {inv.function.split('-')[-1]} {inv.message.id} delivery {inv.delivery}"
-                f"{' CRASH ' + inv.crashed if inv.crashed else ''}{' RAISED ' + inv.raised if inv.raised else ''}: {', '.join(calls)} {sent}"
+                f"{' CRASH ' + inv.crashed if inv.crashed else ''}{' RAISED ' + inv.raised if inv.raised else ''}: "
+                f"{', '.join(calls)} {sent}"
             )
-        for event, mid, at in outcome_events(self.queues, OUT):
+        for event, _mid, at in outcome_events(self.queues, OUT):
             if event["correlationId"] == correlation:
                 lines.append(f"  t={at:.1f} outcome {event['outcome']}: {event['detail'][:160]}")
         return "\n".join(lines)

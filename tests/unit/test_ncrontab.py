@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from shared.ncrontab import Schedule, ScheduleError, parse
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(text: str) -> datetime:

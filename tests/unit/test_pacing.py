@@ -1,4 +1,5 @@
-"""The process-wide pacer (issue 8): a sliding window like Partner Center's limit, and a 429 honoured by every thread."""
+"""The process-wide pacer (issue 8): a sliding window like Partner Center's limit, and a 429 honoured by every
+thread."""
 
 from __future__ import annotations
 
@@ -94,8 +95,7 @@ def test_threads_share_one_window():
     results = []
 
     def worker():
-        for _ in range(20):
-            results.append(pacer.acquire(Budget(10, 0)))
+        results.extend(pacer.acquire(Budget(10, 0)) for _ in range(20))
 
     threads = [threading.Thread(target=worker) for _ in range(5)]
     for t in threads:
@@ -122,7 +122,7 @@ def paced_client(limit):
 
 @responses.activate
 def test_the_client_paces_and_a_paced_call_that_cannot_wait_is_a_throttle():
-    clock, pacer, client = paced_client(2)
+    clock, _pacer, client = paced_client(2)
     responses.get(f"{BASE}/v1/customers/{CUST}", body=body({"id": CUST}))
     b = Budget(10, 4, clock=clock)
     client.get_customer(CUST, correlation_id=CORR, budget=b)

@@ -283,11 +283,11 @@ def test_hostile_order_ids_never_reach_a_url(client, hostile):
 @pytest.mark.parametrize(
     "uri",
     [
-        "https://evil.example/v1/customers/%s/entitlements" % CUST,
+        f"https://evil.example/v1/customers/{CUST}/entitlements",
         "/customers/11111111-2222-3333-4444-555555555555/entitlements",
-        "/customers/%s/orders" % CUST,
-        "/customers/%s/entitlements/../../orders" % CUST,
-        "/customers/%s/entitlements?x=<script>" % CUST,
+        f"/customers/{CUST}/orders",
+        f"/customers/{CUST}/entitlements/../../orders",
+        f"/customers/{CUST}/entitlements?x=<script>",
     ],
 )
 @responses.activate

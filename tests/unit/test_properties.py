@@ -7,7 +7,7 @@ import json
 import random
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import responses
@@ -24,7 +24,7 @@ from shared.service import Deps, handle_deletion_request
 from tests.fakes import Clock, FakePartnerCenter, FakePublisher, queue_message
 
 BASE = "https://pc.test"
-NOW = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 SAFE_PATH = re.compile(
     r"/v1/customers/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

@@ -79,7 +79,7 @@ def test_happy_path_with_cancellation_lag(world):
     assert (
         pc.count("cancel_order") == 3
     )  # every order found is cancelled without a read first; O3 (already cancelled) too
-    ((first_poll, delay),) = pub.on(POLL)
+    ((_first_poll, delay),) = pub.on(POLL)
     assert delay == 30
     hops = run_polls(deps, pub, clock)
     out = the_outcome(pub)
@@ -118,7 +118,8 @@ def test_all_already_cancelled_polls_without_delay(world):
         }
     )
     request(deps, CUST)
-    # Each cancel is refused (already cancelled), so each order is read, and reads cancelled: poll_orders confirms at once.
+    # Each cancel is refused (already cancelled), so each order is read, and reads cancelled: poll_orders
+    # confirms at once.
     assert pub.on(POLL)[0][1] == 0 and pc.count("cancel_order") == 2 and pc.count("get_order") == 2
     run_polls(deps, pub, clock)
     assert the_outcome(pub)["outcome"] == "deleted"
@@ -134,7 +135,7 @@ def test_all_already_cancelled_polls_without_delay(world):
     ],
 )
 def test_invalid_request_rejected_poisoned_zero_calls(world, body):
-    pc, pub, clock, deps = world
+    pc, pub, _clock, deps = world
     request(deps, body)
     assert pc.calls == []
     out = the_outcome(pub)
@@ -144,7 +145,7 @@ def test_invalid_request_rejected_poisoned_zero_calls(world, body):
 
 
 def test_unknown_customer_is_not_found(world):
-    pc, pub, clock, deps = world
+    pc, pub, _clock, deps = world
     request(deps, CUST)
     out = the_outcome(pub)
     assert out["outcome"] == "not_found" and "60003" in out["detail"]
@@ -152,7 +153,7 @@ def test_unknown_customer_is_not_found(world):
 
 
 def test_protected_customer_never_touched(world):
-    pc, pub, clock, deps = world
+    pc, pub, _clock, deps = world
     pc.customers[OTHER] = FakeCustomer({O1: FakeOrder()})
     for body in (OTHER, OTHER.upper(), json.dumps({"customerTenantId": OTHER.upper(), "dryRun": False})):
         request(deps, body)
@@ -172,7 +173,7 @@ def test_protected_customer_checked_again_at_poll(world, tmp_path):
 
 
 def test_dry_run_reads_only(world):
-    pc, pub, clock, deps = world
+    pc, pub, _clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder(), O2: FakeOrder(status="cancelled")})
     request(deps, json.dumps({"customerTenantId": CUST, "dryRun": True}))
     out = the_outcome(pub)
@@ -182,7 +183,7 @@ def test_dry_run_reads_only(world):
 
 
 def test_refused_cancel_fails_with_partner_center_text(world):
-    pc, pub, clock, deps = world
+    pc, pub, _clock, deps = world
     pc.customers[CUST] = FakeCustomer(
         {
             O1: FakeOrder(
@@ -317,7 +318,7 @@ def test_the_last_delivery_hands_over_instead_of_giving_up(world):
 
 
 def test_an_unreadable_poll_message_fails_with_a_redrivable_request(world):
-    pc, pub, clock, deps = world
+    pc, pub, _clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
     body = json.dumps(
         {
@@ -337,7 +338,7 @@ def test_an_unreadable_poll_message_fails_with_a_redrivable_request(world):
 
 
 def test_an_unreadable_poll_message_of_a_customer_already_gone_is_deleted(world):
-    pc, pub, clock, deps = world
+    _pc, pub, _clock, deps = world
     body = json.dumps(
         {
             "schemaVersion": 1,
@@ -353,7 +354,7 @@ def test_an_unreadable_poll_message_of_a_customer_already_gone_is_deleted(world)
 
 
 def test_a_poll_message_nothing_can_be_read_from_waits_in_the_poll_poison_queue(world):
-    pc, pub, clock, deps = world
+    pc, pub, _clock, deps = world
     handle_poll(queue_message(b'{"schemaVersion": 1, "kind": "poll"}'), "inv", deps)
     assert the_outcome(pub)["outcome"] == "failed"
     assert pub.on(POLL_POISON) == [(b'{"schemaVersion": 1, "kind": "poll"}', 0)] and pc.calls == []

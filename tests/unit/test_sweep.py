@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.config import Settings
+from shared.messages import parse_deletion_request
 from shared.ncrontab import parse as parse_schedule
 from shared.sweep import (
     MAX_NAME_CHARS,
@@ -17,12 +18,11 @@ from shared.sweep import (
     PROBES,
     REASONS,
     TICK_LATENESS,
-    Decision,
     Enqueued,
     Outcome,
     RunTime,
-    SearchJob,
     Searches,
+    SearchJob,
     check_patterns,
     correlation_id,
     match_job,
@@ -34,9 +34,8 @@ from shared.sweep import (
     run_id,
     run_time,
 )
-from shared.messages import parse_deletion_request
 
-UTC = timezone.utc
+UTC = UTC
 APP_QUEUES = ("customer-deletions", "customer-deletion-polls", "customer-deletion-outcomes")
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 A, B, C, D = (str(uuid.UUID(int=i)) for i in (0xA1, 0xB2, 0xC3, 0xD4))
@@ -382,7 +381,8 @@ DAILY = parse_schedule("0 0 3 * * *")
         (T3 + timedelta(hours=6), False, {"Next": "0001-01-01T00:00:00"}, "manual", None),  # the host's "never"
         (T3 + timedelta(hours=6), False, {"Next": "soon"}, "manual", None),
         (T3 + timedelta(hours=6), False, {"Next": "2026-11-25T09:00:00"}, "manual", None),  # no offset: not read
-        # a stored Next that has come is the tick only up to TICK_LATENESS (5 minutes) after it; longer is a stale status
+        # a stored Next that has come is the tick only up to TICK_LATENESS (5 minutes) after it; longer is a
+        # stale status
         (T3 + timedelta(minutes=4, seconds=59), False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
         (T3 + TICK_LATENESS, False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
         (T3 + TICK_LATENESS + timedelta(seconds=1), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),
@@ -640,7 +640,7 @@ def test_the_probe_texts_find_zero_width_matches_that_the_empty_string_does_not(
     assert "zero characters" in check_patterns(p, results).problems[0]
 
 
-# -- the report says why nothing was selected, whatever is cut ------------------------------------------------------------
+# -- the report says why nothing was selected, whatever is cut ---------------------------------------------------------
 
 
 def _selection(p, outcome, run=RUN):
@@ -653,14 +653,16 @@ def test_the_report_says_at_the_top_why_nothing_was_selected():
     report_mode = policy()
     assert (
         _selection(report_mode, Outcome("reported", decide([], report_mode)))
-        == "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); no customer is listed"
+        == "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); no customer is "
+        "listed"
     )
     assert (
         _selection(
             report_mode,
             Outcome("reported", decide([customer(A, "Tip"), customer(PROTECTED, "x")], report_mode, {PROTECTED})),
         )
-        == "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); not selected: 1 protected, 1 not_matching"
+        == "nothing is selected (SWEEP_INCLUDE is not set, and without it nothing is ever selected); not selected: 1 "
+        "protected, 1 not_matching"
     )
     assert (
         _selection(

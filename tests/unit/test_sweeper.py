@@ -3,30 +3,30 @@ listing failures, storage failures and crashes at every side-effect boundary, wi
 
 from __future__ import annotations
 
-import base64
+import itertools
 import json
 import re
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shared import sweeper
 from shared.config import Settings
 from shared.errors import ThrottledError, TransientError
 from shared.ids import is_guid
 from shared.messages import parse_deletion_request
 from shared.service import Deps
-from shared import sweeper
-from shared.sweep import PROBES, SearchJob, Searches, correlation_id, RunTime
-from shared.sweeper import SweepFailed, handle_sweep, search
+from shared.sweep import PROBES, RunTime, Searches, SearchJob, correlation_id
+from shared.sweeper import SweepFailedError, handle_sweep, search
 from tests.fakes import Clock, FakePublisher
 
-UTC = timezone.utc
+UTC = UTC
 T3 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 REPORTS = "customer-sweep-reports"
@@ -130,7 +130,7 @@ def test_delete_mode_enqueues_public_requests_with_run_correlation_ids(tmp_path)
 )
 def test_a_listing_that_fails_enqueues_nothing_reports_why_and_fails_the_invocation(tmp_path, fail):
     pub = FakePublisher()
-    with pytest.raises(SweepFailed, match="listing the customers failed"):
+    with pytest.raises(SweepFailedError, match="listing the customers failed"):
         handle_sweep(
             timer(),
             "inv",
@@ -145,7 +145,7 @@ def test_a_listing_that_fails_enqueues_nothing_reports_why_and_fails_the_invocat
 
 def test_setting_problems_list_nothing_and_are_all_in_the_report(tmp_path):
     pub, pc = FakePublisher(), FakeListing([item(str(uuid.uuid4()), "Tip")])
-    with pytest.raises(SweepFailed):
+    with pytest.raises(SweepFailedError):
         handle_sweep(
             timer(),
             "inv",
@@ -188,7 +188,7 @@ def test_decisions_are_logged_one_line_each_with_hostile_names_escaped(tmp_path,
     assert any(a in line and "-> selected" in line for line in decision_lines)
 
 
-# -- invariants, with crashes and repeats -------------------------------------------------------------------------------
+# -- invariants, with crashes and repeats ------------------------------------------------------------------------------
 
 
 def searched_here(job, timeout=None):
@@ -240,7 +240,8 @@ IDS = st.one_of(
 def test_sweep_invariants_under_crashes_and_repeats(
     in_process_search, tmp_path, customers, limit, per_run, listing_fails, crash_at, when, kind, repeats
 ):
-    """Whatever the list, the failures and the crashes (before or after any queue put), over repeats of one scheduled run:
+    """Whatever the list, the failures and the crashes (before or after any queue put), over repeats of one scheduled
+    run:
     1. only customers the policy selects are ever enqueued (never protected, invalid, unmatched, excluded or too long);
     2. no run enqueues more than SWEEP_MAX_PER_RUN, and none enqueues anything from a failed or oversized listing;
     3. every request is the public format with correlation id uuid5("<run time>/<customer>"), the same on every repeat;
@@ -274,7 +275,7 @@ def test_sweep_invariants_under_crashes_and_repeats(
         crashed = False
         try:
             handle_sweep(timer(past_due=attempt > 0), f"inv-{attempt}", deps, env=env)
-        except SweepFailed:
+        except SweepFailedError:
             pass
         except Crash:
             crashed = True
@@ -323,7 +324,7 @@ def test_off_wins_over_setting_problems_and_a_report_no_queue_can_take_is_logged
         app_root=tmp_path,
     )
     settings_env["SWEEP_REPORTS_QUEUE"] = "p-queue"
-    with pytest.raises(SweepFailed):
+    with pytest.raises(SweepFailedError):
         handle_sweep(timer(), "inv", deps, env=settings_env)
     assert deps.publisher.sent == [] and any("no queue can take the report" in r.getMessage() for r in caplog.records)
 
@@ -339,7 +340,7 @@ def test_a_null_schedule_status_as_older_azure_functions_reads_it_is_no_status(t
     assert pub.json_on(REPORTS)[0]["trigger"] == "schedule"
 
 
-# -- the patterns run in a child process, under a time limit ------------------------------------------------------------
+# -- the patterns run in a child process, under a time limit -----------------------------------------------------------
 
 CATASTROPHIC = "(a+)+$"
 HOSTILE = "a" * 40 + "!"  # (a+)+$ tries about 2**40 ways to split the a's before it gives up: hours, holding the GIL
@@ -372,7 +373,7 @@ def test_a_catastrophic_pattern_on_a_hostile_name_is_refused_at_the_time_limit_w
     thread.start()
     began = time.monotonic()
     try:
-        with pytest.raises(SweepFailed, match="did not finish"):
+        with pytest.raises(SweepFailedError, match="did not finish"):
             handle_sweep(
                 timer(), "inv", deps, env=sweep_env(SWEEP_INCLUDE=CATASTROPHIC, SWEEP_MODE="delete"), match_seconds=1.5
             )
@@ -382,7 +383,9 @@ def test_a_catastrophic_pattern_on_a_hostile_name_is_refused_at_the_time_limit_w
         thread.join()
     assert 1.5 <= took < 6, took  # the limit, then at once (the probe texts themselves are quick for this pattern)
     during = [t for t in ticks if began + 0.2 <= t <= began + 1.4]
-    assert len(during) > 30 and max(b - a for a, b in zip(during, during[1:])) < 0.5  # the other thread never stalled
+    assert (
+        len(during) > 30 and max(b - a for a, b in itertools.pairwise(during)) < 0.5
+    )  # the other thread never stalled
     (report,) = pub.json_on(REPORTS)
     assert (
         pub.on(REQUESTS) == []
@@ -395,7 +398,9 @@ def test_a_catastrophic_pattern_on_a_hostile_name_is_refused_at_the_time_limit_w
 
 def test_a_pattern_that_hangs_on_the_probe_texts_is_a_setting_problem_and_nothing_is_listed(tmp_path):
     pub, pc = FakePublisher(), FakeListing([item(str(uuid.uuid4()), "Tip")])
-    with pytest.raises(SweepFailed, match="settings have problems"):  # (.|.)*x: 2**37 ways on the longest probe text
+    with pytest.raises(
+        SweepFailedError, match="settings have problems"
+    ):  # (.|.)*x: 2**37 ways on the longest probe text
         handle_sweep(
             timer(),
             "inv",
@@ -406,8 +411,10 @@ def test_a_pattern_that_hangs_on_the_probe_texts_is_a_setting_problem_and_nothin
     (report,) = pub.json_on(REPORTS)
     assert pc.calls == [] and report["result"] == "refused"
     assert report["problems"] == [
-        "SWEEP_EXCLUDE could not be tried on test texts (stopped at the time limit of 1 s); a pattern with "
-        "nested repetition, such as (a+)+$, can take hours on some texts"
+        (
+            "SWEEP_EXCLUDE could not be tried on test texts (stopped at the time limit of 1 s); a pattern with "
+            "nested repetition, such as (a+)+$, can take hours on some texts"
+        )
     ]
 
 
@@ -418,14 +425,14 @@ def test_a_child_that_cannot_run_gives_no_results_and_the_run_is_refused(tmp_pat
     monkeypatch.setattr(sweeper.sys, "executable", "/bin/false")
     assert search(job).failure == "the child process ended with exit status 1"
     pub = FakePublisher()
-    with pytest.raises(SweepFailed, match="could not be tried"):
+    with pytest.raises(SweepFailedError, match="could not be tried"):
         handle_sweep(
             timer(), "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3)), env=sweep_env(SWEEP_INCLUDE="tip")
         )
     assert pub.json_on(REPORTS)[0]["result"] == "refused"
 
 
-# -- every run gets a report --------------------------------------------------------------------------------------------
+# -- every run gets a report -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("where", ["listing", "planning"])
@@ -440,7 +447,7 @@ def test_an_unexpected_error_still_writes_a_report_naming_only_its_type(tmp_path
         monkeypatch.setattr(sweeper, "plan", broken)
     pub = FakePublisher()
     caplog.set_level("INFO", logger="customer_deletion.sweep")
-    with pytest.raises(SweepFailed, match="failed before enqueueing anything"):
+    with pytest.raises(SweepFailedError, match="failed before enqueueing anything"):
         handle_sweep(
             timer(),
             "inv",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -27,7 +27,7 @@ from shared.workflow import (
     Policy,
 )
 
-T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
 CORR = "1438ea3d-b515-45c7-9ec1-27ee0cc8e6bd"
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
@@ -303,13 +303,13 @@ def test_a_customer_gone_mid_chain_is_deleted_not_failed():
 
 
 def test_a_customer_gone_at_a_later_first_look_is_deleted_because_a_sibling_may_have_deleted_it():
-    calls, last = drive(poll_hop(poll(stage="discover", attempt=0)), {GetCustomer(): NOT_FOUND})
+    _calls, last = drive(poll_hop(poll(stage="discover", attempt=0)), {GetCustomer(): NOT_FOUND})
     assert last.outcome is Outcome.DELETED and "could not look at it when it arrived" in last.detail
 
 
 def test_a_dry_run_finding_no_customer_later_is_not_found():
     message = replace(poll(stage="discover", attempt=0), dry_run=True)
-    calls, last = drive(poll_hop(message), {GetCustomer(): NOT_FOUND})
+    _calls, last = drive(poll_hop(message), {GetCustomer(): NOT_FOUND})
     assert last.outcome is Outcome.NOT_FOUND
 
 
@@ -329,7 +329,7 @@ def test_a_dry_run_finding_no_customer_later_is_not_found():
     ],
 )
 def test_throttling_and_outages_continue_on_the_poll_queue(failure, delay, cause):
-    calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): failure})
+    _calls, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): failure})
     assert isinstance(last, Continue) and spread(last.delay, delay, cause) and last.message.cause == cause
     assert last.message.setbacks == 1 and last.message.attempt == 2
 
@@ -372,8 +372,11 @@ def test_a_hop_hands_over_after_its_work_budget():
 
 
 def test_a_refused_delete_keeps_polling_and_names_the_refusal():
-    text = "Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the following orders: 0bed3bbca6c"
-    calls, last = drive(
+    text = (
+        "Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the "
+        "following orders: 0bed3bbca6c"
+    )
+    _calls, last = drive(
         poll_hop(poll((A, "cancelled"))),
         {
             GetOrder(A): order("cancelled"),
@@ -395,7 +398,7 @@ def test_a_lost_delete_answer_is_settled_by_the_next_hop():
         },
     )
     assert isinstance(last, Continue) and "answer lost" in last.message.cause_detail
-    calls, last = drive(
+    _calls, last = drive(
         poll_hop(last.message, now=T0 + timedelta(seconds=200)), {GetOrder(A): NOT_FOUND, GetCustomer(): NOT_FOUND}
     )
     assert last.outcome is Outcome.DELETED
@@ -415,7 +418,7 @@ def test_unsafe_ids_fail_without_a_guess():
 
 def test_a_409_on_a_cancel_means_in_progress():
     busy = Failure(FailureKind.CONFLICT, 409, "800060", "Your order is in progress.", where="PATCH /o")
-    calls, last = drive(
+    _calls, last = drive(
         first_delivery(),
         {
             GetCustomer(): Answer({}),
@@ -486,7 +489,7 @@ def test_unreadable_poll_messages_without_a_readable_request_wait_as_they_were_a
         assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and last.poison is Poison.POLL_ORIGINAL
     last = unreadable(customer=PROTECTED)
     assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and last.poison is Poison.EQUIVALENT
-    calls, last = drive(unreadable(dry_run=True), {GetCustomer(): NOT_FOUND})
+    _calls, last = drive(unreadable(dry_run=True), {GetCustomer(): NOT_FOUND})
     assert last.outcome is Outcome.NOT_FOUND
 
 
@@ -534,7 +537,7 @@ def test_the_final_check_classifies_from_fresh_reads():
 
 def test_the_final_check_reproduces_a_refusal_a_sibling_chain_may_have_reported():
     window = refused(400, "900117", "You have passed your 60-day cancellation window.")
-    calls, last = drive(
+    _calls, last = drive(
         poll_hop(poll((A, "completed")), now=FINAL),
         {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window},
         now=FINAL,
@@ -543,7 +546,7 @@ def test_the_final_check_reproduces_a_refusal_a_sibling_chain_may_have_reported(
 
 
 def test_the_final_check_finds_the_customer_gone():
-    calls, last = drive(poll_hop(poll((A, "cancelled")), now=FINAL), {GetCustomer(): NOT_FOUND}, now=FINAL)
+    _calls, last = drive(poll_hop(poll((A, "cancelled")), now=FINAL), {GetCustomer(): NOT_FOUND}, now=FINAL)
     assert last.outcome is Outcome.DELETED
 
 
@@ -562,7 +565,7 @@ def test_the_final_check_finds_the_customer_gone():
 )
 def test_timed_out_names_what_the_final_check_read(cause, status, words):
     message = poll((A, "cancelled"), cause=cause, cause_detail="last: something")
-    calls, last = drive(
+    _calls, last = drive(
         poll_hop(message, now=FINAL),
         {GetCustomer(): Answer({}), GetOrder(A): order(status), ListEntitlements(): Answer([A])},
         now=FINAL,
@@ -582,7 +585,7 @@ def test_timed_out_names_what_the_final_check_read(cause, status, words):
 def test_timed_out_names_the_recorded_cause_when_the_final_check_could_not_read(cause, words):
     message = poll((A, "pending"), cause=cause, cause_detail="last: something")
     for _ in range(core.LAST_TRIES + 1):
-        calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): Answer({}), GetOrder(A): OUTAGE}, now=HARD)
+        _calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): Answer({}), GetOrder(A): OUTAGE}, now=HARD)
         message = last.message if isinstance(last, Continue) else message
     assert last.outcome is Outcome.TIMED_OUT and words in last.detail and f"orders last seen open: {A}" in last.detail
 
@@ -608,7 +611,7 @@ def test_a_final_check_that_keeps_failing_ends_at_the_hard_end():
 
 def test_after_the_hard_end_a_look_still_classifies_a_refusal():
     window = refused(400, "900117", "You have passed your 60-day cancellation window.")
-    calls, last = drive(
+    _calls, last = drive(
         poll_hop(poll((A, "completed")), now=HARD + timedelta(seconds=999)),
         {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window},
         now=HARD + timedelta(seconds=999),

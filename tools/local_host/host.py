@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
@@ -25,13 +26,14 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from tools.local_host.indexing import (  # some re-exported (__all__): tools and tests import them from here
     QUEUE_TRIGGER,
@@ -49,7 +51,7 @@ from tools.local_host.indexing import (  # some re-exported (__all__): tools and
     to_timer_request,
 )
 from tools.local_host.timers import TimerListener, read_status
-from tools.local_host.worker import QUEUE, TIMER, WorkerDied, WorkerProcess
+from tools.local_host.worker import QUEUE, TIMER, WorkerDiedError, WorkerProcess
 
 __all__ = [
     "EXECUTED_LINE",
@@ -69,11 +71,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("local_host")
+admin_log = logging.getLogger("local_host.admin")  # the admin endpoint's requests, at DEBUG
 
 #: The line the host logs when an invocation ends (as the Functions host does); the tools that read host logs parse
 #: it with this, so its format lives in one place.
 EXECUTED_LINE = re.compile(
-    r"Executed 'Functions\.(?P<function>\w+)' \((?P<status>Succeeded|Failed), Id=(?P<id>[^,]+), Duration=(?P<ms>\d+)ms\)"
+    r"Executed 'Functions\.(?P<function>\w+)' \((?P<status>Succeeded|Failed), "
+    r"Id=(?P<id>[^,]+), Duration=(?P<ms>\d+)ms\)"
 )
 
 QUEUE_DEFAULTS = {
@@ -308,7 +312,7 @@ class Listener:
                 messages = list(page)
             except ResourceNotFoundError:
                 messages = []  # the host does not create a trigger queue: it backs off and looks again
-            except Exception as exc:  # storage unavailable: keep polling with back-off, like the host
+            except Exception as exc:  # noqa: BLE001 - storage unavailable: keep polling with back-off, like the host
                 log.warning("%s: polling %s failed: %s", self.fn.name, self.fn.queue, exc)
                 messages = []
             if not messages:
@@ -380,7 +384,7 @@ class Listener:
                     message.id, pop_receipt=receipt["pop"], visibility_timeout=self.lease
                 )
                 receipt["pop"] = updated.pop_receipt
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure ends the renewals; the lease then expires, as in the host
                 log.debug("lease renewal of %s failed: %s", message.id, exc)
                 return
 
@@ -427,10 +431,8 @@ class Listener:
         try:
             self.poison.send_message(text)
         except ResourceNotFoundError:
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 self.poison.create_queue()
-            except ResourceExistsError:
-                pass
             self.poison.send_message(text)
         try:
             self.queue.delete_message(message.id, pop_receipt=pop_receipt or message.pop_receipt)
@@ -457,7 +459,7 @@ def parse_admin_body(raw: bytes) -> str | None:
 class _AdminHandler(BaseHTTPRequestHandler):
     """``POST /admin/functions/<name>`` with ``{"input": "..."}`` -> 202, the invocation started in the background."""
 
-    host: "LocalHost"  # set on the subclass the server uses
+    host: LocalHost  # set on the subclass the server uses
     protocol_version = "HTTP/1.1"
     server_version = "local_host"
 
@@ -475,7 +477,7 @@ class _AdminHandler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(int(length))
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         m = _ADMIN_PATH_RE.fullmatch(self.path.split("?", 1)[0])
         raw = self._drain()
         if not m:
@@ -497,10 +499,10 @@ class _AdminHandler(BaseHTTPRequestHandler):
         else:
             self._reply(404)
 
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other  # noqa: N815
+    do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other  # noqa: N815 - http.server's names
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        log.debug("admin: " + format, *args)
+        admin_log.debug(format, *args)
 
 
 # -- the host --------------------------------------------------------------------------------------------------------
@@ -559,7 +561,8 @@ class LocalHost:
             return self._worker
 
     def _report_reload(self, loaded: Any) -> None:
-        """A restarted worker that cannot load a function any more: its invocations fail (the first load is _load_in_worker's)."""
+        """A restarted worker that cannot load a function any more: its invocations fail (the first load is
+        _load_in_worker's)."""
         if loaded.exception() is None and self.listeners + self.timers:
             for name, error in loaded.result().items():
                 log.error("Function '%s' failed to load in the restarted worker; its invocations fail: %s", name, error)
@@ -587,7 +590,7 @@ class LocalHost:
             )
             self.restart_worker(worker)
             return False  # no "Executed" line: the invocation never finished (the log readers count it as cut off)
-        except WorkerDied as exc:
+        except WorkerDiedError as exc:
             error = str(exc)
         ms = (time.monotonic() - started) * 1000
         if error:
@@ -615,7 +618,7 @@ class LocalHost:
             fields = {
                 "id": str(uuid.uuid4()),
                 "dequeue_count": 1,
-                "inserted_on": datetime.now(timezone.utc),
+                "inserted_on": datetime.now(UTC),
                 "expires_on": None,
                 "next_visible_on": None,
                 "pop_receipt": None,
@@ -707,7 +710,8 @@ class LocalHost:
             log.info("Admin endpoint listening on http://127.0.0.1:%d", self._admin.server_address[1])
         q = self.config.queues
         log.info(
-            "Host started: batchSize=%d newBatchThreshold=%d maxDequeueCount=%d visibilityTimeout=%ss maxPollingInterval=%ss lease=%ss",
+            "Host started: batchSize=%d newBatchThreshold=%d maxDequeueCount=%d visibilityTimeout=%ss "
+            "maxPollingInterval=%ss lease=%ss",
             q.batch_size,
             q.new_batch_threshold,
             q.max_dequeue_count,
@@ -721,7 +725,7 @@ class LocalHost:
         """Start the language worker and let it load the code; a function it cannot load is disabled alone."""
         try:
             errors = self.worker().wait_loaded(WORKER_LOAD_TIMEOUT)
-        except (WorkerDied, TimeoutError, FutureTimeout) as exc:
+        except (WorkerDiedError, TimeoutError, FutureTimeout) as exc:
             raise HostError(f"the language worker did not load the functions: {exc or 'timed out'}") from None
         for name, error in errors.items():
             log.error("Function '%s' failed indexing and will be disabled: %s", name, error)

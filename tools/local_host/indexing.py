@@ -20,10 +20,11 @@ import json
 import re
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 QUEUE_TRIGGER = "queueTrigger"
 TIMER_TRIGGER = "timerTrigger"
@@ -200,14 +201,14 @@ def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
     binding = trig.get("name")
     if not isinstance(binding, str) or not binding.isidentifier():
         raise HostError(f"the {kind} binding needs a 'name' that is a Python parameter name, not {binding!r}")
-    common = dict(
-        name=name,
-        directory=function_json.parent,
-        trigger=kind,
-        binding=binding,
-        script_file=str(spec_json.get("scriptFile") or "__init__.py"),
-        entry_point=str(spec_json.get("entryPoint") or "main"),
-    )
+    common = {
+        "name": name,
+        "directory": function_json.parent,
+        "trigger": kind,
+        "binding": binding,
+        "script_file": str(spec_json.get("scriptFile") or "__init__.py"),
+        "entry_point": str(spec_json.get("entryPoint") or "main"),
+    }
     if kind == QUEUE_TRIGGER:
         if not isinstance(trig.get("queueName"), str):
             raise HostError("a queueTrigger binding needs a 'queueName'")
@@ -230,7 +231,7 @@ def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
         raise HostError(
             f"The schedule expression '{text}' was not recognized as a valid cron expression: {exc}"
         ) from None
-    if schedule.next_after(datetime.now(timezone.utc)) is None:
+    if schedule.next_after(datetime.now(UTC)) is None:
         raise HostError(f"the schedule '{text}' never occurs")
     use_monitor = _flag(trig, "useMonitor", None)
     if use_monitor is None:  # the host's default: monitor unless the schedule fires more than once a minute
@@ -347,7 +348,7 @@ def queue_message_fields(message: Any) -> dict[str, Any]:
 
 def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with +00:00, as the host serialises times (trigger metadata, the timer's schedule status)."""
-    return moment.astimezone(timezone.utc).isoformat()
+    return moment.astimezone(UTC).isoformat()
 
 
 def to_function_message(message: Any, body: str) -> Any:

@@ -1,4 +1,5 @@
-"""Timer triggers, as the timer extension runs them (Azure/azure-webjobs-sdk-extensions: TimerListener, ScheduleMonitor).
+"""Timer triggers, as the timer extension runs them (Azure/azure-webjobs-sdk-extensions: TimerListener,
+ScheduleMonitor).
 
 Schedules are NCRONTAB (``shared.ncrontab``, the host's lenient reading) in UTC. With ``useMonitor`` the schedule
 status ``{"Last", "Next", "LastUpdated"}`` lives in ``<state-dir>/timers/<function>/status.json`` (the host keeps it in
@@ -14,10 +15,11 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tools.local_host.indexing import FunctionSpec, timer_data
 from tools.local_host.indexing import utc_iso as iso
@@ -25,8 +27,8 @@ from tools.local_host.indexing import utc_iso as iso
 log = logging.getLogger("local_host")
 
 #: The host's "no value" for Last / LastUpdated (DateTime.MinValue); anything before year 2 reads as it.
-DEFAULT_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
-_DEFAULT_THRESHOLD = datetime(2, 1, 1, tzinfo=timezone.utc)
+DEFAULT_TIME = datetime(1, 1, 1, tzinfo=UTC)
+_DEFAULT_THRESHOLD = datetime(2, 1, 1, tzinfo=UTC)
 #: How often a host that does not hold a timer's singleton lock tries again.
 LOCK_RETRY_SECONDS = 2.0
 
@@ -34,7 +36,7 @@ SCHEDULED, PAST_DUE, RUN_ON_STARTUP = "scheduled", "past_due", "run_on_startup"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _read_time(value: Any) -> datetime:
@@ -42,8 +44,8 @@ def _read_time(value: Any) -> datetime:
         raise ValueError(f"not a time: {value!r}")
     moment = datetime.fromisoformat(value.strip())
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return DEFAULT_TIME if moment < _DEFAULT_THRESHOLD else moment.astimezone(timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
+    return DEFAULT_TIME if moment < _DEFAULT_THRESHOLD else moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class ScheduleStatus:
         return {"Last": iso(self.last), "Next": iso(self.next), "LastUpdated": iso(self.last_updated)}
 
     @classmethod
-    def from_json(cls, data: Any) -> "ScheduleStatus":
+    def from_json(cls, data: Any) -> ScheduleStatus:
         """Read a stored status, setting anything before year 2 to the default (the host's ``GetSafeStatusAsync``)."""
         if not isinstance(data, dict):
             raise ValueError("a schedule status is a JSON object")
@@ -223,7 +225,7 @@ class TimerListener:
         try:
             if self._acquire():
                 self._run()
-        except Exception:  # noqa: BLE001 - a broken listener must not take the host down
+        except Exception:  # a broken listener must not take the host down
             log.exception("Function '%s': the timer listener stopped", self.spec.name)
         finally:
             self.lock.release()

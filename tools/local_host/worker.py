@@ -33,7 +33,7 @@ log = logging.getLogger("local_host")
 QUEUE, TIMER = "queue", "timer"
 
 
-class WorkerDied(Exception):
+class WorkerDiedError(Exception):
     """The worker process ended (restarted after a function timeout, or crashed) while the invocation ran."""
 
 
@@ -98,7 +98,7 @@ class WorkerProcess:
         self._reader.start()
 
     def wait_loaded(self, timeout: float) -> dict[str, str]:
-        """The functions that failed to load in the worker (raises WorkerDied if it ended before reporting)."""
+        """The functions that failed to load in the worker (raises WorkerDiedError if it ended before reporting)."""
         return self.loaded.result(timeout=timeout)
 
     def invoke(self, invocation_id: str, name: str, kind: str, data: dict) -> Future:
@@ -109,7 +109,7 @@ class WorkerProcess:
                 self._conn.send((invocation_id, name, kind, data))
             except (OSError, ValueError):
                 self._pending.pop(invocation_id, None)
-                future.set_exception(WorkerDied("the worker process is not running"))
+                future.set_exception(WorkerDiedError("the worker process is not running"))
         return future
 
     def _read(self) -> None:
@@ -128,12 +128,14 @@ class WorkerProcess:
                 future.set_result(error)
         if not self.loaded.done():
             self.loaded.set_exception(
-                WorkerDied(f"the worker process exited while loading the functions (exit code {self.proc.exitcode})")
+                WorkerDiedError(
+                    f"the worker process exited while loading the functions (exit code {self.proc.exitcode})"
+                )
             )
         with self._lock:
             pending, self._pending = self._pending, {}
         for future in pending.values():
-            future.set_exception(WorkerDied("the worker process ended while the invocation ran"))
+            future.set_exception(WorkerDiedError("the worker process ended while the invocation ran"))
 
     def kill(self) -> None:
         self.proc.kill()

@@ -44,6 +44,7 @@ the state, the request log, the knobs and the faults. Development tool: never de
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import math
@@ -57,7 +58,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -160,7 +161,7 @@ def storage_token_claims(tenant_id: str, client_id: str, now: float, lifetime: i
     }
 
 
-class Drop(Exception):
+class DropConnectionError(Exception):
     """Close the connection without an answer."""
 
 
@@ -186,7 +187,7 @@ class Fault:
     skip: int = 0  # requests the fault would apply to that still pass untouched (counted down, no draw)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Fault":
+    def from_json(cls, data: dict) -> Fault:
         keys = ("kind", "method", "path", "share", "times", "status", "seconds", "until", "skip")
         fault = cls(**{k: data[k] for k in keys if k in data}, start=data.get("from"))
         if fault.kind not in ("status", "throttle", "drop", "slow"):
@@ -219,7 +220,7 @@ class Fault:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _iso(moment: datetime) -> str:
@@ -259,7 +260,8 @@ class Sandbox:
     @staticmethod
     def new_order(o: dict, now: float) -> dict:
         """An order from its seed knobs, added at unix time ``now``: ``id``; ``alternateId`` (default random);
-        ``status`` (default ``completed``; ``cancelled`` counts as cancelled at ``now``); ``kind`` (``reservedInstance``,
+        ``status`` (default ``completed``; ``cancelled`` counts as cancelled at ``now``); ``kind``
+        (``reservedInstance``,
         ``software``, or ``license``, which refuses PATCH with 800063); ``ageDays`` (default 1; older than the
         ``cancellationWindowDays`` knob refuses PATCH with 900117); after an accepted cancel PATCH it reads ``pending``
         until it has been read more than ``cancelAfterReads`` times and ``cancelAfterSeconds`` have passed, or forever
@@ -271,7 +273,7 @@ class Sandbox:
             "id": o["id"],
             "alternateId": o.get("alternateId") or secrets.token_hex(6),
             "status": status,
-            "creationDate": _iso(datetime.fromtimestamp(now, timezone.utc) - timedelta(days=age)),
+            "creationDate": _iso(datetime.fromtimestamp(now, UTC) - timedelta(days=age)),
             "ageDays": age,
             "kind": o.get("kind", "reservedInstance"),
             "cancelAfterReads": int(o.get("cancelAfterReads", 0)),
@@ -441,9 +443,9 @@ def error(status: int, code: Any, description: str, shape: str = "classic") -> t
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "EmulatorServer"
+    server: EmulatorServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet; the request log is the record
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature; quiet, the request log is the record
         pass
 
     # one entry point for every method
@@ -470,7 +472,7 @@ class Handler(BaseHTTPRequestHandler):
         path, query = parts.path, {k.lower(): v for k, v in parse_qs(parts.query).items()}
         now = time.time()
         entry = {
-            "time": _iso(datetime.fromtimestamp(now, timezone.utc)),
+            "time": _iso(datetime.fromtimestamp(now, UTC)),
             "t": now,
             "method": method,
             "path": path,
@@ -489,14 +491,12 @@ class Handler(BaseHTTPRequestHandler):
                     entry["seq"] = len(sandbox.log)
                     sandbox.log.append(entry)
                 status, body, headers = self._faulted(method, path, query, raw)
-        except Drop:
+        except DropConnectionError:
             with sandbox.lock:
                 entry["status"] = "dropped"
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         with sandbox.lock:
             entry["status"] = status
@@ -542,7 +542,7 @@ class Handler(BaseHTTPRequestHandler):
                 chosen = copy.copy(fault)
         if chosen is not None:
             if chosen.kind == "drop":
-                raise Drop()
+                raise DropConnectionError()
             if chosen.kind == "slow":
                 time.sleep(chosen.seconds)
             elif chosen.kind == "throttle":
@@ -846,7 +846,8 @@ class Handler(BaseHTTPRequestHandler):
             return error(
                 400,
                 800063,
-                f"This order {order['id']} cannot be canceled. Use PATCH /customers/{cid}/subscriptions/<subscriptionId> to suspend subscriptions",
+                f"This order {order['id']} cannot be canceled. Use PATCH "
+                f"/customers/{cid}/subscriptions/<subscriptionId> to suspend subscriptions",
             )
         if order["ageDays"] > float(sandbox.knobs["cancellationWindowDays"]):
             days = int(sandbox.knobs["cancellationWindowDays"])
@@ -886,7 +887,8 @@ class Handler(BaseHTTPRequestHandler):
             return error(
                 int(sandbox.knobs["deleteRefusalStatus"]),
                 800000,
-                f"Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the following orders: {alt}",
+                "Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the "
+                f"following orders: {alt}",
             )
         sandbox.deleted_customers[cid] = sandbox.customer_state(customer)
         del sandbox.customers[cid]
@@ -1012,16 +1014,15 @@ def full_sandbox_customers(count: int = 75, *, seed: int = 7, prefix: str = FULL
         stem = rng.choice(FULL_SANDBOX_STEMS)
         number = f"{n:04d}"
         label = (re.sub(r"[^a-z0-9]", "", stem.lower()) + slug)[: 63 - len(number)] + number
-        orders = []
-        for _ in range(rng.choice((1, 1, 2)) if rng.random() < 0.125 else 0):
-            orders.append(
-                {
-                    "id": "".join(rng.choice(ORDER_ID_CHARS) for _ in range(32)) + "1",
-                    "alternateId": f"{rng.getrandbits(48):012x}",
-                    "kind": rng.choice(("reservedInstance", "software")),
-                    "cancelAfterSeconds": rng.randint(1, 3),
-                }
-            )
+        orders = [
+            {
+                "id": "".join(rng.choice(ORDER_ID_CHARS) for _ in range(32)) + "1",
+                "alternateId": f"{rng.getrandbits(48):012x}",
+                "kind": rng.choice(("reservedInstance", "software")),
+                "cancelAfterSeconds": rng.randint(1, 3),
+            }
+            for _ in range(rng.choice((1, 1, 2)) if rng.random() < 0.125 else 0)
+        ]
         customers.append(
             {
                 "id": cid,
