@@ -30,17 +30,21 @@ def _build() -> Deps:
     settings = get_settings()
     # The storage SDK's default retries back off for 15 s and more: far longer than an invocation may wait. A send
     # that still fails raises, and the redelivered message hands the request over (shared.workflow).
-    storage = {
-        "retry_policy": LinearRetry(backoff=0.5, random_jitter_range=0.3, retry_total=2),
-        "connection_timeout": 5,
-        "read_timeout": 15,
-    }
+    retry = LinearRetry(backoff=0.5, random_jitter_range=0.3, retry_total=2)  # type: ignore[arg-type]  # hinted int, used as float seconds (random.uniform)
     if settings.storage.connection_string:
-        service = QueueServiceClient.from_connection_string(settings.storage.connection_string, **storage)
-    else:
-        service = QueueServiceClient(
-            settings.storage.queue_service_uri, credential=storage_credential(settings.storage), **storage
+        service = QueueServiceClient.from_connection_string(
+            settings.storage.connection_string, retry_policy=retry, connection_timeout=5, read_timeout=15
         )
+    elif settings.storage.queue_service_uri:
+        service = QueueServiceClient(
+            settings.storage.queue_service_uri,
+            credential=storage_credential(settings.storage),
+            retry_policy=retry,
+            connection_timeout=5,
+            read_timeout=15,
+        )
+    else:  # Settings refuses this at start-up; never guess an endpoint
+        raise ValueError("AzureWebJobsStorage has neither a connection string nor a queue service URI")
     policy = RetryPolicy(
         connect_timeout=float(CONNECT_TIMEOUT_SECONDS),
         read_timeout=float(settings.read_timeout),
@@ -85,10 +89,9 @@ def _invocation_id(context: Any) -> str:
     return str(getattr(context, "invocation_id", None) or "-")
 
 
-def _invoke(function: str, context: Any, handler: Callable[[str], None]) -> None:
-    """Run one invocation inside its structured log fields. An invocation that raises (a queue message then comes back)
-    logs
-    the exception here, inside the fields, so the exception's record carries them too; then it raises on."""
+def _invoke(function: str, context: Any, handler: Callable[[str], object]) -> None:
+    """Run one invocation inside its structured log fields. An invocation that raises (a queue message then comes
+    back) logs the exception here, inside the fields, so the exception's record carries them too; then it raises on."""
     invocation = _invocation_id(context)
     with telemetry.fields(function=function, invocationId=invocation):
         try:

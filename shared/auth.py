@@ -38,6 +38,18 @@ def _token_endpoint_options(authority_host: str, *, app_credential: bool) -> dic
     return kwargs
 
 
+_PARTNER_CENTER_NAMES = ("PARTNER_CENTER_TENANT_ID", "PARTNER_CENTER_CLIENT_ID")
+_STORAGE_NAMES = ("AzureWebJobsStorage__tenantId", "AzureWebJobsStorage__clientId")
+
+
+def _app_identity(tenant_id: str | None, client_id: str | None, names: tuple[str, str]) -> tuple[str, str]:
+    """The tenant and client of an app credential. The settings refuse one without them at start-up; if that check
+    were ever bypassed, this refuses too instead of asking a token endpoint with a guess."""
+    if not tenant_id or not client_id:
+        raise ValueError(f"an app credential needs {names[0]} and {names[1]}")
+    return tenant_id, client_id
+
+
 def partner_center_credential(settings: Settings) -> Any:
     """App-only credential of the sandbox partner's app registration; none configured: DefaultAzureCredential.
 
@@ -47,11 +59,11 @@ def partner_center_credential(settings: Settings) -> Any:
     app_credential = bool(settings.client_secret or settings.client_certificate_path)
     kwargs = _token_endpoint_options(settings.authority_host, app_credential=app_credential)
     if settings.client_secret:
-        return ClientSecretCredential(settings.tenant_id, settings.client_id, settings.client_secret, **kwargs)
+        tenant, client = _app_identity(settings.tenant_id, settings.client_id, _PARTNER_CENTER_NAMES)
+        return ClientSecretCredential(tenant, client, settings.client_secret, **kwargs)
     if settings.client_certificate_path:
-        return CertificateCredential(
-            settings.tenant_id, settings.client_id, certificate_path=settings.client_certificate_path, **kwargs
-        )
+        tenant, client = _app_identity(settings.tenant_id, settings.client_id, _PARTNER_CENTER_NAMES)
+        return CertificateCredential(tenant, client, certificate_path=settings.client_certificate_path, **kwargs)
     return DefaultAzureCredential(exclude_interactive_browser_credential=True, **kwargs)
 
 
@@ -66,10 +78,11 @@ def storage_credential(storage: StorageConnection) -> Any:
         return (
             ManagedIdentityCredential(client_id=storage.client_id) if storage.client_id else ManagedIdentityCredential()
         )
-    if storage.uses_client_secret:
+    if storage.uses_client_secret and storage.client_secret:
+        tenant, client = _app_identity(storage.tenant_id, storage.client_id, _STORAGE_NAMES)
         return ClientSecretCredential(
-            storage.tenant_id,
-            storage.client_id,
+            tenant,
+            client,
             storage.client_secret,
             **_token_endpoint_options(storage.authority_host, app_credential=True),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import TypeGuard
 
 __all__ = ["GUID_RE", "ORDER_ID_RE", "derived_correlation_id", "is_guid", "is_order_id", "normalise_guid"]
 
@@ -18,7 +19,7 @@ ORDER_ID_RE = re.compile(r"[A-Za-z0-9_-]{33}")
 _CORRELATION_NAMESPACE = uuid.UUID("6b1b6c9e-3f0e-4f5e-9c56-2f1b1d0c8a11")
 
 
-def is_guid(value: object) -> bool:
+def is_guid(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and GUID_RE.fullmatch(value) is not None
 
 
@@ -29,7 +30,7 @@ def normalise_guid(value: str) -> str:
     return value.lower()
 
 
-def is_order_id(value: object) -> bool:
+def is_order_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and (ORDER_ID_RE.fullmatch(value) is not None or is_guid(value))
 
 

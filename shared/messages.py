@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -315,7 +316,7 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
     )
 
 
-def _optional(data: dict, name: str, default: Any) -> Any:
+def _optional(data: Mapping[str, Any], name: str, default: Any) -> Any:
     """An optional field: missing and ``null`` both mean the default."""
     value = data.get(name)
     return default if value is None else value

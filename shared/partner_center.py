@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 from urllib.parse import urlsplit
 
 import requests
@@ -68,6 +68,13 @@ _CONTINUATION_RE = re.compile(r"[\x21-\x7e]{1,4096}")
 _NEXT_QUERY_RE = re.compile(r"[A-Za-z0-9=&_.~%+-]*")
 
 
+class _Where(TypedDict):
+    """Where an error happened: the keyword arguments every ``PartnerCenterError`` takes."""
+
+    method: str
+    path: str
+
+
 class TokenCredential(Protocol):
     def get_token(self, *scopes: str, **kwargs: Any) -> Any: ...
 
@@ -105,8 +112,6 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         try:
             moment = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if moment is None:
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
@@ -152,18 +157,18 @@ def error_from_response(resp: requests.Response, method: str, path: str) -> Part
     if description:
         description = " ".join(description.split())[:MAX_DESCRIPTION]
     status = resp.status_code
-    kwargs = {"method": method, "path": path}
+    where = _Where(method=method, path=path)
     if status == 429:
-        return ThrottledError(status, code, description, retry_after=_retry_after(resp), **kwargs)
+        return ThrottledError(status, code, description, retry_after=_retry_after(resp), **where)
     if status == 408 or status >= 500:
-        return TransientError(status, code, description, **kwargs)
+        return TransientError(status, code, description, **where)
     if status == 401:
-        return AuthenticationError(status, code, description, **kwargs)
+        return AuthenticationError(status, code, description, **where)
     if status == 404:
-        return NotFoundError(status, code, description, **kwargs)
+        return NotFoundError(status, code, description, **where)
     if status == 409:
-        return ConflictError(status, code, description, **kwargs)
-    return RefusedError(status, code, description, **kwargs)
+        return ConflictError(status, code, description, **where)
+    return RefusedError(status, code, description, **where)
 
 
 def _segment(value: str, kind: str) -> str:
@@ -208,7 +213,7 @@ class PartnerCenterClient:
 
     # -- the calls -------------------------------------------------------------------------------------------
 
-    def get_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict:
+    def get_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict[str, Any]:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}"
         return self._call("GET", path, correlation_id=correlation_id, budget=budget) or {}
 
@@ -226,13 +231,15 @@ class PartnerCenterClient:
                 seen.setdefault(order_id, None)
         return list(seen)
 
-    def get_order(self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict:
+    def get_order(
+        self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict[str, Any]:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}/orders/{_segment(order_id, 'order')}"
         return self._call("GET", path, correlation_id=correlation_id, budget=budget) or {}
 
     def cancel_order(
         self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         path = f"/v1/customers/{_segment(customer_id, 'customer')}/orders/{_segment(order_id, 'order')}"
         body = {"id": order_id, "status": "cancelled"}
         return self._call("PATCH", path, correlation_id=correlation_id, json_body=body, budget=budget) or {}
@@ -258,14 +265,14 @@ class PartnerCenterClient:
 
     # -- paging ----------------------------------------------------------------------------------------------
 
-    def _entitlements(self, customer_id: str, correlation_id: str, budget: Budget | None) -> Iterator[dict]:
+    def _entitlements(self, customer_id: str, correlation_id: str, budget: Budget | None) -> Iterator[dict[str, Any]]:
         cid = _segment(customer_id, "customer")
         for page in self._pages(f"/v1/customers/{cid}/entitlements", "", "entitlements", correlation_id, budget):
             yield from (i for i in page if isinstance(i, dict))
 
     def _pages(
         self, collection: str, query: str, what: str, correlation_id: str, budget: Budget | None
-    ) -> Iterator[list]:
+    ) -> Iterator[list[Any]]:
         """The ``items`` of each page of a collection, following ``links.next``; a malformed page, a page repeated,
         or more than MAX_PAGES pages raise ``TransientError``, a ``links.next`` elsewhere raises ``UnsafeIdError``."""
         path = collection + (f"?{query}" if query else "")
@@ -474,7 +481,7 @@ class PartnerCenterClient:
         raise error
 
 
-def _reference_order_ids(entitlement: dict) -> Iterator[Any]:
+def _reference_order_ids(entitlement: dict[str, Any]) -> Iterator[Any]:
     """``referenceOrder.id`` of an entitlement and of its nested ``includedEntitlements`` (iteratively: no depth
     limit)."""
     stack = [entitlement]

@@ -6,7 +6,7 @@ unit tests' fakes and the property test's simulated world implement them too.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.budget import Budget
 
@@ -16,7 +16,9 @@ __all__ = ["PartnerCenterPort", "PublisherPort"]
 class PartnerCenterPort(Protocol):
     """Raises ``shared.errors.PartnerCenterError`` subclasses or ``UnsafeIdError``; returns parsed JSON."""
 
-    def get_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> dict: ...
+    def get_customer(
+        self, customer_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict[str, Any]: ...
 
     def list_entitlement_order_ids(
         self, customer_id: str, *, correlation_id: str, budget: Budget | None = None
@@ -24,17 +26,17 @@ class PartnerCenterPort(Protocol):
 
     def get_order(
         self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None
-    ) -> dict: ...
+    ) -> dict[str, Any]: ...
 
     def cancel_order(
         self, customer_id: str, order_id: str, *, correlation_id: str, budget: Budget | None = None
-    ) -> dict: ...
+    ) -> dict[str, Any]: ...
 
     def delete_customer(self, customer_id: str, *, correlation_id: str, budget: Budget | None = None) -> None: ...
 
     def list_customers(
         self, *, correlation_id: str, budget: Budget | None = None, stop_after: int | None = None
-    ) -> list: ...
+    ) -> list[Any]: ...
 
 
 class PublisherPort(Protocol):

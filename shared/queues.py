@@ -55,4 +55,4 @@ class QueuePublisher:
             with contextlib.suppress(ResourceExistsError):
                 client.create_queue()
             sent = client.send_message(text, visibility_timeout=delay, time_to_live=time_to_live)
-        return sent.id
+        return str(sent.id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -50,9 +50,16 @@ def utc_now() -> datetime:
 
 
 class QueueMessageLike(Protocol):
-    id: Any
-    dequeue_count: Any
-    insertion_time: Any
+    """What the service reads of a queue trigger's message (``azure.functions.QueueMessage``)."""
+
+    @property
+    def id(self) -> str | None: ...
+
+    @property
+    def dequeue_count(self) -> int | None: ...
+
+    @property
+    def insertion_time(self) -> datetime | None: ...
 
     def get_body(self) -> bytes: ...
 
@@ -98,15 +105,19 @@ class _Request:
     dry_run: bool = False
 
 
-class _Log(logging.LoggerAdapter):
+class _Log(logging.LoggerAdapter[logging.Logger]):
     """One log line per step, each with the correlation id, customer id and invocation id in its text.
 
     The same values, with the hop, ``requestedAt`` and at the end the outcome, are the record's structured fields
     (``shared.telemetry``, bound by ``_bind``): custom dimensions in Application Insights.
     """
 
+    def __init__(self, logger: logging.Logger, fields: Mapping[str, str]) -> None:
+        super().__init__(logger, dict(fields))
+        self.fields = fields
+
     def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:
-        e = self.extra
+        e = self.fields
         return (
             f"[{e['function']}] {msg} (correlation={e['correlation_id']} customer={e['customer_id']} "
             f"invocation={e['invocation_id']})"
@@ -189,7 +200,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
         _logger(req).warning(
             "could not read a poll message (message %s, delivery %s): %s", msg.id, msg.dequeue_count, exc.reason
         )
-        start = core.unreadable_poll(
+        start: core.Hop | core.Continue | core.Finish = core.unreadable_poll(
             exc.reason,
             customer_id=customer,
             correlation_id=correlation,
@@ -217,7 +228,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
 # -- execute and publish --------------------------------------------------------------------------------------------
 
 
-def _run(deps: Deps, req: _Request, start: core.Hop | core.Command, *, original: bytes | str) -> None:
+def _run(deps: Deps, req: _Request, start: core.Hop | core.Continue | core.Finish, *, original: bytes | str) -> None:
     if not isinstance(start, core.Hop):
         _publish(deps, req, start, original=original)
         return
@@ -245,7 +256,8 @@ def _execute(deps: Deps, req: _Request, chain: PollMessage, call: core.Call, bud
         elif isinstance(call, core.CancelOrder):
             body = pc.cancel_order(cid, call.order_id, correlation_id=corr, budget=budget)
         else:
-            body = pc.delete_customer(cid, correlation_id=corr, budget=budget)
+            pc.delete_customer(cid, correlation_id=corr, budget=budget)
+            body = None
     except UnsafeIdError as exc:
         observation: core.Observation = core.Failure(
             core.FailureKind.UNSAFE, description=str(exc), where=call.describe()

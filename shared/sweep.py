@@ -159,8 +159,9 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
     max_per_run = _count("SWEEP_MAX_PER_RUN", get("SWEEP_MAX_PER_RUN"), problems, MAX_PER_RUN)
     limit = _count("SANDBOX_CUSTOMER_LIMIT", get("SANDBOX_CUSTOMER_LIMIT"), problems, MAX_LIMIT)
 
-    reports = get("SWEEP_REPORTS_QUEUE").lower()
-    problem = queue_name_problem("SWEEP_REPORTS_QUEUE", reports)
+    wanted_reports = get("SWEEP_REPORTS_QUEUE").lower()
+    reports: str | None = wanted_reports
+    problem = queue_name_problem("SWEEP_REPORTS_QUEUE", wanted_reports)
     taken = {q for app in app_queues for q in (app, app + "-poison")}
     if problem is None and reports in taken:
         problem = f"SWEEP_REPORTS_QUEUE must not be one of the deletion functions' queues ({reports!r})"

@@ -407,7 +407,7 @@ def _protected() -> Finish:
     )
 
 
-def begin_request(request: DeletionRequest, *, delivery: int, now: datetime, policy: Policy) -> Hop | Command:
+def begin_request(request: DeletionRequest, *, delivery: int, now: datetime, policy: Policy) -> Hop | Continue | Finish:
     """``delete_customer``. The first delivery works; a redelivery hands the request to a fresh poll message."""
     if request.customer_id in policy.protected:
         return _protected()
@@ -438,7 +438,7 @@ def begin_request(request: DeletionRequest, *, delivery: int, now: datetime, pol
     return Hop(chain, Entry.REQUEST, Mode.NORMAL, (), {})
 
 
-def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Policy) -> Hop | Command:
+def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Policy) -> Hop | Continue | Finish:
     """``poll_orders``: a hop, a hand-over (redelivery), or a wait for the final check."""
     if chain.customer_id in policy.protected:
         return Finish(

@@ -167,6 +167,10 @@ class SimPartnerCenter:
 
     # -- the port -----------------------------------------------------------------------------------------------
 
+    def list_customers(self, *, correlation_id, budget=None, stop_after=None):
+        """The rest of the port: the model runs no sweep, but the simulated world is a whole Partner Center."""
+        return self._call("list_customers", "-", None, lambda: [{"id": cid} for cid in self.customers])
+
     def get_customer(self, cid, *, correlation_id, budget=None):
         return self._call("get_customer", cid, None, lambda: (self._customer(cid, "customer"), {"id": cid})[1])
 

@@ -129,7 +129,8 @@ class World:
         self.storage = devenv.azurite_connection_string(port)
         self.queues = devenv.Queues(self.storage)
         self.pc = devenv.start_emulator(STATE)
-        self.children.append(self.pc.child)
+        if self.pc.child:
+            self.children.append(self.pc.child)
         self.settings_file = STATE / "seed.settings.json"
         self.settings_file.write_text(json.dumps(self.pc.app_settings()))
         self.hosts = 0

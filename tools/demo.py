@@ -58,7 +58,8 @@ def main() -> int:
         azurite, port = devenv.start_azurite(STATE)
         children.append(azurite)
         pc = devenv.start_emulator(STATE)
-        children.append(pc.child)
+        if pc.child:
+            children.append(pc.child)
         say(t0, f"Azurite on 127.0.0.1:{port}, emulator on {pc.url}")
 
         example = json.loads((devenv.ROOT / "local.settings.example.json").read_text())["Values"]

@@ -376,10 +376,12 @@ class Queues:
 
         if connection_string:
             self.service = QueueServiceClient.from_connection_string(connection_string)
-        else:
+        elif account_url:
             self.service = QueueServiceClient(
                 account_url, credential=credential, **({"connection_verify": ca} if ca else {})
             )
+        else:
+            raise ValueError("Queues needs a connection string or an account_url")
 
     def client(self, name: str) -> Any:
         return self.service.get_queue_client(name)
@@ -431,7 +433,7 @@ class Queues:
         """Receive and delete every visible message; returns the decoded bodies (bytes)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        out = []
+        out: list[Any] = []
         try:
             while True:
                 page = list(
@@ -463,7 +465,8 @@ class OutcomeReader:
     """Collects outcome events (JSON) from the outcomes queue as they land."""
 
     def __init__(self, queues: Queues, name: str):
-        self.queues, self.name, self.events = queues, name, []
+        self.queues, self.name = queues, name
+        self.events: list[dict] = []
 
     def poll(self) -> list[dict]:
         for m in self.queues.drain(self.name):

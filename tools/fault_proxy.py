@@ -191,7 +191,7 @@ def azure_error_body(code: str, message: str) -> bytes:
     ).encode()
 
 
-def hop_by_hop(headers: list[tuple[str, str]]) -> set[str]:
+def hop_by_hop(headers: list[tuple[str, str]]) -> frozenset[str]:
     """The hop-by-hop header names, including any a Connection header lists."""
     named = {
         token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")

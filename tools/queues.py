@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             "no queue can take the sweep's reports with these settings (see SWEEP_REPORTS_QUEUE): they are only logged"
         )
     queue_of = {
-        "reports": reports,
         "requests": names["DELETE_CUSTOMER_QUEUE"],
         "polls": names["POLL_ORDERS_QUEUE"],
         "outcomes": names["DELETION_OUTCOMES_QUEUE"],
         "poison": names["DELETE_CUSTOMER_QUEUE"] + "-poison",
         "polls-poison": names["POLL_ORDERS_QUEUE"] + "-poison",
     }
+    if reports is not None:
+        queue_of["reports"] = reports
     service = QueueServiceClient.from_connection_string(conn)
 
     if args.command == "send":

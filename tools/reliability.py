@@ -167,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             proxy = start_fault_proxy(state, port, before_share=share, after_share=share, seed=args.seed)
             children.append(proxy.child)
         pc = devenv.start_emulator(state)
-        children.append(pc.child)
+        if pc.child:
+            children.append(pc.child)
         customers = build_customers(rng, args.customers, args.min_orders, args.max_orders, profile)
-        protected = {"id": str(uuid.uuid4()), "orders": [{"id": uuid.uuid4().hex + "P"}]}
+        protected_id = str(uuid.uuid4())
+        protected = {"id": protected_id, "orders": [{"id": uuid.uuid4().hex + "P"}]}
         pc.add_customers([*customers, protected])
         pc.knobs(rateLimitPerWindow=args.rate_limit, rateLimitWindowSeconds=args.window, randomSeed=args.seed)
         faults = [
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 *faults,
             ]
         pc.faults(faults)
-        settings = {
+        settings: dict[str, str] = {
             "AzureWebJobsStorage": proxy.connection_string() if proxy else storage,
             **devenv.unique_queues("r"),
             **pc.app_settings(),
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "PARTNER_CENTER_TIMEOUT_SECONDS": "2",
             "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4",
             "INVOCATION_WORK_SECONDS": "10",
-            "PROTECTED_CUSTOMER_IDS": protected["id"],
+            "PROTECTED_CUSTOMER_IDS": protected_id,
             "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
             "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:02",
             "AzureWebJobs.sweep_customers.Disabled": "true",
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         sends = (
             [c["id"] for c in customers]
             + [c["id"] for c in customers if rng.random() < args.duplicates]
-            + [protected["id"]]
+            + [protected_id]
         )
         rng.shuffle(sends)
         for cid in sends:
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             requests[corr] = {
                 "customer": cid,
                 "text": text,
-                "kind": "protected" if cid == protected["id"] else "valid",
+                "kind": "protected" if cid == protected_id else "valid",
                 "sent": time.time(),
             }
             queues.send(req_q, text)
@@ -423,7 +425,7 @@ def measure(
     for e in events:
         per_corr[e["correlationId"]].append(e)
     poisoned = poison_correlations(queues, req_q, requests)
-    outcome_counts = Counter()
+    outcome_counts: Counter[str] = Counter()
     for corr in requests:
         for e in per_corr.get(corr, [])[:1]:
             outcome_counts[e["outcome"]] += 1
@@ -433,7 +435,7 @@ def measure(
     lost = [
         corr for corr in requests if corr not in per_corr
     ]  # every request must end in an outcome event, poisoned or not
-    poison_reasons = Counter()
+    poison_reasons: Counter[str] = Counter()
     for corr in poisoned:
         detail = (per_corr.get(corr) or [{"detail": "no outcome event"}])[0]["detail"]
         poison_reasons[

@@ -5,29 +5,28 @@
 Parsing is strict and total: any byte string either becomes a valid message or raises ``InvalidMessageError``
 with a reason. Messages the app sends carry ``schemaVersion`` so a poll chain that spans a redeploy keeps working.
 """
-
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from shared.errors import InvalidMessageError
 from shared.ids import derived_correlation_id, is_guid, is_order_id
 
 __all__ = [
-    "OUTCOMES",
     "SCHEMA_VERSION",
+    "OUTCOMES",
     "DeletionRequest",
     "OrderState",
     "PollMessage",
-    "deletion_request_text",
-    "iso",
-    "outcome_event",
     "parse_deletion_request",
-    "parse_iso",
     "parse_poll_message",
+    "deletion_request_text",
+    "outcome_event",
+    "iso",
+    "parse_iso",
 ]
 
 SCHEMA_VERSION = 1
@@ -37,14 +36,14 @@ MAX_BODY_BYTES = 64 * 1024
 
 def iso(moment: datetime) -> str:
     """ISO 8601 UTC with ``Z``, millisecond precision."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(value: Any) -> datetime:
     if not isinstance(value, str) or not value.endswith("Z"):
         raise ValueError("not an ISO 8601 UTC time ending in Z")
     moment = datetime.fromisoformat(value[:-1] + "+00:00")
-    return moment.astimezone(UTC)
+    return moment.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -77,9 +76,7 @@ class PollMessage:
     requested_at: datetime
     first_handled_at: datetime
     delete_refusals: int = 0
-    stage: str = (
-        "poll"  # "discover": the orders are not known yet (delete_customer was throttled); "poll": wait for them
-    )
+    stage: str = "poll"  # "discover": the orders are not known yet (delete_customer was throttled); "poll": wait for them
     dry_run: bool = False
 
     def to_text(self) -> str:
@@ -129,13 +126,11 @@ def _load_json(text: str) -> Any:
         raise InvalidMessageError(f"message is neither a GUID nor valid JSON ({str(exc)[:80]})") from None
 
 
-def parse_deletion_request(
-    body: bytes | str, *, message_id: str, insertion_time: datetime | None, now: datetime
-) -> DeletionRequest:
+def parse_deletion_request(body: bytes | str, *, message_id: str, insertion_time: datetime | None, now: datetime) -> DeletionRequest:
     """Parse a deletion request: the JSON object form, or a bare GUID as the whole body."""
     derived = derived_correlation_id(message_id)
     try:
-        return _parse_deletion_request(body, derived, insertion_time.astimezone(UTC) if insertion_time else now)
+        return _parse_deletion_request(body, derived, insertion_time.astimezone(timezone.utc) if insertion_time else now)
     except InvalidMessageError as exc:
         exc.correlation_id = exc.correlation_id or derived
         raise
@@ -176,9 +171,7 @@ def _parse_deletion_request(body: bytes | str, derived: str, requested_at: datet
         dry_run = False
     if not isinstance(dry_run, bool):
         raise InvalidMessageError(
-            f"dryRun must be true or false (got a {type(dry_run).__name__})",
-            customer_id=customer_id,
-            correlation_id=correlation_id,
+            f"dryRun must be true or false (got a {type(dry_run).__name__})", customer_id=customer_id, correlation_id=correlation_id
         )
     return DeletionRequest(customer_id, correlation_id, dry_run, requested_at)
 
@@ -195,23 +188,15 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         raise InvalidMessageError("poll message is not a JSON object")
     version = data.get("schemaVersion")
     if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise InvalidMessageError(
-            f"poll message has unsupported schemaVersion {str(version)[:20]!r} (this app reads {SCHEMA_VERSION})"
-        )
+        raise InvalidMessageError(f"poll message has unsupported schemaVersion {str(version)[:20]!r} (this app reads {SCHEMA_VERSION})")
     customer = data.get("customerTenantId")
     correlation = data.get("correlationId")
     customer_id = customer.lower() if is_guid(customer) else None
     correlation_id = correlation.lower() if is_guid(correlation) else None
     if data.get("kind") != "poll":
-        raise InvalidMessageError(
-            "poll message kind is not 'poll'", customer_id=customer_id, correlation_id=correlation_id
-        )
+        raise InvalidMessageError("poll message kind is not 'poll'", customer_id=customer_id, correlation_id=correlation_id)
     if customer_id is None or correlation_id is None:
-        raise InvalidMessageError(
-            "poll message has no valid customerTenantId and correlationId",
-            customer_id=customer_id,
-            correlation_id=correlation_id,
-        )
+        raise InvalidMessageError("poll message has no valid customerTenantId and correlationId", customer_id=customer_id, correlation_id=correlation_id)
     try:
         orders = []
         raw_orders = data["orders"]
@@ -235,16 +220,10 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         if not isinstance(dry_run, bool) or (dry_run and stage != "discover"):
             raise ValueError("dryRun is not a boolean, or is set on a poll stage")
     except (KeyError, ValueError, TypeError) as exc:
-        raise InvalidMessageError(
-            f"poll message is malformed: {str(exc)[:100]}", customer_id=customer_id, correlation_id=correlation_id
-        ) from None
+        raise InvalidMessageError(f"poll message is malformed: {str(exc)[:100]}", customer_id=customer_id, correlation_id=correlation_id) from None
     if len({o.id for o in orders}) != len(orders):
-        raise InvalidMessageError(
-            "poll message lists an order twice", customer_id=customer_id, correlation_id=correlation_id
-        )
-    return PollMessage(
-        customer_id, correlation_id, tuple(orders), attempt, requested_at, first_handled_at, refusals, stage, dry_run
-    )
+        raise InvalidMessageError("poll message lists an order twice", customer_id=customer_id, correlation_id=correlation_id)
+    return PollMessage(customer_id, correlation_id, tuple(orders), attempt, requested_at, first_handled_at, refusals, stage, dry_run)
 
 
 def outcome_event(

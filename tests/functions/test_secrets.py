@@ -3,12 +3,14 @@ every logger at DEBUG, and the captured output is searched for the token, the cl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import time
 import types
 import uuid
+from typing import cast
 
 import pytest
 
@@ -16,6 +18,7 @@ import delete_customer
 import poll_orders
 from shared import app
 from shared.config import reset_settings
+from shared.partner_center import PartnerCenterClient
 from tests.functions import receive
 from tools import devenv
 from tools.local_host.host import decode_base64_strict
@@ -57,14 +60,14 @@ def test_full_run_logs_no_token_secret_or_key(monkeypatch, azurite, pc, queues, 
             (names["POLL_ORDERS_QUEUE"], poll_orders.main),
             (names["POLL_ORDERS_QUEUE"], poll_orders.main),
         ):
-            msg, _ = devenv.wait_for(lambda q=queue: receive(queues, q), 10, what=f"a message on {queue}")
-            main(msg, ctx)
+            msg, _ = devenv.wait_for(functools.partial(receive, queues, queue), 10, what=f"a message on {queue}")
+            main(msg, ctx)  # type: ignore[arg-type]  # a SimpleNamespace stands in for the host's Context
             time.sleep(0.2)
         outcomes = [json.loads(decode_base64_strict(m.content)) for m in queues.drain(names["DELETION_OUTCOMES_QUEUE"])]
         assert [o["outcome"] for o in outcomes] == ["deleted"]
 
         token = (
-            app.deps().partner_center._credential.get_token(app.deps().settings.scope).token
+            cast(PartnerCenterClient, app.deps().partner_center)._credential.get_token(app.deps().settings.scope).token
         )  # the cached token the calls used
         secrets = {"token": token, "client secret": pc.partner["clientSecret"], "account key": devenv.AZURITE_KEY}
         text = "\n".join(r.getMessage() + " " + str(r.__dict__) for r in debug_logs.records)

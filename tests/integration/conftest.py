@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ class World:
     settings: dict
     queues: devenv.Queues
     pc: devenv.Emulator
-    log_dir: object
+    log_dir: Path
     hosts: list = field(default_factory=list)
 
     @property

@@ -51,7 +51,8 @@ def body(resp):
 
 def list_customers(emu, api, size=40):
     """Every page of the customer list, following ``links.next`` verbatim with its headers, as the reference says."""
-    pages, url, headers = [], f"{emu.url}/v1/customers?size={size}", {}
+    pages, url = [], f"{emu.url}/v1/customers?size={size}"
+    headers: dict[str, str] = {}
     for _ in range(10000):
         resp = api.get(url, headers=headers)
         assert resp.status_code == 200, resp.content
@@ -229,7 +230,9 @@ def test_skip_fails_exactly_the_third_page_and_the_same_links_next_can_be_asked_
     assert api.get(f"{pc.url}/v1/customers/{min(mine)}").status_code == 200  # another path: not counted
     assert pc.state()["faults"][0]["skip"] == 2
     since = pc.state()["requests"]
-    statuses, seen, url, headers = [], [], f"{pc.url}/v1/customers?size=40", {}
+    statuses, seen = [], []
+    url: str | None = f"{pc.url}/v1/customers?size=40"
+    headers: dict[str, str] = {}
     while url:
         resp = api.get(url, headers=headers)
         statuses.append(resp.status_code)

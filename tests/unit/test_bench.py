@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tools import bench
@@ -70,7 +72,7 @@ def test_calls_delete_time_and_cancellation_time_come_from_the_emulator():
 
 
 def test_side_figures_take_medians_and_the_worst_lag():
-    per = [
+    per: list[dict[str, Any]] = [
         {
             "deleted": 10.0,
             "calls": {"GET": 4, "PATCH": 2, "DELETE": 1},

@@ -40,6 +40,7 @@ def test_parse_builds_the_import_tree():
     assert [c.name for c in app.children] == ["shared.config", "shared.queues"]
     assert [c.name for c in app.children[1].children] == ["azure.storage.queue", "azure.core.exceptions"]
     werkzeug = find_module(roots, "werkzeug")
+    assert werkzeug is not None
     assert (werkzeug.depth, werkzeug.cumulative_us, [c.name for c in werkzeug.children]) == (
         3,
         5000,
@@ -50,7 +51,8 @@ def test_parse_builds_the_import_tree():
 
 def test_find_module_top_level_only_sees_root_lines():
     roots = parse_importtime(SAMPLE)
-    assert find_module(roots, "requests").depth == 5
+    node = find_module(roots, "requests")
+    assert node is not None and node.depth == 5
     assert find_module(roots, "requests", top_level=True) is None
     assert find_module(roots, "__app__.poll_orders", top_level=True) is roots[1]
     assert find_module(roots, "not.imported") is None
@@ -58,6 +60,7 @@ def test_find_module_top_level_only_sees_root_lines():
 
 def test_heaviest_counts_each_package_at_its_outermost_lines():
     target = find_module(parse_importtime(SAMPLE), "__app__.poll_orders")
+    assert target is not None
     assert heaviest(target) == [
         ("shared", 10.8),
         ("azure.functions", 9.0),

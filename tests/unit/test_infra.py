@@ -183,7 +183,8 @@ def matching_close(text: str, start: int) -> int:
 
 def object_entries(body: str) -> dict[str, str]:
     """``key: value`` entries at the top level of an object literal's inside (values as raw text)."""
-    entries, depth, quote, buf = {}, 0, False, []
+    entries, depth, quote = {}, 0, False
+    buf: list[str] = []
 
     def flush() -> None:
         item = "".join(buf).strip()
@@ -629,10 +630,10 @@ def check_consistency(src: Sources) -> None:
                 f"{caller} does not pass {sorted(needed - set(module.params))} to {path}"
             )
         for symbol, out in re.findall(r"\b(\w+)\.outputs\.\??(\w+)", bicep.text):
-            module = bicep.modules.get(symbol)
-            assert module, f"{caller}: {symbol}.outputs.{out} names no module"
-            path = local_module_path(caller, module.source)
-            available = AVM_MODULES[module.source] if path is None else set(src.bicep(path).outputs)
+            used = bicep.modules.get(symbol)
+            assert used, f"{caller}: {symbol}.outputs.{out} names no module"
+            path = local_module_path(caller, used.source)
+            available = AVM_MODULES[used.source] if path is None else set(src.bicep(path).outputs)
             assert out in available, f"{caller}: {symbol}.outputs.{out} does not exist"
     # abbreviations
     abbrs = json.loads(src["infra/abbreviations.json"])

@@ -266,11 +266,11 @@ def test_identity_based_connection_is_read_as_the_host_does():
         resolve_connection(None, {**env, "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
         == "UseDevelopmentStorage=true"
     )
-    assert (
-        resolve_connection(None, {"AzureWebJobsStorage__accountName": "acct"}).queue_service_uri
-        == "https://acct.queue.core.windows.net"
-    )
+    by_account = resolve_connection(None, {"AzureWebJobsStorage__accountName": "acct"})
+    assert isinstance(by_account, IdentityConnection)
+    assert by_account.queue_service_uri == "https://acct.queue.core.windows.net"
     custom = resolve_connection("Orders", {"Orders__serviceUri": QUEUE_URI, "Orders__credential": "ManagedIdentity"})
+    assert isinstance(custom, IdentityConnection)
     assert (custom.name, custom.credential, custom.kind) == (
         "Orders",
         "managedidentity",

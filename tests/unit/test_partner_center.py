@@ -1,6 +1,7 @@
 """Partner Center client: error mapping, BOM, retries and URL safety, with HTTP stubbed at the transport."""
 
 import json
+from typing import Any
 
 import pytest
 import requests
@@ -135,7 +136,9 @@ def test_error_shapes_become_typed_errors(client, sleeps, status, payload, exc_t
         client.cancel_order(CUST, O1, correlation_id=CORR)
     assert (info.value.status, info.value.code, info.value.description) == (status, code, description)
     assert len(responses.calls) == 1 and sleeps == []  # refusals are never retried
-    assert json.loads(responses.calls[0].request.body) == {"id": O1, "status": "cancelled"}
+    sent = responses.calls[0].request.body
+    assert sent is not None
+    assert json.loads(sent) == {"id": O1, "status": "cancelled"}
 
 
 @responses.activate
@@ -396,7 +399,7 @@ def test_in_process_waits_of_one_invocation_share_one_allowance(sleeps, client):
 
 
 def _customers_page(ids, token=None, uri="/customers?size=40&seekOperation=Next"):
-    page = {
+    page: dict[str, Any] = {
         "totalCount": len(ids),
         "items": [{"id": i, "companyProfile": {"tenantId": i}} for i in ids],
         "links": {"self": {"uri": "/customers?size=40"}},
@@ -433,7 +436,7 @@ def test_customers_are_listed_across_pages_with_the_continuation_token(client):
     items = client.list_customers(correlation_id=CORR)
     assert [i["id"] for i in items] == ids and len(responses.calls) == 3
     assert all(c.request.headers["MS-CorrelationId"] == CORR for c in responses.calls)
-    assert "seekOperation=Next" in responses.calls[1].request.url
+    assert "seekOperation=Next" in (responses.calls[1].request.url or "")
 
 
 @responses.activate

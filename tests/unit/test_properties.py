@@ -114,6 +114,7 @@ def test_the_function_never_raises_and_builds_urls_only_from_validated_values(tm
         sent = [(c.request.method, c.request.url) for c in rsps.calls]
     urls = [u for _, u in sent]
     for url in urls:
+        assert url is not None, sent
         parts = urlsplit(url)
         assert f"{parts.scheme}://{parts.netloc}" == BASE and not parts.query and not parts.fragment
         assert SAFE_PATH.fullmatch(parts.path), url
@@ -150,17 +151,17 @@ def test_protected_customer_is_never_touched_in_any_form(body):
     import tempfile
     from pathlib import Path
 
-    pc = FakePartnerCenter()
+    pc, publisher = FakePartnerCenter(), FakePublisher()
     deps = Deps(
         settings=Settings.from_env(
             {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED.upper()},
             app_root=Path(tempfile.gettempdir()),
         ),
         partner_center=pc,
-        publisher=FakePublisher(),
+        publisher=publisher,
         clock=Clock(),
     )
     for delivery in (1, 2, 5):
         handle_deletion_request(queue_message(body, dequeue_count=delivery), "inv", deps)
     assert pc.calls == []
-    assert [o["outcome"] for o in deps.publisher.json_on("customer-deletion-outcomes")] == ["rejected"] * 3
+    assert [o["outcome"] for o in publisher.json_on("customer-deletion-outcomes")] == ["rejected"] * 3

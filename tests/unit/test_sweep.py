@@ -6,6 +6,7 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 
@@ -249,7 +250,7 @@ def test_customers_that_can_never_be_deleted_do_not_fill_every_run():
 
 
 def test_every_reason_of_the_table_is_a_known_one_and_every_known_one_is_in_the_table():
-    seen = {reason for row in TABLE for _, reason in row.values[3]}
+    seen = {reason for row in TABLE for _, reason in cast("list[tuple[str, str]]", row.values[3])}
     assert seen == set(REASONS)
 
 
@@ -260,7 +261,7 @@ def test_more_customers_than_the_sandbox_limit_refuses_everything():
     result = plan(items, p, frozenset(), RUN)
     assert (
         result.refusal
-        and "not an integration sandbox" in result.refusal
+        and "not an integration sandbox" in (result.refusal or "")
         and result.decisions == ()
         and result.selected == ()
     )
@@ -300,7 +301,7 @@ def test_each_setting_problem_is_named_and_selects_nothing(settings, problem):
     p = checked({**env(), **settings})
     assert any(problem in text for text in p.problems), p.problems
     result = plan([customer(A, "Tip", "tip.com")], p, frozenset(), RUN)
-    assert result.selected == () and problem in result.refusal
+    assert result.selected == () and problem in (result.refusal or "")
 
 
 def test_every_problem_is_named_at_once_and_the_report_queue_falls_back_to_the_default():
@@ -577,7 +578,9 @@ def test_the_search_job_holds_each_text_once_and_none_over_256_characters():
         "junk",
         {"id": D, "companyProfile": {"companyName": 7}},
     ]
-    assert match_job(p, items).texts == tuple(sorted({"Tip", "t.com", "", "y" * MAX_NAME_CHARS}))
+    job = match_job(p, items)
+    assert job is not None
+    assert job.texts == tuple(sorted({"Tip", "t.com", "", "y" * MAX_NAME_CHARS}))
     assert match_job(policy(), items) is None  # no SWEEP_INCLUDE: nothing is ever selected, nothing to search
 
 
@@ -594,6 +597,7 @@ def test_a_selection_without_complete_results_for_this_list_is_refused(searches,
     p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete")
     items = [customer(A, "Tip"), customer(B, "Tip 2")]
     job = match_job(p, items)
+    assert job is not None
     given = {
         None: None,
         "failed": Searches(job, failure="stopped at the time limit of 10 s"),
@@ -604,28 +608,27 @@ def test_a_selection_without_complete_results_for_this_list_is_refused(searches,
     assert (
         result.selected == ()
         and result.decisions == ()
-        and "did not finish" in result.refusal
-        and why in result.refusal
+        and "did not finish" in (result.refusal or "")
+        and why in (result.refusal or "")
     )
     assert decide(items, p).refusal is None  # the same list with its results is planned
 
 
 def test_patterns_are_tried_on_the_probe_texts_and_a_search_that_does_not_finish_is_a_setting_problem():
     p = read_policy(env(SWEEP_INCLUDE="(a+)+$", SWEEP_EXCLUDE="keep", SWEEP_MODE="delete"), app_queues=APP_QUEUES)
-    assert (
-        p.problems == () and p.tried is False and probe_job(p) == SearchJob(("(a+)+$", "keep"), PROBES, zero_width=True)
-    )
+    probe = probe_job(p)
+    assert p.problems == () and p.tried is False and probe == SearchJob(("(a+)+$", "keep"), PROBES, zero_width=True)
+    assert probe is not None
     # read but not tried: plan refuses rather than select with patterns nobody ran
-    assert "not tried" in plan([customer(A, "aaa")], p, frozenset(), RUN).refusal
-    for given in (Searches(probe_job(p), failure="stopped at the time limit of 10 s"), None):
+    assert "not tried" in (plan([customer(A, "aaa")], p, frozenset(), RUN).refusal or "")
+    for given in (Searches(probe, failure="stopped at the time limit of 10 s"), None):
         bad = check_patterns(p, given)
         (problem,) = bad.problems
         assert "SWEEP_INCLUDE and SWEEP_EXCLUDE could not be tried" in problem and (
             given is None or "time limit" in problem
         )
-        assert (
-            bad.include is bad.exclude is None
-            and "could not be tried" in plan([customer(A, "aaa")], bad, frozenset(), RUN).refusal
+        assert bad.include is bad.exclude is None and "could not be tried" in (
+            plan([customer(A, "aaa")], bad, frozenset(), RUN).refusal or ""
         )
     good = check_patterns(p, precomputed(probe_job(p)))
     assert good.problems == () and good.tried and (good.include, good.exclude) == ("(a+)+$", "keep")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -420,10 +421,12 @@ def test_a_pattern_that_hangs_on_the_probe_texts_is_a_setting_problem_and_nothin
 
 def test_a_child_that_cannot_run_gives_no_results_and_the_run_is_refused(tmp_path, monkeypatch):
     job = SearchJob(("tip",), ("Tip",))
-    monkeypatch.setattr(sweeper.sys, "executable", str(tmp_path / "no-python"))
-    assert search(job).failure == "the child process could not run (FileNotFoundError)"
-    monkeypatch.setattr(sweeper.sys, "executable", "/bin/false")
-    assert search(job).failure == "the child process ended with exit status 1"
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))  # the interpreter shared.sweeper starts
+    missing = search(job)
+    assert missing is not None and missing.failure == "the child process could not run (FileNotFoundError)"
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    failing = search(job)
+    assert failing is not None and failing.failure == "the child process ended with exit status 1"
     pub = FakePublisher()
     with pytest.raises(SweepFailedError, match="could not be tried"):
         handle_sweep(

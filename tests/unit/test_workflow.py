@@ -82,7 +82,8 @@ def drive(start, world, *, now=T0 + timedelta(seconds=100), elapsed=None, policy
     if not isinstance(start, core.Hop):
         return [], start
     script = {k: list(v) if isinstance(v, list) else [v] for k, v in world.items()}
-    hop, obs, calls = start, None, []
+    hop, obs = start, None
+    calls: list[core.Call] = []
     while True:
         hop, cmd = core.step(hop, obs, now=now, elapsed=elapsed(len(calls)) if elapsed else 0.0, policy=policy)
         if isinstance(cmd, (Continue, Finish)):
@@ -385,7 +386,7 @@ def test_a_refused_delete_keeps_polling_and_names_the_refusal():
         },
     )
     assert isinstance(last, Continue) and last.message.delete_refusals == 1 and last.message.cause == "delete_refused"
-    assert "0bed3bbca6c" in last.message.cause_detail
+    assert "0bed3bbca6c" in (last.message.cause_detail or "")
 
 
 def test_a_lost_delete_answer_is_settled_by_the_next_hop():
@@ -397,7 +398,7 @@ def test_a_lost_delete_answer_is_settled_by_the_next_hop():
             DeleteCustomer(): Failure(FailureKind.TRANSIENT, None, None, "ReadTimeout", where="DELETE /c"),
         },
     )
-    assert isinstance(last, Continue) and "answer lost" in last.message.cause_detail
+    assert isinstance(last, Continue) and "answer lost" in (last.message.cause_detail or "")
     _calls, last = drive(
         poll_hop(last.message, now=T0 + timedelta(seconds=200)), {GetOrder(A): NOT_FOUND, GetCustomer(): NOT_FOUND}
     )

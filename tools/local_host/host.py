@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -265,21 +265,23 @@ class Listener:
         *,
         lease_seconds: int,
         stop: threading.Event,
-        client_factory: Callable[[str, str], Any],
+        client_factory: Callable[[str | IdentityConnection, str], Any],
         execute: Execute,
     ):
-        assert fn.queue and fn.connection
+        if not (fn.queue and fn.connection):
+            raise HostError(f"function '{fn.name}' has no queue or connection: not a queue trigger")
         self.fn = fn
+        self.queue_name: str = fn.queue
+        self.poison_name = fn.queue + "-poison"
         self.execute = execute
         self.opts = options
         self.lease = lease_seconds
         self.stop = stop
         self.queue = client_factory(fn.connection, fn.queue)
-        poison_name = fn.queue + "-poison"
         self.poison = (
             None
-            if fn.queue.endswith("-poison") or len(poison_name) > 63
-            else client_factory(fn.connection, poison_name)
+            if fn.queue.endswith("-poison") or len(self.poison_name) > 63
+            else client_factory(fn.connection, self.poison_name)
         )
         self.pool = ThreadPoolExecutor(
             max_workers=options.batch_size + options.new_batch_threshold, thread_name_prefix=fn.name
@@ -301,7 +303,7 @@ class Listener:
                 self.stop.wait(0.05)
                 continue
             try:
-                page = next(
+                page: Iterable[Any] = next(
                     self.queue.receive_messages(
                         max_messages=self.opts.batch_size,
                         messages_per_page=self.opts.batch_size,
@@ -313,7 +315,7 @@ class Listener:
             except ResourceNotFoundError:
                 messages = []  # the host does not create a trigger queue: it backs off and looks again
             except Exception as exc:  # noqa: BLE001 - storage unavailable: keep polling with back-off, like the host
-                log.warning("%s: polling %s failed: %s", self.fn.name, self.fn.queue, exc)
+                log.warning("%s: polling %s failed: %s", self.fn.name, self.queue_name, exc)
                 messages = []
             if not messages:
                 failures += 1
@@ -351,7 +353,7 @@ class Listener:
                     "(the message is not valid Base64; the function was not invoked)",
                     self.fn.name,
                     self.opts.max_dequeue_count,
-                    self.fn.queue + "-poison",
+                    self.poison_name,
                 )
                 self._to_poison(message, text)
                 return
@@ -363,7 +365,7 @@ class Listener:
                 self.fn.name,
                 message.id,
                 message.dequeue_count,
-                self.fn.queue + "-poison",
+                self.poison_name,
             )
             self._to_poison(message, text)
             return
@@ -398,7 +400,7 @@ class Listener:
             self.fn,
             QUEUE,
             {"fields": queue_message_fields(message), "body": body},
-            f"New queue message detected on '{self.fn.queue}'.",
+            f"New queue message detected on '{self.queue_name}'.",
             f", DequeueCount={message.dequeue_count}",
         )
 
@@ -413,7 +415,7 @@ class Listener:
                     "%s: Message has reached MaxDequeueCount of %d. Moving message to queue '%s'.",
                     self.fn.name,
                     self.opts.max_dequeue_count,
-                    self.fn.queue + "-poison",
+                    self.poison_name,
                 )
                 self._to_poison(message, text, pop_receipt)
             elif self.poison is not None:
@@ -533,7 +535,7 @@ class LocalHost:
         self._check_any_left(indexed.errors)
         self.stop_event = threading.Event()
         self.lease = lease_seconds
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str | IdentityConnection, Any] = {}
         q = self.config.queues
         queue_count = sum(1 for fn in self.functions if fn.trigger == QUEUE_TRIGGER)
         timer_count = len(self.functions) - queue_count
@@ -683,8 +685,8 @@ class LocalHost:
                 log.info(
                     "Found function %s: queue trigger on '%s' (poison '%s')",
                     fn.name,
-                    fn.queue,
-                    fn.queue + "-poison" if listener.poison else "none",
+                    listener.queue_name,
+                    listener.poison_name if listener.poison else "none",
                 )
             else:
                 timer = TimerListener(
@@ -702,7 +704,8 @@ class LocalHost:
                     str(fn.run_on_startup).lower(),
                     timer.lock.path.parent,
                 )
-        for runner in [*self.listeners, *self.timers]:
+        runners: list[Listener | TimerListener] = [*self.listeners, *self.timers]
+        for runner in runners:
             runner.thread.start()
         if self._admin is not None:
             threading.Thread(target=self._admin.serve_forever, name="admin", daemon=True).start()
@@ -738,7 +741,8 @@ class LocalHost:
             if self._admin_serving:
                 self._admin.shutdown()  # waits for serve_forever to return: only once it has started
             self._admin.server_close()
-        for runner in [*self.listeners, *self.timers]:
+        runners: list[Listener | TimerListener] = [*self.listeners, *self.timers]
+        for runner in runners:
             if runner.thread.is_alive():
                 runner.thread.join(timeout)
         for listener in self.listeners:

@@ -20,7 +20,7 @@ import json
 import re
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -311,7 +311,7 @@ def load_entry_point(entry: Mapping[str, str]) -> LoadedFunction:
 
 
 def load_entry_points(
-    app_root: Path, entries: list[Mapping[str, str]]
+    app_root: Path, entries: Sequence[Mapping[str, str]]
 ) -> tuple[dict[str, LoadedFunction], dict[str, str]]:
     """Load every function the host indexed: (loaded by name, load errors by name)."""
     install_app_package(app_root)

@@ -253,7 +253,7 @@ class Sandbox:
             self.tokens: dict[str, float] = {}
             self.log: list[dict] = []
             self.windows: dict[str, deque] = {}
-            self.continuations: dict[str, tuple[str, int]] = {}
+            self.continuations: dict[str, tuple[str, int, int]] = {}  # token -> (owner, first item, page size)
             for customer in s.get("customers") or []:
                 self.add_customer(customer)
 
