@@ -11,7 +11,7 @@ LOWEST_PY := $(LOWEST)/bin/python
 OTHER     := .venv-other
 OTHER_PY  := $(OTHER)/bin/python
 
-.PHONY: check-python setup setup-lowest demo test test-lowest test-other-python unit integration reliability bench emulator host clean
+.PHONY: check-python setup setup-lowest demo check test test-lowest test-other-python unit integration reliability bench emulator host clean
 
 setup: check-python $(VENV)/.installed node_modules/.installed
 
@@ -43,21 +43,36 @@ $(LOWEST)/.installed: requirements.txt requirements-dev.txt $(VENV)/.installed
 	$(UV) pip install --quiet --strict --python $(LOWEST_PY) -r requirements-dev.txt -c $(LOWEST)/floors.txt
 	touch $@
 
+## check: the inner loop, under a minute once .venv exists: ruff (lint and format), mypy, and the unit tests with a
+## short model run and fewer cancellation times for the poll schedule's lag bound. Python only: no Node, no Azurite,
+## no sockets (a fresh clone builds .venv and nothing else).
+CHECK_MODEL_EXAMPLES ?= 200
+CHECK_SCHEDULE_EXAMPLES ?= 100
+check: check-python $(VENV)/.installed
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/ruff format --check --quiet .
+	@echo "mypy, beside the unit tests (MODEL_EXAMPLES=$(CHECK_MODEL_EXAMPLES) SCHEDULE_EXAMPLES=$(CHECK_SCHEDULE_EXAMPLES)):"
+	@$(VENV)/bin/mypy > $(VENV)/mypy.out 2>&1 & types=$$!; \
+	MODEL_EXAMPLES=$(CHECK_MODEL_EXAMPLES) SCHEDULE_EXAMPLES=$(CHECK_SCHEDULE_EXAMPLES) \
+		$(PY) -m pytest -q -n auto tests/unit; tests=$$?; \
+	wait $$types; typed=$$?; echo "mypy: $$(cat $(VENV)/mypy.out)"; [ $$tests -eq 0 ] && [ $$typed -eq 0 ]
+
 ## demo: Azurite + the Partner Center emulator + the local host; watch one customer being deleted
 demo: setup
 	$(PY) -m tools.demo
 
-## test: every test (unit, function and integration tests; Azurite and the emulator are started by the run),
-## then test-lowest, then test-other-python
+## test: every test (unit, function and integration tests; Azurite and the emulator are started by the run, one
+## of each per worker), in TEST_WORKERS parallel workers, then test-lowest, then test-other-python
+TEST_WORKERS ?= 4
 test: setup setup-lowest
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 	@$(MAKE) --no-print-directory test-lowest
 	@$(MAKE) --no-print-directory test-other-python
 
 ## test-lowest: the unit and function tests in .venv-lowest/, which proves requirements.txt's lower bounds
 test-lowest: setup-lowest
 	@echo "lowest allowed versions (.venv-lowest/floors.txt):" $$(cat $(LOWEST)/floors.txt)
-	$(LOWEST_PY) -m pytest tests/unit tests/functions
+	$(LOWEST_PY) -m pytest -n auto --dist loadgroup tests/unit tests/functions
 
 ## test-other-python: the unit and function tests in .venv-other/, on the other end of the supported range from .venv's
 ## Python (3.13 for 3.11 or 3.12, 3.11 for 3.13 and newer), when this machine has it (python3.X on PATH, or pyenv's)
@@ -70,13 +85,14 @@ test-other-python: setup
 		$(UV) venv --quiet --clear --python "$$other" $(OTHER) && \
 		$(UV) pip install --quiet --python $(OTHER_PY) -r requirements-dev.txt && echo "$$other" > $(OTHER)/.installed || exit 1; fi; \
 	echo "other end of the supported range: $$($(OTHER_PY) --version), azure-functions $$($(OTHER_PY) -c 'from importlib.metadata import version; print(version("azure-functions"))')"; \
-	$(OTHER_PY) -m pytest tests/unit tests/functions
+	$(OTHER_PY) -m pytest -n auto --dist loadgroup tests/unit tests/functions
 
-unit: setup
-	$(PY) -m pytest tests/unit
+## unit: the unit tests with the whole model (2,000 histories); Python only, like check
+unit: check-python $(VENV)/.installed
+	$(PY) -m pytest -n auto tests/unit
 
 integration: setup
-	$(PY) -m pytest tests/functions tests/integration
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup tests/functions tests/integration
 
 ## reliability: many deletions under injected faults, outages and host kills, in both profiles (one: PROFILES=harsh);
 ## prints the tables kept in the README
