@@ -7,6 +7,7 @@ import json
 import time
 import types
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -54,21 +55,23 @@ def test_delete_then_poll_through_real_queues(env, queues, pc, make_customer):
     queues.send(env.delete_customer_queue, json.dumps({"customerTenantId": customer["id"]}))
     msg, _ = receive(queues, env.delete_customer_queue)
     delete_customer.main(msg, context())
+    sent = time.monotonic()
 
     # The poll message exists but stays invisible for POLL_INTERVAL_SECONDS.
     assert queues.count(env.poll_orders_queue) == 1
     assert queues.peek_raw(env.poll_orders_queue) == []
-    time.sleep(3.5)
-    (text,) = queues.peek_raw(env.poll_orders_queue)
+    (text,) = devenv.wait_for(lambda: queues.peek_raw(env.poll_orders_queue), 15, what="the first poll message")
+    assert time.monotonic() - sent >= 2  # hidden for about 3 s (counted here from a little after the send)
     poll = parse_poll_message(decode_base64_strict(text))  # Base64, as the trigger reads it
     assert poll.customer_id == customer["id"] and len(poll.orders) == 2
 
     msg, _ = receive(queues, env.poll_orders_queue)
     poll_orders.main(msg, context())  # hop 1: one order still pending -> re-enqueue
+    sent = time.monotonic()
     assert outcomes(queues, env.deletion_outcomes_queue) == []
     assert queues.peek_raw(env.poll_orders_queue) == []  # the next delay: POLL_INTERVAL_SECONDS (3) again
-    time.sleep(4.5)
-    msg, _ = receive(queues, env.poll_orders_queue)
+    msg, _ = devenv.wait_for(lambda: receive(queues, env.poll_orders_queue), 15, what="the second poll message")
+    assert time.monotonic() - sent >= 2
     poll_orders.main(msg, context())  # hop 2: all cancelled -> DELETE
     (event,) = outcomes(queues, env.deletion_outcomes_queue)
     assert event["outcome"] == "deleted" and event["pollAttempts"] == 2 and event["customerTenantId"] == customer["id"]
@@ -125,16 +128,21 @@ def otel_handler(exporter):
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 
+    handler_class: Callable[..., logging.Handler]  # one of two classes, whichever this install has
     try:
         from opentelemetry.instrumentation.logging.handler import (
-            LoggingHandler,
+            LoggingHandler as DistroHandler,
         )  # the distro's handler, where it has one
+
+        handler_class = DistroHandler
     except ImportError:
-        from opentelemetry.sdk._logs import LoggingHandler
+        from opentelemetry.sdk._logs import LoggingHandler as SdkHandler
+
+        handler_class = SdkHandler
 
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    return provider, LoggingHandler(level=logging.INFO, logger_provider=provider)
+    return provider, handler_class(level=logging.INFO, logger_provider=provider)
 
 
 def first_request(env, queues, make_customer):

@@ -131,6 +131,7 @@ def test_broken_sweep_settings_fail_only_the_sweep(sweep_env, queues, pc, make_c
     assert event["outcome"] == "dry_run"
 
 
+@pytest.mark.slow(seconds=10)
 def test_a_catastrophic_pattern_refuses_the_sweep_while_delete_customer_keeps_working(
     sweep_env, queues, pc, make_customer
 ):

@@ -252,6 +252,7 @@ def test_wrong_client_secret_fails_clearly_in_the_app(oauth_azurite, pc, monkeyp
         reset_settings()
 
 
+@pytest.mark.slow(seconds=18)
 def test_wrong_client_secret_fails_clearly_in_the_host(oauth_azurite, pc, id_queues, tmp_path, make_customer):
     w = World(
         identity_settings(pc, oauth_azurite, AzureWebJobsStorage__clientSecret=WRONG_SECRET), id_queues, pc, tmp_path

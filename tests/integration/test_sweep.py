@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ EMPTY = {"partner": json.loads(devenv.SAMPLE_SANDBOX.read_text())["partner"], "c
 def own_pc(tmp_path_factory):
     emu = devenv.start_emulator(tmp_path_factory.mktemp("sweep-emulator"))
     yield emu
+    assert emu.child is not None  # start_emulator always gives its child
     emu.child.stop()
 
 
@@ -42,7 +44,7 @@ def sweep(own_pc, azurite, queues, tmp_path):
         "POLL_TIMEOUT_SECONDS": "120",
         "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "2",
     }
-    hosts = []
+    hosts: list[devenv.Child] = []
 
     class Sweep:
         pc = own_pc
@@ -58,7 +60,7 @@ def sweep(own_pc, azurite, queues, tmp_path):
             return host
 
         def reports(self, count, timeout=30):
-            found = []
+            found: list[dict[str, Any]] = []
 
             def arrived():
                 found.extend(json.loads(decode_base64_strict(m.content)) for m in queues.drain(reports))
@@ -92,6 +94,7 @@ def sweep(own_pc, azurite, queues, tmp_path):
         host.stop()
 
 
+@pytest.mark.slow(seconds=18)
 def test_a_scheduled_run_selects_by_name_and_deletes_through_the_ordinary_requests(sweep):
     assert sweep.pc.fill(6, seed=11) == 6
     sweep.pc.add_customers(
