@@ -55,7 +55,7 @@ check: check-python $(VENV)/.installed
 	@$(VENV)/bin/mypy > $(VENV)/mypy.out 2>&1 & types=$$!; \
 	MODEL_EXAMPLES=$(CHECK_MODEL_EXAMPLES) SCHEDULE_EXAMPLES=$(CHECK_SCHEDULE_EXAMPLES) \
 		$(PY) -m pytest -q -n auto tests/unit; tests=$$?; \
-	wait $$types; typed=$$?; echo "mypy: $$(cat $(VENV)/mypy.out)"; [ $$tests -eq 0 ] && [ $$typed -eq 0 ]
+	wait $$types; typed=$$?; echo "mypy:"; cat $(VENV)/mypy.out; [ $$tests -eq 0 ] && [ $$typed -eq 0 ]
 
 ## demo: Azurite + the Partner Center emulator + the local host; watch one customer being deleted
 demo: setup
@@ -113,4 +113,4 @@ host: setup
 	$(PY) -m tools.local_host --settings local.settings.json
 
 clean:
-	rm -rf $(VENV) $(LOWEST) $(OTHER) node_modules .local .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) $(OTHER) node_modules .local .pytest_cache .hypothesis .mypy_cache .ruff_cache

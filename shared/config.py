@@ -201,8 +201,8 @@ class Settings:
             elif not is_guid(client_id):
                 problems.append("PARTNER_CENTER_CLIENT_ID must be a GUID")
             if secret and secret.startswith("@Microsoft.KeyVault("):
-                # App Service leaves a reference it cannot resolve as its own text: a token request would fail
-                # later, and vaguely.
+                # App Service leaves a reference it cannot resolve as its own
+                # text: a token request would fail later, and vaguely.
                 problems.append(
                     "PARTNER_CENTER_CLIENT_SECRET is a Key Vault reference the platform could not resolve: does the "
                     "secret exist, and does the app's identity hold Key Vault Secrets User on the vault?"
@@ -265,10 +265,10 @@ class Settings:
             unit="calls",
         )
 
-        if problems:
+        if problems or storage is None:  # no storage connection is always one of the problems
             raise ConfigurationError(problems)
         return cls(
-            storage=storage,  # type: ignore[arg-type]
+            storage=storage,
             delete_queue=queues["DELETE_CUSTOMER_QUEUE"],
             poll_queue=queues["POLL_ORDERS_QUEUE"],
             outcomes_queue=queues["DELETION_OUTCOMES_QUEUE"],
@@ -429,8 +429,8 @@ def _seconds(
 
 
 def _host_queue_option(app_root: Path, env: Mapping[str, str], name: str) -> object:
-    """``extensions.queues.<name>`` of the host: the ``AzureFunctionsJobHost__`` app setting, else host.json, else
-    None."""
+    """``extensions.queues.<name>`` of the host: the ``AzureFunctionsJobHost__``
+    app setting, else host.json, else None."""
     override_key = f"azurefunctionsjobhost__extensions__queues__{name.lower()}"
     for key, value in env.items():
         if key.lower() == override_key:

@@ -99,8 +99,8 @@ class AuthenticationError(PartnerCenterError):
 
 
 class ThrottledError(PartnerCenterError):
-    """429 not waited for in-process; ``retry_after``: seconds (clamped to 1-900), or None when absent or
-    unparseable."""
+    """429 not waited for in-process; ``retry_after``: seconds (clamped
+    to 1-900), or None when absent or unparseable."""
 
 
 class TransientError(PartnerCenterError):

@@ -482,8 +482,8 @@ class PartnerCenterClient:
 
 
 def _reference_order_ids(entitlement: dict[str, Any]) -> Iterator[Any]:
-    """``referenceOrder.id`` of an entitlement and of its nested ``includedEntitlements`` (iteratively: no depth
-    limit)."""
+    """``referenceOrder.id`` of an entitlement and of its nested
+    ``includedEntitlements`` (iteratively: no depth limit)."""
     stack = [entitlement]
     while stack:
         item = stack.pop()

@@ -115,8 +115,8 @@ def handle_sweep(
     env: Mapping[str, str] | None = None,
     match_seconds: float = MATCH_SECONDS,
 ) -> Outcome:
-    """One run: the host's ``TimerRequest`` in, the report out (raises ``SweepFailedError`` after a refused or failed
-    run)."""
+    """One run: the host's ``TimerRequest`` in, the report out (raises
+    ``SweepFailedError`` after a refused or failed run)."""
     clock = deps.clock
     started = clock()
     settings = deps.settings

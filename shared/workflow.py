@@ -939,6 +939,9 @@ def _timed_out(hop: Hop, policy: Policy, *, unchecked: bool = False) -> Finish:
         reason = f"orders still open: {', '.join(open_now)}"
     elif read_everything and chain.cause == Cause.DELETE_REFUSED.value:
         reason = f"every order reads cancelled, but Partner Center refused the DELETE ({chain.cause_detail})"
+    elif read_everything and chain.delete_refusals:
+        # The hop that met the cut-off records "open" as its cause; the refusals before it are still counted.
+        reason = f"every order reads cancelled, but Partner Center refused the DELETE ({chain.delete_refusals} time(s))"
     elif read_everything:
         reason = "every order reads cancelled now, but they turned cancelled too late for a DELETE before the cut-off"
     else:
@@ -961,7 +964,8 @@ def _timed_out(hop: Hop, policy: Policy, *, unchecked: bool = False) -> Finish:
         reason = f"{why}; {orders}"
     if unchecked:
         reason += "; the customer could not be checked at the end either"
-    return _finish(hop, Outcome.TIMED_OUT, f"{head}: {reason}; no DELETE was sent", Poison.EQUIVALENT)
+    sent = "no DELETE was accepted" if chain.delete_refusals else "no DELETE was sent"
+    return _finish(hop, Outcome.TIMED_OUT, f"{head}: {reason}; {sent}", Poison.EQUIVALENT)
 
 
 def _fmt(seconds: float | None) -> str:

@@ -1,5 +1,5 @@
-"""List the sandbox's customers and report or enqueue the deletion of those the policy selects (trigger:
-%SWEEP_SCHEDULE%)."""
+"""List the sandbox's customers and report or enqueue the deletion of
+those the policy selects (trigger: %SWEEP_SCHEDULE%)."""
 
 import azure.functions as func
 

@@ -34,8 +34,8 @@ def azurite(run_dir):
 def emulator(run_dir):
     emu = devenv.start_emulator(run_dir)
     yield emu
-    if emu.child:
-        emu.child.stop()
+    assert emu.child is not None  # start_emulator always gives its child
+    emu.child.stop()
 
 
 @pytest.fixture
@@ -69,6 +69,10 @@ def make_customer(pc):
     return make
 
 
+# Tests with upper time bounds or host kills carry ``xdist_group("timing")``: under ``--dist loadgroup`` they run one
+# after another on one worker, so that no two of them compete, while the other workers run everything else.
+
+
 def expected_seconds(item: pytest.Item) -> float:
     marker = item.get_closest_marker("slow")
     return float(marker.kwargs["seconds"]) if marker else 0.0
@@ -78,6 +82,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/integration/" in str(item.fspath) or "/functions/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-    # The longest first, the rest in their usual order (a stable sort): parallel workers (pytest-xdist) each take one
-    # of them at the start instead of finding two behind each other at the end. Serial runs are unaffected by it.
-    items.sort(key=lambda item: -expected_seconds(item))
+    # In parallel runs (pytest-xdist workers, which all sort alike), the longest first and the rest in their usual
+    # order: each worker takes one of them at the start instead of finding two behind each other at the end. A serial
+    # run keeps pytest's order, so each module's fixtures start once.
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: -expected_seconds(item))

@@ -1,5 +1,5 @@
-"""`make bench`: this app side by side with Microsoft's busy loop (tools.seed_loop), on the same emulated Partner
-Center.
+"""`make bench`: this app side by side with Microsoft's busy loop
+(tools.seed_loop), on the same emulated Partner Center.
 
 Not a test: it prints figures, and gates only the targets of issue 8 (README, "Performance"). Scenarios:
 
@@ -323,9 +323,8 @@ def side_by_side(
         f"[{name}] {count} customers per side, 2 orders each, cancelled {cancel_after:g} s after their cancel ...",
         flush=True,
     )
-    world.pc.knobs(
-        rateLimitPerWindow=100000
-    )  # the side-by-side compares algorithms: neither side may throttle the other
+    # the side-by-side compares algorithms: neither side may throttle the other
+    world.pc.knobs(rateLimitPerWindow=100000)
     app_c, seed_c = customers(count, (2, 2), cancel_after, rng), customers(count, (2, 2), cancel_after, rng)
     default_c = customers(count, (2, 2), cancel_after, rng) if with_defaults else []
     world.pc.add_customers(app_c + seed_c + default_c)

@@ -258,8 +258,8 @@ def module_cost(
 
 # What the Python worker does at its start when PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, before it loads a
 # function: import the Azure Monitor distro and call configure_azure_monitor(connection_string, logger_name). The
-# connection string's ingestion endpoint is a closed loopback port and EXPORTER_OFFLINE is set: nothing leaves
-# the machine.
+# connection string's ingestion endpoint is a closed loopback port
+# and EXPORTER_OFFLINE is set: nothing leaves the machine.
 # The process ends with os._exit, so no exporter flushes at exit (that is shutdown, not start-up).
 _TELEMETRY_HARNESS = """\
 import json, os, time
@@ -275,8 +275,8 @@ os._exit(0)
 
 #: What keeps an Azure Monitor exporter on loopback here: no statsbeat, no customer SDK stats, no control-plane settings
 #: fetch (each is a background call to a public Microsoft endpoint otherwise). No Entra authentication is in this list:
-#: callers remove APPLICATIONINSIGHTS_AUTHENTICATION_STRING (a managed identity would probe the instance
-#: metadata address).
+#: callers remove APPLICATIONINSIGHTS_AUTHENTICATION_STRING (a managed
+#: identity would probe the instance metadata address).
 EXPORTER_OFFLINE = {
     "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
     "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",

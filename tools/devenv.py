@@ -111,8 +111,8 @@ def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None
 
 
 def azurite_binary() -> Path:
-    """``node_modules/.bin/azurite-queue``; ``AZURITE_QUEUE_BIN`` names another one (a checkout without
-    node_modules)."""
+    """``node_modules/.bin/azurite-queue``; ``AZURITE_QUEUE_BIN`` names
+    another one (a checkout without node_modules)."""
     override = os.environ.get("AZURITE_QUEUE_BIN")
     path = Path(override) if override else ROOT / "node_modules" / ".bin" / "azurite-queue"
     if not path.exists():
@@ -212,8 +212,8 @@ class Emulator:
         self._req("POST", "reset", seed)
 
     def fill(self, count: int = 75, seed: int = 7) -> int:
-        """Add ``count`` generated customers (the same ones for the same seed); returns the emulator's customer
-        total."""
+        """Add ``count`` generated customers (the same ones for the same
+        seed); returns the emulator's customer total."""
         return self._req("POST", "customers/fill", {"count": count, "seed": seed})["customers"]
 
     def app_settings(self) -> dict[str, str]:

@@ -79,7 +79,11 @@ class FaultConfig:
             raise ValueError("outage_from and outage_until go together (both null to clear)")
 
     def in_outage(self, now: float) -> bool:
-        return self.outage_from is not None and self.outage_from <= now < self.outage_until  # type: ignore[operator]
+        return (
+            self.outage_from is not None
+            and self.outage_until is not None
+            and self.outage_from <= now < self.outage_until
+        )
 
 
 def coerce_changes(changes: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +104,8 @@ def coerce_changes(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_put(method: str, path: str) -> bool:
-    """Send (POST .../messages) or update (PUT .../messages/<id>?popreceipt=...): the requests that add or change a
-    message."""
+    """Send (POST .../messages) or update (PUT .../messages/<id>?popreceipt=...):
+    the requests that add or change a message."""
     parts = urlsplit(path)
     segments = [s for s in parts.path.split("/") if s]
     if method == "POST":
@@ -166,8 +170,7 @@ class Faults:
 
     def stats(self) -> dict[str, Any]:
         """Counts since start: requests (admin ones excluded), forwarded (answered by the target, after-faults
-        included),
-        puts, failed_<kind> per injected fault, target_errors (answered 502) and requests by_method."""
+        included), puts, failed_<kind> per injected fault, target_errors (answered 502), requests by_method."""
         names = ("requests", "forwarded", "puts", "failed_before", "failed_after", "failed_outage", "target_errors")
         with self._lock:
             return {**{n: self._counts[n] for n in names}, "by_method": dict(self._by_method)}
@@ -259,9 +262,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return None
         body = self.rfile.read(length)
         if len(body) < length:
-            raise ConnectionResetError(
-                f"client closed after {len(body)} of {length} body bytes"
-            )  # logged by handle_error
+            # logged by handle_error
+            raise ConnectionResetError(f"client closed after {len(body)} of {length} body bytes")
         return body
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -368,7 +370,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self._close_upstream()
         super().finish()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)
 
 
@@ -386,8 +388,8 @@ class FaultProxyServer(ThreadingHTTPServer):
         return f"http://{HOST}:{self.target_port}"
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that goes away ends its connection's thread, quietly; anything else is logged, the server goes
-        on."""
+        """A client that goes away ends its connection's thread, quietly;
+        anything else is logged, the server goes on."""
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError)):
             log.info("client %s:%s went away: %r", *client_address[:2], exc)

@@ -59,8 +59,8 @@ def _version_of(python: str) -> tuple[int, int] | None:
 
 
 def find(version: tuple[int, int]) -> str | None:
-    """A working interpreter of ``version``: ``python3.X`` on PATH (a pyenv shim may exist and still refuse), or
-    pyenv's."""
+    """A working interpreter of ``version``: ``python3.X`` on PATH (a
+    pyenv shim may exist and still refuse), or pyenv's."""
     name = f"python{dotted(version)}"
     candidates = [shutil.which(name)]
     root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")

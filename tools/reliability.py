@@ -450,9 +450,8 @@ def measure(
         outcome = (per_corr.get(corr) or [{}])[0].get("outcome")
         if sent["kind"] != "valid" or outcome not in ("failed", "timed_out"):
             continue
-        deadline = (
-            sent["sent"] + profile.poll_timeout
-        )  # the earliest it can be: the request was first handled after it was sent
+        # the earliest it can be: the request was first handled after it was sent
+        deadline = sent["sent"] + profile.poll_timeout
         if could_have_been_deleted(all_customers.get(sent["customer"]), deadline, POLL_MAX, outage):
             missed.append(corr)
     customer_ids = {c["id"] for c in customers}

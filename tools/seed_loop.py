@@ -63,8 +63,8 @@ import time
 
 _ENTRY = time.time()  # the first statement the module executes: the CLI's fallback start time (see process_start_time)
 
-# Every import comes after the timestamp on purpose (E402 is off for this file, see pyproject.toml); requests is
-# imported lazily in run().
+# Every import comes after the timestamp on purpose (E402 is off for this
+# file, see pyproject.toml); requests is imported lazily in run().
 import argparse
 import contextlib
 import ipaddress

@@ -61,7 +61,7 @@ def test_delete_then_poll_through_real_queues(env, queues, pc, make_customer):
     assert queues.count(env.poll_orders_queue) == 1
     assert queues.peek_raw(env.poll_orders_queue) == []
     (text,) = devenv.wait_for(lambda: queues.peek_raw(env.poll_orders_queue), 15, what="the first poll message")
-    assert time.monotonic() - sent >= 2  # hidden for about 3 s (counted here from a little after the send)
+    assert 2 <= time.monotonic() - sent < 6  # hidden for about 3 s (counted from a little after the send)
     poll = parse_poll_message(decode_base64_strict(text))  # Base64, as the trigger reads it
     assert poll.customer_id == customer["id"] and len(poll.orders) == 2
 
@@ -71,7 +71,7 @@ def test_delete_then_poll_through_real_queues(env, queues, pc, make_customer):
     assert outcomes(queues, env.deletion_outcomes_queue) == []
     assert queues.peek_raw(env.poll_orders_queue) == []  # the next delay: POLL_INTERVAL_SECONDS (3) again
     msg, _ = devenv.wait_for(lambda: receive(queues, env.poll_orders_queue), 15, what="the second poll message")
-    assert time.monotonic() - sent >= 2
+    assert 2 <= time.monotonic() - sent < 6  # the same delay again, not a longer one
     poll_orders.main(msg, context())  # hop 2: all cancelled -> DELETE
     (event,) = outcomes(queues, env.deletion_outcomes_queue)
     assert event["outcome"] == "deleted" and event["pollAttempts"] == 2 and event["customerTenantId"] == customer["id"]
@@ -130,9 +130,10 @@ def otel_handler(exporter):
 
     handler_class: Callable[..., logging.Handler]  # one of two classes, whichever this install has
     try:
+        # the distro's handler, where it has one
         from opentelemetry.instrumentation.logging.handler import (
             LoggingHandler as DistroHandler,
-        )  # the distro's handler, where it has one
+        )
 
         handler_class = DistroHandler
     except ImportError:
@@ -146,8 +147,8 @@ def otel_handler(exporter):
 
 
 def first_request(env, queues, make_customer):
-    """A customer with one order and its deletion request, received from the request queue: (customer, correlation,
-    msg)."""
+    """A customer with one order and its deletion request, received from
+    the request queue: (customer, correlation, msg)."""
     customer, correlation = make_customer([{}]), str(uuid.uuid4())
     queues.ensure(env.delete_customer_queue)
     queues.send(

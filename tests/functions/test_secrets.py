@@ -66,9 +66,10 @@ def test_full_run_logs_no_token_secret_or_key(monkeypatch, azurite, pc, queues, 
         outcomes = [json.loads(decode_base64_strict(m.content)) for m in queues.drain(names["DELETION_OUTCOMES_QUEUE"])]
         assert [o["outcome"] for o in outcomes] == ["deleted"]
 
+        # the cached token the calls used
         token = (
             cast(PartnerCenterClient, app.deps().partner_center)._credential.get_token(app.deps().settings.scope).token
-        )  # the cached token the calls used
+        )
         secrets = {"token": token, "client secret": pc.partner["clientSecret"], "account key": devenv.AZURITE_KEY}
         text = "\n".join(r.getMessage() + " " + str(r.__dict__) for r in debug_logs.records)
         assert "customer_deletion" in text and len(debug_logs.records) > 20  # the capture really saw the run

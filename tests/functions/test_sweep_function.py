@@ -152,9 +152,16 @@ def test_a_catastrophic_pattern_refuses_the_sweep_while_delete_customer_keeps_wo
             done.set()
 
     thread = threading.Thread(target=sweep, daemon=True)
-    began = time.monotonic()
+    began, started = time.monotonic(), time.time()
     thread.start()
-    time.sleep(1.0)  # the sweep has listed and is waiting for its child
+    devenv.wait_for(  # the sweep has listed (and then waits for its child)
+        lambda: any(
+            r["method"] == "GET" and r["path"] == "/v1/customers" and r["status"] == 200 and r["t"] >= started
+            for r in pc.requests_log()
+        ),
+        20,
+        what="the sweep's listing",
+    )
     queues.ensure(sweep_env.delete_customer_queue)
     queues.send(sweep_env.delete_customer_queue, json.dumps({"customerTenantId": target["id"], "dryRun": True}))
     msg, _ = receive(queues, sweep_env.delete_customer_queue)

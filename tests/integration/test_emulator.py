@@ -199,6 +199,7 @@ def test_faults_by_method_and_path_and_the_request_log(pc, api, make_customer):
     )
 
 
+@pytest.mark.xdist_group("timing")  # five calls inside a window of 0.9 s (see tests/conftest.py)
 def test_a_fault_window_applies_only_between_from_and_until(pc, api, make_customer):
     customer = make_customer([])
     url, token_url = f"{pc.url}/v1/customers/{customer['id']}", f"{pc.url}/{pc.partner['tenantId']}/oauth2/v2.0/token"

@@ -237,12 +237,8 @@ def test_poll_message_that_is_not_base64_goes_to_poison_untouched(world):
     world.start()
     world.queues.send(world.poll_queue, b"{not base64!}", encode=False)
     text = b"{not base64!}".decode()
-    import time
-
-    deadline = time.time() + 20
-    while time.time() < deadline and not world.queues.peek_raw(world.poll_queue + "-poison"):
-        time.sleep(0.3)
-    assert world.queues.peek_raw(world.poll_queue + "-poison") == [text]  # copied raw, un-decoded
+    poisoned = devenv.wait_for(lambda: world.queues.peek_raw(world.poll_queue + "-poison"), 20, what="the poison copy")
+    assert poisoned == [text]  # copied raw, un-decoded
     assert world.queues.count(world.poll_queue) == 0
 
 
@@ -325,8 +321,8 @@ def test_revoked_token_is_replaced_instead_of_failing_every_retry(world, make_cu
 @pytest.mark.slow(seconds=115)
 def test_invocations_cut_off_by_function_timeout_end_in_one_outcome(world, make_customer):
     customer = make_customer([{}])
-    # Every call outlasts the function timeout (2 s) and the read timeout (3 s).
-    world.pc.faults([{"kind": "slow", "path": customer["id"], "seconds": 4}])
+    # Every call outlasts the function timeout (2 s) and, by 3 s, the read timeout (3 s).
+    world.pc.faults([{"kind": "slow", "path": customer["id"], "seconds": 6}])
     world.start(
         AzureFunctionsJobHost__functionTimeout="00:00:02",
         AzureFunctionsJobHost__extensions__queues__maxDequeueCount="3",
@@ -337,7 +333,7 @@ def test_invocations_cut_off_by_function_timeout_end_in_one_outcome(world, make_
     assert event["outcome"] == "timed_out" and "could not be checked" in event["detail"]
     import time
 
-    time.sleep(5)  # longer than a slow call: the cut-off invocations died with their worker, nothing of theirs comes
+    time.sleep(7)  # longer than a slow call: the cut-off invocations died with their worker, nothing of theirs comes
     assert len(world.outcomes(1)) == 1 and len(world.poison()) == 1
     assert [c for c in world.api_calls(customer["id"]) if c["method"] in ("PATCH", "DELETE")] == []
 

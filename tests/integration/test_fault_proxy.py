@@ -148,6 +148,7 @@ def test_receives_deletes_and_queue_operations_are_never_failed(proxy, direct, k
     assert stats["forwarded"] == stats["requests"] >= 7
 
 
+@pytest.mark.xdist_group("timing")  # calls inside a window of 1 s (see tests/conftest.py)
 def test_outage_window_fails_every_request_unforwarded_until_it_ends(proxy, direct):
     queue = new_queue(via(proxy, retry_total=0))
     until = time.time() + 1.0

@@ -25,6 +25,10 @@ from tools.local_host.host import (
     resolve_setting_tokens,
 )
 
+# Upper time bounds (a timer tick within 1.5 s of its grid second, retries cut off at the function timeout) and host
+# kills: these tests run one after another on one worker of a parallel run (see tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("timing")
+
 PROBE = """
 import json, os, time
 import azure.functions as func
@@ -166,12 +170,12 @@ def test_lease_is_renewed_while_the_function_runs(run_probe, queues):
 def test_function_timeout_restarts_the_worker_and_counts_as_a_failure(run_probe, queues):
     start, queue, calls = run_probe
     start(AzureFunctionsJobHost__functionTimeout="00:00:02")
-    queues.send(queue, "sleep:4")  # twice the function timeout
+    queues.send(queue, "sleep:6")  # three times the function timeout: a run not cut off would leave a gap of 7 s
     devenv.wait_for(lambda: queues.peek_raw(queue + "-poison"), 40, what="poison after timeouts")
     attempts = calls()
     assert [c["dequeue"] for c in attempts] == [1, 2, 3]
     assert all(1.9 <= b["t"] - a["t"] < 6 for a, b in itertools.pairwise(attempts))  # cut off at the timeout
-    time.sleep(3)  # past the end of the last invocation's sleep, had it lived (it was cut off at 2 of its 4 s)
+    time.sleep(5)  # past the end of the last invocation's sleep, had it lived (it was cut off at 2 of its 6 s)
     assert calls(done=True) == []  # the invocations died with their worker process; none finished later
 
 
@@ -336,12 +340,10 @@ def test_timer_fires_on_the_second_grid_with_its_schedule_status(timer_world):
         nxt = iso_seconds(r["status"]["Next"])
         assert nxt % 2 == 0 and 0 <= r["t"] - nxt < 1.5, r
     first, second, third = runs
-    assert (
-        first["status"]["Last"] == DEFAULT_TIME == first["status"]["LastUpdated"]
-    )  # never ran before (the host's unset time)
-    assert iso_seconds(second["status"]["Last"]) == iso_seconds(
-        first["status"]["Next"]
-    )  # the previous run's occurrence
+    # never ran before (the host's unset time)
+    assert first["status"]["Last"] == DEFAULT_TIME == first["status"]["LastUpdated"]
+    # the previous run's occurrence
+    assert iso_seconds(second["status"]["Last"]) == iso_seconds(first["status"]["Next"])
     assert iso_seconds(third["status"]["Next"]) - iso_seconds(second["status"]["Next"]) == 2
     assert "The next 5 occurrences of the 'tick' schedule" in host.log()
     assert re.search(
@@ -385,13 +387,11 @@ def test_run_on_startup_without_monitor(tmp_path, azurite, queues):
 def test_admin_endpoint_runs_a_timer_now_and_leaves_its_status(timer_world):
     w = timer_world
     year = datetime.now(UTC).year
-    w.store(
-        f"{year}-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00"
-    )  # Next is not what the schedule gives from Last
+    # Next is not what the schedule gives from Last
+    w.store(f"{year}-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00")
     host = w.start(TICK_SCHEDULE="0 0 0 1 1 *")
-    stored = (
-        w.stored()
-    )  # a schedule change: Next recomputed from Last (the next 1 January), Last reset, as the host does
+    # a schedule change: Next recomputed from Last (the next 1 January), Last reset, as the host does
+    stored = w.stored()
     assert stored == {
         "Last": DEFAULT_TIME,
         "Next": f"{year + 1}-01-01T00:00:00+00:00",
@@ -416,7 +416,10 @@ def test_admin_endpoint_errors(timer_world):
     assert devenv.invoke_admin(url, "nope") == 404
     session = requests.Session()
     session.trust_env = False
-    post = lambda path, **kw: session.post(url + path, timeout=10, **kw).status_code  # noqa: E731
+
+    def post(path, **kw):
+        return session.post(url + path, timeout=10, **kw).status_code
+
     assert post("/admin/functions/tick", data="not json") == 400
     assert post("/admin/functions/tick", json={"inputs": ""}) == 400
     assert post("/admin/functions/tick", json={"input": 5}) == 400
@@ -491,12 +494,10 @@ def test_timer_run_cut_off_by_function_timeout_is_not_retried_and_updates_the_st
     devenv.wait_for(lambda: len(w.runs()) >= 2, 20, what="two ticks")
     first, second = w.runs()[:2]
     assert "A function timeout has occurred. Restarting worker process" in host.log()
-    assert (
-        iso_seconds(second["status"]["Next"]) - iso_seconds(first["status"]["Next"]) == 2
-    )  # the next occurrence, no retry
-    assert iso_seconds(second["status"]["Last"]) == iso_seconds(
-        first["status"]["Next"]
-    )  # status updated after the failure
+    # the next occurrence, no retry
+    assert iso_seconds(second["status"]["Next"]) - iso_seconds(first["status"]["Next"]) == 2
+    # status updated after the failure
+    assert iso_seconds(second["status"]["Last"]) == iso_seconds(first["status"]["Next"])
     assert "Executed 'Functions.tick' (Succeeded" not in host.log()
     time.sleep(1)
     assert w.runs(done=True) == []  # each run died with its worker process

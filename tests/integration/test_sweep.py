@@ -149,9 +149,8 @@ def test_a_listing_that_fails_on_page_3_enqueues_nothing_and_the_next_run_recove
     )
     assert report["enqueued"] == [] and report["selected"] == [] and sweep.requests() == []
     pages = [r for r in sweep.pc.requests_log() if r["path"] == "/v1/customers"]
-    assert [r["status"] for r in pages[:3]] == [200, 200, 503] and len(
-        pages
-    ) >= 4  # retried within the budget, then gave up
+    # retried within the budget, then gave up
+    assert [r["status"] for r in pages[:3]] == [200, 200, 503] and len(pages) >= 4
     assert "Executed 'Functions.sweep_customers' (Failed" in host.log()
 
     sweep.pc.faults([])

@@ -1,5 +1,5 @@
-"""The azd templates (azure.yaml, infra/) read as text: no Bicep compiler exists here, so these tests are what checks
-them.
+"""The azd templates (azure.yaml, infra/) read as text: no Bicep compiler
+exists here, so these tests are what checks them.
 
 What they prove, each against the code rather than a list kept by hand:
 

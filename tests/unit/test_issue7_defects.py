@@ -217,8 +217,8 @@ def test_retry_after_as_an_http_date_or_garbage(world, retry_after, expected_del
 
 
 def test_a_refused_second_cancel_reads_the_order_and_carries_on(world):
-    """Was: a cancel refused because the order was already cancelling (a retried PATCH, a duplicate) failed the
-    request."""
+    """Was: a cancel refused because the order was already cancelling (a
+    retried PATCH, a duplicate) failed the request."""
     pc, pub, clock, deps = world
     pc.customers[CUST] = FakeCustomer({O1: FakeOrder(pending_reads=2, second_cancel="error")})
     send_request(deps, json.dumps({"customerTenantId": CUST, "correlationId": CORR}), id="first")

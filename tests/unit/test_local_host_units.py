@@ -35,7 +35,6 @@ from tools.local_host.timers import (
     write_status,
 )
 
-UTC = UTC
 HOURLY = parse("0 0 * * * *", strict=False)
 NOW = datetime(2026, 3, 10, 12, 20, 30, tzinfo=UTC)
 
@@ -50,9 +49,8 @@ def at(hour, minute=0, second=0, day=10):
 def test_first_start_stores_a_status_and_the_first_run_sees_the_unset_times():
     plan = plan_startup(HOURLY, None, NOW, use_monitor=True, run_on_startup=False)
     assert plan.action is None
-    assert plan.store == ScheduleStatus(
-        DEFAULT_TIME, at(13), NOW
-    )  # LastUpdated = now: a restart can tell it missed 13:00
+    # LastUpdated = now: a restart can tell it missed 13:00
+    assert plan.store == ScheduleStatus(DEFAULT_TIME, at(13), NOW)
     assert plan.status == ScheduleStatus(DEFAULT_TIME, at(13), DEFAULT_TIME)  # what the first invocation gets
 
 
@@ -178,9 +176,8 @@ def _timer(schedule, **extra):
 
 
 def test_timer_binding_resolves_settings_and_defaults_use_monitor_by_frequency(tmp_path):
-    spec = read_function(
-        _function(tmp_path, "a", _timer("%SCHED%")), {"SCHED": "*/5 * * * *"}
-    )  # five fields: seconds 0
+    # five fields: seconds 0
+    spec = read_function(_function(tmp_path, "a", _timer("%SCHED%")), {"SCHED": "*/5 * * * *"})
     assert (spec.trigger, spec.binding, spec.schedule_text, spec.use_monitor, spec.run_on_startup) == (
         "timerTrigger",
         "timer",
@@ -305,9 +302,8 @@ def test_host_storage_credential_precedence():
 
     secret = IdentityConnection("AzureWebJobsStorage", QUEUE_URI, None, APP, TENANT, "s3cret")
     cred = storage_credential(secret, {"AZURE_AUTHORITY_HOST": "https://127.0.0.1:9443/"})
-    assert (
-        isinstance(cred, ClientSecretCredential) and cred._instance_discovery is False
-    )  # emulated authority: no discovery
+    # emulated authority: no discovery
+    assert isinstance(cred, ClientSecretCredential) and cred._instance_discovery is False
     assert storage_credential(secret, {})._instance_discovery is None  # the public cloud
     managed = IdentityConnection("AzureWebJobsStorage", QUEUE_URI, "managedidentity", APP)
     assert isinstance(storage_credential(managed, {}), ManagedIdentityCredential)
@@ -368,8 +364,8 @@ def test_worker_loading_reports_each_function_that_cannot_load(app_package):
 
 def test_timer_request_through_the_library_converter():
     first = to_timer_request(timer_data(None, past_due=False))
-    # A null ScheduleStatus reads as {} in recent azure-functions and as None in 1.20 (the lowest allowed):
-    # the app takes both.
+    # A null ScheduleStatus reads as {} in recent azure-functions and as
+    # None in 1.20 (the lowest allowed): the app takes both.
     assert first.past_due is False and first.schedule_status in ({}, None) and first.schedule == {"AdjustForDST": True}
     status = ScheduleStatus(at(12), at(13), NOW).to_json()
     later = to_timer_request(timer_data(status, past_due=True))

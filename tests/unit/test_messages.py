@@ -255,8 +255,8 @@ def test_readable_fields_of_a_broken_poll_message():
 
 
 def test_the_previous_release_parses_every_kind_of_poll_message_this_one_writes():
-    """Its own parser (tests/data/messages_eaf0670.py, verbatim) reads what this release writes, with the same
-    meaning."""
+    """Its own parser (tests/data/messages_eaf0670.py, verbatim) reads
+    what this release writes, with the same meaning."""
     from tests.data.messages_eaf0670 import parse_poll_message as previous_parser
 
     written = [

@@ -183,8 +183,8 @@ class DeletionModel(RuleBasedStateMachine):
 
     @rule(which=st.integers(0, 30))
     def a_cancelled_order_vanishes(self, which):
-        """Whether Partner Center forgets cancelled orders is unconfirmed (reference section 11); it never forgets
-        others."""
+        """Whether Partner Center forgets cancelled orders is unconfirmed
+        (reference section 11); it never forgets others."""
         orders = [
             (cid, oid)
             for cid, c in self.pc.customers.items()
@@ -391,7 +391,7 @@ class DeletionModel(RuleBasedStateMachine):
             if inv.message.queue == POLL:
                 try:
                     chain = parse_poll_message(inv.message.body)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - an unreadable poll message is no final check: not counted
                     continue
                 count += T0 + timedelta(seconds=inv.started) >= core.milestones(chain, self.policy)[1]
         return count

@@ -10,8 +10,6 @@ from hypothesis import strategies as st
 
 from shared.ncrontab import Schedule, ScheduleError, parse
 
-UTC = UTC
-
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)

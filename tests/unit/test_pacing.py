@@ -1,5 +1,5 @@
-"""The process-wide pacer (issue 8): a sliding window like Partner Center's limit, and a 429 honoured by every
-thread."""
+"""The process-wide pacer (issue 8): a sliding window like Partner
+Center's limit, and a 429 honoured by every thread."""
 
 from __future__ import annotations
 
@@ -42,9 +42,8 @@ def test_a_full_window_makes_the_next_call_wait_for_the_oldest_slot():
         clock.now += 1
     # The oldest call went at 1000; its slot frees at 1000 + 60 + margin, 57 + margin seconds from now (1003).
     assert pacer.wait_seconds() == pytest.approx(57 + MARGIN_SECONDS)
-    assert pacer.acquire(budget(clock)) == pytest.approx(
-        57 + MARGIN_SECONDS
-    )  # too long for a 4 s allowance: no slot taken
+    # too long for a 4 s allowance: no slot taken
+    assert pacer.acquire(budget(clock)) == pytest.approx(57 + MARGIN_SECONDS)
     assert clock.slept == []
     clock.now = 1000 + WINDOW_SECONDS + MARGIN_SECONDS - 2
     assert pacer.acquire(budget(clock)) is None and clock.slept == [pytest.approx(2)]  # 2 s fits: slept, then went

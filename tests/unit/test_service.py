@@ -76,9 +76,8 @@ def test_happy_path_with_cancellation_lag(world):
         {O1: FakeOrder(pending_reads=2), O2: FakeOrder(), O3: FakeOrder(status="cancelled")}
     )
     request(deps, json.dumps({"customerTenantId": CUST, "correlationId": CORR}))
-    assert (
-        pc.count("cancel_order") == 3
-    )  # every order found is cancelled without a read first; O3 (already cancelled) too
+    # every order found is cancelled without a read first; O3 (already cancelled) too
+    assert pc.count("cancel_order") == 3
     ((_first_poll, delay),) = pub.on(POLL)
     assert delay == 30
     hops = run_polls(deps, pub, clock)
@@ -118,8 +117,8 @@ def test_all_already_cancelled_polls_without_delay(world):
         }
     )
     request(deps, CUST)
-    # Each cancel is refused (already cancelled), so each order is read, and reads cancelled: poll_orders
-    # confirms at once.
+    # Each cancel is refused (already cancelled), so each order is read,
+    # and reads cancelled: poll_orders confirms at once.
     assert pub.on(POLL)[0][1] == 0 and pc.count("cancel_order") == 2 and pc.count("get_order") == 2
     run_polls(deps, pub, clock)
     assert the_outcome(pub)["outcome"] == "deleted"
@@ -420,9 +419,8 @@ def test_discovery_that_stays_throttled_times_out_without_changes(world):
     assert out["outcome"] == "timed_out" and "throttling" in out["detail"]
     assert {c[0] for c in deps.partner_center.calls} == {"get_customer"}
     assert len(pub.on(POISON)) == 1
-    assert clock.now <= clock.start + timedelta(
-        seconds=600 + max(120, 900)
-    )  # POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)
+    # POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)
+    assert clock.now <= clock.start + timedelta(seconds=600 + max(120, 900))
 
 
 def test_a_poll_hop_stops_reading_at_the_first_open_order(world):
@@ -454,9 +452,8 @@ def test_poll_messages_of_the_previous_release_are_run_and_never_trusted(world):
         clock.now = clock.start + timedelta(seconds=60)
         pc.calls.clear()
         before = len(pub.json_on(OUT))
-        handle_poll(
-            queue_message(item["message"], id=f"old-{item['what']}"), "inv", deps
-        )  # the fake fails on a premature DELETE
+        # the fake fails on a premature DELETE
+        handle_poll(queue_message(item["message"], id=f"old-{item['what']}"), "inv", deps)
         assert pc.count("delete_customer") == 0, item["what"]
         assert pc.calls, f"{item['what']}: no read at all"
         ended = [o["outcome"] for o in pub.json_on(OUT)[before:]]

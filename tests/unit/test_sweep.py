@@ -36,7 +36,6 @@ from shared.sweep import (
     run_time,
 )
 
-UTC = UTC
 APP_QUEUES = ("customer-deletions", "customer-deletion-polls", "customer-deletion-outcomes")
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 A, B, C, D = (str(uuid.UUID(int=i)) for i in (0xA1, 0xB2, 0xC3, 0xD4))
@@ -382,8 +381,8 @@ DAILY = parse_schedule("0 0 3 * * *")
         (T3 + timedelta(hours=6), False, {"Next": "0001-01-01T00:00:00"}, "manual", None),  # the host's "never"
         (T3 + timedelta(hours=6), False, {"Next": "soon"}, "manual", None),
         (T3 + timedelta(hours=6), False, {"Next": "2026-11-25T09:00:00"}, "manual", None),  # no offset: not read
-        # a stored Next that has come is the tick only up to TICK_LATENESS (5 minutes) after it; longer is a
-        # stale status
+        # a stored Next that has come is the tick only up to TICK_LATENESS
+        # (5 minutes) after it; longer is a stale status
         (T3 + timedelta(minutes=4, seconds=59), False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
         (T3 + TICK_LATENESS, False, {"Next": "2026-11-25T03:00:00+00:00"}, "schedule", T3),
         (T3 + TICK_LATENESS + timedelta(seconds=1), False, {"Next": "2026-11-25T03:00:00+00:00"}, "manual", None),

@@ -27,7 +27,6 @@ from shared.sweep import PROBES, RunTime, Searches, SearchJob, correlation_id
 from shared.sweeper import SweepFailedError, handle_sweep, search
 from tests.fakes import Clock, FakePublisher
 
-UTC = UTC
 T3 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 REPORTS = "customer-sweep-reports"
@@ -241,8 +240,8 @@ IDS = st.one_of(
 def test_sweep_invariants_under_crashes_and_repeats(
     in_process_search, tmp_path, customers, limit, per_run, listing_fails, crash_at, when, kind, repeats
 ):
-    """Whatever the list, the failures and the crashes (before or after any queue put), over repeats of one scheduled
-    run:
+    """Whatever the list, the failures and the crashes (before or after
+    any queue put), over repeats of one scheduled run:
     1. only customers the policy selects are ever enqueued (never protected, invalid, unmatched, excluded or too long);
     2. no run enqueues more than SWEEP_MAX_PER_RUN, and none enqueues anything from a failed or oversized listing;
     3. every request is the public format with correlation id uuid5("<run time>/<customer>"), the same on every repeat;
@@ -332,9 +331,8 @@ def test_off_wins_over_setting_problems_and_a_report_no_queue_can_take_is_logged
 
 def test_a_null_schedule_status_as_older_azure_functions_reads_it_is_no_status(tmp_path):
     pub = FakePublisher()
-    lone = SimpleNamespace(
-        past_due=False, schedule_status=None
-    )  # azure-functions 1.20 gives None for "ScheduleStatus": null
+    # azure-functions 1.20 gives None for "ScheduleStatus": null
+    lone = SimpleNamespace(past_due=False, schedule_status=None)
     handle_sweep(
         lone, "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3 + timedelta(seconds=3))), env=sweep_env()
     )
@@ -384,9 +382,8 @@ def test_a_catastrophic_pattern_on_a_hostile_name_is_refused_at_the_time_limit_w
         thread.join()
     assert 1.5 <= took < 6, took  # the limit, then at once (the probe texts themselves are quick for this pattern)
     during = [t for t in ticks if began + 0.2 <= t <= began + 1.4]
-    assert (
-        len(during) > 30 and max(b - a for a, b in itertools.pairwise(during)) < 0.5
-    )  # the other thread never stalled
+    # the other thread never stalled
+    assert len(during) > 30 and max(b - a for a, b in itertools.pairwise(during)) < 0.5
     (report,) = pub.json_on(REPORTS)
     assert (
         pub.on(REQUESTS) == []
@@ -399,9 +396,8 @@ def test_a_catastrophic_pattern_on_a_hostile_name_is_refused_at_the_time_limit_w
 
 def test_a_pattern_that_hangs_on_the_probe_texts_is_a_setting_problem_and_nothing_is_listed(tmp_path):
     pub, pc = FakePublisher(), FakeListing([item(str(uuid.uuid4()), "Tip")])
-    with pytest.raises(
-        SweepFailedError, match="settings have problems"
-    ):  # (.|.)*x: 2**37 ways on the longest probe text
+    # (.|.)*x: 2**37 ways on the longest probe text
+    with pytest.raises(SweepFailedError, match="settings have problems"):
         handle_sweep(
             timer(),
             "inv",

@@ -204,9 +204,8 @@ def test_the_poll_delay_grows_with_the_time_since_the_last_cancel():
     # point is 300 x 1.1^17 = 1516.3 s: the poll waits until then, not 10 % of 1500 s from now.
     assert last.delay == 16 and last.message.cancel_sent_at == T0 + timedelta(seconds=20)
     _, last = drive(poll_hop(poll((A, "pending"))), {GetOrder(A): order("pending")}, now=T0 + timedelta(seconds=1520))
-    assert (
-        last.delay == 147
-    )  # no cancel recorded (an older message): counted from the first handling, next point 1667.9 s
+    # no cancel recorded (an older message): counted from the first handling, next point 1667.9 s
+    assert last.delay == 147
 
 
 def test_a_new_cancel_starts_the_poll_delay_again():
@@ -438,9 +437,8 @@ def test_a_redelivered_request_hands_over_without_a_call():
     last = core.begin_request(request(), delivery=2, now=T0 + timedelta(seconds=600), policy=POLICY)
     assert isinstance(last, Continue) and last.message.stage == "discover" and last.message.recoveries == 1
     assert last.message.first_handled_at == T0 + timedelta(seconds=600)
-    assert last.message.delete_by == T0 - timedelta(seconds=5) + timedelta(
-        seconds=POLICY.timeout
-    )  # the earliest sibling cut-off
+    # the earliest sibling cut-off
+    assert last.message.delete_by == T0 - timedelta(seconds=5) + timedelta(seconds=POLICY.timeout)
     assert last.delay == POLICY.interval
 
 
@@ -572,6 +570,21 @@ def test_timed_out_names_what_the_final_check_read(cause, status, words):
         now=FINAL,
     )
     assert last.outcome is Outcome.TIMED_OUT and words in last.detail and "kept throttling" not in last.detail
+
+
+def test_timed_out_names_earlier_delete_refusals_when_the_cut_off_hop_recorded_open():
+    """Was (seen under parallel test runs): a chain whose DELETE was refused 9 times, then cut off by the hop that
+    found every order cancelled just after C (it records the cause "open"), ended 'turned cancelled too late for a
+    DELETE before the cut-off; no DELETE was sent'. DELETEs were sent, and refused."""
+    message = poll((A, "cancelled"), cause="open", delete_refusals=9)
+    _calls, last = drive(
+        poll_hop(message, now=FINAL),
+        {GetCustomer(): Answer({}), GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A])},
+        now=FINAL,
+    )
+    assert last.outcome is Outcome.TIMED_OUT
+    assert "Partner Center refused the DELETE (9 time(s))" in last.detail and "no DELETE was accepted" in last.detail
+    assert "too late" not in last.detail and "no DELETE was sent" not in last.detail
 
 
 @pytest.mark.parametrize(

@@ -438,7 +438,7 @@ class Listener:
             self.poison.send_message(text)
         try:
             self.queue.delete_message(message.id, pop_receipt=pop_receipt or message.pop_receipt)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the copy is in poison; a message left behind comes back and goes again
             log.debug("delete after poison of %s: %s", message.id, exc)
 
 
@@ -563,8 +563,8 @@ class LocalHost:
             return self._worker
 
     def _report_reload(self, loaded: Any) -> None:
-        """A restarted worker that cannot load a function any more: its invocations fail (the first load is
-        _load_in_worker's)."""
+        """A restarted worker that cannot load a function any more: its
+        invocations fail (the first load is _load_in_worker's)."""
         if loaded.exception() is None and self.listeners + self.timers:
             for name, error in loaded.result().items():
                 log.error("Function '%s' failed to load in the restarted worker; its invocations fail: %s", name, error)

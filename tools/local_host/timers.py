@@ -1,5 +1,5 @@
-"""Timer triggers, as the timer extension runs them (Azure/azure-webjobs-sdk-extensions: TimerListener,
-ScheduleMonitor).
+"""Timer triggers, as the timer extension runs them
+(Azure/azure-webjobs-sdk-extensions: TimerListener, ScheduleMonitor).
 
 Schedules are NCRONTAB (``shared.ncrontab``, the host's lenient reading) in UTC. With ``useMonitor`` the schedule
 status ``{"Last", "Next", "LastUpdated"}`` lives in ``<state-dir>/timers/<function>/status.json`` (the host keeps it in
