@@ -10,7 +10,7 @@ import pytest
 
 from tools import devenv
 from tools.coldstart import EXPORTER_OFFLINE
-from tools.pc_emulator.server import DEFAULT_KNOBS
+from tools.pc_emulator.models import DEFAULT_KNOBS
 
 # Any Azure Monitor exporter a test builds stays on loopback, and none authenticates with a managed identity (which
 # would ask the instance metadata address for a token): set for the whole run, before any test imports the exporter.

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tools import devenv
-from tools.pc_emulator.server import full_sandbox_customers
+from tools.pc_emulator.models import full_sandbox_customers
 
 BOM = b"\xef\xbb\xbf"
 

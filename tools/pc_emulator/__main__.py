@@ -23,7 +23,8 @@ from pathlib import Path
 
 import trustme
 
-from tools.pc_emulator.server import EmulatorServer, Sandbox, full_sandbox_customers
+from tools.pc_emulator.models import Sandbox, full_sandbox_customers
+from tools.pc_emulator.server import EmulatorServer
 
 HERE = Path(__file__).resolve().parent
 

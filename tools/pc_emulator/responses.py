@@ -1,0 +1,155 @@
+"""HTTP in and out for the Partner Center API: each handler reads its request, calls one rule of the model and
+renders the answer in the documented JSON. No rule lives here (see ``models.py``).
+
+* ``GET /v1/customers`` requires ``size`` (a positive integer; else 400, code 800002) on the first page; a later
+  page (``seekOperation=Next``) without ``size`` keeps the size asked before. The knob ``customersMaxPageSize``
+  (0: no cap) caps every page whatever ``size`` asks, as a real server may answer fewer items than asked: clients
+  must stop on a missing ``links.next`` only. ``links.next.uri`` is ``/customers?size=N&seekOperation=Next`` (no
+  ``/v1``, N as asked) with the ``MS-ContinuationToken`` header, and the token is also the top-level
+  ``continuationToken``. ``totalCount`` is the number of items on that page, not of the whole collection.
+* Entitlements page the same way when the ``entitlementsPageSize`` knob is set; their ``totalCount`` counts the
+  whole (filtered) collection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from tools.pc_emulator.exceptions import Answer, invalid_input
+from tools.pc_emulator.models import Customer, Order, Page, Sandbox
+
+
+@dataclass
+class Request:
+    """What a handler may read of a request. ``query`` has lower-case names, each with its values."""
+
+    sandbox: Sandbox
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # the ones handlers read: Host, MS-ContinuationToken
+    raw: bytes
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name.lower())
+        return values[0] if values else None
+
+    @property
+    def next_page(self) -> bool:
+        return (self.arg("seekOperation") or "").lower() == "next"
+
+
+def _link(uri: str) -> dict[str, Any]:
+    return {"uri": uri, "method": "GET", "headers": []}
+
+
+def _next_link(body: dict[str, Any], page: Page, uri: str) -> None:
+    if page.token is not None:
+        body["continuationToken"] = page.token
+        body["links"]["next"] = {
+            "uri": uri.format(size=page.size),
+            "method": "GET",
+            "headers": [{"key": "MS-ContinuationToken", "value": page.token}],
+        }
+
+
+def customer_json(customer: Customer) -> dict[str, Any]:
+    return {
+        "id": customer.id,
+        "companyProfile": {
+            "tenantId": customer.id,
+            "domain": customer.domain,
+            "companyName": customer.company_name,
+        },
+        "relationshipToPartner": "reseller",
+        "attributes": {"objectType": "Customer"},
+    }
+
+
+def order_json(sandbox: Sandbox, customer: Customer, order: Order) -> dict[str, Any]:
+    cid = customer.id
+    return {
+        "id": order.id,
+        "alternateId": order.alternate_id,
+        "referenceCustomerId": cid,
+        "billingCycle": "one_time",
+        "currencyCode": "USD",
+        "currencySymbol": "$",
+        "creationDate": order.creation_date,
+        "status": sandbox.wire_status(order.status),
+        "transactionType": "UserPurchase",
+        "lineItems": [
+            {
+                "lineItemNumber": 0,
+                "offerId": "DZH318Z0BQ3W:007J:DZH318Z0BQ3W",
+                "friendlyName": "Reserved VM Instance",
+                "quantity": 1,
+            }
+        ],
+        "links": {"self": _link(f"/customers/{cid}/orders/{order.id}")},
+        "attributes": {"objectType": "Order"},
+    }
+
+
+# -- handlers: (request, the resources the path names) -> answer ----------------------------------------------------
+
+
+def list_customers(req: Request) -> Answer:
+    sandbox = req.sandbox
+    page = sandbox.customer_page(req.arg("size"), req.next_page, req.headers.get("MS-ContinuationToken"))
+    body: dict[str, Any] = {"links": {}, "attributes": {"objectType": "Collection"}}
+    body["items"] = page.items
+    _next_link(body, page, "/customers?size={size}&seekOperation=Next")
+    body["links"] = {"self": _link(f"/customers?size={page.size}"), **body["links"]}
+    body["items"] = [customer_json(sandbox.customers[cid]) for cid in page.items]
+    body["totalCount"] = len(body["items"])
+    return 200, body, {}
+
+
+def get_customer(req: Request, customer: Customer) -> Answer:
+    return 200, customer_json(customer), {}
+
+
+def delete_customer(req: Request, customer: Customer) -> Answer:
+    req.sandbox.delete_customer(customer)
+    return 204, None, {}
+
+
+def list_entitlements(req: Request, customer: Customer) -> Answer:
+    cid = customer.id
+    wanted = req.arg("entitlementType") or ""
+    total = len(req.sandbox.entitlements(customer, wanted))
+    page = req.sandbox.entitlement_page(customer, wanted, req.next_page, req.headers.get("MS-ContinuationToken"))
+    body: dict[str, Any] = {
+        "totalCount": total,
+        "attributes": {"objectType": "Collection"},
+        "links": {"self": _link(f"/customers/{cid}/entitlements")},
+        "items": page.items,
+    }
+    _next_link(body, page, f"/customers/{cid}/entitlements?seekOperation=Next")
+    return 200, body, {}
+
+
+def list_orders(req: Request, customer: Customer) -> Answer:
+    items = [order_json(req.sandbox, customer, req.sandbox.read_order(o)) for o in customer.orders.values()]
+    body = {
+        "totalCount": len(items),
+        "items": items,
+        "links": {"self": _link(f"/customers/{customer.id}/orders")},
+        "attributes": {"objectType": "Collection"},
+    }
+    return 200, body, {}
+
+
+def get_order(req: Request, customer: Customer, order: Order) -> Answer:
+    return 200, order_json(req.sandbox, customer, req.sandbox.read_order(order)), {}
+
+
+def cancel_order(req: Request, customer: Customer, order: Order) -> Answer:
+    try:
+        body = json.loads(req.raw.decode("utf-8-sig") or "{}")
+    except ValueError:
+        raise invalid_input() from None
+    return 200, order_json(req.sandbox, customer, req.sandbox.cancel_order(customer, order, body)), {}
