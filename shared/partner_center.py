@@ -66,6 +66,10 @@ RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1.0, 900.0
 _DELAY_SECONDS_RE = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
 _CONTINUATION_RE = re.compile(r"[\x21-\x7e]{1,4096}")
 _NEXT_QUERY_RE = re.compile(r"[A-Za-z0-9=&_.~%+-]*")
+#: An etag as it may travel in If-Match: printable ASCII without quotes or backslashes (quoted by the client).
+_ETAG_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,256}")
+#: The reason an Azure entitlement is cancelled with: the one value any example shows (reference section 3.5).
+AZURE_CANCELLATION_REASON = "compromise"
 
 
 class _Where(TypedDict):
@@ -172,7 +176,9 @@ def error_from_response(resp: requests.Response, method: str, path: str) -> Part
 
 
 def _segment(value: str, kind: str) -> str:
-    ok = is_guid(value) if kind == "customer" else is_order_id(value)
+    """A URL path segment: ``kind`` is ``order`` (an order id) or an id that is a GUID (``customer``,
+    ``subscription``, ``azure entitlement``)."""
+    ok = is_order_id(value) if kind == "order" else is_guid(value)
     if not ok:
         raise UnsafeIdError(
             f"refusing to build a URL from a {kind} id that is not the documented shape: {str(value)[:80]!r}"
@@ -262,6 +268,90 @@ class PartnerCenterClient:
             if stop_after is not None and len(items) > stop_after:
                 break
         return items
+
+    # -- subscriptions (issue 16; partner-center-subscriptions.md section 3) --------------------------------------
+
+    def list_subscriptions(
+        self, customer_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> list[dict[str, Any]]:
+        """Every subscription of the customer, as listed (items that are not objects are dropped; the core checks
+        each one). No paging is documented; ``links.next`` is followed anyway if a page has one."""
+        cid = _segment(customer_id, "customer")
+        items: list[dict[str, Any]] = []
+        for page in self._pages(f"/v1/customers/{cid}/subscriptions", "", "subscriptions", correlation_id, budget):
+            items.extend(i for i in page if isinstance(i, dict))
+        return items
+
+    def get_subscription(
+        self, customer_id: str, subscription_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict[str, Any]:
+        return (
+            self._call(
+                "GET",
+                self._subscription_path(customer_id, subscription_id),
+                correlation_id=correlation_id,
+                budget=budget,
+            )
+            or {}
+        )
+
+    def patch_subscription(
+        self,
+        customer_id: str,
+        subscription_id: str,
+        subscription: dict[str, Any],
+        *,
+        etag: str | None,
+        correlation_id: str,
+        budget: Budget | None = None,
+    ) -> dict[str, Any]:
+        """PATCH the full subscription object (as read, its status changed by the caller), with ``If-Match`` when
+        there is an etag. The answer is returned as is (a 202 has no body) and proves nothing: the caller reads the
+        subscription again. A ``Location`` header is never followed."""
+        path = self._subscription_path(customer_id, subscription_id)
+        headers = {}
+        if etag is not None:
+            if not _ETAG_RE.fullmatch(etag):
+                raise UnsafeIdError(f"refusing to send an etag that is not printable ASCII: {etag[:40]!r}")
+            headers["If-Match"] = f'"{etag}"'
+        return (
+            self._call(
+                "PATCH",
+                path,
+                correlation_id=correlation_id,
+                json_body=subscription,
+                extra_headers=headers,
+                budget=budget,
+            )
+            or {}
+        )
+
+    def list_azure_entitlements(
+        self, customer_id: str, plan_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> list[dict[str, Any]]:
+        """The Azure subscriptions under an Azure plan (``azureEntitlements``), all pages if a page links on."""
+        collection = self._subscription_path(customer_id, plan_id) + "/azureEntitlements"
+        items: list[dict[str, Any]] = []
+        for page in self._pages(collection, "", "azureEntitlements", correlation_id, budget):
+            items.extend(i for i in page if isinstance(i, dict))
+        return items
+
+    def cancel_azure_entitlement(
+        self, customer_id: str, plan_id: str, entitlement_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict[str, Any]:
+        """Ask for an Azure subscription under a plan to be cancelled. 200 (still active) and 202 (no body) both mean
+        "asked"; only a later read that says inactive counts."""
+        path = (
+            self._subscription_path(customer_id, plan_id)
+            + f"/azureEntitlements/{_segment(entitlement_id, 'azure entitlement')}/cancel"
+        )
+        body = {"cancellationReason": AZURE_CANCELLATION_REASON}
+        return self._call("POST", path, correlation_id=correlation_id, json_body=body, budget=budget) or {}
+
+    @staticmethod
+    def _subscription_path(customer_id: str, subscription_id: str) -> str:
+        cid, sid = _segment(customer_id, "customer"), _segment(subscription_id, "subscription")
+        return f"/v1/customers/{cid}/subscriptions/{sid}"
 
     # -- paging ----------------------------------------------------------------------------------------------
 

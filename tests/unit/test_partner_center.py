@@ -492,3 +492,77 @@ def test_a_customer_page_without_items_or_a_failing_page_raises_and_returns_noth
     responses.get(f"{BASE}/v1/customers", body=body({"value": []}))
     with pytest.raises(TransientError, match="customers response has no 'items' list"):
         client.list_customers(correlation_id=CORR)
+
+
+# -- subscriptions (issue 16) ----------------------------------------------------------------------------------------
+
+SUB = "a4c1340d-6911-4758-bba3-0c4c6007d161"
+PLAN = "0a0f6c5e-1f5b-4f3e-9d0c-3a1b2c3d4e5f"
+AZ = "899ae6f1-4b5a-4f4e-8e4e-1d1c1b1a1f1e"
+
+
+@responses.activate
+def test_subscriptions_are_listed_across_pages_though_none_are_documented(client):
+    responses.get(
+        f"{BASE}/v1/customers/{CUST}/subscriptions",
+        body=body(
+            {
+                "items": [{"id": SUB}, "not an object"],
+                "links": {
+                    "next": {
+                        "uri": f"/customers/{CUST}/subscriptions?seekOperation=Next",
+                        "headers": [{"key": "MS-ContinuationToken", "value": "p2"}],
+                    }
+                },
+            }
+        ),
+        match=[responses.matchers.query_string_matcher("")],
+    )
+    responses.get(
+        f"{BASE}/v1/customers/{CUST}/subscriptions?seekOperation=Next",
+        body=body({"items": [{"id": PLAN}]}),
+        match=[responses.matchers.header_matcher({"MS-ContinuationToken": "p2"})],
+    )
+    assert client.list_subscriptions(CUST, correlation_id=CORR) == [{"id": SUB}, {"id": PLAN}]
+
+
+@responses.activate
+def test_a_subscription_patch_sends_the_whole_object_with_a_quoted_if_match_and_a_202_is_no_answer(client):
+    responses.patch(f"{BASE}/v1/customers/{CUST}/subscriptions/{SUB}", status=202, headers={"Location": "/x"})
+    full = {"id": SUB, "status": "suspended", "autoRenewEnabled": False, "offerId": "CFQ7TTC0LH18:0001:CFQ7TTC0K971"}
+    assert client.patch_subscription(CUST, SUB, full, etag="abc123", correlation_id=CORR) == {}
+    sent = responses.calls[0].request
+    assert json.loads(sent.body or b"") == full and sent.headers["If-Match"] == '"abc123"'
+    responses.patch(f"{BASE}/v1/customers/{CUST}/subscriptions/{SUB}", body=body({"id": SUB, "status": "active"}))
+    assert client.patch_subscription(CUST, SUB, full, etag=None, correlation_id=CORR)["status"] == "active"
+    assert "If-Match" not in responses.calls[1].request.headers
+    assert len(responses.calls) == 2  # the Location was not followed
+
+
+@responses.activate
+def test_azure_entitlements_are_listed_and_cancelled_with_the_documented_reason(client):
+    base = f"{BASE}/v1/customers/{CUST}/subscriptions/{PLAN}/azureEntitlements"
+    responses.get(base, body=body({"items": [{"id": AZ, "status": "active"}]}))
+    responses.post(f"{base}/{AZ}/cancel", status=202)
+    assert client.list_azure_entitlements(CUST, PLAN, correlation_id=CORR) == [{"id": AZ, "status": "active"}]
+    assert client.cancel_azure_entitlement(CUST, PLAN, AZ, correlation_id=CORR) == {}
+    assert json.loads(responses.calls[1].request.body or b"") == {"cancellationReason": "compromise"}
+
+
+@pytest.mark.parametrize("hostile", ["../orders", SUB + "\n", SUB[:-1], "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", 7])
+@responses.activate
+def test_hostile_subscription_and_entitlement_ids_and_etags_never_reach_a_request(client, hostile):
+    calls = [
+        lambda: client.get_subscription(CUST, hostile, correlation_id=CORR),
+        lambda: client.patch_subscription(CUST, hostile, {}, etag=None, correlation_id=CORR),
+        lambda: client.list_azure_entitlements(CUST, hostile, correlation_id=CORR),
+        lambda: client.cancel_azure_entitlement(CUST, PLAN, hostile, correlation_id=CORR),
+        lambda: client.cancel_azure_entitlement(CUST, hostile, AZ, correlation_id=CORR),
+    ]
+    for call in calls:
+        with pytest.raises(UnsafeIdError):
+            call()
+    for etag in ['a"b', "a\r\nX-Evil: 1", "", "é"]:
+        with pytest.raises(UnsafeIdError):
+            client.patch_subscription(CUST, SUB, {}, etag=etag, correlation_id=CORR)
+    assert len(responses.calls) == 0
