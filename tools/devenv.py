@@ -205,6 +205,10 @@ class Emulator:
         """New purchases of an existing customer (order knobs as in a seed); returns its order count."""
         return self._req("POST", f"customers/{customer_id}/orders", orders)["orders"]
 
+    def add_subscriptions(self, customer_id: str, subscriptions: list[dict]) -> int:
+        """New subscriptions of an existing customer (as in a seed); returns its subscription count."""
+        return self._req("POST", f"customers/{customer_id}/subscriptions", subscriptions)["subscriptions"]
+
     def revoke_tokens(self) -> int:
         return self._req("POST", "revoke-tokens")["revoked"]
 

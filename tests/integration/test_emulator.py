@@ -497,3 +497,108 @@ def test_fill_adds_a_deterministic_full_sandbox_per_seed_and_reset_keeps_the_com
     assert set(emu.state()["customers"]) == set(
         profiles(json.loads(devenv.SAMPLE_SANDBOX.read_text())["customers"] + full_sandbox_customers(75))
     )
+
+
+# -- subscriptions (issue 16; reference partner-center-subscriptions.md) -------------------------------------------
+
+
+def subscription_url(pc, cid, sid=""):
+    return f"{pc.url}/v1/customers/{cid}/subscriptions" + (f"/{sid}" if sid else "")
+
+
+def test_subscriptions_are_listed_with_the_documented_fields_of_each_kind(pc, api, make_customer):
+    kinds = ["nce", "saas", "azurePlan", "software", "legacy", "unknown"]
+    ids = [str(uuid.uuid4()) for _ in kinds]
+    customer = make_customer(subscriptions=[{"id": i, "kind": k} for i, k in zip(ids, kinds, strict=True)])
+    listed = body(api.get(subscription_url(pc, customer["id"])))
+    assert listed["totalCount"] == 6 and "next" not in listed["links"]
+    by_id = {s["id"]: s for s in listed["items"]}
+    nce, saas, plan, software, legacy, unknown = (by_id[i] for i in ids)
+    assert nce["productType"]["id"] == "OnlineServicesNCE" and nce["isMicrosoftProduct"] is True
+    assert nce["cancellationAllowedUntilDate"] and nce["refundOptions"][0]["expiresAt"]
+    assert "etag" not in nce["attributes"]  # the NCE examples carry none
+    assert saas["isMicrosoftProduct"] is False and saas["publisherName"]
+    assert plan["offerId"].startswith("DZH318Z0BPS6:") and plan["attributes"]["etag"]
+    assert software["productType"]["id"] == "Software" and legacy["productType"]["id"] == "OnlineServices"
+    assert unknown["productType"]["id"] not in ("OnlineServicesNCE", "Software", "OnlineServices", "Azure")
+    assert all(s["status"] == "active" and s["autoRenewEnabled"] is True for s in listed["items"])
+    assert body(api.get(subscription_url(pc, customer["id"], ids[0])))["id"] == ids[0]
+    missing = api.get(subscription_url(pc, customer["id"], str(uuid.uuid4())))
+    assert missing.status_code == 404 and body(missing)["code"] == 20003
+
+
+def test_subscriptions_page_through_links_next_when_the_switch_is_on(pc, api, make_customer):
+    pc.knobs(subscriptionsPageSize=2)
+    customer = make_customer(subscriptions=[{"id": str(uuid.uuid4())} for _ in range(5)])
+    url, seen = subscription_url(pc, customer["id"]), []
+    headers: dict[str, str] = {}
+    for _ in range(5):
+        page = body(api.get(url, headers=headers))
+        seen += [s["id"] for s in page["items"]]
+        nxt = page["links"].get("next")
+        if not nxt:
+            break
+        url, headers = f"{pc.url}/v1{nxt['uri']}", {h["key"]: h["value"] for h in nxt["headers"]}
+    assert sorted(seen) == sorted(s["id"] for s in customer["subscriptions"])
+
+
+def test_a_patch_with_a_stale_etag_is_refused_and_a_202_has_a_location_and_no_body(pc, api, make_customer):
+    sid = str(uuid.uuid4())
+    customer = make_customer(subscriptions=[{"id": sid, "kind": "legacy", "changeAfterReads": 1}])
+    url = subscription_url(pc, customer["id"], sid)
+    read = body(api.get(url))
+    stale = api.patch(url, json={**read, "status": "suspended"}, headers={"If-Match": '"stale"'})
+    assert stale.status_code == 400 and body(stale)["code"] == 2055
+    pc.knobs(subscriptionPatchAnswer=202)
+    accepted = api.patch(
+        url, json={**read, "status": "suspended"}, headers={"If-Match": f'"{read["attributes"]["etag"]}"'}
+    )
+    assert accepted.status_code == 202 and accepted.content == b""
+    assert accepted.headers["Location"] == f"/customers/{customer['id']}/subscriptions/{sid}"
+    assert [body(api.get(url))["status"] for _ in range(2)] == ["active", "suspended"]
+    state = pc.state()["customers"][customer["id"]]["subscriptions"][sid]
+    assert state["status"] == "suspended" and not state["autoRenewDropped"] and state["patches"] == 2
+
+
+def test_an_azure_plan_refuses_suspension_until_its_azure_subscriptions_are_inactive(pc, api, make_customer):
+    plan, azure = str(uuid.uuid4()), str(uuid.uuid4())
+    seed = {"id": plan, "kind": "azurePlan", "orderId": "0bed3bbca6c1", "azureEntitlements": [{"id": azure}]}
+    customer = make_customer(subscriptions=[seed])
+    cid, url = customer["id"], subscription_url(pc, customer["id"], plan)
+    refused = api.delete(f"{pc.url}/v1/customers/{cid}")
+    assert refused.status_code == 400 and body(refused)["description"].endswith("following orders: 0bed3bbca6c1")
+    read = body(api.get(url))
+    early = api.patch(url, json={**read, "status": "suspended"})
+    assert early.status_code == 403 and body(early)["code"] == 900115
+    listed = body(api.get(f"{url}/azureEntitlements"))
+    assert listed["items"] == [
+        {
+            "id": azure,
+            "friendlyName": "Microsoft Azure",
+            "status": "active",
+            "subscriptionId": plan,
+            "attributes": listed["items"][0]["attributes"],
+        }
+    ]
+    bad = api.post(f"{url}/azureEntitlements/{azure}/cancel", json={"cancellationReason": "no reason"})
+    assert bad.status_code == 400 and body(bad)["code"] == 900307
+    assert api.post(f"{url}/azureEntitlements/{azure}/cancel", json={"cancellationReason": "compromise"}).ok
+    assert body(api.get(f"{url}/azureEntitlements/{azure}"))["status"] == "inactive"
+    suspended = api.patch(url, json={**body(api.get(url)), "status": "suspended"})
+    assert suspended.status_code == 200 and body(suspended)["status"] == "suspended"
+    assert api.delete(f"{pc.url}/v1/customers/{cid}").status_code == 204
+
+
+def test_a_subscription_added_during_a_deletion_holds_the_delete(pc, api, make_customer):
+    customer = make_customer()
+    sid = str(uuid.uuid4())
+    assert pc.add_subscriptions(customer["id"], [{"id": sid, "kind": "nce"}]) == 1
+    with pytest.raises(requests.HTTPError):
+        pc.add_subscriptions(customer["id"], [{"id": sid}])
+    assert api.delete(f"{pc.url}/v1/customers/{customer['id']}").status_code == 400
+    cancelled = api.patch(
+        subscription_url(pc, customer["id"], sid), json={"id": sid, "status": "deleted", "autoRenewEnabled": False}
+    )
+    assert body(cancelled)["status"] == "deleted"
+    assert api.delete(f"{pc.url}/v1/customers/{customer['id']}").status_code == 204
+    assert pc.state()["deletedCustomers"][customer["id"]]["subscriptions"][sid]["status"] == "deleted"

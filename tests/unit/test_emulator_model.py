@@ -96,3 +96,167 @@ def test_faults_skip_then_inject_times_and_the_rate_limit_answers_with_the_wait(
         limiter.admit("t", 2, 60, 20.5)
     assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "40"
     limiter.admit("t", 2, 60, 60.0)  # the first request has left the window
+
+
+# -- subscriptions (issue 16) ----------------------------------------------------------------------------------------
+
+SUB = "a4c1340d-6911-4758-bba3-0c4c6007d161"
+PLAN = "0a0f6c5e-1f5b-4f3e-9d0c-3a1b2c3d4e5f"
+AZ = "899ae6f1-4b5a-4f4e-8e4e-1d1c1b1a1f1e"
+
+
+def with_subscriptions(sandbox: Sandbox, *subscriptions: dict, orders=(), **knobs) -> Sandbox:
+    sandbox.reset(
+        {
+            "partner": {"tenantId": "t"},
+            "knobs": knobs,
+            "customers": [{"id": CID, "orders": list(orders), "subscriptions": list(subscriptions)}],
+        }
+    )
+    return sandbox
+
+
+def patch(box: Sandbox, sid: str, status: str, if_match=None, **extra):
+    customer = box.customer(CID)
+    subscription = customer.subscription(sid)
+    body = {**subscription.fields, "id": sid, "status": status, **extra}
+    return box.patch_subscription(customer, subscription, body, if_match)
+
+
+def test_nce_is_cancelled_inside_its_window_and_then_cannot_be_updated(sandbox):
+    box = with_subscriptions(sandbox, {"id": SUB, "kind": "nce", "orderId": "34b37d7340cc"})
+    customer = box.customer(CID)
+    with pytest.raises(ApiError) as refused:
+        box.delete_customer(customer)
+    assert (refused.value.status, refused.value.code) == (400, 800000)
+    assert refused.value.description.endswith("following orders: 34b37d7340cc")  # the order id, as #215 quoted one
+    assert box.violations[-1]["openSubscriptions"] == [SUB]
+    subscription, answer = patch(box, SUB, "deleted")
+    assert (subscription.status, answer) == ("deleted", 200)
+    assert refusal(lambda: patch(box, SUB, "suspended")) == (400, 2011)
+    box.delete_customer(customer)
+    assert CID in box.deleted
+
+
+@pytest.mark.parametrize("code", [900117, 900213])
+def test_nce_past_its_window_refuses_the_cancel_with_the_switched_code_but_can_be_suspended(sandbox, code):
+    box = with_subscriptions(sandbox, {"id": SUB, "kind": "nce", "windowHours": -1}, lateCancelCode=code)
+    assert refusal(lambda: patch(box, SUB, "deleted")) == (400, code)
+    subscription, _ = patch(box, SUB, "suspended", autoRenewEnabled=False)
+    assert subscription.status == "suspended" and subscription.fields["autoRenewEnabled"] is False
+    assert not subscription.auto_renew_dropped
+
+
+def test_a_patch_without_auto_renew_silently_turns_it_off_as_the_docs_warn(sandbox):
+    box = with_subscriptions(sandbox, {"id": SUB, "kind": "legacy"})
+    customer = box.customer(CID)
+    subscription = customer.subscription(SUB)
+    box.patch_subscription(customer, subscription, {"status": "suspended"}, None)
+    assert subscription.auto_renew_dropped and subscription.fields["autoRenewEnabled"] is False
+    assert refusal(lambda: patch(box, SUB, "deleted")) == (400, 800096)  # a legacy subscription is suspended only
+
+
+def test_etags_a_stale_one_is_refused_a_missing_one_only_when_required_and_each_change_makes_a_new_one(sandbox):
+    box = with_subscriptions(sandbox, {"id": SUB, "kind": "software"}, subscriptionIfMatch="required")
+    subscription = box.customer(CID).subscription(SUB)
+    etag = subscription.etag
+    assert etag
+    assert refusal(lambda: patch(box, SUB, "suspended", if_match='"stale"')) == (400, 2055)
+    assert refusal(lambda: patch(box, SUB, "suspended")) == (400, 2055)
+    patch(box, SUB, "suspended", if_match=f'"{etag}"')
+    assert subscription.status == "suspended" and subscription.etag != etag
+    box.set_knobs({"subscriptionIfMatch": "optional", "resuspend": "error"})
+    assert refusal(lambda: patch(box, SUB, "suspended")) == (400, 800091)
+
+
+def test_a_delayed_change_shows_after_its_reads_and_a_202_is_the_answer_when_asked(sandbox):
+    box = with_subscriptions(sandbox, {"id": SUB, "kind": "nce", "changeAfterReads": 2, "patchAnswer": 202})
+    subscription, answer = patch(box, SUB, "deleted")
+    assert (subscription.status, answer) == ("active", 202)
+    assert [box.read_subscription(subscription).status for _ in range(3)] == ["active", "active", "deleted"]
+
+
+def test_not_ready_then_accepted_and_a_pending_operation_is_refused_for_good(sandbox):
+    box = with_subscriptions(
+        sandbox,
+        {"id": SUB, "kind": "nce", "notReadyPatches": 1},
+        {"id": PLAN, "kind": "saas", "pendingOperation": True},
+    )
+    assert refusal(lambda: patch(box, SUB, "deleted")) == (409, 800082)
+    assert patch(box, SUB, "deleted")[0].status == "deleted"
+    for _ in range(2):
+        assert refusal(lambda: patch(box, PLAN, "deleted")) == (409, 900278)
+
+
+def test_an_azure_plan_is_suspended_only_once_its_azure_subscriptions_reservations_and_saas_are_cleared(sandbox):
+    box = with_subscriptions(
+        sandbox,
+        {"id": PLAN, "kind": "azurePlan", "azureEntitlements": [{"id": AZ, "inactiveAfterReads": 1}]},
+        {"id": SUB, "kind": "saas"},
+        orders=[{"id": "ri1", "kind": "reservedInstance"}],
+    )
+    customer = box.customer(CID)
+    plan = customer.subscription(PLAN)
+    entitlement = customer.azure_entitlement(plan, AZ)
+    assert refusal(lambda: patch(box, PLAN, "suspended")) == (403, 900115)
+    assert refusal(lambda: box.cancel_azure_entitlement(entitlement, {"cancellationReason": "bored"})) == (400, 900307)
+    _, answer = box.cancel_azure_entitlement(entitlement, {"cancellationReason": "compromise"})
+    assert answer == 200 and entitlement.status == "active"
+    assert [e.status for e in box.azure_entitlements(plan)] == ["active"]
+    assert [e.status for e in box.azure_entitlements(plan)] == ["inactive"]
+    assert refusal(lambda: patch(box, PLAN, "suspended")) == (403, 900115)  # the reservation and the SaaS
+    box.cancel_order(customer, customer.order("ri1"), {"status": "cancelled"})
+    patch(box, SUB, "deleted")
+    assert patch(box, PLAN, "suspended")[0].status == "suspended"
+    box.delete_customer(customer)
+
+
+@pytest.mark.parametrize(
+    ("subscription", "knobs", "blocks"),
+    [
+        ({"kind": "nce", "status": "suspended"}, {}, False),
+        ({"kind": "nce", "status": "suspended"}, {"suspendedBlocks": ["nce"]}, True),
+        ({"kind": "nce", "status": "suspended"}, {"suspendedBlocks": ["nce"], "deleteBlockedBy": ["azurePlan"]}, False),
+        ({"kind": "legacy"}, {}, True),
+        ({"kind": "legacy"}, {"deleteBlockedBy": ["nce", "azurePlan"]}, False),
+        ({"kind": "unknown", "status": "expired"}, {}, False),
+    ],
+)
+def test_which_subscriptions_block_the_delete_is_a_switch(sandbox, subscription, knobs, blocks):
+    box = with_subscriptions(
+        sandbox, {"id": SUB, **subscription}, deleteRefusalStatus=409, deleteRefusalCode=800001, **knobs
+    )
+    customer = box.customer(CID)
+    if blocks:
+        assert refusal(lambda: box.delete_customer(customer)) == (409, 800001)
+    else:
+        box.delete_customer(customer)
+        assert CID in box.deleted
+
+
+@pytest.mark.parametrize(
+    "subscription",
+    [
+        {"id": "not-a-guid"},
+        {"id": SUB, "kind": "mystery"},
+        {"id": SUB, "kind": "nce", "azureEntitlements": [{"id": AZ}]},
+        {"id": SUB, "patchAnswer": 201},
+    ],
+)
+def test_a_malformed_subscription_seed_is_refused(sandbox, subscription):
+    with pytest.raises(ValueError):
+        Sandbox.check_customer({"id": CID, "subscriptions": [subscription]})
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"subscriptionPatchAnswer": 201},
+        {"deleteBlockedBy": ["nce", "mystery"]},
+        {"lateCancelCode": 1},
+        {"resuspend": 1},
+    ],
+)
+def test_a_switch_refuses_a_value_it_does_not_have(sandbox, knobs):
+    with pytest.raises(ValueError):
+        sandbox.set_knobs(knobs)

@@ -9,7 +9,8 @@ Partner Center: plain JSON, no BOM, no token, errors as ``{"error": ...}``.
 * ``POST knobs`` (an object of known knobs), ``POST faults`` (the new list, replacing the old), ``POST customers``
   (a list, all checked before any is added), ``POST customers/fill`` (``{"count": 75, "seed": 7, "prefix": "Tip
   test run"}``: a full, deterministic test sandbox), ``POST customers/<id>/orders`` (purchases during a deletion; an
-  order with ``hidden: true`` blocks DELETE but is in no entitlement), ``POST revoke-tokens``, ``POST reset`` (to
+  order with ``hidden: true`` blocks DELETE but is in no entitlement), ``POST customers/<id>/subscriptions`` (the
+  same for subscriptions, seeded as ``models.Subscription.from_seed`` says), ``POST revoke-tokens``, ``POST reset`` (to
   the seed, or to a new seed given as the body; a malformed one is refused before it replaces anything).
 """
 
@@ -92,6 +93,16 @@ def orders(sandbox: Sandbox, data: list[Any], query: dict[str, list[str]], cid: 
         return _bad(str(exc))
 
 
+def subscriptions(sandbox: Sandbox, data: list[Any], query: dict[str, list[str]], cid: str) -> Answer:
+    cid = cid.lower()
+    if cid not in sandbox.customers:
+        return 404, {"error": f"no customer {cid}"}, {}
+    try:
+        return 200, {"subscriptions": sandbox.add_subscriptions(cid, data)}, {}
+    except (TypeError, ValueError) as exc:
+        return _bad(str(exc))
+
+
 def revoke_tokens(sandbox: Sandbox, data: Any, query: dict[str, list[str]]) -> Answer:
     return 200, {"revoked": sandbox.revoke_tokens()}, {}
 
@@ -125,6 +136,7 @@ ROUTES = (
     AdminRoute("POST", "customers", customers, (list,)),
     AdminRoute("POST", "customers/fill", fill, (dict, type(None))),
     AdminRoute("POST", rf"customers/(?P<cid>{GUID})/orders", orders, (list,)),
+    AdminRoute("POST", rf"customers/(?P<cid>{GUID})/subscriptions", subscriptions, (list,)),
     AdminRoute("POST", "revoke-tokens", revoke_tokens),
     AdminRoute("POST", "reset", reset),
 )

@@ -41,7 +41,24 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "deleteRefusalStatus": 400,  # HTTP status of the DELETE refusal while orders are active
     "tokenLifetimeSeconds": 3600,
     "randomSeed": 1,
+    # Subscriptions (partner-center-subscriptions.md). Each behaviour nobody has confirmed is a switch.
+    "deleteRefusalCode": 800000,  # the numeric code of the DELETE refusal (UNKNOWN: only its text was ever reported)
+    # the subscription kinds that block the DELETE until final: an Azure plan was REPORTED, NCE is INFERRED, legacy
+    # and SaaS are UNKNOWN (any of azurePlan, nce, saas, software, legacy, unknown)
+    "deleteBlockedBy": ["azurePlan", "nce", "saas", "software", "legacy", "unknown"],
+    "suspendedBlocks": [],  # kinds whose *suspended* subscription still blocks the DELETE (NCE in production: UNKNOWN)
+    "subscriptionPatchAnswer": 200,  # 200 with the subscription, or 202 with Location and no body (both CONFIRMED)
+    "subscriptionIfMatch": "optional",  # optional | required: If-Match with the etag (a stale one: 400 2055)
+    "lateCancelCode": 900117,  # 900117 (day window) | 900213 (hour window): a cancel past its window (UNKNOWN which)
+    "resuspend": "idempotent",  # idempotent | error (800091) when a suspended subscription is suspended again
+    "azureCancelAnswer": 200,  # 200 (the entitlement still reads active) | 202 (no body): both documented
+    "cancellationReasons": ["compromise"],  # what an Azure entitlement cancel accepts; others: 400 900307
+    "subscriptionsPageSize": 0,  # 0: one page (no paging is documented); n: pages through links.next
 }
+
+#: Subscription statuses after which nothing is left to clear (issue 16); any other status still blocks.
+FINAL_SUBSCRIPTION_STATUSES = frozenset({"suspended", "deleted", "expired", "disabled"})
+SUBSCRIPTION_KINDS = ("azurePlan", "nce", "saas", "software", "legacy", "unknown")
 
 
 def now_utc() -> datetime:
@@ -134,6 +151,250 @@ class Order:
         }
 
 
+#: What each kind of subscription looks like on the wire, from the documented examples (subscription-resources.md,
+#: get-a-subscription-by-id.md, create-azure-plan.md). ``etag``: whether its ``attributes`` carry one by default (the
+#: NCE examples carry none). SaaS: ``isMicrosoftProduct`` false; its product type is an assumption (INFERRED).
+KIND_FIELDS: dict[str, dict[str, Any]] = {
+    "azurePlan": {
+        "offerId": "DZH318Z0BPS6:0001:DZH318Z0BML6",
+        "offerName": "Azure plan",
+        "productType": {"id": "Azure", "displayName": "Azure"},
+        "billingType": "usage",
+        "isMicrosoftProduct": True,
+        "etag": True,
+    },
+    "nce": {
+        "offerId": "CFQ7TTC0LH18:0001:CFQ7TTC0K971",
+        "offerName": "Microsoft 365 Business Basic",
+        "productType": {"id": "OnlineServicesNCE", "displayName": "OnlineServicesNCE"},
+        "billingType": "license",
+        "isMicrosoftProduct": True,
+        "etag": False,
+    },
+    "saas": {
+        "offerId": "contoso-saas:monthly-plan:0001",
+        "offerName": "Contoso SaaS (marketplace)",
+        "productType": {"id": "OnlineServicesNCE", "displayName": "OnlineServicesNCE"},
+        "billingType": "license",
+        "isMicrosoftProduct": False,
+        "publisherName": "Contoso ISV",
+        "etag": False,
+    },
+    "software": {
+        "offerId": "DG7GMGF0FKZV:0001:DG7GMGF0DWMS",
+        "offerName": "Windows Server 2022 Standard - 16 Core License Pack",
+        "productType": {"id": "Software", "displayName": "Software"},
+        "billingType": "license",
+        "isMicrosoftProduct": True,
+        "etag": True,
+    },
+    "legacy": {
+        "offerId": "031C9E47-4802-4248-838E-778FB1D2CC05",
+        "offerName": "Office 365 Business Essentials",
+        "productType": {"id": "OnlineServices", "displayName": "OnlineServices"},
+        "billingType": "license",
+        "isMicrosoftProduct": True,
+        "etag": True,
+    },
+    "unknown": {
+        "offerId": "XYZ000000001:0001:XYZ000000002",
+        "offerName": "A product of a kind nobody documented",
+        "productType": {"id": "SomethingNew", "displayName": "SomethingNew"},
+        "billingType": "license",
+        "isMicrosoftProduct": True,
+        "etag": False,
+    },
+}
+
+
+@dataclass
+class Delayed:
+    """A change asked for at ``requested_at`` that reads as done only after more than ``after_reads`` reads and
+    ``after_seconds`` seconds (both 0: at once), or never with ``never``."""
+
+    target: str
+    requested_at: float
+    after_reads: int = 0
+    after_seconds: float = 0.0
+    never: bool = False
+    reads: int = 0
+
+    def due(self, now: float) -> bool:
+        """Counts a read; True once the change shows."""
+        if self.never:
+            return False
+        self.reads += 1
+        return self.reads > self.after_reads and now - self.requested_at >= self.after_seconds
+
+
+@dataclass
+class AzureEntitlement:
+    """An Azure subscription under an Azure plan (``azureEntitlements``): ``active`` until a cancel, then
+    ``inactive`` after ``inactive_after_reads`` reads and ``inactive_after_seconds`` (the docs say about 10
+    minutes)."""
+
+    id: str
+    friendly_name: str
+    status: str
+    inactive_after_reads: int = 0
+    inactive_after_seconds: float = 0.0
+    never_cancels: bool = False
+    cancels: int = 0
+    cancel_requested_at: float | None = None
+    inactive_at: float | None = None
+    pending: Delayed | None = None
+
+    def advance(self, now: float) -> None:
+        if self.pending is not None and self.pending.due(now):
+            self.status, self.inactive_at, self.pending = "inactive", now, None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "cancels": self.cancels,
+            "cancelRequestedAt": self.cancel_requested_at,
+            "inactiveAt": self.inactive_at,
+        }
+
+
+@dataclass
+class Subscription:
+    """A subscription of one of ``SUBSCRIPTION_KINDS``, with the documented fields of its kind (``KIND_FIELDS``,
+    overridable from the seed) and the behaviour knobs of its PATCH."""
+
+    id: str
+    kind: str
+    status: str
+    fields: dict[str, Any]  # the documented fields as read (offerId, productType, orderId, autoRenewEnabled, ...)
+    etag: str | None
+    created_at: float
+    cancel_until: float | None  # cancellationAllowedUntilDate (NCE, SaaS, software), unix time; None: no window
+    change_after_reads: int = 0
+    change_after_seconds: float = 0.0
+    never_changes: bool = False  # an accepted PATCH never shows (a blocker the app cannot clear)
+    not_ready_patches: int = 0  # the next n PATCHes get 409 800082
+    pending_operation: bool = False  # every PATCH gets 409 900278 (retry after 24 hours)
+    patch_answer: int | None = None  # 200 or 202 for this one; None: the knob subscriptionPatchAnswer
+    entitlements: dict[str, AzureEntitlement] = field(default_factory=dict)  # an Azure plan's Azure subscriptions
+    pending: Delayed | None = None
+    patches: int = 0
+    auto_renew_dropped: bool = False  # a PATCH left autoRenewEnabled out, so it became false (the documented trap)
+    changed_at: float | None = None
+
+    @classmethod
+    def from_seed(cls, s: dict[str, Any], now: float) -> Subscription:
+        """From a seed: ``id`` (a GUID), ``kind`` (default ``nce``), ``status`` (default ``active``), ``orderId``,
+        ``parentSubscriptionId``, ``autoRenewEnabled`` (default true), ``windowHours`` (hours left of the
+        cancellation window, negative: passed; default 168 for NCE and software, 24 for SaaS; none for the others),
+        ``etag`` (true/false: the kind's default), ``changeAfterReads``, ``changeAfterSeconds``, ``neverChanges``,
+        ``notReadyPatches``, ``pendingOperation``, ``patchAnswer`` (200/202), ``azureEntitlements`` (an Azure plan's:
+        ``id``, ``status``, ``inactiveAfterReads``, ``inactiveAfterSeconds``, ``neverCancels``), and any documented
+        field to override (``offerId``, ``productType``, ``isMicrosoftProduct``, ...)."""
+        kind = s.get("kind", "nce")
+        if kind not in SUBSCRIPTION_KINDS:
+            raise ValueError(f"subscription kind must be one of {SUBSCRIPTION_KINDS}, not {kind!r}")
+        if not isinstance(s.get("id"), str) or not re.fullmatch(GUID, s["id"]):
+            raise ValueError(f"a subscription must have a GUID id, not {s.get('id')!r}")
+        defaults = dict(KIND_FIELDS[kind])
+        has_etag = bool(s.get("etag", defaults.pop("etag")))
+        window = s.get("windowHours", {"nce": 168, "software": 168, "saas": 24}.get(kind))
+        cancel_until = None if window is None else now + float(window) * 3600
+        documented = {
+            k: v
+            for k, v in s.items()
+            if k
+            not in {
+                "id",
+                "kind",
+                "status",
+                "etag",
+                "windowHours",
+                "changeAfterReads",
+                "changeAfterSeconds",
+                "neverChanges",
+                "notReadyPatches",
+                "pendingOperation",
+                "patchAnswer",
+                "azureEntitlements",
+            }
+        }
+        fields = {
+            **defaults,
+            "friendlyName": defaults["offerName"],
+            "quantity": 1,
+            "unitType": "Licenses" if kind != "azurePlan" else "none",
+            "autoRenewEnabled": True,
+            "termDuration": "P1M" if kind != "azurePlan" else None,
+            "orderId": secrets.token_hex(6),
+            "parentSubscriptionId": None,
+            **documented,
+        }
+        entitlements = {
+            e["id"].lower(): AzureEntitlement(
+                id=e["id"].lower(),
+                friendly_name=e.get("friendlyName", "Microsoft Azure"),
+                status=e.get("status", "active"),
+                inactive_after_reads=int(e.get("inactiveAfterReads", 0)),
+                inactive_after_seconds=float(e.get("inactiveAfterSeconds", 0)),
+                never_cancels=bool(e.get("neverCancels", False)),
+            )
+            for e in s.get("azureEntitlements") or []
+        }
+        if entitlements and kind != "azurePlan":
+            raise ValueError(f"subscription {s['id']}: only an Azure plan has azureEntitlements")
+        answer = s.get("patchAnswer")
+        if answer not in (None, 200, 202):
+            raise ValueError(f"subscription {s['id']}: patchAnswer must be 200 or 202")
+        return cls(
+            id=s["id"].lower(),
+            kind=kind,
+            status=str(s.get("status", "active")),
+            fields=fields,
+            etag=secrets.token_hex(8) if has_etag else None,
+            created_at=now,
+            cancel_until=cancel_until,
+            change_after_reads=int(s.get("changeAfterReads", 0)),
+            change_after_seconds=float(s.get("changeAfterSeconds", 0)),
+            never_changes=bool(s.get("neverChanges", False)),
+            not_ready_patches=int(s.get("notReadyPatches", 0)),
+            pending_operation=bool(s.get("pendingOperation", False)),
+            patch_answer=answer,
+            entitlements=entitlements,
+        )
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_SUBSCRIPTION_STATUSES
+
+    def advance(self, now: float) -> None:
+        """A read: an accepted change shows once its delay has passed."""
+        if self.pending is not None and self.pending.due(now):
+            self.status, self.changed_at, self.pending = self.pending.target, now, None
+            self.new_etag()
+        for entitlement in self.entitlements.values():
+            entitlement.advance(now)
+
+    def new_etag(self) -> None:
+        if self.etag is not None:
+            self.etag = secrets.token_hex(8)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "status": self.status,
+            "pendingStatus": None if self.pending is None else self.pending.target,
+            "patches": self.patches,
+            "autoRenewEnabled": self.fields.get("autoRenewEnabled"),
+            "autoRenewDropped": self.auto_renew_dropped,
+            "orderId": self.fields.get("orderId"),
+            "parentSubscriptionId": self.fields.get("parentSubscriptionId"),
+            "etag": self.etag,
+            "cancellationAllowedUntil": self.cancel_until,
+            "changedAt": self.changed_at,
+            "azureEntitlements": {eid: e.state() for eid, e in self.entitlements.items()},
+        }
+
+
 @dataclass
 class Customer:
     id: str  # lower case
@@ -141,12 +402,25 @@ class Customer:
     domain: str | None
     orders: dict[str, Order] = field(default_factory=dict)
     entitlements: list[dict[str, Any]] = field(default_factory=list)  # as listed: seeded, or derived from orders
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
 
     def order(self, oid: str) -> Order:
         order = self.orders.get(oid)
         if order is None:
             raise order_not_found()
         return order
+
+    def subscription(self, sid: str) -> Subscription:
+        subscription = self.subscriptions.get(sid.lower())
+        if subscription is None:
+            raise ApiError(404, 20003, f"Subscription with ID {sid} not found")
+        return subscription
+
+    def azure_entitlement(self, subscription: Subscription, eid: str) -> AzureEntitlement:
+        entitlement = subscription.entitlements.get(eid.lower())
+        if entitlement is None:
+            raise ApiError(404, 800111, "Entitlement not found")
+        return entitlement
 
     def referenced_order_ids(self) -> set[str]:
         """The orders its entitlements name, nested ones included."""
@@ -179,6 +453,7 @@ class Sandbox:
             s = self.seed
             self.partner: dict[str, Any] = dict(s.get("partner") or {})
             self.storage_identity: dict[str, Any] = dict(s.get("storageIdentity") or DEFAULT_STORAGE_IDENTITY)
+            check_knobs(s.get("knobs") or {})
             self.knobs: dict[str, Any] = dict(DEFAULT_KNOBS, **(s.get("knobs") or {}))
             self.random = random.Random(self.knobs["randomSeed"])
             self.faults = [Fault.from_json(f) for f in s.get("faults") or []]
@@ -210,6 +485,13 @@ class Sandbox:
             isinstance(orders, list) and all(isinstance(o, dict) and isinstance(o.get("id"), str) for o in orders)
         ):
             raise ValueError(f"customer {data['id']}: orders must be a list of objects with a string id")
+        subscriptions = data.get("subscriptions")
+        if subscriptions is not None and not (
+            isinstance(subscriptions, list) and all(isinstance(s, dict) for s in subscriptions)
+        ):
+            raise ValueError(f"customer {data['id']}: subscriptions must be a list of objects")
+        for s in subscriptions or []:
+            Subscription.from_seed(s, 0.0)  # every field checked before anything is added
 
     def add_customer(self, data: dict[str, Any]) -> None:
         """Add a customer (one of a seed's), replacing any with its id. ValueError (see ``check_customer``)."""
@@ -221,12 +503,14 @@ class Sandbox:
             entitlements = data.get("entitlements")
             if entitlements is None:
                 entitlements = derived_entitlements(orders)
+            subscriptions = [Subscription.from_seed(s, now) for s in data.get("subscriptions") or []]
             self.customers[cid] = Customer(
                 id=cid,
                 company_name=data.get("companyName", f"Test customer {cid[:8]}"),
                 domain=data.get("domain", f"test{cid[:8]}.onmicrosoft.com"),
                 orders=orders,
                 entitlements=entitlements,
+                subscriptions={s.id: s for s in subscriptions},
             )
 
     def add_customers(self, data: list[Any]) -> None:
@@ -252,12 +536,28 @@ class Sandbox:
             customer.entitlements.extend(derived_entitlements(orders))
             return len(customer.orders)
 
+    def add_subscriptions(self, cid: str, data: list[Any]) -> int:
+        """New subscriptions of an existing customer (a purchase during a deletion). Returns its subscription count.
+        ValueError (nothing added) for a malformed or already existing one."""
+        with self.lock:
+            customer = self.customers[cid]
+            if not all(isinstance(s, dict) for s in data):
+                raise ValueError("each subscription must be an object")
+            now = time.time()
+            made = [Subscription.from_seed(s, now) for s in data]
+            taken = sorted({s.id for s in made} & set(customer.subscriptions))
+            if taken or len({s.id for s in made}) < len(made):
+                raise ValueError(f"subscriptions already exist: {taken}")
+            customer.subscriptions.update((s.id, s) for s in made)
+            return len(customer.subscriptions)
+
     def set_knobs(self, data: dict[str, Any]) -> dict[str, Any]:
         """Change some knobs (ValueError for an unknown one, nothing changed). A new rate limit starts with a fresh
         window; a new ``randomSeed`` re-seeds the fault draws."""
         unknown = set(data) - set(DEFAULT_KNOBS)
         if unknown:
             raise ValueError(f"unknown knobs {sorted(unknown)}")
+        check_knobs(data)
         self.knobs.update(data)
         if {"rateLimitPerWindow", "rateLimitWindowSeconds"} & set(data):
             self.limiter.clear()
@@ -348,23 +648,46 @@ class Sandbox:
                 order.status = "pending"
         return order
 
+    def blocking_subscriptions(self, customer: Customer) -> list[Subscription]:
+        """The subscriptions that hold the DELETE: of a kind in the knob ``deleteBlockedBy`` and not final, or
+        suspended and of a kind in ``suspendedBlocks``; an Azure plan also while an Azure subscription under it is
+        active."""
+        blocked_by, suspended_blocks = set(self.knobs["deleteBlockedBy"]), set(self.knobs["suspendedBlocks"])
+        return [
+            s
+            for s in customer.subscriptions.values()
+            if s.kind in blocked_by
+            and (
+                not s.final
+                or (s.status == "suspended" and s.kind in suspended_blocks)
+                or any(e.status == "active" for e in s.entitlements.values())
+            )
+        ]
+
     def delete_customer(self, customer: Customer) -> None:
-        """Refused (status: knob ``deleteRefusalStatus``, code 800000, the alternate ids quoted) while an order its
-        entitlements name, or a hidden one, is not cancelled; the refusal is recorded as a violation."""
+        """Refused (status: knob ``deleteRefusalStatus``, code: ``deleteRefusalCode``, Partner Center's wording with
+        the blockers' alternate or order ids quoted) while an order its entitlements name, or a hidden one, is not
+        cancelled, or a subscription blocks (``blocking_subscriptions``); the refusal is recorded as a violation."""
         referenced = customer.referenced_order_ids()
         active = [
             o for oid, o in customer.orders.items() if (oid in referenced or o.hidden) and o.status != "cancelled"
         ]
-        if active:
-            self.violations.append(
-                {"customer": customer.id, "time": iso(now_utc()), "openOrders": [o.id for o in active]}
-            )
-            alternate = ",".join(o.alternate_id for o in active)
+        blocking = self.blocking_subscriptions(customer)
+        if active or blocking:
+            violation: dict[str, Any] = {
+                "customer": customer.id,
+                "time": iso(now_utc()),
+                "openOrders": [o.id for o in active],
+            }
+            if blocking:
+                violation["openSubscriptions"] = [s.id for s in blocking]
+            self.violations.append(violation)
+            quoted = ",".join([o.alternate_id for o in active] + [str(s.fields.get("orderId")) for s in blocking])
             raise ApiError(
                 int(self.knobs["deleteRefusalStatus"]),
-                800000,
+                self.knobs.get("deleteRefusalCode", 800000),
                 "Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the "
-                f"following orders: {alternate}",
+                f"following orders: {quoted}",
             )
         self.deleted_customers[customer.id] = self.customer_state(customer)
         del self.customers[customer.id]
@@ -420,6 +743,130 @@ class Sandbox:
             self.continuations[page.token] = (owner, start + take, size)
         return page
 
+    # -- subscriptions ------------------------------------------------------------------------------------------------
+
+    def read_subscription(self, subscription: Subscription) -> Subscription:
+        subscription.advance(time.time())
+        return subscription
+
+    def subscription_page(self, customer: Customer, next_page: bool, token: str | None) -> Page:
+        """The subscriptions, each read (so pending changes show when due), in pages of the knob
+        ``subscriptionsPageSize`` (0: one page, as documented)."""
+        items = [self.read_subscription(s) for s in customer.subscriptions.values()]
+        size = int(self.knobs.get("subscriptionsPageSize") or 0)
+        return self.page(items, size, customer.id + "/subscriptions", token, next_page)
+
+    def patch_subscription(
+        self, customer: Customer, subscription: Subscription, body: Any, if_match: str | None
+    ) -> tuple[Subscription, int]:
+        """A subscription PATCH (reference section 3.2): the full object with ``status`` changed. Returns the
+        subscription and the answer's status, 200 or 202 (knob ``subscriptionPatchAnswer``, or the subscription's
+        own). An accepted change shows only after the subscription's delay. ``autoRenewEnabled`` left out of the
+        body becomes false, as the docs warn."""
+        if not isinstance(body, dict):
+            raise invalid_input("the body must be a subscription")
+        status = body.get("status", body.get("Status"))
+        if not isinstance(status, str) or status.lower() not in ("active", "suspended", "deleted"):
+            raise ApiError(400, 3000, "Invalid property: status must be active, suspended or deleted")
+        if str(body.get("id", subscription.id)).lower() != subscription.id:
+            raise ApiError(400, 3000, "Invalid property: id must match the subscription")
+        target = status.lower()
+        subscription.patches += 1
+        if subscription.status == "deleted":
+            raise ApiError(400, 2011, "Subscription with deleted status can't be updated")
+        if subscription.etag is not None:
+            given = None if if_match is None else if_match.strip().strip('"')
+            if given is None and self.knobs.get("subscriptionIfMatch") == "required":
+                raise ApiError(400, 2055, "Etag is no longer valid")
+            if given is not None and given != subscription.etag:
+                raise ApiError(400, 2055, "Etag is no longer valid")
+        if subscription.pending_operation:
+            raise ApiError(
+                409, 900278, "There is a pending operation on this subscription. Please retry after 24 hours", "new"
+            )
+        if subscription.not_ready_patches > 0:
+            subscription.not_ready_patches -= 1
+            raise ApiError(409, 800082, "Subscription is not ready to be updated. Try again after sometime")
+        now = time.time()
+        shown = subscription.status if subscription.pending is None else subscription.pending.target
+        if target == "suspended" and shown == "suspended" and self.knobs.get("resuspend") == "error":
+            raise ApiError(400, 800091, "Cannot update a subscription with suspended status")
+        if target == "deleted":
+            if subscription.kind not in ("nce", "saas"):
+                raise ApiError(400, 800096, "Cannot update the status for this subscription")
+            if subscription.cancel_until is not None and now > subscription.cancel_until:
+                code = int(self.knobs.get("lateCancelCode") or 900117)
+                window = "168-hour" if code == 900213 else "7-day"
+                raise ApiError(
+                    400,
+                    code,
+                    f"You have passed your {window} cancellation window. We are unable to cancel your purchase",
+                    "new",
+                )
+        if target == "suspended" and subscription.kind == "azurePlan":
+            under = [e.id for e in subscription.entitlements.values() if e.status == "active"]
+            reservations = [
+                o.id for o in customer.orders.values() if o.kind == "reservedInstance" and o.status != "cancelled"
+            ]
+            saas = [s.id for s in customer.subscriptions.values() if s.kind == "saas" and not s.final]
+            if under or reservations or saas:
+                raise ApiError(
+                    403,
+                    900115,
+                    "Azure plan can't be suspended while an Azure subscription or reservation under it is active",
+                )
+        if "autoRenewEnabled" in body:
+            subscription.fields["autoRenewEnabled"] = bool(body["autoRenewEnabled"])
+        else:
+            subscription.fields["autoRenewEnabled"], subscription.auto_renew_dropped = False, True
+        if target != shown:
+            at_once = subscription.change_after_reads == 0 and subscription.change_after_seconds == 0
+            if at_once and not subscription.never_changes:
+                subscription.status, subscription.changed_at, subscription.pending = target, now, None
+            else:
+                subscription.pending = Delayed(
+                    target,
+                    now,
+                    subscription.change_after_reads,
+                    subscription.change_after_seconds,
+                    subscription.never_changes,
+                )
+        subscription.new_etag()
+        answer = subscription.patch_answer or int(self.knobs.get("subscriptionPatchAnswer") or 200)
+        return subscription, answer
+
+    def azure_entitlements(self, plan: Subscription) -> list[AzureEntitlement]:
+        """The Azure subscriptions under a plan, each read (a pending cancel shows when due)."""
+        if plan.kind != "azurePlan":
+            raise invalid_input("not an Azure plan")
+        now = time.time()
+        for entitlement in plan.entitlements.values():
+            entitlement.advance(now)
+        return list(plan.entitlements.values())
+
+    def cancel_azure_entitlement(self, entitlement: AzureEntitlement, body: Any) -> tuple[AzureEntitlement, int]:
+        """Cancel an Azure subscription under a plan: it reads ``inactive`` after its delay (about 10 minutes in
+        Azure). Answers 200 (it still reads active) or 202 (knob ``azureCancelAnswer``)."""
+        reason = body.get("cancellationReason") if isinstance(body, dict) else None
+        if not isinstance(reason, str):
+            raise invalid_input("cancellationReason is required")
+        if reason not in self.knobs.get("cancellationReasons", ["compromise"]):
+            raise ApiError(400, 900307, f"Cancellation reason '{reason} is invalid")
+        entitlement.cancels += 1
+        if entitlement.status == "active" and entitlement.pending is None:
+            now = time.time()
+            entitlement.cancel_requested_at = now
+            entitlement.pending = Delayed(
+                "inactive",
+                now,
+                entitlement.inactive_after_reads,
+                entitlement.inactive_after_seconds,
+                entitlement.never_cancels,
+            )
+            if entitlement.inactive_after_reads == 0 and entitlement.inactive_after_seconds == 0:
+                entitlement.advance(now)
+        return entitlement, int(self.knobs.get("azureCancelAnswer") or 200)
+
     def wire_status(self, status: str) -> str:
         """An order status as the ``statusCase`` knob spells it on the wire."""
         case = self.knobs.get("statusCase", "lower")
@@ -433,6 +880,7 @@ class Sandbox:
             "companyName": customer.company_name,
             "domain": customer.domain,
             "orders": {oid: o.state(window) for oid, o in customer.orders.items()},
+            "subscriptions": {sid: s.state() for sid, s in customer.subscriptions.items()},
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -446,6 +894,30 @@ class Sandbox:
                 "violations": self.violations,
                 "requests": len(self.log),
             }
+
+
+#: The values a switch may take (the other knobs are numbers or free).
+KNOB_CHOICES: dict[str, tuple[Any, ...]] = {
+    "statusCase": ("lower", "title", "upper"),
+    "secondCancel": ("idempotent", "error"),
+    "subscriptionPatchAnswer": (200, 202),
+    "subscriptionIfMatch": ("optional", "required"),
+    "lateCancelCode": (900117, 900213),
+    "resuspend": ("idempotent", "error"),
+    "azureCancelAnswer": (200, 202),
+}
+
+
+def check_knobs(data: dict[str, Any]) -> None:
+    """ValueError for a switch set to a value it does not have, or a kind list naming an unknown kind."""
+    for name, choices in KNOB_CHOICES.items():
+        if name in data and data[name] not in choices:
+            raise ValueError(f"knob {name} takes one of {list(choices)}, not {data[name]!r}")
+    for name in ("deleteBlockedBy", "suspendedBlocks"):
+        if name in data and not (
+            isinstance(data[name], list) and all(kind in SUBSCRIPTION_KINDS for kind in data[name])
+        ):
+            raise ValueError(f"knob {name} takes a list of {list(SUBSCRIPTION_KINDS)}, not {data[name]!r}")
 
 
 def derived_entitlements(orders: dict[str, Order]) -> list[dict[str, Any]]:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tools.pc_emulator.exceptions import Answer, invalid_input
-from tools.pc_emulator.models import Customer, Order, Page, Sandbox
+from tools.pc_emulator.models import AzureEntitlement, Customer, Order, Page, Sandbox, Subscription, iso
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Request:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]  # the ones handlers read: Host, MS-ContinuationToken
+    headers: dict[str, str]  # the ones handlers read: Host, Authorization, MS-ContinuationToken, If-Match
     raw: bytes
 
     def arg(self, name: str) -> str | None:
@@ -153,3 +154,95 @@ def cancel_order(req: Request, customer: Customer, order: Order) -> Answer:
     except ValueError:
         raise invalid_input() from None
     return 200, order_json(req.sandbox, customer, req.sandbox.cancel_order(customer, order, body)), {}
+
+
+# -- subscriptions (partner-center-subscriptions.md section 3) -------------------------------------------------------
+
+
+def subscription_json(customer: Customer, subscription: Subscription) -> dict[str, Any]:
+    """A subscription as documented (subscription-resources.md): its kind's fields, the cancellation window as
+    ``cancellationAllowedUntilDate`` (NCE and software) and ``refundOptions`` (NCE and SaaS), and ``attributes`` with
+    an ``etag`` only when it has one (NCE examples have none)."""
+    body: dict[str, Any] = {"id": subscription.id, **subscription.fields, "status": subscription.status}
+    body["creationDate"] = iso(datetime.fromtimestamp(subscription.created_at, UTC))
+    if subscription.cancel_until is not None:
+        until = iso(datetime.fromtimestamp(subscription.cancel_until, UTC))
+        if subscription.kind in ("nce", "software"):
+            body["cancellationAllowedUntilDate"] = until
+        if subscription.kind in ("nce", "saas"):
+            body["refundOptions"] = [{"type": "Full", "expiresAt": until}]
+    if subscription.status == "suspended":
+        body["suspensionReasons"] = ["CustomerCancellation"]
+    attributes: dict[str, Any] = {"objectType": "Subscription"}
+    if subscription.etag is not None:
+        attributes = {"etag": subscription.etag, **attributes}
+    body["links"] = {"self": _link(f"/customers/{customer.id}/subscriptions/{subscription.id}")}
+    body["attributes"] = attributes
+    return body
+
+
+def azure_entitlement_json(plan: Subscription, entitlement: AzureEntitlement) -> dict[str, Any]:
+    return {
+        "id": entitlement.id,
+        "friendlyName": entitlement.friendly_name,
+        "status": entitlement.status,
+        "subscriptionId": plan.id,
+        "attributes": {"objectType": "AzureEntitlement"},
+    }
+
+
+def _json_body(req: Request) -> Any:
+    try:
+        return json.loads(req.raw.decode("utf-8-sig") or "null")
+    except ValueError:
+        raise invalid_input() from None
+
+
+def list_subscriptions(req: Request, customer: Customer) -> Answer:
+    page = req.sandbox.subscription_page(customer, req.next_page, req.headers.get("MS-ContinuationToken"))
+    body: dict[str, Any] = {
+        "totalCount": len(customer.subscriptions),
+        "items": [subscription_json(customer, s) for s in page.items],
+        "links": {"self": _link(f"/customers/{customer.id}/subscriptions")},
+        "attributes": {"objectType": "Collection"},
+    }
+    _next_link(body, page, f"/customers/{customer.id}/subscriptions?seekOperation=Next")
+    return 200, body, {}
+
+
+def get_subscription(req: Request, customer: Customer, subscription: Subscription) -> Answer:
+    return 200, subscription_json(customer, req.sandbox.read_subscription(subscription)), {}
+
+
+def patch_subscription(req: Request, customer: Customer, subscription: Subscription) -> Answer:
+    """200 with the subscription as it now reads (a delayed change does not show yet), or 202 with no body and a
+    ``Location`` of the subscription's own address."""
+    changed, answer = req.sandbox.patch_subscription(
+        customer, subscription, _json_body(req), req.headers.get("If-Match")
+    )
+    if answer == 202:
+        return 202, None, {"Location": f"/customers/{customer.id}/subscriptions/{subscription.id}"}
+    return 200, subscription_json(customer, changed), {}
+
+
+def list_azure_entitlements(req: Request, customer: Customer, subscription: Subscription) -> Answer:
+    items = [azure_entitlement_json(subscription, e) for e in req.sandbox.azure_entitlements(subscription)]
+    return 200, {"totalCount": len(items), "items": items, "attributes": {"objectType": "Collection"}}, {}
+
+
+def get_azure_entitlement(
+    req: Request, customer: Customer, subscription: Subscription, entitlement: AzureEntitlement
+) -> Answer:
+    req.sandbox.azure_entitlements(subscription)
+    return 200, azure_entitlement_json(subscription, entitlement), {}
+
+
+def cancel_azure_entitlement(
+    req: Request, customer: Customer, subscription: Subscription, entitlement: AzureEntitlement
+) -> Answer:
+    if subscription.kind != "azurePlan":
+        raise invalid_input("not an Azure plan")
+    cancelled, answer = req.sandbox.cancel_azure_entitlement(entitlement, _json_body(req))
+    if answer == 202:
+        return 202, None, {}
+    return 200, azure_entitlement_json(subscription, cancelled), {}

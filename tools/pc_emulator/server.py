@@ -113,7 +113,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, body, headers, bom=not path.startswith("/_emulator/") and not identity.is_identity(path))
 
     def _read_headers(self) -> dict[str, str]:
-        return {k: v for k in ("Host", "Authorization", "MS-ContinuationToken") if (v := self.headers.get(k))}
+        return {
+            k: v for k in ("Host", "Authorization", "MS-ContinuationToken", "If-Match") if (v := self.headers.get(k))
+        }
 
     def _serve(self, req: Request) -> Answer:
         """Faults first (they cover the token endpoint too), then Entra ID, or Partner Center after its token check
@@ -149,6 +151,10 @@ class Handler(BaseHTTPRequestHandler):
                 args["customer"] = req.sandbox.customer(groups["cid"])
             if "oid" in groups:
                 args["order"] = args["customer"].order(groups["oid"])
+            if "sid" in groups:
+                args["subscription"] = args["customer"].subscription(groups["sid"])
+            if "eid" in groups:
+                args["entitlement"] = args["customer"].azure_entitlement(args["subscription"], groups["eid"])
         handler = route.methods.get(req.method)
         if handler is None:
             raise route.otherwise()

@@ -1,8 +1,9 @@
 """The route tables: which path and method reach which handler.
 
 A Partner Center route names its resources by group: ``cid`` (a customer, looked up first: 404 ``60003`` when it does
-not exist) and ``oid`` (one of its orders: 404 ``20000``). Only then is the method looked at: a method the route does
-not serve gets 405, or the route's ``otherwise``. A path no route matches gets the gateway's 404.
+not exist), ``oid`` (one of its orders: 404 ``20000``), ``sid`` (one of its subscriptions: 404 ``20003``) and
+``eid`` (an Azure subscription under that plan: 404 ``800111``). Only then is the method looked at: a method the
+route does not serve gets 405, or the route's ``otherwise``. A path no route matches gets the gateway's 404.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tools.pc_emulator.models import GUID
 
 ORDER = r"[A-Za-z0-9_-]{1,64}"
 CUSTOMER = rf"/v1/customers/(?P<cid>{GUID})"
+SUBSCRIPTION = rf"{CUSTOMER}/subscriptions/(?P<sid>{GUID})"
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,14 @@ API = (
     Route(rf"{CUSTOMER}/entitlements/?", {"GET": responses.list_entitlements}),
     Route(rf"{CUSTOMER}/orders/?", {"GET": responses.list_orders}),
     Route(rf"{CUSTOMER}/orders/(?P<oid>{ORDER})/?", {"GET": responses.get_order, "PATCH": responses.cancel_order}),
+    Route(rf"{CUSTOMER}/subscriptions/?", {"GET": responses.list_subscriptions}),
+    Route(
+        rf"{SUBSCRIPTION}/?",
+        {"GET": responses.get_subscription, "PATCH": responses.patch_subscription},
+    ),
+    Route(rf"{SUBSCRIPTION}/azureEntitlements/?", {"GET": responses.list_azure_entitlements}),
+    Route(rf"{SUBSCRIPTION}/azureEntitlements/(?P<eid>{GUID})/?", {"GET": responses.get_azure_entitlement}),
+    Route(rf"{SUBSCRIPTION}/azureEntitlements/(?P<eid>{GUID})/cancel/?", {"POST": responses.cancel_azure_entitlement}),
 )
 
 #: Entra ID: its handlers get the tenant as it is in the path; anything else is the gateway's 404.
