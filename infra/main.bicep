@@ -108,6 +108,8 @@ param partnerCenterTimeoutSeconds string = '30'
 param partnerCenterRetryBudgetSeconds string = '4'
 param invocationWorkSeconds string = '10'
 param partnerCenterCallsPerMinute string = '450'
+@description('A DELETE still refused this long after its first refusal ends the request failed, naming the blockers; at most POLL_TIMEOUT_SECONDS.')
+param deleteRefusalTimeoutSeconds string = '1800'
 @minLength(1)
 @description('NCRONTAB, six fields, UTC. %SWEEP_SCHEDULE% in sweep_customers/function.json: without it the host disables the sweep.')
 param sweepSchedule string = '0 0 3 * * *'
@@ -163,6 +165,7 @@ var contractAppSettings = {
   PARTNER_CENTER_RETRY_BUDGET_SECONDS: partnerCenterRetryBudgetSeconds
   INVOCATION_WORK_SECONDS: invocationWorkSeconds
   PARTNER_CENTER_CALLS_PER_MINUTE: partnerCenterCallsPerMinute
+  DELETE_REFUSAL_TIMEOUT_SECONDS: deleteRefusalTimeoutSeconds
   SWEEP_SCHEDULE: sweepSchedule
   SWEEP_MODE: sweepMode
   SWEEP_INCLUDE: sweepInclude

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, str] = {
     "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "4",
     "INVOCATION_WORK_SECONDS": "10",
     "PARTNER_CENTER_CALLS_PER_MINUTE": "450",
+    "DELETE_REFUSAL_TIMEOUT_SECONDS": "1800",
 }
 
 #: Connect timeout of every Partner Center call (the read timeout is PARTNER_CENTER_TIMEOUT_SECONDS).
@@ -145,6 +146,7 @@ class Settings:
     work_seconds: int = 10  # no Partner Center call starts after this long in one invocation
     max_polling_interval: float = 60.0  # the host's maxPollingInterval: how late a due message may be picked up
     calls_per_minute: int = 450  # the most Partner Center calls one worker process sends in any 60 s (shared.pacing)
+    delete_refusal_timeout: int = 1800  # a DELETE still refused this long after the first refusal ends `failed`
     notes: tuple[str, ...] = ()  # settings that were accepted, but not as given: logged once at start
 
     @property
@@ -265,6 +267,21 @@ class Settings:
             unit="calls",
         )
 
+        refusal_timeout = _seconds(
+            "DELETE_REFUSAL_TIMEOUT_SECONDS",
+            get("DELETE_REFUSAL_TIMEOUT_SECONDS"),
+            problems,
+            minimum=1,
+            maximum=MAX_POLL_TIMEOUT_SECONDS,
+        )
+        if timeout and refusal_timeout > timeout:
+            if (env.get("DELETE_REFUSAL_TIMEOUT_SECONDS") or "").strip():
+                problems.append(
+                    f"DELETE_REFUSAL_TIMEOUT_SECONDS ({refusal_timeout}) must not be larger than POLL_TIMEOUT_SECONDS "
+                    f"({timeout})"
+                )
+            refusal_timeout = timeout  # the default, under a shorter POLL_TIMEOUT_SECONDS: the request's whole life
+
         if problems or storage is None:  # no storage connection is always one of the problems
             raise ConfigurationError(problems)
         return cls(
@@ -288,6 +305,7 @@ class Settings:
             work_seconds=work_seconds,
             max_polling_interval=polling,
             calls_per_minute=calls_per_minute,
+            delete_refusal_timeout=refusal_timeout,
             notes=tuple(notes),
         )
 

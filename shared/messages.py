@@ -89,7 +89,7 @@ class OrderState:
 class PollMessage:
     """The state of one request between two hops: everything the next hop knows, and nothing it may trust.
 
-    Fields after ``dry_run`` are optional (added by issues 7 and 8); an older message gets their defaults.
+    Fields after ``dry_run`` are optional (added by issues 7, 8 and 16); an older message gets their defaults.
     """
 
     customer_id: str
@@ -109,6 +109,7 @@ class PollMessage:
     customer_seen: bool = False  # a hop of this request saw the customer exist
     last_looks: int = 0  # failed looks at the customer after the hard end
     cancel_sent_at: datetime | None = None  # when a hop last sent a cancel (issue 8): the poll delay grows from it
+    first_delete_refusal_at: datetime | None = None  # the request's first refused DELETE (issue 16): its deadline
 
     def __post_init__(self) -> None:
         if self.stage == "poll" and not self.customer_seen:  # a poll stage was listed, so the customer was seen
@@ -136,6 +137,7 @@ class PollMessage:
                 "customerSeen": self.customer_seen,
                 "lastLooks": self.last_looks,
                 "cancelSentAt": iso(self.cancel_sent_at) if self.cancel_sent_at else None,
+                "firstDeleteRefusalAt": iso(self.first_delete_refusal_at) if self.first_delete_refusal_at else None,
             },
             separators=(",", ":"),
         )
@@ -273,6 +275,8 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         delete_by = None if raw_delete_by is None else parse_iso(raw_delete_by)
         raw_cancel_sent = _optional(data, "cancelSentAt", None)
         cancel_sent_at = None if raw_cancel_sent is None else parse_iso(raw_cancel_sent)
+        raw_refusal = _optional(data, "firstDeleteRefusalAt", None)
+        first_refusal = None if raw_refusal is None else parse_iso(raw_refusal)
         stage = data.get("stage", "poll")
         dry_run = data.get("dryRun", False)
         if stage not in STAGES:
@@ -313,6 +317,7 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         seen,
         counts["lastLooks"],
         cancel_sent_at,
+        first_refusal,
     )
 
 

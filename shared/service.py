@@ -90,6 +90,7 @@ def policy_for(s: Settings) -> core.Policy:
         # A DELETE decided just before the cut-off lands within one invocation's work time (in-process waits
         # included: the budget allows no wait past it) and one more call.
         settle=s.work_seconds + call_time + 5.0,
+        delete_refusal_timeout=float(s.delete_refusal_timeout),
     )
 
 
@@ -308,7 +309,10 @@ def _publish(deps: Deps, req: _Request, command: core.Continue | core.Finish, *,
     line = _logger(req)
     if isinstance(command, core.Continue):
         deps.publisher.send(s.poll_queue, command.message.to_text(), delay=command.delay)
-        line.info("%s: next hop in %ds", command.why, command.delay)
+        # A refused DELETE after every order read cancelled is worth a warning each time: something the app cannot
+        # see (or clear) blocks the customer, and the request will end failed at DELETE_REFUSAL_TIMEOUT_SECONDS.
+        refused = command.message.cause == core.Cause.DELETE_REFUSED.value
+        line.log(logging.WARNING if refused else logging.INFO, "%s: next hop in %ds", command.why, command.delay)
         return
     poison = command.poison
     if poison is core.Poison.ORIGINAL:

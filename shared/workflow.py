@@ -23,6 +23,9 @@ Rules (README, "Guarantees"):
   chain (a fork) has landed. From D the *final check* classifies the request from fresh reads (``timed_out``, or
   ``failed`` for a refusal, or gone). From H (``first_handled_at + POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)``,
   less one call) one last look at the customer ends the request whatever happens.
+* **A refused DELETE** is tried again on later hops, from fresh reads. Still refused ``DELETE_REFUSAL_TIMEOUT``
+  after the first refusal (which the poll message carries, so chains forked after it share the deadline), the request
+  ends ``failed``, naming the blockers Partner Center quotes.
 * **Bounded work.** No call starts after ``policy.hop_work`` seconds of the invocation; the rest is handed to the
   next hop. Longer waits (throttling, outages, crashes) always continue on the poll queue.
 """
@@ -37,7 +40,8 @@ from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any
 
-from shared.messages import DeletionRequest, OrderState, PollMessage
+from shared.messages import MAX_CAUSE_CHARS, DeletionRequest, OrderState, PollMessage
+from shared.subscriptions import blockers_in_refusal
 
 __all__ = [
     "Answer",
@@ -150,6 +154,7 @@ class Policy:
     settle: float = 60.0  # the longest a DELETE decided before C can take to land (work + waits + one call)
     call_time: float = 35.0  # the longest one call can take (connect + read timeout)
     retry_after_max: int = 900
+    delete_refusal_timeout: float = 1800.0  # DELETE_REFUSAL_TIMEOUT_SECONDS
 
     @property
     def final_window(self) -> float:
@@ -276,6 +281,7 @@ class Hop:
     looked: bool = False  # GET customer answered in this hop
     pending: Call | None = None
     gone_check: str | None = None  # the pending GET customer decides this failure (present) or a gone outcome
+    alternates: Mapping[str, str] = field(default_factory=dict)  # order id -> alternateId, as read in this hop
 
     @property
     def open_orders(self) -> tuple[str, ...]:
@@ -534,11 +540,13 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
         return replace(hop, listed=True, order_ids=hop.order_ids + new, hints=hints), None
     if isinstance(call, GetOrder):
         status = normalise_status(obs.body.get("status") if isinstance(obs.body, dict) else None)
+        alternate = obs.body.get("alternateId") if isinstance(obs.body, dict) else None
         hop = replace(
             hop,
             fresh={**hop.fresh, call.order_id: status},
             hints={**hop.hints, call.order_id: status},
             busy=hop.busy - {call.order_id},
+            alternates={**hop.alternates, call.order_id: alternate} if isinstance(alternate, str) else hop.alternates,
         )
         refusal = hop.refused.get(call.order_id)
         if refusal is not None:
@@ -619,10 +627,25 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     # DeleteCustomer refused.
     if kind is FailureKind.NOT_FOUND:
         return _check_gone(hop, f"{f.text()}; but GET customer still finds it")
-    # Any refusal of the DELETE can pass (orders still cancelling, an order we cannot see): keep trying until the
-    # cut-off. A sibling chain could not reproduce a refusal after the cut-off, so it is never a fast `failed`.
-    hop = replace(hop, chain=replace(hop.chain, delete_refusals=hop.chain.delete_refusals + 1))
-    return hop, _wait(hop, now, policy, Cause.DELETE_REFUSED, f"{hop.chain.delete_refusals} time(s), last: {f.text()}")
+    # Any refusal of the DELETE can pass (orders still cancelling, an order we cannot see): keep trying, until
+    # DELETE_REFUSAL_TIMEOUT_SECONDS after the first refusal. The poll message carries that first refusal, so chains
+    # forked after it agree on the deadline.
+    first = hop.chain.first_delete_refusal_at or now
+    chain = replace(hop.chain, delete_refusals=hop.chain.delete_refusals + 1, first_delete_refusal_at=first)
+    hop = replace(hop, chain=chain)
+    blockers = blockers_in_refusal(f.description, hop.alternates, ())
+    named = f"; Partner Center names {', '.join(blockers)}" if blockers else ""
+    refused_for = (now - first).total_seconds()
+    if refused_for >= policy.delete_refusal_timeout:
+        return hop, _fail(
+            hop,
+            f"every order this request can see reads cancelled, but Partner Center refused the DELETE "
+            f"{chain.delete_refusals} time(s) over {refused_for:.0f}s (DELETE_REFUSAL_TIMEOUT_SECONDS is "
+            f"{policy.delete_refusal_timeout:g}){named}; last: {f.text()}",
+        )
+    return hop, _wait(
+        hop, now, policy, Cause.DELETE_REFUSED, f"{chain.delete_refusals} time(s){named}, last: {f.text()}"
+    )
 
 
 def _past_hard_end(hop: Hop, now: datetime, policy: Policy) -> bool:
@@ -808,10 +831,19 @@ def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: boo
         stage=stage,
         setbacks=0 if progress else chain.setbacks + 1,
         cause=cause.value if cause else None,
-        cause_detail=(detail or None) if cause else None,
+        cause_detail=_short(detail) if cause else None,
         customer_seen=seen,
         cancel_sent_at=_cancel_sent_at(hop, now),
     )
+
+
+def _short(detail: str | None) -> str | None:
+    """A cause detail as a poll message may carry it (at most MAX_CAUSE_CHARS): Partner Center's words can be long
+    (an HTML error page, a refusal quoting many orders), and a longer one would make the next hop's message
+    unreadable."""
+    if not detail:
+        return None
+    return detail if len(detail) <= MAX_CAUSE_CHARS else detail[: MAX_CAUSE_CHARS - 1] + "…"
 
 
 def _continue(

@@ -363,3 +363,24 @@ def test_a_hidden_order_keeps_the_delete_refused_until_the_deadline(world, make_
     (event,) = world.outcomes(1, timeout=DEADLINE_WAIT)
     assert event["outcome"] == "timed_out" and "refused the DELETE" in event["detail"]
     assert customer["id"] in world.pc.state()["customers"]
+
+
+def test_a_2026_customer_the_app_cannot_clear_yet_ends_failed_at_the_refusal_deadline_naming_its_blocker(
+    world, make_customer
+):
+    """An NCE subscription blocks the DELETE (the emulator's default switch) and this release does not clear
+    subscriptions: the request ends `failed` DELETE_REFUSAL_TIMEOUT_SECONDS after the first refusal, naming the
+    order Partner Center quotes, long before POLL_TIMEOUT_SECONDS (issue 16)."""
+    nce = {"id": str(uuid.uuid4()), "kind": "nce", "orderId": "34b37d7340cc"}
+    customer = make_customer([{}], subscriptions=[nce])
+    world.start(POLL_TIMEOUT_SECONDS="3600", DELETE_REFUSAL_TIMEOUT_SECONDS="3")
+    world.request(customer["id"])
+    (event,) = world.outcomes(1, timeout=90)
+    assert event["outcome"] == "failed", event
+    assert "DELETE_REFUSAL_TIMEOUT_SECONDS is 3" in event["detail"]
+    assert "an order Partner Center calls 34b37d7340cc" in event["detail"]
+    assert customer["id"] in world.pc.state()["customers"]
+    refusals = [c for c in world.api_calls(customer["id"]) if c["method"] == "DELETE"]
+    assert len(refusals) >= 2 and all(c["status"] == 400 for c in refusals)
+    (redrivable,) = world.poison()  # an equivalent request, for a redrive once the blocker is gone
+    assert json.loads(redrivable)["customerTenantId"] == customer["id"]

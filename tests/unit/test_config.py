@@ -137,6 +137,18 @@ def test_poll_timeout_has_an_upper_bound(tmp_path):
         settings(tmp_path, POLL_TIMEOUT_SECONDS="99999999999")
 
 
+def test_the_delete_refusal_timeout_is_at_most_the_poll_timeout(tmp_path):
+    assert settings(tmp_path).delete_refusal_timeout == 1800
+    assert settings(tmp_path, DELETE_REFUSAL_TIMEOUT_SECONDS="60").delete_refusal_timeout == 60
+    # Left at its default under a shorter POLL_TIMEOUT_SECONDS, it is the request's whole life, not a problem.
+    assert settings(tmp_path, POLL_TIMEOUT_SECONDS="600").delete_refusal_timeout == 600
+    with pytest.raises(ConfigurationError, match=r"DELETE_REFUSAL_TIMEOUT_SECONDS \(3600\) must not be larger"):
+        settings(tmp_path, POLL_TIMEOUT_SECONDS="1800", DELETE_REFUSAL_TIMEOUT_SECONDS="3600")
+    for bad in ("0", "soon", "-5"):
+        with pytest.raises(ConfigurationError, match="DELETE_REFUSAL_TIMEOUT_SECONDS"):
+            settings(tmp_path, DELETE_REFUSAL_TIMEOUT_SECONDS=bad)
+
+
 def test_identity_based_storage(tmp_path):
     s = settings(
         tmp_path,

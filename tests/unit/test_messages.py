@@ -13,6 +13,7 @@ from shared.messages import (
     OrderState,
     PollMessage,
     event_id,
+    iso,
     outcome_event,
     parse_deletion_request,
     parse_poll_message,
@@ -121,8 +122,10 @@ def test_poll_message_round_trip():
         cause="throttled",
         cause_detail="last Retry-After 60s",
         customer_seen=True,
+        first_delete_refusal_at=INSERTED,
     )
     assert parse_poll_message(full.to_text()) == full
+    assert json.loads(full.to_text())["firstDeleteRefusalAt"] == iso(INSERTED)
 
 
 def test_poll_messages_of_the_previous_release_are_read_with_defaults():
@@ -274,6 +277,7 @@ def test_the_previous_release_parses_every_kind_of_poll_message_this_one_writes(
             cause="outage",
             cause_detail="x",
             last_looks=1,
+            first_delete_refusal_at=NOW,
         ),
         PollMessage(CUST, CORR, (), 0, INSERTED, NOW, stage="discover", dry_run=True, customer_seen=True),
         PollMessage(

@@ -1,6 +1,8 @@
 """The two use cases against in-memory fakes (no sockets): every request ends in exactly one outcome."""
 
+import dataclasses
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -256,6 +258,22 @@ def test_a_delete_refused_until_the_deadline_times_out_naming_the_refusal(world)
         and "cannot be removed due to active" in out["detail"]
     )
     assert CUST in pc.customers and len(pub.on(POISON)) == 1
+
+
+def test_a_delete_refused_past_the_refusal_deadline_fails_and_every_refusal_is_a_warning(world, caplog):
+    pc, pub, clock, deps = world
+    deps = dataclasses.replace(deps, settings=dataclasses.replace(deps.settings, delete_refusal_timeout=120))
+    pc.customers[CUST] = FakeCustomer({O1: FakeOrder()})
+    pc.delete_refusals = 10**6
+    with caplog.at_level(logging.INFO, logger="customer_deletion"):
+        request(deps, CUST)
+        run_polls(deps, pub, clock)
+    out = the_outcome(pub)
+    assert out["outcome"] == "failed" and "DELETE_REFUSAL_TIMEOUT_SECONDS is 120" in out["detail"]
+    assert CUST in pc.customers and len(pub.on(POISON)) == 1
+    refusals = [r for r in caplog.records if "refused the DELETE" in r.getMessage() and "next hop" in r.getMessage()]
+    assert refusals and all(r.levelno == logging.WARNING for r in refusals)
+    assert len(refusals) == pc.count("delete_customer") - 1  # every refusal but the last, which ends the request
 
 
 def test_lost_delete_answer_then_redelivered_hop_is_deleted(world):

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared import workflow as core
-from shared.messages import DeletionRequest, OrderState, PollMessage
+from shared.messages import DeletionRequest, OrderState, PollMessage, parse_poll_message
 from shared.workflow import (
     Answer,
     CancelOrder,
@@ -674,3 +674,53 @@ def test_poll_delay_grows_and_is_capped():
     assert [core.poll_delay(s, POLICY) for s in seconds] == [30, 30, 30, 31, 35, 25, 600, 600]
     capped = Policy(interval=30, max_interval=100, timeout=3600)
     assert core.poll_delay(10**6, capped) == 100  # the grid is far sparser there: the cap wins
+
+
+# -- issue 16: a refused DELETE names its blockers and ends failed after DELETE_REFUSAL_TIMEOUT_SECONDS --------------
+
+REFUSAL = (
+    "Customer relationship cannot be removed due to active Azure reserved instances.Please cancel the "
+    "following orders: 37c9b07a5722,0bed3bbca6c"
+)
+
+
+def refusal_hop(first_refusal=None, refusals=0):
+    start = poll_hop(poll((A, "cancelled"), delete_refusals=refusals, first_delete_refusal_at=first_refusal))
+    world = {
+        GetOrder(A): Answer({"status": "cancelled", "alternateId": "37c9b07a5722"}),
+        ListEntitlements(): Answer([A]),
+        DeleteCustomer(): refused(400, "800000", REFUSAL, "DELETE /c"),
+    }
+    return drive(start, world, now=T0 + timedelta(seconds=1000), policy=replace(POLICY, delete_refusal_timeout=600))
+
+
+def test_a_first_refused_delete_starts_the_deadline_and_names_the_blockers_it_can_match():
+    _, last = refusal_hop()
+    assert isinstance(last, Continue) and last.message.first_delete_refusal_at == T0 + timedelta(seconds=1000)
+    assert f"Partner Center names order {A}, an order Partner Center calls 0bed3bbca6c" in (
+        last.message.cause_detail or ""
+    )
+
+
+def test_a_delete_refused_within_the_deadline_keeps_the_first_refusal_and_polls_on():
+    first = T0 + timedelta(seconds=401)  # 599 s before this hop
+    _, last = refusal_hop(first, refusals=3)
+    assert isinstance(last, Continue) and last.message.first_delete_refusal_at == first
+    assert last.message.delete_refusals == 4
+
+
+def test_a_delete_still_refused_at_the_deadline_ends_failed_naming_the_blockers_and_redrivable():
+    _, last = refusal_hop(T0 + timedelta(seconds=400), refusals=3)
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and last.poison is core.Poison.EQUIVALENT
+    assert "refused the DELETE 4 time(s) over 600s (DELETE_REFUSAL_TIMEOUT_SECONDS is 600)" in last.detail
+    assert "0bed3bbca6c" in last.detail and f"order {A}" in last.detail
+
+
+def test_a_long_partner_center_text_never_makes_the_next_poll_message_unreadable():
+    page = "<html>" + "Service Unavailable " * 60 + "</html>"  # 1,200 characters of an error page
+    _, last = drive(
+        poll_hop(poll((A, "pending"))),
+        {GetOrder(A): Failure(FailureKind.TRANSIENT, 503, None, page, where="GET /o")},
+    )
+    assert isinstance(last, Continue) and len(last.message.cause_detail or "") <= 400
+    assert parse_poll_message(last.message.to_text()).cause_detail == last.message.cause_detail
