@@ -38,6 +38,10 @@ class PartnerCenterPort(Protocol):
         self, *, correlation_id: str, budget: Budget | None = None, stop_after: int | None = None
     ) -> list[Any]: ...
 
+    def list_subscriptions(
+        self, customer_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> list[dict[str, Any]]: ...
+
 
 class PublisherPort(Protocol):
     def send(self, queue: str, data: bytes | str, *, delay: int = 0, time_to_live: int = -1) -> str: ...

@@ -256,6 +256,8 @@ def _execute(deps: Deps, req: _Request, chain: PollMessage, call: core.Call, bud
             body = pc.get_order(cid, call.order_id, correlation_id=corr, budget=budget)
         elif isinstance(call, core.CancelOrder):
             body = pc.cancel_order(cid, call.order_id, correlation_id=corr, budget=budget)
+        elif isinstance(call, core.ListSubscriptions):
+            body = pc.list_subscriptions(cid, correlation_id=corr, budget=budget)
         else:
             pc.delete_customer(cid, correlation_id=corr, budget=budget)
             body = None
@@ -274,7 +276,7 @@ def _execute(deps: Deps, req: _Request, chain: PollMessage, call: core.Call, bud
         )
     else:
         observation = core.Answer(body)
-    _logger(req).info("%s: %s", call.describe(), _summary(observation))
+    _logger(req).info("%s: %s", call.describe(), _summary(observation, call))
     return observation
 
 
@@ -292,10 +294,12 @@ def _kind(exc: PartnerCenterError) -> core.FailureKind:
     return core.FailureKind.REFUSED
 
 
-def _summary(observation: core.Observation) -> str:
+def _summary(observation: core.Observation, call: core.Call) -> str:
     if isinstance(observation, core.Failure):
         return observation.text()
     body = observation.body
+    if isinstance(call, core.ListSubscriptions):
+        return f"{len(body) if isinstance(body, list) else 0} subscription(s)"
     if isinstance(body, list):
         return f"{len(body)} order(s): {', '.join(body) or 'none'}"
     if isinstance(body, dict) and "status" in body:

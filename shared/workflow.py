@@ -41,7 +41,7 @@ from enum import Enum, StrEnum
 from typing import Any
 
 from shared.messages import MAX_CAUSE_CHARS, DeletionRequest, OrderState, PollMessage
-from shared.subscriptions import blockers_in_refusal
+from shared.subscriptions import UnreadableSubscriptionError, blockers_in_refusal, read_subscription
 
 __all__ = [
     "Answer",
@@ -59,6 +59,7 @@ __all__ = [
     "GetOrder",
     "Hop",
     "ListEntitlements",
+    "ListSubscriptions",
     "Mode",
     "Observation",
     "Outcome",
@@ -199,7 +200,15 @@ class DeleteCustomer:
         return "DELETE customer"
 
 
-Call = GetCustomer | ListEntitlements | GetOrder | CancelOrder | DeleteCustomer
+@dataclass(frozen=True)
+class ListSubscriptions:
+    """Read only: the customer's subscriptions, to name what blocks a DELETE (issue 16)."""
+
+    def describe(self) -> str:
+        return "GET subscriptions"
+
+
+Call = GetCustomer | ListEntitlements | GetOrder | CancelOrder | DeleteCustomer | ListSubscriptions
 
 
 @dataclass(frozen=True)
@@ -282,6 +291,7 @@ class Hop:
     pending: Call | None = None
     gone_check: str | None = None  # the pending GET customer decides this failure (present) or a gone outcome
     alternates: Mapping[str, str] = field(default_factory=dict)  # order id -> alternateId, as read in this hop
+    refused_delete: Failure | None = None  # a DELETE refused past its deadline: the pending listing names blockers
 
     @property
     def open_orders(self) -> tuple[str, ...]:
@@ -514,8 +524,11 @@ def step(
         hop, decided = _absorb(replace(hop, pending=None), hop.pending, observation, now, policy)
         if isinstance(decided, (Continue, Finish)):
             return hop, decided
-        if decided is not None:  # a gone check: it obeys the work budget like any other call
-            return _issue(hop, _out_of_time(hop, now, elapsed, policy) or decided)
+        if decided is not None:  # a gone check or a blocker listing: it obeys the work budget like any other call
+            late = _out_of_time(hop, now, elapsed, policy)
+            if late is not None and hop.refused_delete is not None:  # no time to name more: the refusal stands
+                return hop, _refusal_failed(hop, now, policy, None)
+            return _issue(hop, late or decided)
     return _issue(hop, _decide(hop, now, elapsed, policy))
 
 
@@ -554,6 +567,8 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
                 return hop, _fail(hop, refusal)
             hop = replace(hop, refused=_without(hop.refused, call.order_id))
         return hop, None
+    if isinstance(call, ListSubscriptions):
+        return hop, _refusal_failed(hop, now, policy, obs.body if isinstance(obs.body, list) else [])
     if isinstance(call, CancelOrder):
         # Whatever the answer says, the order counts as open for the rest of this hop, and the next hop reads it: a
         # read at once would cost a call per order and mostly find it still cancelling ("cancelled" is no proof). Its
@@ -571,6 +586,8 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
 
 def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy) -> tuple[Hop, Command | None]:
     kind = f.kind
+    if isinstance(call, ListSubscriptions):  # only ever to name blockers: its failure changes nothing else
+        return hop, _refusal_failed(hop, now, policy, None)
     if kind is FailureKind.UNSAFE:
         return hop, _fail(hop, f.text())
     if hop.entry is Entry.UNREADABLE:  # one look only: gone, or the failure stands (said to be unchecked)
@@ -633,18 +650,40 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     first = hop.chain.first_delete_refusal_at or now
     chain = replace(hop.chain, delete_refusals=hop.chain.delete_refusals + 1, first_delete_refusal_at=first)
     hop = replace(hop, chain=chain)
+    if (now - first).total_seconds() >= policy.delete_refusal_timeout:
+        # The request ends failed; its subscriptions are listed first, read only, to name what blocks.
+        return replace(hop, refused_delete=f), ListSubscriptions()
     blockers = blockers_in_refusal(f.description, hop.alternates, ())
     named = f"; Partner Center names {', '.join(blockers)}" if blockers else ""
-    refused_for = (now - first).total_seconds()
-    if refused_for >= policy.delete_refusal_timeout:
-        return hop, _fail(
-            hop,
-            f"every order this request can see reads cancelled, but Partner Center refused the DELETE "
-            f"{chain.delete_refusals} time(s) over {refused_for:.0f}s (DELETE_REFUSAL_TIMEOUT_SECONDS is "
-            f"{policy.delete_refusal_timeout:g}){named}; last: {f.text()}",
-        )
     return hop, _wait(
         hop, now, policy, Cause.DELETE_REFUSED, f"{chain.delete_refusals} time(s){named}, last: {f.text()}"
+    )
+
+
+def _refusal_failed(hop: Hop, now: datetime, policy: Policy, listed: list[Any] | None) -> Finish:
+    """``failed`` for a DELETE still refused at its deadline, naming the blockers: those Partner Center quotes,
+    matched to the orders and subscriptions read, and every subscription that is not final (this release clears
+    none). ``listed``: the subscriptions as listed; None when they could not be listed."""
+    f = hop.refused_delete
+    assert f is not None  # only a refusal past its deadline lists subscriptions
+    chain = hop.chain
+    first = chain.first_delete_refusal_at or now
+    subscriptions = []
+    for item in listed or []:
+        try:
+            subscriptions.append(read_subscription(item))
+        except UnreadableSubscriptionError:
+            continue  # named by what Partner Center quotes, if at all; it never goes near a URL here
+    blockers = blockers_in_refusal(f.description, hop.alternates, subscriptions)
+    blockers += [s.describe() for s in subscriptions if not s.final and s.describe() not in blockers]
+    named = f"; blockers: {', '.join(blockers)}" if blockers else ""
+    if listed is None:
+        named += " (its subscriptions could not be listed)"
+    return _fail(
+        hop,
+        f"every order this request can see reads cancelled, but Partner Center refused the DELETE "
+        f"{chain.delete_refusals} time(s) over {(now - first).total_seconds():.0f}s (DELETE_REFUSAL_TIMEOUT_SECONDS is "
+        f"{policy.delete_refusal_timeout:g}){named}; last: {f.text()}",
     )
 
 

@@ -27,6 +27,7 @@ class FakeOrder:
 class FakeCustomer:
     orders: dict[str, FakeOrder] = field(default_factory=dict)
     entitlement_ids: list[str] | None = None  # default: the order ids
+    subscriptions: list[dict] = field(default_factory=list)  # as listed (the app reads them, clears none yet)
 
 
 class FakePartnerCenter:
@@ -110,6 +111,10 @@ class FakePartnerCenter:
         if self.lose_delete_answer:
             self.lose_delete_answer = False
             raise ConnectionError("answer lost")
+
+    def list_subscriptions(self, cid, *, correlation_id, budget=None):
+        self._enter("list_subscriptions", cid)
+        return list(self._customer(cid).subscriptions)
 
     def list_customers(self, *, correlation_id, budget=None, stop_after=None):
         """The rest of the port (the sweep's own tests list with their FakeListing)."""

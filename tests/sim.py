@@ -174,6 +174,10 @@ class SimPartnerCenter:
     def get_customer(self, cid, *, correlation_id, budget=None):
         return self._call("get_customer", cid, None, lambda: (self._customer(cid, "customer"), {"id": cid})[1])
 
+    def list_subscriptions(self, cid, *, correlation_id, budget=None):
+        """Read only, to name what blocks a refused DELETE: the simulated customers hold no subscriptions."""
+        return self._call("subscriptions", cid, None, lambda: (self._customer(cid, "subscriptions"), [])[1])
+
     def list_entitlement_order_ids(self, cid, *, correlation_id, budget=None):
         def effect():
             return [oid for oid, o in self._customer(cid, "entitlements").orders.items() if not o.hidden]

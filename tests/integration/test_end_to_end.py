@@ -378,8 +378,10 @@ def test_a_2026_customer_the_app_cannot_clear_yet_ends_failed_at_the_refusal_dea
     (event,) = world.outcomes(1, timeout=90)
     assert event["outcome"] == "failed", event
     assert "DELETE_REFUSAL_TIMEOUT_SECONDS is 3" in event["detail"]
-    assert "an order Partner Center calls 34b37d7340cc" in event["detail"]
+    assert f"blockers: nce subscription {nce['id']} (active);" in event["detail"]  # 34b37d7340cc is its order
+    assert [c["method"] for c in world.api_calls(customer["id"])][-1] == "GET"  # the subscriptions, read only
     assert customer["id"] in world.pc.state()["customers"]
+    assert world.api_calls(customer["id"])[-1]["path"].endswith("/subscriptions")
     refusals = [c for c in world.api_calls(customer["id"]) if c["method"] == "DELETE"]
     assert len(refusals) >= 2 and all(c["status"] == 400 for c in refusals)
     (redrivable,) = world.poison()  # an equivalent request, for a redrive once the blocker is gone

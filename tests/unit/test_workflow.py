@@ -684,14 +684,29 @@ REFUSAL = (
 )
 
 
-def refusal_hop(first_refusal=None, refusals=0):
+NCE = {
+    "id": "a4c1340d-6911-4758-bba3-0c4c6007d161",
+    "status": "active",
+    "productType": {"id": "OnlineServicesNCE"},
+    "orderId": "0bed3bbca6c",
+}
+
+
+def refusal_hop(first_refusal=None, refusals=0, subscriptions=None, elapsed=None):
     start = poll_hop(poll((A, "cancelled"), delete_refusals=refusals, first_delete_refusal_at=first_refusal))
     world = {
         GetOrder(A): Answer({"status": "cancelled", "alternateId": "37c9b07a5722"}),
         ListEntitlements(): Answer([A]),
         DeleteCustomer(): refused(400, "800000", REFUSAL, "DELETE /c"),
+        core.ListSubscriptions(): subscriptions if subscriptions is not None else Answer([NCE]),
     }
-    return drive(start, world, now=T0 + timedelta(seconds=1000), policy=replace(POLICY, delete_refusal_timeout=600))
+    return drive(
+        start,
+        world,
+        now=T0 + timedelta(seconds=1000),
+        policy=replace(POLICY, delete_refusal_timeout=600),
+        elapsed=elapsed,
+    )
 
 
 def test_a_first_refused_delete_starts_the_deadline_and_names_the_blockers_it_can_match():
@@ -709,11 +724,30 @@ def test_a_delete_refused_within_the_deadline_keeps_the_first_refusal_and_polls_
     assert last.message.delete_refusals == 4
 
 
-def test_a_delete_still_refused_at_the_deadline_ends_failed_naming_the_blockers_and_redrivable():
-    _, last = refusal_hop(T0 + timedelta(seconds=400), refusals=3)
+def test_a_delete_still_refused_at_the_deadline_lists_the_subscriptions_and_ends_failed_naming_the_blockers():
+    calls, last = refusal_hop(T0 + timedelta(seconds=400), refusals=3)
+    assert calls[-2:] == [DeleteCustomer(), core.ListSubscriptions()]  # read only: nothing is written after it
     assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and last.poison is core.Poison.EQUIVALENT
     assert "refused the DELETE 4 time(s) over 600s (DELETE_REFUSAL_TIMEOUT_SECONDS is 600)" in last.detail
-    assert "0bed3bbca6c" in last.detail and f"order {A}" in last.detail
+    assert f"blockers: order {A}, nce subscription {NCE['id']} (active);" in last.detail  # 0bed3bbca6c is its order
+
+
+def test_a_final_subscription_is_no_blocker_and_an_unreadable_one_is_skipped():
+    done_id = "b4c1340d-6911-4758-bba3-0c4c6007d161"
+    done = {**NCE, "id": done_id, "status": "deleted", "orderId": "x" * 12}
+    _, last = refusal_hop(T0 + timedelta(seconds=400), subscriptions=Answer([done, {"id": "../x"}, "junk"]))
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED
+    assert f"blockers: order {A}, an order Partner Center calls 0bed3bbca6c;" in last.detail
+    assert done_id not in last.detail and "../x" not in last.detail
+
+
+def test_when_the_subscriptions_cannot_be_listed_or_there_is_no_time_the_refusal_still_ends_failed():
+    _, last = refusal_hop(T0 + timedelta(seconds=400), subscriptions=OUTAGE)
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED
+    assert "(its subscriptions could not be listed)" in last.detail
+    calls, last = refusal_hop(T0 + timedelta(seconds=400), elapsed=lambda n: 0.0 if n < 3 else 11.0)
+    assert core.ListSubscriptions() not in calls
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and "could not be listed" in last.detail
 
 
 def test_a_long_partner_center_text_never_makes_the_next_poll_message_unreadable():
