@@ -260,3 +260,108 @@ def test_a_malformed_subscription_seed_is_refused(sandbox, subscription):
 def test_a_switch_refuses_a_value_it_does_not_have(sandbox, knobs):
     with pytest.raises(ValueError):
         sandbox.set_knobs(knobs)
+
+
+# -- what a review of the first version found ---------------------------------------------------------------------
+
+
+def test_reads_of_the_plan_or_the_list_never_count_as_reads_of_its_azure_subscriptions(sandbox):
+    box = with_subscriptions(
+        sandbox, {"id": PLAN, "kind": "azurePlan", "azureEntitlements": [{"id": AZ, "inactiveAfterReads": 2}]}
+    )
+    customer = box.customer(CID)
+    plan = customer.subscription(PLAN)
+    entitlement = customer.azure_entitlement(plan, AZ)
+    _, answer = box.cancel_azure_entitlement(entitlement, {"cancellationReason": "compromise"})
+    assert answer == 200 and entitlement.status == "active"  # the answer still reads active, as documented
+    for _ in range(5):
+        box.read_subscription(plan, customer)
+        box.subscription_page(customer, False, None)
+    assert [box.read_azure_entitlement(plan, entitlement).status for _ in range(3)] == ["active", "active", "inactive"]
+
+
+def test_a_page_of_subscriptions_reads_only_what_it_shows(sandbox):
+    first, second = SUB, PLAN
+    box = with_subscriptions(
+        sandbox,
+        {"id": first, "kind": "nce", "changeAfterReads": 1},
+        {"id": second, "kind": "nce", "changeAfterReads": 1},
+        subscriptionsPageSize=1,
+    )
+    customer = box.customer(CID)
+    for sid in (first, second):
+        patch(box, sid, "deleted")
+    page = box.subscription_page(customer, False, None)
+    assert [s.id for s in page.items] == [first]
+    assert customer.subscription(second).reads_pending() == 0 and customer.subscription(first).reads_pending() == 1
+
+
+def test_a_delete_accepted_while_a_subscription_is_active_is_still_recorded_whatever_the_switches(sandbox):
+    box = with_subscriptions(sandbox, {"id": SUB, "kind": "nce"}, deleteBlockedBy=["azurePlan"])
+    box.delete_customer(box.customer(CID))
+    assert CID in box.deleted
+    assert box.violations[-1]["openSubscriptions"] == [SUB] and box.violations[-1]["accepted"] is True
+
+
+def test_a_patch_while_a_change_is_pending_is_not_ready_and_an_expired_subscription_cannot_be_changed(sandbox):
+    box = with_subscriptions(
+        sandbox, {"id": SUB, "kind": "nce", "changeAfterReads": 3}, {"id": PLAN, "kind": "legacy", "status": "expired"}
+    )
+    patch(box, SUB, "deleted")
+    assert refusal(lambda: patch(box, SUB, "suspended")) == (409, 800082)  # the cancel is not turned into a suspend
+    pending = box.customer(CID).subscription(SUB).pending
+    assert pending is not None and pending.target == "deleted"
+    assert refusal(lambda: patch(box, PLAN, "active")) == (400, 800096)
+
+
+def test_suspending_a_legacy_base_suspends_its_add_ons_and_nce_takes_them_along_only_under_the_switch(sandbox):
+    addon = "c4c1340d-6911-4758-bba3-0c4c6007d161"
+    for kind, cascades, knobs in (("legacy", True, {}), ("nce", False, {}), ("nce", True, {"addOnCascade": ["nce"]})):
+        box = with_subscriptions(
+            sandbox, {"id": SUB, "kind": kind}, {"id": addon, "kind": kind, "parentSubscriptionId": SUB}, **knobs
+        )
+        patch(box, SUB, "suspended", autoRenewEnabled=False)
+        assert (box.customer(CID).subscription(addon).status == "suspended") is cascades, (kind, knobs)
+
+
+@pytest.mark.parametrize(
+    "subscription",
+    [
+        {"id": SUB, "windowHours": 1e9},
+        {"id": SUB, "windowHours": []},
+        {"id": SUB, "windowHours": True},
+        {"id": PLAN, "kind": "azurePlan", "azureEntitlements": [{}]},
+        {"id": PLAN, "kind": "azurePlan", "azureEntitlements": [{"id": 5}]},
+        {"id": PLAN, "kind": "azurePlan", "azureEntitlements": ["x"]},
+        {"id": SUB, "changeAfterReads": "soon"},
+    ],
+)
+def test_a_seed_that_would_crash_a_handler_later_is_refused_at_once(sandbox, subscription):
+    with pytest.raises(ValueError):
+        Sandbox.check_customer({"id": CID, "subscriptions": [subscription]})
+
+
+def test_a_seed_with_one_subscription_twice_is_refused(sandbox):
+    with pytest.raises(ValueError, match="twice"):
+        Sandbox.check_customer({"id": CID, "subscriptions": [{"id": SUB}, {"id": SUB.upper()}]})
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"cancellationReasons": None},
+        {"cancellationReasons": "compromise"},
+        {"subscriptionsPageSize": "x"},
+        {"subscriptionsPageSize": -1},
+        {"addOnCascade": ["everything"]},
+    ],
+)
+def test_a_subscription_knob_that_would_crash_a_handler_is_refused(sandbox, knobs):
+    with pytest.raises(ValueError):
+        sandbox.set_knobs(knobs)
+
+
+def test_the_older_knobs_take_what_they_took_before(sandbox):
+    sandbox.set_knobs({"statusCase": "mixed"})  # unknown: lower case, as the emulator always did
+    assert sandbox.wire_status("Cancelled") == "cancelled"
+    sandbox.set_knobs({"statusCase": "lower"})

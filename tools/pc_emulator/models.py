@@ -54,6 +54,7 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "azureCancelAnswer": 200,  # 200 (the entitlement still reads active) | 202 (no body): both documented
     "cancellationReasons": ["compromise"],  # what an Azure entitlement cancel accepts; others: 400 900307
     "subscriptionsPageSize": 0,  # 0: one page (no paging is documented); n: pages through links.next
+    "addOnCascade": ["legacy"],  # kinds whose suspension or cancel takes their add-ons along (legacy: CONFIRMED)
 }
 
 #: Subscription statuses after which nothing is left to clear (issue 16); any other status still blocks.
@@ -283,6 +284,14 @@ class Subscription:
 
     @classmethod
     def from_seed(cls, s: dict[str, Any], now: float) -> Subscription:
+        """``_from_seed``, with every malformed field a ValueError (a seed is checked before anything is added)."""
+        try:
+            return cls._from_seed(s, now)
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"malformed subscription {str(s)[:120]!r}: {type(exc).__name__} {exc}") from None
+
+    @classmethod
+    def _from_seed(cls, s: dict[str, Any], now: float) -> Subscription:
         """From a seed: ``id`` (a GUID), ``kind`` (default ``nce``), ``status`` (default ``active``), ``orderId``,
         ``parentSubscriptionId``, ``autoRenewEnabled`` (default true), ``windowHours`` (hours left of the
         cancellation window, negative: passed; default 168 for NCE and software, 24 for SaaS; none for the others),
@@ -298,6 +307,10 @@ class Subscription:
         defaults = dict(KIND_FIELDS[kind])
         has_etag = bool(s.get("etag", defaults.pop("etag")))
         window = s.get("windowHours", {"nce": 168, "software": 168, "saas": 24}.get(kind))
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, (int, float)) or not -87600 <= window <= 87600
+        ):
+            raise ValueError(f"subscription {s['id']}: windowHours must be a number of hours within 10 years")
         cancel_until = None if window is None else now + float(window) * 3600
         documented = {
             k: v
@@ -325,10 +338,14 @@ class Subscription:
             "unitType": "Licenses" if kind != "azurePlan" else "none",
             "autoRenewEnabled": True,
             "termDuration": "P1M" if kind != "azurePlan" else None,
-            "orderId": secrets.token_hex(6),
+            # legacy orders have GUID ids; new commerce and SaaS orders 12 hex characters (reference section 3.1)
+            "orderId": str(uuid.uuid4()) if kind == "legacy" else secrets.token_hex(6),
             "parentSubscriptionId": None,
             **documented,
         }
+        for e in s.get("azureEntitlements") or []:
+            if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not re.fullmatch(GUID, e["id"]):
+                raise ValueError(f"subscription {s['id']}: each Azure entitlement needs a GUID id, not {e!r}")
         entitlements = {
             e["id"].lower(): AzureEntitlement(
                 id=e["id"].lower(),
@@ -371,8 +388,10 @@ class Subscription:
         if self.pending is not None and self.pending.due(now):
             self.status, self.changed_at, self.pending = self.pending.target, now, None
             self.new_etag()
-        for entitlement in self.entitlements.values():
-            entitlement.advance(now)
+
+    def reads_pending(self) -> int:
+        """Reads a pending change has counted so far (0: none pending, or none read)."""
+        return 0 if self.pending is None else self.pending.reads
 
     def new_etag(self) -> None:
         if self.etag is not None:
@@ -490,8 +509,9 @@ class Sandbox:
             isinstance(subscriptions, list) and all(isinstance(s, dict) for s in subscriptions)
         ):
             raise ValueError(f"customer {data['id']}: subscriptions must be a list of objects")
-        for s in subscriptions or []:
-            Subscription.from_seed(s, 0.0)  # every field checked before anything is added
+        ids = [Subscription.from_seed(s, 0.0).id for s in subscriptions or []]  # every field checked first
+        if len(set(ids)) < len(ids):
+            raise ValueError(f"customer {data['id']}: a subscription id is given twice")
 
     def add_customer(self, data: dict[str, Any]) -> None:
         """Add a customer (one of a seed's), replacing any with its id. ValueError (see ``check_customer``)."""
@@ -673,6 +693,23 @@ class Sandbox:
             o for oid, o in customer.orders.items() if (oid in referenced or o.hidden) and o.status != "cancelled"
         ]
         blocking = self.blocking_subscriptions(customer)
+        open_subscriptions = [
+            s
+            for s in customer.subscriptions.values()
+            if not s.final or any(e.status == "active" for e in s.entitlements.values())
+        ]
+        if open_subscriptions and not active and not blocking:
+            # Accepted under the switches, but sent while a subscription was active: the state records it, so a test
+            # can check "no DELETE while a subscription or an Azure entitlement is active" under every switch.
+            self.violations.append(
+                {
+                    "customer": customer.id,
+                    "time": iso(now_utc()),
+                    "openOrders": [],
+                    "openSubscriptions": [s.id for s in open_subscriptions],
+                    "accepted": True,
+                }
+            )
         if active or blocking:
             violation: dict[str, Any] = {
                 "customer": customer.id,
@@ -745,16 +782,30 @@ class Sandbox:
 
     # -- subscriptions ------------------------------------------------------------------------------------------------
 
-    def read_subscription(self, subscription: Subscription) -> Subscription:
+    def read_subscription(self, subscription: Subscription, customer: Customer | None = None) -> Subscription:
         subscription.advance(time.time())
+        if customer is not None:
+            self.cascade(customer)
         return subscription
+
+    def cascade(self, customer: Customer) -> None:
+        """A suspended legacy subscription suspends its add-ons (reference section 3.4, CONFIRMED); whether a new
+        commerce base takes its add-ons along is UNKNOWN, so it is the knob ``addOnCascade`` (the kinds that do)."""
+        kinds = set(self.knobs.get("addOnCascade") or [])
+        for addon in customer.subscriptions.values():
+            parent = customer.subscriptions.get(str(addon.fields.get("parentSubscriptionId") or "").lower())
+            if parent is not None and parent.kind in kinds and parent.final and not addon.final:
+                addon.status, addon.changed_at, addon.pending = parent.status, time.time(), None
+                addon.new_etag()
 
     def subscription_page(self, customer: Customer, next_page: bool, token: str | None) -> Page:
         """The subscriptions, each read (so pending changes show when due), in pages of the knob
         ``subscriptionsPageSize`` (0: one page, as documented)."""
-        items = [self.read_subscription(s) for s in customer.subscriptions.values()]
         size = int(self.knobs.get("subscriptionsPageSize") or 0)
-        return self.page(items, size, customer.id + "/subscriptions", token, next_page)
+        page = self.page(list(customer.subscriptions.values()), size, customer.id + "/subscriptions", token, next_page)
+        for subscription in page.items:  # only what this page shows counts as read
+            self.read_subscription(subscription, customer)
+        return page
 
     def patch_subscription(
         self, customer: Customer, subscription: Subscription, body: Any, if_match: str | None
@@ -782,13 +833,17 @@ class Sandbox:
                 raise ApiError(400, 2055, "Etag is no longer valid")
         if subscription.pending_operation:
             raise ApiError(
-                409, 900278, "There is a pending operation on this subscription. Please retry after 24 hours", "new"
+                409, 900278, "There is a pending operation on this subscription. Please retry after 24 hours"
             )
         if subscription.not_ready_patches > 0:
             subscription.not_ready_patches -= 1
             raise ApiError(409, 800082, "Subscription is not ready to be updated. Try again after sometime")
+        if subscription.pending is not None:  # a change is still being made (reference: 800082)
+            raise ApiError(409, 800082, "Subscription is not ready to be updated. Try again after sometime")
+        if subscription.status in ("expired", "disabled"):
+            raise ApiError(400, 800096, "Cannot update the status for this subscription")
         now = time.time()
-        shown = subscription.status if subscription.pending is None else subscription.pending.target
+        shown = subscription.status
         if target == "suspended" and shown == "suspended" and self.knobs.get("resuspend") == "error":
             raise ApiError(400, 800091, "Cannot update a subscription with suspended status")
         if target == "deleted":
@@ -796,12 +851,12 @@ class Sandbox:
                 raise ApiError(400, 800096, "Cannot update the status for this subscription")
             if subscription.cancel_until is not None and now > subscription.cancel_until:
                 code = int(self.knobs.get("lateCancelCode") or 900117)
-                window = "168-hour" if code == 900213 else "7-day"
+                hours = 24 if subscription.kind == "saas" else 168
+                window = f"{hours}-hour" if code == 900213 else f"{hours // 24}-day"
                 raise ApiError(
                     400,
                     code,
                     f"You have passed your {window} cancellation window. We are unable to cancel your purchase",
-                    "new",
                 )
         if target == "suspended" and subscription.kind == "azurePlan":
             under = [e.id for e in subscription.entitlements.values() if e.status == "active"]
@@ -815,8 +870,9 @@ class Sandbox:
                     900115,
                     "Azure plan can't be suspended while an Azure subscription or reservation under it is active",
                 )
-        if "autoRenewEnabled" in body:
-            subscription.fields["autoRenewEnabled"] = bool(body["autoRenewEnabled"])
+        renew = next((k for k in body if isinstance(k, str) and k.lower() == "autorenewenabled"), None)
+        if renew is not None:
+            subscription.fields["autoRenewEnabled"] = bool(body[renew])
         else:
             subscription.fields["autoRenewEnabled"], subscription.auto_renew_dropped = False, True
         if target != shown:
@@ -832,8 +888,15 @@ class Sandbox:
                     subscription.never_changes,
                 )
         subscription.new_etag()
+        self.cascade(customer)
         answer = subscription.patch_answer or int(self.knobs.get("subscriptionPatchAnswer") or 200)
         return subscription, answer
+
+    def read_azure_entitlement(self, plan: Subscription, entitlement: AzureEntitlement) -> AzureEntitlement:
+        if plan.kind != "azurePlan":
+            raise invalid_input("not an Azure plan")
+        entitlement.advance(time.time())
+        return entitlement
 
     def azure_entitlements(self, plan: Subscription) -> list[AzureEntitlement]:
         """The Azure subscriptions under a plan, each read (a pending cancel shows when due)."""
@@ -863,8 +926,6 @@ class Sandbox:
                 entitlement.inactive_after_seconds,
                 entitlement.never_cancels,
             )
-            if entitlement.inactive_after_reads == 0 and entitlement.inactive_after_seconds == 0:
-                entitlement.advance(now)
         return entitlement, int(self.knobs.get("azureCancelAnswer") or 200)
 
     def wire_status(self, status: str) -> str:
@@ -898,8 +959,6 @@ class Sandbox:
 
 #: The values a switch may take (the other knobs are numbers or free).
 KNOB_CHOICES: dict[str, tuple[Any, ...]] = {
-    "statusCase": ("lower", "title", "upper"),
-    "secondCancel": ("idempotent", "error"),
     "subscriptionPatchAnswer": (200, 202),
     "subscriptionIfMatch": ("optional", "required"),
     "lateCancelCode": (900117, 900213),
@@ -909,11 +968,19 @@ KNOB_CHOICES: dict[str, tuple[Any, ...]] = {
 
 
 def check_knobs(data: dict[str, Any]) -> None:
-    """ValueError for a switch set to a value it does not have, or a kind list naming an unknown kind."""
+    """ValueError for a subscription switch set to a value it does not have, or a kind list naming an unknown kind.
+    The older knobs are taken as before (an unknown ``statusCase`` still means lower case)."""
     for name, choices in KNOB_CHOICES.items():
         if name in data and data[name] not in choices:
             raise ValueError(f"knob {name} takes one of {list(choices)}, not {data[name]!r}")
-    for name in ("deleteBlockedBy", "suspendedBlocks"):
+    for name in ("subscriptionsPageSize",):
+        value = data.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+            raise ValueError(f"knob {name} takes a whole number 0..1000, not {value!r}")
+    reasons = data.get("cancellationReasons", ["compromise"])
+    if not (isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)):
+        raise ValueError(f"knob cancellationReasons takes a list of strings, not {reasons!r}")
+    for name in ("deleteBlockedBy", "suspendedBlocks", "addOnCascade"):
         if name in data and not (
             isinstance(data[name], list) and all(kind in SUBSCRIPTION_KINDS for kind in data[name])
         ):

@@ -177,6 +177,9 @@ def subscription_json(customer: Customer, subscription: Subscription) -> dict[st
     if subscription.etag is not None:
         attributes = {"etag": subscription.etag, **attributes}
     body["links"] = {"self": _link(f"/customers/{customer.id}/subscriptions/{subscription.id}")}
+    parent = subscription.fields.get("parentSubscriptionId")
+    if parent:
+        body["links"]["parentSubscription"] = _link(f"/customers/{customer.id}/subscriptions/{parent}")
     body["attributes"] = attributes
     return body
 
@@ -211,7 +214,7 @@ def list_subscriptions(req: Request, customer: Customer) -> Answer:
 
 
 def get_subscription(req: Request, customer: Customer, subscription: Subscription) -> Answer:
-    return 200, subscription_json(customer, req.sandbox.read_subscription(subscription)), {}
+    return 200, subscription_json(customer, req.sandbox.read_subscription(subscription, customer)), {}
 
 
 def patch_subscription(req: Request, customer: Customer, subscription: Subscription) -> Answer:
@@ -233,8 +236,7 @@ def list_azure_entitlements(req: Request, customer: Customer, subscription: Subs
 def get_azure_entitlement(
     req: Request, customer: Customer, subscription: Subscription, entitlement: AzureEntitlement
 ) -> Answer:
-    req.sandbox.azure_entitlements(subscription)
-    return 200, azure_entitlement_json(subscription, entitlement), {}
+    return 200, azure_entitlement_json(subscription, req.sandbox.read_azure_entitlement(subscription, entitlement)), {}
 
 
 def cancel_azure_entitlement(
