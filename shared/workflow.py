@@ -586,7 +586,9 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
 
 def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy) -> tuple[Hop, Command | None]:
     kind = f.kind
-    if isinstance(call, ListSubscriptions):  # only ever to name blockers: its failure changes nothing else
+    if isinstance(call, ListSubscriptions):  # only ever to name blockers: its failure changes nothing else ...
+        if kind is FailureKind.NOT_FOUND and hop.refused_delete is not None:  # ... unless the customer is gone now
+            return _check_gone(replace(hop, refused_delete=None), hop.refused_delete.text())
         return hop, _refusal_failed(hop, now, policy, None)
     if kind is FailureKind.UNSAFE:
         return hop, _fail(hop, f.text())

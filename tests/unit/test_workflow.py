@@ -758,3 +758,20 @@ def test_a_long_partner_center_text_never_makes_the_next_poll_message_unreadable
     )
     assert isinstance(last, Continue) and len(last.message.cause_detail or "") <= 400
     assert parse_poll_message(last.message.to_text()).cause_detail == last.message.cause_detail
+
+
+def test_a_customer_gone_between_the_refusal_and_the_listing_is_checked_and_reported_deleted():
+    gone = Failure(FailureKind.NOT_FOUND, 404, "60003", "Tenant not found", where="GET /subscriptions")
+    start = poll_hop(poll((A, "cancelled"), delete_refusals=3, first_delete_refusal_at=T0 + timedelta(seconds=400)))
+    world = {
+        GetOrder(A): order("cancelled"),
+        ListEntitlements(): Answer([A]),
+        DeleteCustomer(): refused(400, "800000", REFUSAL, "DELETE /c"),
+        core.ListSubscriptions(): gone,
+        core.GetCustomer(): NOT_FOUND,
+    }
+    calls, last = drive(
+        start, world, now=T0 + timedelta(seconds=1000), policy=replace(POLICY, delete_refusal_timeout=600)
+    )
+    assert calls[-2:] == [core.ListSubscriptions(), core.GetCustomer()]
+    assert isinstance(last, Finish) and last.outcome is Outcome.DELETED  # a sibling's DELETE landed in between
