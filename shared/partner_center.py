@@ -42,7 +42,7 @@ from shared.errors import (
     TransientError,
     UnsafeIdError,
 )
-from shared.ids import is_guid, is_order_id
+from shared.ids import is_etag, is_guid, is_order_id
 from shared.pacing import Pacer
 
 __all__ = [
@@ -66,8 +66,6 @@ RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1.0, 900.0
 _DELAY_SECONDS_RE = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
 _CONTINUATION_RE = re.compile(r"[\x21-\x7e]{1,4096}")
 _NEXT_QUERY_RE = re.compile(r"[A-Za-z0-9=&_.~%+-]*")
-#: An etag as it may travel in If-Match: printable ASCII without quotes or backslashes (quoted by the client).
-_ETAG_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,256}")
 #: The reason an Azure entitlement is cancelled with: the one value any example shows (reference section 3.5).
 AZURE_CANCELLATION_REASON = "compromise"
 
@@ -276,11 +274,8 @@ class PartnerCenterClient:
     ) -> list[dict[str, Any]]:
         """Every subscription of the customer, as listed (items that are not objects are dropped; the core checks
         each one). No paging is documented; ``links.next`` is followed anyway if a page has one."""
-        cid = _segment(customer_id, "customer")
-        items: list[dict[str, Any]] = []
-        for page in self._pages(f"/v1/customers/{cid}/subscriptions", "", "subscriptions", correlation_id, budget):
-            items.extend(i for i in page if isinstance(i, dict))
-        return items
+        collection = f"/v1/customers/{_segment(customer_id, 'customer')}/subscriptions"
+        return list(self._objects(collection, "subscriptions", correlation_id, budget))
 
     def get_subscription(
         self, customer_id: str, subscription_id: str, *, correlation_id: str, budget: Budget | None = None
@@ -311,7 +306,7 @@ class PartnerCenterClient:
         path = self._subscription_path(customer_id, subscription_id)
         headers = {}
         if etag is not None:
-            if not _ETAG_RE.fullmatch(etag):
+            if not is_etag(etag):
                 raise UnsafeIdError(f"refusing to send an etag that is not printable ASCII: {etag[:40]!r}")
             headers["If-Match"] = f'"{etag}"'
         return (
@@ -331,10 +326,7 @@ class PartnerCenterClient:
     ) -> list[dict[str, Any]]:
         """The Azure subscriptions under an Azure plan (``azureEntitlements``), all pages if a page links on."""
         collection = self._subscription_path(customer_id, plan_id) + "/azureEntitlements"
-        items: list[dict[str, Any]] = []
-        for page in self._pages(collection, "", "azureEntitlements", correlation_id, budget):
-            items.extend(i for i in page if isinstance(i, dict))
-        return items
+        return list(self._objects(collection, "azureEntitlements", correlation_id, budget))
 
     def cancel_azure_entitlement(
         self, customer_id: str, plan_id: str, entitlement_id: str, *, correlation_id: str, budget: Budget | None = None
@@ -356,8 +348,14 @@ class PartnerCenterClient:
     # -- paging ----------------------------------------------------------------------------------------------
 
     def _entitlements(self, customer_id: str, correlation_id: str, budget: Budget | None) -> Iterator[dict[str, Any]]:
-        cid = _segment(customer_id, "customer")
-        for page in self._pages(f"/v1/customers/{cid}/entitlements", "", "entitlements", correlation_id, budget):
+        collection = f"/v1/customers/{_segment(customer_id, 'customer')}/entitlements"
+        return self._objects(collection, "entitlements", correlation_id, budget)
+
+    def _objects(
+        self, collection: str, what: str, correlation_id: str, budget: Budget | None
+    ) -> Iterator[dict[str, Any]]:
+        """The items of every page of a collection that are objects (anything else is dropped here)."""
+        for page in self._pages(collection, "", what, correlation_id, budget):
             yield from (i for i in page if isinstance(i, dict))
 
     def _pages(

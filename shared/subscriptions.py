@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from shared.ids import is_guid
+from shared.ids import is_etag, is_guid
 
 __all__ = [
     "AZURE_PLAN_OFFER_PREFIX",
@@ -47,7 +47,6 @@ AZURE_PLAN_OFFER_PREFIX = "DZH318Z0BPS6:"
 FINAL_STATUSES = frozenset({"suspended", "deleted", "expired", "disabled"})
 #: A cancel refused with one of these is past its window: the subscription is suspended instead.
 LATE_CANCEL_CODES = frozenset({"900117", "900213"})
-_ETAG_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,256}")
 #: An id quoted in a refused DELETE: an order's alternate id (12 hex, once 11), an order id, a GUID.
 _QUOTED_ID_RE = re.compile(r"[A-Za-z0-9_-]{6,64}")
 
@@ -129,7 +128,7 @@ def read_subscription(item: Any) -> Subscription:
         raise UnreadableSubscriptionError(f"subscription {sid} names a parent that is not a GUID: {str(parent)[:80]!r}")
     attributes = item.get("attributes")
     etag = attributes.get("etag") if isinstance(attributes, Mapping) else None
-    if etag is not None and not (isinstance(etag, str) and _ETAG_RE.fullmatch(etag.strip('"'))):
+    if etag is not None and not (isinstance(etag, str) and is_etag(etag.strip('"'))):
         raise UnreadableSubscriptionError(f"subscription {sid} has an etag that is not printable ASCII")
     status = item.get("status")
     order_id = item.get("orderId")
@@ -199,6 +198,7 @@ def blockers_in_refusal(
     if not found:
         return []
     by_alternate = {alt.lower(): oid for oid, alt in alternate_ids.items() if alt}
+    order_ids = {oid.lower() for oid in alternate_ids}
     by_order = {s.order_id.lower(): s for s in subscriptions if s.order_id}
     names: list[str] = []
     for token in re.split(r"[\s,;]+", quoted.strip())[:20]:
@@ -207,7 +207,7 @@ def blockers_in_refusal(
         key = token.lower()
         if key in by_alternate:
             name = f"order {by_alternate[key]}"
-        elif key in {o.lower() for o in alternate_ids}:
+        elif key in order_ids:
             name = f"order {token}"
         elif key in by_order:
             name = by_order[key].describe()

@@ -666,10 +666,9 @@ def _refusal_failed(hop: Hop, now: datetime, policy: Policy, listed: list[Any] |
     """``failed`` for a DELETE still refused at its deadline, naming the blockers: those Partner Center quotes,
     matched to the orders and subscriptions read, and every subscription that is not final (this release clears
     none). ``listed``: the subscriptions as listed; None when they could not be listed."""
-    f = hop.refused_delete
-    assert f is not None  # only a refusal past its deadline lists subscriptions
-    chain = hop.chain
-    first = chain.first_delete_refusal_at or now
+    f, chain = hop.refused_delete, hop.chain
+    first = chain.first_delete_refusal_at
+    assert f is not None and first is not None  # set together with the refusal that starts the listing
     subscriptions = []
     for item in listed or []:
         try:
