@@ -83,24 +83,25 @@ def fill(sandbox: Sandbox, data: dict[str, Any] | None, query: dict[str, list[st
     return 200, {"customers": len(sandbox.customers), "ids": [c["id"] for c in made]}, {}
 
 
-def orders(sandbox: Sandbox, data: list[Any], query: dict[str, list[str]], cid: str) -> Answer:
+def _add_to_customer(
+    sandbox: Sandbox, cid: str, what: str, add: Callable[[str, list[Any]], int], data: list[Any]
+) -> Answer:
+    """New purchases (``what``: orders or subscriptions) of an existing customer: its new count, or why not."""
     cid = cid.lower()
     if cid not in sandbox.customers:
         return 404, {"error": f"no customer {cid}"}, {}
     try:
-        return 200, {"orders": sandbox.add_orders(cid, data)}, {}
+        return 200, {what: add(cid, data)}, {}
     except (TypeError, ValueError) as exc:
         return _bad(str(exc))
+
+
+def orders(sandbox: Sandbox, data: list[Any], query: dict[str, list[str]], cid: str) -> Answer:
+    return _add_to_customer(sandbox, cid, "orders", sandbox.add_orders, data)
 
 
 def subscriptions(sandbox: Sandbox, data: list[Any], query: dict[str, list[str]], cid: str) -> Answer:
-    cid = cid.lower()
-    if cid not in sandbox.customers:
-        return 404, {"error": f"no customer {cid}"}, {}
-    try:
-        return 200, {"subscriptions": sandbox.add_subscriptions(cid, data)}, {}
-    except (TypeError, ValueError) as exc:
-        return _bad(str(exc))
+    return _add_to_customer(sandbox, cid, "subscriptions", sandbox.add_subscriptions, data)
 
 
 def revoke_tokens(sandbox: Sandbox, data: Any, query: dict[str, list[str]]) -> Answer:

@@ -148,12 +148,16 @@ def get_order(req: Request, customer: Customer, order: Order) -> Answer:
     return 200, order_json(req.sandbox, customer, req.sandbox.read_order(order)), {}
 
 
-def cancel_order(req: Request, customer: Customer, order: Order) -> Answer:
+def _json_body(req: Request) -> Any:
+    """A request's JSON body (a BOM tolerated); an empty body is None, a malformed one 400 800002."""
     try:
-        body = json.loads(req.raw.decode("utf-8-sig") or "{}")
+        return json.loads(req.raw.decode("utf-8-sig") or "null")
     except ValueError:
         raise invalid_input() from None
-    return 200, order_json(req.sandbox, customer, req.sandbox.cancel_order(customer, order, body)), {}
+
+
+def cancel_order(req: Request, customer: Customer, order: Order) -> Answer:
+    return 200, order_json(req.sandbox, customer, req.sandbox.cancel_order(customer, order, _json_body(req))), {}
 
 
 # -- subscriptions (partner-center-subscriptions.md section 3) -------------------------------------------------------
@@ -192,13 +196,6 @@ def azure_entitlement_json(plan: Subscription, entitlement: AzureEntitlement) ->
         "subscriptionId": plan.id,
         "attributes": {"objectType": "AzureEntitlement"},
     }
-
-
-def _json_body(req: Request) -> Any:
-    try:
-        return json.loads(req.raw.decode("utf-8-sig") or "null")
-    except ValueError:
-        raise invalid_input() from None
 
 
 def list_subscriptions(req: Request, customer: Customer) -> Answer:
