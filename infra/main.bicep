@@ -110,6 +110,9 @@ param invocationWorkSeconds string = '10'
 param partnerCenterCallsPerMinute string = '450'
 @description('A DELETE still refused this long after its first refusal ends the request failed, naming the blockers; at most POLL_TIMEOUT_SECONDS.')
 param deleteRefusalTimeoutSeconds string = '1800'
+@allowed(['true', 'false'])
+@description('true: cancel or suspend the customer\'s subscriptions (new commerce, Azure plan, SaaS, licence) and prove them final before the DELETE; false: only list them for the outcome, and let Partner Center decide.')
+param clearSubscriptions string = 'true'
 @minLength(1)
 @description('NCRONTAB, six fields, UTC. %SWEEP_SCHEDULE% in sweep_customers/function.json: without it the host disables the sweep.')
 param sweepSchedule string = '0 0 3 * * *'
@@ -166,6 +169,7 @@ var contractAppSettings = {
   INVOCATION_WORK_SECONDS: invocationWorkSeconds
   PARTNER_CENTER_CALLS_PER_MINUTE: partnerCenterCallsPerMinute
   DELETE_REFUSAL_TIMEOUT_SECONDS: deleteRefusalTimeoutSeconds
+  CLEAR_SUBSCRIPTIONS: clearSubscriptions
   SWEEP_SCHEDULE: sweepSchedule
   SWEEP_MODE: sweepMode
   SWEEP_INCLUDE: sweepInclude

@@ -49,6 +49,7 @@ DEFAULTS: dict[str, str] = {
     "INVOCATION_WORK_SECONDS": "10",
     "PARTNER_CENTER_CALLS_PER_MINUTE": "450",
     "DELETE_REFUSAL_TIMEOUT_SECONDS": "1800",
+    "CLEAR_SUBSCRIPTIONS": "true",
 }
 
 #: Connect timeout of every Partner Center call (the read timeout is PARTNER_CENTER_TIMEOUT_SECONDS).
@@ -147,6 +148,7 @@ class Settings:
     max_polling_interval: float = 60.0  # the host's maxPollingInterval: how late a due message may be picked up
     calls_per_minute: int = 450  # the most Partner Center calls one worker process sends in any 60 s (shared.pacing)
     delete_refusal_timeout: int = 1800  # a DELETE still refused this long after the first refusal ends `failed`
+    clear_subscriptions: bool = True  # CLEAR_SUBSCRIPTIONS: cancel or suspend subscriptions, and prove them final
     notes: tuple[str, ...] = ()  # settings that were accepted, but not as given: logged once at start
 
     @property
@@ -282,6 +284,10 @@ class Settings:
                 )
             refusal_timeout = timeout  # the default, under a shorter POLL_TIMEOUT_SECONDS: the request's whole life
 
+        clear_text = get("CLEAR_SUBSCRIPTIONS").lower()
+        if clear_text not in ("true", "false"):
+            problems.append(f"CLEAR_SUBSCRIPTIONS must be true or false (got {get('CLEAR_SUBSCRIPTIONS')[:20]!r})")
+
         if problems or storage is None:  # no storage connection is always one of the problems
             raise ConfigurationError(problems)
         return cls(
@@ -306,6 +312,7 @@ class Settings:
             max_polling_interval=polling,
             calls_per_minute=calls_per_minute,
             delete_refusal_timeout=refusal_timeout,
+            clear_subscriptions=clear_text != "false",
             notes=tuple(notes),
         )
 

@@ -12,6 +12,7 @@ defaults. The order statuses a poll message carries are hints for what to read f
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ __all__ = [
     "OUTCOME_SCHEMA_VERSION",
     "POLL_SCHEMA_VERSION",
     "STAGES",
+    "SUBSCRIPTION_ACTIONS",
     "DeletionRequest",
     "OrderState",
     "PollMessage",
+    "SubscriptionState",
     "deletion_request_text",
     "event_id",
     "iso",
@@ -48,6 +51,14 @@ OUTCOMES = ("deleted", "not_found", "rejected", "timed_out", "failed", "dry_run"
 STAGES = ("discover", "poll")
 MAX_BODY_BYTES = 64 * 1024
 MAX_CAUSE_CHARS = 400
+#: What the request did to a subscription: cancelled it (``status: "deleted"``), suspended it, or nothing.
+SUBSCRIPTION_ACTIONS = ("cancelled", "suspended", "none")
+#: The subscription kinds (``shared.subscriptions.Kind``) a poll message may name.
+SUBSCRIPTION_KINDS = ("azure_plan", "saas", "nce", "software", "legacy", "unknown")
+#: At most this many subscriptions, and Azure entitlements per plan, in one poll message (a sandbox holds few).
+MAX_SUBSCRIPTIONS = 250
+#: A subscription's ``orderId``: 12 hex characters for new commerce, a GUID for legacy ones (issue 16's reference).
+_SUBSCRIPTION_ORDER_RE = re.compile(r"[A-Za-z0-9_-]{6,64}")
 #: Namespace of ``eventId``: the same request gives the same id on every repeat of its outcome.
 _EVENT_NAMESPACE = uuid.UUID("0d3c6f1e-8a53-4f0b-9d7e-5b2f51c0a9e4")
 
@@ -86,6 +97,47 @@ class OrderState:
 
 
 @dataclass(frozen=True)
+class SubscriptionState:
+    """A subscription as the request last saw it (issue 16): a hint in a poll message, a line of the outcome.
+
+    ``action`` is what the request asked of it (a PATCH Partner Center accepted), ``asked_at`` when. ``cancelled``
+    lists the Azure entitlements the request cancelled under an Azure plan, ``cancelled_at`` when it first did.
+    """
+
+    id: str  # lower case GUID
+    kind: str  # a SUBSCRIPTION_KINDS value
+    status: str  # lower case, as last read
+    action: str = "none"  # a SUBSCRIPTION_ACTIONS value
+    asked_at: datetime | None = None
+    cancelled: tuple[str, ...] = ()  # Azure entitlement ids (lower case GUIDs)
+    cancelled_at: datetime | None = None
+    order_id: str | None = None  # its orderId as read: settles a licence order refused with 800063 / 800077
+
+    @property
+    def final(self) -> bool:
+        return self.status in ("suspended", "deleted", "expired", "disabled")
+
+    def to_json(self) -> dict[str, Any]:
+        """The outcome's form: id, kind, action, status and the Azure entitlements cancelled."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "action": self.action,
+            "status": self.status,
+            "azureEntitlementsCancelled": list(self.cancelled),
+        }
+
+    def to_hint(self) -> dict[str, Any]:
+        """The poll message's form: the outcome's, and the times and order id the next hop needs."""
+        return {
+            **self.to_json(),
+            "askedAt": iso(self.asked_at) if self.asked_at else None,
+            "cancelledAt": iso(self.cancelled_at) if self.cancelled_at else None,
+            "orderId": self.order_id,
+        }
+
+
+@dataclass(frozen=True)
 class PollMessage:
     """The state of one request between two hops: everything the next hop knows, and nothing it may trust.
 
@@ -110,6 +162,9 @@ class PollMessage:
     last_looks: int = 0  # failed looks at the customer after the hard end
     cancel_sent_at: datetime | None = None  # when a hop last sent a cancel (issue 8): the poll delay grows from it
     first_delete_refusal_at: datetime | None = None  # the request's first refused DELETE (issue 16): its deadline
+    subscriptions: tuple[SubscriptionState, ...] = ()  # every subscription the request knows of (hints, issue 16)
+    subscriptions_listed: bool = False  # a hop of this request listed the customer's subscriptions
+    via_subscription: tuple[str, ...] = ()  # orders whose PATCH was refused 800063/800077: settled by a subscription
 
     def __post_init__(self) -> None:
         if self.stage == "poll" and not self.customer_seen:  # a poll stage was listed, so the customer was seen
@@ -138,6 +193,9 @@ class PollMessage:
                 "lastLooks": self.last_looks,
                 "cancelSentAt": iso(self.cancel_sent_at) if self.cancel_sent_at else None,
                 "firstDeleteRefusalAt": iso(self.first_delete_refusal_at) if self.first_delete_refusal_at else None,
+                "subscriptions": [s.to_hint() for s in self.subscriptions],
+                "subscriptionsListed": self.subscriptions_listed,
+                "ordersViaSubscription": list(self.via_subscription),
             },
             separators=(",", ":"),
         )
@@ -291,6 +349,13 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         seen = _optional(data, "customerSeen", stage == "poll")
         if not isinstance(seen, bool):
             raise ValueError("customerSeen is not a boolean")
+        subscriptions = _subscription_hints(_optional(data, "subscriptions", []))
+        subscriptions_listed = _optional(data, "subscriptionsListed", False)
+        if not isinstance(subscriptions_listed, bool):
+            raise ValueError("subscriptionsListed is not a boolean")
+        via = _optional(data, "ordersViaSubscription", [])
+        if not isinstance(via, list) or not all(is_order_id(o) for o in via) or len(set(via)) != len(via):
+            raise ValueError("ordersViaSubscription is not a list of distinct order ids")
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidMessageError(
             f"poll message is malformed: {str(exc)[:100]}", customer_id=customer_id, correlation_id=correlation_id
@@ -318,7 +383,52 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         counts["lastLooks"],
         cancel_sent_at,
         first_refusal,
+        subscriptions,
+        subscriptions_listed,
+        tuple(via),
     )
+
+
+def _subscription_hints(raw: Any) -> tuple[SubscriptionState, ...]:
+    """The ``subscriptions`` of a poll message: every id a lower-case GUID, every value of the shape this app
+    writes, or ValueError."""
+    if not isinstance(raw, list) or len(raw) > MAX_SUBSCRIPTIONS:
+        raise ValueError("subscriptions is not a short list")
+    hints = []
+    for item in raw:
+        if not isinstance(item, dict) or not is_guid(item.get("id")) or item["id"] != item["id"].lower():
+            raise ValueError("a subscription entry has no lower-case GUID id")
+        kind, status, action = item.get("kind"), item.get("status"), _optional(item, "action", "none")
+        if kind not in SUBSCRIPTION_KINDS or action not in SUBSCRIPTION_ACTIONS:
+            raise ValueError("a subscription entry has an unknown kind or action")
+        if not isinstance(status, str) or not status or len(status) > 40 or status != status.lower():
+            raise ValueError("a subscription entry has no status")
+        cancelled = _optional(item, "azureEntitlementsCancelled", [])
+        if (
+            not isinstance(cancelled, list)
+            or len(cancelled) > MAX_SUBSCRIPTIONS
+            or not all(is_guid(e) and e == e.lower() for e in cancelled)
+        ):
+            raise ValueError("a subscription entry's azureEntitlementsCancelled is not a list of lower-case GUIDs")
+        order_id = _optional(item, "orderId", None)
+        if order_id is not None and not (isinstance(order_id, str) and _SUBSCRIPTION_ORDER_RE.fullmatch(order_id)):
+            raise ValueError("a subscription entry's orderId is malformed")
+        asked, cancelled_at = _optional(item, "askedAt", None), _optional(item, "cancelledAt", None)
+        hints.append(
+            SubscriptionState(
+                item["id"],
+                kind,
+                status,
+                action,
+                None if asked is None else parse_iso(asked),
+                tuple(dict.fromkeys(cancelled)),
+                None if cancelled_at is None else parse_iso(cancelled_at),
+                order_id,
+            )
+        )
+    if len({h.id for h in hints}) != len(hints):
+        raise ValueError("a subscription is listed twice")
+    return tuple(hints)
 
 
 def _optional(data: Mapping[str, Any], name: str, default: Any) -> Any:
@@ -362,6 +472,7 @@ def outcome_event(
     customer_id: str | None,
     correlation_id: str,
     orders: tuple[OrderState, ...] | list[OrderState] = (),
+    subscriptions: tuple[SubscriptionState, ...] | list[SubscriptionState] = (),
     poll_attempts: int = 0,
     detail: str,
     requested_at: datetime,
@@ -377,6 +488,7 @@ def outcome_event(
             "correlationId": correlation_id,
             "outcome": outcome,
             "orders": [o.to_json() for o in orders],
+            "subscriptions": [s.to_json() for s in subscriptions],
             "pollAttempts": poll_attempts,
             "detail": detail,
             "requestedAt": iso(requested_at),

@@ -42,6 +42,29 @@ class PartnerCenterPort(Protocol):
         self, customer_id: str, *, correlation_id: str, budget: Budget | None = None
     ) -> list[dict[str, Any]]: ...
 
+    def get_subscription(
+        self, customer_id: str, subscription_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict[str, Any]: ...
+
+    def patch_subscription(
+        self,
+        customer_id: str,
+        subscription_id: str,
+        subscription: dict[str, Any],
+        *,
+        etag: str | None,
+        correlation_id: str,
+        budget: Budget | None = None,
+    ) -> dict[str, Any]: ...
+
+    def list_azure_entitlements(
+        self, customer_id: str, plan_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def cancel_azure_entitlement(
+        self, customer_id: str, plan_id: str, entitlement_id: str, *, correlation_id: str, budget: Budget | None = None
+    ) -> dict[str, Any]: ...
+
 
 class PublisherPort(Protocol):
     def send(self, queue: str, data: bytes | str, *, delay: int = 0, time_to_live: int = -1) -> str: ...

@@ -91,6 +91,7 @@ def policy_for(s: Settings) -> core.Policy:
         # included: the budget allows no wait past it) and one more call.
         settle=s.work_seconds + call_time + 5.0,
         delete_refusal_timeout=float(s.delete_refusal_timeout),
+        clear_subscriptions=s.clear_subscriptions,
     )
 
 
@@ -258,6 +259,18 @@ def _execute(deps: Deps, req: _Request, chain: PollMessage, call: core.Call, bud
             body = pc.cancel_order(cid, call.order_id, correlation_id=corr, budget=budget)
         elif isinstance(call, core.ListSubscriptions):
             body = pc.list_subscriptions(cid, correlation_id=corr, budget=budget)
+        elif isinstance(call, core.GetSubscription):
+            body = pc.get_subscription(cid, call.subscription_id, correlation_id=corr, budget=budget)
+        elif isinstance(call, core.PatchSubscription):
+            body = pc.patch_subscription(
+                cid, call.subscription_id, dict(call.body), etag=call.etag, correlation_id=corr, budget=budget
+            )
+        elif isinstance(call, core.ListAzureEntitlements):
+            body = pc.list_azure_entitlements(cid, call.plan_id, correlation_id=corr, budget=budget)
+        elif isinstance(call, core.CancelAzureEntitlement):
+            body = pc.cancel_azure_entitlement(
+                cid, call.plan_id, call.entitlement_id, correlation_id=corr, budget=budget
+            )
         else:
             pc.delete_customer(cid, correlation_id=corr, budget=budget)
             body = None
@@ -299,7 +312,15 @@ def _summary(observation: core.Observation, call: core.Call) -> str:
         return observation.text()
     body = observation.body
     if isinstance(call, core.ListSubscriptions):
-        return f"{len(body) if isinstance(body, list) else 0} subscription(s)"
+        items = body if isinstance(body, list) else []
+        shown = [f"{s.get('id')} {core.normalise_status(s.get('status'))}" for s in items[:10] if isinstance(s, dict)]
+        return f"{len(items)} subscription(s): {', '.join(shown) or 'none'}"
+    if isinstance(call, core.ListAzureEntitlements):
+        items = body if isinstance(body, list) else []
+        shown = [f"{s.get('id')} {core.normalise_status(s.get('status'))}" for s in items[:10] if isinstance(s, dict)]
+        return f"{len(items)} Azure subscription(s): {', '.join(shown) or 'none'}"
+    if isinstance(call, (core.PatchSubscription, core.CancelAzureEntitlement)):
+        return "accepted (not proof: it is read again)"
     if isinstance(body, list):
         return f"{len(body)} order(s): {', '.join(body) or 'none'}"
     if isinstance(body, dict) and "status" in body:
@@ -334,6 +355,7 @@ def _publish(deps: Deps, req: _Request, command: core.Continue | core.Finish, *,
         customer_id=req.customer_id,
         correlation_id=req.correlation_id,
         orders=command.orders,
+        subscriptions=command.subscriptions,
         poll_attempts=command.poll_attempts,
         detail=command.detail,
         requested_at=req.requested_at,

@@ -40,12 +40,24 @@ from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Any
 
-from shared.messages import MAX_CAUSE_CHARS, DeletionRequest, OrderState, PollMessage
-from shared.subscriptions import UnreadableSubscriptionError, blockers_in_refusal, read_subscription
+from shared.ids import is_guid
+from shared.messages import MAX_CAUSE_CHARS, DeletionRequest, OrderState, PollMessage, SubscriptionState
+from shared.subscriptions import (
+    LATE_CANCEL_CODES,
+    Kind,
+    Subscription,
+    UnreadableSubscriptionError,
+    blockers_in_refusal,
+    clearing_order,
+    patch_body,
+    read_subscription,
+    target_status,
+)
 
 __all__ = [
     "Answer",
     "Call",
+    "CancelAzureEntitlement",
     "CancelOrder",
     "Cause",
     "Command",
@@ -57,12 +69,15 @@ __all__ = [
     "Finish",
     "GetCustomer",
     "GetOrder",
+    "GetSubscription",
     "Hop",
+    "ListAzureEntitlements",
     "ListEntitlements",
     "ListSubscriptions",
     "Mode",
     "Observation",
     "Outcome",
+    "PatchSubscription",
     "Poison",
     "Policy",
     "begin_poll",
@@ -87,6 +102,13 @@ MAX_DELAY = 7 * 24 * 3600 - 1
 LAST_TRIES = 3
 #: ... at most this far apart, so that they fit into the bound whatever POLL_INTERVAL_SECONDS is.
 LAST_LOOK_SECONDS = 60
+#: An order PATCH refused with one of these (a licence order, seat-based SaaS) is cleared through its subscription.
+VIA_SUBSCRIPTION_CODES = frozenset({"800063", "800077"})
+STALE_ETAG_CODE = "2055"  # a subscription PATCH with a stale If-Match: read it again, PATCH again
+PENDING_OPERATION_CODE = "900278"  # 409: a pending operation, retry after 24 hours: the request ends failed
+PLAN_BUSY_CODE = "900115"  # 403: an Azure plan with something active under it: wait
+#: An Azure subscription under a plan reads this once its cancel has taken effect.
+AZURE_INACTIVE = "inactive"
 
 
 class Outcome(StrEnum):
@@ -156,6 +178,7 @@ class Policy:
     call_time: float = 35.0  # the longest one call can take (connect + read timeout)
     retry_after_max: int = 900
     delete_refusal_timeout: float = 1800.0  # DELETE_REFUSAL_TIMEOUT_SECONDS
+    clear_subscriptions: bool = True  # CLEAR_SUBSCRIPTIONS
 
     @property
     def final_window(self) -> float:
@@ -202,13 +225,64 @@ class DeleteCustomer:
 
 @dataclass(frozen=True)
 class ListSubscriptions:
-    """Read only: the customer's subscriptions, to name what blocks a DELETE (issue 16)."""
+    """The customer's subscriptions, each with its status: a fresh read of every one (issue 16)."""
 
     def describe(self) -> str:
         return "GET subscriptions"
 
 
-Call = GetCustomer | ListEntitlements | GetOrder | CancelOrder | DeleteCustomer | ListSubscriptions
+@dataclass(frozen=True)
+class GetSubscription:
+    subscription_id: str
+
+    def describe(self) -> str:
+        return f"GET subscription {self.subscription_id}"
+
+
+@dataclass(frozen=True)
+class PatchSubscription:
+    """The whole subscription as read, its ``status`` set to ``target`` (``deleted``: a cancel, or ``suspended``),
+    with ``If-Match: etag`` when it has one."""
+
+    subscription_id: str
+    target: str
+    body: Mapping[str, Any] = field(hash=False, repr=False)
+    etag: str | None = None
+
+    def describe(self) -> str:
+        verb = "cancel" if self.target == "deleted" else "suspend"
+        return f"PATCH subscription {self.subscription_id} ({verb})"
+
+
+@dataclass(frozen=True)
+class ListAzureEntitlements:
+    plan_id: str
+
+    def describe(self) -> str:
+        return f"GET Azure subscriptions of plan {self.plan_id}"
+
+
+@dataclass(frozen=True)
+class CancelAzureEntitlement:
+    plan_id: str
+    entitlement_id: str
+
+    def describe(self) -> str:
+        return f"POST cancel of Azure subscription {self.entitlement_id} (plan {self.plan_id})"
+
+
+Call = (
+    GetCustomer
+    | ListEntitlements
+    | GetOrder
+    | CancelOrder
+    | DeleteCustomer
+    | ListSubscriptions
+    | GetSubscription
+    | PatchSubscription
+    | ListAzureEntitlements
+    | CancelAzureEntitlement
+)
 
 
 @dataclass(frozen=True)
@@ -229,6 +303,7 @@ class Finish:
     orders: tuple[OrderState, ...] = ()
     poll_attempts: int = 0
     poison: Poison = Poison.NONE
+    subscriptions: tuple[SubscriptionState, ...] = ()
 
 
 Command = Call | Continue | Finish
@@ -292,15 +367,46 @@ class Hop:
     gone_check: str | None = None  # the pending GET customer decides this failure (present) or a gone outcome
     alternates: Mapping[str, str] = field(default_factory=dict)  # order id -> alternateId, as read in this hop
     refused_delete: Failure | None = None  # a DELETE refused past its deadline: the pending listing names blockers
+    # Subscriptions (issue 16). ``subs``: read in this hop (the listing, or a GET): the only proof.
+    sub_hints: Mapping[str, SubscriptionState] = field(default_factory=dict)  # every one the request knows of
+    subs_listed: bool = False  # the subscriptions were listed in this hop
+    subs: Mapping[str, Subscription] = field(default_factory=dict)
+    sub_busy: frozenset[str] = frozenset()  # known not final in this hop without a read (a PATCH answer, a 409)
+    sub_patched: frozenset[str] = frozenset()  # PATCHed in this hop: no second PATCH, except after a stale etag
+    sub_refused: Mapping[str, str] = field(default_factory=dict)  # PATCH refusals waiting for a read
+    sub_stale: frozenset[str] = frozenset()  # a PATCH met a stale etag (2055) in this hop: read, then PATCH again
+    sub_late: frozenset[str] = frozenset()  # a cancel was refused as late (900117, 900213): suspend it instead
+    sub_gone: frozenset[str] = frozenset()  # known, not listed in this hop, and its GET said 404
+    azure: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # plan -> Azure subscription -> status
+    azure_asked: frozenset[str] = frozenset()  # "plan/entitlement" cancels sent in this hop
+    via_sub: frozenset[str] = frozenset()  # orders refused 800063/800077: settled when their subscription is final
 
     @property
     def open_orders(self) -> tuple[str, ...]:
         return tuple(
-            o for o in self.order_ids if o in self.busy or (o in self.fresh and not is_cancelled(self.fresh[o]))
+            o
+            for o in self.order_ids
+            if o not in self.via_sub and (o in self.busy or (o in self.fresh and not is_cancelled(self.fresh[o])))
         )
 
     def current_orders(self) -> tuple[OrderState, ...]:
         return tuple(OrderState(o, self.fresh.get(o, self.hints.get(o, "unknown"))) for o in self.order_ids)
+
+    def current_subscriptions(self) -> tuple[SubscriptionState, ...]:
+        """Every subscription the request knows of, with the status read in this hop where there is one."""
+        result = []
+        for sid, hint in self.sub_hints.items():
+            if sid in self.subs:
+                hint = replace(hint, status=self.subs[sid].status)
+            elif sid in self.sub_gone:
+                hint = replace(hint, status="deleted")
+            result.append(hint)
+        return tuple(result)
+
+    @property
+    def wrote(self) -> bool:
+        """Whether this hop sent a cancel, a subscription PATCH or an Azure subscription cancel."""
+        return bool(self.patched or self.sub_patched or self.azure_asked)
 
 
 def normalise_status(status: Any) -> str:
@@ -508,7 +614,15 @@ def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Poli
     order_ids = tuple(
         sorted(hints, key=lambda o: 0 if needs_cancel(hints[o]) else 1 if not is_cancelled(hints[o]) else 2)
     )
-    return Hop(chain, Entry.POLL, mode, order_ids, hints)
+    return Hop(
+        chain,
+        Entry.POLL,
+        mode,
+        order_ids,
+        hints,
+        sub_hints={s.id: s for s in chain.subscriptions},
+        via_sub=frozenset(chain.via_subscription) & set(order_ids),
+    )
 
 
 # -- the step -----------------------------------------------------------------------------------------------------
@@ -567,8 +681,22 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
                 return hop, _fail(hop, refusal)
             hop = replace(hop, refused=_without(hop.refused, call.order_id))
         return hop, None
-    if isinstance(call, ListSubscriptions):
+    if isinstance(call, ListSubscriptions) and hop.refused_delete is not None:
         return hop, _refusal_failed(hop, now, policy, obs.body if isinstance(obs.body, list) else [])
+    if isinstance(call, (ListSubscriptions, GetSubscription, PatchSubscription, ListAzureEntitlements)):
+        return _absorb_subscriptions(hop, call, obs, now)
+    if isinstance(call, CancelAzureEntitlement):
+        hint = hop.sub_hints[call.plan_id]
+        hint = replace(
+            hint,
+            cancelled=tuple(dict.fromkeys((*hint.cancelled, call.entitlement_id))),
+            cancelled_at=hint.cancelled_at or now,
+        )
+        return replace(
+            hop,
+            sub_hints={**hop.sub_hints, call.plan_id: hint},
+            azure_asked=hop.azure_asked | {f"{call.plan_id}/{call.entitlement_id}"},
+        ), None
     if isinstance(call, CancelOrder):
         # Whatever the answer says, the order counts as open for the rest of this hop, and the next hop reads it: a
         # read at once would cost a call per order and mostly find it still cancelling ("cancelled" is no proof). Its
@@ -576,18 +704,107 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
         hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id))
         return _busy(hop, call.order_id), None
     # DeleteCustomer answered 2xx.
+    subscriptions = (
+        f", and all {len(hop.subs)} subscription(s) read final in a fresh listing (every Azure subscription under a "
+        "plan inactive)"
+        if policy.clear_subscriptions
+        else ""
+    )
     return hop, _finish(
         hop,
         Outcome.DELETED,
-        f"all {len(hop.order_ids)} order(s) read cancelled in the same hop as a fresh entitlements listing; "
-        "DELETE accepted, the customer tenant is purged",
+        f"all {len(hop.order_ids) - len(hop.via_sub)} order(s) read cancelled in the same hop as a fresh entitlements "
+        f"listing{subscriptions}; DELETE accepted, the customer tenant is purged",
+    )
+
+
+def _absorb_subscriptions(
+    hop: Hop,
+    call: ListSubscriptions | GetSubscription | PatchSubscription | ListAzureEntitlements,
+    obs: Answer,
+    now: datetime,
+) -> tuple[Hop, Command | None]:
+    """What a subscription listing, read or PATCH answer, or an Azure subscription listing, tells the hop."""
+    if isinstance(call, PatchSubscription):
+        # Accepted (200, or 202 with a Location never followed): no proof of anything. It counts as not final for
+        # the rest of this hop; a later hop reads it.
+        hint = hop.sub_hints[call.subscription_id]
+        action = "cancelled" if call.target == "deleted" else "suspended"
+        hop = replace(
+            hop,
+            sub_hints={
+                **hop.sub_hints,
+                call.subscription_id: replace(hint, action=action, asked_at=hint.asked_at or now),
+            },
+            subs={k: v for k, v in hop.subs.items() if k != call.subscription_id},
+        )
+        return _sub_busy(hop, call.subscription_id), None
+    if isinstance(call, ListAzureEntitlements):
+        statuses: dict[str, str] = {}
+        for item in obs.body if isinstance(obs.body, list) else []:
+            eid = item.get("id") if isinstance(item, Mapping) else None
+            if not is_guid(eid):
+                return hop, _fail(
+                    hop,
+                    f"refused to continue: Azure plan {call.plan_id} lists an Azure subscription whose id is not a "
+                    f"GUID ({str(eid)[:80]!r})",
+                )
+            statuses[eid.lower()] = normalise_status(item.get("status"))
+        return replace(hop, azure={**hop.azure, call.plan_id: statuses}), None
+    items = obs.body if isinstance(obs.body, list) else [obs.body]
+    read: dict[str, Subscription] = {}
+    for item in items:
+        try:
+            subscription = read_subscription(item)
+        except UnreadableSubscriptionError as exc:
+            return hop, _fail(hop, f"refused to continue: {exc}")
+        read[subscription.id] = subscription
+    if isinstance(call, GetSubscription) and call.subscription_id not in read:
+        return hop, _fail(hop, f"refused to continue: GET subscription {call.subscription_id} answered another one")
+    hints = dict(hop.sub_hints)
+    for sid, s in read.items():
+        old = hints.get(sid)
+        hints[sid] = (
+            replace(old, kind=s.kind.value, status=s.status, order_id=s.order_id)
+            if old is not None
+            else SubscriptionState(sid, s.kind.value, s.status, order_id=s.order_id)
+        )
+    hop = replace(
+        hop,
+        subs={**hop.subs, **read},
+        sub_hints=hints,
+        subs_listed=hop.subs_listed or isinstance(call, ListSubscriptions),
+        sub_busy=hop.sub_busy - set(read),
+    )
+    if isinstance(call, GetSubscription):
+        refusal = hop.sub_refused.get(call.subscription_id)
+        if refusal is not None:
+            if not read[call.subscription_id].final:  # refused, and still not final: the refusal stands
+                return hop, _fail(hop, refusal)
+            hop = replace(hop, sub_refused=_without(hop.sub_refused, call.subscription_id))
+    return hop, None
+
+
+def _sub_busy(hop: Hop, subscription_id: str, *, waiting_since: datetime | None = None) -> Hop:
+    """Just PATCHed, or not ready (409 800082, 403 900115): not final for the rest of the hop, and no second PATCH
+    in it. ``waiting_since``: start its clock (``asked_at``) if it has none, so a blocker that never clears ends."""
+    hints = dict(hop.sub_hints)
+    if waiting_since is not None:
+        hint = hints[subscription_id]
+        hints[subscription_id] = replace(hint, asked_at=hint.asked_at or waiting_since)
+    return replace(
+        hop,
+        sub_hints=hints,
+        sub_busy=hop.sub_busy | {subscription_id},
+        sub_patched=hop.sub_patched | {subscription_id},
+        sub_refused=_without(hop.sub_refused, subscription_id),
     )
 
 
 def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy) -> tuple[Hop, Command | None]:
     kind = f.kind
-    if isinstance(call, ListSubscriptions):  # only ever to name blockers: its failure changes nothing else ...
-        if kind is FailureKind.NOT_FOUND and hop.refused_delete is not None:  # ... unless the customer is gone now
+    if isinstance(call, ListSubscriptions) and hop.refused_delete is not None:  # naming blockers: it changes ...
+        if kind is FailureKind.NOT_FOUND:  # ... nothing else, unless the customer is gone now
             return _check_gone(replace(hop, refused_delete=None), hop.refused_delete.text())
         return hop, _refusal_failed(hop, now, policy, None)
     if kind is FailureKind.UNSAFE:
@@ -604,7 +821,10 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
         return hop, _wait(
             hop, now, policy, Cause.THROTTLED, f"last Retry-After {_fmt(f.retry_after)}", retry_after=f.retry_after
         )
-    conflict_has_meaning = isinstance(call, (GetOrder, CancelOrder, DeleteCustomer)) and hop.gone_check is None
+    conflict_has_meaning = (
+        isinstance(call, (GetOrder, CancelOrder, DeleteCustomer, PatchSubscription, CancelAzureEntitlement))
+        and hop.gone_check is None
+    )
     if kind in (FailureKind.TRANSIENT, FailureKind.AUTH) or (kind is FailureKind.CONFLICT and not conflict_has_meaning):
         lost = (
             "the DELETE may have landed with its answer lost; the next hop reads again: "
@@ -633,6 +853,15 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
             ), None
         if kind is FailureKind.NOT_FOUND:
             return _check_gone(hop, f.text())
+        if f.code in VIA_SUBSCRIPTION_CODES and policy.clear_subscriptions:
+            # A licence or seat-based SaaS order: cleared through its subscription, settled when that reads final.
+            return replace(
+                hop,
+                via_sub=hop.via_sub | {call.order_id},
+                patched=hop.patched | {call.order_id},
+                refused=_without(hop.refused, call.order_id),
+                busy=hop.busy - {call.order_id},
+            ), None
         # Refused, maybe because it is already cancelling or cancelled (a retried PATCH whose answer was lost, a
         # duplicate request). Read it: only a refusal of an order that still needs a cancel ends the request.
         return replace(
@@ -642,6 +871,21 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
             patched=hop.patched | {call.order_id},
         ), None
     if isinstance(call, ListEntitlements):
+        return _check_gone(hop, f.text())
+    if isinstance(call, PatchSubscription):
+        return _on_patch_refused(hop, call, f, now)
+    if isinstance(call, CancelAzureEntitlement):
+        if kind is FailureKind.CONFLICT:  # being worked on: the plan waits for the next hop
+            return _sub_busy(hop, call.plan_id), None
+        return _check_gone(hop, f.text()) if kind is FailureKind.NOT_FOUND else (hop, _fail(hop, f.text()))
+    if (
+        isinstance(call, GetSubscription)
+        and kind is FailureKind.NOT_FOUND
+        and call.subscription_id not in hop.sub_refused
+    ):
+        # Known to the request, missing from this hop's listing, and not there by its id either: it cannot block.
+        return replace(hop, sub_gone=hop.sub_gone | {call.subscription_id}), None
+    if isinstance(call, (ListSubscriptions, GetSubscription, ListAzureEntitlements)):
         return _check_gone(hop, f.text())
     # DeleteCustomer refused.
     if kind is FailureKind.NOT_FOUND:
@@ -660,6 +904,33 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     return hop, _wait(
         hop, now, policy, Cause.DELETE_REFUSED, f"{chain.delete_refusals} time(s){named}, last: {f.text()}"
     )
+
+
+def _on_patch_refused(hop: Hop, call: PatchSubscription, f: Failure, now: datetime) -> tuple[Hop, Command | None]:
+    """A refused subscription PATCH (reference section 3.2)."""
+    sid, code = call.subscription_id, f.code or ""
+    if f.kind is FailureKind.CONFLICT:
+        if code == PENDING_OPERATION_CODE:  # "a pending operation, retry after 24 hours": nothing to wait for here
+            return hop, _fail(hop, f.text())
+        return _sub_busy(hop, sid, waiting_since=now), None  # 800082 "not ready": wait
+    if f.kind is FailureKind.NOT_FOUND:
+        return _check_gone(hop, f.text())
+    if code == STALE_ETAG_CODE and sid not in hop.sub_stale:  # read it again (a fresh etag), then PATCH again
+        return replace(hop, sub_stale=hop.sub_stale | {sid}, subs={k: v for k, v in hop.subs.items() if k != sid}), None
+    if code == STALE_ETAG_CODE:  # stale twice in one hop: someone else is changing it; the next hop tries again
+        return _sub_busy(hop, sid), None
+    if code in LATE_CANCEL_CODES and call.target == "deleted" and sid not in hop.sub_late:
+        return replace(hop, sub_late=hop.sub_late | {sid}), None  # past its window: suspend it instead
+    if code == PLAN_BUSY_CODE:  # something under the Azure plan is still active: wait, as for a 409
+        return _sub_busy(hop, sid, waiting_since=now), None
+    # 2011 (already deleted), 800091 (already suspended) and any other refusal: read it; only a refusal of a
+    # subscription that still reads not final ends the request.
+    return replace(
+        hop,
+        sub_refused={**hop.sub_refused, sid: f.text()},
+        subs={k: v for k, v in hop.subs.items() if k != sid},
+        sub_patched=hop.sub_patched | {sid},
+    ), None
 
 
 def _refusal_failed(hop: Hop, now: datetime, policy: Policy, listed: list[Any] | None) -> Finish:
@@ -725,7 +996,10 @@ def _without(mapping: Mapping[str, str], key: str) -> dict[str, str]:
 
 
 def _decide(hop: Hop, now: datetime, elapsed: float, policy: Policy) -> Command:
-    call = _next_call(hop)
+    unclearable = _unclearable(hop, now, policy)
+    if unclearable is not None:
+        return _fail(hop, unclearable)
+    call = _next_call(hop, now, policy)
     if call is None:
         return _end_of_reads(hop, now, policy)
     if isinstance(call, DeleteCustomer) and now >= milestones(hop.chain, policy)[0]:
@@ -764,22 +1038,36 @@ def _no_time_left(hop: Hop, now: datetime, policy: Policy) -> Command:
     )
 
 
-def _next_call(hop: Hop) -> Call | None:
+def _next_call(hop: Hop, now: datetime, policy: Policy) -> Call | None:
     """What to read or change next, or ``None`` when this hop's reads are done."""
     chain = hop.chain
     if hop.entry is Entry.UNREADABLE:
         return GetCustomer()  # the gone check; its answer ends the hop
     if not hop.looked and (chain.stage == "discover" or hop.mode is not Mode.NORMAL):
         return GetCustomer()
+    if not hop.subs_listed and not chain.subscriptions_listed and hop.mode is Mode.NORMAL:
+        return ListSubscriptions()  # the request's first look at them, before it changes anything
     for order_id in hop.refused:  # a refused cancel: read the order before deciding
         return GetOrder(order_id)
-    unread = [o for o in hop.order_ids if o not in hop.fresh and o not in hop.busy]
+    for sid in [*hop.sub_refused, *(s for s in hop.sub_stale if s not in hop.subs and s not in hop.sub_busy)]:
+        return GetSubscription(sid)  # a refused PATCH, or a stale etag: read it before deciding
+    unread = [o for o in hop.order_ids if o not in hop.fresh and o not in hop.busy and o not in hop.via_sub]
     if chain.dry_run:
         if not hop.listed:
             return ListEntitlements()
-        return GetOrder(unread[0]) if unread else None
+        if unread:
+            return GetOrder(unread[0])
+        plans = [s.id for s in hop.subs.values() if s.kind is Kind.AZURE_PLAN and s.id not in hop.azure]
+        return ListAzureEntitlements(plans[0]) if plans else None
+    if not hop.listed and chain.stage == "discover":
+        return ListEntitlements()  # the request's first listing: its orders are cancelled beside the subscriptions
     for order_id in hop.order_ids:  # cancel what was read as needing it, before reading the next one
-        if order_id in hop.fresh and needs_cancel(hop.fresh[order_id]) and order_id not in hop.patched:
+        if (
+            order_id in hop.fresh
+            and needs_cancel(hop.fresh[order_id])
+            and order_id not in hop.patched
+            and order_id not in hop.via_sub
+        ):
             return CancelOrder(order_id)
     for order_id in unread:  # orders that may need a cancel are cancelled whatever else is open
         if needs_cancel(hop.hints.get(order_id, "unknown")):
@@ -795,15 +1083,199 @@ def _next_call(hop: Hop) -> Call | None:
             ):
                 return CancelOrder(order_id)
             return GetOrder(order_id)
-    if hop.open_orders and hop.mode is Mode.NORMAL:
+    clearing = _clear_next(hop, now, policy)
+    if clearing is not None:
+        return clearing
+    if (hop.open_orders or _open_subscriptions(hop, policy)) and hop.mode is Mode.NORMAL:
         return None  # one open order is enough to know the DELETE must wait: the rest are read on a later hop
     if unread:
         return GetOrder(unread[0])
     if not hop.listed:
         return ListEntitlements()
-    if hop.open_orders or hop.mode is not Mode.NORMAL or hop.entry is Entry.REQUEST:
+    proof = _proof_next(hop, policy)
+    if proof is not None:
+        return proof
+    if (
+        hop.open_orders
+        or _open_subscriptions(hop, policy)
+        or hop.mode is not Mode.NORMAL
+        or hop.entry is Entry.REQUEST
+        or not _subscriptions_proven(hop, policy)
+    ):
         return None
-    return DeleteCustomer()  # listed in this hop, and every order known read cancelled in this hop
+    # Listed in this hop, and every order known read cancelled in this hop; with CLEAR_SUBSCRIPTIONS, every
+    # subscription listed in this hop and read final, and every Azure subscription under a plan read inactive.
+    return DeleteCustomer()
+
+
+# -- subscriptions (issue 16) -----------------------------------------------------------------------------------
+
+
+def _clear_next(hop: Hop, now: datetime, policy: Policy) -> Call | None:
+    """The clearing calls that go beside the order cancels, whatever else is open: list the subscriptions when one
+    still needs something of this request, PATCH each that needs it (add-ons first, SaaS before an Azure plan), and
+    cancel the Azure subscriptions under a plan. A plan itself is suspended in ``_proof_next``."""
+    if not policy.clear_subscriptions or hop.mode is not Mode.NORMAL:
+        return None
+    if not hop.subs_listed:
+        needs = [h for h in hop.sub_hints.values() if not h.final and _needs_action(h)]
+        return ListSubscriptions() if needs else None
+    for s in clearing_order(hop.subs.values()):
+        if s.final or s.id in hop.sub_busy or s.id in hop.sub_patched:
+            continue
+        hint = hop.sub_hints[s.id]
+        if s.kind is Kind.AZURE_PLAN:
+            if s.id not in hop.azure and hint.cancelled_at is None:
+                return ListAzureEntitlements(s.id)
+            for eid in _to_cancel(hop, s.id):
+                return CancelAzureEntitlement(s.id, eid)
+            continue
+        if hint.action != "none":
+            continue  # asked before and accepted: wait for it to show (its clock is asked_at)
+        target = target_status(s, now, cancel_refused_late=s.id in hop.sub_late)
+        if target is not None:
+            return PatchSubscription(s.id, target, patch_body(s, target), s.etag)
+    return None
+
+
+def _needs_action(hint: SubscriptionState) -> bool:
+    """Whether a subscription not final still needs a write of this request (else it only needs waiting for)."""
+    if hint.kind == Kind.AZURE_PLAN.value:
+        return hint.cancelled_at is None
+    return hint.action == "none" and hint.kind != Kind.UNKNOWN.value
+
+
+def _to_cancel(hop: Hop, plan_id: str) -> list[str]:
+    """The Azure subscriptions under a plan that read active in this hop and this request has not cancelled."""
+    hint = hop.sub_hints[plan_id]
+    return [
+        eid
+        for eid, status in hop.azure.get(plan_id, {}).items()
+        if status == "active" and eid not in hint.cancelled and f"{plan_id}/{eid}" not in hop.azure_asked
+    ]
+
+
+def _proof_next(hop: Hop, policy: Policy) -> Call | None:
+    """Once every order reads cancelled: the reads that prove the subscriptions final, and the plans' suspends."""
+    if not policy.clear_subscriptions or hop.mode is not Mode.NORMAL:
+        return None
+    if not hop.subs_listed:
+        return ListSubscriptions()
+    for sid in hop.sub_hints:  # known to the request, but not in this listing: read it by its id
+        if sid not in hop.subs and sid not in hop.sub_gone and sid not in hop.sub_busy:
+            return GetSubscription(sid)
+    plans = [s for s in hop.subs.values() if s.kind is Kind.AZURE_PLAN]
+    for plan in plans:
+        if plan.id not in hop.azure:
+            return ListAzureEntitlements(plan.id)
+        for eid in _to_cancel(hop, plan.id):
+            return CancelAzureEntitlement(plan.id, eid)
+    saas_final = all(s.final for s in hop.subs.values() if s.kind is Kind.SAAS) and not hop.sub_busy
+    for plan in plans:
+        under = hop.azure[plan.id].values()
+        if (
+            not plan.final
+            and plan.id not in hop.sub_patched
+            and hop.sub_hints[plan.id].action == "none"
+            and saas_final
+            and all(status == AZURE_INACTIVE for status in under)
+        ):
+            return PatchSubscription(plan.id, "suspended", patch_body(plan, "suspended"), plan.etag)
+    return None
+
+
+def _open_subscriptions(hop: Hop, policy: Policy) -> list[str]:
+    """What this hop knows is not cleared: subscriptions read not final (or just PATCHed), Azure subscriptions
+    under a plan not read inactive. Empty without CLEAR_SUBSCRIPTIONS: then Partner Center decides."""
+    if not policy.clear_subscriptions or hop.chain.dry_run:
+        return []
+    names = [
+        hop.subs[sid].describe() if sid in hop.subs else f"{hint.kind} subscription {sid} (changing)"
+        for sid, hint in hop.sub_hints.items()
+        if sid in hop.sub_busy
+        or (
+            sid in hop.subs
+            and not hop.subs[sid].final
+            # an Azure plan not yet asked is suspended by ``_proof_next`` once everything else reads cleared
+            and not (hint.kind == Kind.AZURE_PLAN.value and hint.action == "none")
+        )
+    ]
+    names += [
+        f"Azure subscription {eid} under plan {plan} ({status})"
+        for plan, under in hop.azure.items()
+        for eid, status in under.items()
+        if status != AZURE_INACTIVE
+    ]
+    return names
+
+
+def _subscriptions_proven(hop: Hop, policy: Policy) -> bool:
+    """The DELETE's subscription proof, from this hop's reads only: listed in this hop; every subscription known
+    read final (or its GET said 404); every Azure subscription under every plan read inactive; every order cleared
+    through a subscription has that subscription read final."""
+    if not policy.clear_subscriptions:
+        return True
+    if not hop.subs_listed or hop.sub_busy or hop.sub_refused:
+        return False
+    for sid in hop.sub_hints:
+        if sid not in hop.sub_gone and not (sid in hop.subs and hop.subs[sid].final):
+            return False
+    for s in hop.subs.values():
+        if s.kind is Kind.AZURE_PLAN and (
+            s.id not in hop.azure or any(st != AZURE_INACTIVE for st in hop.azure[s.id].values())
+        ):
+            return False
+    return all(_settling_subscription(hop, order_id) is not None for order_id in hop.via_sub)
+
+
+def _settling_subscription(hop: Hop, order_id: str) -> Subscription | None:
+    """The subscription, read in this hop and final, whose orderId is this order's."""
+    matches = [s for s in hop.subs.values() if s.order_id and s.order_id.lower() == order_id.lower()]
+    return next((s for s in matches if s.final), None)
+
+
+def _unclearable(hop: Hop, now: datetime, policy: Policy) -> str | None:
+    """Why the request must end ``failed`` now, from what this hop read: a subscription of an unknown kind that is
+    not final; an order cleared through a subscription that the listing does not have; a change Partner Center
+    accepted (or kept refusing as not ready) that still does not show DELETE_REFUSAL_TIMEOUT_SECONDS later."""
+    if not policy.clear_subscriptions or hop.chain.dry_run or not hop.subs_listed:
+        return None
+    for s in hop.subs.values():
+        if s.kind is Kind.UNKNOWN and not s.final:
+            product = s.body.get("productType")
+            return (
+                f"{s.describe()} is of a kind this app does not know how to clear (offerId "
+                f"{str(s.body.get('offerId'))[:60]!r}, productType {str(product)[:80]!r}), and it is not final; "
+                "nothing was changed on it"
+            )
+    for order_id in sorted(hop.via_sub):
+        if not any(h.order_id and h.order_id.lower() == order_id.lower() for h in hop.sub_hints.values()):
+            return (
+                f"order {order_id} can only be cleared through its subscription (Partner Center refused its cancel "
+                "with 800063 or 800077), but no subscription of the customer names it"
+            )
+    limit = timedelta(seconds=policy.delete_refusal_timeout)
+    stuck = [
+        f"{s.describe()}, asked at {hint.asked_at.isoformat(timespec='seconds')}"
+        for s in hop.subs.values()
+        for hint in [hop.sub_hints[s.id]]
+        if not s.final and hint.asked_at is not None and now - hint.asked_at >= limit
+    ]
+    stuck += [
+        f"Azure subscription {eid} under plan {plan} ({status}), cancelled at "
+        f"{hint.cancelled_at.isoformat(timespec='seconds')}"
+        for plan, under in hop.azure.items()
+        for hint in [hop.sub_hints[plan]]
+        if hint.cancelled_at is not None and now - hint.cancelled_at >= limit
+        for eid, status in under.items()
+        if status != AZURE_INACTIVE and eid in hint.cancelled
+    ]
+    if stuck:
+        return (
+            f"Partner Center accepted the changes, but these still do not read final after "
+            f"DELETE_REFUSAL_TIMEOUT_SECONDS ({policy.delete_refusal_timeout:g}s): {'; '.join(stuck)}"
+        )
+    return None
 
 
 def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
@@ -814,13 +1286,20 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
             hop,
             Outcome.DRY_RUN,
             (
-                f"dry run: would cancel {len(active)} order(s) ({', '.join(active) or 'none'}), wait until all "
-                f"{len(hop.order_ids)} read cancelled, then DELETE the customer; nothing was changed"
+                f"dry run: would cancel {len(active)} order(s) ({', '.join(active) or 'none'}), "
+                f"{_dry_run_subscriptions(hop, now, policy)}wait until all read cancelled, then DELETE the customer; "
+                "nothing was changed"
             ),
         )
     if hop.mode is not Mode.NORMAL:
         return _timed_out(hop, policy)
-    if hop.open_orders:
+    open_subscriptions = _open_subscriptions(hop, policy)
+    if hop.open_orders or open_subscriptions or not _subscriptions_proven(hop, policy):
+        waiting = (
+            [f"{len(hop.open_orders)} of {len(hop.order_ids)} order(s) not yet cancelled"] if hop.open_orders else []
+        )
+        if open_subscriptions:
+            waiting.append(f"not yet cleared: {', '.join(open_subscriptions[:5])}")
         return _continue(
             hop,
             now,
@@ -829,7 +1308,8 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
             "",
             want=poll_delay(_since_cancel(hop, now), policy),
             progress=True,
-            why=f"{len(hop.open_orders)} of {len(hop.order_ids)} order(s) not yet cancelled",
+            why="; ".join(waiting)
+            or "the Azure plan is suspended once everything under it reads inactive: read again on the next hop",
         )
     # Every order read cancelled and listed, in a delete_customer hop: the DELETE is always sent by poll_orders.
     return _continue(
@@ -844,12 +1324,33 @@ def _end_of_reads(hop: Hop, now: datetime, policy: Policy) -> Command:
     )
 
 
+def _dry_run_subscriptions(hop: Hop, now: datetime, policy: Policy) -> str:
+    """What a dry run says it would do to the subscriptions it listed (nothing, without CLEAR_SUBSCRIPTIONS)."""
+    if not hop.subs:
+        return ""
+    if not policy.clear_subscriptions:
+        return f"leave its {len(hop.subs)} subscription(s) alone (CLEAR_SUBSCRIPTIONS is false), "
+    would: list[str] = []
+    for s in clearing_order(hop.subs.values()):
+        target = target_status(s, now)
+        if s.kind is Kind.UNKNOWN and not s.final:
+            would.append(f"end failed on {s.describe()} (a kind it cannot clear)")
+        elif s.kind is Kind.AZURE_PLAN and target:
+            active = [e for e, st in hop.azure.get(s.id, {}).items() if st == "active"]
+            would.append(
+                f"cancel {len(active)} Azure subscription(s) under plan {s.id} ({', '.join(active)}), then suspend it"
+            )
+        elif target:
+            would.append(f"{'cancel' if target == 'deleted' else 'suspend'} {s.describe()}")
+    return f"{'; '.join(would)}, " if would else f"leave its {len(hop.subs)} final subscription(s) alone, "
+
+
 # -- endings ------------------------------------------------------------------------------------------------------
 
 
 def _cancel_sent_at(hop: Hop, now: datetime) -> datetime | None:
     """When this request last sent a cancel: this hop (now), or one before it."""
-    return now if hop.patched else hop.chain.cancel_sent_at
+    return now if hop.wrote else hop.chain.cancel_sent_at
 
 
 def _since_cancel(hop: Hop, now: datetime) -> float:
@@ -874,6 +1375,9 @@ def _message(hop: Hop, cause: Cause | None, detail: str | None, *, progress: boo
         cause_detail=_short(detail) if cause else None,
         customer_seen=seen,
         cancel_sent_at=_cancel_sent_at(hop, now),
+        subscriptions=hop.current_subscriptions(),
+        subscriptions_listed=chain.subscriptions_listed or hop.subs_listed,
+        via_subscription=tuple(o for o in hop.order_ids if o in hop.via_sub),
     )
 
 
@@ -961,7 +1465,7 @@ def _seconds(delta: timedelta) -> int:
 
 def _finish(hop: Hop, outcome: Outcome, detail: str, poison: Poison = Poison.NONE) -> Finish:
     attempts = hop.chain.attempt + (1 if hop.entry is not Entry.REQUEST else 0)
-    return Finish(outcome, detail, hop.current_orders(), attempts, poison)
+    return Finish(outcome, detail, hop.current_orders(), attempts, poison, hop.current_subscriptions())
 
 
 def _fail(hop: Hop, text: str, *, checked: bool = True) -> Finish:
@@ -1006,7 +1510,7 @@ def _timed_out(hop: Hop, policy: Policy, *, unchecked: bool = False) -> Finish:
             Poison.EQUIVALENT,
         )
     open_now = hop.open_orders
-    read_everything = hop.listed and all(o in hop.fresh for o in hop.order_ids)
+    read_everything = hop.listed and all(o in hop.fresh or o in hop.via_sub for o in hop.order_ids)
     if open_now:
         reason = f"orders still open: {', '.join(open_now)}"
     elif read_everything and chain.cause == Cause.DELETE_REFUSED.value:
@@ -1034,6 +1538,9 @@ def _timed_out(hop: Hop, policy: Policy, *, unchecked: bool = False) -> Finish:
             Cause.OPEN.value: "orders still open",
         }.get(chain.cause or "", "the reads could not be finished")
         reason = f"{why}; {orders}"
+    not_final = [f"{s.kind} subscription {s.id} ({s.status})" for s in hop.current_subscriptions() if not s.final]
+    if not_final and policy.clear_subscriptions:
+        reason += f"; subscriptions last seen not final: {', '.join(not_final[:5])}"
     if unchecked:
         reason += "; the customer could not be checked at the end either"
     sent = "no DELETE was accepted" if chain.delete_refusals else "no DELETE was sent"

@@ -27,7 +27,7 @@ class FakeOrder:
 class FakeCustomer:
     orders: dict[str, FakeOrder] = field(default_factory=dict)
     entitlement_ids: list[str] | None = None  # default: the order ids
-    subscriptions: list[dict] = field(default_factory=list)  # as listed (the app reads them, clears none yet)
+    subscriptions: list[dict] = field(default_factory=list)  # as listed; a PATCH changes the status at once
 
 
 class FakePartnerCenter:
@@ -114,7 +114,33 @@ class FakePartnerCenter:
 
     def list_subscriptions(self, cid, *, correlation_id, budget=None):
         self._enter("list_subscriptions", cid)
-        return list(self._customer(cid).subscriptions)
+        return [dict(s) for s in self._customer(cid).subscriptions]
+
+    def _subscription(self, cid, sid):
+        found = [s for s in self._customer(cid).subscriptions if s.get("id") == sid]
+        if not found:
+            raise NotFoundError(404, "2000", "Subscription not found", method="GET", path="/subscriptions")
+        return found[0]
+
+    def get_subscription(self, cid, sid, *, correlation_id, budget=None):
+        self._enter("get_subscription", cid, sid)
+        return dict(self._subscription(cid, sid))
+
+    def patch_subscription(self, cid, sid, subscription, *, etag, correlation_id, budget=None):
+        self._enter("patch_subscription", cid, sid)
+        self._subscription(cid, sid)["status"] = subscription["status"]
+        return {}
+
+    def list_azure_entitlements(self, cid, plan_id, *, correlation_id, budget=None):
+        self._enter("list_azure_entitlements", cid, plan_id)
+        return list(self._subscription(cid, plan_id).get("_azure", []))
+
+    def cancel_azure_entitlement(self, cid, plan_id, entitlement_id, *, correlation_id, budget=None):
+        self._enter("cancel_azure_entitlement", cid, plan_id, entitlement_id)
+        for item in self._subscription(cid, plan_id).get("_azure", []):
+            if item["id"] == entitlement_id:
+                item["status"] = "inactive"
+        return {}
 
     def list_customers(self, *, correlation_id, budget=None, stop_after=None):
         """The rest of the port (the sweep's own tests list with their FakeListing)."""

@@ -77,8 +77,36 @@ class SimOrder:
 
 
 @dataclass
+class SimAzure:
+    """An Azure subscription under a plan: active until some time after its cancel."""
+
+    status: str = "active"  # active | inactive
+    delay: float = 0.0
+    inactive_at: float | None = None
+
+
+@dataclass
+class SimSubscription:
+    """A subscription (issue 16): an accepted PATCH shows ``delay`` seconds later. The plan refuses its suspend
+    (403 900115) while anything under it, an RI order or a SaaS subscription is active; a cancel past the window is
+    refused (900117); ``not_ready`` PATCHes get 409 800082; with ``etag`` every change makes a new one (2055)."""
+
+    kind: str = "nce"  # nce | saas | legacy | plan
+    status: str = "active"
+    window: bool = True  # inside its cancellation window
+    delay: float = 0.0
+    not_ready: int = 0
+    etag: int | None = None
+    azure: dict[str, SimAzure] = field(default_factory=dict)
+    target: str | None = None
+    change_at: float | None = None
+    parent: str | None = None
+
+
+@dataclass
 class SimCustomer:
     orders: dict[str, SimOrder] = field(default_factory=dict)
+    subscriptions: dict[str, SimSubscription] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,7 +141,7 @@ class SimPartnerCenter:
         self.boundaries = Boundaries()
         self.delete_attempts: list[
             tuple[str, str, float, tuple[str, ...]]
-        ] = []  # (invocation, customer, time, listed open orders)
+        ] = []  # (invocation, customer, time, listed open orders and open subscriptions or Azure subscriptions)
 
     # -- world rules --------------------------------------------------------------------------------------------
 
@@ -126,6 +154,26 @@ class SimPartnerCenter:
         for order in customer.orders.values():
             self._advance(order)
         return [oid for oid, o in customer.orders.items() if o.status != "cancelled" and not (listed_only and o.hidden)]
+
+    def _advance_subscriptions(self, customer: SimCustomer) -> None:
+        for s in customer.subscriptions.values():
+            if s.target is not None and s.change_at is not None and self.clock.t >= s.change_at:
+                s.status, s.target, s.change_at = s.target, None, None
+                s.etag = None if s.etag is None else s.etag + 1
+            for a in s.azure.values():
+                if a.inactive_at is not None and self.clock.t >= a.inactive_at:
+                    a.status = "inactive"
+
+    def open_subscriptions(self, cid: str) -> list[str]:
+        """Subscriptions not final and Azure subscriptions still active: what no DELETE may be sent beside."""
+        customer = self.customers[cid]
+        self._advance_subscriptions(customer)
+        return [sid for sid, s in customer.subscriptions.items() if s.status not in ("suspended", "deleted")] + [
+            f"{sid}/{aid}"
+            for sid, s in customer.subscriptions.items()
+            for aid, a in s.azure.items()
+            if a.status == "active"
+        ]
 
     def _window(self) -> Window | None:
         return next((w for w in self.windows if w.start <= self.clock.t < w.end), None)
@@ -151,7 +199,11 @@ class SimPartnerCenter:
         except (ThrottledError, TransientError, RefusedError, ConflictError, AuthenticationError) as exc:
             self.log.append(CallRecord(self.invocation, name, cid, oid, self.clock.t, type(exc).__name__))
             raise
-        lost = bool(window and window.kind == "lost" and name in ("cancel_order", "delete_customer"))
+        lost = bool(
+            window
+            and window.kind == "lost"
+            and name in ("cancel_order", "delete_customer", "patch_subscription", "cancel_azure")
+        )
         self.log.append(CallRecord(self.invocation, name, cid, oid, self.clock.t, "lost" if lost else _summary(answer)))
         self.boundaries.cross(f"after {name}")
         if lost:
@@ -174,9 +226,101 @@ class SimPartnerCenter:
     def get_customer(self, cid, *, correlation_id, budget=None):
         return self._call("get_customer", cid, None, lambda: (self._customer(cid, "customer"), {"id": cid})[1])
 
+    def _subscription_json(self, sid: str, s: SimSubscription) -> dict:
+        kinds: dict[str, dict[str, Any]] = {
+            "nce": {"productType": {"id": "OnlineServicesNCE"}},
+            "saas": {"isMicrosoftProduct": False, "productType": {"id": "SaaS"}},
+            "legacy": {"productType": {"id": "OnlineServices"}},
+            "plan": {"offerId": "DZH318Z0BPS6:0001:DZH318Z0BPS6", "productType": {"id": "Azure"}},
+        }
+        window = T0 + timedelta(seconds=self.clock.t) + timedelta(days=3 if s.window else -3)
+        item: dict[str, Any] = {
+            "id": sid,
+            "status": s.status,
+            "autoRenewEnabled": True,
+            "orderId": sid.replace("-", "")[:12],
+            "parentSubscriptionId": s.parent,
+            "cancellationAllowedUntilDate": window.isoformat().replace("+00:00", "Z"),
+            **kinds[s.kind],
+        }
+        if s.etag is not None:
+            item["attributes"] = {"etag": f"e{s.etag}"}
+        return item
+
     def list_subscriptions(self, cid, *, correlation_id, budget=None):
-        """Read only, to name what blocks a refused DELETE: the simulated customers hold no subscriptions."""
-        return self._call("subscriptions", cid, None, lambda: (self._customer(cid, "subscriptions"), [])[1])
+        def effect():
+            customer = self._customer(cid, "subscriptions")
+            self._advance_subscriptions(customer)
+            return [self._subscription_json(sid, s) for sid, s in customer.subscriptions.items()]
+
+        return self._call("subscriptions", cid, None, effect)
+
+    def _subscription(self, cid: str, sid: str, what: str) -> SimSubscription:
+        customer = self._customer(cid, what)
+        self._advance_subscriptions(customer)
+        if sid not in customer.subscriptions:
+            raise NotFoundError(404, "2000", "Subscription not found", method="GET", path=what)
+        return customer.subscriptions[sid]
+
+    def get_subscription(self, cid, sid, *, correlation_id, budget=None):
+        return self._call(
+            "get_subscription", cid, sid, lambda: self._subscription_json(sid, self._subscription(cid, sid, "sub"))
+        )
+
+    def patch_subscription(self, cid, sid, subscription, *, etag, correlation_id, budget=None):
+        def effect():
+            s = self._subscription(cid, sid, "sub")
+            target = subscription.get("status")
+            if s.status == "deleted":
+                raise RefusedError(
+                    400, "2011", "Subscription with deleted status can't be updated", method="PATCH", path="sub"
+                )
+            if s.etag is not None and etag is not None and etag != f"e{s.etag}":
+                raise RefusedError(400, "2055", "Etag is no longer valid", method="PATCH", path="sub")
+            if s.not_ready > 0 or s.target is not None:
+                s.not_ready = max(0, s.not_ready - 1)
+                raise ConflictError(
+                    409, "800082", "Subscription is not ready to be updated", method="PATCH", path="sub"
+                )
+            if target == "deleted" and (not s.window or s.kind not in ("nce", "saas")):
+                raise RefusedError(
+                    400, "900117", "You have passed your cancellation window", method="PATCH", path="sub"
+                )
+            if target == "suspended" and s.kind == "plan":
+                customer = self.customers[cid]
+                under = [a for a in s.azure.values() if a.status == "active"]
+                saas = [
+                    x
+                    for x in customer.subscriptions.values()
+                    if x.kind == "saas" and x.status not in ("suspended", "deleted")
+                ]
+                if under or saas or self.open_orders(cid, listed_only=False):
+                    raise RefusedError(403, "900115", "Azure plan can't be suspended", method="PATCH", path="sub")
+            if s.status != target:
+                s.target, s.change_at = target, self.clock.t + s.delay
+                self._advance_subscriptions(self.customers[cid])
+            return {}
+
+        return self._call("patch_subscription", cid, sid, effect)
+
+    def list_azure_entitlements(self, cid, plan_id, *, correlation_id, budget=None):
+        def effect():
+            s = self._subscription(cid, plan_id, "azure")
+            return [{"id": aid, "status": a.status} for aid, a in s.azure.items()]
+
+        return self._call("azure", cid, plan_id, effect)
+
+    def cancel_azure_entitlement(self, cid, plan_id, entitlement_id, *, correlation_id, budget=None):
+        def effect():
+            s = self._subscription(cid, plan_id, "azure")
+            a = s.azure.get(entitlement_id)
+            if a is None:
+                raise NotFoundError(404, "2000", "Azure subscription not found", method="POST", path="azure")
+            if a.status == "active" and a.inactive_at is None:
+                a.inactive_at = self.clock.t + a.delay
+            return {}
+
+        return self._call("cancel_azure", cid, f"{plan_id}/{entitlement_id}", effect)
 
     def list_entitlement_order_ids(self, cid, *, correlation_id, budget=None):
         def effect():
@@ -218,9 +362,14 @@ class SimPartnerCenter:
         def effect():
             self._customer(cid, "customer")
             self.delete_attempts.append(
-                (self.invocation, cid, self.clock.t, tuple(self.open_orders(cid, listed_only=True)))
+                (
+                    self.invocation,
+                    cid,
+                    self.clock.t,
+                    tuple(self.open_orders(cid, listed_only=True) + self.open_subscriptions(cid)),
+                )
             )
-            blocking = self.open_orders(cid, listed_only=False)
+            blocking = self.open_orders(cid, listed_only=False) + self.open_subscriptions(cid)
             if blocking:
                 raise RefusedError(
                     400,
@@ -240,7 +389,8 @@ def _summary(answer: Any) -> Any:
     if isinstance(answer, dict):
         return answer.get("status", "ok")
     if isinstance(answer, list):
-        return tuple(answer)
+        # an entitlement listing: its order ids; a subscription or Azure listing: (id, status) pairs
+        return tuple((a["id"], a["status"]) if isinstance(a, dict) else a for a in answer)
     return "ok"
 
 

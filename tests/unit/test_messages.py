@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from shared.ids import derived_correlation_id
 from shared.messages import (
     OrderState,
     PollMessage,
+    SubscriptionState,
     event_id,
     iso,
     outcome_event,
@@ -123,9 +125,28 @@ def test_poll_message_round_trip():
         cause_detail="last Retry-After 60s",
         customer_seen=True,
         first_delete_refusal_at=INSERTED,
+        subscriptions=(PLAN, SubscriptionState(NCE_ID, "nce", "active")),
+        subscriptions_listed=True,
+        via_subscription=("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1",),
     )
     assert parse_poll_message(full.to_text()) == full
     assert json.loads(full.to_text())["firstDeleteRefusalAt"] == iso(INSERTED)
+    assert json.loads(full.to_text())["subscriptions"][0]["azureEntitlementsCancelled"] == [AZURE_ID]
+
+
+PLAN_ID, NCE_ID, AZURE_ID = (
+    "a4c1340d-6911-4758-bba3-0c4c6007d161",
+    "b4c1340d-6911-4758-bba3-0c4c6007d162",
+    "c4c1340d-6911-4758-bba3-0c4c6007d163",
+)
+PLAN = SubscriptionState(PLAN_ID, "azure_plan", "active", "none", None, (AZURE_ID,), NOW, "0bed3bbca6c1")
+
+
+def _with_subscription(**fields):
+    def mutate(d):
+        d["subscriptions"] = [{**PLAN.to_hint(), **fields}]
+
+    return mutate
 
 
 def test_poll_messages_of_the_previous_release_are_read_with_defaults():
@@ -183,6 +204,18 @@ def test_the_previous_release_reads_poll_messages_of_this_one():
         (lambda d: d.update(deleteBy="tomorrow"), "malformed"),
         (lambda d: d.update(cause=["x"]), "cause"),
         (lambda d: d.update(causeDetail="x" * 500), "causeDetail"),
+        (lambda d: d.update(subscriptions="x"), "subscriptions"),
+        (_with_subscription(id="../x"), "GUID"),
+        (_with_subscription(id=PLAN_ID.upper()), "GUID"),
+        (_with_subscription(kind="mystery"), "kind"),
+        (_with_subscription(action="purged"), "action"),
+        (_with_subscription(status=""), "status"),
+        (_with_subscription(azureEntitlementsCancelled=["../x"]), "azureEntitlementsCancelled"),
+        (_with_subscription(orderId="../../x"), "orderId"),
+        (_with_subscription(askedAt="soon"), "malformed"),
+        (lambda d: d.update(subscriptions=[PLAN.to_hint(), PLAN.to_hint()]), "twice"),
+        (lambda d: d.update(subscriptionsListed="yes"), "subscriptionsListed"),
+        (lambda d: d.update(ordersViaSubscription=["../x"]), "ordersViaSubscription"),
         (lambda d: d.update(customerSeen="yes"), "customerSeen"),
     ],
 )
@@ -202,6 +235,7 @@ def test_outcome_event_shape():
             customer_id=CUST,
             correlation_id=CORR,
             orders=[OrderState("UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "cancelled")],
+            subscriptions=[replace(PLAN, status="suspended", action="suspended")],
             poll_attempts=2,
             detail="done.",
             requested_at=INSERTED,
@@ -215,6 +249,15 @@ def test_outcome_event_shape():
         "correlationId": CORR,
         "outcome": "deleted",
         "orders": [{"id": "UKXASSO1dezh3HdxClHxSp5UEFXGbAnt1", "status": "cancelled"}],
+        "subscriptions": [
+            {
+                "id": PLAN_ID,
+                "kind": "azure_plan",
+                "action": "suspended",
+                "status": "suspended",
+                "azureEntitlementsCancelled": [AZURE_ID],
+            }
+        ],
         "pollAttempts": 2,
         "detail": "done.",
         "requestedAt": "2026-11-24T11:59:30.000Z",

@@ -28,7 +28,9 @@ NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
 SAFE_PATH = re.compile(
     r"/v1/customers/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-    r"(/entitlements|/orders/([A-Za-z0-9_-]{33}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}))?"
+    r"(/entitlements|/orders/([A-Za-z0-9_-]{33}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"|/subscriptions(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"(/azureEntitlements(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/cancel)?)?)?)?"
 )
 
 hostile_text = st.one_of(
@@ -87,17 +89,30 @@ def deps_with_real_client(tmp_path):
     return Deps(settings=settings_, partner_center=client, publisher=FakePublisher(), clock=Clock())
 
 
-def stub_partner_center(rsps, entitlement_ids):
+def stub_partner_center(rsps, entitlement_ids, subscription_ids=()):
+    """Every id Partner Center answers with may be hostile: order ids in the entitlements, subscription ids (an
+    Azure plan's and a new-commerce one's, and their parents) in the listing, Azure subscription ids under a plan."""
+
+    def subscription(i, sid):
+        kind = {"offerId": "DZH318Z0BPS6:0001:DZH318Z0BPS6"} if i % 2 else {"productType": {"id": "OnlineServicesNCE"}}
+        return {"id": sid, "status": "active", "parentSubscriptionId": subscription_ids[0], **kind}
+
     def answer(request):
         path = urlsplit(request.url).path
         if path.endswith("/entitlements"):
             return 200, {}, json.dumps({"items": [{"referenceOrder": {"id": i}} for i in entitlement_ids]})
+        if path.endswith("/subscriptions"):
+            items = [subscription(i, s) for i, s in enumerate(subscription_ids)]
+            return 200, {}, json.dumps({"items": items})
+        if path.endswith("/azureEntitlements"):
+            return 200, {}, json.dumps({"items": [{"id": s, "status": "active"} for s in subscription_ids]})
         if "/orders/" in path:
             return 200, {}, json.dumps({"status": "cancelled"})
         return 200, {}, json.dumps({"id": "x"})
 
     rsps.add_callback(responses.GET, re.compile(re.escape(BASE) + r"/.*"), callback=answer)
     rsps.add_callback(responses.PATCH, re.compile(re.escape(BASE) + r"/.*"), callback=answer)
+    rsps.add_callback(responses.POST, re.compile(re.escape(BASE) + r"/.*"), callback=answer)
     rsps.add_callback(responses.DELETE, re.compile(re.escape(BASE) + r"/.*"), callback=lambda r: (204, {}, ""))
 
 
@@ -105,11 +120,14 @@ def stub_partner_center(rsps, entitlement_ids):
 @given(
     body=bodies,
     order_ids=st.lists(st.one_of(st.text(alphabet="ABCxyz019_-", min_size=33, max_size=33), hostile_text), max_size=4),
+    subscription_ids=st.lists(st.one_of(st.uuids().map(str), hostile_text), max_size=3),
 )
-def test_the_function_never_raises_and_builds_urls_only_from_validated_values(tmp_path, body, order_ids):
+def test_the_function_never_raises_and_builds_urls_only_from_validated_values(
+    tmp_path, body, order_ids, subscription_ids
+):
     deps = deps_with_real_client(tmp_path)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        stub_partner_center(rsps, order_ids)
+        stub_partner_center(rsps, order_ids, subscription_ids)
         handle_deletion_request(queue_message(body), "inv", deps)  # must not raise
         sent = [(c.request.method, c.request.url) for c in rsps.calls]
     urls = [u for _, u in sent]

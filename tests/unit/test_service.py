@@ -91,9 +91,15 @@ def test_happy_path_with_cancellation_lag(world):
         30,
         30,
     ]  # 10 % of the time since the cancel is under POLL_INTERVAL_SECONDS
-    confirm = pc.calls[pc.calls.index(("delete_customer", CUST)) - 4 : pc.calls.index(("delete_customer", CUST))]
+    confirm = pc.calls[pc.calls.index(("delete_customer", CUST)) - 5 : pc.calls.index(("delete_customer", CUST))]
     assert sorted(confirm) == sorted(
-        [("get_order", CUST, O1), ("get_order", CUST, O2), ("get_order", CUST, O3), ("entitlements", CUST)]
+        [
+            ("get_order", CUST, O1),
+            ("get_order", CUST, O2),
+            ("get_order", CUST, O3),
+            ("entitlements", CUST),
+            ("list_subscriptions", CUST),
+        ]
     )
     assert {o["status"] for o in out["orders"]} == {"cancelled"}
     assert pc.count("delete_customer") == 1 and CUST not in pc.customers
@@ -179,7 +185,7 @@ def test_dry_run_reads_only(world):
     request(deps, json.dumps({"customerTenantId": CUST, "dryRun": True}))
     out = the_outcome(pub)
     assert out["outcome"] == "dry_run" and O1 in out["detail"] and O2 not in out["detail"]
-    assert {c[0] for c in pc.calls} == {"get_customer", "entitlements", "get_order"}
+    assert {c[0] for c in pc.calls} == {"get_customer", "entitlements", "get_order", "list_subscriptions"}
     assert pub.on(POLL) == [] and CUST in pc.customers
 
 

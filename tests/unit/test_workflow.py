@@ -6,11 +6,12 @@ import math
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from shared import workflow as core
-from shared.messages import DeletionRequest, OrderState, PollMessage, parse_poll_message
+from shared.messages import DeletionRequest, OrderState, PollMessage, SubscriptionState, parse_poll_message
 from shared.workflow import (
     Answer,
     CancelOrder,
@@ -60,6 +61,9 @@ OUTAGE = Failure(FailureKind.TRANSIENT, 503, "800003", "Unexpected service error
 
 
 def poll(*orders, attempt=1, stage="poll", **kw):
+    """A poll message of this release (it listed the subscriptions on the request's first hop) unless ``kw`` says
+    otherwise."""
+    kw.setdefault("subscriptions_listed", stage == "poll")
     return PollMessage(
         CUST,
         CORR,
@@ -77,10 +81,20 @@ def request(dry_run=False, customer=CUST):
     return DeletionRequest(customer, CORR, dry_run, T0 - timedelta(seconds=5))
 
 
-def drive(start, world, *, now=T0 + timedelta(seconds=100), elapsed=None, policy=POLICY):
-    """Run one hop; ``world`` maps each call to its observation (a list: one per call, in order). -> (calls, last)."""
+def drive(start, world, *, now=T0 + timedelta(seconds=100), elapsed=None, policy=POLICY, listings=False):
+    """Run one hop; ``world`` maps each call to its observation (a list: one per call, in order). -> (calls, last).
+
+    A customer of these tests holds no subscriptions unless ``world`` lists some: the subscription listing answers
+    an empty list, and is left out of ``calls`` unless ``listings`` (the tests of subscriptions keep it)."""
     if not isinstance(start, core.Hop):
         return [], start
+    listings = listings or core.ListSubscriptions() in world
+    world = {core.ListSubscriptions(): Answer([]), **world}
+    calls, last = _drive(start, world, now=now, elapsed=elapsed, policy=policy)
+    return (calls if listings else [c for c in calls if not isinstance(c, core.ListSubscriptions)]), last
+
+
+def _drive(start, world, *, now, elapsed, policy):
     script = {k: list(v) if isinstance(v, list) else [v] for k, v in world.items()}
     hop, obs = start, None
     calls: list[core.Call] = []
@@ -704,8 +718,10 @@ def refusal_hop(first_refusal=None, refusals=0, subscriptions=None, elapsed=None
         start,
         world,
         now=T0 + timedelta(seconds=1000),
-        policy=replace(POLICY, delete_refusal_timeout=600),
+        # Without CLEAR_SUBSCRIPTIONS Partner Center decides: the subscriptions are listed only to name blockers.
+        policy=replace(POLICY, delete_refusal_timeout=600, clear_subscriptions=False),
         elapsed=elapsed,
+        listings=True,
     )
 
 
@@ -771,7 +787,379 @@ def test_a_customer_gone_between_the_refusal_and_the_listing_is_checked_and_repo
         core.GetCustomer(): NOT_FOUND,
     }
     calls, last = drive(
-        start, world, now=T0 + timedelta(seconds=1000), policy=replace(POLICY, delete_refusal_timeout=600)
+        start,
+        world,
+        now=T0 + timedelta(seconds=1000),
+        policy=replace(POLICY, delete_refusal_timeout=600, clear_subscriptions=False),
+        listings=True,
     )
     assert calls[-2:] == [core.ListSubscriptions(), core.GetCustomer()]
     assert isinstance(last, Finish) and last.outcome is Outcome.DELETED  # a sibling's DELETE landed in between
+
+
+# -- subscriptions (issue 16) --------------------------------------------------------------------------------------
+
+PLAN_ID, NCE_ID, SAAS_ID, ADDON_ID = (
+    "11111111-1111-4111-8111-111111111111",
+    "22222222-2222-4222-8222-222222222222",
+    "33333333-3333-4333-8333-333333333333",
+    "44444444-4444-4444-8444-444444444444",
+)
+AZ1, AZ2 = "55555555-5555-4555-8555-555555555555", "66666666-6666-4666-8666-666666666666"
+WINDOW = (T0 + timedelta(days=3)).isoformat().replace("+00:00", "Z")
+PAST = (T0 - timedelta(days=3)).isoformat().replace("+00:00", "Z")
+
+
+def sub(sid, status="active", kind="nce", **fields):
+    shapes: dict[str, dict[str, Any]] = {
+        "nce": {"productType": {"id": "OnlineServicesNCE"}, "cancellationAllowedUntilDate": WINDOW},
+        "plan": {"offerId": "DZH318Z0BPS6:0001:DZH318Z0BPS6", "productType": {"id": "Azure"}},
+        "saas": {"isMicrosoftProduct": False, "productType": {"id": "SaaS"}, "cancellationAllowedUntilDate": WINDOW},
+        "legacy": {"productType": {"id": "OnlineServices"}},
+        "unknown": {"productType": {"id": "SomethingNew"}, "offerId": "XYZ"},
+    }
+    return {"id": sid, "status": status, "autoRenewEnabled": True, "orderId": sid[:12], **shapes[kind], **fields}
+
+
+def patch(s, target, etag=None):
+    from shared.subscriptions import patch_body, read_subscription
+
+    return core.PatchSubscription(s["id"], target, patch_body(read_subscription(s), target), etag)
+
+
+def azure(*pairs):
+    return Answer([{"id": i, "status": st} for i, st in pairs])
+
+
+def test_the_first_hop_clears_subscriptions_beside_the_order_cancels():
+    nce, plan = sub(NCE_ID), sub(PLAN_ID, kind="plan")
+    calls, last = drive(
+        first_delivery(),
+        {
+            GetCustomer(): Answer({}),
+            core.ListSubscriptions(): Answer([plan, nce]),
+            ListEntitlements(): Answer([A]),
+            CancelOrder(A): order("pending"),
+            patch(nce, "deleted"): Answer({}),
+            core.ListAzureEntitlements(PLAN_ID): azure((AZ1, "active"), (AZ2, "inactive")),
+            core.CancelAzureEntitlement(PLAN_ID, AZ1): Answer({}),
+        },
+    )
+    assert calls == [
+        GetCustomer(),
+        core.ListSubscriptions(),  # before any write: an unknown kind would stop the request here
+        ListEntitlements(),
+        CancelOrder(A),
+        patch(nce, "deleted"),  # inside its window: cancelled
+        core.ListAzureEntitlements(PLAN_ID),
+        core.CancelAzureEntitlement(PLAN_ID, AZ1),  # the inactive one is left alone; the plan waits
+    ]
+    assert isinstance(last, Continue) and last.message.subscriptions_listed
+    hints = {s.id: s for s in parse_poll_message(last.message.to_text()).subscriptions}
+    assert hints[NCE_ID].action == "cancelled" and hints[NCE_ID].asked_at == T0 + timedelta(seconds=100)
+    assert hints[PLAN_ID].action == "none" and hints[PLAN_ID].cancelled == (AZ1,)
+
+
+def plan_hint(**kw):
+    from shared.messages import SubscriptionState
+
+    return SubscriptionState(PLAN_ID, "azure_plan", "active", **kw)
+
+
+def test_the_plan_is_suspended_only_once_everything_under_it_reads_inactive_and_the_delete_waits_for_a_read():
+    plan = sub(PLAN_ID, kind="plan")
+    start = poll_hop(poll((A, "pending"), subscriptions=(plan_hint(cancelled=(AZ1,), cancelled_at=T0),)))
+    world = {
+        GetOrder(A): order("cancelled"),
+        ListEntitlements(): Answer([A]),
+        core.ListSubscriptions(): Answer([plan]),
+        core.ListAzureEntitlements(PLAN_ID): azure((AZ1, "active")),
+    }
+    calls, last = drive(start, world)
+    assert calls[-2:] == [core.ListSubscriptions(), core.ListAzureEntitlements(PLAN_ID)]  # no second cancel
+    assert isinstance(last, Continue) and "Azure subscription " + AZ1 in last.why
+    world[core.ListAzureEntitlements(PLAN_ID)] = azure((AZ1, "inactive"))
+    world[patch(plan, "suspended")] = Answer({})
+    calls, last = drive(start, world)
+    assert calls[-1] == patch(plan, "suspended") and isinstance(last, Continue)  # an accepted PATCH is no proof
+    assert DeleteCustomer() not in calls
+    suspended = poll_hop(replace(last.message, first_handled_at=T0))
+    world[core.ListSubscriptions()] = Answer([sub(PLAN_ID, "suspended", kind="plan")])
+    world[DeleteCustomer()] = Answer()
+    calls, last = drive(suspended, world)
+    assert calls[-4:] == [
+        ListEntitlements(),
+        core.ListSubscriptions(),
+        core.ListAzureEntitlements(PLAN_ID),  # the DELETE's own invocation reads every one inactive
+        DeleteCustomer(),
+    ] and isinstance(last, Finish)
+    assert last.outcome is Outcome.DELETED and "subscription(s) read final" in last.detail
+    assert [(s.id, s.action, s.status, s.cancelled) for s in last.subscriptions] == [
+        (PLAN_ID, "suspended", "suspended", (AZ1,))
+    ]
+
+
+def test_a_plan_waits_for_the_reservations_and_the_saas_billed_through_it():
+    plan, saas = sub(PLAN_ID, kind="plan"), sub(SAAS_ID, kind="saas")
+    hints = (plan_hint(cancelled_at=T0), SubscriptionState(SAAS_ID, "saas", "active", "cancelled", T0))
+    world = {
+        GetOrder(A): order("pending"),
+        core.ListSubscriptions(): Answer([plan, saas]),
+        core.ListAzureEntitlements(PLAN_ID): azure(),
+    }
+    calls, last = drive(poll_hop(poll((A, "pending"), subscriptions=hints)), world)
+    assert calls == [GetOrder(A)] and isinstance(last, Continue)  # the RI order is open: nothing more this hop
+    world[GetOrder(A)] = order("cancelled")
+    world[ListEntitlements()] = Answer([A])
+    calls, last = drive(poll_hop(poll((A, "pending"), subscriptions=hints)), world)
+    assert not [c for c in calls if isinstance(c, core.PatchSubscription)]  # the SaaS is not final yet
+    assert isinstance(last, Continue) and SAAS_ID in last.why
+
+
+def test_past_its_window_a_subscription_is_suspended_with_auto_renew_off_and_a_late_refusal_falls_back():
+    late = sub(NCE_ID, cancellationAllowedUntilDate=PAST)
+    calls, _ = drive(
+        poll_hop(poll(subscriptions_listed=False)),
+        {
+            core.ListSubscriptions(): Answer([late]),
+            patch(late, "suspended"): Answer({}),
+            ListEntitlements(): Answer([]),
+        },
+    )
+    (sent,) = [c for c in calls if isinstance(c, core.PatchSubscription)]
+    assert sent.target == "suspended" and sent.body["autoRenewEnabled"] is False and sent.body["status"] == "suspended"
+    nce = sub(NCE_ID)
+    refusal = refused(400, "900117", "You have passed your 7-day cancellation window.", "PATCH /s")
+    calls, last = drive(
+        poll_hop(poll(subscriptions_listed=False)),
+        {
+            core.ListSubscriptions(): Answer([nce]),
+            patch(nce, "deleted"): refusal,
+            patch(nce, "suspended"): Answer({}),
+            ListEntitlements(): Answer([]),
+        },
+    )
+    assert [c for c in calls if isinstance(c, core.PatchSubscription)] == [
+        patch(nce, "deleted"),
+        patch(nce, "suspended"),
+    ]
+    assert isinstance(last, Continue)
+    assert parse_poll_message(last.message.to_text()).subscriptions[0].action == "suspended"
+
+
+def test_legacy_is_suspended_with_auto_renew_as_read_and_an_add_on_goes_before_its_base():
+    base, addon = sub(NCE_ID, kind="legacy"), sub(ADDON_ID, kind="legacy", parentSubscriptionId=NCE_ID)
+    calls, _ = drive(
+        poll_hop(poll(subscriptions_listed=False)),
+        {
+            core.ListSubscriptions(): Answer([base, addon]),
+            patch(base, "suspended"): Answer({}),
+            patch(addon, "suspended"): Answer({}),
+            ListEntitlements(): Answer([]),
+        },
+    )
+    patches = [c for c in calls if isinstance(c, core.PatchSubscription)]
+    assert patches == [patch(addon, "suspended"), patch(base, "suspended")]
+    assert patches[1].body["autoRenewEnabled"] is True  # kept as read: left out, it would become false
+
+
+def test_a_stale_etag_is_read_again_and_sent_again_once_per_hop():
+    old = sub(NCE_ID, attributes={"etag": "e1"})
+    new = sub(NCE_ID, attributes={"etag": "e2"})
+    stale = refused(400, "2055", "Etag is no longer valid", "PATCH /s")
+    calls, last = drive(
+        poll_hop(poll(subscriptions_listed=False)),
+        {
+            core.ListSubscriptions(): Answer([old]),
+            patch(old, "deleted", "e1"): stale,
+            core.GetSubscription(NCE_ID): Answer(new),
+            patch(new, "deleted", "e2"): Answer({}),
+            ListEntitlements(): Answer([]),
+        },
+    )
+    assert [c for c in calls if not isinstance(c, ListEntitlements)] == [
+        core.ListSubscriptions(),
+        patch(old, "deleted", "e1"),
+        core.GetSubscription(NCE_ID),  # read at its own address, never at a Location
+        patch(new, "deleted", "e2"),
+    ]
+    calls, last = drive(
+        poll_hop(poll(subscriptions_listed=False)),
+        {
+            core.ListSubscriptions(): Answer([old]),
+            patch(old, "deleted", "e1"): stale,
+            core.GetSubscription(NCE_ID): Answer(new),
+            patch(new, "deleted", "e2"): stale,
+            ListEntitlements(): Answer([]),
+        },
+    )
+    assert len([c for c in calls if isinstance(c, core.PatchSubscription)]) == 2 and isinstance(last, Continue)
+
+
+@pytest.mark.parametrize("code", ["2011", "800091"])
+def test_already_deleted_or_suspended_is_read_and_only_a_subscription_still_open_fails(code):
+    nce = sub(NCE_ID)
+    world = {
+        core.ListSubscriptions(): Answer([nce]),
+        patch(nce, "deleted"): refused(400, code, "Subscription can't be updated", "PATCH /s"),
+        core.GetSubscription(NCE_ID): Answer(sub(NCE_ID, "deleted")),
+        ListEntitlements(): Answer([]),
+        DeleteCustomer(): Answer(),
+    }
+    calls, last = drive(poll_hop(poll(subscriptions_listed=False)), world)
+    # Read by its id in this hop, final: the proof holds in the same hop.
+    assert calls[-3:] == [core.GetSubscription(NCE_ID), ListEntitlements(), DeleteCustomer()]
+    assert isinstance(last, Finish) and last.outcome is Outcome.DELETED
+    world[core.GetSubscription(NCE_ID)] = Answer(nce)
+    _, last = drive(poll_hop(poll(subscriptions_listed=False)), world)
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and code in last.detail
+
+
+def test_a_pending_operation_fails_with_partner_centers_words_and_not_ready_waits_then_fails_naming_it():
+    nce = sub(NCE_ID)
+    conflict = Failure(FailureKind.CONFLICT, 409, "900278", "There is a pending operation. Retry after 24 hours")
+    world = {core.ListSubscriptions(): Answer([nce]), patch(nce, "deleted"): conflict, ListEntitlements(): Answer([])}
+    _, last = drive(poll_hop(poll(subscriptions_listed=False)), world)
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and "24 hours" in last.detail
+    world[patch(nce, "deleted")] = Failure(FailureKind.CONFLICT, 409, "800082", "Subscription is not ready")
+    _, last = drive(poll_hop(poll(subscriptions_listed=False)), world)
+    assert isinstance(last, Continue) and last.message.subscriptions[0].asked_at == T0 + timedelta(seconds=100)
+    later = poll_hop(
+        replace(last.message, first_handled_at=T0 + timedelta(seconds=1800)), now=T0 + timedelta(seconds=1900)
+    )
+    _, last = drive(later, world, now=T0 + timedelta(seconds=1900))
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED
+    assert "DELETE_REFUSAL_TIMEOUT_SECONDS" in last.detail and NCE_ID in last.detail
+
+
+def test_an_accepted_change_that_never_shows_ends_failed_naming_it():
+    hint = SubscriptionState(NCE_ID, "nce", "active", "cancelled", T0)
+    world = {
+        GetOrder(A): order("cancelled"),
+        ListEntitlements(): Answer([A]),
+        core.ListSubscriptions(): Answer([sub(NCE_ID)]),
+    }
+    calls, last = drive(poll_hop(poll((A, "cancelled"), subscriptions=(hint,))), world, now=T0 + timedelta(seconds=600))
+    assert isinstance(last, Continue) and not [c for c in calls if isinstance(c, core.PatchSubscription)]
+    _, last = drive(poll_hop(poll((A, "cancelled"), subscriptions=(hint,))), world, now=T0 + timedelta(seconds=1800))
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and f"nce subscription {NCE_ID}" in last.detail
+
+
+def test_an_unknown_kind_that_is_not_final_fails_at_once_and_a_final_one_is_only_listed():
+    calls, last = drive(
+        first_delivery(), {GetCustomer(): Answer({}), core.ListSubscriptions(): Answer([sub(NCE_ID, kind="unknown")])}
+    )
+    assert calls == [GetCustomer(), core.ListSubscriptions()]  # nothing was written
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and "does not know how to clear" in last.detail
+    assert last.poison is Poison.EQUIVALENT and last.subscriptions[0].kind == "unknown"
+    _, last = drive(
+        first_delivery(),
+        {
+            GetCustomer(): Answer({}),
+            core.ListSubscriptions(): Answer([sub(NCE_ID, "expired", kind="unknown")]),
+            ListEntitlements(): Answer([]),
+        },
+    )
+    assert isinstance(last, Continue)
+
+
+def test_a_subscription_id_that_is_not_a_guid_never_goes_near_a_url():
+    calls, last = drive(
+        first_delivery(), {GetCustomer(): Answer({}), core.ListSubscriptions(): Answer([sub("../../orders")])}
+    )
+    assert calls == [GetCustomer(), core.ListSubscriptions()]
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and "not a GUID" in last.detail
+    world = {
+        GetCustomer(): Answer({}),
+        core.ListSubscriptions(): Answer([sub(PLAN_ID, kind="plan")]),
+        ListEntitlements(): Answer([]),
+        core.ListAzureEntitlements(PLAN_ID): azure(("x/../y", "active")),
+    }
+    calls, last = drive(first_delivery(), world)
+    assert not [c for c in calls if isinstance(c, core.CancelAzureEntitlement)]
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and "not a GUID" in last.detail
+
+
+def test_without_clear_subscriptions_they_are_listed_once_never_written_and_not_part_of_the_proof():
+    policy = replace(POLICY, clear_subscriptions=False)
+    nce = sub(NCE_ID)
+    calls, last = drive(
+        first_delivery(),
+        {GetCustomer(): Answer({}), core.ListSubscriptions(): Answer([nce]), ListEntitlements(): Answer([])},
+        policy=policy,
+    )
+    assert calls == [GetCustomer(), core.ListSubscriptions(), ListEntitlements()] and isinstance(last, Continue)
+    calls, last = drive(
+        core.begin_poll(last.message, delivery=1, now=T0 + timedelta(seconds=100), policy=policy),
+        {ListEntitlements(): Answer([]), DeleteCustomer(): Answer()},
+        policy=policy,
+    )
+    assert calls == [ListEntitlements(), DeleteCustomer()]  # Partner Center decides
+    assert isinstance(last, Finish) and last.outcome is Outcome.DELETED
+    assert [(s.id, s.action, s.status) for s in last.subscriptions] == [(NCE_ID, "none", "active")]
+
+
+def test_a_dry_run_lists_what_it_would_clear_and_writes_nothing():
+    request_ = request(dry_run=True)
+    world = {
+        GetCustomer(): Answer({}),
+        core.ListSubscriptions(): Answer(
+            [sub(NCE_ID), sub(PLAN_ID, kind="plan"), sub(SAAS_ID, "suspended", kind="saas")]
+        ),
+        ListEntitlements(): Answer([A]),
+        GetOrder(A): order("completed"),
+        core.ListAzureEntitlements(PLAN_ID): azure((AZ1, "active")),
+    }
+    calls, last = drive(first_delivery(request_), world)
+    assert not [c for c in calls if isinstance(c, (CancelOrder, core.PatchSubscription, core.CancelAzureEntitlement))]
+    assert isinstance(last, Finish) and last.outcome is Outcome.DRY_RUN
+    assert f"cancel nce subscription {NCE_ID}" in last.detail
+    assert f"cancel 1 Azure subscription(s) under plan {PLAN_ID} ({AZ1}), then suspend it" in last.detail
+    assert SAAS_ID not in last.detail and "nothing was changed" in last.detail
+
+
+def test_a_licence_order_refused_800063_is_settled_by_its_subscription():
+    licence = sub(NCE_ID, kind="legacy", orderId=B)
+    world = {
+        GetCustomer(): Answer({}),
+        core.ListSubscriptions(): Answer([licence]),
+        ListEntitlements(): Answer([B]),
+        CancelOrder(B): refused(400, "800063", "This order cannot be canceled", "PATCH /o"),
+        patch(licence, "suspended"): Answer({}),
+    }
+    _, last = drive(first_delivery(), world)
+    assert isinstance(last, Continue) and last.message.via_subscription == (B,)
+    nxt = poll_hop(replace(last.message, first_handled_at=T0))
+    world2 = {
+        ListEntitlements(): Answer([B]),
+        core.ListSubscriptions(): Answer([sub(NCE_ID, "suspended", kind="legacy", orderId=B)]),
+        DeleteCustomer(): Answer(),
+    }
+    calls, last = drive(nxt, world2)
+    assert CancelOrder(B) not in calls and GetOrder(B) not in calls
+    assert isinstance(last, Finish) and last.outcome is Outcome.DELETED
+    world[core.ListSubscriptions()] = Answer([])
+    _, last = drive(first_delivery(), world)
+    assert isinstance(last, Finish) and last.outcome is Outcome.FAILED and f"order {B}" in last.detail
+
+
+def test_a_known_subscription_missing_from_the_listing_is_read_by_its_id_before_the_delete():
+    hint = SubscriptionState(NCE_ID, "nce", "active", "cancelled", T0)
+    world: dict[core.Call, core.Observation] = {
+        ListEntitlements(): Answer([]),
+        core.ListSubscriptions(): Answer([]),
+        core.GetSubscription(NCE_ID): Answer(sub(NCE_ID)),
+    }
+    calls, last = drive(poll_hop(poll(subscriptions=(hint,))), world)
+    assert core.GetSubscription(NCE_ID) in calls and isinstance(last, Continue)
+    world[core.GetSubscription(NCE_ID)] = Failure(FailureKind.NOT_FOUND, 404, "2000", "Subscription not found")
+    world[DeleteCustomer()] = Answer()
+    calls, last = drive(poll_hop(poll(subscriptions=(hint,))), world)
+    assert calls[-1] == DeleteCustomer() and isinstance(last, Finish) and last.outcome is Outcome.DELETED
+
+
+def test_a_hint_that_a_subscription_is_final_never_replaces_a_read():
+    forged = SubscriptionState(NCE_ID, "nce", "deleted", "cancelled", T0)
+    world = {ListEntitlements(): Answer([]), core.ListSubscriptions(): Answer([sub(NCE_ID)])}
+    calls, last = drive(poll_hop(poll(subscriptions=(forged,))), world)
+    assert DeleteCustomer() not in calls and isinstance(last, Continue)
