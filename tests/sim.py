@@ -135,6 +135,7 @@ class SimPartnerCenter:
         self.clock = clock
         self.customers: dict[str, SimCustomer] = {}
         self.deleted: dict[str, tuple[float, str]] = {}  # customer -> (time, invocation) of the accepted DELETE
+        self.deleted_customers: dict[str, SimCustomer] = {}
         self.windows: list[Window] = []
         self.log: list[CallRecord] = []
         self.invocation = "-"
@@ -379,7 +380,7 @@ class SimPartnerCenter:
                     method="DELETE",
                     path="customer",
                 )
-            del self.customers[cid]
+            self.deleted_customers[cid] = self.customers.pop(cid)
             self.deleted[cid] = (self.clock.t, self.invocation)
 
         return self._call("delete_customer", cid, None, effect)

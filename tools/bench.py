@@ -10,12 +10,15 @@ Not a test: it prints figures, and gates only the targets of issue 8 (README, "P
 * ``sandbox``: a full sandbox of 75 customers with 1-4 orders each, all requested at once, orders cancelling 60 s
   after their cancel, under the documented rate limit (500 requests per minute, 429 with Retry-After); gated: every
   customer deleted within 1.25 x the floor, no failure, and no request inside a 429's Retry-After.
+* ``2026``: a customer of 2026 (issue 16): one RI order cancelled 60 s after its cancel, one new-commerce
+  subscription, and an Azure plan with two Azure subscriptions that read inactive 10 minutes after their cancel. The
+  seed algorithm cannot delete it at all (its DELETE is refused): its column shows that (reported only).
 * cold start: import time of each function (``python -X importtime``) and the first invocation's duration.
 
 Every figure comes from outside the app: the emulator's request log and state (when each order turned cancelled,
 when each DELETE landed), the host's invocation log lines, and the seed processes' own start and end times.
 
-    python -m tools.bench [--scenarios headline,60s,instant,sandbox] [--customers 10]
+    python -m tools.bench [--scenarios headline,60s,instant,sandbox,2026] [--customers 10]
 """
 
 from __future__ import annotations
@@ -83,6 +86,25 @@ def api_calls(log: list[dict], customer: str) -> Counter:
     return Counter(e["method"] for e in log if f"/customers/{customer}" in e["path"] and "/oauth2/" not in e["path"])
 
 
+CALL_KINDS = ("customer", "entitlements", "orders", "subscriptions", "Azure subscriptions")
+
+
+def call_kind(path: str) -> str:
+    if "/azureEntitlements" in path:
+        return "Azure subscriptions"
+    for kind in ("subscriptions", "entitlements", "orders"):
+        if f"/{kind}" in path:
+            return kind
+    return "customer"
+
+
+def calls_by_kind(log: list[dict], customer: str) -> Counter:
+    """Where a deletion's calls go: the customer (GET, DELETE), entitlement listings, orders, subscriptions."""
+    return Counter(
+        call_kind(e["path"]) for e in log if f"/customers/{customer}" in e["path"] and "/oauth2/" not in e["path"]
+    )
+
+
 def delete_time(log: list[dict], customer: str) -> float | None:
     for e in log:
         if e["method"] == "DELETE" and e["path"].rstrip("/").endswith(customer) and 200 <= e["status"] < 300:
@@ -94,6 +116,11 @@ def turned_cancelled(state: dict, customer: str) -> float | None:
     gone = state.get("deletedCustomers", {}).get(customer) or state["customers"].get(customer)
     # readyAt: when the order turned cancelled (by time); cancelledAt is when a read first saw it, later.
     times = [o.get("readyAt") or o.get("cancelledAt") for o in (gone or {}).get("orders", {}).values()]
+    # An Azure subscription under a plan turns inactive its delay after the cancel (by time, like readyAt).
+    for s in (gone or {}).get("subscriptions", {}).values():
+        for e in s.get("azureEntitlements", {}).values():
+            asked = e.get("cancelRequestedAt")
+            times.append(asked + AZURE_INACTIVE_SECONDS if asked is not None else None)
     return max(times) if times and all(t is not None for t in times) else None
 
 
@@ -107,6 +134,7 @@ def side_figures(per: list[dict]) -> dict:
         "deleted": sum(1 for p in per if p["deleted"] is not None),
         "calls": median([sum(p["calls"].values()) for p in per]),
         "calls_by_method": {m: median([p["calls"].get(m, 0) for p in per]) for m in ("GET", "PATCH", "DELETE")},
+        "calls_by_kind": {k: median([p["kinds"].get(k, 0) for p in per]) for k in CALL_KINDS},
         "compute": median([p["compute"] for p in per]),
         "flex": median([p["flex"] for p in per]),
         "executions": median([p["executions"] for p in per]),
@@ -219,6 +247,7 @@ def finish_app(world: World, side: dict) -> list[dict]:
                 "customer": cid,
                 "outcome": outcomes.get(cid),
                 "calls": api_calls(log, cid),
+                "kinds": calls_by_kind(log, cid),
                 "deleted": deleted,
                 "compute": sum(s for _, s in runs),
                 "flex": sum(flex_billed_ms(s * 1000) for _, s in runs) / 1000,
@@ -249,6 +278,7 @@ def finish_seed(world: World, procs: list[tuple[subprocess.Popen, str]]) -> list
                 "customer": cid,
                 "outcome": "deleted" if r else "failed",
                 "calls": api_calls(log, cid),
+                "kinds": calls_by_kind(log, cid),
                 "deleted": deleted,
                 "compute": wall,
                 "flex": flex_billed_ms(wall * 1000) / 1000,
@@ -264,14 +294,26 @@ def fmt(x: float, digits: int = 1) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def comparison_table(title: str, app: dict, seed: dict, extra: dict | None = None) -> str:
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else float("nan")
+
+
+def comparison_table(
+    title: str, app: dict, seed: dict, extra: dict | None = None, ready: str = "the last order turned cancelled"
+) -> str:
     rows = [
         ("customers deleted", f"{app['deleted']}/{app['customers']}", f"{seed['deleted']}/{seed['customers']}", ""),
         (
             "Partner Center calls (median)",
             fmt(app["calls"], 0),
             fmt(seed["calls"], 0),
-            fmt(app["calls"] / seed["calls"], 3),
+            fmt(ratio(app["calls"], seed["calls"]), 3),
+        ),
+        (
+            "  " + " / ".join(CALL_KINDS),
+            " / ".join(fmt(app["calls_by_kind"][k], 0) for k in CALL_KINDS),
+            " / ".join(fmt(seed["calls_by_kind"][k], 0) for k in CALL_KINDS),
+            "",
         ),
         (
             "  GET / PATCH / DELETE",
@@ -284,22 +326,22 @@ def comparison_table(title: str, app: dict, seed: dict, extra: dict | None = Non
             "compute: sum of invocation durations, s (median)",
             fmt(app["compute"], 2),
             fmt(seed["compute"], 1),
-            fmt(app["compute"] / seed["compute"], 4),
+            fmt(ratio(app["compute"], seed["compute"]), 4),
         ),
         (
             "Flex-billed time, s (median; >= 1 s per execution)",
             fmt(app["flex"], 1),
             fmt(seed["flex"], 1),
-            fmt(app["flex"] / seed["flex"], 3),
+            fmt(ratio(app["flex"], seed["flex"]), 3),
         ),
         (
-            "DELETE lag after the last order turned cancelled, s (worst)",
+            f"DELETE lag after {ready}, s (worst)",
             fmt(app["lag_worst"]),
             fmt(seed["lag_worst"]),
-            fmt(app["lag_worst"] / seed["lag_worst"], 2),
+            fmt(ratio(app["lag_worst"], seed["lag_worst"]), 2),
         ),
         ("  (median)", fmt(app["lag_median"]), fmt(seed["lag_median"]), ""),
-        ("end to end, s (median)", fmt(app["e2e"]), fmt(seed["e2e"]), fmt(app["e2e"] / seed["e2e"], 3)),
+        ("end to end, s (median)", fmt(app["e2e"]), fmt(seed["e2e"]), fmt(ratio(app["e2e"], seed["e2e"]), 3)),
     ]
     if extra:
         rows.insert(
@@ -379,7 +421,9 @@ def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
     per = finish_app(world, side)
     log = world.pc.requests_log()[since:]
     calls = [e for e in log if "/oauth2/" not in e["path"]]
-    floor = max(65.0, sum(3 * len(c["orders"]) + 4 for c in cust) / 500 * 60)
+    # per customer at least: GET customer, 2 entitlement listings, 2 subscription listings, per order a cancel, a
+    # read that finds it still pending and one that finds it cancelled, and the DELETE
+    floor = max(65.0, sum(3 * len(c["orders"]) + 6 for c in cust) / 500 * 60)
     last = max((p["deleted"] for p in per if p["deleted"]), default=float("nan"))
     took = last - start
     outcomes = Counter(p["outcome"] for p in per)
@@ -409,7 +453,7 @@ def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
             "| measure | value |",
             "|---|---|",
             f"| orders | {sum(len(c['orders']) for c in cust)} |",
-            f"| floor: max(65 s, sum(3n + 4) calls / 500 per minute) | {floor:.1f} s |",
+            f"| floor: max(65 s, sum(3n + 6) calls / 500 per minute) | {floor:.1f} s |",
             f"| all deleted after (ratio to the floor) | {took:.1f} s ({took / floor:.2f}) |",
             f"| outcomes | {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items(), key=str))} |",
             (
@@ -426,6 +470,56 @@ def full_sandbox(world: World, rng: random.Random) -> tuple[str, list[str]]:
         ]
     )
     return table, [what for what, ok in checks if not ok]
+
+
+AZURE_INACTIVE_SECONDS = 600.0  # the docs: an Azure subscription reads inactive about 10 minutes after its cancel
+
+
+def customers_2026(count: int) -> list[dict]:
+    """One RI order (cancelled 60 s after its cancel), one NCE subscription, an Azure plan with two Azure
+    subscriptions (inactive 10 minutes after their cancel)."""
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "companyName": f"bench 2026 {i}",
+            "orders": [{"id": order_id(), "cancelAfterSeconds": 60}],
+            "subscriptions": [
+                {"id": str(uuid.uuid4()), "kind": "nce"},
+                {
+                    "id": str(uuid.uuid4()),
+                    "kind": "azurePlan",
+                    "azureEntitlements": [
+                        {"id": str(uuid.uuid4()), "inactiveAfterSeconds": AZURE_INACTIVE_SECONDS} for _ in range(2)
+                    ],
+                },
+            ],
+        }
+        for i in range(count)
+    ]
+
+
+def scenario_2026(world: World, count: int) -> tuple[str, list[str]]:
+    print(
+        f"[2026] {count} customers per side: 1 RI order, 1 NCE subscription, an Azure plan with 2 Azure subscriptions "
+        "inactive 10 minutes after their cancel ...",
+        flush=True,
+    )
+    world.pc.knobs(rateLimitPerWindow=100000)
+    app_c, seed_c = customers_2026(count), customers_2026(count)
+    world.pc.add_customers(app_c + seed_c)
+    app_side = run_app_side(world, APP_SETTINGS, app_c, "app", AZURE_INACTIVE_SECONDS * 2 + 300)
+    procs = run_seed_side(world, seed_c)
+    app = side_figures(finish_app(world, app_side))
+    seed = side_figures(finish_seed(world, procs))
+    table = comparison_table(
+        f"2026: 1 RI order, 1 NCE subscription, an Azure plan with 2 Azure subscriptions inactive 10 minutes after "
+        f"their cancel, {count} customers per side (app: POLL_INTERVAL_SECONDS=5; the seed algorithm's DELETE is "
+        "refused: it cannot delete this customer)",
+        app,
+        seed,
+        ready="the last blocker turned cancelled or inactive",
+    )
+    return table, []  # reported only
 
 
 def cold_start() -> str:
@@ -464,7 +558,7 @@ def cold_start() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--scenarios", default="headline,60s,instant,sandbox")
+    p.add_argument("--scenarios", default="headline,60s,instant,2026,sandbox")
     p.add_argument("--customers", type=int, default=10, help="customers per side (at least 10 for the gated medians)")
     p.add_argument("--seed", type=int, default=8)
     args = p.parse_args(argv)
@@ -482,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
                 tables.append(table)
                 failures += [f"{name}: {f}" for f in failed]
                 print(table + "\n", flush=True)
+        if "2026" in wanted:
+            table, failed = scenario_2026(world, args.customers)
+            tables.append(table)
+            print(table + "\n", flush=True)
         if "sandbox" in wanted:
             table, failed = full_sandbox(world, rng)
             tables.append(table)

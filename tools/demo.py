@@ -1,8 +1,10 @@
 """`make demo`: delete one sandbox customer end to end, on this machine, and show it happening.
 
 Starts Azurite, the Partner Center emulator (sample sandbox) and the local Functions host, drops a deletion request
-for a customer whose orders take a while to cancel, prints what the app does as it happens (orders cancelled, each
-poll, the DELETE, the outcome event), then stops everything it started (also on Ctrl-C). The sweep is disabled for
+for a customer of 2026 (a Reserved-Instance order that takes a while to cancel, a new-commerce subscription, and an
+Azure plan with two Azure subscriptions under it), prints what the app does as it happens (the subscriptions cancelled
+or suspended, the Azure subscriptions cancelled, the order cancelled, each poll, the DELETE, the outcome event), then
+stops everything it started (also on Ctrl-C). The sweep is disabled for
 the demo (``AzureWebJobs.sweep_customers.Disabled``, which the local host honours as the Functions host does): a timer
 status kept in .local/demo from an earlier demo would otherwise start a past-due sweep at once.
 """
@@ -17,7 +19,8 @@ import uuid
 
 from tools import devenv
 
-CUSTOMER = "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"  # "Contoso (orders take a while to cancel)" in the sample sandbox
+#: "Woodgrove (a 2026 customer: new commerce, an Azure plan, a reservation)" in the sample sandbox
+CUSTOMER = "a7b8c9d0-e1f2-4a3b-8c4d-5e6f7a8b9c0d"
 STATE = devenv.ROOT / ".local" / "demo"
 
 
@@ -32,6 +35,8 @@ def describe(entry: dict, customer: str) -> str | None:
     if customer not in path:
         return None
     tail = path.split(customer, 1)[1] or "(customer)"
+    if "/subscriptions" in tail:
+        return _describe_subscription_call(tail, method, status, entry)
     if "/orders/" in tail:
         order = tail.rsplit("/", 1)[1]
         verb = {"GET": "read order", "PATCH": "cancel order"}.get(method, method)
@@ -41,6 +46,21 @@ def describe(entry: dict, customer: str) -> str | None:
     if method == "DELETE":
         return f"DELETE customer -> HTTP {status}" + ("  (tenant purged)" if status == 204 else "")
     return f"{method} customer -> HTTP {status}"
+
+
+def _describe_subscription_call(tail: str, method: str, status: object, entry: dict) -> str:
+    items = ", ".join(f"{i[:8]}... {s}" for i, s in entry.get("items") or [])
+    if tail.endswith("/azureEntitlements"):
+        return f"list the Azure subscriptions under the plan -> HTTP {status}: {items or 'none'}"
+    if tail.endswith("/cancel"):
+        return f"cancel Azure subscription {tail.split('/')[-2][:8]}... -> HTTP {status}"
+    if tail.endswith("/subscriptions"):
+        return f"list subscriptions -> HTTP {status}: {items or 'none'}"
+    sid = tail.rsplit("/", 1)[1][:8]
+    if method == "PATCH":
+        verb = {"deleted": "cancel", "suspended": "suspend"}.get(entry.get("askedStatus", ""), "change")
+        return f"{verb} subscription {sid}... (PATCH status '{entry.get('askedStatus')}') -> HTTP {status}"
+    return f"read subscription {sid}... -> HTTP {status}, status '{entry.get('subscriptionStatus', '?')}'"
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -87,7 +107,13 @@ def main() -> int:
         say(
             t0,
             f"customer {CUSTOMER} '{state['companyName']}' has {len(state['orders'])} order(s): "
-            + ", ".join(f"{oid[:10]}... {o['status']}" for oid, o in state["orders"].items()),
+            + ", ".join(f"{oid[:10]}... {o['status']}" for oid, o in state["orders"].items())
+            + f"; and {len(state['subscriptions'])} subscription(s): "
+            + ", ".join(
+                f"{sid[:8]}... {s['kind']} {s['status']}"
+                + (f" with {len(s['azureEntitlements'])} Azure subscription(s)" if s["azureEntitlements"] else "")
+                for sid, s in state["subscriptions"].items()
+            ),
         )
         correlation = str(uuid.uuid4())
         request = {"customerTenantId": CUSTOMER, "correlationId": correlation}
@@ -109,8 +135,9 @@ def main() -> int:
                     say(
                         t0,
                         f"poll_orders: hop {hops} ran (reads the orders, the ones last seen open first, up to "
-                        "the first still open; when every order reads cancelled it lists the entitlements again "
-                        "and DELETEs in that same hop)",
+                        "the first still open; when every order reads cancelled it lists the entitlements and the "
+                        "subscriptions again, suspends the Azure plan once everything under it reads inactive, and "
+                        "DELETEs in the hop that reads everything final)",
                     )
             if outcomes.poll():
                 break

@@ -103,14 +103,16 @@ def test_bom_status_casing_and_paged_entitlements(world, make_customer):
     assert len(methods(world.api_calls(customer["id"]), "PATCH")) == 3  # the cancelled one too, without a read first
 
 
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=40)
 def test_429_storm_with_retry_after_honoured(world, make_customer):
     world.pc.knobs(rateLimitPerWindow=4, rateLimitWindowSeconds=2)
     customers = [make_customer([{"cancelAfterReads": 1}, {}]) for _ in range(3)]
-    world.start()
+    # Two calls a second for 36 calls takes about 40 s, more on a loaded machine: the storm is about Retry-After,
+    # not about POLL_TIMEOUT_SECONDS, so the requests get room.
+    world.start(POLL_TIMEOUT_SECONDS="240")
     for c in customers:
         world.request(c["id"])
-    events = world.outcomes(3, timeout=120)
+    events = world.outcomes(3, timeout=300)
     assert {e["outcome"] for e in events} == {"deleted"}
     log = world.pc.requests_log()
     throttled = [
@@ -363,26 +365,3 @@ def test_a_hidden_order_keeps_the_delete_refused_until_the_deadline(world, make_
     (event,) = world.outcomes(1, timeout=DEADLINE_WAIT)
     assert event["outcome"] == "timed_out" and "refused the DELETE" in event["detail"]
     assert customer["id"] in world.pc.state()["customers"]
-
-
-def test_a_2026_customer_the_app_cannot_clear_yet_ends_failed_at_the_refusal_deadline_naming_its_blocker(
-    world, make_customer
-):
-    """An NCE subscription blocks the DELETE (the emulator's default switch) and this release does not clear
-    subscriptions: the request ends `failed` DELETE_REFUSAL_TIMEOUT_SECONDS after the first refusal, naming the
-    order Partner Center quotes, long before POLL_TIMEOUT_SECONDS (issue 16)."""
-    nce = {"id": str(uuid.uuid4()), "kind": "nce", "orderId": "34b37d7340cc"}
-    customer = make_customer([{}], subscriptions=[nce])
-    world.start(POLL_TIMEOUT_SECONDS="3600", DELETE_REFUSAL_TIMEOUT_SECONDS="3")
-    world.request(customer["id"])
-    (event,) = world.outcomes(1, timeout=90)
-    assert event["outcome"] == "failed", event
-    assert "DELETE_REFUSAL_TIMEOUT_SECONDS is 3" in event["detail"]
-    assert f"blockers: nce subscription {nce['id']} (active);" in event["detail"]  # 34b37d7340cc is its order
-    assert [c["method"] for c in world.api_calls(customer["id"])][-1] == "GET"  # the subscriptions, read only
-    assert customer["id"] in world.pc.state()["customers"]
-    assert world.api_calls(customer["id"])[-1]["path"].endswith("/subscriptions")
-    refusals = [c for c in world.api_calls(customer["id"]) if c["method"] == "DELETE"]
-    assert len(refusals) >= 2 and all(c["status"] == 400 for c in refusals)
-    (redrivable,) = world.poison()  # an equivalent request, for a redrive once the blocker is gone
-    assert json.loads(redrivable)["customerTenantId"] == customer["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -76,6 +77,7 @@ def test_side_figures_take_medians_and_the_worst_lag():
         {
             "deleted": 10.0,
             "calls": {"GET": 4, "PATCH": 2, "DELETE": 1},
+            "kinds": {"orders": 4, "subscriptions": 2, "customer": 1},
             "compute": 0.2,
             "flex": 3.0,
             "executions": 3,
@@ -85,14 +87,47 @@ def test_side_figures_take_medians_and_the_worst_lag():
         {
             "deleted": 11.0,
             "calls": {"GET": 6, "PATCH": 2, "DELETE": 1},
+            "kinds": {"orders": 6, "subscriptions": 2, "customer": 1},
             "compute": 0.4,
             "flex": 4.0,
             "executions": 4,
             "lag": 9.0,
             "e2e": 70.0,
         },
-        {"deleted": None, "calls": {"GET": 2}, "compute": 0.1, "flex": 1.0, "executions": 1, "lag": None, "e2e": None},
+        {
+            "deleted": None,
+            "calls": {"GET": 2},
+            "kinds": {"orders": 2},
+            "compute": 0.1,
+            "flex": 1.0,
+            "executions": 1,
+            "lag": None,
+            "e2e": None,
+        },
     ]
     fig = bench.side_figures(per)
     assert fig["deleted"] == 2 and fig["calls"] == 7 and fig["calls_by_method"]["GET"] == 4
     assert fig["lag_worst"] == 9.0 and fig["lag_median"] == 5.5 and fig["e2e"] == 65.0 and fig["flex"] == 3.0
+    assert fig["calls_by_kind"] == {
+        "customer": 1,
+        "entitlements": 0,
+        "orders": 4,
+        "subscriptions": 2,
+        "Azure subscriptions": 0,
+    }
+
+
+def test_calls_are_sorted_by_where_they_go_and_a_ratio_to_nothing_is_not_a_number():
+    assert [
+        bench.call_kind(p)
+        for p in (
+            "/v1/customers/c",
+            "/v1/customers/c/entitlements",
+            "/v1/customers/c/orders/o",
+            "/v1/customers/c/subscriptions/s",
+            "/v1/customers/c/subscriptions/p/azureEntitlements/e/cancel",
+        )
+    ] == ["customer", "entitlements", "orders", "subscriptions", "Azure subscriptions"]
+    assert (
+        math.isnan(bench.ratio(3.0, 0.0)) and math.isnan(bench.ratio(3.0, float("nan"))) and bench.ratio(3, 4) == 0.75
+    )

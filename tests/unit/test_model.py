@@ -41,7 +41,19 @@ from shared.config import Settings
 from shared.ids import derived_correlation_id
 from shared.messages import iso, parse_poll_message
 from shared.service import Deps, handle_deletion_request, handle_poll
-from tests.sim import T0, SimClock, SimCustomer, SimHost, SimOrder, SimPartnerCenter, SimQueues, Window, outcome_events
+from tests.sim import (
+    T0,
+    SimAzure,
+    SimClock,
+    SimCustomer,
+    SimHost,
+    SimOrder,
+    SimPartnerCenter,
+    SimQueues,
+    SimSubscription,
+    Window,
+    outcome_events,
+)
 
 REQ, POLL, OUT = "customer-deletions", "customer-deletion-polls", "customer-deletion-outcomes"
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
@@ -71,6 +83,32 @@ orders_strategy = st.lists(
     ),
     max_size=3,
 )
+
+subscription_strategy = st.builds(
+    SimSubscription,
+    kind=st.sampled_from(["nce", "nce", "saas", "legacy", "plan"]),
+    status=st.sampled_from(["active", "active", "active", "suspended"]),
+    window=st.booleans(),
+    delay=st.sampled_from([0, 30, 400, 900]),
+    not_ready=st.sampled_from([0, 0, 0, 1, 3]),
+    etag=st.sampled_from([None, None, 1]),
+    azure=st.lists(st.builds(SimAzure, delay=st.sampled_from([0, 60, 600])), max_size=2).map(
+        lambda items: {str(uuid.UUID(int=0xA2 << 120 | i)): a for i, a in enumerate(items)}
+    ),
+)
+subscriptions_strategy = st.lists(subscription_strategy, max_size=3)
+
+
+def _subscriptions(customer: int, drawn: list[SimSubscription], start: int = 0) -> dict[str, SimSubscription]:
+    """Drawn subscriptions with ids of their customer; only a plan keeps Azure subscriptions (ids per plan), and the
+    second of a customer's legacy ones is an add-on of the first."""
+    result: dict[str, SimSubscription] = {}
+    for j, s in enumerate(drawn, start):
+        sid = str(uuid.UUID(int=(0x5B << 120) | (customer << 16) | j))
+        azure = {f"{aid[:-4]}{customer:02x}{j:02x}": a for aid, a in s.azure.items()} if s.kind == "plan" else {}
+        legacy = [k for k, v in result.items() if v.kind == "legacy"]
+        result[sid] = replace(s, azure=azure, parent=legacy[0] if s.kind == "legacy" and legacy else None)
+    return result
 
 
 class DeletionModel(RuleBasedStateMachine):
@@ -115,12 +153,18 @@ class DeletionModel(RuleBasedStateMachine):
         digest = hashlib.sha256(f"model correlation {next(self._correlations)}".encode()).digest()
         return str(uuid.UUID(bytes=digest[:16], version=4))
 
-    @initialize(orders=st.lists(orders_strategy, min_size=1, max_size=3))
-    def customers(self, orders):
+    @initialize(
+        orders=st.lists(orders_strategy, min_size=1, max_size=3),
+        subscriptions=st.lists(subscriptions_strategy, min_size=3, max_size=3),
+    )
+    def customers(self, orders, subscriptions=((), (), ())):
         self.customer_ids = []
         for i, order_list in enumerate(orders):
             cid = str(uuid.UUID(int=i + 1))
-            self.pc.customers[cid] = SimCustomer({f"{i}{j}".ljust(33, "x"): o for j, o in enumerate(order_list)})
+            self.pc.customers[cid] = SimCustomer(
+                {f"{i}{j}".ljust(33, "x"): o for j, o in enumerate(order_list)},
+                _subscriptions(i, list(subscriptions[i])),
+            )
             self.customer_ids.append(cid)
         self.pc.customers[PROTECTED] = SimCustomer({"p".ljust(33, "x"): SimOrder()})
 
@@ -180,6 +224,16 @@ class DeletionModel(RuleBasedStateMachine):
         if cid in self.pc.customers:
             customer = self.pc.customers[cid]
             customer.orders[f"n{len(customer.orders)}{which}".ljust(33, "y")] = replace(order[0], hidden=False)
+            self.changes.append((self.clock.t, cid, "purchase"))
+
+    @rule(which=st.integers(0, 9), bought=subscription_strategy)
+    def a_subscription_is_bought(self, which, bought):
+        cid = self.customer_ids[which % len(self.customer_ids)]
+        if cid in self.pc.customers:
+            customer = self.pc.customers[cid]
+            customer.subscriptions.update(
+                _subscriptions(which % len(self.customer_ids), [bought], 10 + len(customer.subscriptions))
+            )
             self.changes.append((self.clock.t, cid, "purchase"))
 
     @rule(which=st.integers(0, 30))
@@ -260,10 +314,40 @@ class DeletionModel(RuleBasedStateMachine):
             assert not unread, (
                 f"{invocation}: DELETE while these orders were not read cancelled in the same invocation: {unread}"
             )
+            # Issue 16: the subscriptions listed in the same invocation, every one read final (in the listing, or by
+            # a later GET), and every Azure subscription under every plan read inactive by a later listing.
+            subscription_listings = [r for r in before if r.call == "subscriptions" and isinstance(r.answer, tuple)]
+            assert subscription_listings, f"{invocation}: DELETE with no subscription listing in the same invocation"
+            status = dict(subscription_listings[-1].answer)
+            after = before[before.index(subscription_listings[-1]) :]
+            status |= {r.order: r.answer for r in after if r.call == "get_subscription" and isinstance(r.answer, str)}
+            if message.queue == POLL:
+                known_subscriptions = {s.id for s in parse_poll_message(message.body).subscriptions}
+                missing = known_subscriptions - set(status)
+                assert not missing, f"{invocation}: DELETE without reading known subscriptions {missing}"
+            open_ = {s: st for s, st in status.items() if st not in ("suspended", "deleted", "expired", "disabled")}
+            assert not open_, f"{invocation}: DELETE while subscriptions were not read final: {open_}"
+            plans = {s for s, _ in subscription_listings[-1].answer if self.pc_kind(s) == "plan"}
+            for plan in plans:
+                azure = [r for r in after if r.call == "azure" and r.order == plan and isinstance(r.answer, tuple)]
+                assert azure, f"{invocation}: DELETE without listing the Azure subscriptions of plan {plan}"
+                active = [a for a, st in azure[-1].answer if st != "inactive"]
+                assert not active, f"{invocation}: DELETE while Azure subscriptions read {active}"
             assert not listed_open, (
                 f"{invocation}: DELETE while listed orders were open in Partner Center: {listed_open}"
             )
         self.checked_deletes = len(self.pc.delete_attempts)
+
+    def pc_kind(self, subscription_id: str) -> str | None:
+        """The kind of a subscription of the simulated world (deleted customers included)."""
+        for customer in [*self.pc.customers.values(), *self.gone_customers.values()]:
+            if subscription_id in customer.subscriptions:
+                return customer.subscriptions[subscription_id].kind
+        return None
+
+    @property
+    def gone_customers(self) -> dict[str, SimCustomer]:
+        return self.pc.deleted_customers
 
     @invariant()
     def a_protected_customer_gets_no_call(self):
@@ -315,6 +399,10 @@ class DeletionModel(RuleBasedStateMachine):
         (4) A copy whose final check Partner Center answered with 409 "in progress" when it read the orders cannot
             reproduce the refusal a sibling met: it reports `timed_out` (orders still open) next to the sibling's
             `failed` (found by a random 3,000-history run).
+        (5) A copy started from an older message than its sibling (a replay, or a fork from before the sibling's
+            first subscription write) starts the clock of a subscription change later: the sibling ends `failed`
+            (the change did not show DELETE_REFUSAL_TIMEOUT_SECONDS after it was first asked for) while the copy
+            sees it show and deletes, or times out (found by the model once subscriptions were cleared, issue 16).
         """
         events = sorted(
             ((at, e) for e, _, at in outcome_events(self.queues, OUT) if e["correlationId"] == correlation),
@@ -324,6 +412,13 @@ class DeletionModel(RuleBasedStateMachine):
             "could not be checked" in e["detail"] for _, e in events if e["outcome"] == "timed_out"
         ):
             return True  # (1)
+        slow_change = "still do not read final after DELETE_REFUSAL_TIMEOUT_SECONDS"
+        if (
+            "failed" in outcomes
+            and all(slow_change in e["detail"] for _, e in events if e["outcome"] == "failed")
+            and correlation in self.replayed | self.forked_correlations
+        ):
+            return True  # (5)
         mine = [
             inv
             for inv in self.host.invocations
@@ -373,6 +468,16 @@ class DeletionModel(RuleBasedStateMachine):
             ("a redelivery handed a request over", any(i.delivery > 1 for i in invocations)),
             ("a fork: two live poll messages of one request", self.forked),
             ("a DELETE was accepted", bool(self.pc.deleted)),
+            (
+                "a DELETE was accepted after clearing subscriptions",
+                any(c.subscriptions for c in self.pc.deleted_customers.values()),
+            ),
+            ("a subscription PATCH was sent", any(r.call == "patch_subscription" for r in self.pc.log)),
+            (
+                "a subscription PATCH was refused",
+                any(r.call == "patch_subscription" and r.answer != "ok" for r in self.pc.log),
+            ),
+            ("an Azure subscription cancel was sent", any(r.call == "cancel_azure" for r in self.pc.log)),
             ("a DELETE was refused", len(self.pc.delete_attempts) > len(self.pc.deleted)),
             ("a final check ran (past the cut-off)", self.final_checks > 0),
             (
@@ -386,6 +491,18 @@ class DeletionModel(RuleBasedStateMachine):
                 note_coverage(what)
         for e, _, _ in outcome_events(self.queues, OUT):
             note_coverage(f"outcome {e['outcome']}")
+
+    @property
+    def forked_correlations(self) -> set[str]:
+        """Requests with a copy from a fork: an invocation died after it put a message."""
+        found = set()
+        for inv in self.host.invocations:
+            if inv.crashed and ("after put to" in inv.crashed or "after the function returned" in inv.crashed):
+                try:
+                    found.add(json.loads(inv.message.body).get("correlationId", ""))
+                except ValueError:
+                    found.add(derived_correlation_id(inv.message.id))
+        return found
 
     @property
     def forked(self) -> bool:
@@ -443,7 +560,8 @@ class DeletionModel(RuleBasedStateMachine):
             for inv in self.host.invocations
             if b'"dryRun": true' in inv.message.body or b'"dryRun":true' in inv.message.body
         }
-        assert not [r for r in self.pc.log if r.invocation in dry and r.call in ("cancel_order", "delete_customer")]
+        writes = ("cancel_order", "delete_customer", "patch_subscription", "cancel_azure")
+        assert not [r for r in self.pc.log if r.invocation in dry and r.call in writes]
 
     def teardown(self):
         """A healthy host drains everything: every request ends, by the documented bound."""

@@ -274,6 +274,7 @@ class Subscription:
     change_after_seconds: float = 0.0
     never_changes: bool = False  # an accepted PATCH never shows (a blocker the app cannot clear)
     not_ready_patches: int = 0  # the next n PATCHes get 409 800082
+    stale_etag_patches: int = 0  # the next n PATCHes find it changed by someone else: a new etag, and 400 2055
     pending_operation: bool = False  # every PATCH gets 409 900278 (retry after 24 hours)
     patch_answer: int | None = None  # 200 or 202 for this one; None: the knob subscriptionPatchAnswer
     entitlements: dict[str, AzureEntitlement] = field(default_factory=dict)  # an Azure plan's Azure subscriptions
@@ -296,7 +297,8 @@ class Subscription:
         ``parentSubscriptionId``, ``autoRenewEnabled`` (default true), ``windowHours`` (hours left of the
         cancellation window, negative: passed; default 168 for NCE and software, 24 for SaaS; none for the others),
         ``etag`` (true/false: the kind's default), ``changeAfterReads``, ``changeAfterSeconds``, ``neverChanges``,
-        ``notReadyPatches``, ``pendingOperation``, ``patchAnswer`` (200/202), ``azureEntitlements`` (an Azure plan's:
+        ``notReadyPatches``, ``staleEtagPatches``, ``pendingOperation``,
+        ``patchAnswer`` (200/202), ``azureEntitlements`` (an Azure plan's:
         ``id``, ``status``, ``inactiveAfterReads``, ``inactiveAfterSeconds``, ``neverCancels``), and any documented
         field to override (``offerId``, ``productType``, ``isMicrosoftProduct``, ...)."""
         kind = s.get("kind", "nce")
@@ -326,6 +328,7 @@ class Subscription:
                 "changeAfterSeconds",
                 "neverChanges",
                 "notReadyPatches",
+                "staleEtagPatches",
                 "pendingOperation",
                 "patchAnswer",
                 "azureEntitlements",
@@ -374,6 +377,7 @@ class Subscription:
             change_after_seconds=float(s.get("changeAfterSeconds", 0)),
             never_changes=bool(s.get("neverChanges", False)),
             not_ready_patches=int(s.get("notReadyPatches", 0)),
+            stale_etag_patches=int(s.get("staleEtagPatches", 0)),
             pending_operation=bool(s.get("pendingOperation", False)),
             patch_answer=answer,
             entitlements=entitlements,
@@ -825,6 +829,9 @@ class Sandbox:
         subscription.patches += 1
         if subscription.status == "deleted":
             raise ApiError(400, 2011, "Subscription with deleted status can't be updated")
+        if subscription.etag is not None and subscription.stale_etag_patches > 0:
+            subscription.stale_etag_patches -= 1  # changed by someone else since the caller read it
+            subscription.new_etag()
         if subscription.etag is not None:
             given = None if if_match is None else if_match.strip().strip('"')
             if given is None and self.knobs.get("subscriptionIfMatch") == "required":

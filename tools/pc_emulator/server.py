@@ -27,6 +27,24 @@ from tools.pc_emulator.responses import Request
 BOM = b"\xef\xbb\xbf"
 
 
+def _log_subscriptions(entry: dict[str, Any], path: str, raw: bytes, body: Any) -> None:
+    """What the request log shows of a subscription call (for ``make demo`` and the tests): the status a PATCH asked
+    for, the status a subscription read shows, and the (id, status) pairs a listing shows."""
+    if "/subscriptions" not in path:
+        return
+    if entry["method"] == "PATCH":
+        try:
+            asked = json.loads(raw.decode("utf-8-sig") or "null")
+        except ValueError:
+            asked = None
+        if isinstance(asked, dict) and isinstance(asked.get("status"), str):
+            entry["askedStatus"] = asked["status"]
+    if isinstance(body, dict) and isinstance(body.get("status"), str):
+        entry["subscriptionStatus"] = body["status"]
+    if isinstance(body, dict) and isinstance(body.get("items"), list):
+        entry["items"] = [[i.get("id"), i.get("status")] for i in body["items"] if isinstance(i, dict)]
+
+
 class EmulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -110,6 +128,7 @@ class Handler(BaseHTTPRequestHandler):
                 entry["retryAfter"] = headers["Retry-After"]
             if isinstance(body, dict) and "/orders/" in path and isinstance(body.get("status"), str):
                 entry["orderStatus"] = body["status"]
+            _log_subscriptions(entry, path, raw, body)
         self._send(status, body, headers, bom=not path.startswith("/_emulator/") and not identity.is_identity(path))
 
     def _read_headers(self) -> dict[str, str]:
