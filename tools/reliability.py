@@ -11,7 +11,8 @@ Two profiles (``--profile``):
 
 It runs the requests through the local Functions host, Azurite and the Partner Center emulator, then checks, from the
 emulator's state and request log, the outcome events, the poison queue and the host logs, that nothing was lost,
-nothing was deleted twice, no DELETE went out while an order was open, outcomes of one request agree, and no request
+nothing was deleted twice, no DELETE went out while an order, a subscription or an Azure subscription under a plan was
+open, outcomes of one request agree, and no request
 that could have been deleted ended `failed` or `timed_out`. Exit status 1 if any of those happened. Not part of
 `make test`.
 """
@@ -93,8 +94,33 @@ def build_customers(rng: random.Random, count: int, min_orders: int, max_orders:
             }
             for _ in range(rng.randint(min_orders, max_orders))
         ]
-        customers.append({"id": str(uuid.uuid4()), "orders": orders})
+        customer: dict = {"id": str(uuid.uuid4()), "orders": orders}
+        if rng.random() < SUBSCRIPTION_SHARE:
+            customer["subscriptions"] = subscriptions(rng, profile)
+        customers.append(customer)
     return customers
+
+
+#: The share of customers that also hold subscriptions (issue 16): new commerce, SaaS, legacy with an add-on, an
+#: Azure plan with Azure subscriptions under it.
+SUBSCRIPTION_SHARE = 0.3
+
+
+def subscriptions(rng: random.Random, profile: Profile) -> list[dict]:
+    delay = profile.cancel_after_seconds
+    items: list[dict] = []
+    for kind in rng.sample(["nce", "saas", "legacy", "azurePlan"], rng.randint(1, 3)):
+        item: dict = {"id": str(uuid.uuid4()), "kind": kind, "changeAfterSeconds": rng.choice(delay)}
+        if kind == "nce" and rng.random() < 0.3:
+            item["windowHours"] = -1  # past its cancellation window: suspended instead
+        if kind == "azurePlan":
+            item["azureEntitlements"] = [
+                {"id": str(uuid.uuid4()), "inactiveAfterSeconds": rng.choice(delay)} for _ in range(rng.randint(1, 2))
+            ]
+        items.append(item)
+        if kind == "legacy" and rng.random() < 0.5:
+            items.append({"id": str(uuid.uuid4()), "kind": "legacy", "parentSubscriptionId": item["id"]})
+    return items
 
 
 class Killer(threading.Thread):
@@ -362,6 +388,9 @@ def could_have_been_deleted(
     if not all(o["cancellable"] for o in orders):
         return False
     ready = [o["cancelledAt"] if o["readyAt"] is None else o["readyAt"] for o in orders]
+    for s in customer.get("subscriptions", {}).values():  # when each change showed, and each Azure one went inactive
+        ready.append(s["changedAt"] if s["status"] in ("suspended", "deleted") else None)
+        ready += [e["inactiveAt"] for e in s["azureEntitlements"].values()]
     if any(r is None for r in ready):
         return False
     ready_at = max(ready, default=0.0)
@@ -459,6 +488,8 @@ def measure(
         "profile": args.profile,
         "customers": len(customers),
         "orders": sum(len(c["orders"]) for c in customers),
+        "with_subscriptions": sum(1 for c in customers if c.get("subscriptions")),
+        "subscriptions": sum(len(c.get("subscriptions") or []) for c in customers),
         "requests_in": len(requests),
         "exactly_one_outcome": exactly_one,
         "more_than_one_outcome": more_than_one,
@@ -566,7 +597,10 @@ def table(r: dict) -> str:
             f"{r['function_timeout']}"
             + (f", Partner Center outage {r['outage_seconds']:.0f} s" if r["outage_seconds"] else ""),
         ),
-        ("customers (orders)", f"{r['customers']} ({r['orders']})"),
+        (
+            "customers (orders; customers with subscriptions, subscriptions)",
+            f"{r['customers']} ({r['orders']}; {r['with_subscriptions']}, {r['subscriptions']})",
+        ),
         ("requests in (incl. duplicates, protected, malformed)", r["requests_in"]),
         ("requests ending in exactly one outcome event", r["exactly_one_outcome"]),
         (
@@ -576,7 +610,7 @@ def table(r: dict) -> str:
         ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))),
         ("failed or timed_out although they could have been deleted", r["could_have_been_deleted"]),
         ("deletions done (customers left)", f"{r['deletions_done']} ({r['customers_left']})"),
-        ("DELETEs sent while an order was open", r["deletes_while_open"]),
+        ("DELETEs sent while an order, a subscription or an Azure subscription was open", r["deletes_while_open"]),
         ("customers deleted twice / resurrected", f"{r['deleted_twice']} / {r['resurrected']}"),
         ("protected customer: Partner Center calls", r["protected_touched"]),
         ("requests lost (no outcome event)", r["lost"]),

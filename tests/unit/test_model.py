@@ -627,7 +627,7 @@ DeletionModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     print_blob=True,
 )
-TestDeletionModel = pytest.mark.slow(seconds=95)(DeletionModel.TestCase)
+TestDeletionModel = pytest.mark.slow(seconds=170)(DeletionModel.TestCase)
 
 
 def test_one_history_schedules_the_same_way_on_every_run():
