@@ -69,10 +69,12 @@ test: setup setup-lowest
 	@$(MAKE) --no-print-directory test-lowest
 	@$(MAKE) --no-print-directory test-other-python
 
-## test-lowest: the unit and function tests in .venv-lowest/, which proves requirements.txt's lower bounds
+## test-lowest: the unit and function tests in .venv-lowest/, which proves requirements.txt's lower bounds (the model
+## with OTHER_MODEL_EXAMPLES histories: the full 2,000 run once, in `test`, on .venv's versions)
+OTHER_MODEL_EXAMPLES ?= 500
 test-lowest: setup-lowest
 	@echo "lowest allowed versions (.venv-lowest/floors.txt):" $$(cat $(LOWEST)/floors.txt)
-	$(LOWEST_PY) -m pytest -n auto --dist loadgroup tests/unit tests/functions
+	MODEL_EXAMPLES=$(OTHER_MODEL_EXAMPLES) $(LOWEST_PY) -m pytest -n auto --dist loadgroup tests/unit tests/functions
 
 ## test-other-python: the unit and function tests in .venv-other/, on the other end of the supported range from .venv's
 ## Python (3.13 for 3.11 or 3.12, 3.11 for 3.13 and newer), when this machine has it (python3.X on PATH, or pyenv's)
@@ -85,7 +87,7 @@ test-other-python: setup
 		$(UV) venv --quiet --clear --python "$$other" $(OTHER) && \
 		$(UV) pip install --quiet --python $(OTHER_PY) -r requirements-dev.txt && echo "$$other" > $(OTHER)/.installed || exit 1; fi; \
 	echo "other end of the supported range: $$($(OTHER_PY) --version), azure-functions $$($(OTHER_PY) -c 'from importlib.metadata import version; print(version("azure-functions"))')"; \
-	$(OTHER_PY) -m pytest -n auto --dist loadgroup tests/unit tests/functions
+	MODEL_EXAMPLES=$(OTHER_MODEL_EXAMPLES) $(OTHER_PY) -m pytest -n auto --dist loadgroup tests/unit tests/functions
 
 ## unit: the unit tests with the whole model (2,000 histories); Python only, like check
 unit: check-python $(VENV)/.installed

@@ -589,6 +589,7 @@ def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Poli
                     Mode.FINAL,
                     tuple(o.id for o in chain.orders),
                     {o.id: o.status for o in chain.orders},
+                    sub_hints={s.id: s for s in chain.subscriptions},
                 )
                 return _timed_out(hop, policy, unchecked=True)
             return Continue(
@@ -621,7 +622,8 @@ def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Poli
         order_ids,
         hints,
         sub_hints={s.id: s for s in chain.subscriptions},
-        via_sub=frozenset(chain.via_subscription) & set(order_ids),
+        # Only with CLEAR_SUBSCRIPTIONS: without it such an order is read and must read cancelled, like any other.
+        via_sub=frozenset(chain.via_subscription) & set(order_ids) if policy.clear_subscriptions else frozenset(),
     )
 
 
@@ -684,7 +686,7 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
     if isinstance(call, ListSubscriptions) and hop.refused_delete is not None:
         return hop, _refusal_failed(hop, now, policy, obs.body if isinstance(obs.body, list) else [])
     if isinstance(call, (ListSubscriptions, GetSubscription, PatchSubscription, ListAzureEntitlements)):
-        return _absorb_subscriptions(hop, call, obs, now)
+        return _absorb_subscriptions(hop, call, obs, now, policy)
     if isinstance(call, CancelAzureEntitlement):
         hint = hop.sub_hints[call.plan_id]
         hint = replace(
@@ -723,6 +725,7 @@ def _absorb_subscriptions(
     call: ListSubscriptions | GetSubscription | PatchSubscription | ListAzureEntitlements,
     obs: Answer,
     now: datetime,
+    policy: Policy,
 ) -> tuple[Hop, Command | None]:
     """What a subscription listing, read or PATCH answer, or an Azure subscription listing, tells the hop."""
     if isinstance(call, PatchSubscription):
@@ -736,8 +739,7 @@ def _absorb_subscriptions(
                 **hop.sub_hints,
                 call.subscription_id: replace(hint, action=action, asked_at=hint.asked_at or now),
             },
-            subs={k: v for k, v in hop.subs.items() if k != call.subscription_id},
-        )
+        )  # its read stays in ``subs`` (for its add-on links), but busy: neither final nor open to a PATCH
         return _sub_busy(hop, call.subscription_id), None
     if isinstance(call, ListAzureEntitlements):
         statuses: dict[str, str] = {}
@@ -749,7 +751,9 @@ def _absorb_subscriptions(
                     f"refused to continue: Azure plan {call.plan_id} lists an Azure subscription whose id is not a "
                     f"GUID ({str(eid)[:80]!r})",
                 )
-            statuses[eid.lower()] = normalise_status(item.get("status"))
+            status = normalise_status(item.get("status"))
+            if statuses.get(eid.lower(), AZURE_INACTIVE) == AZURE_INACTIVE:  # listed twice: active wins
+                statuses[eid.lower()] = status
         return replace(hop, azure={**hop.azure, call.plan_id: statuses}), None
     items = obs.body if isinstance(obs.body, list) else [obs.body]
     read: dict[str, Subscription] = {}
@@ -757,8 +761,11 @@ def _absorb_subscriptions(
         try:
             subscription = read_subscription(item)
         except UnreadableSubscriptionError as exc:
+            if not policy.clear_subscriptions:  # listed only to be named: what cannot be read is left out
+                continue
             return hop, _fail(hop, f"refused to continue: {exc}")
-        read[subscription.id] = subscription
+        if subscription.id not in read or read[subscription.id].final:  # listed twice: a copy not final wins
+            read[subscription.id] = subscription
     if isinstance(call, GetSubscription) and call.subscription_id not in read:
         return hop, _fail(hop, f"refused to continue: GET subscription {call.subscription_id} answered another one")
     hints = dict(hop.sub_hints)
@@ -775,6 +782,7 @@ def _absorb_subscriptions(
         sub_hints=hints,
         subs_listed=hop.subs_listed or isinstance(call, ListSubscriptions),
         sub_busy=hop.sub_busy - set(read),
+        sub_gone=hop.sub_gone - set(read),  # read now: its read counts, not an earlier 404
     )
     if isinstance(call, GetSubscription):
         refusal = hop.sub_refused.get(call.subscription_id)
@@ -878,13 +886,19 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
         if kind is FailureKind.CONFLICT:  # being worked on: the plan waits for the next hop
             return _sub_busy(hop, call.plan_id), None
         return _check_gone(hop, f.text()) if kind is FailureKind.NOT_FOUND else (hop, _fail(hop, f.text()))
-    if (
-        isinstance(call, GetSubscription)
-        and kind is FailureKind.NOT_FOUND
-        and call.subscription_id not in hop.sub_refused
-    ):
-        # Known to the request, missing from this hop's listing, and not there by its id either: it cannot block.
-        return replace(hop, sub_gone=hop.sub_gone | {call.subscription_id}), None
+    if isinstance(call, GetSubscription) and kind is FailureKind.NOT_FOUND:
+        # Not there by its id (missing from this hop's listing, or refused as already deleted): it cannot block.
+        sid = call.subscription_id
+        return replace(
+            hop,
+            sub_gone=hop.sub_gone | {sid},
+            sub_refused=_without(hop.sub_refused, sid),
+            sub_stale=hop.sub_stale - {sid},
+            subs={k: v for k, v in hop.subs.items() if k != sid},
+        ), None
+    if isinstance(call, ListSubscriptions) and kind is FailureKind.REFUSED and not policy.clear_subscriptions:
+        # Listed only to name them in the outcome: a refusal takes nothing from the deletion.
+        return replace(hop, subs_listed=True), None
     if isinstance(call, (ListSubscriptions, GetSubscription, ListAzureEntitlements)):
         return _check_gone(hop, f.text())
     # DeleteCustomer refused.
@@ -1049,7 +1063,8 @@ def _next_call(hop: Hop, now: datetime, policy: Policy) -> Call | None:
         return ListSubscriptions()  # the request's first look at them, before it changes anything
     for order_id in hop.refused:  # a refused cancel: read the order before deciding
         return GetOrder(order_id)
-    for sid in [*hop.sub_refused, *(s for s in hop.sub_stale if s not in hop.subs and s not in hop.sub_busy)]:
+    stale = [s for s in hop.sub_stale if s not in hop.subs and s not in hop.sub_busy and s not in hop.sub_gone]
+    for sid in [*hop.sub_refused, *stale]:
         return GetSubscription(sid)  # a refused PATCH, or a stale etag: read it before deciding
     unread = [o for o in hop.order_ids if o not in hop.fresh and o not in hop.busy and o not in hop.via_sub]
     if chain.dry_run:
@@ -1057,6 +1072,8 @@ def _next_call(hop: Hop, now: datetime, policy: Policy) -> Call | None:
             return ListEntitlements()
         if unread:
             return GetOrder(unread[0])
+        if not hop.subs_listed:
+            return ListSubscriptions()  # a dry run that goes on on the poll queue lists them again
         plans = [s.id for s in hop.subs.values() if s.kind is Kind.AZURE_PLAN and s.id not in hop.azure]
         return ListAzureEntitlements(plans[0]) if plans else None
     if not hop.listed and chain.stage == "discover":
@@ -1113,23 +1130,19 @@ def _next_call(hop: Hop, now: datetime, policy: Policy) -> Call | None:
 
 def _clear_next(hop: Hop, now: datetime, policy: Policy) -> Call | None:
     """The clearing calls that go beside the order cancels, whatever else is open: list the subscriptions when one
-    still needs something of this request, PATCH each that needs it (add-ons first, SaaS before an Azure plan), and
-    cancel the Azure subscriptions under a plan. A plan itself is suspended in ``_proof_next``."""
+    still needs something of this request, and PATCH each that needs it (an add-on first; its base once the add-on
+    reads final). An Azure plan is cleared in ``_proof_next``, after the orders (its reservations) and the SaaS."""
     if not policy.clear_subscriptions or hop.mode is not Mode.NORMAL:
         return None
     if not hop.subs_listed:
         needs = [h for h in hop.sub_hints.values() if not h.final and _needs_action(h)]
         return ListSubscriptions() if needs else None
     for s in clearing_order(hop.subs.values()):
-        if s.final or s.id in hop.sub_busy or s.id in hop.sub_patched:
-            continue
+        if s.final or s.id in hop.sub_busy or s.id in hop.sub_patched or s.kind is Kind.AZURE_PLAN:
+            continue  # a plan is cleared by ``_proof_next``, once the orders and the SaaS read cleared
         hint = hop.sub_hints[s.id]
-        if s.kind is Kind.AZURE_PLAN:
-            if s.id not in hop.azure and hint.cancelled_at is None:
-                return ListAzureEntitlements(s.id)
-            for eid in _to_cancel(hop, s.id):
-                return CancelAzureEntitlement(s.id, eid)
-            continue
+        if any(a.parent_id == s.id and (not a.final or a.id in hop.sub_busy) for a in hop.subs.values()):
+            continue  # a base waits until its add-ons read final
         if hint.action != "none":
             continue  # asked before and accepted: wait for it to show (its clock is asked_at)
         target = target_status(s, now, cancel_refused_late=s.id in hop.sub_late)
@@ -1139,10 +1152,9 @@ def _clear_next(hop: Hop, now: datetime, policy: Policy) -> Call | None:
 
 
 def _needs_action(hint: SubscriptionState) -> bool:
-    """Whether a subscription not final still needs a write of this request (else it only needs waiting for)."""
-    if hint.kind == Kind.AZURE_PLAN.value:
-        return hint.cancelled_at is None
-    return hint.action == "none" and hint.kind != Kind.UNKNOWN.value
+    """Whether a subscription not final still needs a write of this request beside open orders (else it only needs
+    waiting for). An Azure plan never does: it is cleared once the orders read cancelled, when everything is read."""
+    return hint.action == "none" and hint.kind not in (Kind.UNKNOWN.value, Kind.AZURE_PLAN.value)
 
 
 def _to_cancel(hop: Hop, plan_id: str) -> list[str]:
@@ -1156,7 +1168,9 @@ def _to_cancel(hop: Hop, plan_id: str) -> list[str]:
 
 
 def _proof_next(hop: Hop, policy: Policy) -> Call | None:
-    """Once every order reads cancelled: the reads that prove the subscriptions final, and the plans' suspends."""
+    """Once every order reads cancelled and nothing else is known open: the reads that prove the subscriptions final,
+    and the Azure plans' clearing (reference section 3.5): once the SaaS reads final, cancel every active Azure
+    subscription under the plan; once all read inactive, suspend it."""
     if not policy.clear_subscriptions or hop.mode is not Mode.NORMAL:
         return None
     if not hop.subs_listed:
@@ -1165,12 +1179,12 @@ def _proof_next(hop: Hop, policy: Policy) -> Call | None:
         if sid not in hop.subs and sid not in hop.sub_gone and sid not in hop.sub_busy:
             return GetSubscription(sid)
     plans = [s for s in hop.subs.values() if s.kind is Kind.AZURE_PLAN]
+    saas_final = all(s.final for s in hop.subs.values() if s.kind is Kind.SAAS) and not hop.sub_busy
     for plan in plans:
         if plan.id not in hop.azure:
             return ListAzureEntitlements(plan.id)
-        for eid in _to_cancel(hop, plan.id):
+        for eid in _to_cancel(hop, plan.id) if saas_final else []:
             return CancelAzureEntitlement(plan.id, eid)
-    saas_final = all(s.final for s in hop.subs.values() if s.kind is Kind.SAAS) and not hop.sub_busy
     for plan in plans:
         under = hop.azure[plan.id].values()
         if (
@@ -1204,7 +1218,8 @@ def _open_subscriptions(hop: Hop, policy: Policy) -> list[str]:
         f"Azure subscription {eid} under plan {plan} ({status})"
         for plan, under in hop.azure.items()
         for eid, status in under.items()
-        if status != AZURE_INACTIVE
+        # one still to cancel is work for ``_proof_next``, not a reason to stop reading
+        if status != AZURE_INACTIVE and eid not in _to_cancel(hop, plan)
     ]
     return names
 

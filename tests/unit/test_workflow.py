@@ -841,8 +841,6 @@ def test_the_first_hop_clears_subscriptions_beside_the_order_cancels():
             ListEntitlements(): Answer([A]),
             CancelOrder(A): order("pending"),
             patch(nce, "deleted"): Answer({}),
-            core.ListAzureEntitlements(PLAN_ID): azure((AZ1, "active"), (AZ2, "inactive")),
-            core.CancelAzureEntitlement(PLAN_ID, AZ1): Answer({}),
         },
     )
     assert calls == [
@@ -851,13 +849,48 @@ def test_the_first_hop_clears_subscriptions_beside_the_order_cancels():
         ListEntitlements(),
         CancelOrder(A),
         patch(nce, "deleted"),  # inside its window: cancelled
-        core.ListAzureEntitlements(PLAN_ID),
-        core.CancelAzureEntitlement(PLAN_ID, AZ1),  # the inactive one is left alone; the plan waits
-    ]
+    ]  # the plan waits for its reservations (order A) to read cancelled
     assert isinstance(last, Continue) and last.message.subscriptions_listed
     hints = {s.id: s for s in parse_poll_message(last.message.to_text()).subscriptions}
     assert hints[NCE_ID].action == "cancelled" and hints[NCE_ID].asked_at == T0 + timedelta(seconds=100)
-    assert hints[PLAN_ID].action == "none" and hints[PLAN_ID].cancelled == (AZ1,)
+    assert hints[PLAN_ID].action == "none" and hints[PLAN_ID].cancelled == ()
+
+
+def test_the_azure_subscriptions_under_a_plan_are_cancelled_once_the_orders_and_the_saas_are_cleared():
+    plan, saas = sub(PLAN_ID, kind="plan"), sub(SAAS_ID, kind="saas")
+    world = {
+        GetCustomer(): Answer({}),
+        core.ListSubscriptions(): Answer([plan, saas]),
+        ListEntitlements(): Answer([]),
+        patch(saas, "deleted"): Answer({}),
+        core.ListAzureEntitlements(PLAN_ID): azure((AZ1, "active"), (AZ2, "inactive")),
+        core.CancelAzureEntitlement(PLAN_ID, AZ1): Answer({}),
+    }
+    calls, last = drive(first_delivery(), world)
+    assert not [c for c in calls if isinstance(c, core.CancelAzureEntitlement)]  # the SaaS is not final yet
+    assert isinstance(last, Continue)
+    world[core.ListSubscriptions()] = Answer([plan, sub(SAAS_ID, "deleted", kind="saas")])
+    calls, last = drive(poll_hop(replace(last.message, first_handled_at=T0)), world)
+    assert calls[-2:] == [core.ListAzureEntitlements(PLAN_ID), core.CancelAzureEntitlement(PLAN_ID, AZ1)]
+    assert isinstance(last, Continue)  # the inactive one is left alone; the plan waits for AZ1
+    (hint,) = [s for s in last.message.subscriptions if s.id == PLAN_ID]
+    assert hint.cancelled == (AZ1,) and hint.action == "none"
+
+
+def test_a_base_waits_for_its_add_on_to_read_final_and_a_listing_twice_counts_the_copy_not_final():
+    base, addon = sub(NCE_ID), sub(ADDON_ID, parentSubscriptionId=NCE_ID)
+    world = {
+        core.ListSubscriptions(): Answer([base, addon]),
+        patch(addon, "deleted"): Answer({}),
+        ListEntitlements(): Answer([]),
+    }
+    calls, _ = drive(poll_hop(poll(subscriptions_listed=False)), world)
+    assert [c for c in calls if isinstance(c, core.PatchSubscription)] == [patch(addon, "deleted")]
+    world[core.ListSubscriptions()] = Answer([sub(NCE_ID, "deleted"), sub(NCE_ID)])
+    world[patch(base, "deleted")] = Answer({})
+    world[DeleteCustomer()] = Answer()
+    calls, last = drive(poll_hop(poll(subscriptions_listed=False)), world)
+    assert patch(base, "deleted") in calls and DeleteCustomer() not in calls and isinstance(last, Continue)
 
 
 def plan_hint(**kw):
@@ -958,9 +991,20 @@ def test_legacy_is_suspended_with_auto_renew_as_read_and_an_add_on_goes_before_i
             ListEntitlements(): Answer([]),
         },
     )
+    assert [c for c in calls if isinstance(c, core.PatchSubscription)] == [patch(addon, "suspended")]
+    calls, _ = drive(
+        poll_hop(poll(subscriptions_listed=False)),
+        {
+            core.ListSubscriptions(): Answer(
+                [base, sub(ADDON_ID, "suspended", kind="legacy", parentSubscriptionId=NCE_ID)]
+            ),
+            patch(base, "suspended"): Answer({}),
+            ListEntitlements(): Answer([]),
+        },
+    )
     patches = [c for c in calls if isinstance(c, core.PatchSubscription)]
-    assert patches == [patch(addon, "suspended"), patch(base, "suspended")]
-    assert patches[1].body["autoRenewEnabled"] is True  # kept as read: left out, it would become false
+    assert patches == [patch(base, "suspended")]  # once its add-on reads final
+    assert patches[0].body["autoRenewEnabled"] is True  # kept as read: left out, it would become false
 
 
 def test_a_stale_etag_is_read_again_and_sent_again_once_per_hop():
