@@ -706,11 +706,14 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
         hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id))
         return _busy(hop, call.order_id), None
     # DeleteCustomer answered 2xx.
+    plans = any(s.kind is Kind.AZURE_PLAN for s in hop.subs.values())
     subscriptions = (
-        f", and all {len(hop.subs)} subscription(s) read final in a fresh listing (every Azure subscription under a "
-        "plan inactive)"
-        if policy.clear_subscriptions
-        else ""
+        ""
+        if not policy.clear_subscriptions
+        else ", and a fresh subscription listing shows none"
+        if not hop.subs
+        else f", and all {len(hop.subs)} subscription(s) read final in a fresh listing"
+        + (" (every Azure subscription under a plan inactive)" if plans else "")
     )
     return hop, _finish(
         hop,

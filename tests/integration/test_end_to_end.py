@@ -105,14 +105,14 @@ def test_bom_status_casing_and_paged_entitlements(world, make_customer):
 
 @pytest.mark.slow(seconds=40)
 def test_429_storm_with_retry_after_honoured(world, make_customer):
-    world.pc.knobs(rateLimitPerWindow=4, rateLimitWindowSeconds=2)
+    world.pc.knobs(rateLimitPerWindow=6, rateLimitWindowSeconds=2)
     customers = [make_customer([{"cancelAfterReads": 1}, {}]) for _ in range(3)]
-    # Two calls a second for 36 calls takes about 40 s, more on a loaded machine: the storm is about Retry-After,
-    # not about POLL_TIMEOUT_SECONDS, so the requests get room.
-    world.start(POLL_TIMEOUT_SECONDS="240")
+    # Three calls a second for about 45 calls (and the 429s' waits) takes about a minute, several on a loaded
+    # machine: the storm is about Retry-After, not about POLL_TIMEOUT_SECONDS, so the requests get room.
+    world.start(POLL_TIMEOUT_SECONDS="900")
     for c in customers:
         world.request(c["id"])
-    events = world.outcomes(3, timeout=300)
+    events = world.outcomes(3, timeout=960)
     assert {e["outcome"] for e in events} == {"deleted"}
     log = world.pc.requests_log()
     throttled = [
