@@ -1106,7 +1106,7 @@ def _next_call(hop: Hop, now: datetime, policy: Policy) -> Call | None:
     clearing = _clear_next(hop, now, policy)
     if clearing is not None:
         return clearing
-    if (hop.open_orders or _open_subscriptions(hop, policy)) and hop.mode is Mode.NORMAL:
+    if (hop.open_orders or _open_subscriptions(hop, policy, azure=False)) and hop.mode is Mode.NORMAL:
         return None  # one open order is enough to know the DELETE must wait: the rest are read on a later hop
     if unread:
         return GetOrder(unread[0])
@@ -1201,9 +1201,11 @@ def _proof_next(hop: Hop, policy: Policy) -> Call | None:
     return None
 
 
-def _open_subscriptions(hop: Hop, policy: Policy) -> list[str]:
-    """What this hop knows is not cleared: subscriptions read not final (or just PATCHed), Azure subscriptions
-    under a plan not read inactive. Empty without CLEAR_SUBSCRIPTIONS: then Partner Center decides."""
+def _open_subscriptions(hop: Hop, policy: Policy, *, azure: bool = True) -> list[str]:
+    """What this hop knows is not cleared: subscriptions read not final (or just PATCHed), and with ``azure`` the
+    Azure subscriptions under a plan not read inactive (without it: the hop is clearing plans in ``_proof_next``,
+    and one Azure subscription cancelled must not keep the next from its cancel). Empty without
+    CLEAR_SUBSCRIPTIONS: then Partner Center decides."""
     if not policy.clear_subscriptions or hop.chain.dry_run:
         return []
     names = [
@@ -1219,7 +1221,7 @@ def _open_subscriptions(hop: Hop, policy: Policy) -> list[str]:
     ]
     names += [
         f"Azure subscription {eid} under plan {plan} ({status})"
-        for plan, under in hop.azure.items()
+        for plan, under in (hop.azure.items() if azure else ())
         for eid, status in under.items()
         # one still to cancel is work for ``_proof_next``, not a reason to stop reading
         if status != AZURE_INACTIVE and eid not in _to_cancel(hop, plan)

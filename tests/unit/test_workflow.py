@@ -877,6 +877,22 @@ def test_the_azure_subscriptions_under_a_plan_are_cancelled_once_the_orders_and_
     assert hint.cancelled == (AZ1,) and hint.action == "none"
 
 
+def test_every_active_azure_subscription_under_a_plan_is_cancelled_in_the_same_hop():
+    """Found by the 2026 benchmark: the second one was cancelled only once the first read inactive, ten minutes on."""
+    plan = sub(PLAN_ID, kind="plan")
+    world = {
+        GetCustomer(): Answer({}),
+        core.ListSubscriptions(): Answer([plan]),
+        ListEntitlements(): Answer([]),
+        core.ListAzureEntitlements(PLAN_ID): azure((AZ1, "active"), (AZ2, "active")),
+        core.CancelAzureEntitlement(PLAN_ID, AZ1): Answer({}),
+        core.CancelAzureEntitlement(PLAN_ID, AZ2): Answer({}),
+    }
+    calls, last = drive(first_delivery(), world)
+    assert calls[-2:] == [core.CancelAzureEntitlement(PLAN_ID, AZ1), core.CancelAzureEntitlement(PLAN_ID, AZ2)]
+    assert isinstance(last, Continue) and {s.id: s.cancelled for s in last.message.subscriptions}[PLAN_ID] == (AZ1, AZ2)
+
+
 def test_a_base_waits_for_its_add_on_to_read_final_and_a_listing_twice_counts_the_copy_not_final():
     base, addon = sub(NCE_ID), sub(ADDON_ID, parentSubscriptionId=NCE_ID)
     world = {
