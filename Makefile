@@ -103,7 +103,7 @@ reliability: setup
 	@for profile in $(PROFILES); do $(PY) -m tools.reliability --profile $$profile || exit 1; done
 
 ## bench: this app side by side with Microsoft's busy loop on the emulator, a full sandbox under the rate limit, and
-## cold start; prints the tables kept in the README (about 10 minutes; exit status 1 if a gated target is missed)
+## cold start; prints the tables kept in the README (about 20 minutes; exit status 1 if a gated target is missed)
 bench: setup
 	$(PY) -m tools.bench
 
