@@ -21,6 +21,7 @@ from typing import Any
 
 from shared.errors import InvalidMessageError
 from shared.ids import derived_correlation_id, is_guid, is_order_id
+from shared.subscriptions import FINAL_STATUSES, Kind
 
 __all__ = [
     "OUTCOMES",
@@ -53,8 +54,8 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_CAUSE_CHARS = 400
 #: What the request did to a subscription: cancelled it (``status: "deleted"``), suspended it, or nothing.
 SUBSCRIPTION_ACTIONS = ("cancelled", "suspended", "none")
-#: The subscription kinds (``shared.subscriptions.Kind``) a poll message may name.
-SUBSCRIPTION_KINDS = ("azure_plan", "saas", "nce", "software", "legacy", "unknown")
+#: The subscription kinds a poll message may name.
+SUBSCRIPTION_KINDS = tuple(k.value for k in Kind)
 #: At most this many subscriptions, and Azure entitlements per plan, in one poll message (a sandbox holds few).
 MAX_SUBSCRIPTIONS = 250
 #: A subscription's ``orderId``: 12 hex characters for new commerce, a GUID for legacy ones (issue 16's reference).
@@ -115,7 +116,7 @@ class SubscriptionState:
 
     @property
     def final(self) -> bool:
-        return self.status in ("suspended", "deleted", "expired", "disabled")
+        return self.status in FINAL_STATUSES
 
     def to_json(self) -> dict[str, Any]:
         """The outcome's form: id, kind, action, status and the Azure entitlements cancelled."""

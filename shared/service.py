@@ -311,14 +311,11 @@ def _summary(observation: core.Observation, call: core.Call) -> str:
     if isinstance(observation, core.Failure):
         return observation.text()
     body = observation.body
-    if isinstance(call, core.ListSubscriptions):
+    if isinstance(call, (core.ListSubscriptions, core.ListAzureEntitlements)):
         items = body if isinstance(body, list) else []
         shown = [f"{s.get('id')} {core.normalise_status(s.get('status'))}" for s in items[:10] if isinstance(s, dict)]
-        return f"{len(items)} subscription(s): {', '.join(shown) or 'none'}"
-    if isinstance(call, core.ListAzureEntitlements):
-        items = body if isinstance(body, list) else []
-        shown = [f"{s.get('id')} {core.normalise_status(s.get('status'))}" for s in items[:10] if isinstance(s, dict)]
-        return f"{len(items)} Azure subscription(s): {', '.join(shown) or 'none'}"
+        what = "subscription(s)" if isinstance(call, core.ListSubscriptions) else "Azure subscription(s)"
+        return f"{len(items)} {what}: {', '.join(shown) or 'none'}"
     if isinstance(call, (core.PatchSubscription, core.CancelAzureEntitlement)):
         return "accepted (not proof: it is read again)"
     if isinstance(body, list):

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.ids import is_guid
 from shared.messages import MAX_CAUSE_CHARS, DeletionRequest, OrderState, PollMessage, SubscriptionState
@@ -109,6 +109,8 @@ PENDING_OPERATION_CODE = "900278"  # 409: a pending operation, retry after 24 ho
 PLAN_BUSY_CODE = "900115"  # 403: an Azure plan with something active under it: wait
 #: An Azure subscription under a plan reads this once its cancel has taken effect.
 AZURE_INACTIVE = "inactive"
+_V = TypeVar("_V")
+_S = TypeVar("_S", Subscription, SubscriptionState)
 
 
 class Outcome(StrEnum):
@@ -897,7 +899,7 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
             sub_gone=hop.sub_gone | {sid},
             sub_refused=_without(hop.sub_refused, sid),
             sub_stale=hop.sub_stale - {sid},
-            subs={k: v for k, v in hop.subs.items() if k != sid},
+            subs=_without(hop.subs, sid),
         ), None
     if isinstance(call, ListSubscriptions) and kind is FailureKind.REFUSED and not policy.clear_subscriptions:
         # Listed only to name them in the outcome: a refusal takes nothing from the deletion.
@@ -933,7 +935,7 @@ def _on_patch_refused(hop: Hop, call: PatchSubscription, f: Failure, now: dateti
     if f.kind is FailureKind.NOT_FOUND:
         return _check_gone(hop, f.text())
     if code == STALE_ETAG_CODE and sid not in hop.sub_stale:  # read it again (a fresh etag), then PATCH again
-        return replace(hop, sub_stale=hop.sub_stale | {sid}, subs={k: v for k, v in hop.subs.items() if k != sid}), None
+        return replace(hop, sub_stale=hop.sub_stale | {sid}, subs=_without(hop.subs, sid)), None
     if code == STALE_ETAG_CODE:  # stale twice in one hop: someone else is changing it; the next hop tries again
         return _sub_busy(hop, sid), None
     if code in LATE_CANCEL_CODES and call.target == "deleted" and sid not in hop.sub_late:
@@ -945,7 +947,7 @@ def _on_patch_refused(hop: Hop, call: PatchSubscription, f: Failure, now: dateti
     return replace(
         hop,
         sub_refused={**hop.sub_refused, sid: f.text()},
-        subs={k: v for k, v in hop.subs.items() if k != sid},
+        subs=_without(hop.subs, sid),
         sub_patched=hop.sub_patched | {sid},
     ), None
 
@@ -1008,7 +1010,7 @@ def _check_gone(hop: Hop, failure_text: str) -> tuple[Hop, Command]:
     return replace(hop, gone_check=failure_text), GetCustomer()
 
 
-def _without(mapping: Mapping[str, str], key: str) -> dict[str, str]:
+def _without(mapping: Mapping[str, _V], key: str) -> dict[str, _V]:
     return {k: v for k, v in mapping.items() if k != key}
 
 
@@ -1222,9 +1224,10 @@ def _open_subscriptions(hop: Hop, policy: Policy, *, azure: bool = True) -> list
     names += [
         f"Azure subscription {eid} under plan {plan} ({status})"
         for plan, under in (hop.azure.items() if azure else ())
+        for to_cancel in [_to_cancel(hop, plan)]  # once per plan
         for eid, status in under.items()
         # one still to cancel is work for ``_proof_next``, not a reason to stop reading
-        if status != AZURE_INACTIVE and eid not in _to_cancel(hop, plan)
+        if status != AZURE_INACTIVE and eid not in to_cancel
     ]
     return names
 
@@ -1245,13 +1248,12 @@ def _subscriptions_proven(hop: Hop, policy: Policy) -> bool:
             s.id not in hop.azure or any(st != AZURE_INACTIVE for st in hop.azure[s.id].values())
         ):
             return False
-    return all(_settling_subscription(hop, order_id) is not None for order_id in hop.via_sub)
+    return all(any(s.final for s in _naming(hop.subs.values(), order_id)) for order_id in hop.via_sub)
 
 
-def _settling_subscription(hop: Hop, order_id: str) -> Subscription | None:
-    """The subscription, read in this hop and final, whose orderId is this order's."""
-    matches = [s for s in hop.subs.values() if s.order_id and s.order_id.lower() == order_id.lower()]
-    return next((s for s in matches if s.final), None)
+def _naming(subscriptions: Iterable[_S], order_id: str) -> list[_S]:
+    """The subscriptions (as read, or as known) whose orderId is this order's."""
+    return [s for s in subscriptions if s.order_id and s.order_id.lower() == order_id.lower()]
 
 
 def _unclearable(hop: Hop, now: datetime, policy: Policy) -> str | None:
@@ -1269,7 +1271,7 @@ def _unclearable(hop: Hop, now: datetime, policy: Policy) -> str | None:
                 "nothing was changed on it"
             )
     for order_id in sorted(hop.via_sub):
-        if not any(h.order_id and h.order_id.lower() == order_id.lower() for h in hop.sub_hints.values()):
+        if not _naming(hop.sub_hints.values(), order_id):
             return (
                 f"order {order_id} can only be cleared through its subscription (Partner Center refused its cancel "
                 "with 800063 or 800077), but no subscription of the customer names it"
