@@ -18,6 +18,10 @@ log = logging.getLogger("customer_deletion")
 _lock = threading.Lock()
 _deps: Deps | None = None
 
+# At load, before any invocation: the worker configured the exporter already, and an idle worker must not export
+# the SDKs' and the exporter's own INFO records (shared.telemetry.SDK_LOGGERS).
+telemetry.quiet_sdk_loggers()
+
 
 def _build() -> Deps:
     from azure.storage.queue import LinearRetry, QueueServiceClient
@@ -93,7 +97,8 @@ def _invoke(function: str, context: Any, handler: Callable[[str], object]) -> No
     """Run one invocation inside its structured log fields. An invocation that raises (a queue message then comes
     back) logs the exception here, inside the fields, so the exception's record carries them too; then it raises on."""
     invocation = _invocation_id(context)
-    with telemetry.fields(function=function, invocationId=invocation):
+    telemetry.quiet_sdk_loggers()
+    with telemetry.invocation_trace(context), telemetry.fields(function=function, invocationId=invocation):
         try:
             handler(invocation)
         except Exception as exc:

@@ -14,6 +14,7 @@ that the worker runs invocations on each have their own context, so concurrent i
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,7 +23,15 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["FIELDS", "bind", "current", "fields", "install"]
+__all__ = ["FIELDS", "SDK_LOGGERS", "bind", "current", "fields", "install", "invocation_trace", "quiet_sdk_loggers"]
+
+#: The loggers of the libraries the app runs on: the storage and identity SDKs, the exporter itself, msal, urllib3,
+#: and the worker runtime's own (``azure.functions``). Their records below Warning are not exported: with the distro's
+#: handler on the root logger, an idle worker would otherwise export the exporter's own INFO lines about its sends,
+#: and a deletion about 140 INFO lines of HTTP requests. Their warnings and errors still are, with the fields above.
+SDK_LOGGERS = ("azure", "msal", "urllib3")
+
+_TRACEPARENT_RE = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 #: The field names, as they appear as custom dimensions (``customDimensions.correlationId`` in KQL).
 FIELDS = ("function", "invocationId", "correlationId", "customerTenantId", "hop", "requestedAt", "outcome", "sweepRun")
@@ -93,3 +102,42 @@ def install() -> None:
 
         logging.setLogRecordFactory(factory)
         _installed = True
+
+
+def quiet_sdk_loggers() -> None:
+    """Raise every SDK logger (``SDK_LOGGERS``) still at its default level (NOTSET) to Warning; a level set on
+    purpose (to debug a call, say) is kept."""
+    for name in SDK_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
+@contextmanager
+def invocation_trace(context: Any) -> Iterator[None]:
+    """Make the host's trace (``context.trace_context``) current for the block, so every record the invocation
+    writes is exported under the invocation's operation id.
+
+    Microsoft's OpenTelemetry guidance for Python Functions does this with ``context.trace_context``. It matters on
+    Python 3.13: the worker runtime attaches the trace on its event loop but runs a synchronous function in a thread
+    pool that does not carry it over. The older worker re-attaches it; attaching it again there changes nothing. A
+    missing or malformed ``traceparent``, or no OpenTelemetry, leaves the context as it is.
+    """
+    trace_context = getattr(context, "trace_context", None)
+    parent = str(getattr(trace_context, "trace_parent", None) or getattr(trace_context, "Traceparent", None) or "")
+    if not _TRACEPARENT_RE.fullmatch(parent):
+        yield
+        return
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    except ImportError:  # pragma: no cover - azure-monitor-opentelemetry brings it
+        yield
+        return
+    state = str(getattr(trace_context, "trace_state", None) or "")
+    carrier = {"traceparent": parent, **({"tracestate": state} if state else {})}
+    token = otel_context.attach(TraceContextTextMapPropagator().extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
