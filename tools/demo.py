@@ -12,6 +12,7 @@ status kept in .local/demo from an earlier demo would otherwise start a past-due
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import time
@@ -102,6 +103,8 @@ def main() -> int:
             print(host.log(), file=sys.stderr)
             return 1
         say(t0, "local Functions host started (delete_customer, poll_orders; sweep_customers disabled for this demo)")
+        worker = re.search(r"Language worker: (.*)", host.log())
+        say(t0, f"functions run by {worker.group(1) if worker else 'an unknown worker'}")
 
         state = pc.state()["customers"][CUSTOMER]
         say(

@@ -200,6 +200,7 @@ def test_queue_binding(tmp_path):
     spec = read_function(fj, {"Q": "Jobs-1", "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
     assert (spec.queue, spec.connection, spec.entry_point) == ("jobs-1", "UseDevelopmentStorage=true", "run")
     assert spec.for_worker() == {
+        "bindings": [{"type": "queueTrigger", "direction": "in", "name": "msg", "queueName": "%Q%"}],
         "name": "q",
         "directory": str(tmp_path / "q"),
         "trigger": "queueTrigger",
@@ -357,7 +358,7 @@ def test_worker_loading_reports_each_function_that_cannot_load(app_package):
         entries.append(spec.for_worker())
     loaded, errors = load_entry_points(root, entries)
     assert list(loaded) == ["ok"] and loaded["ok"].wants_context and loaded["ok"].binding == "timer"
-    assert "do not match the bindings ['timer']" in errors["wrong"]
+    assert "declared in Python but not in function.json: {'msg'}" in errors["wrong"]
     assert "ImportError: no such thing" in errors["broken"]
     assert "has no function 'main'" in errors["noentry"]
 
@@ -387,3 +388,42 @@ def test_timer_request_through_the_library_converter():
 )
 def test_admin_body(raw, expected):
     assert parse_admin_body(raw) == expected
+
+
+# -- the worker's choice, its thread pool and the context it sends ---------------------------------------------------
+
+
+def test_thread_count_is_the_runtimes():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tools.local_host.worker import thread_count
+
+    default = ThreadPoolExecutor()._max_workers  # what the runtime's pool gets without the setting
+    assert thread_count({}) == default
+    assert thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "3"}) == 3
+    for invalid in ("0", "-2", "many", " "):
+        assert thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": invalid}) == default
+
+
+def test_choose_names_the_worker_for_each_python():
+    from tools.local_host import rpc
+    from tools.local_host.worker import LOCAL, RUNTIME, choose
+
+    kind, said = choose((3, 11))
+    assert kind == LOCAL and "3.11" in said and "no current Microsoft worker" in said
+    kind, said = choose((3, 13))
+    if rpc.runtime_available():
+        assert kind == RUNTIME and "azure-functions-runtime-v1" in said
+    else:
+        assert kind == LOCAL and "not installed" in said
+
+
+def test_default_context_is_a_fresh_sampled_traceparent():
+    from shared.telemetry import _TRACEPARENT_RE
+    from tools.local_host.worker import default_context
+
+    one, two = default_context("poll_orders"), default_context("poll_orders")
+    assert _TRACEPARENT_RE.fullmatch(one["trace_parent"]) and one["trace_parent"].endswith("-01")
+    assert one["trace_parent"] != two["trace_parent"]
+    assert one["attributes"] == {"OperationName": "poll_orders"}
+    assert (one["retry_count"], one["max_retry_count"]) == (0, 0)

@@ -247,3 +247,36 @@ def test_ignoring_the_app_is_noticed() -> None:
     for extra in ("shared/", "*.json", "requirements*.txt", "poll_orders"):
         with pytest.raises(AssertionError):
             check_package(project_files(), text + "\n" + extra + "\n")
+
+
+DEV_ONLY_DISTRIBUTIONS = ("azure-functions-runtime-v1", "protobuf")
+
+
+def _requirement_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[\s;<>=!~\[]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def test_the_worker_runtime_is_a_development_dependency_only() -> None:
+    """The local host drives the functions through Microsoft's runtime; Azure brings its own, so the package's
+    requirements.txt (what the remote build installs) must not name it, and shipped code must not import it."""
+    dev = _requirement_names((ROOT / "requirements-dev.txt").read_text(encoding="utf-8"))
+    shipped_requirements = _requirement_names((ROOT / "requirements.txt").read_text(encoding="utf-8"))
+    for name in DEV_ONLY_DISTRIBUTIONS:
+        assert name in dev
+        assert name not in shipped_requirements, f"{name} must not be deployed"
+    shipped = packaged(project_files(), (ROOT / ".funcignore").read_text(encoding="utf-8"))
+    for name in sorted(n for n in shipped if n.endswith(".py")):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(from|import)\s+(azure_functions_runtime_v1|tools)\b", text, re.M), name
+
+
+def test_a_runtime_line_in_requirements_txt_is_noticed() -> None:
+    text = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    assert "azure-functions-runtime-v1" in _requirement_names(
+        text + '\nazure-functions-runtime-v1==1.2.0; python_version >= "3.13"\n'
+    )

@@ -51,7 +51,7 @@ from tools.local_host.indexing import (  # some re-exported (__all__): tools and
     to_timer_request,
 )
 from tools.local_host.timers import TimerListener, read_status
-from tools.local_host.worker import QUEUE, TIMER, WorkerDiedError, WorkerProcess
+from tools.local_host.worker import QUEUE, TIMER, WorkerDiedError, choose, default_context, start_worker, thread_count
 
 __all__ = [
     "EXECUTED_LINE",
@@ -536,10 +536,10 @@ class LocalHost:
         self.stop_event = threading.Event()
         self.lease = lease_seconds
         self._clients: dict[str | IdentityConnection, Any] = {}
-        q = self.config.queues
-        queue_count = sum(1 for fn in self.functions if fn.trigger == QUEUE_TRIGGER)
-        timer_count = len(self.functions) - queue_count
-        self._threads = max(1, (q.batch_size + q.new_batch_threshold) * queue_count + timer_count + ADMIN_CONCURRENCY)
+        # One pool in the worker for every function, sized as the runtime sizes it; invocations beyond it wait
+        # there for a thread while their message's lease runs, as in Azure.
+        self._threads = thread_count(env)
+        self.worker_kind, self.worker_description = choose()
         self._worker_lock = threading.Lock()
         self._worker: Any = None
         self.listeners: list[Listener] = []
@@ -558,7 +558,9 @@ class LocalHost:
     def worker(self) -> Any:
         with self._worker_lock:
             if self._worker is None:
-                self._worker = WorkerProcess(self.app_root, [fn.for_worker() for fn in self.functions], self._threads)
+                self._worker = start_worker(
+                    self.worker_kind, self.app_root, [fn.for_worker() for fn in self.functions], self._threads
+                )
                 self._worker.loaded.add_done_callback(self._report_reload)
             return self._worker
 
@@ -585,7 +587,9 @@ class LocalHost:
         started = time.monotonic()
         worker = self.worker()
         try:
-            error = worker.invoke(invocation_id, fn.name, kind, data).result(timeout=self.config.function_timeout)
+            error, _outputs = worker.invoke(invocation_id, fn.name, kind, data, default_context(fn.name)).result(
+                timeout=self.config.function_timeout
+            )
         except (TimeoutError, FutureTimeout):  # distinct classes before Python 3.11
             log.error(
                 "A function timeout has occurred. Restarting worker process executing invocationId '%s'.", invocation_id
@@ -726,6 +730,7 @@ class LocalHost:
 
     def _load_in_worker(self) -> None:
         """Start the language worker and let it load the code; a function it cannot load is disabled alone."""
+        log.info("Language worker: %s, %d threads", self.worker_description, self._threads)
         try:
             errors = self.worker().wait_loaded(WORKER_LOAD_TIMEOUT)
         except (WorkerDiedError, TimeoutError, FutureTimeout) as exc:

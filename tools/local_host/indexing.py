@@ -20,6 +20,7 @@ import json
 import re
 import sys
 import threading
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,10 +151,14 @@ class FunctionSpec:
     schedule: Any = None  # timerTrigger: shared.ncrontab.Schedule (UTC)
     run_on_startup: bool = False
     use_monitor: bool = False
+    #: function.json's bindings as written (the host sends them to the worker in the function's metadata)
+    bindings: tuple[dict[str, Any], ...] = ()
 
-    def for_worker(self) -> dict[str, str]:
+    def for_worker(self) -> dict[str, Any]:
         """What the worker needs to load the function (plain data: the worker must not unpickle app-side types)."""
         return {
+            "bindings": [dict(b) for b in self.bindings]
+            or [{"type": self.trigger, "direction": "in", "name": self.binding}],
             "name": self.name,
             "directory": str(self.directory),
             "trigger": self.trigger,
@@ -208,6 +213,7 @@ def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
         "binding": binding,
         "script_file": str(spec_json.get("scriptFile") or "__init__.py"),
         "entry_point": str(spec_json.get("entryPoint") or "main"),
+        "bindings": tuple(dict(b) for b in bindings),
     }
     if kind == QUEUE_TRIGGER:
         if not isinstance(trig.get("queueName"), str):
@@ -280,22 +286,179 @@ class LoadedFunction:
     entry: Callable[..., Any]
     wants_context: bool
     directory: str
+    #: parameter -> (binding type used for conversion, annotated Python type or None), as the runtime records them
+    inputs: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    #: ($return's binding type, return annotation) when function.json has a ``$return`` binding, else None
+    returns: tuple[str, Any] | None = None
 
 
 def install_app_package(app_root: Path) -> None:
-    """The app root on ``sys.path`` and the ``__app__`` namespace package over it, as the Python worker sets up."""
+    """The app root appended to ``sys.path`` and the ``__app__`` namespace package over it, as the proxy worker
+    leaves them (the worker's own entries come first)."""
     root = str(app_root)
     if root not in sys.path:
-        sys.path.insert(0, root)
+        sys.path.append(root)
     if "__app__" not in sys.modules:
         spec = importlib.machinery.ModuleSpec("__app__", None, is_package=True)
         spec.submodule_search_locations = [root]
         sys.modules["__app__"] = importlib.util.module_from_spec(spec)
 
 
-def load_entry_point(entry: Mapping[str, str]) -> LoadedFunction:
-    """Import one function as ``__app__.<folder>`` and check its signature against the binding (worker side)."""
-    name, script, binding = entry["name"], entry["script_file"], entry["binding"]
+class GenericBinding:
+    """A binding type the library has no converter for, or a ``str``/``bytes`` trigger: the raw value (the
+    runtime's ``GenericBinding``)."""
+
+    @staticmethod
+    def check_input_type_annotation(pytype: type) -> bool:
+        return issubclass(pytype, (str, bytes))
+
+    @staticmethod
+    def check_output_type_annotation(pytype: type) -> bool:
+        return issubclass(pytype, (str, bytes, bytearray))
+
+    @staticmethod
+    def has_implicit_output() -> bool:
+        return False
+
+
+def converter(binding_type: str) -> Any:
+    """The ``azure.functions`` converter for a binding type (the registry both workers use), or GenericBinding."""
+    from azure.functions import get_binding_registry
+
+    registry = get_binding_registry()
+    found = registry.get(binding_type) if registry is not None and binding_type != "generic" else None
+    return found or GenericBinding
+
+
+def _implicit_output(binding_type: str) -> bool:
+    return bool(getattr(converter(binding_type), "has_implicit_output", lambda: False)())
+
+
+def _out_argument(annotation: Any) -> tuple[bool, Any]:
+    """(is it ``func.Out[...]``, its argument) for a parameter's annotation."""
+    origin = typing.get_origin(annotation)
+    if isinstance(origin, type) and origin.__name__ == "Out":
+        args = typing.get_args(annotation)
+        if len(args) != 1:
+            raise HostError(f"has invalid Out annotation {annotation!r}")
+        return True, args[0]
+    if isinstance(annotation, type) and annotation.__name__ == "Out":
+        raise HostError(f"has invalid Out annotation {annotation!r}")
+    return False, annotation
+
+
+def _is_type(annotation: Any) -> bool:
+    return isinstance(annotation, type) or typing.get_origin(annotation) is not None
+
+
+def check_signature(name: str, func: Callable[..., Any], bindings: Sequence[Mapping[str, Any]]) -> LoadedFunction:
+    """The runtime's load-time rules (azure_functions_runtime_v1/functions.py ``add_function``), by hand: the
+    parameters against function.json's bindings, each annotation against its binding's converter, ``func.Out``
+    for "out" bindings only, a ``context`` annotated ``Context`` if at all, and ``$return``."""
+    params = dict(inspect.signature(func).parameters)
+    try:
+        annotations = typing.get_type_hints(func)
+    except Exception as exc:  # noqa: BLE001 - an annotation that cannot be resolved fails the load, as in the runtime
+        raise HostError(f"cannot load the {name} function: its annotations cannot be resolved: {exc}") from None
+    bound: dict[str, Mapping[str, Any]] = {}
+    returns_type: str | None = None
+    for b in bindings:
+        direction = str(b.get("direction", "in")).lower()
+        if direction == "inout":
+            raise HostError(f'cannot load the {name} function: "inout" bindings are not supported')
+        if b.get("name") == "$return":
+            if direction != "out":
+                raise HostError(f'cannot load the {name} function: "$return" binding must have direction set to "out"')
+            returns_type = str(b.get("type"))
+        else:
+            bound[str(b.get("name"))] = b
+    wants_context = "context" in params and "context" not in bound
+    if wants_context:
+        params.pop("context")
+        anno = annotations.get("context")
+        if "context" in annotations and not (isinstance(anno, type) and anno.__name__ == "Context"):
+            raise HostError(
+                f'cannot load the {name} function: the "context" parameter is expected to be of type '
+                f'azure.functions.Context, got "{anno!r}"'
+            )
+    if set(params) - set(bound):
+        raise HostError(
+            f"cannot load the {name} function: the following parameters are declared in Python but not in "
+            f"function.json: {set(params) - set(bound)!r}"
+        )
+    if set(bound) - set(params):
+        raise HostError(
+            f"cannot load the {name} function: the following parameters are declared in function.json but not in "
+            f"Python: {set(bound) - set(params)!r}"
+        )
+    inputs: dict[str, tuple[str, Any]] = {}
+    outputs: dict[str, tuple[str, Any]] = {}
+    for param in params:
+        b = bound[param]
+        btype = str(b.get("type"))
+        has_anno = param in annotations
+        anno = annotations.get(param)
+        try:
+            is_out, pytype = _out_argument(anno) if has_anno else (False, None)
+        except HostError as exc:
+            raise HostError(f"cannot load the {name} function: binding {param} {exc}") from None
+        binding_out = str(b.get("direction", "in")).lower() == "out"
+        if has_anno and not _is_type(pytype):
+            raise HostError(
+                f"cannot load the {name} function: binding {param} has invalid non-type annotation {anno!r}"
+            )
+        if binding_out and has_anno and not is_out:
+            raise HostError(
+                f'cannot load the {name} function: binding {param} is declared to have the "out" direction, but its '
+                "annotation in Python is not a subclass of azure.functions.Out"
+            )
+        if not binding_out and is_out:
+            raise HostError(
+                f'cannot load the {name} function: binding {param} is declared to have the "in" direction in '
+                "function.json, but its annotation is azure.functions.Out in Python"
+            )
+        use = "generic" if has_anno and pytype in (str, bytes) and not _implicit_output(btype) else btype
+        if has_anno:
+            check = (
+                converter(use).check_output_type_annotation if is_out else converter(use).check_input_type_annotation
+            )
+            if not (isinstance(pytype, type) and check(pytype)):
+                shown = getattr(pytype, "__name__", repr(pytype))
+                raise HostError(
+                    f'cannot load the {name} function: type of {param} binding in function.json "{btype}" does not '
+                    f'match its Python annotation "{shown}"'
+                )
+        (outputs if binding_out else inputs)[param] = (use, pytype)
+    returns = None
+    if returns_type is not None:
+        anno = annotations.get("return")
+        if "return" in annotations:
+            if not isinstance(anno, type):
+                raise HostError(f"cannot load the {name} function: has invalid non-type return annotation {anno!r}")
+            if not converter(returns_type).check_output_type_annotation(anno):
+                raise HostError(
+                    f'cannot load the {name} function: Python return annotation "{anno.__name__}" does not match '
+                    f'binding type "{returns_type}"'
+                )
+        returns = (returns_type, anno)
+    trigger = next((b for b in bindings if str(b.get("type", "")).endswith("Trigger")), bindings[0] if bindings else {})
+    return LoadedFunction(
+        name,
+        str(trigger.get("type", "")),
+        str(trigger.get("name", "")),
+        func,
+        wants_context,
+        "",
+        inputs,
+        outputs,
+        returns,
+    )
+
+
+def load_entry_point(entry: Mapping[str, Any]) -> LoadedFunction:
+    """Import one function as ``__app__.<folder>`` and check its signature against the bindings (worker side)."""
+    name, script = entry["name"], entry["script_file"]
     module_name = f"__app__.{name}" if script == "__init__.py" else f"__app__.{name}.{Path(script).stem}"
     try:
         module = importlib.import_module(module_name)
@@ -304,10 +467,10 @@ def load_entry_point(entry: Mapping[str, str]) -> LoadedFunction:
     func = getattr(module, entry["entry_point"], None)
     if not callable(func):
         raise HostError(f"{module_name} has no function '{entry['entry_point']}' (the entryPoint)")
-    params = set(inspect.signature(func).parameters)
-    if params - {binding, "context"} or binding not in params:
-        raise HostError(f"parameters {sorted(params)} do not match the bindings ['{binding}'] (+ optional context)")
-    return LoadedFunction(name, entry["trigger"], binding, func, "context" in params, entry["directory"])
+    bindings = entry.get("bindings") or [{"type": entry["trigger"], "direction": "in", "name": entry["binding"]}]
+    loaded = check_signature(name, func, bindings)
+    loaded.directory = entry["directory"]
+    return loaded
 
 
 def load_entry_points(
@@ -324,16 +487,104 @@ def load_entry_points(
     return loaded, errors
 
 
+@dataclass(frozen=True)
+class TraceContext:
+    """``context.trace_context``, as the runtime builds it from the host's ``RpcTraceContext`` (W3C trace context)."""
+
+    trace_parent: str
+    trace_state: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def Traceparent(self) -> str:  # noqa: N802 - the library's deprecated names, kept by the runtime
+        return self.trace_parent
+
+    @property
+    def Tracestate(self) -> str:  # noqa: N802
+        return self.trace_state
+
+    @property
+    def Attributes(self) -> dict[str, str]:  # noqa: N802
+        return self.attributes
+
+
+@dataclass(frozen=True)
+class RetryContext:
+    """``context.retry_context``: no retry policy is configured, so the host sends zeros."""
+
+    retry_count: int = 0
+    max_retry_count: int = 0
+    rpc_exception: Any = None
+
+
 @dataclass
 class Context:
-    """What the worker passes as ``context`` (the parts a v1 function uses)."""
+    """What the worker passes as ``context``: the runtime's ``Context`` fields, filled from what the host sends."""
 
     invocation_id: str
     function_name: str
     function_directory: str
-    trace_context: Any = None
-    retry_context: Any = None
+    trace_context: TraceContext | None = None
+    retry_context: RetryContext = field(default_factory=RetryContext)
     thread_local_storage: threading.local = field(default_factory=threading.local)
+
+
+class Out:
+    """``func.Out[T]`` as the runtime hands it to a function: ``set`` a value, the worker ``get``s it afterwards."""
+
+    def __init__(self) -> None:
+        self._value: Any = None
+
+    def set(self, val: Any) -> None:
+        self._value = val
+
+    def get(self) -> Any:
+        return self._value
+
+
+def datum_value(datum: Any) -> tuple[str, Any] | None:
+    """An encoded ``azure.functions.meta.Datum`` as ``(kind, value)``, the way the runtime puts it into
+    ``TypedData`` (dict and list as JSON, bool as int, an HTTP response as status, headers and body)."""
+    if datum is None or datum.type is None:
+        return None
+    kind, value = datum.type, datum.value
+    if kind == "http":
+        body = datum_value(value.get("body"))
+        return "http", {
+            "status_code": str(value["status_code"].value),
+            "headers": {k: v.value for k, v in value.get("headers", {}).items()},
+            "body": body[1] if body else b"",
+        }
+    if kind in ("dict", "list"):
+        return "json", json.dumps(value)
+    if kind == "bool":
+        return "int", int(value)
+    if kind in ("string", "bytes", "json", "int", "double"):
+        return kind, value
+    raise TypeError(f"unexpected Datum type: {kind!r}")
+
+
+def encode_output(binding_type: str, value: Any, pytype: Any) -> tuple[str, Any] | None:
+    """A returned or ``Out`` value through its binding's converter (``encode``), as the runtime does."""
+    binding = converter(binding_type)
+    if binding is GenericBinding:
+        from azure.functions import meta
+
+        if isinstance(value, str):
+            return datum_value(meta.Datum(value, "string"))
+        if isinstance(value, (bytes, bytearray)):
+            return datum_value(meta.Datum(bytes(value), "bytes"))
+        for kind, types_ in (("bool", bool), ("int", int), ("double", float), ("dict", dict), ("list", list)):
+            if isinstance(value, types_):
+                return datum_value(meta.Datum(value, kind))
+        return None if value is None else datum_value(meta.Datum(value, None))
+    try:
+        return datum_value(binding.encode(value, expected_type=pytype))
+    except NotImplementedError:
+        raise TypeError(
+            f'unable to encode outgoing TypedData: unsupported type "{binding}" '
+            f'for Python type "{type(value).__name__}"'
+        ) from None
 
 
 # -- trigger data ----------------------------------------------------------------------------------------------------
