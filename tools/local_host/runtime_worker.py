@@ -191,7 +191,6 @@ class RuntimeWorkerProcess:
         request = rpc.invocation(
             invocation_id, self._ids[name], entry["binding"], trigger, context or default_context(name)
         )
-        sent = self._send(request)
 
         def done(f: Future) -> None:
             if f.exception() is not None:
@@ -199,7 +198,15 @@ class RuntimeWorkerProcess:
             else:
                 result.set_result(rpc.invocation_result(f.result()))
 
-        sent.add_done_callback(done)
+        def send(loaded: Future) -> None:
+            # As the host does: no invocation before the worker has answered every load (a restarted worker gets
+            # the next message while it still loads; the runtime fails an invocation of a function not loaded yet).
+            if loaded.exception() is not None:
+                result.set_exception(loaded.exception())
+                return
+            self._send(request).add_done_callback(done)
+
+        self.loaded.add_done_callback(send)
         return result
 
     def kill(self) -> None:
