@@ -402,6 +402,15 @@ def could_have_been_deleted(
     return available >= poll_max
 
 
+def language_worker(state_dir: Path) -> str:
+    """The host's start-up line about its language worker and thread pool (the first host's)."""
+    for path in sorted(state_dir.glob("host*.log")):
+        m = re.search(r"Language worker: (.*)", path.read_text(errors="replace"))
+        if m:
+            return m.group(1).strip()
+    return "unknown"
+
+
 def invocation_durations(state_dir: Path) -> dict[str, dict]:
     """From the host logs: each function's invocation durations, and how many invocations never finished (killed)."""
     started: Counter = Counter()
@@ -520,6 +529,7 @@ def measure(
         "host_kills": kills,
         "hosts": profile.hosts,
         "durations": invocation_durations(state_dir),
+        "worker": language_worker(state_dir),
         "lease_seconds": profile.lease_seconds,
         "function_timeout": "00:10:00 (host.json)",
         "storage": proxy.stats() if proxy else None,
@@ -626,7 +636,8 @@ def table(r: dict) -> str:
         ("429 / injected 5xx / dropped connections", f"{r['throttled_429']} / {r['injected_5xx']} / {r['dropped']}"),
         ("storage puts failed", puts),
         ("host kills (SIGKILL mid-run)", r["host_kills"]),
-        ("invocation durations", durations),
+        ("language worker", r.get("worker", "unknown")),
+        ("invocation durations (the host's: waiting for a worker thread included)", durations),
         (
             "forked chains: most copies of one hop (hops run by more than one copy)",
             f"{r['forks']['worst']} ({r['forks']['forked']})",
