@@ -1,6 +1,10 @@
 # Everything a new machine needs: Python 3.11, 3.12 or 3.13 and Node 20 with npm. `make demo` and `make test` do the rest.
-# Another Python: make PYTHON=python3.13 ... (tools/pythons.py says which versions are supported, and why).
-PYTHON ?= python3
+# The development default is the newest supported Python this machine really runs (3.13 if it has one: the local host
+# then runs the functions through Microsoft's worker runtime, as Azure does on 3.13); another: make PYTHON=python3.11 ...
+# (tools/pythons.py says which versions are supported, and why).
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(or $(shell python3 tools/pythons.py preferred 2>/dev/null),python3)
+endif
 VENV   := .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
@@ -76,8 +80,10 @@ test-lowest: setup-lowest
 	@echo "lowest allowed versions (.venv-lowest/floors.txt):" $$(cat $(LOWEST)/floors.txt)
 	MODEL_EXAMPLES=$(OTHER_MODEL_EXAMPLES) $(LOWEST_PY) -m pytest -n auto --dist loadgroup tests/unit tests/functions
 
-## test-other-python: the unit and function tests in .venv-other/, on the other end of the supported range from .venv's
-## Python (3.13 for 3.11 or 3.12, 3.11 for 3.13 and newer), when this machine has it (python3.X on PATH, or pyenv's)
+## test-other-python: the unit, function and integration tests in .venv-other/, on the other end of the supported range
+## from .venv's Python (3.11 for 3.13 and newer, 3.13 for 3.11 or 3.12), when this machine has it (python3.X on PATH, or
+## pyenv's): so the whole app runs end to end on both workers, Microsoft's runtime (3.13) and the local host's own
+## (3.11, the template's default)
 test-other-python: setup
 	@other=$$($(PY) tools/pythons.py other-end); \
 	if [ -z "$$other" ]; then \
@@ -87,7 +93,7 @@ test-other-python: setup
 		$(UV) venv --quiet --clear --python "$$other" $(OTHER) && \
 		$(UV) pip install --quiet --python $(OTHER_PY) -r requirements-dev.txt && echo "$$other" > $(OTHER)/.installed || exit 1; fi; \
 	echo "other end of the supported range: $$($(OTHER_PY) --version), azure-functions $$($(OTHER_PY) -c 'from importlib.metadata import version; print(version("azure-functions"))')"; \
-	MODEL_EXAMPLES=$(OTHER_MODEL_EXAMPLES) $(OTHER_PY) -m pytest -n auto --dist loadgroup tests/unit tests/functions
+	MODEL_EXAMPLES=$(OTHER_MODEL_EXAMPLES) $(OTHER_PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup tests/unit tests/functions tests/integration
 
 ## unit: the unit tests with the whole model (2,000 histories); Python only, like check
 unit: check-python $(VENV)/.installed

@@ -3,6 +3,9 @@
     python tools/pythons.py check       exit 1 with a plain reason if this Python is not supported (a warning
                                         if it is newer than the tested ones)
     python tools/pythons.py other-end   path of a Python at the other end of the supported range, or nothing
+    python tools/pythons.py preferred   the development default: the newest supported Python this machine really
+                                        runs (3.13, whose worker in Azure is Microsoft's runtime, which the local
+                                        host then runs too), else the Python running this
 
 Run as a file by the Makefile before any virtual environment exists, so it imports nothing of the project.
 """
@@ -76,6 +79,15 @@ def other_end(version: tuple[int, int]) -> tuple[int, int]:
     return SUPPORTED[-1] if version < SUPPORTED[-1] else SUPPORTED[0]
 
 
+def preferred(found: dict[tuple[int, int], str | None] | None = None) -> str:
+    """The development default: the newest supported version found (``find``), else this interpreter."""
+    for version in reversed(SUPPORTED):
+        path = found.get(version) if found is not None else find(version)
+        if path:
+            return path
+    return sys.executable
+
+
 def main(argv: list[str]) -> int:
     here = sys.version_info[:2]
     if argv[1:] == ["check"]:
@@ -87,6 +99,9 @@ def main(argv: list[str]) -> int:
         found = find(other_end(here))
         if found:
             print(found)
+        return 0
+    if argv[1:] == ["preferred"]:
+        print(preferred())
         return 0
     print(__doc__, file=sys.stderr)
     return 2

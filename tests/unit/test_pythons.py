@@ -37,3 +37,21 @@ def test_find_returns_a_working_interpreter_of_that_version_only():
     found = pythons.find(here)  # None on a machine with no python3.X on PATH and no pyenv
     assert found is None or pythons._version_of(found) == here
     assert pythons.find((2, 1)) is None
+
+
+@pytest.mark.parametrize(
+    "found, expected",
+    [
+        ({(3, 11): "/p/3.11", (3, 12): "/p/3.12", (3, 13): "/p/3.13"}, "/p/3.13"),
+        ({(3, 11): "/p/3.11", (3, 12): "/p/3.12", (3, 13): None}, "/p/3.12"),
+        ({(3, 11): "/p/3.11", (3, 12): None, (3, 13): None}, "/p/3.11"),
+        ({(3, 11): None, (3, 12): None, (3, 13): None}, sys.executable),
+    ],
+)
+def test_preferred_is_the_newest_supported_python_found(found, expected):
+    assert pythons.preferred(found) == expected
+
+
+def test_preferred_on_this_machine_runs_a_supported_version():
+    version = pythons._version_of(pythons.preferred())
+    assert version is not None and pythons.verdict(version)[0]
