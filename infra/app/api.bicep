@@ -45,6 +45,10 @@ var baseAppSettings = {
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   // The worker exports its own logs and traces through OpenTelemetry (host.json "telemetryMode": "OpenTelemetry"),
   // instead of forwarding each log record to the host.
+  // No PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME, on purpose: it would limit the export to one logger's tree and drop
+  // the SDKs' warnings and errors with it. The app raises the SDK loggers to Warning instead, so their INFO chatter
+  // (HTTP dumps, the exporter's own sends) is not exported, and an idle worker exports no log record (README,
+  // Observability: "Levels, not a logger name").
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   // DefaultAzureCredential and ManagedIdentityCredential() in the worker pick the user-assigned identity from
   // AZURE_CLIENT_ID; without it they look for a system-assigned identity, which this app does not have.

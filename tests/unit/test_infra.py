@@ -454,6 +454,10 @@ def check_app_settings(src: Sources) -> None:
     assert auth == "'ClientId=${identityClientId};Authorization=AAD'", auth
     assert "APPLICATIONINSIGHTS_CONNECTION_STRING" in settings
     assert literal(settings.get("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY")) == "true"
+    # The export is scoped by logger levels (shared.telemetry.quiet_sdk_loggers), not by a logger name, which would
+    # drop the SDKs' warnings and errors.
+    assert "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME" not in settings
+    assert "quiet_sdk_loggers()" in src["shared/app.py"]
     assert settings.get("AZURE_CLIENT_ID") == "identityClientId"
     assert settings.get("AzureWebJobsStorage__clientId") == "identityClientId"
     # The client secret only as a Key Vault reference, resolved with the user-assigned identity.
@@ -714,6 +718,13 @@ MUTATIONS = [
     ("app_settings", "infra/main.bicep", "  PROTECTED_CUSTOMER_IDS: protectedCustomerIds\n", ""),
     ("app_settings", "infra/main.bicep", "enableQueue: true  //", "enableQueue: false  //"),
     ("app_settings", "infra/app/api.bicep", "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n", ""),
+    (
+        "app_settings",
+        "infra/app/api.bicep",
+        "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n",
+        "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n"
+        "  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'customer_deletion'\n",
+    ),
     ("app_settings", "infra/app/api.bicep", "Authorization=AAD'", "Authorization=Key'"),
     (
         "app_settings",
