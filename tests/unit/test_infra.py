@@ -722,8 +722,10 @@ MUTATIONS = [
         "app_settings",
         "infra/app/api.bicep",
         "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n",
-        "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n"
-        "  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'customer_deletion'\n",
+        (
+            "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n"
+            "  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'customer_deletion'\n"
+        ),
     ),
     ("app_settings", "infra/app/api.bicep", "Authorization=AAD'", "Authorization=Key'"),
     (
