@@ -39,6 +39,26 @@ class Envelope:
     def operation_id(self) -> str:
         return str(self.body.get("tags", {}).get("ai.operation.id", ""))
 
+    @property
+    def logger(self) -> str:
+        """The name of the logger that wrote a log record. Exporters from 1.0.0b41 or so send it as the
+        ``logger_name`` property; older ones (the floor of requirements.txt resolves 1.0.0b40) send only the source
+        file (``code.filepath``), so the name is derived from it: the module's dotted path under site-packages, with
+        Microsoft's worker runtime, which logs as ``azure.functions``, named so. "" when neither is there."""
+        properties = self.data.get("properties", {})
+        if properties.get("logger_name"):
+            return str(properties["logger_name"])
+        path = str(properties.get("code.filepath") or properties.get("code.file.path") or "")
+        if "site-packages/" not in path:
+            return ""
+        module = path.rsplit("site-packages/", 1)[1].removesuffix(".py").replace("/", ".")
+        return "azure.functions" if module.startswith("azure_functions_runtime_v1") else module
+
+    @property
+    def below_warning(self) -> bool:
+        """A log record at Verbose or Information (newer exporters send the level's name, older ones its number)."""
+        return str(self.data.get("severityLevel")) in ("Verbose", "Information", "0", "1")
+
 
 @dataclass
 class Ingestion:

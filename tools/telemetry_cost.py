@@ -58,12 +58,7 @@ def _noise(envelopes: list[ingestion.Envelope]) -> str:
     from shared.telemetry import SDK_LOGGERS
 
     logs = [e for e in envelopes if e.kind == "MessageData"]
-    low = sum(
-        1
-        for e in logs
-        if str(e.data.get("properties", {}).get("logger_name", "")).split(".")[0] in SDK_LOGGERS
-        and e.data.get("severityLevel") in ("Verbose", "Information")
-    )
+    low = sum(1 for e in logs if e.logger.split(".")[0] in SDK_LOGGERS and e.below_warning)
     untraced = sum(1 for e in logs if e.operation_id.strip("0") == "")
     return f"    SDK records below Warning: {low}; log records without an operation id: {untraced}"
 

@@ -35,3 +35,29 @@ def test_it_records_each_envelope_with_its_size_and_counts_live_metrics_apart():
         assert sink.since(sink.envelopes[-1].received + 1) == []
     finally:
         sink.stop()
+
+
+def _record(properties: dict, level: str = "Information") -> ingestion.Envelope:
+    body = {"data": {"baseType": "MessageData", "baseData": {"severityLevel": level, "properties": properties}}}
+    return ingestion.Envelope(received=0.0, size=0, body=body)
+
+
+def test_a_records_logger_comes_from_logger_name_or_from_the_source_file_on_older_exporters():
+    site = "/x/.venv/lib/python3.13/site-packages/"
+    assert _record({"logger_name": "azure.core.pipeline", "code.filepath": site + "msal/a.py"}).logger == (
+        "azure.core.pipeline"
+    )
+    assert _record({"code.filepath": site + "azure/identity/_credentials/chained.py"}).logger == (
+        "azure.identity._credentials.chained"
+    )
+    assert _record({"code.filepath": site + "azure_functions_runtime_v1/handle_event.py"}).logger == "azure.functions"
+    assert _record({"code.file.path": site + "urllib3/connectionpool.py"}).logger == "urllib3.connectionpool"
+    assert _record({"code.filepath": "/work/main/shared/service.py"}).logger == ""
+    assert _record({}).logger == ""
+
+
+def test_below_warning_reads_the_level_as_a_name_or_a_number():
+    assert [_record({}, level).below_warning for level in ("Verbose", "Information", "0", "1")] == [True] * 4
+    assert [_record({}, level).below_warning for level in ("Warning", "Error", "Critical", "2", "3", "4")] == [
+        False
+    ] * 6
