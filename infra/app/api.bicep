@@ -50,6 +50,9 @@ var baseAppSettings = {
   // (HTTP dumps, the exporter's own sends) is not exported, and an idle worker exports no log record (README,
   // Observability: "Levels, not a logger name").
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+  // No PYTHON_THREADPOOL_THREAD_COUNT, on purpose: the worker's default pool (min(32, cpus + 4) threads) is enough.
+  // A message waiting for a thread keeps its lease, INVOCATION_WORK_SECONDS counts from the function's start, and
+  // Partner Center's rate limit, not the thread count, bounds the throughput (README, Reliability: "The thread pool").
   // DefaultAzureCredential and ManagedIdentityCredential() in the worker pick the user-assigned identity from
   // AZURE_CLIENT_ID; without it they look for a system-assigned identity, which this app does not have.
   AZURE_CLIENT_ID: identityClientId

@@ -458,6 +458,8 @@ def check_app_settings(src: Sources) -> None:
     # drop the SDKs' warnings and errors.
     assert "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME" not in settings
     assert "quiet_sdk_loggers()" in src["shared/app.py"]
+    # The worker's default thread pool, measured enough under make reliability (README, "The thread pool").
+    assert "PYTHON_THREADPOOL_THREAD_COUNT" not in settings
     assert settings.get("AZURE_CLIENT_ID") == "identityClientId"
     assert settings.get("AzureWebJobsStorage__clientId") == "identityClientId"
     # The client secret only as a Key Vault reference, resolved with the user-assigned identity.
@@ -726,6 +728,12 @@ MUTATIONS = [
             "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n"
             "  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'customer_deletion'\n"
         ),
+    ),
+    (
+        "app_settings",
+        "infra/app/api.bicep",
+        "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n",
+        "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n  PYTHON_THREADPOOL_THREAD_COUNT: '24'\n",
     ),
     ("app_settings", "infra/app/api.bicep", "Authorization=AAD'", "Authorization=Key'"),
     (
