@@ -41,9 +41,9 @@ class Envelope:
 
     @property
     def logger(self) -> str:
-        """The name of the logger that wrote a log record. Exporters from 1.0.0b41 or so send it as the
-        ``logger_name`` property; older ones (the floor of requirements.txt resolves 1.0.0b40) send only the source
-        file (``code.filepath``), so the name is derived from it: the module's dotted path under site-packages, with
+        """The name of the logger that wrote a log record. The exporter requirements.txt resolves today (1.0.0b58)
+        sends it as the ``logger_name`` property; the floor's (1.0.0b40) sends only the source file
+        (``code.filepath``), so the name is derived from it: the module's dotted path under site-packages, with
         Microsoft's worker runtime, which logs as ``azure.functions``, named so. "" when neither is there."""
         properties = self.data.get("properties", {})
         if properties.get("logger_name"):
@@ -53,6 +53,13 @@ class Envelope:
             return ""
         module = path.rsplit("site-packages/", 1)[1].removesuffix(".py").replace("/", ".")
         return "azure.functions" if module.startswith("azure_functions_runtime_v1") else module
+
+    @property
+    def from_sdk(self) -> bool:
+        """A log record written by one of the SDKs' loggers (``shared.telemetry.SDK_LOGGERS``) or below them."""
+        from shared.telemetry import SDK_LOGGERS
+
+        return self.logger.split(".")[0] in SDK_LOGGERS
 
     @property
     def below_warning(self) -> bool:

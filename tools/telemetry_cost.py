@@ -55,10 +55,8 @@ def show(phase: str, envelopes: list[ingestion.Envelope]) -> dict[str, tuple[int
 
 def _noise(envelopes: list[ingestion.Envelope]) -> str:
     """What an operator does not need: SDK records below Warning, and log records under no operation."""
-    from shared.telemetry import SDK_LOGGERS
-
     logs = [e for e in envelopes if e.kind == "MessageData"]
-    low = sum(1 for e in logs if e.logger.split(".")[0] in SDK_LOGGERS and e.below_warning)
+    low = sum(1 for e in logs if e.from_sdk and e.below_warning)
     untraced = sum(1 for e in logs if e.operation_id.strip("0") == "")
     return f"    SDK records below Warning: {low}; log records without an operation id: {untraced}"
 

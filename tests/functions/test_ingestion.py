@@ -56,6 +56,12 @@ def test_a_records_logger_comes_from_logger_name_or_from_the_source_file_on_olde
     assert _record({}).logger == ""
 
 
+def test_from_sdk_is_a_logger_named_in_sdk_loggers_or_below_one():
+    names = ["azure", "azure.core.pipeline", "msal.token_cache", "urllib3.connectionpool", "customer_deletion", ""]
+    assert [_record({"logger_name": n}).from_sdk for n in names] == [True, True, True, True, False, False]
+    assert _record({"logger_name": "azurex"}).from_sdk is False
+
+
 def test_below_warning_reads_the_level_as_a_name_or_a_number():
     assert [_record({}, level).below_warning for level in ("Verbose", "Information", "0", "1")] == [True] * 4
     assert [_record({}, level).below_warning for level in ("Warning", "Error", "Critical", "2", "3", "4")] == [

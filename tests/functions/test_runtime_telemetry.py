@@ -18,7 +18,6 @@ import uuid
 
 import pytest
 
-from shared.telemetry import SDK_LOGGERS
 from tests.functions import receive
 from tests.functions.test_functions import env  # noqa: F401 - the fixture
 from tools import devenv, ingestion
@@ -86,7 +85,7 @@ def test_every_record_of_an_invocation_carries_its_trace_and_an_idle_worker_expo
 
     # Before the app is imported, the runtime's own start-up lines ("Successfully configured Azure monitor distro")
     # and the exporter's first sends are at INFO; nothing of the app's, and nothing after the load.
-    assert all(e.logger.split(".")[0] in SDK_LOGGERS for e in start_up), [(e.logger, e.data) for e in start_up]
+    assert all(e.from_sdk for e in start_up), [(e.logger, e.data) for e in start_up]
     assert idle_logs == [], [e.data.get("message") for e in idle_logs]
     ours = [e for e in records if f"correlation={correlation}" in e.data.get("message", "")]
     assert len(ours) >= 3, [e.data.get("message") for e in records]  # received, the reads and cancels, the poll
@@ -97,9 +96,5 @@ def test_every_record_of_an_invocation_carries_its_trace_and_an_idle_worker_expo
         if e.operation_id != trace_id
     ]
     assert strays == [], f"{len(strays)} of {len(traced)} records not under the invocation's trace {trace_id}"
-    low_sdk = [
-        e.data.get("message")
-        for e in records
-        if e.below_warning and any(e.logger == n or e.logger.startswith(n + ".") for n in SDK_LOGGERS)
-    ]
+    low_sdk = [e.data.get("message") for e in records if e.below_warning and e.from_sdk]
     assert low_sdk == []
