@@ -123,6 +123,12 @@ param sweepExclude string = ''
 param sweepMaxPerRun string = '25'
 param sandboxCustomerLimit string = '75'
 param sweepReportsQueue string = 'customer-sweep-reports'
+@description('A customer the sweep first saw less than this many hours before a run is not selected (too_new); 0 switches the minimum age off.')
+param sweepMinAgeHours string = '24'
+@minLength(3)
+@maxLength(63)
+@description('The table (in the function app\'s storage account) that holds the sweep\'s first-seen record: 3-63 letters and digits, starting with a letter.')
+param deletionRequestsTable string = 'deletionrequests'
 
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -177,6 +183,8 @@ var contractAppSettings = {
   SWEEP_MAX_PER_RUN: sweepMaxPerRun
   SANDBOX_CUSTOMER_LIMIT: sandboxCustomerLimit
   SWEEP_REPORTS_QUEUE: sweepReportsQueueName
+  SWEEP_MIN_AGE_HOURS: sweepMinAgeHours
+  DELETION_REQUESTS_TABLE: deletionRequestsTable
 }
 
 // Organize resources in a resource group
@@ -265,6 +273,14 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
         name: queueName
       }]
     }
+    // The app's one table, from the same parameter as DELETION_REQUESTS_TABLE (the app would create it when missing)
+    tableServices: {
+      tables: [
+        {
+          name: deletionRequestsTable
+        }
+      ]
+    }
     minimumTlsVersion: 'TLS1_2'  // Enforcing TLS 1.2 for better security
     location: location
     tags: tags
@@ -275,7 +291,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
 var storageEndpointConfig = {
   enableBlob: true  // Required for AzureWebJobsStorage (host keys, locks, timer status), .zip deployment
   enableQueue: true  // Required: the queue triggers and the app's own sends use AzureWebJobsStorage's queue endpoint
-  enableTable: false  // Not needed: no Durable Functions, no OpenAI bindings; the host's diagnostic events are optional
+  enableTable: true  // Required: the sweep's first-seen record is a table (DELETION_REQUESTS_TABLE) in this account
   enableFiles: false   // Not required, used in legacy scenarios
   allowUserIdentityPrincipal: allowUserIdentityPrincipal   // Allow the deployer to send a test request and set the secret
 }

@@ -24,12 +24,15 @@ telemetry.quiet_sdk_loggers()
 
 
 def _build() -> Deps:
+    from azure.core.pipeline.policies import RetryMode
+    from azure.data.tables import TableServiceClient
     from azure.storage.queue import LinearRetry, QueueServiceClient
 
     from shared.auth import partner_center_credential, storage_credential
     from shared.pacing import Pacer
     from shared.partner_center import PartnerCenterClient, RetryPolicy
     from shared.queues import QueuePublisher
+    from shared.tables import TableStore
 
     settings = get_settings()
     # The storage SDK's default retries back off for 15 s and more: far longer than an invocation may wait. A send
@@ -49,6 +52,22 @@ def _build() -> Deps:
         )
     else:  # Settings refuses this at start-up; never guess an endpoint
         raise ValueError("AzureWebJobsStorage has neither a connection string nor a queue service URI")
+    # The table client: the same account, credential and short waits (azure-core's retry options).
+    table_options: dict[str, Any] = {
+        "retry_total": 2,
+        "retry_backoff_factor": 0.5,
+        "retry_mode": RetryMode.Fixed,
+        "connection_timeout": 5,
+        "read_timeout": 15,
+    }
+    if settings.storage.connection_string:
+        tables = TableServiceClient.from_connection_string(settings.storage.connection_string, **table_options)
+    elif settings.storage.table_service_uri:
+        tables = TableServiceClient(
+            settings.storage.table_service_uri, credential=storage_credential(settings.storage), **table_options
+        )
+    else:  # Settings refuses this at start-up too
+        raise ValueError("AzureWebJobsStorage has no table service URI")
     policy = RetryPolicy(
         connect_timeout=float(CONNECT_TIMEOUT_SECONDS),
         read_timeout=float(settings.read_timeout),
@@ -63,15 +82,21 @@ def _build() -> Deps:
         pacer=Pacer(settings.calls_per_minute),
     )
     log.info(
-        "customer deletion app configured: Partner Center %s, queues %s / %s / %s",
+        "customer deletion app configured: Partner Center %s, queues %s / %s / %s, table %s",
         settings.base_url,
         settings.delete_queue,
         settings.poll_queue,
         settings.outcomes_queue,
+        settings.requests_table,
     )
     for note in settings.notes:
         log.warning("setting: %s", note)
-    return Deps(settings=settings, partner_center=client, publisher=QueuePublisher(service))
+    return Deps(
+        settings=settings,
+        partner_center=client,
+        publisher=QueuePublisher(service),
+        tables=TableStore(tables, settings.requests_table),
+    )
 
 
 def deps() -> Deps:

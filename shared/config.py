@@ -29,6 +29,7 @@ __all__ = [
     "is_loopback_host",
     "queue_name_problem",
     "reset_settings",
+    "table_name_problem",
 ]
 
 APP_ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,7 @@ DEFAULTS: dict[str, str] = {
     "PARTNER_CENTER_CALLS_PER_MINUTE": "450",
     "DELETE_REFUSAL_TIMEOUT_SECONDS": "1800",
     "CLEAR_SUBSCRIPTIONS": "true",
+    "DELETION_REQUESTS_TABLE": "deletionrequests",
 }
 
 #: Connect timeout of every Partner Center call (the read timeout is PARTNER_CENTER_TIMEOUT_SECONDS).
@@ -80,6 +82,8 @@ KNOWN_AUTHORITY_HOSTS = frozenset(
 #: The longest delay a storage queue message can be hidden (7 days), less one second: Azure rejects visibility == TTL.
 MAX_QUEUE_DELAY_SECONDS = 7 * 24 * 3600 - 1
 
+#: An Azure Table Storage table name: 3-63 letters and digits, starting with a letter ("tables" is reserved).
+_TABLE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 _QUEUE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
 _DOMAIN_RE = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
 
@@ -104,6 +108,7 @@ class StorageConnection:
 
     connection_string: str | None = None
     queue_service_uri: str | None = None
+    table_service_uri: str | None = None  # identity-based only; a connection string names its own table endpoint
     client_id: str | None = None
     use_managed_identity: bool = False
     tenant_id: str | None = None
@@ -122,7 +127,10 @@ class StorageConnection:
             if self.uses_client_secret
             else ""
         )
-        return f"StorageConnection(queue_service_uri={self.queue_service_uri!r}, client_id={self.client_id!r}{extra})"
+        return (
+            f"StorageConnection(queue_service_uri={self.queue_service_uri!r}, "
+            f"table_service_uri={self.table_service_uri!r}, client_id={self.client_id!r}{extra})"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,7 @@ class Settings:
     calls_per_minute: int = 450  # the most Partner Center calls one worker process sends in any 60 s (shared.pacing)
     delete_refusal_timeout: int = 1800  # a DELETE still refused this long after the first refusal ends `failed`
     clear_subscriptions: bool = True  # CLEAR_SUBSCRIPTIONS: cancel or suspend subscriptions, and prove them final
+    requests_table: str = DEFAULTS["DELETION_REQUESTS_TABLE"]  # the table of the sweep's first-seen record
     notes: tuple[str, ...] = ()  # settings that were accepted, but not as given: logged once at start
 
     @property
@@ -288,6 +297,11 @@ class Settings:
         if clear_text not in ("true", "false"):
             problems.append(f"CLEAR_SUBSCRIPTIONS must be true or false (got {get('CLEAR_SUBSCRIPTIONS')[:20]!r})")
 
+        table = get("DELETION_REQUESTS_TABLE")
+        table_problem = table_name_problem("DELETION_REQUESTS_TABLE", table)
+        if table_problem:
+            problems.append(table_problem)
+
         if problems or storage is None:  # no storage connection is always one of the problems
             raise ConfigurationError(problems)
         return cls(
@@ -313,6 +327,7 @@ class Settings:
             calls_per_minute=calls_per_minute,
             delete_refusal_timeout=refusal_timeout,
             clear_subscriptions=clear_text != "false",
+            requests_table=table,
             notes=tuple(notes),
         )
 
@@ -350,9 +365,15 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
         return env.get(prefix + name, "").strip()
 
     uri = get("queueServiceUri")
+    table_uri = get("tableServiceUri")
     account = get("accountName")
+    if account and not re.fullmatch(r"[a-z0-9]{3,24}", account):
+        problems.append(f"AzureWebJobsStorage__accountName must be a storage account name (got {account[:40]!r})")
+        account = ""
     if not uri and account:
         uri = f"https://{account}.queue.core.windows.net"
+    if not table_uri and account:  # as the host derives it
+        table_uri = f"https://{account}.table.core.windows.net"
     if not uri:
         problems.append(
             "AzureWebJobsStorage is required (a connection string, or AzureWebJobsStorage__queueServiceUri for an "
@@ -362,6 +383,19 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
     parts = urlsplit(uri)
     if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(parts.hostname)):
         problems.append("AzureWebJobsStorage__queueServiceUri must be an https URL")
+    table_parts = urlsplit(table_uri)
+    if not table_uri:
+        problems.append(
+            "AzureWebJobsStorage__tableServiceUri is required with an identity-based AzureWebJobsStorage (or "
+            "AzureWebJobsStorage__accountName, from which it is derived): the sweep's first-seen record is a table in "
+            "that account"
+        )
+    elif table_parts.scheme != "https" and not (
+        table_parts.scheme == "http" and is_loopback_host(table_parts.hostname)
+    ):
+        problems.append("AzureWebJobsStorage__tableServiceUri must be an https URL")
+    elif not table_parts.hostname or table_parts.query or table_parts.fragment or table_parts.username:
+        problems.append("AzureWebJobsStorage__tableServiceUri must be a plain URL without credentials or query")
     client_id = get("clientId") or None
     if client_id and not is_guid(client_id):
         problems.append("AzureWebJobsStorage__clientId must be a GUID")
@@ -393,14 +427,27 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
             authority = _url("AZURE_AUTHORITY_HOST", raw, problems, allow_loopback_http=False).rstrip("/")
         if parts.scheme != "https":
             problems.append("AzureWebJobsStorage__queueServiceUri must be an https URL with a token credential")
+        if table_uri and table_parts.scheme != "https":
+            problems.append("AzureWebJobsStorage__tableServiceUri must be an https URL with a token credential")
     return StorageConnection(
         queue_service_uri=uri.rstrip("/"),
+        table_service_uri=table_uri.rstrip("/") or None,
         client_id=client_id,
         use_managed_identity=managed,
         tenant_id=tenant_id,
         client_secret=secret,
         authority_host=authority,
     )
+
+
+def table_name_problem(setting: str, name: str) -> str | None:
+    """Why ``name`` cannot be an Azure Table Storage table, or ``None`` (table names keep their case)."""
+    if not _TABLE_NAME_RE.fullmatch(name) or name.lower() == "tables":
+        return (
+            f"{setting} must be a table name of 3-63 letters and digits, starting with a letter, and not 'tables' "
+            f"(got {name[:70]!r})"
+        )
+    return None
 
 
 def queue_name_problem(setting: str, name: str) -> str | None:

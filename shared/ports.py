@@ -1,7 +1,7 @@
-"""The app's ports: what the service needs from Partner Center and from the queues.
+"""The app's ports: what the service needs from Partner Center, from the queues and from the table.
 
-``shared.partner_center.PartnerCenterClient`` and ``shared.queues.QueuePublisher`` implement them in production; the
-unit tests' fakes and the property test's simulated world implement them too.
+``shared.partner_center.PartnerCenterClient``, ``shared.queues.QueuePublisher`` and ``shared.tables.TableStore``
+implement them in production; the unit tests' fakes and the property test's simulated world implement them too.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from shared.budget import Budget
 
-__all__ = ["PartnerCenterPort", "PublisherPort"]
+__all__ = ["PartnerCenterPort", "PublisherPort", "TablePort"]
 
 
 class PartnerCenterPort(Protocol):
@@ -68,3 +68,19 @@ class PartnerCenterPort(Protocol):
 
 class PublisherPort(Protocol):
     def send(self, queue: str, data: bytes | str, *, delay: int = 0, time_to_live: int = -1) -> str: ...
+
+
+class TablePort(Protocol):
+    """One table; raises ``shared.tables.TableError`` (``TableConflictError`` when a conditional write loses).
+    A row is a dict of its properties with its ``etag``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def query_partition(self, partition: str) -> list[dict[str, Any]]: ...
+
+    def insert(self, row: dict[str, Any]) -> None: ...
+
+    def replace(self, row: dict[str, Any], etag: str) -> None: ...
+
+    def delete(self, partition: str, row_key: str, etag: str) -> None: ...

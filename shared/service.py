@@ -38,7 +38,7 @@ from shared.messages import (
     parse_poll_message,
     readable_fields,
 )
-from shared.ports import PartnerCenterPort, PublisherPort
+from shared.ports import PartnerCenterPort, PublisherPort, TablePort
 
 __all__ = ["Deps", "QueueMessageLike", "handle_deletion_request", "handle_poll", "policy_for", "utc_now"]
 
@@ -71,6 +71,7 @@ class Deps:
     publisher: PublisherPort
     clock: Callable[[], datetime] = utc_now
     monotonic: Callable[[], float] = time.monotonic
+    tables: TablePort | None = None  # DELETION_REQUESTS_TABLE: the sweep's first-seen record
 
     @property
     def policy(self) -> core.Policy:

@@ -7,6 +7,9 @@ Safety rules (see the README, "The sweep"):
 * A customer is selected only when ``SWEEP_INCLUDE`` (case-insensitive ``re.search``) matches its company name or its
   default domain, ``SWEEP_EXCLUDE`` matches neither, its id is a canonical GUID that its company profile agrees with,
   it is listed once, it is not in ``PROTECTED_CUSTOMER_IDS``, and neither text is over 256 characters.
+* A customer is selected only when the sweep first saw it at least ``SWEEP_MIN_AGE_HOURS`` before this run, by the
+  runs' own times (``first_seen``): a customer a running test created a minute ago is ``too_new``. A record that cannot
+  be read selects nothing. The record is the sweep's own (``record_changes``): it is not a creation date.
 * A list of more customers than ``SANDBOX_CUSTOMER_LIMIT`` is not an integration sandbox: nothing is selected.
 * A setting problem selects nothing, and names every problem; it never touches the deletion functions' settings.
 * No pattern is ever run here. Python's ``re`` backtracks and holds the GIL while it matches, so a pattern such as
@@ -22,7 +25,7 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +36,7 @@ from shared.messages import deletion_request_text, iso
 from shared.ncrontab import Schedule, ScheduleError, parse
 
 __all__ = [
+    "FIRST_SEEN_PARTITION",
     "MATCH_SECONDS",
     "MAX_NAME_CHARS",
     "MAX_REPORT_BYTES",
@@ -43,7 +47,10 @@ __all__ = [
     "SWEEP_DEFAULTS",
     "TICK_LATENESS",
     "Decision",
+    "FirstSeen",
     "Plan",
+    "RecordChanges",
+    "RecordResult",
     "RunTime",
     "SearchJob",
     "Searches",
@@ -51,10 +58,13 @@ __all__ = [
     "before_listing",
     "check_patterns",
     "correlation_id",
+    "first_seen_row",
     "match_job",
     "plan",
     "probe_job",
+    "read_first_seen",
     "read_policy",
+    "record_changes",
     "report_text",
     "request_text",
     "run_id",
@@ -68,6 +78,7 @@ SWEEP_DEFAULTS: dict[str, str] = {
     "SWEEP_MAX_PER_RUN": "25",
     "SANDBOX_CUSTOMER_LIMIT": "75",
     "SWEEP_REPORTS_QUEUE": "customer-sweep-reports",
+    "SWEEP_MIN_AGE_HOURS": "24",
 }
 MODES = ("off", "report", "delete")
 #: Why a listed customer was or was not selected, in the order they are checked.
@@ -78,9 +89,14 @@ REASONS = (
     "name_too_long",
     "not_matching",
     "excluded",
+    "too_new",
     "over_limit",
     "selected",
 )
+#: SWEEP_MIN_AGE_HOURS's maximum (a year); 0 switches the minimum age, and the first-seen record, off.
+MAX_MIN_AGE_HOURS = 8760
+#: The first-seen record's partition in the DELETION_REQUESTS_TABLE table (every other partition is a customer id).
+FIRST_SEEN_PARTITION = "sweepfirstseen"
 MAX_NAME_CHARS = 256
 MAX_PATTERN_CHARS = 1000
 MAX_LIMIT = 1000
@@ -132,6 +148,7 @@ class SweepPolicy:
     schedule: Schedule | None
     problems: tuple[str, ...] = ()
     tried: bool = False  # the patterns were tried on PROBES (check_patterns); until then a set pattern selects nothing
+    min_age_hours: int = 24  # SWEEP_MIN_AGE_HOURS; 0: no minimum age, and no first-seen record
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -157,6 +174,14 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
     if mode == "delete" and include is None and not (env.get("SWEEP_INCLUDE") or "").strip():
         problems.append("SWEEP_MODE=delete needs SWEEP_INCLUDE: the sweep never deletes every customer by default")
     max_per_run = _count("SWEEP_MAX_PER_RUN", get("SWEEP_MAX_PER_RUN"), problems, MAX_PER_RUN)
+    min_age_text = get("SWEEP_MIN_AGE_HOURS")
+    min_age = int(min_age_text) if re.fullmatch(r"[0-9]{1,5}", min_age_text) else -1
+    if not 0 <= min_age <= MAX_MIN_AGE_HOURS:
+        problems.append(
+            f"SWEEP_MIN_AGE_HOURS must be a whole number of hours from 0 to {MAX_MIN_AGE_HOURS} "
+            f"(got {min_age_text[:40]!r})"
+        )
+        min_age = int(SWEEP_DEFAULTS["SWEEP_MIN_AGE_HOURS"])
     limit = _count("SANDBOX_CUSTOMER_LIMIT", get("SANDBOX_CUSTOMER_LIMIT"), problems, MAX_LIMIT)
 
     wanted_reports = get("SWEEP_REPORTS_QUEUE").lower()
@@ -188,7 +213,15 @@ def read_policy(env: Mapping[str, str], *, app_queues: tuple[str, ...] = ()) -> 
                 problems.append(f"SWEEP_SCHEDULE never occurs: {text[:80]!r}")
                 schedule = None
     return SweepPolicy(
-        mode if mode in MODES else "report", include, exclude, max_per_run, limit, reports, schedule, tuple(problems)
+        mode if mode in MODES else "report",
+        include,
+        exclude,
+        max_per_run,
+        limit,
+        reports,
+        schedule,
+        tuple(problems),
+        min_age_hours=min_age,
     )
 
 
@@ -379,6 +412,73 @@ def correlation_id(run: RunTime, customer_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{iso(run.moment)}/{customer_id}"))
 
 
+# -- the first-seen record --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FirstSeen:
+    """The sweep's record of when it first listed each customer, as read at the start of a run (``read_first_seen``),
+    or why it could not be read (``failure``)."""
+
+    times: Mapping[str, datetime] = field(default_factory=dict)  # customer id (lower case) -> first seen (a run time)
+    etags: Mapping[str, str] = field(default_factory=dict)  # customer id -> its row's etag, for a conditional change
+    unreadable: frozenset[str] = frozenset()  # customer ids whose row has no readable time (rewritten by this run)
+    failure: str | None = None
+
+
+def read_first_seen(rows: Sequence[Mapping[str, Any]]) -> FirstSeen:
+    """The record from its rows. A row whose RowKey is not a lower-case GUID is ignored (it never becomes a key
+    again); one whose time cannot be read counts as not seen, so that customer is ``too_new`` until this run's
+    rewrite of the row ages."""
+    times: dict[str, datetime] = {}
+    etags: dict[str, str] = {}
+    unreadable: set[str] = set()
+    for row in rows:
+        cid = row.get("RowKey")
+        if not (is_guid(cid) and isinstance(cid, str) and cid == cid.lower()):
+            continue
+        etag = row.get("etag")
+        if isinstance(etag, str):
+            etags[cid] = etag
+        moment = _status_time(row.get("firstSeen"))
+        if moment is None:
+            unreadable.add(cid)
+        else:
+            times[cid] = moment
+    return FirstSeen(times, etags, frozenset(unreadable))
+
+
+def first_seen_row(customer_id: str, run: RunTime) -> dict[str, Any]:
+    """The record's row of a customer this run lists for the first time: seen at this run's time."""
+    return {"PartitionKey": FIRST_SEEN_PARTITION, "RowKey": customer_id, "firstSeen": iso(run.moment)}
+
+
+@dataclass(frozen=True)
+class RecordChanges:
+    """What a run changes in the record: rows to create (listed, not recorded), to rewrite (recorded without a
+    readable time), to delete (recorded, no longer listed: the customer is gone)."""
+
+    add: tuple[str, ...] = ()
+    rewrite: tuple[str, ...] = ()
+    prune: tuple[str, ...] = ()
+
+
+def record_changes(result: Plan, policy: SweepPolicy, first_seen: FirstSeen | None) -> RecordChanges:
+    """The record's changes after ``result``: none without a minimum age, after a refusal (the list is not to be
+    trusted, or the record could not be read), or when nothing was listed validly. Only ids the plan validated as
+    customer GUIDs are ever added; only recorded GUIDs are ever pruned."""
+    if policy.min_age_hours == 0 or first_seen is None or first_seen.failure is not None or result.refusal:
+        return RecordChanges()
+    listed = list(dict.fromkeys(d.customer_id for d in result.decisions if d.reason != "invalid_id"))
+    known = set(first_seen.times) | set(first_seen.unreadable)
+    listed_set = set(listed)
+    return RecordChanges(
+        add=tuple(c for c in listed if c not in known),
+        rewrite=tuple(c for c in listed if c in first_seen.unreadable),
+        prune=tuple(sorted(c for c in known if c not in listed_set)),
+    )
+
+
 # -- the selection -----------------------------------------------------------------------------------------------------
 
 
@@ -400,6 +500,7 @@ class Plan:
     listed: int  # items in the customer list (every one, valid or not)
     decisions: tuple[Decision, ...] = ()  # one per listed item, in the order listed; empty when refused
     refusal: str | None = None
+    known: int | None = None  # customers in the first-seen record before this run (None: no minimum age)
 
     @property
     def selected(self) -> tuple[Decision, ...]:
@@ -430,9 +531,11 @@ def plan(
     protected_ids: frozenset[str] | set[str],
     run: RunTime,
     searches: Searches | None = None,
+    first_seen: FirstSeen | None = None,
 ) -> Plan:
     """Decide, for every listed customer, whether this run selects it, and why (or why not). ``searches`` is what
-    ``match_job(policy, items)`` found (needed whenever that job is not ``None``)."""
+    ``match_job(policy, items)`` found (needed whenever that job is not ``None``); ``first_seen`` is the record as
+    this run read it (needed unless SWEEP_MIN_AGE_HOURS is 0)."""
     if policy.problems:
         return Plan(len(items), refusal=_settings_refusal(policy))
     if policy.patterns and not policy.tried:
@@ -446,6 +549,13 @@ def plan(
             refusal=f"the partner lists more than SANDBOX_CUSTOMER_LIMIT={policy.sandbox_limit} customers "
             f"(at least {len(items)}), so this is not an integration sandbox (a production credential?); "
             "nothing is selected",
+        )
+    if policy.min_age_hours and (first_seen is None or first_seen.failure is not None):
+        why = first_seen.failure if first_seen is not None and first_seen.failure else "it was not read"
+        return Plan(
+            len(items),
+            refusal=f"the sweep's first-seen record cannot be read ({why}), so no customer's age is known and this "
+            f"run selects nothing (SWEEP_MIN_AGE_HOURS={policy.min_age_hours})",
         )
     job = match_job(policy, items)
     if job is not None and (searches is None or not searches.usable_for(job)):
@@ -461,8 +571,9 @@ def plan(
     decisions: list[Decision] = []
     seen: set[str] = set()
     candidates: list[int] = []
+    ages = _Ages(policy.min_age_hours, run, first_seen)
     for item in items:
-        decision = _decide(item, policy, protected, seen, found)
+        decision = _decide(item, policy, protected, seen, found, ages)
         if decision.reason == "selected":
             candidates.append(len(decisions))
         decisions.append(decision)
@@ -478,11 +589,41 @@ def plan(
             "over_limit",
             f"selected, but over SWEEP_MAX_PER_RUN={policy.max_per_run}: left for a later run",
         )
-    return Plan(len(items), tuple(decisions))
+    known = len(first_seen.times) + len(first_seen.unreadable) if policy.min_age_hours and first_seen else None
+    return Plan(len(items), tuple(decisions), known=known)
+
+
+@dataclass(frozen=True)
+class _Ages:
+    """Whether a customer is old enough: by the runs' own times (a daily schedule means 24 hours, not 48)."""
+
+    hours: int
+    run: RunTime
+    first_seen: FirstSeen | None
+
+    def too_new(self, customer_id: str) -> str | None:
+        """Why ``customer_id`` is too new, or ``None``."""
+        if not self.hours:
+            return None
+        seen = self.first_seen.times.get(customer_id) if self.first_seen else None
+        rule = f"it is selected once it was first seen SWEEP_MIN_AGE_HOURS={self.hours} before a run"
+        if seen is None:
+            return f"not seen by the sweep before this run; {rule}"
+        age = self.run.moment - seen
+        if age >= timedelta(hours=self.hours):
+            return None
+        if age < timedelta(0):
+            return f"first seen at {iso(seen)}, after this run's time; {rule}"
+        return f"first seen at {iso(seen)}, {age.total_seconds() / 3600:.1f} h before this run's time; {rule}"
 
 
 def _decide(
-    item: Any, policy: SweepPolicy, protected_ids: frozenset[str], seen: set[str], found: Mapping[str, frozenset[str]]
+    item: Any,
+    policy: SweepPolicy,
+    protected_ids: frozenset[str],
+    seen: set[str],
+    found: Mapping[str, frozenset[str]],
+    ages: _Ages,
 ) -> Decision:
     profile = item.get("companyProfile") if isinstance(item, dict) else None
     profile = profile if isinstance(profile, dict) else {}
@@ -516,6 +657,9 @@ def _decide(
         )
     if policy.exclude is not None and (name in found[policy.exclude] or domain in found[policy.exclude]):
         return Decision(cid, name, domain, "excluded", "SWEEP_EXCLUDE matches the company name or the domain")
+    too_new = ages.too_new(cid)
+    if too_new is not None:
+        return Decision(cid, name, domain, "too_new", too_new)
     return Decision(cid, name, domain, "selected")
 
 
@@ -544,6 +688,19 @@ class Enqueued:
 
 
 @dataclass
+class RecordResult:
+    """What the shell did to the first-seen record (``RecordChanges``), and the first failure if any: a failed write
+    only makes customers look newer on a later run, never older, so it fails nothing."""
+
+    table: str
+    known: int | None = None  # rows read (None: not read)
+    added: int = 0
+    rewritten: int = 0
+    pruned: int = 0
+    error: str | None = None
+
+
+@dataclass
 class Outcome:
     """What a run did: filled in by the shell, turned into the report here."""
 
@@ -551,6 +708,7 @@ class Outcome:
     plan: Plan | None = None
     enqueued: list[Enqueued] = field(default_factory=list)
     error: str | None = None
+    record: RecordResult | None = None
 
 
 def _selection(policy: SweepPolicy, outcome: Outcome) -> str:
@@ -567,7 +725,27 @@ def _selection(policy: SweepPolicy, outcome: Outcome) -> str:
     others = ", ".join(f"{counts[r]} {r}" for r in REASONS if r != "selected" and counts[r])
     if not p.decisions:
         return head + "; no customer is listed"
-    return head + "; " + (f"not selected: {others}" if others else "every listed customer")
+    tail = ""
+    if counts["too_new"] and p.known == 0:
+        tail = (
+            f" (the first-seen record was empty before this run, as on the first run after a deploy: every customer "
+            f"is new to the sweep, and none is selected before SWEEP_MIN_AGE_HOURS={policy.min_age_hours} have "
+            "passed)"
+        )
+    return head + "; " + (f"not selected: {others}" if others else "every listed customer") + tail
+
+
+def _record(record: RecordResult | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "table": record.table,
+        "partition": FIRST_SEEN_PARTITION,
+        "known": record.known,
+        "recorded": record.added + record.rewritten,
+        "pruned": record.pruned,
+        "error": record.error,
+    }
 
 
 def report_text(
@@ -629,6 +807,8 @@ def report_text(
             {"customerTenantId": e.customer_id, "correlationId": e.correlation_id, "messageId": e.message_id}
             for e in outcome.enqueued
         ],
+        "minAgeHours": policy.min_age_hours,
+        "firstSeen": _record(outcome.record),
         "problems": list(policy.problems),
         "error": outcome.error or (p.refusal if p else None),
         "note": run.why,

@@ -8,6 +8,7 @@ thread of the worker, ``delete_customer`` and ``poll_orders`` included.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,9 +23,13 @@ from shared.budget import Budget
 from shared.errors import AppError, PartnerCenterError
 from shared.service import Deps
 from shared.sweep import (
+    FIRST_SEEN_PARTITION,
     MATCH_SECONDS,
     Enqueued,
+    FirstSeen,
     Outcome,
+    RecordChanges,
+    RecordResult,
     RunTime,
     Searches,
     SearchJob,
@@ -32,15 +37,19 @@ from shared.sweep import (
     before_listing,
     check_patterns,
     correlation_id,
+    first_seen_row,
     match_job,
     plan,
     probe_job,
+    read_first_seen,
     read_policy,
+    record_changes,
     report_text,
     request_text,
     run_id,
     run_time,
 )
+from shared.tables import TableConflictError, TableError
 
 __all__ = ["LISTING_WORK_SECONDS", "SweepFailedError", "handle_sweep", "search"]
 
@@ -188,10 +197,30 @@ def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds:
                 error=f"listing the customers failed, so nothing was enqueued (a partial list is never acted on): "
                 f"{exc}",
             )
-        result = plan(items, policy, settings.protected_ids, run, search(match_job(policy, items), match_seconds))
+        first_seen, record = _read_record(policy, deps)
+        result = plan(
+            items,
+            policy,
+            settings.protected_ids,
+            run,
+            search(match_job(policy, items), match_seconds),
+            first_seen,
+        )
         if result.refusal:
             log.error("sweep %s: %s", rid, result.refusal)
-            return Outcome("refused", plan=result, error=result.refusal)
+            return Outcome("refused", plan=result, error=result.refusal, record=record)
+        if record is not None:
+            _write_record(deps, record_changes(result, policy, first_seen), first_seen, run, record)
+            log.log(
+                logging.WARNING if record.error else logging.INFO,
+                "sweep %s: first-seen record %s: %s known, %s recorded, %s pruned%s",
+                rid,
+                record.table,
+                record.known,
+                record.added + record.rewritten,
+                record.pruned,
+                f"; {record.error}" if record.error else "",
+            )
         for d in result.decisions:
             with telemetry.fields(customerTenantId=d.customer_id):
                 log.info(
@@ -211,8 +240,8 @@ def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds:
             error=f"the run failed before enqueueing anything ({type(exc).__name__}{at}), so nothing was enqueued",
         )
     if policy.mode != "delete":
-        return Outcome("reported", plan=result)
-    outcome = Outcome("enqueued", plan=result)
+        return Outcome("reported", plan=result, record=record)
+    outcome = Outcome("enqueued", plan=result, record=record)
     for d in result.selected:
         try:
             cid = correlation_id(run, d.customer_id)
@@ -234,6 +263,50 @@ def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds:
                 settings.delete_queue,
             )
     return outcome
+
+
+def _read_record(policy: SweepPolicy, deps: Deps) -> tuple[FirstSeen | None, RecordResult | None]:
+    """The first-seen record as this run reads it (``None`` without a minimum age); a fault is its ``failure``."""
+    if not policy.min_age_hours:
+        return None, None
+    table = deps.tables
+    if table is None:
+        return FirstSeen(failure="no table is configured"), RecordResult(table="-")
+    record = RecordResult(table=table.name)
+    try:
+        first_seen = read_first_seen(table.query_partition(FIRST_SEEN_PARTITION))
+    except TableError as exc:
+        return FirstSeen(failure=str(exc)), record
+    record.known = len(first_seen.times) + len(first_seen.unreadable)
+    return first_seen, record
+
+
+def _write_record(
+    deps: Deps, changes: RecordChanges, first_seen: FirstSeen | None, run: RunTime, record: RecordResult
+) -> None:
+    """Execute ``changes``; a conditional write that loses (another run changed the row) is left as that run made
+    it. The first other fault stops the writes and is recorded: it fails nothing (see ``RecordResult``)."""
+    table = deps.tables
+    if table is None or first_seen is None:
+        return
+    etags = first_seen.etags
+    try:
+        for cid in changes.add:
+            with contextlib.suppress(TableConflictError):
+                table.insert(first_seen_row(cid, run))
+                record.added += 1
+        for cid in changes.rewrite:
+            if cid in etags:
+                with contextlib.suppress(TableConflictError):
+                    table.replace(first_seen_row(cid, run), etags[cid])
+                    record.rewritten += 1
+        for cid in changes.prune:
+            if cid in etags:
+                with contextlib.suppress(TableConflictError):
+                    table.delete(FIRST_SEEN_PARTITION, cid, etags[cid])
+                    record.pruned += 1
+    except TableError as exc:
+        record.error = f"the first-seen record was only partly updated ({exc}); a customer not recorded counts as new"
 
 
 def _shown(name: str) -> str:

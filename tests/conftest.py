@@ -21,7 +21,8 @@ os.environ.pop("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", None)
 # Hypothesis's too_slow health check off for the whole run: `make test` runs the unit tests beside integration tests
 # that start hosts, Azurite and the emulator on two cores, where one 3-second stall of a small strategy's draw failed
 # that health check on a fresh clone. A property's examples and assertions are unchanged; speed belongs in a
-# benchmark, not in a unit test's pass or fail. A test's own @settings still adds to or overrides this.
+# benchmark, not in a unit test's pass or fail. A test's own @settings(suppress_health_check=...) replaces this
+# list rather than adding to it, so such a test names too_slow again.
 settings.register_profile("suite", suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("suite")
 

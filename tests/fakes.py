@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from azure.functions.queue import QueueMessage
 
 from shared.errors import ConflictError, NotFoundError, RefusedError, ThrottledError, TransientError
+from shared.tables import TableConflictError, TableError, check_key
 
 
 @dataclass
@@ -165,6 +166,68 @@ class FakePublisher:
 
     def json_on(self, queue):
         return [json.loads(raw) for raw, _ in self.on(queue)]
+
+
+class FakeTable:
+    """One table in memory, with etags and conditional writes as Azure Table Storage has them. ``fail`` names
+    operations ("query", "insert", "replace", "delete") that raise ``TableError``; ``fail_after`` makes a write fail
+    after it is stored (the answer lost)."""
+
+    def __init__(self, name="deletionrequests", fail=(), fail_after=()):
+        self.name, self.fail, self.fail_after = name, set(fail), set(fail_after)
+        self.rows: dict[tuple[str, str], dict] = {}
+        self.calls: list[tuple[str, str, str]] = []
+        self._version = 0
+
+    def _etag(self):
+        self._version += 1
+        return f'W/"{self._version}"'
+
+    def _check(self, op, pk, rk=""):
+        self.calls.append((op, pk, rk))
+        check_key(pk)
+        if rk:
+            check_key(rk)
+        if op in self.fail:
+            raise TableError(f"{op} failed (fake)")
+
+    def seed(self, row):
+        self.rows[(row["PartitionKey"], row["RowKey"])] = {**row, "etag": self._etag()}
+
+    def query_partition(self, partition):
+        self._check("query", partition)
+        return [dict(r) for (pk, _), r in sorted(self.rows.items()) if pk == partition]
+
+    def insert(self, row):
+        key = (row["PartitionKey"], row["RowKey"])
+        self._check("insert", *key)
+        if key in self.rows:
+            raise TableConflictError("exists (fake)")
+        self.rows[key] = {**row, "etag": self._etag()}
+        if "insert" in self.fail_after:
+            raise TableError("insert answer lost (fake)")
+
+    def replace(self, row, etag):
+        key = (row["PartitionKey"], row["RowKey"])
+        self._check("replace", *key)
+        if key not in self.rows or self.rows[key]["etag"] != etag:
+            raise TableConflictError("changed (fake)")
+        self.rows[key] = {**row, "etag": self._etag()}
+        if "replace" in self.fail_after:
+            raise TableError("replace answer lost (fake)")
+
+    def delete(self, partition, row_key, etag):
+        key = (partition, row_key)
+        self._check("delete", *key)
+        if key in self.rows:
+            if self.rows[key]["etag"] != etag:
+                raise TableConflictError("changed (fake)")
+            del self.rows[key]
+        if "delete" in self.fail_after:
+            raise TableError("delete answer lost (fake)")
+
+    def partition(self, partition):
+        return {rk: r for (pk, rk), r in self.rows.items() if pk == partition}
 
 
 class Clock:

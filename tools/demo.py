@@ -75,13 +75,13 @@ def main() -> int:
     children: list[devenv.Child] = []
     t0 = time.monotonic()
     try:
-        say(t0, "starting Azurite (queues) and the Partner Center emulator with the sample sandbox ...")
+        say(t0, "starting Azurite (queues and tables) and the Partner Center emulator with the sample sandbox ...")
         azurite, port = devenv.start_azurite(STATE)
         children.append(azurite)
         pc = devenv.start_emulator(STATE)
         if pc.child:
             children.append(pc.child)
-        say(t0, f"Azurite on 127.0.0.1:{port}, emulator on {pc.url}")
+        say(t0, f"Azurite on 127.0.0.1:{port.queue} (queues) and :{port.table} (tables), emulator on {pc.url}")
 
         example = json.loads((devenv.ROOT / "local.settings.example.json").read_text())["Values"]
         settings = {

@@ -38,10 +38,25 @@ def azurite_queue_service_uri(port: int) -> str:
     return f"https://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
 
 
-def azurite_connection_string(port: int) -> str:
+def azurite_table_service_uri(port: int) -> str:
+    """The table service URI of an Azurite started with ``oauth=True``: ``AzureWebJobsStorage__tableServiceUri``."""
+    return f"https://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+
+
+@dataclass(frozen=True)
+class AzuritePorts:
+    """Where one Azurite listens: its queue and table services (and the blob service nothing here uses)."""
+
+    queue: int
+    table: int
+    blob: int = 0
+
+
+def azurite_connection_string(ports: AzuritePorts) -> str:
     return (
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-        f"AccountKey={AZURITE_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        f"AccountKey={AZURITE_KEY};QueueEndpoint=http://127.0.0.1:{ports.queue}/devstoreaccount1;"
+        f"TableEndpoint=http://127.0.0.1:{ports.table}/devstoreaccount1;"
     )
 
 
@@ -111,10 +126,10 @@ def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None
 
 
 def azurite_binary() -> Path:
-    """``node_modules/.bin/azurite-queue``; ``AZURITE_QUEUE_BIN`` names
-    another one (a checkout without node_modules)."""
-    override = os.environ.get("AZURITE_QUEUE_BIN")
-    path = Path(override) if override else ROOT / "node_modules" / ".bin" / "azurite-queue"
+    """``node_modules/.bin/azurite`` (every service in one process: the standalone ``azurite-table`` does not report
+    the port it picked); ``AZURITE_BIN`` names another one (a checkout without node_modules)."""
+    override = os.environ.get("AZURITE_BIN")
+    path = Path(override) if override else ROOT / "node_modules" / ".bin" / "azurite"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run 'make setup' (npm ci installs azurite@3.35.0)")
     return path
@@ -128,17 +143,26 @@ def start_azurite(
     cert: str | Path | None = None,
     key: str | Path | None = None,
     name: str = "azurite",
-) -> tuple[Child, int]:
-    """Azurite's queue service on loopback, in memory. ``oauth=True``: HTTPS with ``cert``/``key`` (PEM; the
-    emulator's ``storage-cert.pem``/``storage-key.pem``, ``Emulator.storage_tls``) and ``--oauth basic``, so bearer
-    tokens are accepted (and checked: format, issuer, audience, lifetime; not the signature). The account key keeps
-    working in either mode."""
+) -> tuple[Child, AzuritePorts]:
+    """Azurite's queue and table services on loopback, in memory, each on a port of its own (``port`` is the queue's;
+    the table's and the unused blob service's are picked by the system). ``oauth=True``: HTTPS with ``cert``/``key``
+    (PEM; the emulator's ``storage-cert.pem``/``storage-key.pem``, ``Emulator.storage_tls``) and ``--oauth basic``, so
+    bearer tokens are accepted (and checked: format, issuer, audience, lifetime; not the signature). The account key
+    keeps working in either mode."""
     argv = [
         str(azurite_binary()),
         "--queueHost",
         "127.0.0.1",
         "--queuePort",
         str(port),
+        "--tableHost",
+        "127.0.0.1",
+        "--tablePort",
+        "0",
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        "0",
         "--inMemoryPersistence",
         "--skipApiVersionCheck",
         "--disableTelemetry",
@@ -151,20 +175,25 @@ def start_azurite(
     child = _spawn(name, argv, log_dir)
     scheme = "https" if oauth else "http"
     try:
-        found = wait_for(
-            lambda: (
-                re.search(rf"listens on {scheme}://127\.0\.0\.1:(\d+)", child.log())
-                or (child.proc.poll() is not None and "exit")
-            ),
-            30,
-            what="Azurite to listen",
-        )
-        if found == "exit":
+
+        def listening() -> dict[str, int] | str | None:
+            found = dict(
+                re.findall(
+                    rf"Azurite (Blob|Queue|Table) service is successfully listening at {scheme}://127\.0\.0\.1:(\d+)",
+                    child.log(),
+                )
+            )
+            if len(found) == 3:
+                return {k: int(v) for k, v in found.items()}
+            return "exit" if child.proc.poll() is not None else None
+
+        found = wait_for(listening, 30, what="Azurite to listen")
+        if found == "exit" or not isinstance(found, dict):
             raise RuntimeError(f"Azurite exited: {child.log()[-2000:]}")
     except BaseException:
         child.stop()  # also on Ctrl-C while waiting: leave nothing running
         raise
-    return child, int(found.group(1))
+    return child, AzuritePorts(queue=found["Queue"], table=found["Table"], blob=found["Blob"])
 
 
 @dataclass
@@ -230,12 +259,15 @@ class Emulator:
             "REQUESTS_CA_BUNDLE": self.ca,
         }
 
-    def storage_identity_settings(self, queue_service_uri: str, *, client_secret: str | None = None) -> dict[str, str]:
+    def storage_identity_settings(
+        self, queue_service_uri: str, table_service_uri: str, *, client_secret: str | None = None
+    ) -> dict[str, str]:
         """Identity-based ``AzureWebJobsStorage`` as the host documents it for local development (no connection
         string): the storage identity's client secret, against the emulator as ``AZURE_AUTHORITY_HOST``."""
         assert self.storage_identity, "this emulator has no storage identity"
         return {
             "AzureWebJobsStorage__queueServiceUri": queue_service_uri,
+            "AzureWebJobsStorage__tableServiceUri": table_service_uri,
             "AzureWebJobsStorage__tenantId": self.partner["tenantId"],
             "AzureWebJobsStorage__clientId": self.storage_identity["clientId"],
             "AzureWebJobsStorage__clientSecret": client_secret or self.storage_identity["clientSecret"],

@@ -476,11 +476,12 @@ class FaultProxy:
         """Any of before_share, after_share, seed, outage_from, outage_until; returns the new configuration."""
         return self._admin("POST", "config", changes)
 
-    def connection_string(self) -> str:
-        """Azurite's connection string with the proxy as QueueEndpoint."""
-        from tools.devenv import azurite_connection_string
+    def connection_string(self, table_port: int) -> str:
+        """Azurite's connection string with the proxy as QueueEndpoint (and Azurite's table service at
+        ``table_port``)."""
+        from tools.devenv import AzuritePorts, azurite_connection_string
 
-        return azurite_connection_string(self.port)
+        return azurite_connection_string(AzuritePorts(queue=self.port, table=table_port))
 
     def stop(self) -> None:
         self.child.stop()

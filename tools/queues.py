@@ -3,6 +3,7 @@
     python -m tools.queues send '{"customerTenantId": "3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b", "dryRun": true}'
     python -m tools.queues show outcomes          # requests | polls | outcomes | poison | polls-poison | reports
     python -m tools.queues redrive                # move every message of <DELETE_CUSTOMER_QUEUE>-poison back, unchanged
+    python -m tools.queues show first-seen        # the sweep's record: when it first saw each customer (a table)
 
 Connection string and queue names come from the settings file (``--settings``, default local.settings.json) or, when
 it is missing, from the environment, with the app's defaults. ``show`` peeks (up to 32 messages) and consumes nothing.
@@ -33,6 +34,20 @@ def load(settings_path: str) -> dict[str, str]:
     return values
 
 
+def show_first_seen(conn: str, table: str) -> int:
+    """Print the sweep's first-seen record, oldest first."""
+    from azure.data.tables import TableServiceClient
+
+    from shared.sweep import FIRST_SEEN_PARTITION
+    from shared.tables import TableStore
+
+    rows = TableStore(TableServiceClient.from_connection_string(conn), table).query_partition(FIRST_SEEN_PARTITION)
+    for r in sorted(rows, key=lambda r: (str(r.get("firstSeen")), str(r.get("RowKey")))):
+        print(f"{r.get('RowKey')}  first seen {r.get('firstSeen')}")
+    print(f"{len(rows)} customer(s) in the first-seen record ({table}, partition {FIRST_SEEN_PARTITION})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.queues", description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default=str(ROOT / "local.settings.json"))
@@ -40,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     send = sub.add_parser("send", help="put a deletion request (text as given) on the request queue")
     send.add_argument("body")
     show = sub.add_parser("show", help="peek at a queue, decoded")
-    show.add_argument("which", choices=["requests", "polls", "outcomes", "poison", "polls-poison", "reports"])
+    show.add_argument(
+        "which", choices=["requests", "polls", "outcomes", "poison", "polls-poison", "reports", "first-seen"]
+    )
     sub.add_parser("redrive", help="move the request queue's poison messages back to the request queue, unchanged")
     args = parser.parse_args(argv)
 
@@ -78,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         queues.ensure(queue_of["requests"])
         print(f"sent message {queues.send(queue_of['requests'], args.body)} to {queue_of['requests']}")
         return 0
+
+    if args.command == "show" and args.which == "first-seen":
+        return show_first_seen(conn, values.get("DELETION_REQUESTS_TABLE") or DEFAULTS["DELETION_REQUESTS_TABLE"])
 
     if args.command == "show":
         try:

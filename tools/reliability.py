@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy = None
         if profile.storage_put_failures:
             share = profile.storage_put_failures / 2
-            proxy = start_fault_proxy(state, port, before_share=share, after_share=share, seed=args.seed)
+            proxy = start_fault_proxy(state, port.queue, before_share=share, after_share=share, seed=args.seed)
             children.append(proxy.child)
         pc = devenv.start_emulator(state)
         if pc.child:
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         pc.faults(faults)
         settings: dict[str, str] = {
-            "AzureWebJobsStorage": proxy.connection_string() if proxy else storage,
+            "AzureWebJobsStorage": proxy.connection_string(port.table) if proxy else storage,
             **devenv.unique_queues("r"),
             **pc.app_settings(),
             "POLL_INTERVAL_SECONDS": "2",

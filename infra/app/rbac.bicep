@@ -21,7 +21,8 @@ var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 // creates <queue>-poison and writes to it, and the app sends to the poll, outcome, poison and report queues and
 // creates a missing one. Reader + Message Processor would not cover the release, poison or send steps.
 var storageQueueDataContributorRoleId = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
-// Storage Table Data Contributor: only with enableTable (Durable Functions, OpenAI bindings); not used by this app.
+// Storage Table Data Contributor: the sweep reads, adds and deletes rows of its first-seen record in the
+// DELETION_REQUESTS_TABLE table (Reader would not cover the writes; the table itself is created by the template).
 var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 // Monitoring Metrics Publisher: Application Insights has local authentication disabled; the host and the worker
 // send telemetry with an Entra token of the identity (APPLICATIONINSIGHTS_AUTHENTICATION_STRING).
@@ -79,7 +80,7 @@ resource queueRoleAssignment_User 'Microsoft.Authorization/roleAssignments@2022-
   }
 }
 
-// Role assignment for Storage Account (Table) - Managed Identity (off here: enableTable is false)
+// Role assignment for Storage Account (Table) - Managed Identity (enableTable: the sweep's first-seen record)
 resource tableRoleAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableTable) {
   name: guid(storageAccount.id, managedIdentityPrincipalId, storageTableDataContributorRoleId) // Use managed identity ID
   scope: storageAccount

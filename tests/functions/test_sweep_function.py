@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from azure.data.tables import TableServiceClient
 from azure.functions import meta
 from azure.functions.timer import TimerRequest, TimerRequestConverter
 
@@ -45,7 +46,19 @@ def sweep_env(monkeypatch, azurite, pc):
         "SWEEP_REPORTS_QUEUE": reports,
         "SWEEP_INCLUDE": f"^sweep {tag} ",
         "SANDBOX_CUSTOMER_LIMIT": "1000",
+        "DELETION_REQUESTS_TABLE": f"sweep{tag}",  # each test its own first-seen record
     }
+    table = TableServiceClient.from_connection_string(azurite).get_table_client(f"sweep{tag}")
+
+    def seed(customers, hours):
+        """The record as an earlier run left it: these customers first seen ``hours`` before now."""
+        table.create_table()
+        for c in customers:
+            seen = (datetime.now(UTC) - timedelta(hours=hours)).isoformat(timespec="milliseconds")
+            table.create_entity({"PartitionKey": "sweepfirstseen", "RowKey": c["id"], "firstSeen": seen[:-6] + "Z"})
+
+    def recorded():
+        return {e["RowKey"]: e["firstSeen"] for e in table.query_entities("PartitionKey eq 'sweepfirstseen'")}
 
     def apply(**extra):
         for key, value in {**settings, **extra}.items():
@@ -54,7 +67,9 @@ def sweep_env(monkeypatch, azurite, pc):
         app.set_deps(None)
 
     apply()
-    yield types.SimpleNamespace(tag=tag, reports=reports, apply=apply, **{k.lower(): v for k, v in names.items()})
+    yield types.SimpleNamespace(
+        tag=tag, reports=reports, apply=apply, seed=seed, recorded=recorded, **{k.lower(): v for k, v in names.items()}
+    )
     reset_settings()
     app.set_deps(None)
 
@@ -72,6 +87,7 @@ def test_a_scheduled_report_run_lists_and_changes_nothing(sweep_env, queues, pc,
         make_customer(companyName=f"Sweep {sweep_env.tag} run {i}", domain=f"sweep{sweep_env.tag}{i}.onmicrosoft.com")
         for i in range(2)
     ]
+    sweep_env.seed(mine, hours=48)
     now = datetime.now(UTC)
     status = {
         "Last": (now - timedelta(days=1)).isoformat(),
@@ -91,6 +107,7 @@ def test_a_manual_delete_run_enqueues_ordinary_requests_that_delete_customer_pro
     sweep_env, queues, pc, make_customer
 ):
     mine = make_customer(companyName=f"Sweep {sweep_env.tag} doomed", domain="doomed.onmicrosoft.com")
+    sweep_env.seed([mine], hours=25)
     sweep_env.apply(SWEEP_MODE="delete")
     nxt = (datetime.now(UTC) + timedelta(hours=5)).isoformat()  # an admin call gets the stored status: Next ahead
     sweep_customers.main(timer_request(status={"Next": nxt}), context())
@@ -105,6 +122,28 @@ def test_a_manual_delete_run_enqueues_ordinary_requests_that_delete_customer_pro
     }
     delete_customer.main(msg, context())  # the deletion itself is the ordinary one
     assert queues.count(sweep_env.poll_orders_queue) == 1
+
+
+def test_a_customer_created_a_minute_ago_is_spared_and_recorded_in_the_real_table(sweep_env, queues, make_customer):
+    """The minimum age against Azurite's table service: a customer the record shows 25 h old is enqueued, one just
+    created (a running test's) is too_new and recorded at this run's time, and a recorded customer that is gone is
+    pruned."""
+    old = make_customer(companyName=f"Sweep {sweep_env.tag} old")
+    new = make_customer(companyName=f"Sweep {sweep_env.tag} new")
+    gone = {"id": str(uuid.uuid4())}
+    sweep_env.seed([old, gone], hours=25)
+    sweep_env.apply(SWEEP_MODE="delete")
+    sweep_customers.main(
+        timer_request(status={"Next": (datetime.now(UTC) + timedelta(hours=5)).isoformat()}), context()
+    )
+    (report,) = reports(queues, sweep_env.reports)
+    assert [e["customerTenantId"] for e in report["enqueued"]] == [old["id"]]
+    too_new = [e for e in report["excluded"] if e["reason"] == "too_new"]
+    assert [e["customerTenantId"] for e in too_new] == [new["id"]] and "not seen by the sweep" in too_new[0]["detail"]
+    recorded = sweep_env.recorded()
+    assert set(recorded) >= {old["id"], new["id"]} and gone["id"] not in recorded
+    assert recorded[new["id"]] == report["runTime"] and report["firstSeen"]["pruned"] == 1
+    assert report["firstSeen"]["table"] == f"sweep{sweep_env.tag}" and report["minAgeHours"] == 24
 
 
 def test_broken_sweep_settings_fail_only_the_sweep(sweep_env, queues, pc, make_customer):

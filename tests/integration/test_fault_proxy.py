@@ -43,7 +43,7 @@ def direct(azurite) -> QueueServiceClient:
 
 
 def via(proxy: FaultProxy, **kwargs) -> QueueServiceClient:
-    return QueueServiceClient.from_connection_string(proxy.connection_string(), **kwargs)
+    return QueueServiceClient.from_connection_string(proxy.connection_string(table_port=1), **kwargs)
 
 
 def new_queue(service: QueueServiceClient):

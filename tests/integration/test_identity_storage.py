@@ -25,14 +25,26 @@ WRONG_SECRET = "not-the-storage-identity-secret"
 
 
 @pytest.fixture(scope="module")
-def oauth_azurite(emulator, tmp_path_factory):
-    """Azurite's queue service over HTTPS in OAuth mode: (queue service URI, port)."""
+def oauth_services(emulator, tmp_path_factory):
+    """Azurite's queue and table services over HTTPS in OAuth mode: (queue service URI, table service URI)."""
     tls = emulator.storage_tls
-    child, port = devenv.start_azurite(
+    child, ports = devenv.start_azurite(
         tmp_path_factory.mktemp("oauth-azurite"), oauth=True, cert=tls["cert"], key=tls["key"], name="azurite-oauth"
     )
-    yield devenv.azurite_queue_service_uri(port)
+    yield devenv.azurite_queue_service_uri(ports.queue), devenv.azurite_table_service_uri(ports.table)
     child.stop()
+
+
+@pytest.fixture(scope="module")
+def oauth_azurite(oauth_services):
+    """The queue service URI (``AzureWebJobsStorage__queueServiceUri``)."""
+    return oauth_services[0]
+
+
+@pytest.fixture(scope="module")
+def oauth_tables(oauth_services):
+    """The table service URI (``AzureWebJobsStorage__tableServiceUri``)."""
+    return oauth_services[1]
 
 
 @pytest.fixture
@@ -41,11 +53,11 @@ def id_queues(oauth_azurite, pc):
     return devenv.Queues(account_url=oauth_azurite, credential=pc.storage_credential(), ca=pc.ca)
 
 
-def identity_settings(pc, uri, **extra):
+def identity_settings(pc, uri, table_uri, **extra):
     settings = {
         **devenv.unique_queues("i"),
         **pc.app_settings(),
-        **pc.storage_identity_settings(uri),
+        **pc.storage_identity_settings(uri, table_uri),
         "POLL_INTERVAL_SECONDS": "1",
         "POLL_MAX_INTERVAL_SECONDS": "2",
         "POLL_TIMEOUT_SECONDS": "60",
@@ -61,8 +73,8 @@ def identity_settings(pc, uri, **extra):
 
 
 @pytest.fixture
-def id_world(oauth_azurite, pc, id_queues, tmp_path):
-    w = World(identity_settings(pc, oauth_azurite), id_queues, pc, tmp_path)
+def id_world(oauth_azurite, oauth_tables, pc, id_queues, tmp_path):
+    w = World(identity_settings(pc, oauth_azurite, oauth_tables), id_queues, pc, tmp_path)
     yield w
     for host in w.hosts:
         host.stop()
@@ -122,12 +134,14 @@ def test_deletion_end_to_end_with_tokens_only(id_world, make_customer):
     assert len(token_calls) >= 3  # the host's storage token, the app's storage token, the app's Partner Center token
 
 
-def test_the_apps_own_composition_root_with_a_token(oauth_azurite, pc, id_queues, monkeypatch):
-    """shared.app._build, in this process, with identity settings only: its publisher sends with a storage token."""
+def test_the_apps_own_composition_root_with_a_token(oauth_azurite, oauth_tables, pc, id_queues, monkeypatch):
+    """shared.app._build, in this process, with identity settings only: its publisher sends with a storage token, and
+    its table store writes and reads the sweep's record with one."""
     from shared import app
     from shared.config import reset_settings
+    from shared.sweep import FIRST_SEEN_PARTITION
 
-    settings = identity_settings(pc, oauth_azurite)
+    settings = identity_settings(pc, oauth_azurite, oauth_tables, DELETION_REQUESTS_TABLE=f"id{uuid.uuid4().hex[:12]}")
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AzureWebJobsStorage", raising=False)
@@ -138,6 +152,15 @@ def test_the_apps_own_composition_root_with_a_token(oauth_azurite, pc, id_queues
         queue = settings["DELETION_OUTCOMES_QUEUE"]
         deps.publisher.send(queue, b'{"probe": 1}')  # creates the queue, then sends: two authorised calls
         assert [m.content for m in id_queues.drain(queue)] == [base64.b64encode(b'{"probe": 1}').decode()]
+        assert deps.tables is not None and deps.tables.name == settings["DELETION_REQUESTS_TABLE"]
+        row = {
+            "PartitionKey": FIRST_SEEN_PARTITION,
+            "RowKey": str(uuid.uuid4()),
+            "firstSeen": "2026-12-01T03:00:00.000Z",
+        }
+        deps.tables.insert(row)  # creates the table, then inserts: authorised calls with a storage token
+        (stored,) = deps.tables.query_partition(FIRST_SEEN_PARTITION)
+        assert {k: stored[k] for k in row} == row and stored["etag"]
     finally:
         reset_settings()
 
@@ -233,13 +256,13 @@ def test_the_emulators_storage_token_is_a_verifiable_rs256_jwt(pc):
 # -- a wrong client secret fails clearly -------------------------------------------------------------------------------
 
 
-def test_wrong_client_secret_fails_clearly_in_the_app(oauth_azurite, pc, monkeypatch):
+def test_wrong_client_secret_fails_clearly_in_the_app(oauth_azurite, oauth_tables, pc, monkeypatch):
     from azure.core.exceptions import ClientAuthenticationError
 
     from shared import app
     from shared.config import reset_settings
 
-    settings = identity_settings(pc, oauth_azurite, AzureWebJobsStorage__clientSecret=WRONG_SECRET)
+    settings = identity_settings(pc, oauth_azurite, oauth_tables, AzureWebJobsStorage__clientSecret=WRONG_SECRET)
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AzureWebJobsStorage", raising=False)
@@ -253,9 +276,14 @@ def test_wrong_client_secret_fails_clearly_in_the_app(oauth_azurite, pc, monkeyp
 
 
 @pytest.mark.slow(seconds=18)
-def test_wrong_client_secret_fails_clearly_in_the_host(oauth_azurite, pc, id_queues, tmp_path, make_customer):
+def test_wrong_client_secret_fails_clearly_in_the_host(
+    oauth_azurite, oauth_tables, pc, id_queues, tmp_path, make_customer
+):
     w = World(
-        identity_settings(pc, oauth_azurite, AzureWebJobsStorage__clientSecret=WRONG_SECRET), id_queues, pc, tmp_path
+        identity_settings(pc, oauth_azurite, oauth_tables, AzureWebJobsStorage__clientSecret=WRONG_SECRET),
+        id_queues,
+        pc,
+        tmp_path,
     )
     try:
         host = w.start()

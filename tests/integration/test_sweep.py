@@ -4,11 +4,15 @@ limit. The sweep lists every customer of the partner, so these tests have an emu
 
 from __future__ import annotations
 
+import contextlib
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableServiceClient
 
 from shared.sweep import RunTime, correlation_id
 from tests.integration.conftest import FAST_HOST
@@ -43,13 +47,30 @@ def sweep(own_pc, azurite, queues, tmp_path):
         "POLL_MAX_INTERVAL_SECONDS": "2",
         "POLL_TIMEOUT_SECONDS": "120",
         "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "2",
+        "DELETION_REQUESTS_TABLE": f"sweep{uuid.uuid4().hex[:12]}",  # each test its own first-seen record
     }
     hosts: list[devenv.Child] = []
+    table = TableServiceClient.from_connection_string(azurite).get_table_client(settings["DELETION_REQUESTS_TABLE"])
 
     class Sweep:
         pc = own_pc
 
-        def start(self, **overrides):
+        def record(self, customer_ids, hours):
+            """The first-seen record as earlier runs left it: these customers first seen ``hours`` before now."""
+            with contextlib.suppress(ResourceExistsError):
+                table.create_table()
+            seen = (datetime.now(UTC) - timedelta(hours=hours)).isoformat(timespec="milliseconds")
+            for cid in customer_ids:
+                table.upsert_entity({"PartitionKey": "sweepfirstseen", "RowKey": cid, "firstSeen": seen[:-6] + "Z"})
+
+        def recorded(self):
+            return {e["RowKey"]: e["firstSeen"] for e in table.query_entities("PartitionKey eq 'sweepfirstseen'")}
+
+        def start(self, *, record_all=True, **overrides):
+            """A host; with ``record_all``, every customer the emulator holds now is first seen 48 h ago (so that
+            the minimum age is not what these tests are about)."""
+            if record_all:
+                self.record(list(own_pc.state()["customers"]), hours=48)
             settings.update(overrides)
             for name in (settings["DELETE_CUSTOMER_QUEUE"], settings["POLL_ORDERS_QUEUE"]):
                 queues.ensure(name)
@@ -198,3 +219,30 @@ def test_more_customers_than_the_sandbox_limit_is_refused(sweep):
         report["result"] == "refused" and "not an integration sandbox" in report["error"] and report["enqueued"] == []
     )
     assert report["selected"] == [] and sweep.requests() == []
+
+
+def test_the_minimum_age_spares_new_customers_and_the_first_run_after_a_deploy_selects_none(sweep):
+    """Through the local host and Azurite's table service: a first run with an empty record selects nothing and
+    records everyone at its run time; a run whose record shows a customer 25 h old deletes that one only."""
+    sweep.pc.fill(3, seed=16)
+    host = sweep.start(SWEEP_MODE="delete", record_all=False)
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (first,) = sweep.reports(1)
+    assert first["result"] == "enqueued" and first["enqueued"] == [] and sweep.requests() == []
+    assert [e["reason"] for e in first["excluded"]] == ["too_new"] * 3
+    assert "first run after a deploy" in first["selection"] and first["firstSeen"]["recorded"] == 3
+    ids = list(sweep.pc.state()["customers"])
+    assert sweep.recorded() == dict.fromkeys(ids, first["runTime"])
+
+    old = ids[0]
+    sweep.record([old], hours=25)  # as if that first run had been a day ago, for one of them
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (second,) = sweep.reports(1)
+    assert [e["customerTenantId"] for e in second["enqueued"]] == [old]
+    assert sorted(e["customerTenantId"] for e in second["excluded"] if e["reason"] == "too_new") == sorted(ids[1:])
+    (event,) = sweep.outcomes_of([second["enqueued"][0]["correlationId"]])
+    assert event["outcome"] == "deleted" and old not in sweep.pc.state()["customers"]
+
+    assert devenv.invoke_admin(host.admin_url(), "sweep_customers") == 202
+    (third,) = sweep.reports(1)
+    assert third["firstSeen"]["pruned"] == 1 and set(sweep.recorded()) == set(ids[1:])  # the deleted one is gone

@@ -154,20 +154,83 @@ def test_identity_based_storage(tmp_path):
         tmp_path,
         AzureWebJobsStorage=None,
         AzureWebJobsStorage__queueServiceUri="https://acct.queue.core.windows.net/",
+        AzureWebJobsStorage__tableServiceUri="https://acct.table.core.windows.net/",
         AzureWebJobsStorage__clientId=CLIENT,
     )
     assert s.storage.queue_service_uri == "https://acct.queue.core.windows.net" and s.storage.client_id == CLIENT
+    assert s.storage.table_service_uri == "https://acct.table.core.windows.net"
     assert isinstance(storage_credential(s.storage), ManagedIdentityCredential)
     s = settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__accountName="acct")
     assert s.storage.queue_service_uri == "https://acct.queue.core.windows.net"
+    assert s.storage.table_service_uri == "https://acct.table.core.windows.net"  # derived, as the host does
     assert isinstance(storage_credential(s.storage), DefaultAzureCredential)
+    assert "table_service_uri='https://acct.table.core.windows.net'" in repr(s.storage)
+
+
+@pytest.mark.parametrize(
+    "env, problem",
+    [
+        (
+            {"AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net"},
+            "tableServiceUri is required",
+        ),
+        (
+            {
+                "AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net",
+                "AzureWebJobsStorage__tableServiceUri": "http://acct.table.core.windows.net",
+            },
+            "tableServiceUri must be an https URL",
+        ),
+        (
+            {
+                "AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net",
+                "AzureWebJobsStorage__tableServiceUri": "https://acct.table.core.windows.net?sig=x",
+            },
+            "without credentials or query",
+        ),
+        ({"AzureWebJobsStorage__accountName": "Acct/../x"}, "accountName must be a storage account name"),
+        (
+            {
+                "AzureWebJobsStorage__queueServiceUri": "http://127.0.0.1:10001/devstoreaccount1",
+                "AzureWebJobsStorage__tableServiceUri": "http://127.0.0.1:10002/devstoreaccount1",
+                "AzureWebJobsStorage__tenantId": "11111111-2222-3333-4444-555555555555",
+                "AzureWebJobsStorage__clientId": "11111111-2222-3333-4444-555555555556",
+                "AzureWebJobsStorage__clientSecret": "s",
+            },
+            "tableServiceUri must be an https URL with a token credential",
+        ),
+    ],
+)
+def test_identity_based_storage_needs_a_table_endpoint_it_can_trust(tmp_path, env, problem):
+    with pytest.raises(ConfigurationError) as err:
+        settings(tmp_path, AzureWebJobsStorage=None, **env)
+    assert problem in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["deletionrequests", "Ledger2", "abc", "a" * 63])
+def test_the_requests_table_name(tmp_path, name):
+    assert settings(tmp_path, DELETION_REQUESTS_TABLE=name).requests_table == name
+    assert settings(tmp_path).requests_table == "deletionrequests"
+
+
+@pytest.mark.parametrize("name", ["ab", "a" * 64, "1table", "dele-tion", "tables", "Tables", "x y", "d'x"])
+def test_a_requests_table_name_azure_refuses_is_a_named_problem(tmp_path, name):
+    with pytest.raises(ConfigurationError, match="DELETION_REQUESTS_TABLE must be a table name"):
+        settings(tmp_path, DELETION_REQUESTS_TABLE=name)
 
 
 URI = "https://acct.queue.core.windows.net"
+TABLE_URI = "https://acct.table.core.windows.net"
 
 
 def identity(tmp_path, **env):
-    return settings(tmp_path, AzureWebJobsStorage=None, AzureWebJobsStorage__queueServiceUri=URI, **env).storage
+    return settings(
+        tmp_path,
+        AzureWebJobsStorage=None,
+        AzureWebJobsStorage__queueServiceUri=URI,
+        AzureWebJobsStorage__tableServiceUri=TABLE_URI,
+        **env,
+    ).storage
 
 
 def test_storage_credential_precedence(tmp_path):
@@ -223,6 +286,7 @@ def test_storage_client_secret_uses_azure_authority_host(tmp_path):
         tmp_path,
         AzureWebJobsStorage=None,
         AzureWebJobsStorage__queueServiceUri=URI,
+        AzureWebJobsStorage__tableServiceUri=TABLE_URI,
         AzureWebJobsStorage__tenantId=TENANT,
         AzureWebJobsStorage__clientId=CLIENT,
         AzureWebJobsStorage__clientSecret="s3cret",

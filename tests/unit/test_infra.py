@@ -48,6 +48,7 @@ BUILT_IN_ROLES = {
 APP_IDENTITY_ROLES = {
     "Storage Blob Data Owner",
     "Storage Queue Data Contributor",
+    "Storage Table Data Contributor",
     "Monitoring Metrics Publisher",
     "Key Vault Secrets User",
 }
@@ -537,6 +538,11 @@ def check_queues(src: Sources) -> None:
     storage = main.modules["storage"]
     queues = object_entries(storage.params["queueServices"][1:-1])["queues"]
     assert re.fullmatch(r"\[for (\w+) in queueNames: \{\s*name: \1\s*\}\]", queues), queues
+    # The app's table, created from the very parameter DELETION_REQUESTS_TABLE is set from.
+    table_param = passed.get("DELETION_REQUESTS_TABLE")
+    assert table_param in main.params, "DELETION_REQUESTS_TABLE must be set from a parameter"
+    tables = object_entries(storage.params["tableServices"][1:-1])["tables"]
+    assert re.fullmatch(rf"\[\s*\{{\s*name: {table_param}\s*\}}\s*\]", tables), tables
 
 
 def role_vars(src: Sources) -> dict[str, tuple[str, str]]:
@@ -587,7 +593,9 @@ def check_roles(src: Sources) -> None:
     main = src.bicep("infra/main.bicep")
     config = main.object_var("storageEndpointConfig")
     call = main.modules["rbac"].params
-    assert resolve(main, call["enableTable"]) == "false", "Storage Table Data Contributor is not justified for this app"
+    assert resolve(main, call["enableTable"]) == "true", (
+        "the sweep's first-seen record needs Storage Table Data Contributor"
+    )
     assert resolve(main, call["enableQueue"]) == "true" and resolve(main, call["enableBlob"]) == "true"
 
     def assigned(role: str) -> bool:  # unconditional, or under an enable flag main.bicep sets true
@@ -600,7 +608,9 @@ def check_roles(src: Sources) -> None:
     app_roles = {r for r in by_principal["managedIdentityPrincipalId"] if assigned(r)}
     assert app_roles == APP_IDENTITY_ROLES, f"the app's identity gets {sorted(app_roles)}"
     assert call["managedIdentityPrincipalId"] == "apiUserAssignedIdentity.outputs.principalId"
-    assert config["enableTable"] == "false"
+    assert config["enableTable"] == "true"
+    table_comment = src["infra/app/rbac.bicep"].split("var storageTableDataContributorRoleId")[0].rsplit("var ", 1)[-1]
+    assert "first-seen record" in table_comment and "not used" not in table_comment, "the table role's reason"
     user_roles = by_principal.get("userIdentityPrincipalId", set())
     assert user_roles <= {"Storage Queue Data Contributor", "Key Vault Secrets Officer"}, sorted(user_roles)
     for role in user_roles:
@@ -686,6 +696,7 @@ def check_consistency(src: Sources) -> None:
         assert main.modules[symbol].condition == "vnetEnabled", f"{symbol} must exist only with vnetEnabled"
     pe = main.modules["storagePrivateEndpoint"].params
     assert resolve(main, pe["enableBlob"]) == "true" and resolve(main, pe["enableQueue"]) == "true"
+    assert resolve(main, pe["enableTable"]) == "true", "the table needs its private endpoint when the VNet is on"
     vault = src.bicep("infra/app/keyvault.bicep").text
     assert "enableRbacAuthorization: true" in vault and "publicNetworkAccess: 'Enabled'" in vault
     assert re.search(
@@ -801,7 +812,22 @@ MUTATIONS = [
     ),
     ("roles", "infra/app/rbac.bicep", "// Key Vault Secrets User: read", "// Key Vault Secrets Officer: read"),
     ("roles", "infra/app/rbac.bicep", "var monitoringMetricsPublisherRoleId =", "var metricsRoleId ="),
-    ("roles", "infra/main.bicep", "enableTable: false  //", "enableTable: true  //"),
+    ("roles", "infra/main.bicep", "enableTable: true  //", "enableTable: false  //"),
+    ("roles", "infra/app/rbac.bicep", "rows of its first-seen record", "rows (not used)"),
+    ("queues", "infra/main.bicep", "          name: deletionRequestsTable\n", "          name: 'deletionrequests'\n"),
+    ("app_settings", "infra/main.bicep", "  DELETION_REQUESTS_TABLE: deletionRequestsTable\n", ""),
+    (
+        "setting_defaults",
+        "infra/main.bicep",
+        "param sweepMinAgeHours string = '24'",
+        "param sweepMinAgeHours string = '48'",
+    ),
+    (
+        "consistency",
+        "infra/main.bicep",
+        "    enableTable: storageEndpointConfig.enableTable\n  }\n}\n\n// Monitor",
+        "    enableTable: false\n  }\n}\n\n// Monitor",
+    ),
     (
         "roles",
         "infra/app/rbac.bicep",

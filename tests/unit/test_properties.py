@@ -116,7 +116,11 @@ def stub_partner_center(rsps, entitlement_ids, subscription_ids=()):
     rsps.add_callback(responses.DELETE, re.compile(re.escape(BASE) + r"/.*"), callback=lambda r: (204, {}, ""))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     body=bodies,
     order_ids=st.lists(st.one_of(st.text(alphabet="ABCxyz019_-", min_size=33, max_size=33), hostile_text), max_size=4),

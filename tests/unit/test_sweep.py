@@ -11,16 +11,21 @@ from typing import cast
 import pytest
 
 from shared.config import Settings
+from shared.ids import is_guid
 from shared.messages import parse_deletion_request
 from shared.ncrontab import parse as parse_schedule
 from shared.sweep import (
+    FIRST_SEEN_PARTITION,
     MAX_NAME_CHARS,
     MAX_REPORT_BYTES,
     PROBES,
     REASONS,
     TICK_LATENESS,
     Enqueued,
+    FirstSeen,
     Outcome,
+    RecordChanges,
+    RecordResult,
     RunTime,
     Searches,
     SearchJob,
@@ -29,7 +34,9 @@ from shared.sweep import (
     match_job,
     plan,
     probe_job,
+    read_first_seen,
     read_policy,
+    record_changes,
     report_text,
     request_text,
     run_id,
@@ -75,8 +82,21 @@ def policy(**values):
     return p
 
 
-def decide(items, p, protected=frozenset(), run=RUN):
-    return plan(items, p, protected, run, precomputed(match_job(p, items)))
+def aged(items, age=timedelta(days=30), run=RUN):
+    """A first-seen record in which every listed GUID was first seen ``age`` before ``run``."""
+    ids = [i.get("id") for i in items if isinstance(i, dict)]
+    return FirstSeen({c.lower(): run.moment - age for c in ids if isinstance(c, str) and is_guid(c)})
+
+
+def seen_hours_ago(hours, run=RUN):
+    """A record from {customer id: hours before ``run``}."""
+    return FirstSeen({c.lower(): run.moment - timedelta(hours=h) for c, h in hours.items()})
+
+
+def decide(items, p, protected=frozenset(), run=RUN, first_seen=None):
+    """The plan, with a record in which every listed customer is 30 days old unless ``first_seen`` is given."""
+    record = aged(items, run=run) if first_seen is None else first_seen
+    return plan(items, p, protected, run, precomputed(match_job(p, items)), record)
 
 
 def customer(cid, name="", domain="", tenant=None, **extra):
@@ -86,8 +106,9 @@ def customer(cid, name="", domain="", tenant=None, **extra):
     return {"id": cid, "companyProfile": profile, "attributes": {"objectType": "Customer"}, **extra}
 
 
-def reasons(items, protected=frozenset(), **settings):
-    result = decide(items, policy(**settings), frozenset(protected))
+def reasons(items, protected=frozenset(), _seen=None, **settings):
+    """``_seen``: {customer id: hours before the run} is the record (else every customer is 30 days old)."""
+    result = decide(items, policy(**settings), frozenset(protected), first_seen=_seen and seen_hours_ago(_seen))
     assert result.refusal is None
     return [(d.customer_id, d.reason) for d in result.decisions]
 
@@ -201,6 +222,39 @@ TABLE = [
             for x in (D, C, B, A)
         ],
         id="per-run limit: this run's draw, by correlation id",
+    ),
+    pytest.param(
+        [customer(x, "Tip") for x in (A, B, C, D)],
+        {"SWEEP_INCLUDE": "tip", "_seen": {A: 24, B: 23.99, D: -1}},
+        (),
+        [(A, "selected"), (B, "too_new"), (C, "too_new"), (D, "too_new")],
+        id="minimum age: 24 h by the runs' times; not seen, younger or seen after the run is too new",
+    ),
+    pytest.param(
+        [customer(A, "Tip"), customer(B, "Tip keep"), customer(C, "Contoso")],
+        {"SWEEP_INCLUDE": "tip", "SWEEP_EXCLUDE": "keep", "_seen": {PROTECTED: 1}},
+        (A,),
+        [(A, "protected"), (B, "excluded"), (C, "not_matching")],
+        id="every other reason comes before too_new",
+    ),
+    pytest.param(
+        [customer(A, "Tip"), customer(B, "Tip")],
+        {"SWEEP_INCLUDE": "tip", "SWEEP_MIN_AGE_HOURS": "0", "_seen": {PROTECTED: 1}},
+        (),
+        [(A, "selected"), (B, "selected")],
+        id="SWEEP_MIN_AGE_HOURS=0: no minimum age",
+    ),
+    pytest.param(
+        [customer(x, "Tip") for x in (D, C, B, A)],
+        {"SWEEP_INCLUDE": "tip", "SWEEP_MAX_PER_RUN": "1", "_seen": {C: 48, A: 48}},
+        (),
+        [
+            (D, "too_new"),
+            (C, "selected" if correlation_id(RUN, C) < correlation_id(RUN, A) else "over_limit"),
+            (B, "too_new"),
+            (A, "selected" if correlation_id(RUN, A) < correlation_id(RUN, C) else "over_limit"),
+        ],
+        id="too new customers do not take the per-run limit's places",
     ),
 ]
 
@@ -561,7 +615,7 @@ def test_the_core_decides_from_the_searches_it_is_handed_and_never_matches_itsel
     job = match_job(p, items)
     assert job == SearchJob(("tip", "keep"), tuple(sorted({"Contoso", "c.com", "Tip", "t.com", "Tip keep", "k.com"})))
     lying = Searches(job, {"tip": frozenset({"Contoso", "Tip keep"}), "keep": frozenset({"Tip keep"})})
-    assert [(d.customer_id, d.reason) for d in plan(items, p, frozenset(), RUN, lying).decisions] == [
+    assert [(d.customer_id, d.reason) for d in plan(items, p, frozenset(), RUN, lying, aged(items)).decisions] == [
         (A, "selected"),
         (B, "not_matching"),
         (C, "excluded"),
@@ -603,7 +657,7 @@ def test_a_selection_without_complete_results_for_this_list_is_refused(searches,
         "other list": precomputed(match_job(p, items[:1])),
         "incomplete": Searches(job, {}),
     }[searches]
-    result = plan(items, p, frozenset(), RUN, given)
+    result = plan(items, p, frozenset(), RUN, given, aged(items))
     assert (
         result.selected == ()
         and result.decisions == ()
@@ -694,4 +748,133 @@ def test_the_selection_note_survives_when_every_entry_is_cut_for_size():
         report["excludedOmitted"] > 0
         and "SWEEP_INCLUDE is not set" in report["selection"]
         and "1000 not_matching" in report["selection"]
+    )
+
+
+# -- the minimum age and the first-seen record ------------------------------------------------------------------------
+
+
+def _row(cid, first_seen, etag="e"):
+    return {"PartitionKey": FIRST_SEEN_PARTITION, "RowKey": cid, "firstSeen": first_seen, "etag": etag}
+
+
+def test_the_record_is_read_from_guid_rows_only_and_an_unreadable_time_counts_as_not_seen():
+    record = read_first_seen(
+        [
+            _row(A, "2026-11-20T03:00:00.000Z", "e1"),
+            _row(B, "yesterday", "e2"),
+            _row(C, None, "e3"),
+            _row(D.upper(), "2026-11-20T03:00:00.000Z"),  # not the lower case the sweep writes: never a key again
+            _row("../x", "2026-11-20T03:00:00.000Z"),
+            _row("sweepfirstseen", "2026-11-20T03:00:00.000Z"),
+            {"PartitionKey": FIRST_SEEN_PARTITION},
+        ]
+    )
+    assert record.times == {A: datetime(2026, 11, 20, 3, 0, tzinfo=UTC)}
+    assert record.unreadable == {B, C} and record.etags == {A: "e1", B: "e2", C: "e3"} and record.failure is None
+    p = policy(SWEEP_INCLUDE="tip")
+    result = decide([customer(x, "Tip") for x in (A, B, C, D)], p, first_seen=record)
+    assert [d.reason for d in result.decisions] == ["selected", "too_new", "too_new", "too_new"]
+    assert "not seen by the sweep before this run" in result.decisions[1].detail
+
+
+def test_a_record_that_cannot_be_read_selects_nothing_and_says_why():
+    p = policy(SWEEP_INCLUDE="tip", SWEEP_MODE="delete")
+    items = [customer(A, "Tip")]
+    for record, why in ((None, "it was not read"), (FirstSeen(failure="reading table t failed (HTTP 503)"), "503")):
+        result = plan(items, p, frozenset(), RUN, precomputed(match_job(p, items)), record)
+        assert result.decisions == () and "first-seen record cannot be read" in (result.refusal or "")
+        assert why in (result.refusal or "")
+        assert record_changes(result, p, record) == RecordChanges()  # nothing is written after a refusal
+    no_age = policy(SWEEP_INCLUDE="tip", SWEEP_MIN_AGE_HOURS="0")
+    assert plan(items, no_age, frozenset(), RUN, precomputed(match_job(no_age, items)), None).selected != ()
+
+
+def test_the_record_gains_every_validly_listed_customer_and_loses_the_gone_ones():
+    p = policy(SWEEP_INCLUDE="tip")
+    gone, unreadable = str(uuid.UUID(int=0xE5)), str(uuid.UUID(int=0xF6))
+    record = read_first_seen(
+        [_row(A, "2026-11-01T03:00:00.000Z"), _row(gone, "2026-11-01T03:00:00.000Z"), _row(unreadable, "?")]
+    )
+    items = [
+        customer(A, "Tip"),
+        customer(B, "Contoso"),  # not matching: recorded all the same (when it was first seen is a fact)
+        customer(C.upper(), "Tip", tenant=C),
+        customer(C, "Tip again"),  # a duplicate: once
+        customer(D, "Tip", tenant=A),  # the profile disagrees: never a key
+        customer("not-a-guid", "Tip"),
+        customer(PROTECTED, "Tip"),
+        customer(unreadable, "Tip"),
+    ]
+    result = decide(items, p, frozenset({PROTECTED}), first_seen=record)
+    changes = record_changes(result, p, record)
+    assert changes == RecordChanges(add=(B, C, PROTECTED), rewrite=(unreadable,), prune=(gone,))
+    assert record_changes(result, policy(SWEEP_INCLUDE="tip", SWEEP_MIN_AGE_HOURS="0"), record) == RecordChanges()
+
+
+def test_a_daily_schedule_selects_a_customer_on_the_run_after_it_was_first_seen():
+    """The runs' own times, not their starts: a run that starts late does not push a customer to the day after."""
+    p = policy(SWEEP_INCLUDE="tip")
+    day1 = RunTime(T3, "schedule", "")
+    day2 = RunTime(T3 + timedelta(days=1), "schedule", "")
+    first = decide([customer(A, "Tip")], p, run=day1, first_seen=FirstSeen())
+    changes = record_changes(first, p, FirstSeen())
+    assert [d.reason for d in first.decisions] == ["too_new"] and changes.add == (A,)
+    from shared.sweep import first_seen_row
+
+    record = read_first_seen([{**first_seen_row(A, day1), "etag": "e"}])
+    assert [d.reason for d in decide([customer(A, "Tip")], p, run=day2, first_seen=record).decisions] == ["selected"]
+
+
+def test_min_age_setting_is_validated_and_defaults_to_24_hours():
+    assert read_policy(env(), app_queues=APP_QUEUES).min_age_hours == 24
+    assert read_policy(env(SWEEP_MIN_AGE_HOURS=" 0 "), app_queues=APP_QUEUES).min_age_hours == 0
+    assert read_policy(env(SWEEP_MIN_AGE_HOURS="8760"), app_queues=APP_QUEUES).problems == ()
+    for bad in ("-1", "8761", "1.5", "24h", "99999999"):
+        p = read_policy(env(SWEEP_MIN_AGE_HOURS=bad), app_queues=APP_QUEUES)
+        assert any("SWEEP_MIN_AGE_HOURS must be" in x for x in p.problems), bad
+
+
+def test_the_report_names_the_minimum_age_the_record_and_the_first_run_after_a_deploy():
+    p = policy(SWEEP_INCLUDE="tip")
+    items = [customer(A, "Tip"), customer(B, "Contoso")]
+    first_run = decide(items, p, first_seen=FirstSeen())
+    record = RecordResult(table="deletionrequests", known=0, added=2)
+    report = json.loads(
+        report_text(
+            policy=p,
+            run=RUN,
+            past_due=False,
+            started=T3,
+            finished=T3,
+            invocation_id="i",
+            outcome=Outcome("reported", first_run, record=record),
+        )
+    )
+    assert report["minAgeHours"] == 24
+    assert report["firstSeen"] == {
+        "table": "deletionrequests",
+        "partition": FIRST_SEEN_PARTITION,
+        "known": 0,
+        "recorded": 2,
+        "pruned": 0,
+        "error": None,
+    }
+    assert [(e["customerTenantId"], e["reason"]) for e in report["excluded"]] == [(A, "too_new"), (B, "not_matching")]
+    assert "first run after a deploy" in report["selection"] and "1 too_new" in report["selection"]
+    later = decide(items, p, first_seen=seen_hours_ago({B: 100}))  # A is new, but the record was not empty
+    assert "first run after a deploy" not in _selection(p, Outcome("reported", later))
+    assert (
+        json.loads(
+            report_text(
+                policy=policy(SWEEP_MIN_AGE_HOURS="0"),
+                run=RUN,
+                past_due=False,
+                started=T3,
+                finished=T3,
+                invocation_id="i",
+                outcome=Outcome("reported", decide(items, policy(SWEEP_MIN_AGE_HOURS="0"))),
+            )
+        )["firstSeen"]
+        is None
     )

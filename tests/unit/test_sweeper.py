@@ -21,11 +21,11 @@ from shared import sweeper
 from shared.config import Settings
 from shared.errors import ThrottledError, TransientError
 from shared.ids import is_guid
-from shared.messages import parse_deletion_request
+from shared.messages import iso, parse_deletion_request, parse_iso
 from shared.service import Deps
-from shared.sweep import PROBES, RunTime, Searches, SearchJob, correlation_id
+from shared.sweep import FIRST_SEEN_PARTITION, PROBES, RunTime, Searches, SearchJob, correlation_id
 from shared.sweeper import SweepFailedError, handle_sweep, search
-from tests.fakes import Clock, FakePublisher
+from tests.fakes import Clock, FakePublisher, FakeTable
 
 T3 = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
 PROTECTED = "0f0e0d0c-0b0a-4909-8807-060504030201"
@@ -68,11 +68,32 @@ class CrashingPublisher(FakePublisher):
         return message_id
 
 
-def make_deps(tmp_path, pc, publisher, clock):
+def aged_table(items, age=timedelta(days=30), now=T3):
+    """A first-seen record in which every listed GUID was first seen ``age`` before ``now``."""
+    table = FakeTable()
+    for i in items:
+        cid = i.get("id") if isinstance(i, dict) else None
+        if is_guid(cid):
+            table.seed({"PartitionKey": FIRST_SEEN_PARTITION, "RowKey": cid.lower(), "firstSeen": iso(now - age)})
+    return table
+
+
+def make_deps(tmp_path, pc, publisher, clock, table=None):
+    """Deps of a sweep; without ``table``, a record in which every customer ``pc`` lists is 30 days old (so the
+    minimum age selects them all, and the tests of other rules are not about it)."""
     settings = Settings.from_env(
         {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED}, app_root=tmp_path
     )
-    return Deps(settings=settings, partner_center=pc, publisher=publisher, clock=clock, monotonic=clock.monotonic)
+    if table is None:
+        table = aged_table(getattr(pc, "items", []))
+    return Deps(
+        settings=settings,
+        partner_center=pc,
+        publisher=publisher,
+        clock=clock,
+        monotonic=clock.monotonic,
+        tables=table,
+    )
 
 
 def timer(past_due=False, status=None):
@@ -214,6 +235,40 @@ def in_process_search(monkeypatch):
     monkeypatch.setattr(sweeper, "search", searched_here)
 
 
+class CrashingTable(FakeTable):
+    """The first write of one kind ("crash-insert", "crash-delete") kills the host, before or after it is stored
+    (alternately), once."""
+
+    def __init__(self, crash=None):
+        super().__init__()
+        self.crash, self.crashed = crash, 0
+
+    def _maybe(self, op, write):
+        if self.crash == f"crash-{op}" and not self.crashed:
+            self.crashed = 1
+            write()
+            raise Crash()
+        write()
+
+    def insert(self, row):
+        self._maybe("insert", lambda: FakeTable.insert(self, row))
+
+    def delete(self, partition, row_key, etag):
+        self._maybe("delete", lambda: FakeTable.delete(self, partition, row_key, etag))
+
+
+def valid_listing(items, cid):
+    """Whether ``cid`` is listed with an id and profile the sweep accepts as a customer (so it is recorded)."""
+    for i in items:
+        raw = i["id"]
+        if is_guid(raw) and raw.lower() == cid:
+            tenant = i["companyProfile"].get("tenantId")
+            return tenant is None or tenant.lower() == cid
+    return False
+
+
+#: How long before the run the record shows each customer first seen (None: not in the record).
+AGES = st.sampled_from([None, 0, 23, 24, 200])
 NAMES = st.sampled_from(["Tip test", "tip run", "Contoso", "Tip keep", "", "TIP\n", "x" * 300 + "tip"])
 IDS = st.one_of(
     st.uuids().map(str),
@@ -225,30 +280,63 @@ IDS = st.one_of(
 
 
 @settings(
-    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    customers=st.lists(st.tuples(IDS, NAMES), max_size=12),
+    customers=st.lists(st.tuples(IDS, NAMES, AGES), max_size=12),
+    gone=st.lists(st.uuids().map(str), max_size=3),
     limit=st.integers(5, 12),
     per_run=st.integers(1, 6),
     listing_fails=st.booleans().map(lambda b: b and "fails"),
     crash_at=st.one_of(st.none(), st.integers(1, 8)),
     when=st.sampled_from(["before", "after"]),
     kind=st.sampled_from(["crash", "error"]),
+    table_fault=st.sampled_from([None, "query", "insert", "delete", "crash-insert", "crash-delete"]),
     repeats=st.integers(1, 3),
 )
 def test_sweep_invariants_under_crashes_and_repeats(
-    in_process_search, tmp_path, customers, limit, per_run, listing_fails, crash_at, when, kind, repeats
+    in_process_search,
+    tmp_path,
+    customers,
+    gone,
+    limit,
+    per_run,
+    listing_fails,
+    crash_at,
+    when,
+    kind,
+    table_fault,
+    repeats,
 ):
-    """Whatever the list, the failures and the crashes (before or after
-    any queue put), over repeats of one scheduled run:
+    """Whatever the list, the record, the failures and the crashes (before or after any queue put or table write),
+    over repeats of one scheduled run:
     1. only customers the policy selects are ever enqueued (never protected, invalid, unmatched, excluded or too long);
     2. no run enqueues more than SWEEP_MAX_PER_RUN, and none enqueues anything from a failed or oversized listing;
     3. every request is the public format with correlation id uuid5("<run time>/<customer>"), the same on every repeat;
     4. a run that is not killed writes exactly one report, last, and it names exactly what that run enqueued (a failure
        to store the report fails the invocation: nothing else does, apart from a refused or failed run);
-    5. a clean repeat enqueues the same customers as any other clean run."""
-    items = [item(cid, name) for cid, name in customers]
+    5. a clean repeat enqueues the same customers as any other clean run;
+    6. no customer the record did not show as first seen at least SWEEP_MIN_AGE_HOURS before the run is enqueued,
+       and nothing is enqueued by a run that could not read the record;
+    7. the record only ever holds lower-case GUIDs, every one listed validly or recorded before, and a time once
+       recorded never changes; a customer gone from the list is pruned by a run that completes its writes."""
+    items = [item(cid, name) for cid, name, _ in customers]
+    table = CrashingTable(table_fault if table_fault and table_fault.startswith("crash") else None)
+    for cid, _, age in customers + [(g, "", 100) for g in gone]:
+        if is_guid(cid) and age is not None:
+            table.seed(
+                {
+                    "PartitionKey": FIRST_SEEN_PARTITION,
+                    "RowKey": cid.lower(),
+                    "firstSeen": iso(T3 - timedelta(hours=age)),
+                }
+            )
+    before = {k: r["firstSeen"] for (_, k), r in table.rows.items()}
+    old_enough = {k for k, t in before.items() if T3 - parse_iso(t) >= timedelta(hours=24)}
+    listed_ids = {cid.lower() for cid, _, _ in customers if is_guid(cid)}
     env = sweep_env(
         SWEEP_INCLUDE="tip",
         SWEEP_EXCLUDE="keep",
@@ -259,19 +347,21 @@ def test_sweep_invariants_under_crashes_and_repeats(
     run = RunTime(T3, "schedule", "")
     eligible = {
         cid.lower()
-        for cid, name in customers
+        for cid, name, _ in customers
         if is_guid(cid)
         and cid.lower() != PROTECTED
         and len(name) <= 256
         and re.search("tip", name, re.I)
         and not re.search("keep", name, re.I)
+        and cid.lower() in old_enough
     }
     clean_sets = []
     for attempt in range(repeats):
+        table.fail = {table_fault} if attempt == 0 and table_fault in ("query", "insert", "delete") else set()
         pub = CrashingPublisher(crash_at if attempt == 0 else None, when, kind)
         pc = FakeListing(items, fail=TransientError(503, None, "down") if listing_fails and attempt == 0 else None)
         started = T3 + timedelta(seconds=attempt * 20)  # a repeat of the same occurrence (the timer's at-least-once)
-        deps = make_deps(tmp_path, pc, pub, Clock(started))
+        deps = make_deps(tmp_path, pc, pub, Clock(started), table=table)
         crashed = False
         try:
             handle_sweep(timer(past_due=attempt > 0), f"inv-{attempt}", deps, env=env)
@@ -290,6 +380,8 @@ def test_sweep_invariants_under_crashes_and_repeats(
         assert len(enqueued) <= per_run and len(set(enqueued)) == len(enqueued)  # 2
         if (listing_fails and attempt == 0) or len(items) > limit:
             assert enqueued == []  # 2
+        if "query" in table.fail:
+            assert enqueued == []  # 6
         assert all(r.correlation_id == correlation_id(run, r.customer_id) and not r.dry_run for r in requests)  # 3
         reports = pub.json_on(REPORTS)
         if not crashed:
@@ -301,9 +393,16 @@ def test_sweep_invariants_under_crashes_and_repeats(
                 clean_sets.append(frozenset(enqueued))
         else:  # killed: a report only if it was stored just before the end
             assert reports == [] or (len(reports) == 1 and pub.sent[-1][0] == REPORTS and when == "after")
+        last_clean = not crashed and bool(reports) and reports[0]["result"] in ("enqueued", "reported")
+        recorded = {k: r["firstSeen"] for (_, k), r in table.rows.items()}
+        assert all(is_guid(k) and k == k.lower() and (k in listed_ids or k in before) for k in recorded)  # 7
+        assert all(recorded[k] == t for k, t in before.items() if k in recorded)  # 7
+        assert all(t == iso(T3) for k, t in recorded.items() if k not in before)  # 7: this run's time
     assert len(set(clean_sets)) <= 1  # 5
     if clean_sets and len(items) <= limit:
         assert clean_sets[0] == frozenset(sorted(eligible, key=lambda i: correlation_id(run, i))[:per_run])
+    if last_clean and not table.fail:  # the last run completed its writes
+        assert set(table.partition(FIRST_SEEN_PARTITION)) == {d for d in listed_ids if valid_listing(items, d)}  # 7
 
 
 def test_off_wins_over_setting_problems_and_a_report_no_queue_can_take_is_logged(tmp_path, caplog):
@@ -475,3 +574,77 @@ def test_the_listing_budget_reads_the_deps_clock(tmp_path):
         timer(), "inv", make_deps(tmp_path, Slow([]), FakePublisher(), clock), env=sweep_env(SWEEP_INCLUDE="tip")
     )
     assert seen == [True, False]
+
+
+# -- the minimum age, end to end in the shell --------------------------------------------------------------------------
+
+
+def test_the_first_run_after_a_deploy_selects_nothing_and_the_next_days_run_selects_by_the_record(tmp_path):
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    table, env = FakeTable(), sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete")
+    day1 = FakePublisher()
+    handle_sweep(timer(), "inv", make_deps(tmp_path, FakeListing([item(a, "Tip 1")]), day1, Clock(T3), table), env=env)
+    (report,) = day1.json_on(REPORTS)
+    assert day1.on(REQUESTS) == [] and [e["reason"] for e in report["excluded"]] == ["too_new"]
+    assert "first run after a deploy" in report["selection"] and report["firstSeen"]["recorded"] == 1
+    assert {k: r["firstSeen"] for k, r in table.partition(FIRST_SEEN_PARTITION).items()} == {a: iso(T3)}
+    # a day later, started 40 s late: a is 24 h old by the runs' times; b, created since, is new
+    day2, later = FakePublisher(), T3 + timedelta(days=1, seconds=40)
+    listing = FakeListing([item(a, "Tip 1"), item(b, "Tip 2")])
+    handle_sweep(timer(), "inv", make_deps(tmp_path, listing, day2, Clock(later), table), env=env)
+    requests = [
+        parse_deletion_request(raw, message_id="m", insertion_time=None, now=T3) for raw, _ in day2.on(REQUESTS)
+    ]
+    assert [r.customer_id for r in requests] == [a]
+    (report,) = day2.json_on(REPORTS)
+    assert [(e["customerTenantId"], e["reason"]) for e in report["excluded"]] == [(b, "too_new")]
+    assert "first run after a deploy" not in report["selection"]
+    # a third day: a is gone (deleted), so the record forgets it
+    day3 = FakePublisher()
+    listing = FakeListing([item(b, "Tip 2")])
+    handle_sweep(timer(), "inv", make_deps(tmp_path, listing, day3, Clock(T3 + timedelta(days=2)), table), env=env)
+    assert set(table.partition(FIRST_SEEN_PARTITION)) == {b} and day3.json_on(REPORTS)[0]["firstSeen"]["pruned"] == 1
+
+
+def test_a_record_that_cannot_be_read_enqueues_nothing_and_fails_the_run_with_the_reason(tmp_path):
+    a = str(uuid.uuid4())
+    table = aged_table([item(a, "Tip")])
+    table.fail = {"query"}
+    pub = FakePublisher()
+    with pytest.raises(SweepFailedError, match="first-seen record cannot be read"):
+        handle_sweep(
+            timer(),
+            "inv",
+            make_deps(tmp_path, FakeListing([item(a, "Tip")]), pub, Clock(T3), table),
+            env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete"),
+        )
+    (report,) = pub.json_on(REPORTS)
+    assert pub.on(REQUESTS) == [] and report["result"] == "refused" and "query failed" in report["error"]
+    assert report["firstSeen"]["known"] is None
+
+
+def test_a_record_write_that_fails_is_reported_and_the_old_enough_customers_are_still_enqueued(tmp_path):
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    table = aged_table([item(a, "Tip")])
+    table.fail = {"insert"}
+    pub = FakePublisher()
+    outcome = handle_sweep(
+        timer(),
+        "inv",
+        make_deps(tmp_path, FakeListing([item(a, "Tip"), item(b, "Tip")]), pub, Clock(T3), table),
+        env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete"),
+    )
+    (report,) = pub.json_on(REPORTS)
+    assert outcome.result == "enqueued" and [e["customerTenantId"] for e in report["enqueued"]] == [a]
+    assert "only partly updated" in report["firstSeen"]["error"] and report["firstSeen"]["recorded"] == 0
+
+
+def test_without_a_table_and_with_a_minimum_age_nothing_is_selected(tmp_path):
+    a = str(uuid.uuid4())
+    deps = make_deps(tmp_path, FakeListing([item(a, "Tip")]), FakePublisher(), Clock(T3))
+    deps.tables = None
+    with pytest.raises(SweepFailedError, match="no table is configured"):
+        handle_sweep(timer(), "inv", deps, env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete"))
+    deps.publisher = FakePublisher()
+    handle_sweep(timer(), "inv", deps, env=sweep_env(SWEEP_INCLUDE="tip", SWEEP_MODE="delete", SWEEP_MIN_AGE_HOURS="0"))
+    assert len(deps.publisher.on(REQUESTS)) == 1
