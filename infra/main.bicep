@@ -327,7 +327,7 @@ module rbac 'app/rbac.bicep' = {
   }
 }
 
-// Virtual Network & private endpoint to blob and queue storage
+// Virtual Network & private endpoints to blob, queue and table storage
 module serviceVirtualNetwork 'app/vnet.bicep' =  if (vnetEnabled) {
   name: 'serviceVirtualNetwork'
   scope: rg

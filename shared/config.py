@@ -358,6 +358,10 @@ def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageC
     if conn:
         if "=" not in conn:
             problems.append("AzureWebJobsStorage must be a storage connection string")
+        else:
+            problem = _table_endpoint_problem(conn)
+            if problem:
+                problems.append(problem)
         return StorageConnection(connection_string=conn)
     prefix = "AzureWebJobsStorage__"
 
@@ -446,6 +450,33 @@ def table_name_problem(setting: str, name: str) -> str | None:
         return (
             f"{setting} must be a table name of 3-63 letters and digits, starting with a letter, and not 'tables' "
             f"(got {name[:70]!r})"
+        )
+    return None
+
+
+def _table_endpoint_problem(conn: str) -> str | None:
+    """Why the table endpoint of connection string ``conn`` is unknown or untrusted, or ``None``. The storage SDKs
+    derive it from ``AccountName`` (and ``EndpointSuffix``) when no endpoint is named; once other endpoints are named
+    explicitly (an emulator, a private endpoint), deriving it would be a guess that may leave the network."""
+    parts: dict[str, str] = {}
+    for item in conn.split(";"):
+        name, sep, value = item.partition("=")
+        if sep:
+            parts[name.strip().lower()] = value.strip()
+    if parts.get("usedevelopmentstorage", "").lower() == "true":
+        return None
+    table = parts.get("tableendpoint")
+    if table:
+        url = urlsplit(table)
+        if url.scheme == "https" or (url.scheme == "http" and is_loopback_host(url.hostname)):
+            return None
+        return "AzureWebJobsStorage's TableEndpoint must be an https URL (http only for loopback hosts)"
+    if not parts.get("accountname"):
+        return "AzureWebJobsStorage names no table endpoint and no AccountName to derive one from: add TableEndpoint="
+    if any(parts.get(k) for k in ("blobendpoint", "queueendpoint", "fileendpoint")):
+        return (
+            "AzureWebJobsStorage names its other endpoints but no TableEndpoint: add TableEndpoint= (the table holds "
+            "the sweep's first-seen record; its endpoint is not guessed)"
         )
     return None
 

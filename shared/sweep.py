@@ -65,10 +65,12 @@ __all__ = [
     "read_first_seen",
     "read_policy",
     "record_changes",
+    "record_needed",
     "report_text",
     "request_text",
     "run_id",
     "run_time",
+    "seen_at",
 ]
 
 SWEEP_DEFAULTS: dict[str, str] = {
@@ -448,34 +450,57 @@ def read_first_seen(rows: Sequence[Mapping[str, Any]]) -> FirstSeen:
     return FirstSeen(times, etags, frozenset(unreadable))
 
 
-def first_seen_row(customer_id: str, run: RunTime) -> dict[str, Any]:
-    """The record's row of a customer this run lists for the first time: seen at this run's time."""
-    return {"PartitionKey": FIRST_SEEN_PARTITION, "RowKey": customer_id, "firstSeen": iso(run.moment)}
+def record_needed(policy: SweepPolicy) -> bool:
+    """Whether a run reads and writes the first-seen record: only with a minimum age."""
+    return policy.min_age_hours > 0
+
+
+def seen_at(run: RunTime, started: datetime) -> datetime:
+    """The time a run records a customer first seen at: the run's time, so that ages compare the runs' own times (a
+    daily schedule means 24 hours, not 48), unless the run started more than TICK_LATENESS after it (a past-due
+    catch-up hours late): then its start, since a customer it lists was not seen at the missed occurrence. Ages are
+    still compared with the run's time, which is never later than its start: the safe side."""
+    return run.moment if started - run.moment <= TICK_LATENESS else started
+
+
+def first_seen_row(customer_id: str, when: datetime) -> dict[str, Any]:
+    """The record's row of a customer first seen at ``when`` (``seen_at``)."""
+    return {"PartitionKey": FIRST_SEEN_PARTITION, "RowKey": customer_id, "firstSeen": iso(when)}
 
 
 @dataclass(frozen=True)
 class RecordChanges:
-    """What a run changes in the record: rows to create (listed, not recorded), to rewrite (recorded without a
-    readable time), to delete (recorded, no longer listed: the customer is gone)."""
+    """What a run changes in the record, each write complete: rows to create (listed, not recorded), rows to rewrite
+    (recorded without a readable time: row and the etag it was read with), rows to delete (recorded, no longer
+    listed: the customer is gone; id and etag). A row read without an etag is left alone."""
 
-    add: tuple[str, ...] = ()
-    rewrite: tuple[str, ...] = ()
-    prune: tuple[str, ...] = ()
+    add: tuple[dict[str, Any], ...] = ()
+    rewrite: tuple[tuple[dict[str, Any], str], ...] = ()
+    prune: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def writes(self) -> int:
+        return len(self.add) + len(self.rewrite) + len(self.prune)
 
 
-def record_changes(result: Plan, policy: SweepPolicy, first_seen: FirstSeen | None) -> RecordChanges:
+def record_changes(
+    result: Plan, policy: SweepPolicy, first_seen: FirstSeen | None, run: RunTime, started: datetime
+) -> RecordChanges:
     """The record's changes after ``result``: none without a minimum age, after a refusal (the list is not to be
-    trusted, or the record could not be read), or when nothing was listed validly. Only ids the plan validated as
-    customer GUIDs are ever added; only recorded GUIDs are ever pruned."""
-    if policy.min_age_hours == 0 or first_seen is None or first_seen.failure is not None or result.refusal:
+    trusted, or the record could not be read), or when nothing was listed validly (an empty or unusable page is no
+    proof that every customer is gone, and pruning on it would make every customer new again). Only ids the plan
+    validated as customer GUIDs are ever added; only recorded GUIDs are ever pruned."""
+    if not record_needed(policy) or first_seen is None or first_seen.failure is not None or result.refusal:
         return RecordChanges()
     listed = list(dict.fromkeys(d.customer_id for d in result.decisions if d.reason != "invalid_id"))
+    if not listed:
+        return RecordChanges()
     known = set(first_seen.times) | set(first_seen.unreadable)
-    listed_set = set(listed)
+    listed_set, when, etags = set(listed), seen_at(run, started), first_seen.etags
     return RecordChanges(
-        add=tuple(c for c in listed if c not in known),
-        rewrite=tuple(c for c in listed if c in first_seen.unreadable),
-        prune=tuple(sorted(c for c in known if c not in listed_set)),
+        add=tuple(first_seen_row(c, when) for c in listed if c not in known),
+        rewrite=tuple((first_seen_row(c, when), etags[c]) for c in listed if c in first_seen.unreadable and c in etags),
+        prune=tuple((c, etags[c]) for c in sorted(known - listed_set) if c in etags),
     )
 
 

@@ -9,13 +9,15 @@ thread of the worker, ``delete_customer`` and ``poll_orders`` included.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from shared import telemetry
@@ -37,13 +39,13 @@ from shared.sweep import (
     before_listing,
     check_patterns,
     correlation_id,
-    first_seen_row,
     match_job,
     plan,
     probe_job,
     read_first_seen,
     read_policy,
     record_changes,
+    record_needed,
     report_text,
     request_text,
     run_id,
@@ -57,6 +59,8 @@ log = logging.getLogger("customer_deletion.sweep")
 
 #: The listing's work time: no page is asked for after it (the timer has no lease to lose, so it is generous).
 LISTING_WORK_SECONDS = 60.0
+#: The first-seen record's writes: none starts after this long (a slow table must not keep the requests back).
+RECORD_WORK_SECONDS = 60.0
 
 
 class SweepFailedError(Exception):
@@ -149,7 +153,7 @@ def handle_sweep(
         invocation_id,
     )
 
-    outcome = _run(policy, run, rid, deps, match_seconds)
+    outcome = _run(policy, run, started, rid, deps, match_seconds)
     text = report_text(
         policy=policy,
         run=run,
@@ -177,7 +181,7 @@ def handle_sweep(
     return outcome
 
 
-def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds: float) -> Outcome:
+def _run(policy: SweepPolicy, run: RunTime, started: datetime, rid: str, deps: Deps, match_seconds: float) -> Outcome:
     early = before_listing(policy)
     if early is not None:
         for problem in policy.problems if early.result == "refused" else ():
@@ -210,7 +214,7 @@ def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds:
             log.error("sweep %s: %s", rid, result.refusal)
             return Outcome("refused", plan=result, error=result.refusal, record=record)
         if record is not None:
-            _write_record(deps, record_changes(result, policy, first_seen), first_seen, run, record)
+            _write_record(deps, record_changes(result, policy, first_seen, run, started), record)
             log.log(
                 logging.WARNING if record.error else logging.INFO,
                 "sweep %s: first-seen record %s: %s known, %s recorded, %s pruned%s",
@@ -266,8 +270,9 @@ def _run(policy: SweepPolicy, run: RunTime, rid: str, deps: Deps, match_seconds:
 
 
 def _read_record(policy: SweepPolicy, deps: Deps) -> tuple[FirstSeen | None, RecordResult | None]:
-    """The first-seen record as this run reads it (``None`` without a minimum age); a fault is its ``failure``."""
-    if not policy.min_age_hours:
+    """The first-seen record as this run reads it (``None`` when the policy needs none); a fault is its
+    ``failure``."""
+    if not record_needed(policy):
         return None, None
     table = deps.tables
     if table is None:
@@ -281,30 +286,30 @@ def _read_record(policy: SweepPolicy, deps: Deps) -> tuple[FirstSeen | None, Rec
     return first_seen, record
 
 
-def _write_record(
-    deps: Deps, changes: RecordChanges, first_seen: FirstSeen | None, run: RunTime, record: RecordResult
-) -> None:
-    """Execute ``changes``; a conditional write that loses (another run changed the row) is left as that run made
-    it. The first other fault stops the writes and is recorded: it fails nothing (see ``RecordResult``)."""
+def _write_record(deps: Deps, changes: RecordChanges, record: RecordResult) -> None:
+    """Execute ``changes``; a conditional write that is refused (another run changed the row) is left as it is. The
+    first other fault, or the end of RECORD_WORK_SECONDS, stops the writes and is recorded: it fails nothing (see
+    ``RecordResult``)."""
     table = deps.tables
-    if table is None or first_seen is None:
+    if table is None or not changes.writes:
         return
-    etags = first_seen.etags
+    began = deps.monotonic()
+    writes: list[tuple[Callable[[], None], str]] = [
+        *((functools.partial(table.insert, row), "added") for row in changes.add),
+        *((functools.partial(table.replace, row, etag), "rewritten") for row, etag in changes.rewrite),
+        *((functools.partial(table.delete, FIRST_SEEN_PARTITION, c, etag), "pruned") for c, etag in changes.prune),
+    ]
     try:
-        for cid in changes.add:
+        for done, (write, counter) in enumerate(writes):
+            if deps.monotonic() - began > RECORD_WORK_SECONDS:
+                record.error = (
+                    f"the first-seen record was only partly updated: {len(writes) - done} write(s) left after "
+                    f"{RECORD_WORK_SECONDS:g} s; a customer not recorded counts as new"
+                )
+                return
             with contextlib.suppress(TableConflictError):
-                table.insert(first_seen_row(cid, run))
-                record.added += 1
-        for cid in changes.rewrite:
-            if cid in etags:
-                with contextlib.suppress(TableConflictError):
-                    table.replace(first_seen_row(cid, run), etags[cid])
-                    record.rewritten += 1
-        for cid in changes.prune:
-            if cid in etags:
-                with contextlib.suppress(TableConflictError):
-                    table.delete(FIRST_SEEN_PARTITION, cid, etags[cid])
-                    record.pruned += 1
+                write()
+                setattr(record, counter, getattr(record, counter) + 1)
     except TableError as exc:
         record.error = f"the first-seen record was only partly updated ({exc}); a customer not recorded counts as new"
 

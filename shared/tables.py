@@ -42,8 +42,10 @@ class TableError(Exception):
 
 
 class TableConflictError(TableError):
-    """A conditional write lost: the row exists already (an insert), or changed since it was read (an ``If-Match``
-    update or delete). The write was not made."""
+    """A conditional write was refused: the row exists already (an insert: 409), or changed since it was read (an
+    ``If-Match`` update or delete: 412). Usually another writer won. But the SDK retries a write whose answer was lost
+    (a timeout, a 503 after the service applied it), and the retry then meets the first attempt's own result: so a
+    conflict proves only that the row is not as this write expected. A caller that must know re-reads the row."""
 
 
 def check_key(value: str, what: str = "key") -> str:
@@ -89,6 +91,16 @@ class TableStore:
         log.info("table %s does not exist; creating it", self._table)
         with contextlib.suppress(ResourceExistsError):
             self._table_client().create_table()
+
+    def get(self, partition: str, row_key: str) -> Row | None:
+        """One row, or ``None`` (no such row, or no table yet)."""
+        pk, rk = check_key(partition, "PartitionKey"), check_key(row_key, "RowKey")
+        try:
+            return _row(self._table_client().get_entity(pk, rk))
+        except ResourceNotFoundError:
+            return None
+        except (AzureError, OSError) as exc:
+            raise TableError(f"reading table {self._table} failed ({_describe(exc)})") from exc
 
     def query_partition(self, partition: str) -> list[Row]:
         """Every row of one partition; a missing table has no rows."""

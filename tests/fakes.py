@@ -170,8 +170,8 @@ class FakePublisher:
 
 class FakeTable:
     """One table in memory, with etags and conditional writes as Azure Table Storage has them. ``fail`` names
-    operations ("query", "insert", "replace", "delete") that raise ``TableError``; ``fail_after`` makes a write fail
-    after it is stored (the answer lost)."""
+    operations ("get", "query", "insert", "replace", "delete") that raise ``TableError``; ``fail_after`` makes a
+    write fail after it is stored (the answer lost)."""
 
     def __init__(self, name="deletionrequests", fail=(), fail_after=()):
         self.name, self.fail, self.fail_after = name, set(fail), set(fail_after)
@@ -193,6 +193,11 @@ class FakeTable:
 
     def seed(self, row):
         self.rows[(row["PartitionKey"], row["RowKey"])] = {**row, "etag": self._etag()}
+
+    def get(self, partition, row_key):
+        self._check("get", partition, row_key)
+        row = self.rows.get((partition, row_key))
+        return dict(row) if row is not None else None
 
     def query_partition(self, partition):
         self._check("query", partition)

@@ -1,6 +1,6 @@
 // Private endpoints and private DNS zones for the storage account (vnetEnabled), as in Microsoft's templates
-// (infra/app/storage-PrivateEndpoint.bicep). This app needs blob (host, deployment package) and queue (triggers and
-// the app's sends); table stays off.
+// (infra/app/storage-PrivateEndpoint.bicep). This app needs blob (host, deployment package), queue (triggers and
+// the app's sends) and table (the sweep's first-seen record, DELETION_REQUESTS_TABLE).
 
 // Parameters
 @description('Specifies the name of the virtual network.')

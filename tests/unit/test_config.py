@@ -13,7 +13,10 @@ from azure.identity import (
 from shared.auth import partner_center_credential, storage_credential
 from shared.config import ConfigurationError, Settings
 
-CONN = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+CONN = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
 TENANT, CLIENT = "11111111-2222-3333-4444-555555555555", "66666666-7777-8888-9999-000000000000"
 
 
@@ -431,3 +434,33 @@ def test_an_unresolved_key_vault_reference_is_named_and_never_shown(tmp_path):
         ).client_secret
         == "x@Microsoft.KeyVault("
     )
+
+
+@pytest.mark.parametrize(
+    "conn",
+    [
+        "UseDevelopmentStorage=true",
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net",
+        "AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:1/d;TableEndpoint=http://127.0.0.1:2/d",
+        "BlobEndpoint=https://a.blob.core.windows.net;TableEndpoint=https://a.table.core.windows.net;SharedAccessSignature=sv=x",
+    ],
+)
+def test_a_connection_string_names_or_implies_its_table_endpoint(tmp_path, conn):
+    assert settings(tmp_path, AzureWebJobsStorage=conn).storage.connection_string == conn
+
+
+@pytest.mark.parametrize(
+    "conn, problem",
+    [
+        ("QueueEndpoint=https://a.queue.core.windows.net;SharedAccessSignature=sv=x", "no AccountName"),
+        ("AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:1/d", "but no TableEndpoint"),
+        (
+            "AccountName=a;AccountKey=a2V5;TableEndpoint=http://a.table.core.windows.net",
+            "TableEndpoint must be an https",
+        ),
+    ],
+)
+def test_a_connection_string_whose_table_endpoint_would_be_a_guess_is_a_setting_problem(tmp_path, conn, problem):
+    with pytest.raises(ConfigurationError, match=problem):
+        settings(tmp_path, AzureWebJobsStorage=conn)
+    assert "a2V5" not in problem

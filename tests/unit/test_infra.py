@@ -444,9 +444,9 @@ def check_app_settings(src: Sources) -> None:
     assert percent_tokens(src) <= set(settings), "every %TOKEN% of function.json must be an app setting"
     # Identity-based AzureWebJobsStorage, which both the host and shared/config.py read.
     assert literal(settings.get("AzureWebJobsStorage__credential")) == "managedidentity"
-    for suffix in ("clientId", "queueServiceUri", "blobServiceUri"):
+    for suffix in ("clientId", "queueServiceUri", "blobServiceUri", "tableServiceUri"):
         assert f"AzureWebJobsStorage__{suffix}" in settings, f"AzureWebJobsStorage__{suffix} is not set"
-    for suffix in ("clientId", "queueServiceUri", "credential"):  # what shared/config.py reads of them
+    for suffix in ("clientId", "queueServiceUri", "tableServiceUri", "credential"):  # what shared/config.py reads
         assert f"AzureWebJobsStorage__{suffix}" in src["shared/config.py"], f"the app no longer reads __{suffix}"
     assert "AzureWebJobsStorage" not in settings, "no connection string: the account has shared keys disabled"
     # Telemetry with Entra authentication, exported by the worker through OpenTelemetry.
@@ -697,6 +697,23 @@ def check_consistency(src: Sources) -> None:
     pe = main.modules["storagePrivateEndpoint"].params
     assert resolve(main, pe["enableBlob"]) == "true" and resolve(main, pe["enableQueue"]) == "true"
     assert resolve(main, pe["enableTable"]) == "true", "the table needs its private endpoint when the VNet is on"
+    # ... and the module makes one for the table service: the endpoint, its DNS zone and the zone group, under
+    # enableTable.
+    pe_text = src.bicep("infra/app/storage-PrivateEndpoint.bicep").text
+    table_pe = re.search(
+        r"resource (\w+) 'Microsoft\.Network/privateEndpoints@[\w-]+' = if \(enableTable\) \{(.*?)\n\}", pe_text, re.S
+    )
+    assert table_pe and re.search(r"groupIds: \[\s*'table'\s*\]", table_pe.group(2)), "no private endpoint for tables"
+    zone = re.search(
+        r"resource (\w+) 'Microsoft\.Network/privateDnsZones@[\w-]+' = if \(enableTable\) \{\s*name: (\w+)", pe_text
+    )
+    assert zone and "privatelink.table." in pe_text, "no privatelink.table DNS zone"
+    assert re.search(
+        rf"privateDnsZoneGroups@[\w-]+' = if \(enableTable\) \{{\s*parent: {table_pe.group(1)}.*?privateDnsZoneId: "
+        rf"{zone.group(1)}\.id",
+        pe_text,
+        re.S,
+    ), "the table endpoint's DNS zone group"
     vault = src.bicep("infra/app/keyvault.bicep").text
     assert "enableRbacAuthorization: true" in vault and "publicNetworkAccess: 'Enabled'" in vault
     assert re.search(
@@ -814,6 +831,19 @@ MUTATIONS = [
     ("roles", "infra/app/rbac.bicep", "var monitoringMetricsPublisherRoleId =", "var metricsRoleId ="),
     ("roles", "infra/main.bicep", "enableTable: true  //", "enableTable: false  //"),
     ("roles", "infra/app/rbac.bicep", "rows of its first-seen record", "rows (not used)"),
+    (
+        "app_settings",
+        "infra/main.bicep",
+        "    enableTable: storageEndpointConfig.enableTable\n    deploymentStorageContainerName",
+        "    enableTable: false\n    deploymentStorageContainerName",
+    ),
+    ("consistency", "infra/app/storage-PrivateEndpoint.bicep", "            'table'\n", "            'queue'\n"),
+    (
+        "consistency",
+        "infra/app/storage-PrivateEndpoint.bicep",
+        "resource tablePrivateEndpoint 'Microsoft.Network/privateEndpoints@2021-08-01' = if (enableTable) {",
+        "resource tablePrivateEndpoint 'Microsoft.Network/privateEndpoints@2021-08-01' = if (false) {",
+    ),
     ("queues", "infra/main.bicep", "          name: deletionRequestsTable\n", "          name: 'deletionrequests'\n"),
     ("app_settings", "infra/main.bicep", "  DELETION_REQUESTS_TABLE: deletionRequestsTable\n", ""),
     (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -31,6 +32,7 @@ from shared.sweep import (
     SearchJob,
     check_patterns,
     correlation_id,
+    first_seen_row,
     match_job,
     plan,
     probe_job,
@@ -41,6 +43,7 @@ from shared.sweep import (
     request_text,
     run_id,
     run_time,
+    seen_at,
 )
 
 APP_QUEUES = ("customer-deletions", "customer-deletion-polls", "customer-deletion-outcomes")
@@ -785,7 +788,7 @@ def test_a_record_that_cannot_be_read_selects_nothing_and_says_why():
         result = plan(items, p, frozenset(), RUN, precomputed(match_job(p, items)), record)
         assert result.decisions == () and "first-seen record cannot be read" in (result.refusal or "")
         assert why in (result.refusal or "")
-        assert record_changes(result, p, record) == RecordChanges()  # nothing is written after a refusal
+        assert record_changes(result, p, record, RUN, T3) == RecordChanges()  # nothing is written after a refusal
     no_age = policy(SWEEP_INCLUDE="tip", SWEEP_MIN_AGE_HOURS="0")
     assert plan(items, no_age, frozenset(), RUN, precomputed(match_job(no_age, items)), None).selected != ()
 
@@ -807,9 +810,38 @@ def test_the_record_gains_every_validly_listed_customer_and_loses_the_gone_ones(
         customer(unreadable, "Tip"),
     ]
     result = decide(items, p, frozenset({PROTECTED}), first_seen=record)
-    changes = record_changes(result, p, record)
-    assert changes == RecordChanges(add=(B, C, PROTECTED), rewrite=(unreadable,), prune=(gone,))
-    assert record_changes(result, policy(SWEEP_INCLUDE="tip", SWEEP_MIN_AGE_HOURS="0"), record) == RecordChanges()
+    changes = record_changes(result, p, record, RUN, T3 + timedelta(seconds=30))
+    assert changes == RecordChanges(
+        add=tuple(first_seen_row(c, T3) for c in (B, C, PROTECTED)),
+        rewrite=((first_seen_row(unreadable, T3), "e"),),
+        prune=((gone, "e"),),
+    )
+    no_age = policy(SWEEP_INCLUDE="tip", SWEEP_MIN_AGE_HOURS="0")
+    assert record_changes(result, no_age, record, RUN, T3) == RecordChanges()
+    # A row read without an etag cannot be changed conditionally: it is left alone.
+    no_etags = replace(record, etags={})
+    assert record_changes(result, p, no_etags, RUN, T3) == RecordChanges(add=changes.add)
+
+
+@pytest.mark.parametrize("items", [[], [customer("not-a-guid", "Tip")], [customer(A, "Tip", tenant=B)]])
+def test_a_listing_with_no_valid_customer_prunes_nothing(items):
+    """An empty or unusable page is no proof that every customer is gone: pruning on it would make all of them new."""
+    p = policy(SWEEP_INCLUDE="tip")
+    record = read_first_seen([_row(C, "2026-11-01T03:00:00.000Z"), _row(D, "2026-11-01T03:00:00.000Z")])
+    assert record_changes(decide(items, p, first_seen=record), p, record, RUN, T3) == RecordChanges()
+
+
+def test_a_catch_up_run_hours_late_records_its_start_not_the_missed_occurrence():
+    """A past-due run's time is the occurrence it makes up for; the customers it lists were not seen then."""
+    p = policy(SWEEP_INCLUDE="tip")
+    late = T3 + timedelta(hours=11)
+    first = decide([customer(A, "Tip")], p, first_seen=FirstSeen())
+    assert record_changes(first, p, FirstSeen(), RUN, late).add == (first_seen_row(A, late),)
+    assert seen_at(RUN, T3 + TICK_LATENESS) == T3 and seen_at(RUN, late) == late
+    # the next day's 03:00 run: 16 h after the catch-up saw A, so A is still too new
+    record = read_first_seen([{**first_seen_row(A, late), "etag": "e"}])
+    next_day = RunTime(T3 + timedelta(days=1), "schedule", "")
+    assert [d.reason for d in decide([customer(A, "Tip")], p, run=next_day, first_seen=record).decisions] == ["too_new"]
 
 
 def test_a_daily_schedule_selects_a_customer_on_the_run_after_it_was_first_seen():
@@ -818,11 +850,9 @@ def test_a_daily_schedule_selects_a_customer_on_the_run_after_it_was_first_seen(
     day1 = RunTime(T3, "schedule", "")
     day2 = RunTime(T3 + timedelta(days=1), "schedule", "")
     first = decide([customer(A, "Tip")], p, run=day1, first_seen=FirstSeen())
-    changes = record_changes(first, p, FirstSeen())
-    assert [d.reason for d in first.decisions] == ["too_new"] and changes.add == (A,)
-    from shared.sweep import first_seen_row
-
-    record = read_first_seen([{**first_seen_row(A, day1), "etag": "e"}])
+    changes = record_changes(first, p, FirstSeen(), day1, T3 + timedelta(seconds=40))  # started 40 s late
+    assert [d.reason for d in first.decisions] == ["too_new"] and changes.add == (first_seen_row(A, T3),)
+    record = read_first_seen([{**changes.add[0], "etag": "e"}])
     assert [d.reason for d in decide([customer(A, "Tip")], p, run=day2, first_seen=record).decisions] == ["selected"]
 
 
