@@ -11,10 +11,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from shared import telemetry
+from shared import ledger, telemetry
 from shared import workflow as core
 from shared.budget import Budget
 from shared.config import CONNECT_TIMEOUT_SECONDS, TOKEN_SECONDS, Settings
@@ -39,6 +39,7 @@ from shared.messages import (
     readable_fields,
 )
 from shared.ports import PartnerCenterPort, PublisherPort, TablePort
+from shared.tables import TableConflictError, TableError
 
 __all__ = ["Deps", "QueueMessageLike", "handle_deletion_request", "handle_poll", "policy_for", "utc_now"]
 
@@ -71,7 +72,7 @@ class Deps:
     publisher: PublisherPort
     clock: Callable[[], datetime] = utc_now
     monotonic: Callable[[], float] = time.monotonic
-    tables: TablePort | None = None  # DELETION_REQUESTS_TABLE: the sweep's first-seen record
+    tables: TablePort | None = None  # DELETION_REQUESTS_TABLE: the request ledger and the sweep's first-seen record
 
     @property
     def policy(self) -> core.Policy:
@@ -168,7 +169,7 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
             msg.insertion_time or now,
         )
         _bind(req, 0)
-        _publish(deps, req, core.reject_invalid_request(exc.reason), original=body)
+        _publish(deps, req, core.reject_invalid_request(exc.reason), original=body, key=_ledger_key(deps, req))
         return
     req = _Request(
         "delete_customer",
@@ -231,17 +232,35 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
 # -- execute and publish --------------------------------------------------------------------------------------------
 
 
+def _ledger_key(deps: Deps, req: _Request) -> ledger.RequestKey | None:
+    """The request's row in the ledger, or ``None`` (no table, or a request without a row: see ``ledger``)."""
+    if deps.tables is None:
+        return None
+    return ledger.request_key(req.customer_id, req.correlation_id, req.requested_at, req.dry_run)
+
+
 def _run(deps: Deps, req: _Request, start: core.Hop | core.Continue | core.Finish, *, original: bytes | str) -> None:
+    key = _ledger_key(deps, req)
     if not isinstance(start, core.Hop):
-        _publish(deps, req, start, original=original)
+        _publish(deps, req, start, original=original, key=key)
         return
+    if key is not None and deps.tables is not None:
+        # Before the first Partner Center call: a decided request makes none. A table fault raises here (the host
+        # retries the message, and the redelivery hands the request over), so no call is made without this read.
+        seen = ledger.on_hop_start(deps.tables.get(key.customer_id, key.event_id), key)
+        if isinstance(seen, ledger.Republish):
+            _republish(deps, req, seen, original=original)
+            return
+        if isinstance(seen, ledger.Unrelated):
+            _logger(req).warning("the ledger's row is not this request's (%s): going on without it", seen.why)
+            key = None
     policy = deps.policy
     budget = Budget(policy.hop_work, float(deps.settings.retry_budget), deps.monotonic)
     hop, observation = start, None
     while True:
         hop, command = core.step(hop, observation, now=deps.clock(), elapsed=budget.elapsed(), policy=policy)
         if isinstance(command, (core.Continue, core.Finish)):
-            _publish(deps, req, command, original=original)
+            _publish(deps, req, command, original=original, key=key)
             return
         observation = _execute(deps, req, hop.chain, command, budget)
 
@@ -326,8 +345,15 @@ def _summary(observation: core.Observation, call: core.Call) -> str:
     return "ok"
 
 
-def _publish(deps: Deps, req: _Request, command: core.Continue | core.Finish, *, original: bytes | str) -> None:
-    """The only place a poll message, a poison copy or an outcome event is sent."""
+def _publish(
+    deps: Deps,
+    req: _Request,
+    command: core.Continue | core.Finish,
+    *,
+    original: bytes | str,
+    key: ledger.RequestKey | None = None,
+) -> None:
+    """The only place a poll message, a poison copy or an outcome event is sent (and a ledger row written)."""
     s = deps.settings
     line = _logger(req)
     if isinstance(command, core.Continue):
@@ -336,18 +362,9 @@ def _publish(deps: Deps, req: _Request, command: core.Continue | core.Finish, *,
         # see (or clear) blocks the customer, and the request will end failed at DELETE_REFUSAL_TIMEOUT_SECONDS.
         refused = command.message.cause == core.Cause.DELETE_REFUSED.value
         line.log(logging.WARNING if refused else logging.INFO, "%s: next hop in %ds", command.why, command.delay)
+        if key is not None:
+            _record_progress(deps, req, key, command)
         return
-    poison = command.poison
-    if poison is core.Poison.ORIGINAL:
-        deps.publisher.send(s.delete_poison_queue, original)
-    elif poison is core.Poison.POLL_ORIGINAL:
-        deps.publisher.send(s.poll_poison_queue, original)
-    elif poison is core.Poison.EQUIVALENT and req.customer_id:
-        deps.publisher.send(
-            s.delete_poison_queue, deletion_request_text(req.customer_id, req.correlation_id, dry_run=req.dry_run)
-        )
-    if poison is not core.Poison.NONE:
-        line.warning("copied the request to a poison queue for a redrive (%s)", poison.value)
     event = outcome_event(
         outcome=command.outcome.value,
         customer_id=req.customer_id,
@@ -359,7 +376,103 @@ def _publish(deps: Deps, req: _Request, command: core.Continue | core.Finish, *,
         requested_at=req.requested_at,
         finished_at=deps.clock(),
     )
-    deps.publisher.send(s.outcomes_queue, event)
-    telemetry.bind(outcome=command.outcome.value)
+    if key is not None:
+        decided = _decide_once(deps, req, key, command, event)
+        if decided is not None:
+            _republish(deps, req, decided, original=original)
+            return
+    _send_outcome(deps, req, command.poison, event, command.outcome.value, original=original)
     ok = command.outcome in (core.Outcome.DELETED, core.Outcome.NOT_FOUND, core.Outcome.DRY_RUN)
     line.log(logging.INFO if ok else logging.WARNING, "outcome %s: %s", command.outcome.value, command.detail)
+
+
+#: A conditional write of the ledger that loses is read and decided again, at most this many times.
+LEDGER_ATTEMPTS = 3
+
+
+def _decide_once(
+    deps: Deps, req: _Request, key: ledger.RequestKey, command: core.Finish, event: str
+) -> ledger.Republish | None:
+    """Write this hop's outcome into the request's row, unless one is there already: then that stored one is what
+    is published (returned). ``None``: this hop's outcome is the request's (written, or the row is not this
+    request's). A table fault raises: nothing is published, the host retries the message, and the redelivery hands
+    the request over, as after a crash."""
+    table = deps.tables
+    assert table is not None  # a key is only made with a table
+    for _ in range(LEDGER_ATTEMPTS):
+        plan = ledger.on_finish(
+            table.get(key.customer_id, key.event_id),
+            key,
+            outcome=command.outcome.value,
+            event=event,
+            poison=command.poison.value,
+            now=deps.clock(),
+        )
+        if isinstance(plan, ledger.Republish):
+            return plan
+        if isinstance(plan, ledger.Unrelated):
+            _logger(req).warning("the outcome is published without the ledger (%s)", plan.why)
+            return None
+        try:
+            if isinstance(plan, ledger.Insert):
+                table.insert(plan.row)
+            else:
+                table.replace(plan.row, plan.etag)
+        except TableConflictError:
+            continue  # another hop wrote first, or a retried write met its own first attempt: read again
+        return None
+    raise RuntimeError(f"the ledger's row changed {LEDGER_ATTEMPTS} times while this hop wrote its outcome")
+
+
+def _record_progress(deps: Deps, req: _Request, key: ledger.RequestKey, command: core.Continue) -> None:
+    """Where the request stands, for the status API. Best effort: the poll message is sent, and carries the state."""
+    table = deps.tables
+    assert table is not None
+    now = deps.clock()
+    try:
+        for _ in range(LEDGER_ATTEMPTS):
+            plan = ledger.on_progress(
+                table.get(key.customer_id, key.event_id),
+                key,
+                stage=command.message.stage,
+                hop=command.message.attempt,
+                next_step_at=now + timedelta(seconds=command.delay),
+                now=now,
+            )
+            if plan is None:
+                return
+            try:
+                if isinstance(plan, ledger.Insert):
+                    table.insert(plan.row)
+                else:
+                    table.replace(plan.row, plan.etag)
+            except TableConflictError:
+                continue
+            return
+    except TableError as exc:
+        _logger(req).warning("the ledger's progress was not recorded (%s); the next hop records it", exc)
+
+
+def _republish(deps: Deps, req: _Request, stored: ledger.Republish, *, original: bytes | str) -> None:
+    """The request's outcome was decided by an earlier hop: send that stored event again, unchanged."""
+    _logger(req).info("the outcome was decided already (the ledger holds it): publishing it again, unchanged")
+    _send_outcome(deps, req, core.Poison(stored.poison), stored.event, stored.outcome, original=original)
+
+
+def _send_outcome(
+    deps: Deps, req: _Request, poison: core.Poison, event: str, outcome: str, *, original: bytes | str
+) -> None:
+    """The poison copy (if any), then the outcome event."""
+    s = deps.settings
+    if poison is core.Poison.ORIGINAL:
+        deps.publisher.send(s.delete_poison_queue, original)
+    elif poison is core.Poison.POLL_ORIGINAL:
+        deps.publisher.send(s.poll_poison_queue, original)
+    elif poison is core.Poison.EQUIVALENT and req.customer_id:
+        deps.publisher.send(
+            s.delete_poison_queue, deletion_request_text(req.customer_id, req.correlation_id, dry_run=req.dry_run)
+        )
+    if poison is not core.Poison.NONE:
+        _logger(req).warning("copied the request to a poison queue for a redrive (%s)", poison.value)
+    deps.publisher.send(s.outcomes_queue, event)
+    telemetry.bind(outcome=outcome)

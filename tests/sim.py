@@ -8,9 +8,12 @@ Functions host, in memory, on a simulated clock, with a crash possible at every 
 * ``SimQueues`` holds messages with visibility, dequeue counts and leases; ``SimHost`` delivers them as the queue
   extension does (success: delete; an exception: visible again after ``visibilityTimeout``; a crash: after the lease;
   ``maxDequeueCount`` reached: to ``<queue>-poison``).
+* ``SimTable`` is the request ledger's table (``shared.ports.TablePort``): etags and conditional writes, outage
+  windows (every call raises ``TableError``) and lost answers (the write is applied, and the SDK's retry then meets
+  it: ``TableConflictError``).
 * A crash is ``Crash`` (a BaseException, so nothing in the app can catch it) raised at the k-th boundary of an
-  invocation: before or after each Partner Center call's effect, before or after each queue put, and after the
-  function returned but before the host deleted the message.
+  invocation: before or after each Partner Center call's effect, before or after each queue put and each table
+  write, and after the function returned but before the host deleted the message.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from shared.errors import (
     ThrottledError,
     TransientError,
 )
+from shared.tables import TableConflictError, TableError, check_key
 from tests.fakes import queue_message
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -447,6 +451,77 @@ class SimQueues:
     def next_visible_at(self, queues: tuple[str, ...]) -> float | None:
         times = [m.visible_at for m in self.messages.values() if m.queue in queues]
         return min(times) if times else None
+
+
+class SimTable:
+    """The ledger's table, in memory. ``windows``: (kind, start, end) with kind "outage" or "lost"."""
+
+    name = "deletionrequests"
+
+    def __init__(self, clock: SimClock, boundaries: Callable[[], Boundaries]):
+        self.clock = clock
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.windows: list[tuple[str, float, float]] = []
+        self.writes: list[tuple[float, str, str, str, dict[str, Any]]] = []  # (time, op, pk, rk, row): every write
+        self._boundaries = boundaries
+        self._versions = itertools.count(1)
+
+    def _window(self) -> str | None:
+        for kind, start, end in self.windows:
+            if start <= self.clock.t < end:
+                return kind
+        return None
+
+    def _read(self) -> None:
+        if self._window() == "outage":
+            raise TableError("the table is unavailable (simulated 503)")
+
+    def _write(self, op: str, key: tuple[str, str], apply: Callable[[], None]) -> None:
+        check_key(key[0])
+        check_key(key[1])
+        window = self._window()
+        if window == "outage":
+            raise TableError("the table is unavailable (simulated 503)")
+        boundaries = self._boundaries()
+        boundaries.cross(f"before table {op}")
+        apply()
+        self.writes.append((self.clock.t, op, key[0], key[1], dict(self.rows.get(key, {}))))
+        boundaries.cross(f"after table {op}")
+        if window == "lost":  # applied; the answer was lost and the SDK's retry met the write itself
+            raise TableConflictError("the retried write met its own first attempt (simulated)")
+
+    def get(self, partition: str, row_key: str) -> dict[str, Any] | None:
+        self._read()
+        row = self.rows.get((check_key(partition), check_key(row_key)))
+        return dict(row) if row is not None else None
+
+    def query_partition(self, partition: str) -> list[dict[str, Any]]:
+        self._read()
+        return [dict(r) for (pk, _), r in sorted(self.rows.items()) if pk == check_key(partition)]
+
+    def insert(self, row: dict[str, Any]) -> None:
+        key = (row["PartitionKey"], row["RowKey"])
+        if key in self.rows:
+            self._read()
+            raise TableConflictError("the row exists (simulated 409)")
+        self._write("insert", key, lambda: self.rows.__setitem__(key, {**row, "etag": f"e{next(self._versions)}"}))
+
+    def replace(self, row: dict[str, Any], etag: str) -> None:
+        key = (row["PartitionKey"], row["RowKey"])
+        if key not in self.rows or self.rows[key]["etag"] != etag:
+            self._read()
+            raise TableConflictError("the row changed (simulated 412)")
+        self._write("replace", key, lambda: self.rows.__setitem__(key, {**row, "etag": f"e{next(self._versions)}"}))
+
+    def delete(self, partition: str, row_key: str, etag: str) -> None:
+        key = (partition, row_key)
+        if key in self.rows and self.rows[key]["etag"] != etag:
+            self._read()
+            raise TableConflictError("the row changed (simulated 412)")
+        self._write("delete", key, lambda: self._forget(key))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self.rows.pop(key, None)
 
 
 @dataclass

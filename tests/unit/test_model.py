@@ -11,7 +11,8 @@ a final drain with a healthy host, it checks the invariants of the README ("Guar
 2. A protected customer gets no call at all.
 3. No poll message is scheduled past its chain's hard end, and a hop at or past it ends the request.
 4. Every request gets a terminal outcome.
-5. No request gets two different outcomes (a request: its correlation id and requestedAt).
+5. No request gets two different outcomes (a request: its correlation id and requestedAt), with no exceptions, and
+   every repeat of an outcome is the ledger's stored event, byte for byte (crashes and faults at the table too).
 6. A dry run changes nothing; `deleted` means the customer is gone; `not_found` that it was not there.
 
 Environment: MODEL_EXAMPLES (default 2000) and MODEL_STEPS (default 40) make the run larger; MODEL_RANDOM=1 draws new
@@ -51,6 +52,7 @@ from tests.sim import (
     SimPartnerCenter,
     SimQueues,
     SimSubscription,
+    SimTable,
     Window,
     outcome_events,
 )
@@ -118,6 +120,7 @@ class DeletionModel(RuleBasedStateMachine):
         self.pc = SimPartnerCenter(self.clock)
         self.host: SimHost
         self.queues = SimQueues(self.clock, lambda: self.host.boundaries())
+        self.table = SimTable(self.clock, lambda: self.host.boundaries())
         settings_ = Settings.from_env(ENV, app_root=Path(__file__).resolve().parents[2])
         self.deps = Deps(
             settings=settings_,
@@ -125,6 +128,7 @@ class DeletionModel(RuleBasedStateMachine):
             publisher=self.queues,
             clock=self.clock.now,
             monotonic=self.clock.monotonic,
+            tables=self.table,
         )
         self.policy = self.deps.policy
         self.host = SimHost(
@@ -140,8 +144,6 @@ class DeletionModel(RuleBasedStateMachine):
             lease=LEASE,
         )
         self.requests: dict[str, dict] = {}  # request message id -> what was asked
-        self.changes: list[tuple[float, str, str]] = []  # (time, customer, kind): purchase, fallback, vanished
-        self.replayed: set[str] = set()  # correlation ids of which a stale poll message was replayed
         self.existed_at_request: dict[str, bool] = {}
         self.checked_deletes = 0
         self._correlations = itertools.count(1)
@@ -218,13 +220,17 @@ class DeletionModel(RuleBasedStateMachine):
     def fault_window(self, kind, seconds, retry_after):
         self.pc.windows.append(Window(kind, self.clock.t, self.clock.t + seconds, retry_after))
 
+    @rule(kind=st.sampled_from(["outage", "lost"]), seconds=st.sampled_from([5, 60, 300]))
+    def table_fault_window(self, kind, seconds):
+        """The ledger's table is unavailable (every call fails), or loses the answers of the writes it applies."""
+        self.table.windows.append((kind, self.clock.t, self.clock.t + seconds))
+
     @rule(which=st.integers(0, 9), order=orders_strategy.filter(bool))
     def new_purchase(self, which, order):
         cid = self.customer_ids[which % len(self.customer_ids)]
         if cid in self.pc.customers:
             customer = self.pc.customers[cid]
             customer.orders[f"n{len(customer.orders)}{which}".ljust(33, "y")] = replace(order[0], hidden=False)
-            self.changes.append((self.clock.t, cid, "purchase"))
 
     @rule(which=st.integers(0, 9), bought=subscription_strategy)
     def a_subscription_is_bought(self, which, bought):
@@ -234,7 +240,6 @@ class DeletionModel(RuleBasedStateMachine):
             customer.subscriptions.update(
                 _subscriptions(which % len(self.customer_ids), [bought], 10 + len(customer.subscriptions))
             )
-            self.changes.append((self.clock.t, cid, "purchase"))
 
     @rule(which=st.integers(0, 30))
     def an_order_falls_back(self, which):
@@ -242,9 +247,8 @@ class DeletionModel(RuleBasedStateMachine):
             (cid, o) for cid, c in self.pc.customers.items() for o in c.orders.values() if o.status == "cancelled"
         ]
         if orders:
-            cid, order = orders[which % len(orders)]
+            _, order = orders[which % len(orders)]
             order.status = "completed"
-            self.changes.append((self.clock.t, cid, "fallback"))
 
     @rule(which=st.integers(0, 30))
     def a_cancelled_order_vanishes(self, which):
@@ -260,7 +264,6 @@ class DeletionModel(RuleBasedStateMachine):
         if orders:
             cid, oid = orders[which % len(orders)]
             del self.pc.customers[cid].orders[oid]
-            self.changes.append((self.clock.t, cid, "vanished"))
 
     @rule(which=st.integers(0, 200))
     def a_stale_poll_message_is_replayed(self, which):
@@ -268,7 +271,6 @@ class DeletionModel(RuleBasedStateMachine):
         if polls:
             body = polls[which % len(polls)]
             self.queues.put(POLL, body)
-            self.replayed.add(json.loads(body).get("correlationId", ""))
 
     @rule(which=st.integers(0, 9))
     def a_forged_poll_message_claims_everything_cancelled(self, which):
@@ -377,87 +379,20 @@ class DeletionModel(RuleBasedStateMachine):
         for event, _, _ in outcome_events(self.queues, OUT):
             by_request[(event["correlationId"], event["requestedAt"])].add(event["outcome"])
             assert event["eventId"]
-        disagree = {k: v for k, v in by_request.items() if len(v) > 1 and not self.the_one_known_exception(k[0], v)}
+        disagree = {k: v for k, v in by_request.items() if len(v) > 1}
         assert not disagree, f"a request got different outcomes: {disagree}\n" + "\n".join(
             self.trace(c) for c, _ in disagree
         )
-
-    def the_one_known_exception(self, correlation: str, outcomes: set[str]) -> bool:
-        """README, "Known limits": repeats the app cannot make agree without a state store. Each is checked here as
-        narrowly as the model can see it; anything else that disagrees fails the test.
-
-        (1) A copy of the request (a redelivery, or a stale message) that could not reach Partner Center for its
-            last looks says so in a `timed_out` ("the customer could not be checked") next to a sibling's `deleted`.
-        (2) The customer changed during the request's life (another request deleted it, a purchase landed, an order
-            fell back or vanished), and one of the outcomes came from a copy (a fork: a redelivery after the host
-            died past a put, or a stale message): it reports the world it finds; it cannot know an outcome was already
-            written. `failed` next to `deleted` is excused only when the customer (deleted by another request) or an
-            order the failure was about disappeared in between.
-        (3) A customer that was not there (never existed, or already deleted by someone else): the first delivery wrote
-            `not_found`, the host died in the instant before completing the message, and the redelivery, which cannot
-            tell this from a first delivery whose own chain deleted the customer, reports `deleted`.
-        (4) A copy whose final check Partner Center answered with 409 "in progress" when it read the orders cannot
-            reproduce the refusal a sibling met: it reports `timed_out` (orders still open) next to the sibling's
-            `failed` (found by a random 3,000-history run).
-        (5) A copy started from an older message than its sibling (a replay, or a fork from before the sibling's
-            first subscription write) starts the clock of a subscription change later: the sibling ends `failed`
-            (the change did not show DELETE_REFUSAL_TIMEOUT_SECONDS after it was first asked for) while the copy
-            sees it show and deletes, or times out (found by the model once subscriptions were cleared, issue 16).
-        """
-        events = sorted(
-            ((at, e) for e, _, at in outcome_events(self.queues, OUT) if e["correlationId"] == correlation),
-            key=lambda x: x[0],
-        )
-        if outcomes == {"timed_out", "deleted"} and all(
-            "could not be checked" in e["detail"] for _, e in events if e["outcome"] == "timed_out"
-        ):
-            return True  # (1)
-        slow_change = "still do not read final after DELETE_REFUSAL_TIMEOUT_SECONDS"
-        if (
-            "failed" in outcomes
-            and all(slow_change in e["detail"] for _, e in events if e["outcome"] == "failed")
-            and correlation in self.replayed | self.forked_correlations
-        ):
-            return True  # (5)
-        mine = [
-            inv
-            for inv in self.host.invocations
-            if correlation.encode() in inv.message.body or derived_correlation_id(inv.message.id) == correlation
-        ]
-        died_after_an_outcome = any(
-            inv.crashed
-            and (
-                "after put to customer-deletion-outcomes" in inv.crashed or "after the function returned" in inv.crashed
-            )
-            for inv in mine
-        )
-        forked = any(
-            inv.crashed and ("after put to" in inv.crashed or "after the function returned" in inv.crashed)
-            for inv in mine
-        )
-        a_copy = forked or correlation in self.replayed  # a fork (died after a put) or a stale message
-        customer = events[0][1]["customerTenantId"]
-        # Copies of one request read the world at different times: a change anywhere in the request's life counts.
-        first, last = min([inv.started for inv in mine] + [events[0][0]]), events[-1][0]
-        when, by = self.pc.deleted.get(customer, (None, None))  # both None when no DELETE of it was accepted
-        deleted_by_another = when is not None and by not in {inv.id for inv in mine} and first <= when <= last
-        kinds = {kind for t, c, kind in self.changes if c == customer and first <= t <= last} | (
-            {"deleted"} if deleted_by_another else set()
-        )
-        if a_copy and kinds and (outcomes != {"failed", "deleted"} or kinds & {"deleted", "vanished"}):
-            return True  # (2): `failed` next to `deleted` only if the customer or a known order disappeared in between
-        absent_at_first = when is None or when <= events[0][0]  # never existed, or already deleted
-        if outcomes == {"not_found", "deleted"} and absent_at_first and died_after_an_outcome:
-            return True  # (3)
-        timed_out_at = [at for at, e in events if e["outcome"] == "timed_out"]
-        final_checks = [inv for inv in mine if any(inv.started <= at <= inv.ended for at in timed_out_at)]
-        busy_reads = {
-            inv.id
-            for inv in final_checks
-            for r in self.pc.log
-            if r.invocation == inv.id and r.call == "get_order" and r.answer == "ConflictError"
-        }
-        return outcomes == {"failed", "timed_out"} and a_copy and bool(busy_reads)  # (4)
+        # The ledger decides once: every repeat of a request's outcome is the stored event, byte for byte (a request
+        # without a row, one whose customer id is not a GUID, is rejected without one, and may differ in finishedAt).
+        texts = defaultdict(set)
+        for q, _, body, _, _ in self.queues.sent:
+            if q == OUT:
+                event = json.loads(body)
+                if event["customerTenantId"] is not None:
+                    texts[event["eventId"]].add(body)
+        repeated = {k: v for k, v in texts.items() if len(v) > 1}
+        assert not repeated, f"a request's outcome was published with different content: {repeated}"
 
     def report_coverage(self) -> None:
         """What the history contained (hypothesis --hypothesis-show-statistics): the model is only as good as this."""
@@ -468,6 +403,8 @@ class DeletionModel(RuleBasedStateMachine):
             ("a redelivery handed a request over", any(i.delivery > 1 for i in invocations)),
             ("a fork: two live poll messages of one request", self.forked),
             ("a DELETE was accepted", bool(self.pc.deleted)),
+            ("a table fault window", bool(self.table.windows)),
+            ("a stored outcome was published again", self.republished),
             (
                 "a DELETE was accepted after clearing subscriptions",
                 any(c.subscriptions for c in self.pc.deleted_customers.values()),
@@ -493,16 +430,9 @@ class DeletionModel(RuleBasedStateMachine):
             note_coverage(f"outcome {e['outcome']}")
 
     @property
-    def forked_correlations(self) -> set[str]:
-        """Requests with a copy from a fork: an invocation died after it put a message."""
-        found = set()
-        for inv in self.host.invocations:
-            if inv.crashed and ("after put to" in inv.crashed or "after the function returned" in inv.crashed):
-                try:
-                    found.add(json.loads(inv.message.body).get("correlationId", ""))
-                except ValueError:
-                    found.add(derived_correlation_id(inv.message.id))
-        return found
+    def republished(self) -> bool:
+        bodies = [body for q, _, body, _, _ in self.queues.sent if q == OUT]
+        return len(bodies) > len(set(bodies))
 
     @property
     def forked(self) -> bool:
@@ -568,6 +498,7 @@ class DeletionModel(RuleBasedStateMachine):
         if not hasattr(self, "customer_ids"):
             return
         self.pc.windows = [w for w in self.pc.windows if w.end <= self.clock.t]
+        self.table.windows = [w for w in self.table.windows if w[2] <= self.clock.t]
         for _ in range(5000):
             visible = self.queues.visible((REQ, POLL))
             if visible:
