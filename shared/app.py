@@ -11,7 +11,7 @@ from shared import telemetry
 from shared.config import CONNECT_TIMEOUT_SECONDS, get_settings
 from shared.service import Deps, handle_deletion_request, handle_poll
 
-__all__ = ["deps", "run_delete_customer", "run_poll_orders", "run_sweep_customers", "set_deps"]
+__all__ = ["deps", "run_delete_customer", "run_deletion_status", "run_poll_orders", "run_sweep_customers", "set_deps"]
 
 log = logging.getLogger("customer_deletion")
 
@@ -137,6 +137,36 @@ def run_delete_customer(msg: Any, context: Any) -> None:
 
 def run_poll_orders(msg: Any, context: Any) -> None:
     _invoke("poll_orders", context, lambda invocation: handle_poll(msg, invocation, deps()))
+
+
+def run_deletion_status(route_params: Any, url: str, context: Any) -> Any:
+    """``deletion_status``: the ledger's rows for one correlation id or customer, as JSON (``shared.status``). Returns
+    the ``shared.status.Reply``; the function turns it into its HttpResponse. No Partner Center call."""
+    from urllib.parse import urlsplit
+
+    from shared import status
+    from shared.tables import TableError
+
+    invocation = _invocation_id(context)
+    with telemetry.invocation_trace(context), telemetry.fields(function="deletion_status", invocationId=invocation):
+        question = status.parse_query(dict(route_params or {}), urlsplit(url).query)
+        if isinstance(question, status.Reply):
+            log.info("[deletion_status] %d: %s", question.status, question.body.get("error"))
+            return question
+        tables = deps().tables
+        try:
+            if tables is None:
+                raise TableError("no table is configured")
+            if isinstance(question, status.ByCustomer):
+                rows = tables.query_partition(question.customer_id)
+            else:
+                rows = tables.query_by("correlationId", question.correlation_id)
+        except TableError as exc:
+            log.warning("[deletion_status] the ledger cannot be read: %s", exc)
+            return status.unavailable()
+        reply = status.answer(question, rows)
+        log.info("[deletion_status] %d: %d request(s)", reply.status, len(reply.body.get("requests", [])))
+        return reply
 
 
 def run_sweep_customers(timer: Any, context: Any) -> None:

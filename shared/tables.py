@@ -31,6 +31,8 @@ log = logging.getLogger("customer_deletion.tables")
 
 #: The fixed partitions (every other PartitionKey is a customer id): the sweep's first-seen record.
 PARTITIONS = frozenset({"sweepfirstseen"})
+#: Properties a query may filter on, across partitions (the status API's "by correlation id").
+QUERYABLE = frozenset({"correlationId"})
 
 #: A row as read: its properties (PartitionKey and RowKey included) and its etag (``None`` for a row not yet written).
 Row = dict[str, Any]
@@ -99,6 +101,20 @@ class TableStore:
             return _row(self._table_client().get_entity(pk, rk))
         except ResourceNotFoundError:
             return None
+        except (AzureError, OSError) as exc:
+            raise TableError(f"reading table {self._table} failed ({_describe(exc)})") from exc
+
+    def query_by(self, name: str, value: str) -> list[Row]:
+        """Every row, of any partition, whose property ``name`` (one of QUERYABLE) is ``value`` (a lower-case GUID,
+        bound as a query parameter)."""
+        if name not in QUERYABLE:
+            raise ValueError(f"refusing a query on property {name[:40]!r}")
+        bound = check_key(value, name)
+        try:
+            rows = self._table_client().query_entities(f"{name} eq @v", parameters={"v": bound})
+            return [_row(e) for e in rows]
+        except ResourceNotFoundError:
+            return []
         except (AzureError, OSError) as exc:
             raise TableError(f"reading table {self._table} failed ({_describe(exc)})") from exc
 

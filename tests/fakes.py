@@ -199,6 +199,10 @@ class FakeTable:
         row = self.rows.get((partition, row_key))
         return dict(row) if row is not None else None
 
+    def query_by(self, name, value):
+        self._check("query", value)
+        return [dict(r) for _, r in sorted(self.rows.items()) if r.get(name) == value]
+
     def query_partition(self, partition):
         self._check("query", partition)
         return [dict(r) for (pk, _), r in sorted(self.rows.items()) if pk == partition]

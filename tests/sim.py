@@ -495,6 +495,10 @@ class SimTable:
         row = self.rows.get((check_key(partition), check_key(row_key)))
         return dict(row) if row is not None else None
 
+    def query_by(self, name: str, value: str) -> list[dict[str, Any]]:
+        self._read()
+        return [dict(r) for _, r in sorted(self.rows.items()) if r.get(name) == check_key(value)]
+
     def query_partition(self, partition: str) -> list[dict[str, Any]]:
         self._read()
         return [dict(r) for (pk, _), r in sorted(self.rows.items()) if pk == check_key(partition)]

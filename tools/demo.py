@@ -102,7 +102,11 @@ def main() -> int:
         if host.proc.poll() is not None:
             print(host.log(), file=sys.stderr)
             return 1
-        say(t0, "local Functions host started (delete_customer, poll_orders; sweep_customers disabled for this demo)")
+        say(
+            t0,
+            "local Functions host started (delete_customer, poll_orders, deletion_status; sweep_customers disabled for "
+            "this demo)",
+        )
         worker = re.search(r"Language worker: (.*)", host.log())
         say(t0, f"functions run by {worker.group(1) if worker else 'an unknown worker'}")
 
@@ -154,7 +158,15 @@ def main() -> int:
         print(json.dumps(event, indent=2))
         gone = CUSTOMER not in pc.state()["customers"]
         say(t0, f"customer present in the sandbox afterwards: {'no' if gone else 'YES'}")
-        return 0 if event["outcome"] == "deleted" and gone else 1
+        url = f"{host.admin_url()}/api/deletions/{correlation}"
+        status = devenv.http_get(url, key=host.function_key("deletion_status"))
+        shown = status.json().get("requests", [{}])[0] if status.status_code == 200 else {}
+        say(
+            t0,
+            f"status API: GET {url}?code=<key> -> {status.status_code}, outcome {shown.get('outcome')} "
+            f"(the request ledger's row; the same event as above: {shown.get('eventId') == event['eventId']})",
+        )
+        return 0 if event["outcome"] == "deleted" and gone and shown.get("eventId") == event["eventId"] else 1
     except KeyboardInterrupt:
         say(t0, "interrupted")
         return 130

@@ -104,9 +104,18 @@ class Child:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 
     def admin_url(self) -> str | None:
-        """A local host's admin endpoint (``http://127.0.0.1:<port>``), from its log line; None before it listens."""
+        """A local host's admin endpoint (``http://127.0.0.1:<port>``), from its log line; None before it listens.
+        The HTTP triggers are served on the same port, under ``/api``."""
         m = ADMIN_LINE.search(self.log())
         return m.group(1) if m else None
+
+    def function_key(self, function: str) -> str:
+        """The ``default`` key a local host wrote for an ``authLevel: function`` HTTP function (its log names the
+        file; the key itself is never logged)."""
+        m = re.search(rf"Found function {re.escape(function)}: HTTP trigger.*\(its key: (.+)\)", self.log())
+        if m is None:
+            raise LookupError(f"the host did not report a key file for {function}")
+        return Path(m.group(1).strip()).read_text(encoding="utf-8").strip()
 
 
 def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Child:
@@ -513,3 +522,17 @@ class OutcomeReader:
         return wait_for(
             lambda: len(self.poll()) >= count and self.events, timeout, 0.3, f"{count} outcome event(s) on {self.name}"
         )
+
+
+def http_get(url: str, *, key: str | None = None, header: bool = False, method: str = "GET") -> requests.Response:
+    """A request to a local host's HTTP trigger, with the function key as ``code`` (the portal's function URL) or as
+    the ``x-functions-key`` header."""
+    headers: dict[str, str] = {}
+    params: dict[str, str] = {}
+    if key is not None and header:
+        headers["x-functions-key"] = key
+    elif key is not None:
+        params["code"] = key
+    with requests.Session() as session:
+        session.trust_env = False  # loopback: never through a proxy from the environment
+        return session.request(method, url, headers=headers, params=params, timeout=30)

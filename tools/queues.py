@@ -4,6 +4,7 @@
     python -m tools.queues show outcomes          # requests | polls | outcomes | poison | polls-poison | reports
     python -m tools.queues redrive                # move every message of <DELETE_CUSTOMER_QUEUE>-poison back, unchanged
     python -m tools.queues show first-seen        # the sweep's record: when it first saw each customer (a table)
+    python -m tools.queues request <correlation id>  # the request ledger's rows of that correlation id, as stored
 
 Connection string and queue names come from the settings file (``--settings``, default local.settings.json) or, when
 it is missing, from the environment, with the app's defaults. ``show`` peeks (up to 32 messages) and consumes nothing.
@@ -34,6 +35,23 @@ def load(settings_path: str) -> dict[str, str]:
     return values
 
 
+def show_request(conn: str, table: str, correlation_id: str) -> int:
+    """Print the ledger's rows of one correlation id (a redrive shares it), newest first, as stored."""
+    from azure.data.tables import TableServiceClient
+
+    from shared.tables import TableStore
+
+    rows = TableStore(TableServiceClient.from_connection_string(conn), table).query_by("correlationId", correlation_id)
+    for r in sorted(rows, key=lambda r: str(r.get("requestedAt")), reverse=True):
+        shown = {k: v for k, v in r.items() if k != "event"}
+        if isinstance(r.get("event"), str):
+            with contextlib.suppress(ValueError):
+                shown["event"] = json.loads(r["event"])
+        print(json.dumps(shown, indent=2, default=str))
+    print(f"{len(rows)} request(s) with correlation id {correlation_id} in {table}")
+    return 0 if rows else 1
+
+
 def show_first_seen(conn: str, table: str) -> int:
     """Print the sweep's first-seen record, oldest first."""
     from azure.data.tables import TableServiceClient
@@ -59,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "which", choices=["requests", "polls", "outcomes", "poison", "polls-poison", "reports", "first-seen"]
     )
     sub.add_parser("redrive", help="move the request queue's poison messages back to the request queue, unchanged")
+    row = sub.add_parser("request", help="show the request ledger's rows of a correlation id")
+    row.add_argument("correlation_id")
     args = parser.parse_args(argv)
 
     from azure.core.exceptions import ResourceNotFoundError
@@ -95,6 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         queues.ensure(queue_of["requests"])
         print(f"sent message {queues.send(queue_of['requests'], args.body)} to {queue_of['requests']}")
         return 0
+
+    if args.command == "request":
+        from shared.ids import is_guid
+
+        if not is_guid(args.correlation_id):
+            parser.error("the correlation id must be a GUID")
+        return show_request(
+            conn,
+            values.get("DELETION_REQUESTS_TABLE") or DEFAULTS["DELETION_REQUESTS_TABLE"],
+            args.correlation_id.lower(),
+        )
 
     if args.command == "show" and args.which == "first-seen":
         return show_first_seen(conn, values.get("DELETION_REQUESTS_TABLE") or DEFAULTS["DELETION_REQUESTS_TABLE"])

@@ -103,3 +103,26 @@ def test_the_queues_cli_shows_the_sweeps_first_seen_record(azurite, tmp_path, ca
         f"{b}  first seen 2026-12-02T03:00:00.000Z",
         f"2 customer(s) in the first-seen record ({table}, partition sweepfirstseen)",
     ]
+
+
+def test_the_queues_cli_shows_a_requests_ledger_rows(azurite, tmp_path, capsys):
+    from shared import ledger
+    from tools import queues
+
+    table = f"cli{uuid.uuid4().hex[:12]}"
+    store = TableStore(TableServiceClient.from_connection_string(azurite), table)
+    customer, correlation = str(uuid.uuid4()), str(uuid.uuid4())
+    from datetime import UTC, datetime
+
+    key = ledger.request_key(customer, correlation, datetime(2026, 12, 4, 9, 0, tzinfo=UTC), False)
+    assert key is not None
+    text = json.dumps({"eventId": key.event_id, "outcome": "deleted"})
+    plan = ledger.on_finish(None, key, outcome="deleted", event=text, poison="none", now=key.requested_at)
+    assert isinstance(plan, ledger.Insert)
+    store.insert(plan.row)
+    settings = tmp_path / "local.settings.json"
+    settings.write_text(json.dumps({"Values": {"AzureWebJobsStorage": azurite, "DELETION_REQUESTS_TABLE": table}}))
+    assert queues.main(["--settings", str(settings), "request", correlation.upper()]) == 0
+    out = capsys.readouterr().out
+    assert '"outcome": "deleted"' in out and key.event_id in out and out.rstrip().endswith(f"in {table}")
+    assert queues.main(["--settings", str(settings), "request", str(uuid.uuid4())]) == 1

@@ -32,7 +32,7 @@ from shared.sweep import SWEEP_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
-FUNCTIONS = ("delete_customer", "poll_orders", "sweep_customers")
+FUNCTIONS = ("delete_customer", "deletion_status", "poll_orders", "sweep_customers")
 
 # Built-in role ids, from learn.microsoft.com/azure/role-based-access-control/built-in-roles (storage, monitor and
 # security pages). They are the same in every subscription and tenant.

@@ -5,6 +5,7 @@ conversions, the singleton lock and the admin body."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -427,3 +428,85 @@ def test_default_context_is_a_fresh_sampled_traceparent():
     assert one["trace_parent"] != two["trace_parent"]
     assert one["attributes"] == {"OperationName": "poll_orders"}
     assert (one["retry_count"], one["max_retry_count"]) == (0, 0)
+
+
+# -- HTTP triggers -----------------------------------------------------------------------------------------------------
+
+
+def _http_function(tmp_path, name, **trigger):
+    folder = tmp_path / name
+    folder.mkdir()
+    bindings = [
+        {"type": "httpTrigger", "direction": "in", "name": "req", **trigger},
+        {"type": "http", "direction": "out", "name": "$return"},
+    ]
+    (folder / "function.json").write_text(json.dumps({"bindings": bindings}))
+    return folder / "function.json"
+
+
+def test_an_http_trigger_is_indexed_with_its_route_methods_and_auth_level(tmp_path):
+    spec = read_function(
+        _http_function(tmp_path, "status", route="deletions/{id?}", methods=["GET"], authLevel="function"), {}
+    )
+    assert (spec.trigger, spec.methods, spec.auth_level) == ("httpTrigger", ("get",), "function")
+    assert spec.route is not None and spec.route.template == "deletions/{id?}"
+    default = read_function(_http_function(tmp_path, "Plain"), {})
+    assert default.route is not None and default.route.template == "Plain" and default.methods is None
+    assert default.auth_level == "function"
+
+
+@pytest.mark.parametrize(
+    "trigger, message",
+    [
+        ({"route": "a/{id?}/b"}, "only the last segment"),
+        ({"route": "a/{id:int}"}, "literals, {name} or a last {name?}"),
+        ({"route": "a/{*rest}"}, "literals"),
+        ({"route": "/"}, "must not be empty"),
+        ({"methods": ["fetch"]}, "unknown HTTP method"),
+        ({"methods": "get"}, "must be a list"),
+        ({"authLevel": "system"}, "authLevel must be one of"),
+    ],
+)
+def test_http_trigger_features_the_local_host_does_not_have_fail_indexing(tmp_path, trigger, message):
+    with pytest.raises(HostError, match=re.escape(message)):
+        read_function(_http_function(tmp_path, "f", **trigger), {})
+
+
+@pytest.mark.parametrize(
+    "template, path, params",
+    [
+        ("deletions/{id?}", "deletions/abc", {"id": "abc"}),
+        ("deletions/{id?}", "DELETIONS/abc/", {"id": "abc"}),
+        ("deletions/{id?}", "deletions", {}),
+        ("deletions/{id?}", "deletions/a/b", None),
+        ("deletions/{id?}", "other", None),
+        ("deletions/{id}", "deletions", None),
+        ("a/{x}/b/{y}", "a/1/b/%7B2%7D", {"x": "1", "y": "{2}"}),
+    ],
+)
+def test_route_matching(template, path, params):
+    from tools.local_host.indexing import Route
+
+    assert Route.parse(template).match(path) == params
+
+
+def test_function_keys_the_header_wins_and_a_default_is_written_once(tmp_path):
+    from tools.local_host.host import FunctionKeys
+
+    spec = read_function(_http_function(tmp_path, "status", authLevel="function"), {})
+    keys = FunctionKeys(tmp_path / "keys")
+    path = keys.ensure(spec)
+    assert path is not None and keys.ensure(spec) == path and len(path.read_text()) >= 40
+    key = path.read_text()
+    url = "http://127.0.0.1/api/status"
+    assert keys.authorised(spec, {}, f"{url}?code={key}")
+    assert keys.authorised(spec, {"X-Functions-Key": key}, f"{url}?code=wrong")
+    assert not keys.authorised(spec, {"x-functions-key": "wrong"}, f"{url}?code={key}")  # the header wins
+    assert not keys.authorised(spec, {}, url)
+    (tmp_path / "keys" / "host.master").write_text("master-key")
+    assert keys.authorised(spec, {}, f"{url}?code=master-key")
+    admin = read_function(_http_function(tmp_path, "admin_only", authLevel="admin"), {})
+    assert keys.ensure(admin) is None and not keys.authorised(admin, {}, f"{url}?code={key}")
+    assert keys.authorised(admin, {"x-functions-key": "master-key"}, url)
+    anonymous = read_function(_http_function(tmp_path, "open", authLevel="anonymous"), {})
+    assert keys.authorised(anonymous, {}, url)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("delete_customer", "poll_orders", "sweep_customers")
+FUNCTIONS = ("delete_customer", "deletion_status", "poll_orders", "sweep_customers")
 
 # Untracked (gitignored) things a working copy has, which a publish from it must not ship.
 MACHINE_ONLY = [

@@ -18,11 +18,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import logging
 import os
 import random
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -36,12 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from tools.local_host.indexing import (  # some re-exported (__all__): tools and tests import them from here
+    HTTP_TRIGGER,
     QUEUE_TRIGGER,
     TIMER_TRIGGER,
     Context,
     FunctionSpec,
     HostError,
     IdentityConnection,
+    http_data,
     index_functions,
     queue_message_fields,
     resolve_connection,
@@ -51,7 +55,16 @@ from tools.local_host.indexing import (  # some re-exported (__all__): tools and
     to_timer_request,
 )
 from tools.local_host.timers import TimerListener, read_status
-from tools.local_host.worker import QUEUE, TIMER, WorkerDiedError, choose, default_context, start_worker, thread_count
+from tools.local_host.worker import (
+    HTTP,
+    QUEUE,
+    TIMER,
+    WorkerDiedError,
+    choose,
+    default_context,
+    start_worker,
+    thread_count,
+)
 
 __all__ = [
     "EXECUTED_LINE",
@@ -137,6 +150,7 @@ class QueueOptions:
 class HostConfig:
     queues: QueueOptions
     function_timeout: float | None
+    route_prefix: str = "api"  # extensions.http.routePrefix
 
 
 def load_host_config(app_root: Path, env: Mapping[str, str], *, development: bool = True) -> HostConfig:
@@ -183,6 +197,10 @@ def load_host_config(app_root: Path, env: Mapping[str, str], *, development: boo
     function_timeout = None if timeout in (None, "-1", -1) else parse_timespan(timeout, "functionTimeout")
     if timeout is None:
         function_timeout = 30 * 60.0
+    http = {k.lower(): v for k, v in ((host.get("extensions") or {}).get("http") or {}).items()}
+    route_prefix = http.get("routeprefix", "api")
+    if not isinstance(route_prefix, str) or not re.fullmatch(r"[A-Za-z0-9._~/-]*", route_prefix):
+        raise HostError(f"host.json extensions.http.routePrefix must be a path, not {route_prefix!r}")
     return HostConfig(
         QueueOptions(
             polling,
@@ -193,6 +211,7 @@ def load_host_config(app_root: Path, env: Mapping[str, str], *, development: boo
             encoding,
         ),
         function_timeout,
+        route_prefix.strip("/"),
     )
 
 
@@ -459,7 +478,8 @@ def parse_admin_body(raw: bytes) -> str | None:
 
 
 class _AdminHandler(BaseHTTPRequestHandler):
-    """``POST /admin/functions/<name>`` with ``{"input": "..."}`` -> 202, the invocation started in the background."""
+    """``POST /admin/functions/<name>`` with ``{"input": "..."}`` -> 202, the invocation started in the background;
+    and the HTTP triggers under the route prefix (``LocalHost.http_invoke``), on the same port, as ``func start``."""
 
     host: LocalHost  # set on the subclass the server uses
     protocol_version = "HTTP/1.1"
@@ -479,7 +499,27 @@ class _AdminHandler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(int(length))
 
+    def _http(self) -> bool:
+        """An HTTP trigger's request (True: answered here), read as the host reads it."""
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/admin/") or path == "/admin":
+            return False
+        length = self.headers.get("Content-Length")
+        body = self.rfile.read(int(length)) if length and length.strip().isdigit() else b""
+        url = f"http://{self.headers.get('Host') or '127.0.0.1'}{self.path}"
+        status, headers, payload = self.host.http_invoke(self.command, url, dict(self.headers.items()), body)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        return True
+
     def do_POST(self) -> None:
+        if self._http():
+            return
         m = _ADMIN_PATH_RE.fullmatch(self.path.split("?", 1)[0])
         raw = self._drain()
         if not m:
@@ -495,6 +535,8 @@ class _AdminHandler(BaseHTTPRequestHandler):
         self._reply(202)
 
     def _other(self) -> None:
+        if self._http():
+            return
         self._drain()
         if _ADMIN_PATH_RE.fullmatch(self.path.split("?", 1)[0]):
             self._reply(405, {"Allow": "POST"})
@@ -505,6 +547,76 @@ class _AdminHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         admin_log.debug(format, *args)
+
+
+# -- HTTP triggers: keys and responses --------------------------------------------------------------------------------
+
+
+class FunctionKeys:
+    """Function keys, one file each, in the host's layout for keys kept as files (``host.master``,
+    ``host.function.<name>``, ``functions.<function>.<name>``), under ``<state-dir>/keys``. At start the host writes
+    a ``default`` key for every ``authLevel: function`` function that has none, as the host creates its keys on first
+    start. Keys are compared in constant time and never logged. (``func start`` does not check keys unless started
+    with ``--enableAuth``; Azure does, and so does this host.)"""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def ensure(self, fn: FunctionSpec) -> Path | None:
+        if fn.auth_level != "function":
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = sorted(self.directory.glob(f"functions.{fn.name}.*"))
+        if existing:
+            return existing[0]
+        path = self.directory / f"functions.{fn.name}.default"
+        path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+        with contextlib.suppress(OSError):
+            path.chmod(0o600)
+        return path
+
+    def _keys(self, fn: FunctionSpec) -> list[str]:
+        patterns = (
+            ["host.master"]
+            if fn.auth_level == "admin"
+            else ["host.master", "host.function.*", f"functions.{fn.name}.*"]
+        )
+        keys = []
+        for pattern in patterns:
+            for path in sorted(self.directory.glob(pattern)):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    text = path.read_text(encoding="utf-8").strip()
+                    if text:
+                        keys.append(text)
+        return keys
+
+    def authorised(self, fn: FunctionSpec, headers: Mapping[str, str], url: str) -> bool:
+        """The key from ``x-functions-key`` (which wins) or the ``code`` query parameter, checked like the host."""
+        from urllib.parse import parse_qsl, urlsplit
+
+        if fn.auth_level == "anonymous":
+            return True
+        given = next((v for k, v in headers.items() if k.lower() == "x-functions-key"), None)
+        if given is None:
+            given = next((v for k, v in parse_qsl(urlsplit(url).query) if k == "code"), None)
+        if not given:
+            return False
+        return any(hmac.compare_digest(given.encode(), key.encode()) for key in self._keys(fn))
+
+
+def _http_response(value: Any) -> tuple[int, dict[str, str], bytes]:
+    """A function's ``$return`` as the host answers it: an HttpResponse's status, headers and body; a string: 200."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        kind, data = value
+        if kind == "http" and isinstance(data, dict):
+            body = data.get("body") or b""
+            payload = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+            return int(str(data.get("status_code") or "200")), dict(data.get("headers") or {}), payload
+        if kind in ("string", "json"):
+            return 200, {"Content-Type": "text/plain; charset=utf-8"}, str(data).encode("utf-8")
+        if kind == "bytes":
+            return 200, {"Content-Type": "application/octet-stream"}, bytes(data)
+    return 204, {}, b""
 
 
 # -- the host --------------------------------------------------------------------------------------------------------
@@ -547,6 +659,7 @@ class LocalHost:
         self._admin: ThreadingHTTPServer | None = None
         self._admin_pool: ThreadPoolExecutor | None = None
         self._admin_serving = False
+        self.keys = FunctionKeys(self.state_dir / "keys")
 
     def _check_any_left(self, errors: Mapping[str, str]) -> None:
         if not self.functions:
@@ -582,12 +695,18 @@ class LocalHost:
         self, fn: FunctionSpec, kind: str, data: dict, reason: str, extra: str = "", invocation_id: str | None = None
     ) -> bool:
         """One invocation through the worker, logged as the host does; a function timeout restarts the worker."""
+        return self._invoke(fn, kind, data, reason, extra, invocation_id)[0]
+
+    def _invoke(
+        self, fn: FunctionSpec, kind: str, data: dict, reason: str, extra: str = "", invocation_id: str | None = None
+    ) -> tuple[bool, dict[str, Any]]:
+        """``execute``, with the invocation's outputs (``$return`` among them) when it succeeded."""
         invocation_id = invocation_id or str(uuid.uuid4())
         log.info("Executing 'Functions.%s' (Reason='%s', Id=%s%s)", fn.name, reason, invocation_id, extra)
         started = time.monotonic()
         worker = self.worker()
         try:
-            error, _outputs = worker.invoke(invocation_id, fn.name, kind, data, default_context(fn.name)).result(
+            error, outputs = worker.invoke(invocation_id, fn.name, kind, data, default_context(fn.name)).result(
                 timeout=self.config.function_timeout
             )
         except (TimeoutError, FutureTimeout):  # distinct classes before Python 3.11
@@ -595,15 +714,49 @@ class LocalHost:
                 "A function timeout has occurred. Restarting worker process executing invocationId '%s'.", invocation_id
             )
             self.restart_worker(worker)
-            return False  # no "Executed" line: the invocation never finished (the log readers count it as cut off)
+            return False, {}  # no "Executed" line: the invocation never finished (the log readers count it as cut off)
         except WorkerDiedError as exc:
-            error = str(exc)
+            error, outputs = str(exc), {}
         ms = (time.monotonic() - started) * 1000
         if error:
             log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): %s", fn.name, invocation_id, ms, error)
-            return False
+            return False, {}
         log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)", fn.name, invocation_id, ms)
-        return True
+        return True, dict(outputs or {})
+
+    # -- HTTP triggers -----------------------------------------------------------------------------------------------
+
+    def http_invoke(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request to an HTTP trigger, as the host answers it: no route, or a method the function does not list:
+        404 (the host's route constraint, azure-functions-host#10098); no valid key for an ``authLevel: function``
+        function: 401 before it runs; a failed invocation: an empty 500; else the function's ``$return``."""
+        from urllib.parse import urlsplit
+
+        path = urlsplit(url).path
+        prefix = f"/{self.config.route_prefix}" if self.config.route_prefix else ""
+        if prefix and not (path == prefix or path.startswith(prefix + "/")):
+            return 404, {}, b""
+        rest = path[len(prefix) :]
+        for fn in self.functions:
+            if fn.trigger != HTTP_TRIGGER or fn.route is None:
+                continue
+            params = fn.route.match(rest)
+            if params is None or (fn.methods is not None and method.lower() not in fn.methods):
+                continue
+            if not self.keys.authorised(fn, headers, url):
+                return 401, {}, b""
+            ok, outputs = self._invoke(
+                fn,
+                HTTP,
+                http_data(method, url, headers, params, body),
+                "This function was programmatically called via the host APIs.",
+            )
+            if not ok:
+                return 500, {}, b""
+            return _http_response(outputs.get("$return"))
+        return 404, {}, b""
 
     # -- the admin endpoint ----------------------------------------------------------------------------------------
 
@@ -615,7 +768,7 @@ class LocalHost:
         a new id and dequeue count 1; no queue changes.
         """
         fn = next((f for f in self.functions if f.name.lower() == name.lower()), None)
-        if fn is None or self._admin_pool is None:
+        if fn is None or self._admin_pool is None or fn.trigger == HTTP_TRIGGER:  # an HTTP function is called by URL
             return False
         if fn.trigger == TIMER_TRIGGER:
             status = read_status(self.state_dir, fn.name) if fn.use_monitor else None
@@ -691,6 +844,17 @@ class LocalHost:
                     fn.name,
                     listener.queue_name,
                     listener.poison_name if listener.poison else "none",
+                )
+            elif fn.trigger == HTTP_TRIGGER:
+                key_file = self.keys.ensure(fn)
+                route = f"{self.config.route_prefix}/{fn.route.template}" if fn.route else "?"
+                log.info(
+                    "Found function %s: HTTP trigger, route '%s' [%s], authLevel %s%s",
+                    fn.name,
+                    route.lstrip("/"),
+                    ",".join(fn.methods or ("any",)),
+                    fn.auth_level,
+                    f" (its key: {key_file})" if key_file else "",
                 )
             else:
                 timer = TimerListener(

@@ -29,7 +29,11 @@ from typing import Any
 
 QUEUE_TRIGGER = "queueTrigger"
 TIMER_TRIGGER = "timerTrigger"
-SUPPORTED_TRIGGERS = (QUEUE_TRIGGER, TIMER_TRIGGER)
+HTTP_TRIGGER = "httpTrigger"
+SUPPORTED_TRIGGERS = (QUEUE_TRIGGER, TIMER_TRIGGER, HTTP_TRIGGER)
+AUTH_LEVELS = ("anonymous", "function", "admin")
+HTTP_METHODS = ("get", "post", "put", "delete", "head", "patch", "options")
+_ROUTE_SEGMENT_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\?)?\}|[A-Za-z0-9._~-]+")
 
 _QUEUE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]")
 _TIMESPAN_LIKE_RE = re.compile(r"\s*(?:\d+\.)?\d{1,2}:\d{1,2}(?::\d{1,2}(?:\.\d+)?)?\s*")
@@ -136,6 +140,55 @@ def resolve_connection(name: str | None, env: Mapping[str, str]) -> str | Identi
 
 
 @dataclass(frozen=True)
+class Route:
+    """An HTTP trigger's route template: literal segments (case-insensitive), ``{name}``, and a last ``{name?}``.
+    The host's other template features (constraints, defaults, ``{*catchall}``) are refused at indexing."""
+
+    template: str
+    segments: tuple[tuple[str, str, bool], ...]  # (kind "literal"|"param", text or name, optional)
+
+    @classmethod
+    def parse(cls, template: str) -> Route:
+        text = template.strip().strip("/")
+        if not text:
+            raise HostError("an httpTrigger route must not be empty")
+        segments = []
+        parts = text.split("/")
+        for i, part in enumerate(parts):
+            m = _ROUTE_SEGMENT_RE.fullmatch(part)
+            if m is None:
+                raise HostError(
+                    f"the local host supports route segments that are literals, {{name}} or a last {{name?}}; "
+                    f"not {part!r} in {template!r}"
+                )
+            if m.group(1):
+                optional = bool(m.group(2))
+                if optional and i != len(parts) - 1:
+                    raise HostError(f"only the last segment of a route may be optional: {template!r}")
+                segments.append(("param", m.group(1), optional))
+            else:
+                segments.append(("literal", part, False))
+        return cls(text, tuple(segments))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The route parameters of ``path`` (after the route prefix, no query), or ``None``. A missing optional
+        parameter is absent, as the host sends only parameters that have a value."""
+        parts = path.strip("/").split("/") if path.strip("/") else []
+        params: dict[str, str] = {}
+        for i, (kind, text, optional) in enumerate(self.segments):
+            if i >= len(parts):
+                return params if optional and i == len(self.segments) - 1 else None
+            if kind == "literal":
+                if parts[i].lower() != text.lower():
+                    return None
+            else:
+                from urllib.parse import unquote
+
+                params[text] = unquote(parts[i])
+        return params if len(parts) == len(self.segments) else None
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """One indexed function: what its function.json says, with settings resolved."""
 
@@ -153,6 +206,9 @@ class FunctionSpec:
     use_monitor: bool = False
     #: function.json's bindings as written (the host sends them to the worker in the function's metadata)
     bindings: tuple[dict[str, Any], ...] = ()
+    route: Route | None = None  # httpTrigger: the route template (default: the function's name)
+    methods: tuple[str, ...] | None = None  # httpTrigger: lower case; None: every method
+    auth_level: str = "function"  # httpTrigger: anonymous | function | admin
 
     def for_worker(self) -> dict[str, Any]:
         """What the worker needs to load the function (plain data: the worker must not unpickle app-side types)."""
@@ -195,9 +251,11 @@ def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
         raise HostError("function.json is not a JSON object")
     bindings = spec_json.get("bindings") or []
     types = [b.get("type") if isinstance(b, dict) else None for b in bindings]
-    if len(bindings) != 1 or types[0] not in SUPPORTED_TRIGGERS:
+    http_return = types == [HTTP_TRIGGER, "http"] and bindings[1].get("direction") == "out"
+    if not ((len(bindings) == 1 and types[0] in SUPPORTED_TRIGGERS and types[0] != HTTP_TRIGGER) or http_return):
         raise HostError(
-            f"the local host runs functions with exactly one queueTrigger or timerTrigger binding; found {types}"
+            "the local host runs functions with exactly one queueTrigger or timerTrigger binding, or an httpTrigger "
+            f"with one http output binding; found {types}"
         )
     trig = bindings[0]
     kind = trig["type"]
@@ -215,6 +273,20 @@ def read_function(function_json: Path, env: Mapping[str, str]) -> FunctionSpec:
         "entry_point": str(spec_json.get("entryPoint") or "main"),
         "bindings": tuple(dict(b) for b in bindings),
     }
+    if kind == HTTP_TRIGGER:
+        level = str(trig.get("authLevel") or "function").lower()
+        if level not in AUTH_LEVELS:
+            raise HostError(f"authLevel must be one of {', '.join(AUTH_LEVELS)}, not {trig.get('authLevel')!r}")
+        methods = trig.get("methods")
+        if methods is not None:
+            if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+                raise HostError("an httpTrigger's 'methods' must be a list of HTTP methods")
+            methods = tuple(m.lower() for m in methods)
+            unknown = [m for m in methods if m not in HTTP_METHODS]
+            if unknown:
+                raise HostError(f"unknown HTTP method(s) {unknown} in 'methods'")
+        route = Route.parse(str(trig.get("route") or name))
+        return FunctionSpec(**common, route=route, methods=methods or None, auth_level=level)
     if kind == QUEUE_TRIGGER:
         if not isinstance(trig.get("queueName"), str):
             raise HostError("a queueTrigger binding needs a 'queueName'")
@@ -625,6 +697,36 @@ def to_function_message(message: Any, body: str) -> Any:
 def timer_data(schedule_status: dict | None, past_due: bool) -> dict:
     """The JSON the host sends the worker for a timer invocation (its ``TimerInfo``)."""
     return {"Schedule": {"AdjustForDST": True}, "ScheduleStatus": schedule_status, "IsPastDue": bool(past_due)}
+
+
+def http_data(method: str, url: str, headers: Mapping[str, str], route_params: Mapping[str, str], body: bytes) -> dict:
+    """What the host sends the worker for an HTTP invocation (as plain data): header names lower-cased, the query
+    parsed from the URL with empty values left out, only the route parameters that have a value."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    query = {k: v for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True) if v}
+    return {
+        "method": method.upper(),
+        "url": url,
+        "headers": {k.lower(): v for k, v in headers.items()},
+        "query": query,
+        "params": {k: v for k, v in route_params.items() if v},
+        "body": bytes(body),
+    }
+
+
+def to_http_request(data: dict) -> Any:
+    """The ``azure.functions.HttpRequest`` the Python worker builds from the host's HTTP data."""
+    from azure.functions import HttpRequest
+
+    return HttpRequest(
+        method=data["method"],
+        url=data["url"],
+        headers=dict(data["headers"]),
+        params=dict(data["query"]),
+        route_params=dict(data["params"]),
+        body=data["body"],
+    )
 
 
 def to_timer_request(data: dict) -> Any:

@@ -160,6 +160,23 @@ def queue_trigger(fields: Mapping[str, Any], body: str, function: str) -> tuple[
     return p.TypedData(string=body), metadata
 
 
+def http_trigger(data: Mapping[str, Any], function: str) -> tuple[Any, dict[str, Any]]:
+    """(the trigger's ``TypedData``, its trigger metadata) for an HTTP request, as the host builds ``RpcHttp``: the
+    full URL, lower-cased headers, the query without empty values, the route parameters that have a value, and the
+    body only when there is one. The runtime asks for ``RpcHttpTriggerMetadataRemoved``, so the metadata is ``sys``."""
+    p = protos()
+    http = p.RpcHttp(
+        method=str(data["method"]),
+        url=str(data["url"]),
+        headers={k: str(v) for k, v in dict(data["headers"]).items()},
+        query={k: str(v) for k, v in dict(data["query"]).items()},
+        params={k: str(v) for k, v in dict(data["params"]).items()},
+    )
+    if data.get("body"):
+        http.body.CopyFrom(p.TypedData(bytes=bytes(data["body"])))
+    return p.TypedData(http=http), {"sys": _sys_metadata(function)}
+
+
 def timer_trigger(data: Mapping[str, Any], function: str) -> tuple[Any, dict[str, Any]]:
     return _json(dict(data)), {"sys": _sys_metadata(function)}
 

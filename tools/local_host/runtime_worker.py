@@ -174,7 +174,7 @@ class RuntimeWorkerProcess:
 
     def invoke(self, invocation_id: str, name: str, kind: str, data: dict, context: dict | None = None) -> Future:
         """An invocation; the future's result is ``(error or None, outputs)``."""
-        from tools.local_host.worker import QUEUE, TIMER, default_context
+        from tools.local_host.worker import HTTP, QUEUE, TIMER, default_context
 
         entry = next((e for e in self._entries if e["name"] == name), None)
         result: Future = Future()
@@ -185,6 +185,8 @@ class RuntimeWorkerProcess:
             trigger = rpc.queue_trigger(data["fields"], data["body"], name)
         elif kind == TIMER:
             trigger = rpc.timer_trigger(data, name)
+        elif kind == HTTP:
+            trigger = rpc.http_trigger(data, name)
         else:
             result.set_result((f"unknown trigger kind {kind!r}", {}))
             return result

@@ -44,7 +44,7 @@ from typing import Any
 
 log = logging.getLogger("local_host")
 
-QUEUE, TIMER = "queue", "timer"
+QUEUE, TIMER, HTTP = "queue", "timer", "http"
 LOCAL, RUNTIME = "local", "runtime"
 
 
@@ -100,6 +100,7 @@ def _run_function(fn: Any, kind: str, data: dict, context: dict, invocation_id: 
         TraceContext,
         encode_output,
         to_function_message,
+        to_http_request,
         to_timer_request,
     )
 
@@ -111,6 +112,8 @@ def _run_function(fn: Any, kind: str, data: dict, context: dict, invocation_id: 
         import json
 
         value = json.dumps(data) if use == "generic" else to_timer_request(data)
+    elif kind == HTTP:
+        value = to_http_request(data)
     else:
         raise RuntimeError(f"unknown trigger kind {kind!r}")
     kwargs: dict[str, Any] = {fn.binding: value}
