@@ -129,6 +129,8 @@ param sweepMinAgeHours string = '24'
 @maxLength(63)
 @description('The table (in the function app\'s storage account) that holds the sweep\'s first-seen record: 3-63 letters and digits, starting with a letter.')
 param deletionRequestsTable string = 'deletionrequests'
+@description('Finished rows of the request ledger are deleted this many days after they finished (by the sweep\'s runs), 1-3650.')
+param ledgerRetentionDays string = '30'
 
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -185,6 +187,7 @@ var contractAppSettings = {
   SWEEP_REPORTS_QUEUE: sweepReportsQueueName
   SWEEP_MIN_AGE_HOURS: sweepMinAgeHours
   DELETION_REQUESTS_TABLE: deletionRequestsTable
+  LEDGER_RETENTION_DAYS: ledgerRetentionDays
 }
 
 // Organize resources in a resource group

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, str] = {
     "DELETE_REFUSAL_TIMEOUT_SECONDS": "1800",
     "CLEAR_SUBSCRIPTIONS": "true",
     "DELETION_REQUESTS_TABLE": "deletionrequests",
+    "LEDGER_RETENTION_DAYS": "30",
 }
 
 #: Connect timeout of every Partner Center call (the read timeout is PARTNER_CENTER_TIMEOUT_SECONDS).
@@ -157,7 +158,8 @@ class Settings:
     calls_per_minute: int = 450  # the most Partner Center calls one worker process sends in any 60 s (shared.pacing)
     delete_refusal_timeout: int = 1800  # a DELETE still refused this long after the first refusal ends `failed`
     clear_subscriptions: bool = True  # CLEAR_SUBSCRIPTIONS: cancel or suspend subscriptions, and prove them final
-    requests_table: str = DEFAULTS["DELETION_REQUESTS_TABLE"]  # the table of the sweep's first-seen record
+    requests_table: str = DEFAULTS["DELETION_REQUESTS_TABLE"]  # the request ledger and the sweep's first-seen record
+    ledger_retention_days: int = 30  # LEDGER_RETENTION_DAYS: finished rows are pruned this long after they finished
     notes: tuple[str, ...] = ()  # settings that were accepted, but not as given: logged once at start
 
     @property
@@ -301,6 +303,9 @@ class Settings:
         table_problem = table_name_problem("DELETION_REQUESTS_TABLE", table)
         if table_problem:
             problems.append(table_problem)
+        retention = _seconds(
+            "LEDGER_RETENTION_DAYS", get("LEDGER_RETENTION_DAYS"), problems, minimum=1, maximum=3650, unit="days"
+        )
 
         if problems or storage is None:  # no storage connection is always one of the problems
             raise ConfigurationError(problems)
@@ -328,6 +333,7 @@ class Settings:
             delete_refusal_timeout=refusal_timeout,
             clear_subscriptions=clear_text != "false",
             requests_table=table,
+            ledger_retention_days=retention,
             notes=tuple(notes),
         )
 

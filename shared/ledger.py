@@ -19,13 +19,13 @@ Rules (docs/adr/0001-request-state.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.ids import is_guid
-from shared.messages import event_id, iso
+from shared.messages import event_id, iso, parse_iso
 
 __all__ = [
     "ROW_SCHEMA_VERSION",
@@ -38,6 +38,7 @@ __all__ = [
     "on_finish",
     "on_hop_start",
     "on_progress",
+    "prune_plan",
     "request_key",
 ]
 
@@ -208,3 +209,43 @@ def on_progress(
 
 def _without_etag(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "etag"}
+
+
+# -- retention ---------------------------------------------------------------------------------------------------------
+
+#: The most finished rows one housekeeping run deletes (the rest go on the next run).
+MAX_PRUNED_PER_RUN = 500
+
+
+def prune_before(now: datetime, retention_days: int) -> datetime:
+    """Rows finished before this are pruned (LEDGER_RETENTION_DAYS)."""
+    return now - timedelta(days=retention_days)
+
+
+def prune_plan(rows: Sequence[Mapping[str, Any]], before: datetime) -> list[tuple[str, str, str]]:
+    """(PartitionKey, RowKey, etag) of the finished request rows to delete: a decided outcome, ``finishedAt`` readable
+    and before ``before``, keys that are lower-case GUIDs, an etag to delete on (a row changed since it was read is
+    left alone). Oldest first, at most MAX_PRUNED_PER_RUN. A running request's row is never pruned."""
+    due: list[tuple[datetime, str, str, str]] = []
+    for row in rows:
+        pk, rk, etag = row.get("PartitionKey"), row.get("RowKey"), row.get("etag")
+        if row.get("schemaVersion") != ROW_SCHEMA_VERSION or not isinstance(row.get("event"), str):
+            continue
+        if not (_lower_guid(pk) and _lower_guid(rk) and isinstance(etag, str)):
+            continue
+        finished = _time(row.get("finishedAt"))
+        if finished is not None and finished < before:
+            due.append((finished, str(pk), str(rk), etag))
+    due.sort()
+    return [(pk, rk, etag) for _, pk, rk, etag in due[:MAX_PRUNED_PER_RUN]]
+
+
+def _lower_guid(value: Any) -> bool:
+    return isinstance(value, str) and is_guid(value) and value == value.lower()
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return parse_iso(value)
+    except (ValueError, TypeError):
+        return None

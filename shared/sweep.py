@@ -48,6 +48,7 @@ __all__ = [
     "TICK_LATENESS",
     "Decision",
     "FirstSeen",
+    "LedgerHousekeeping",
     "Plan",
     "RecordChanges",
     "RecordResult",
@@ -726,6 +727,15 @@ class RecordResult:
 
 
 @dataclass
+class LedgerHousekeeping:
+    """What the run pruned from the request ledger (finished rows older than LEDGER_RETENTION_DAYS)."""
+
+    retention_days: int
+    pruned: int = 0
+    error: str | None = None
+
+
+@dataclass
 class Outcome:
     """What a run did: filled in by the shell, turned into the report here."""
 
@@ -734,6 +744,7 @@ class Outcome:
     enqueued: list[Enqueued] = field(default_factory=list)
     error: str | None = None
     record: RecordResult | None = None
+    ledger: LedgerHousekeeping | None = None
 
 
 def _selection(policy: SweepPolicy, outcome: Outcome) -> str:
@@ -834,6 +845,13 @@ def report_text(
         ],
         "minAgeHours": policy.min_age_hours,
         "firstSeen": _record(outcome.record),
+        "ledger": {
+            "retentionDays": outcome.ledger.retention_days,
+            "pruned": outcome.ledger.pruned,
+            "error": outcome.ledger.error,
+        }
+        if outcome.ledger
+        else None,
         "problems": list(policy.problems),
         "error": outcome.error or (p.refusal if p else None),
         "note": run.why,

@@ -20,15 +20,17 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from shared import telemetry
+from shared import ledger, telemetry
 from shared.budget import Budget
 from shared.errors import AppError, PartnerCenterError
+from shared.messages import iso
 from shared.service import Deps
 from shared.sweep import (
     FIRST_SEEN_PARTITION,
     MATCH_SECONDS,
     Enqueued,
     FirstSeen,
+    LedgerHousekeeping,
     Outcome,
     RecordChanges,
     RecordResult,
@@ -154,6 +156,7 @@ def handle_sweep(
     )
 
     outcome = _run(policy, run, started, rid, deps, match_seconds)
+    outcome.ledger = _prune_ledger(deps, run, started)
     text = report_text(
         policy=policy,
         run=run,
@@ -267,6 +270,38 @@ def _run(policy: SweepPolicy, run: RunTime, started: datetime, rid: str, deps: D
                 settings.delete_queue,
             )
     return outcome
+
+
+def _prune_ledger(deps: Deps, run: RunTime, started: datetime) -> LedgerHousekeeping | None:
+    """The request ledger's housekeeping, on the sweep's schedule whatever SWEEP_MODE: finished rows older than
+    LEDGER_RETENTION_DAYS are deleted (each on its etag), within RECORD_WORK_SECONDS. A fault is reported; it fails
+    nothing (the rows wait for the next run)."""
+    table = deps.tables
+    if table is None:
+        return None
+    days = deps.settings.ledger_retention_days
+    result = LedgerHousekeeping(retention_days=days)
+    began = deps.monotonic()
+    try:
+        before = ledger.prune_before(started, days)
+        for pk, rk, etag in ledger.prune_plan(table.query_finished_before(iso(before)), before):
+            if deps.monotonic() - began > RECORD_WORK_SECONDS:
+                result.error = f"stopped after {RECORD_WORK_SECONDS:g} s; the rest waits for the next run"
+                break
+            with contextlib.suppress(TableConflictError):
+                table.delete(pk, rk, etag)
+                result.pruned += 1
+    except TableError as exc:
+        result.error = f"the request ledger could not be pruned ({exc}); the rows wait for the next run"
+    if result.pruned or result.error:
+        log.log(
+            logging.WARNING if result.error else logging.INFO,
+            "sweep: pruned %d finished request row(s) older than %d days%s",
+            result.pruned,
+            days,
+            f"; {result.error}" if result.error else "",
+        )
+    return result
 
 
 def _read_record(policy: SweepPolicy, deps: Deps) -> tuple[FirstSeen | None, RecordResult | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +34,7 @@ log = logging.getLogger("customer_deletion.tables")
 PARTITIONS = frozenset({"sweepfirstseen"})
 #: Properties a query may filter on, across partitions (the status API's "by correlation id").
 QUERYABLE = frozenset({"correlationId"})
+_ISO_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 #: A row as read: its properties (PartitionKey and RowKey included) and its etag (``None`` for a row not yet written).
 Row = dict[str, Any]
@@ -112,6 +114,19 @@ class TableStore:
         bound = check_key(value, name)
         try:
             rows = self._table_client().query_entities(f"{name} eq @v", parameters={"v": bound})
+            return [_row(e) for e in rows]
+        except ResourceNotFoundError:
+            return []
+        except (AzureError, OSError) as exc:
+            raise TableError(f"reading table {self._table} failed ({_describe(exc)})") from exc
+
+    def query_finished_before(self, moment: str) -> list[Row]:
+        """Every row, of any partition, whose ``finishedAt`` (ISO 8601 UTC text, compared as text) is before
+        ``moment`` (the same form, bound as a query parameter)."""
+        if not isinstance(moment, str) or not _ISO_RE.fullmatch(moment):
+            raise ValueError("refusing a finishedAt bound that is not an ISO 8601 UTC time")
+        try:
+            rows = self._table_client().query_entities("finishedAt lt @t", parameters={"t": moment})
             return [_row(e) for e in rows]
         except ResourceNotFoundError:
             return []

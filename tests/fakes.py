@@ -203,6 +203,16 @@ class FakeTable:
         self._check("query", value)
         return [dict(r) for _, r in sorted(self.rows.items()) if r.get(name) == value]
 
+    def query_finished_before(self, moment):
+        self.calls.append(("query", "finishedAt", moment))
+        if "query" in self.fail:
+            raise TableError("query failed (fake)")
+        return [
+            dict(r)
+            for _, r in sorted(self.rows.items())
+            if isinstance(r.get("finishedAt"), str) and r["finishedAt"] < moment
+        ]
+
     def query_partition(self, partition):
         self._check("query", partition)
         return [dict(r) for (pk, _), r in sorted(self.rows.items()) if pk == partition]

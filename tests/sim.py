@@ -499,6 +499,10 @@ class SimTable:
         self._read()
         return [dict(r) for _, r in sorted(self.rows.items()) if r.get(name) == check_key(value)]
 
+    def query_finished_before(self, moment: str) -> list[dict[str, Any]]:
+        self._read()
+        return [dict(r) for _, r in sorted(self.rows.items()) if str(r.get("finishedAt") or "~") < moment]
+
     def query_partition(self, partition: str) -> list[dict[str, Any]]:
         self._read()
         return [dict(r) for (pk, _), r in sorted(self.rows.items()) if pk == check_key(partition)]

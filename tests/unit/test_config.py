@@ -464,3 +464,11 @@ def test_a_connection_string_whose_table_endpoint_would_be_a_guess_is_a_setting_
     with pytest.raises(ConfigurationError, match=problem):
         settings(tmp_path, AzureWebJobsStorage=conn)
     assert "a2V5" not in problem
+
+
+def test_ledger_retention_days(tmp_path):
+    assert settings(tmp_path).ledger_retention_days == 30
+    assert settings(tmp_path, LEDGER_RETENTION_DAYS="365").ledger_retention_days == 365
+    for bad in ("0", "3651", "a week"):
+        with pytest.raises(ConfigurationError, match="LEDGER_RETENTION_DAYS"):
+            settings(tmp_path, LEDGER_RETENTION_DAYS=bad)

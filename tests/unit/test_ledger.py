@@ -229,3 +229,34 @@ def test_a_progress_write_that_fails_is_logged_and_the_request_goes_on(tmp_path,
     handle_deletion_request(request(), "inv1", deps)
     assert len(deps.publisher.on(POLLS)) == 1
     assert "progress was not recorded" in caplog.text
+
+
+# -- retention ---------------------------------------------------------------------------------------------------------
+
+
+def test_finished_rows_older_than_the_retention_are_pruned_oldest_first_and_running_ones_never():
+    before = ledger.prune_before(T, 30)
+    assert before == T - timedelta(days=30)
+    old = {**stored_row(), "finishedAt": iso(before - timedelta(seconds=1)), "etag": "e-old"}
+    older = {
+        **stored_row(),
+        "RowKey": str(uuid.UUID(int=5)),
+        "finishedAt": iso(before - timedelta(days=9)),
+        "etag": "e2",
+    }
+    fresh = {**stored_row(), "finishedAt": iso(before), "etag": "e3"}  # exactly at the bound: kept
+    running = {**stored_row(), "event": None, "outcome": None, "finishedAt": iso(before - timedelta(days=1))}
+    no_etag = {k: v for k, v in old.items() if k != "etag"}
+    foreign = {"PartitionKey": "sweepfirstseen", "RowKey": CUSTOMER, "finishedAt": iso(before - timedelta(days=1))}
+    upper = {**old, "PartitionKey": CUSTOMER.upper()}
+    plan = ledger.prune_plan([old, fresh, running, no_etag, foreign, upper, older], before)
+    assert plan == [(CUSTOMER, older["RowKey"], "e2"), (CUSTOMER, KEY.event_id, "e-old")]
+
+
+def test_a_run_prunes_at_most_its_share():
+    before = ledger.prune_before(T, 1)
+    rows = [
+        {**stored_row(), "RowKey": str(uuid.UUID(int=i + 100)), "finishedAt": iso(before - timedelta(minutes=i))}
+        for i in range(ledger.MAX_PRUNED_PER_RUN + 10)
+    ]
+    assert len(ledger.prune_plan(rows, before)) == ledger.MAX_PRUNED_PER_RUN

@@ -697,3 +697,32 @@ def test_record_writes_stop_at_their_time_limit_and_the_requests_still_go(tmp_pa
     (report,) = pub.json_on(REPORTS)
     assert [e["customerTenantId"] for e in report["enqueued"]] == [old]
     assert report["firstSeen"]["recorded"] == 2 and "1 write(s) left after 60 s" in report["firstSeen"]["error"]
+
+
+def test_every_run_prunes_the_ledgers_finished_rows_past_the_retention_whatever_the_mode(tmp_path):
+    from shared import ledger
+
+    table = FakeTable()
+    customer, old_corr, new_corr = (str(uuid.uuid4()) for _ in range(3))
+    rows = {}
+    for corr, finished in ((old_corr, T3 - timedelta(days=31)), (new_corr, T3 - timedelta(days=29))):
+        key = ledger.request_key(customer, corr, finished, False)
+        assert key is not None
+        text = json.dumps({"eventId": key.event_id, "outcome": "deleted"})
+        plan = ledger.on_finish(None, key, outcome="deleted", event=text, poison="none", now=finished)
+        assert isinstance(plan, ledger.Insert)
+        table.insert(plan.row)
+        rows[corr] = key.event_id
+    for mode in ("off", "report"):
+        pub = FakePublisher()
+        handle_sweep(
+            timer(), "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3), table), env=sweep_env(SWEEP_MODE=mode)
+        )
+        (report,) = pub.json_on(REPORTS)
+        assert report["ledger"]["retentionDays"] == 30 and report["ledger"]["error"] is None
+        assert set(table.partition(customer)) == {rows[new_corr]}
+    table.fail = {"query"}
+    pub = FakePublisher()
+    with pytest.raises(SweepFailedError):  # the record cannot be read either: that refuses the run
+        handle_sweep(timer(), "inv", make_deps(tmp_path, FakeListing([]), pub, Clock(T3), table), env=sweep_env())
+    assert "could not be pruned" in pub.json_on(REPORTS)[0]["ledger"]["error"]
