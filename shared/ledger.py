@@ -43,9 +43,12 @@ __all__ = [
 ]
 
 ROW_SCHEMA_VERSION = 1
-#: Outcome events are well under a queue message's 64 KiB; a table string property holds 64 KiB of UTF-16 (32 Ki
-#: characters). An event over this is not stored (``Unrelated``): it is published as before, without the row.
-MAX_EVENT_CHARS = 30_000
+#: A table string property holds 64 KiB of UTF-16 (32 Ki characters), so the event is kept in two: ``event`` and,
+#: past this many characters, ``event2``. An outcome event fits a queue message (48 KiB of JSON), so two always do.
+EVENT_PART_CHARS = 30_000
+MAX_EVENT_CHARS = 2 * EVENT_PART_CHARS
+#: The poison copies an outcome can have (``shared.workflow.Poison`` values).
+POISONS = frozenset({"none", "original", "equivalent", "poll_original"})
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def request_key(
     if not (is_guid(customer_id) and is_guid(correlation_id)) or customer_id is None or correlation_id is None:
         return None
     cid, corr = customer_id.lower(), correlation_id.lower()
-    return RequestKey(cid, event_id(corr, requested_at), corr, dry_run, requested_at)
+    return RequestKey(cid, event_id(corr, requested_at, dry_run), corr, dry_run, requested_at)
 
 
 # -- what a hop does with the row --------------------------------------------------------------------------------------
@@ -141,9 +144,10 @@ def _stored(row: Mapping[str, Any], key: RequestKey) -> Republish | Unrelated | 
     """The decided outcome the row holds, or ``None`` when it holds none."""
     if row.get("outcome") is None and row.get("event") is None:
         return None
-    event, poison = row.get("event"), row.get("poison")
-    if not isinstance(event, str) or not isinstance(poison, str):
+    event, poison, rest = row.get("event"), row.get("poison"), row.get("event2", "")
+    if not isinstance(event, str) or not isinstance(rest, str) or poison not in POISONS:
         return Unrelated("the row's stored outcome cannot be read")
+    event += rest
     try:
         parsed = json.loads(event)
     except ValueError:
@@ -154,7 +158,7 @@ def _stored(row: Mapping[str, Any], key: RequestKey) -> Republish | Unrelated | 
         or parsed.get("outcome") != row.get("outcome")
     ):
         return Unrelated("the row's stored outcome cannot be read")
-    return Republish(event, poison, str(parsed["outcome"]))
+    return Republish(event, str(poison), str(parsed["outcome"]))
 
 
 def on_hop_start(row: Mapping[str, Any] | None, key: RequestKey) -> Proceed | Republish | Unrelated:
@@ -173,7 +177,14 @@ def on_finish(
     """A hop decided ``outcome`` (its event text ``event``): write it into the row once, or publish what is there."""
     if len(event) > MAX_EVENT_CHARS:
         return Unrelated(f"the outcome event has {len(event)} characters, more than a row holds")
-    terminal = {"outcome": outcome, "event": event, "poison": poison, "finishedAt": iso(now), "updatedAt": iso(now)}
+    terminal = {
+        "outcome": outcome,
+        "event": event[:EVENT_PART_CHARS],
+        **({"event2": event[EVENT_PART_CHARS:]} if len(event) > EVENT_PART_CHARS else {}),
+        "poison": poison,
+        "finishedAt": iso(now),
+        "updatedAt": iso(now),
+    }
     if row is None:
         return Insert({**_identity(key), "stage": "finished", **terminal})
     why = _mismatch(row, key)

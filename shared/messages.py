@@ -462,9 +462,12 @@ def readable_fields(body: bytes | str) -> tuple[str | None, str | None, bool | N
     )
 
 
-def event_id(correlation_id: str, requested_at: datetime) -> str:
-    """Stable id of a request's outcome event: derived from the request's identity, the same on every repeat."""
-    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{correlation_id}|{iso(requested_at)}"))
+def event_id(correlation_id: str, requested_at: datetime, dry_run: bool = False) -> str:
+    """Stable id of a request's outcome event: derived from the request's identity, the same on every repeat. A dry
+    run's has its own name (``|dryRun``): a dry run and a real request sent with one correlation id in the same
+    second (a queue's insertion time has whole seconds) are two requests, with two ids and two ledger rows."""
+    suffix = "|dryRun" if dry_run else ""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{correlation_id}|{iso(requested_at)}{suffix}"))
 
 
 def outcome_event(
@@ -478,13 +481,14 @@ def outcome_event(
     detail: str,
     requested_at: datetime,
     finished_at: datetime,
+    dry_run: bool = False,
 ) -> str:
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}")
     return json.dumps(
         {
             "schemaVersion": OUTCOME_SCHEMA_VERSION,
-            "eventId": event_id(correlation_id, requested_at),
+            "eventId": event_id(correlation_id, requested_at, dry_run),
             "customerTenantId": customer_id,
             "correlationId": correlation_id,
             "outcome": outcome,

@@ -242,26 +242,56 @@ def _ledger_key(deps: Deps, req: _Request) -> ledger.RequestKey | None:
 def _run(deps: Deps, req: _Request, start: core.Hop | core.Continue | core.Finish, *, original: bytes | str) -> None:
     key = _ledger_key(deps, req)
     if not isinstance(start, core.Hop):
-        _publish(deps, req, start, original=original, key=key)
+        try:
+            _publish(deps, req, start, original=original, key=key)
+        except TableError as exc:  # decided without Partner Center (protected, invalid, unreadable, past the end)
+            _logger(req).warning("the request ledger could not take the outcome (%s): published without it", exc)
+            _publish(deps, req, start, original=original, key=None)
         return
+    unreadable: TableError | None = None
     if key is not None and deps.tables is not None:
-        # Before the first Partner Center call: a decided request makes none. A table fault raises here (the host
-        # retries the message, and the redelivery hands the request over), so no call is made without this read.
-        seen = ledger.on_hop_start(deps.tables.get(key.customer_id, key.event_id), key)
-        if isinstance(seen, ledger.Republish):
-            _republish(deps, req, seen, original=original)
-            return
-        if isinstance(seen, ledger.Unrelated):
-            _logger(req).warning("the ledger's row is not this request's (%s): going on without it", seen.why)
-            key = None
+        # Before the first Partner Center call: a decided request makes none. A row that cannot be read is an
+        # observation for the core (no call is sent; the request continues on the poll queue, as in an outage).
+        try:
+            row = deps.tables.get(key.customer_id, key.event_id)
+        except TableError as exc:
+            unreadable = exc
+        else:
+            seen = ledger.on_hop_start(row, key)
+            if isinstance(seen, ledger.Republish):
+                _republish(deps, req, seen, original=original)
+                return
+            if isinstance(seen, ledger.Unrelated):
+                _logger(req).warning("the ledger's row is not this request's (%s): going on without it", seen.why)
+                key = None
+            elif row is None:
+                _record_progress(deps, req, key, stage=start.chain.stage, hop=start.chain.attempt, delay=0)
     policy = deps.policy
     budget = Budget(policy.hop_work, float(deps.settings.retry_budget), deps.monotonic)
-    hop, observation = start, None
+    hop: core.Hop = start
+    observation: core.Observation | None = None
     while True:
         hop, command = core.step(hop, observation, now=deps.clock(), elapsed=budget.elapsed(), policy=policy)
-        if isinstance(command, (core.Continue, core.Finish)):
+        if isinstance(command, core.Finish):
+            try:
+                _publish(deps, req, command, original=original, key=key)
+            except TableError as exc:
+                retry = core.outcome_unrecorded(hop, command, deps.clock(), policy, str(exc))
+                if retry is None:
+                    _logger(req).warning(
+                        "the request ledger could not take the outcome (%s): published without it", exc
+                    )
+                    _publish(deps, req, command, original=original, key=None)
+                else:
+                    _publish(deps, req, retry, original=original, key=key)
+            return
+        if isinstance(command, core.Continue):
             _publish(deps, req, command, original=original, key=key)
             return
+        if unreadable is not None:  # the first call is not sent: the core decides what a missing read means
+            observation = core.Failure(core.FailureKind.STORAGE, description=str(unreadable), where=command.describe())
+            unreadable = None
+            continue
         observation = _execute(deps, req, hop.chain, command, budget)
 
 
@@ -363,7 +393,9 @@ def _publish(
         refused = command.message.cause == core.Cause.DELETE_REFUSED.value
         line.log(logging.WARNING if refused else logging.INFO, "%s: next hop in %ds", command.why, command.delay)
         if key is not None:
-            _record_progress(deps, req, key, command)
+            _record_progress(
+                deps, req, key, stage=command.message.stage, hop=command.message.attempt, delay=command.delay
+            )
         return
     event = outcome_event(
         outcome=command.outcome.value,
@@ -375,6 +407,7 @@ def _publish(
         detail=command.detail,
         requested_at=req.requested_at,
         finished_at=deps.clock(),
+        dry_run=req.dry_run,
     )
     if key is not None:
         decided = _decide_once(deps, req, key, command, event)
@@ -395,11 +428,11 @@ def _decide_once(
 ) -> ledger.Republish | None:
     """Write this hop's outcome into the request's row, unless one is there already: then that stored one is what
     is published (returned). ``None``: this hop's outcome is the request's (written, or the row is not this
-    request's). A table fault raises: nothing is published, the host retries the message, and the redelivery hands
-    the request over, as after a crash."""
+    request's). A table fault raises ``TableError`` before anything is published (the caller asks the core what
+    then: ``core.outcome_unrecorded``)."""
     table = deps.tables
     assert table is not None  # a key is only made with a table
-    for _ in range(LEDGER_ATTEMPTS):
+    for attempt in range(LEDGER_ATTEMPTS + 1):
         plan = ledger.on_finish(
             table.get(key.customer_id, key.event_id),
             key,
@@ -413,6 +446,8 @@ def _decide_once(
         if isinstance(plan, ledger.Unrelated):
             _logger(req).warning("the outcome is published without the ledger (%s)", plan.why)
             return None
+        if attempt == LEDGER_ATTEMPTS:  # read once more after the last refused write: it may have been this one's
+            break
         try:
             if isinstance(plan, ledger.Insert):
                 table.insert(plan.row)
@@ -421,11 +456,12 @@ def _decide_once(
         except TableConflictError:
             continue  # another hop wrote first, or a retried write met its own first attempt: read again
         return None
-    raise RuntimeError(f"the ledger's row changed {LEDGER_ATTEMPTS} times while this hop wrote its outcome")
+    raise TableError(f"the request's row changed {LEDGER_ATTEMPTS} times while this hop wrote its outcome")
 
 
-def _record_progress(deps: Deps, req: _Request, key: ledger.RequestKey, command: core.Continue) -> None:
-    """Where the request stands, for the status API. Best effort: the poll message is sent, and carries the state."""
+def _record_progress(deps: Deps, req: _Request, key: ledger.RequestKey, *, stage: str, hop: int, delay: int) -> None:
+    """Where the request stands, for the status API (at a request's first hop, and after each poll message). Best
+    effort: the poll message carries the state."""
     table = deps.tables
     assert table is not None
     now = deps.clock()
@@ -434,9 +470,9 @@ def _record_progress(deps: Deps, req: _Request, key: ledger.RequestKey, command:
             plan = ledger.on_progress(
                 table.get(key.customer_id, key.event_id),
                 key,
-                stage=command.message.stage,
-                hop=command.message.attempt,
-                next_step_at=now + timedelta(seconds=command.delay),
+                stage=stage,
+                hop=hop,
+                next_step_at=now + timedelta(seconds=delay),
                 now=now,
             )
             if plan is None:

@@ -104,7 +104,8 @@ def _entry(row: Mapping[str, Any]) -> dict[str, Any] | None:
     if row.get("schemaVersion") != 1 or not is_guid(row.get("correlationId")) or not is_guid(row.get("RowKey")):
         return None
     event = row.get("event")
-    if isinstance(event, str):
+    if isinstance(event, str) and isinstance(row.get("event2", ""), str):
+        event += row.get("event2", "")
         try:
             decided = json.loads(event)
         except ValueError:

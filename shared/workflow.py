@@ -86,6 +86,7 @@ __all__ = [
     "milestones",
     "needs_cancel",
     "normalise_status",
+    "outcome_unrecorded",
     "poll_delay",
     "reject_invalid_request",
     "step",
@@ -164,6 +165,7 @@ class FailureKind(Enum):
     REFUSED = "refused"  # any other 4xx: Partner Center's considered refusal
     UNSAFE = "unsafe"  # a value was not the documented shape: nothing was sent
     OUT_OF_TIME = "out_of_time"  # the invocation's work time ran out inside a logical call (a further page, a renewal)
+    STORAGE = "storage"  # the request ledger's table could not be read before the call: the call was not made
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,8 @@ class Failure:
         if self.kind is FailureKind.UNSAFE:
             return f"refused to continue: {self.description}"
         words = self.description or "no description"
+        if self.kind is FailureKind.STORAGE:
+            return f"the request ledger could not be read, so {self.where} was not sent: {words}"
         if self.status is None:
             return f"no answer from Partner Center to {self.where}: {words}"
         verb = (
@@ -838,6 +842,8 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
         isinstance(call, (GetOrder, CancelOrder, DeleteCustomer, PatchSubscription, CancelAzureEntitlement))
         and hop.gone_check is None
     )
+    if kind is FailureKind.STORAGE:  # nothing was sent: continue on the poll queue, as in a Partner Center outage
+        return hop, _wait(hop, now, policy, Cause.OUTAGE, f.text(), what="the request ledger")
     if kind in (FailureKind.TRANSIENT, FailureKind.AUTH) or (kind is FailureKind.CONFLICT and not conflict_has_meaning):
         lost = (
             "the DELETE may have landed with its answer lost; the next hop reads again: "
@@ -976,6 +982,20 @@ def _refusal_failed(hop: Hop, now: datetime, policy: Policy, listed: list[Any] |
         f"{chain.delete_refusals} time(s) over {(now - first).total_seconds():.0f}s (DELETE_REFUSAL_TIMEOUT_SECONDS is "
         f"{policy.delete_refusal_timeout:g}){named}; last: {f.text()}",
     )
+
+
+def outcome_unrecorded(hop: Hop, finish: Finish, now: datetime, policy: Policy, why: str) -> Continue | None:
+    """The hop decided ``finish``, but the request ledger could not take it (``why``): continue on the poll queue, as
+    in an outage, and the next hop reads everything again and decides from the world as it then is. ``None``: publish
+    ``finish`` without the ledger, because continuing would change what it means (``not_found`` at the request's
+    first look would become ``deleted``; an unreadable message's one look has no chain to continue) or would pass the
+    hard end."""
+    if finish.outcome in (Outcome.NOT_FOUND, Outcome.REJECTED) or hop.entry is Entry.UNREADABLE:
+        return None
+    if _past_hard_end(hop, now, policy):
+        return None
+    detail = f"the request ledger could not take the outcome {finish.outcome.value} ({why})"
+    return _wait(hop, now, policy, Cause.OUTAGE, detail, what="the request ledger")
 
 
 def _past_hard_end(hop: Hop, now: datetime, policy: Policy) -> bool:
@@ -1428,7 +1448,14 @@ def _continue(
 
 
 def _wait(
-    hop: Hop, now: datetime, policy: Policy, cause: Cause, detail: str, *, retry_after: float | None = None
+    hop: Hop,
+    now: datetime,
+    policy: Policy,
+    cause: Cause,
+    detail: str,
+    *,
+    retry_after: float | None = None,
+    what: str = "Partner Center",
 ) -> Continue:
     """Throttled, an outage, a refused DELETE: continue later, with a delay that grows while nothing progresses."""
     if cause is Cause.THROTTLED:  # at least Retry-After (1-900 s), spread up to half again, never beyond 900 s
@@ -1446,7 +1473,7 @@ def _wait(
         # Doubling from POLL_INTERVAL_SECONDS up to POLL_MAX_INTERVAL_SECONDS, spread down to half of that.
         wait = min(policy.max_interval, policy.interval * 2 ** min(hop.chain.setbacks, 20))
         want = max(1.0, wait - _spread(hop.chain, wait))
-        why = f"Partner Center unavailable ({detail})"
+        why = f"{what} unavailable ({detail})"
     return _continue(hop, now, policy, cause, detail, want=want, why=why)
 
 

@@ -454,7 +454,9 @@ class SimQueues:
 
 
 class SimTable:
-    """The ledger's table, in memory. ``windows``: (kind, start, end) with kind "outage" or "lost"."""
+    """The ledger's table, in memory. ``windows``: (kind, start, end) with kind "outage" (every call fails), "lost"
+    (a write is applied and then refused as a conflict: the SDK's retry met it) or "lost-error" (a write is applied and
+    then fails: every answer lost)."""
 
     name = "deletionrequests"
 
@@ -489,6 +491,8 @@ class SimTable:
         boundaries.cross(f"after table {op}")
         if window == "lost":  # applied; the answer was lost and the SDK's retry met the write itself
             raise TableConflictError("the retried write met its own first attempt (simulated)")
+        if window == "lost-error":  # applied; every answer was lost: the caller sees only a fault
+            raise TableError("no answer from the table (simulated; the write was applied)")
 
     def get(self, partition: str, row_key: str) -> dict[str, Any] | None:
         self._read()

@@ -1,4 +1,5 @@
-"""A loopback HTTP proxy in front of Azurite that makes storage *puts* fail: a development tool, never deployed.
+"""A loopback HTTP proxy in front of Azurite that makes storage *writes* fail (queue message puts, and table entity
+writes when it fronts the table service): a development tool, never deployed.
 
     python -m tools.fault_proxy --target-port 10001 [--port 0] [--before-share 0.005] [--after-share 0.005]
                                 [--seed 1] [--state-dir .local/fault_proxy]
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fault_proxy")
 
 HOST = "127.0.0.1"
+#: Path-style table URLs: /<account>/<table> (insert) and /<account>/<table>(PartitionKey='..',RowKey='..').
+_TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+_ENTITY_RE = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}\(PartitionKey=.*,RowKey=.*\)")
 ADMIN_PREFIX = "/_proxy/"
 STATE_FILE = "fault_proxy.json"
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never relayed; Expect was answered here.
@@ -104,12 +109,17 @@ def coerce_changes(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_put(method: str, path: str) -> bool:
-    """Send (POST .../messages) or update (PUT .../messages/<id>?popreceipt=...):
-    the requests that add or change a message."""
+    """A write the proxy may fail: a queue message's send (POST .../messages) or update (PUT
+    .../messages/<id>?popreceipt=...), or a table entity's insert (POST .../<table>), update or delete (PUT, MERGE,
+    PATCH or DELETE .../<table>(PartitionKey='..',RowKey='..')). Creating a queue or a table is not one."""
     parts = urlsplit(path)
     segments = [s for s in parts.path.split("/") if s]
     if method == "POST":
-        return bool(segments) and segments[-1] == "messages"
+        if bool(segments) and segments[-1] == "messages":
+            return True
+        return len(segments) == 2 and _TABLE_RE.fullmatch(segments[1]) is not None and segments[1] != "Tables"
+    if method in ("PUT", "MERGE", "PATCH", "DELETE") and len(segments) == 2 and _ENTITY_RE.fullmatch(segments[1]):
+        return True
     return (
         method == "PUT" and len(segments) >= 2 and segments[-2] == "messages" and "popreceipt" in parse_qs(parts.query)
     )

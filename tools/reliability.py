@@ -187,11 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         azurite, port = devenv.start_azurite(state)
         children.append(azurite)
         storage = devenv.azurite_connection_string(port)
-        proxy = None
+        proxy = table_proxy = None
         if profile.storage_put_failures:
             share = profile.storage_put_failures / 2
             proxy = start_fault_proxy(state, port.queue, before_share=share, after_share=share, seed=args.seed)
             children.append(proxy.child)
+            # The request ledger's writes fail at the same rate, before or after they are stored (a lost answer).
+            table_proxy = start_fault_proxy(
+                state, port.table, name="fault_proxy_table", before_share=share, after_share=share, seed=args.seed + 1
+            )
+            children.append(table_proxy.child)
         pc = devenv.start_emulator(state)
         if pc.child:
             children.append(pc.child)
@@ -219,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
         pc.faults(faults)
         settings: dict[str, str] = {
-            "AzureWebJobsStorage": proxy.connection_string(port.table) if proxy else storage,
+            "AzureWebJobsStorage": proxy.connection_string(table_proxy.port if table_proxy else port.table)
+            if proxy
+            else storage,
             **devenv.unique_queues("r"),
             **pc.app_settings(),
             "POLL_INTERVAL_SECONDS": "2",
@@ -342,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             state,
             outage,
             proxy,
+            table_proxy,
         )
         (state / "result.json").write_text(json.dumps(result, indent=2))
         print(table(result))
@@ -456,6 +464,7 @@ def measure(
     state_dir,
     outage,
     proxy,
+    table_proxy=None,
 ) -> dict:
     state = pc.state()
     log = pc.requests_log()
@@ -469,7 +478,10 @@ def measure(
             outcome_counts[e["outcome"]] += 1
     exactly_one = sum(1 for corr in requests if len(per_corr.get(corr, [])) == 1)
     more_than_one = sum(1 for corr in requests if len(per_corr.get(corr, [])) > 1)
-    inconsistent = [corr for corr in requests if len({e["outcome"] for e in per_corr.get(corr, [])}) > 1]
+    # The ledger decides once (issue 18): a repeat must be the same event, byte for byte, not only the same outcome.
+    inconsistent = [
+        corr for corr in requests if len({json.dumps(e, sort_keys=True) for e in per_corr.get(corr, [])}) > 1
+    ]
     lost = [
         corr for corr in requests if corr not in per_corr
     ]  # every request must end in an outcome event, poisoned or not
@@ -533,6 +545,7 @@ def measure(
         "lease_seconds": profile.lease_seconds,
         "function_timeout": "00:10:00 (host.json)",
         "storage": proxy.stats() if proxy else None,
+        "table": table_proxy.stats() if table_proxy else None,
         "outage_seconds": profile.outage_seconds,
         "forks": chain_forks(state_dir),
         "wall_seconds": round(wall),
@@ -600,6 +613,15 @@ def table(r: dict) -> str:
         if storage
         else "none injected"
     )
+    table_stats = r.get("table")
+    table_writes = (
+        (
+            f"{table_stats['failed_before'] + table_stats['failed_after']} of {table_stats['puts']} "
+            f"({table_stats['failed_before']} before, {table_stats['failed_after']} after being stored)"
+        )
+        if table_stats
+        else "none injected"
+    )
     rows = [
         (
             "profile",
@@ -614,7 +636,7 @@ def table(r: dict) -> str:
         ("requests in (incl. duplicates, protected, malformed)", r["requests_in"]),
         ("requests ending in exactly one outcome event", r["exactly_one_outcome"]),
         (
-            "requests with a repeated outcome (inconsistent repeats)",
+            "requests with a repeated outcome (repeats not identical to the first)",
             f"{r['more_than_one_outcome']} ({r['inconsistent_repeats']})",
         ),
         ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))),
@@ -635,6 +657,7 @@ def table(r: dict) -> str:
         ("Partner Center calls (per deletion)", f"{r['api_calls']} ({r['api_calls_per_deletion']})"),
         ("429 / injected 5xx / dropped connections", f"{r['throttled_429']} / {r['injected_5xx']} / {r['dropped']}"),
         ("storage puts failed", puts),
+        ("request ledger (table) writes failed", table_writes),
         ("host kills (SIGKILL mid-run)", r["host_kills"]),
         ("language worker", r.get("worker", "unknown")),
         ("invocation durations (the host's: waiting for a worker thread included)", durations),

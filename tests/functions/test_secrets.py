@@ -27,16 +27,20 @@ from tools.local_host.host import decode_base64_strict
 @pytest.fixture
 def debug_logs(caplog):
     caplog.set_level(logging.DEBUG)  # root and every library logger, azure-core's HTTP logging included
-    for name in (
+    names = (
         "azure",
         "azure.core.pipeline.policies.http_logging_policy",
         "azure.identity",
         "msal",
         "urllib3",
         "customer_deletion",
-    ):
+    )
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
         logging.getLogger(name).setLevel(logging.DEBUG)
-    return caplog
+    yield caplog
+    for name, level in levels.items():  # a later test in this process sees the levels as they were
+        logging.getLogger(name).setLevel(level)
 
 
 def test_full_run_logs_no_token_secret_or_key(monkeypatch, azurite, pc, queues, make_customer, debug_logs):

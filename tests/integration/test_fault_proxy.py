@@ -68,6 +68,13 @@ def contents(service: QueueServiceClient, name: str) -> list[str]:
         ("GET", "/devstoreaccount1/q/messages?peekonly=true", False),
         ("DELETE", "/devstoreaccount1/q/messages/5f3c?popreceipt=AgAAAA%3D%3D", False),
         ("DELETE", "/devstoreaccount1/q/messages", False),  # clear
+        ("POST", "/devstoreaccount1/deletionrequests", True),  # insert entity
+        ("PUT", "/devstoreaccount1/deletionrequests(PartitionKey='a',RowKey='b')", True),  # replace
+        ("MERGE", "/devstoreaccount1/deletionrequests(PartitionKey=%27a%27,RowKey=%27b%27)", True),
+        ("DELETE", "/devstoreaccount1/deletionrequests(PartitionKey='a',RowKey='b')", True),
+        ("GET", "/devstoreaccount1/deletionrequests(PartitionKey='a',RowKey='b')", False),  # read
+        ("GET", "/devstoreaccount1/deletionrequests()?$filter=x", False),  # query
+        ("POST", "/devstoreaccount1/Tables", False),  # create table
     ],
 )
 def test_only_sends_and_updates_are_puts(method, path, put):
@@ -259,3 +266,39 @@ def test_retried_after_failures_duplicate_the_message(proxy, direct):
     stored = contents(direct, queue.queue_name)
     assert stats["failed_after"] >= 1 and len(stored) == 5 + stats["failed_after"]  # every forwarded put stored a copy
     assert all(stored.count(f"m{i}") >= 1 for i in range(5))
+
+
+def test_a_table_write_whose_answers_are_lost_fails_although_it_was_stored(azurite, tmp_path):
+    """The trap the ledger re-reads for: the proxy forwards each attempt of an insert (the first is stored, the SDK's
+    retries meet it), then drops every answer. The caller gets a TableError for a write that was made, so a failed
+    write is only ever "possibly done" (the ledger fails the invocation, and the redelivery reads the row)."""
+    import uuid as _uuid
+
+    from azure.data.tables import TableServiceClient
+
+    from shared.tables import TableConflictError, TableError, TableStore
+
+    endpoint = re.search(r"TableEndpoint=http://127\.0\.0\.1:(\d+)/", azurite)
+    assert endpoint is not None
+    table_port = int(endpoint.group(1))
+    proxy = start_fault_proxy(tmp_path, table_port, name="table_proxy", before_share=0, after_share=0, seed=3)
+    try:
+        direct = TableStore(TableServiceClient.from_connection_string(azurite), f"t{_uuid.uuid4().hex[:12]}")
+        direct.query_partition("sweepfirstseen")  # nothing yet
+        conn = azurite.replace(f"127.0.0.1:{table_port}", f"127.0.0.1:{proxy.port}")
+        store = TableStore(TableServiceClient.from_connection_string(conn, retry_total=2), direct.name)
+        row = {"PartitionKey": "sweepfirstseen", "RowKey": str(_uuid.uuid4()), "firstSeen": "2026-12-04T03:00:00.000Z"}
+        store.insert({**row, "RowKey": str(_uuid.uuid4())})  # creates the table while nothing fails
+        proxy.configure(after_share=1.0)
+        with pytest.raises(TableError) as failed:
+            store.insert(row)
+        assert not isinstance(failed.value, TableConflictError)
+        proxy.configure(after_share=0.0)
+        with pytest.raises(TableConflictError):  # now answered: the row is there
+            store.insert(row)
+        assert [r["RowKey"] for r in direct.query_partition("sweepfirstseen") if r["RowKey"] == row["RowKey"]] == [
+            row["RowKey"]
+        ]
+        assert proxy.stats()["failed_after"] >= 1
+    finally:
+        proxy.stop()

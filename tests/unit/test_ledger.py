@@ -115,9 +115,18 @@ def test_progress_never_overwrites_an_outcome_or_a_later_hop():
     assert isinstance(ledger.on_progress(later, KEY, stage="poll", hop=5, next_step_at=T, now=T), ledger.Replace)
 
 
-def test_an_event_too_large_for_a_row_is_published_without_it():
-    plan = ledger.on_finish(None, KEY, outcome="failed", event="x" * 40_000, poison="none", now=T)
-    assert isinstance(plan, ledger.Unrelated) and "more than a row holds" in plan.why
+def test_a_large_event_is_kept_in_two_properties_and_read_back_whole():
+    big = json.dumps({"eventId": KEY.event_id, "outcome": "failed", "detail": "x" * 45_000})
+    plan = ledger.on_finish(None, KEY, outcome="failed", event=big, poison="equivalent", now=T)
+    assert isinstance(plan, ledger.Insert)
+    assert len(plan.row["event"]) == ledger.EVENT_PART_CHARS and plan.row["event"] + plan.row["event2"] == big
+    assert ledger.on_hop_start({**plan.row, "etag": "e"}, KEY) == ledger.Republish(big, "equivalent", "failed")
+    too_big = ledger.on_finish(None, KEY, outcome="failed", event="x" * 60_001, poison="none", now=T)
+    assert isinstance(too_big, ledger.Unrelated) and "more than a row holds" in too_big.why
+
+
+def test_a_stored_poison_that_is_not_a_poison_copy_is_not_trusted():
+    assert isinstance(ledger.on_hop_start({**stored_row(), "poison": "everything"}, KEY), ledger.Unrelated)
 
 
 # -- the service, on fakes --------------------------------------------------------------------------------------------
@@ -156,7 +165,7 @@ def test_a_redelivery_after_the_outcome_was_written_republishes_it_unchanged_and
     assert len(polls) == 1  # a redelivery hands over, as before; the next hop finds the outcome decided
     handle_poll(queue_message(polls[0][0], id="p1", dequeue_count=1, inserted=T), "inv3", deps)
     assert deps.publisher.on(OUTCOMES) == [first, first] and len(pc.calls) == calls
-    row = deps.tables.get(CUSTOMER, event_id(CORRELATION, T))
+    row = deps.tables.get(CUSTOMER, event_id(CORRELATION, T, dry_run=True))
     assert row is not None and row["outcome"] == "dry_run" and row["event"] == first[0].decode()
 
 
@@ -171,29 +180,55 @@ def test_a_sibling_that_decides_differently_publishes_the_first_outcome(tmp_path
     assert deps.partner_center.calls == []  # a decided request makes no call
 
 
-def test_a_table_that_cannot_be_read_before_the_first_call_fails_the_invocation_and_calls_nothing(tmp_path):
+def test_a_table_that_cannot_be_read_before_the_first_call_continues_on_the_poll_queue_and_calls_nothing(tmp_path):
     table = FakeTable(fail={"get"})
     deps, pc = world(tmp_path, table=table)
-    with pytest.raises(TableError):
-        handle_deletion_request(request(), "inv1", deps)
-    assert pc.calls == [] and deps.publisher.sent == []
+    handle_deletion_request(request(), "inv1", deps)  # no exception: the invocation succeeds
+    ((body, delay),) = deps.publisher.on(POLLS)
+    poll = json.loads(body)
+    assert pc.calls == [] and deps.publisher.on(OUTCOMES) == [] and delay >= 1
+    assert poll["cause"] == "outage" and "request ledger could not be read" in poll["causeDetail"]
+    table.fail = set()  # the table is back: the next hop works
+    handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv2", deps)
+    assert pc.calls  # it called Partner Center this time
 
 
-def test_a_table_that_cannot_take_the_outcome_publishes_nothing(tmp_path):
-    deps, _ = world(tmp_path, orders={"o1": FakeOrder("cancelled")})
-    real_get = deps.tables.get
-    reads = []
+def test_a_protected_request_during_a_table_outage_is_rejected_without_the_ledger(tmp_path):
+    deps, pc = world(tmp_path, table=FakeTable(fail={"get", "insert", "replace"}))
+    deps.settings = Settings.from_env({**ENV, "PROTECTED_CUSTOMER_IDS": CUSTOMER}, app_root=tmp_path)
+    handle_deletion_request(request(), "inv1", deps)
+    ((body, _),) = deps.publisher.on(OUTCOMES)
+    assert json.loads(body)["outcome"] == "rejected" and pc.calls == []
+
+
+def test_a_table_that_cannot_take_the_outcome_continues_the_request_and_publishes_nothing_yet(tmp_path):
+    deps, _ = world(tmp_path, orders={"a" * 33: FakeOrder("cancelled")})
+    table = deps.tables
+    real_get = table.get
+    down = {"on": False}
 
     def get(partition, row_key):
-        reads.append(1)
-        if len(reads) > 1:  # the hop-start read works; the read before the outcome's write does not
+        if down["on"]:
             raise TableError("503 (fake)")
         return real_get(partition, row_key)
 
-    deps.tables.get = get
-    with pytest.raises(TableError):
-        handle_deletion_request(request(dry_run=True), "inv1", deps)
+    table.get = get
+    real_insert = table.insert
+
+    def insert(row):
+        real_insert(row)
+        down["on"] = True  # after the first hop's progress row, the table goes down
+
+    table.insert = insert
+    handle_deletion_request(request(dry_run=True), "inv1", deps)  # no exception
     assert deps.publisher.on(OUTCOMES) == []
+    ((body, _),) = deps.publisher.on(POLLS)
+    assert "could not take the outcome dry_run" in json.loads(body)["causeDetail"]
+    down["on"] = False
+    table.insert = real_insert
+    handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv2", deps)
+    ((event_body, _),) = deps.publisher.on(OUTCOMES)
+    assert json.loads(event_body)["outcome"] == "dry_run"
 
 
 def test_a_lost_answer_of_the_outcomes_write_finds_its_own_outcome_and_publishes_it(tmp_path):
@@ -211,11 +246,11 @@ def test_a_lost_answer_of_the_outcomes_write_finds_its_own_outcome_and_publishes
     handle_deletion_request(request(dry_run=True), "inv1", deps)
     ((body, _),) = deps.publisher.on(OUTCOMES)
     assert json.loads(body)["outcome"] == "dry_run"
-    assert table.get(CUSTOMER, event_id(CORRELATION, T))["event"] == body.decode()
+    assert table.get(CUSTOMER, event_id(CORRELATION, T, dry_run=True))["event"] == body.decode()
 
 
 def test_each_poll_message_sent_records_the_stage_the_hop_and_the_next_steps_time(tmp_path):
-    deps, _ = world(tmp_path, orders={"o1": FakeOrder("completed")})
+    deps, _ = world(tmp_path, orders={"b" * 33: FakeOrder("completed")})
     handle_deletion_request(request(), "inv1", deps)
     ((body, delay),) = deps.publisher.on(POLLS)
     row = deps.tables.get(CUSTOMER, event_id(CORRELATION, T))
@@ -225,7 +260,7 @@ def test_each_poll_message_sent_records_the_stage_the_hop_and_the_next_steps_tim
 
 
 def test_a_progress_write_that_fails_is_logged_and_the_request_goes_on(tmp_path, caplog):
-    deps, _ = world(tmp_path, orders={"o1": FakeOrder("completed")}, table=FakeTable(fail={"insert"}))
+    deps, _ = world(tmp_path, orders={"b" * 33: FakeOrder("completed")}, table=FakeTable(fail={"insert"}))
     handle_deletion_request(request(), "inv1", deps)
     assert len(deps.publisher.on(POLLS)) == 1
     assert "progress was not recorded" in caplog.text
@@ -260,3 +295,17 @@ def test_a_run_prunes_at_most_its_share():
         for i in range(ledger.MAX_PRUNED_PER_RUN + 10)
     ]
     assert len(ledger.prune_plan(rows, before)) == ledger.MAX_PRUNED_PER_RUN
+
+
+def test_a_dry_run_and_a_real_request_in_the_same_second_are_two_requests_with_two_rows(tmp_path):
+    """Same correlation id, same insertion second: different eventIds, so a row never turns one into the other."""
+    dry, real = ledger.request_key(CUSTOMER, CORRELATION, T, True), ledger.request_key(CUSTOMER, CORRELATION, T, False)
+    assert dry is not None and real is not None and dry.event_id != real.event_id
+    deps, _ = world(tmp_path)
+    handle_deletion_request(request(dry_run=True), "inv1", deps)
+    handle_deletion_request(request(dry_run=False), "inv2", deps)  # not the dry run's row: it works
+    ((poll, _),) = deps.publisher.on(POLLS)
+    handle_poll(queue_message(poll, id="p1", dequeue_count=1, inserted=T), "inv3", deps)
+    outcomes = [json.loads(b) for b, _ in deps.publisher.on(OUTCOMES)]
+    assert [o["outcome"] for o in outcomes] == ["dry_run", "deleted"]
+    assert outcomes[0]["eventId"] == dry.event_id and outcomes[1]["eventId"] == real.event_id

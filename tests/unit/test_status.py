@@ -8,8 +8,9 @@ import uuid
 import pytest
 
 from shared import ledger
+from shared.messages import iso
 from shared.status import MAX_RESULTS, ByCorrelation, ByCustomer, Reply, answer, parse_query
-from tests.unit.test_ledger import CORRELATION, CUSTOMER, KEY, T, event, stored_row
+from tests.unit.test_ledger import CORRELATION, CUSTOMER, T, event, stored_row
 
 OTHER = str(uuid.UUID(int=0xD1))
 
@@ -74,16 +75,16 @@ def test_a_decided_request_is_its_stored_event_and_a_running_one_its_stage():
 def test_newest_first_at_most_twenty_and_only_the_question_s_rows():
     from datetime import timedelta
 
-    rows = [progress_row(requested=T + timedelta(minutes=i)) for i in range(MAX_RESULTS + 5)]
+    rows = [progress_row(requested=T + timedelta(minutes=i)) for i in range(MAX_RESULTS + 5)]  # oldest first
     sweep_row = {"PartitionKey": "sweepfirstseen", "RowKey": CUSTOMER, "firstSeen": "2026-12-01T03:00:00.000Z"}
     reply = answer(ByCorrelation(CORRELATION), [*rows, sweep_row, progress_row(OTHER)])
     shown = reply.body["requests"]
     assert len(shown) == MAX_RESULTS and reply.body["more"] is True
-    assert [r["requestedAt"] for r in shown] == sorted((r["requestedAt"] for r in shown), reverse=True)
+    newest = [iso(T + timedelta(minutes=i)) for i in reversed(range(5, MAX_RESULTS + 5))]
+    assert [r["requestedAt"] for r in shown] == newest  # the newest 20, newest first
     assert all(r["correlationId"] == CORRELATION for r in shown)
 
 
 def test_nothing_recorded_is_a_404():
     assert answer(ByCorrelation(OTHER), [stored_row()]).status == 404
     assert answer(ByCustomer(OTHER), []).status == 404
-    assert KEY.customer_id == CUSTOMER

@@ -464,6 +464,9 @@ class Listener:
 # -- the admin endpoint ----------------------------------------------------------------------------------------------
 
 _ADMIN_PATH_RE = re.compile(r"/admin/functions/([^/]+)/?")
+_CODE_RE = re.compile(r"((?:^|[?&])code=)[^&\s]*", re.IGNORECASE)
+#: The largest HTTP trigger request body the local host reads (a larger one gets 413).
+MAX_HTTP_BODY = 1 << 20
 
 
 def parse_admin_body(raw: bytes) -> str | None:
@@ -505,8 +508,15 @@ class _AdminHandler(BaseHTTPRequestHandler):
         if path.startswith("/admin/") or path == "/admin":
             return False
         length = self.headers.get("Content-Length")
-        body = self.rfile.read(int(length)) if length and length.strip().isdigit() else b""
-        url = f"http://{self.headers.get('Host') or '127.0.0.1'}{self.path}"
+        if length is not None and (not length.strip().isdigit() or int(length) > MAX_HTTP_BODY):
+            self.close_connection = True
+            self._reply(413 if length.strip().isdigit() else 400)
+            return True
+        if length is None and self.headers.get("Transfer-Encoding"):  # a chunked body is not read: close after
+            self.close_connection = True
+        body = self.rfile.read(int(length)) if length else b""
+        # The URL the function sees: this server's own address and the request's path (never the Host header).
+        url = f"http://127.0.0.1:{self.server.server_port}{self.path}"  # type: ignore[attr-defined]
         status, headers, payload = self.host.http_invoke(self.command, url, dict(self.headers.items()), body)
         self.send_response(status)
         for name, value in headers.items():
@@ -546,7 +556,8 @@ class _AdminHandler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other  # noqa: N815 - http.server's names
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        admin_log.debug(format, *args)
+        # The request line may carry a function key (?code=...): never logged.
+        admin_log.debug(format, *(_CODE_RE.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in args))
 
 
 # -- HTTP triggers: keys and responses --------------------------------------------------------------------------------
@@ -565,14 +576,14 @@ class FunctionKeys:
     def ensure(self, fn: FunctionSpec) -> Path | None:
         if fn.auth_level != "function":
             return None
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         existing = sorted(self.directory.glob(f"functions.{fn.name}.*"))
         if existing:
             return existing[0]
         path = self.directory / f"functions.{fn.name}.default"
-        path.write_text(secrets.token_urlsafe(32), encoding="utf-8")
-        with contextlib.suppress(OSError):
-            path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # readable by this user only, from the start
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(32))
         return path
 
     def _keys(self, fn: FunctionSpec) -> list[str]:
