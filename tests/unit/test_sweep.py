@@ -702,10 +702,15 @@ def test_the_probe_texts_find_zero_width_matches_that_the_empty_string_does_not(
 # -- the report says why nothing was selected, whatever is cut ---------------------------------------------------------
 
 
-def _selection(p, outcome, run=RUN):
+def _report_of(p, outcome, run=RUN):
+    """The report of a run at T3 with ``outcome``, parsed."""
     return json.loads(
         report_text(policy=p, run=run, past_due=False, started=T3, finished=T3, invocation_id="i", outcome=outcome)
-    )["selection"]
+    )
+
+
+def _selection(p, outcome, run=RUN):
+    return _report_of(p, outcome, run)["selection"]
 
 
 def test_the_report_says_at_the_top_why_nothing_was_selected():
@@ -736,17 +741,7 @@ def test_the_report_says_at_the_top_why_nothing_was_selected():
 def test_the_selection_note_survives_when_every_entry_is_cut_for_size():
     items = [customer(str(uuid.uuid4()), "\u202e" * 256, "d" * 256) for _ in range(1000)]
     p = policy(SANDBOX_CUSTOMER_LIMIT="1000")
-    report = json.loads(
-        report_text(
-            policy=p,
-            run=RUN,
-            past_due=False,
-            started=T3,
-            finished=T3,
-            invocation_id="i",
-            outcome=Outcome("reported", decide(items, p)),
-        )
-    )
+    report = _report_of(p, Outcome("reported", decide(items, p)))
     assert (
         report["excludedOmitted"] > 0
         and "SWEEP_INCLUDE is not set" in report["selection"]
@@ -870,17 +865,7 @@ def test_the_report_names_the_minimum_age_the_record_and_the_first_run_after_a_d
     items = [customer(A, "Tip"), customer(B, "Contoso")]
     first_run = decide(items, p, first_seen=FirstSeen())
     record = RecordResult(table="deletionrequests", known=0, added=2)
-    report = json.loads(
-        report_text(
-            policy=p,
-            run=RUN,
-            past_due=False,
-            started=T3,
-            finished=T3,
-            invocation_id="i",
-            outcome=Outcome("reported", first_run, record=record),
-        )
-    )
+    report = _report_of(p, Outcome("reported", first_run, record=record))
     assert report["minAgeHours"] == 24
     assert report["firstSeen"] == {
         "table": "deletionrequests",
@@ -894,17 +879,5 @@ def test_the_report_names_the_minimum_age_the_record_and_the_first_run_after_a_d
     assert "first run after a deploy" in report["selection"] and "1 too_new" in report["selection"]
     later = decide(items, p, first_seen=seen_hours_ago({B: 100}))  # A is new, but the record was not empty
     assert "first run after a deploy" not in _selection(p, Outcome("reported", later))
-    assert (
-        json.loads(
-            report_text(
-                policy=policy(SWEEP_MIN_AGE_HOURS="0"),
-                run=RUN,
-                past_due=False,
-                started=T3,
-                finished=T3,
-                invocation_id="i",
-                outcome=Outcome("reported", decide(items, policy(SWEEP_MIN_AGE_HOURS="0"))),
-            )
-        )["firstSeen"]
-        is None
-    )
+    no_age = policy(SWEEP_MIN_AGE_HOURS="0")
+    assert _report_of(no_age, Outcome("reported", decide(items, no_age)))["firstSeen"] is None
