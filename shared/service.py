@@ -449,14 +449,19 @@ def _decide_once(
         if attempt == LEDGER_ATTEMPTS:  # read once more after the last refused write: it may have been this one's
             break
         try:
-            if isinstance(plan, ledger.Insert):
-                table.insert(plan.row)
-            else:
-                table.replace(plan.row, plan.etag)
+            _write_row(table, plan)
         except TableConflictError:
             continue  # another hop wrote first, or a retried write met its own first attempt: read again
         return None
     raise TableError(f"the request's row changed {LEDGER_ATTEMPTS} times while this hop wrote its outcome")
+
+
+def _write_row(table: TablePort, plan: ledger.Insert | ledger.Replace) -> None:
+    """The ledger core's write: an insert, or a replace on the etag it was read with."""
+    if isinstance(plan, ledger.Insert):
+        table.insert(plan.row)
+    else:
+        table.replace(plan.row, plan.etag)
 
 
 def _record_progress(deps: Deps, req: _Request, key: ledger.RequestKey, *, stage: str, hop: int, delay: int) -> None:
@@ -478,10 +483,7 @@ def _record_progress(deps: Deps, req: _Request, key: ledger.RequestKey, *, stage
             if plan is None:
                 return
             try:
-                if isinstance(plan, ledger.Insert):
-                    table.insert(plan.row)
-                else:
-                    table.replace(plan.row, plan.etag)
+                _write_row(table, plan)
             except TableConflictError:
                 continue
             return

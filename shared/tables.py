@@ -111,34 +111,24 @@ class TableStore:
         bound as a query parameter)."""
         if name not in QUERYABLE:
             raise ValueError(f"refusing a query on property {name[:40]!r}")
-        bound = check_key(value, name)
-        try:
-            rows = self._table_client().query_entities(f"{name} eq @v", parameters={"v": bound})
-            return [_row(e) for e in rows]
-        except ResourceNotFoundError:
-            return []
-        except (AzureError, OSError) as exc:
-            raise TableError(f"reading table {self._table} failed ({_describe(exc)})") from exc
+        return self._query(f"{name} eq @v", {"v": check_key(value, name)})
 
     def query_finished_before(self, moment: str) -> list[Row]:
         """Every row, of any partition, whose ``finishedAt`` (ISO 8601 UTC text, compared as text) is before
         ``moment`` (the same form, bound as a query parameter)."""
         if not isinstance(moment, str) or not _ISO_RE.fullmatch(moment):
             raise ValueError("refusing a finishedAt bound that is not an ISO 8601 UTC time")
-        try:
-            rows = self._table_client().query_entities("finishedAt lt @t", parameters={"t": moment})
-            return [_row(e) for e in rows]
-        except ResourceNotFoundError:
-            return []
-        except (AzureError, OSError) as exc:
-            raise TableError(f"reading table {self._table} failed ({_describe(exc)})") from exc
+        return self._query("finishedAt lt @t", {"t": moment})
 
     def query_partition(self, partition: str) -> list[Row]:
         """Every row of one partition; a missing table has no rows."""
-        key = check_key(partition, "PartitionKey")
+        return self._query("PartitionKey eq @pk", {"pk": check_key(partition, "PartitionKey")})
+
+    def _query(self, query_filter: str, parameters: dict[str, str]) -> list[Row]:
+        """The rows matching a fixed filter whose values are bound ``parameters`` (checked by the caller); a missing
+        table has none."""
         try:
-            rows = self._table_client().query_entities("PartitionKey eq @pk", parameters={"pk": key})
-            return [_row(e) for e in rows]
+            return [_row(e) for e in self._table_client().query_entities(query_filter, parameters=parameters)]
         except ResourceNotFoundError:
             return []
         except (AzureError, OSError) as exc:
