@@ -264,8 +264,8 @@ def _run(deps: Deps, req: _Request, start: core.Hop | core.Continue | core.Finis
             if isinstance(seen, ledger.Unrelated):
                 _logger(req).warning("the ledger's row is not this request's (%s): going on without it", seen.why)
                 key = None
-            elif row is None:
-                _record_progress(deps, req, key, stage=start.chain.stage, hop=start.chain.attempt, delay=0)
+            elif row is None:  # the request's first hop: its row, with what was just read (no second read)
+                _record_progress(deps, req, key, stage=start.chain.stage, hop=start.chain.attempt, delay=0, absent=True)
     policy = deps.policy
     budget = Budget(policy.hop_work, float(deps.settings.retry_budget), deps.monotonic)
     hop: core.Hop = start
@@ -464,16 +464,18 @@ def _write_row(table: TablePort, plan: ledger.Insert | ledger.Replace) -> None:
         table.replace(plan.row, plan.etag)
 
 
-def _record_progress(deps: Deps, req: _Request, key: ledger.RequestKey, *, stage: str, hop: int, delay: int) -> None:
+def _record_progress(
+    deps: Deps, req: _Request, key: ledger.RequestKey, *, stage: str, hop: int, delay: int, absent: bool = False
+) -> None:
     """Where the request stands, for the status API (at a request's first hop, and after each poll message). Best
-    effort: the poll message carries the state."""
+    effort: the poll message carries the state. ``absent``: the caller has just read that there is no row."""
     table = deps.tables
     assert table is not None
     now = deps.clock()
     try:
-        for _ in range(LEDGER_ATTEMPTS):
+        for attempt in range(LEDGER_ATTEMPTS):
             plan = ledger.on_progress(
-                table.get(key.customer_id, key.event_id),
+                None if absent and attempt == 0 else table.get(key.customer_id, key.event_id),
                 key,
                 stage=stage,
                 hop=hop,
