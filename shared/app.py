@@ -8,7 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from shared import telemetry
-from shared.config import CONNECT_TIMEOUT_SECONDS, get_settings
+from shared.config import (
+    CONNECT_TIMEOUT_SECONDS,
+    TABLE_BACKOFF_SECONDS,
+    TABLE_CONNECT_SECONDS,
+    TABLE_READ_SECONDS,
+    TABLE_RETRIES,
+    get_settings,
+)
 from shared.service import Deps, handle_deletion_request, handle_poll
 
 __all__ = ["deps", "run_delete_customer", "run_deletion_status", "run_poll_orders", "run_sweep_customers", "set_deps"]
@@ -53,12 +60,12 @@ def _build() -> Deps:
     else:  # Settings refuses this at start-up; never guess an endpoint
         raise ValueError("AzureWebJobsStorage has neither a connection string nor a queue service URI")
     # The table client: the same account, credential and short waits (azure-core's retry options).
-    table_options: dict[str, Any] = {
-        "retry_total": 2,
-        "retry_backoff_factor": 0.5,
+    table_options: dict[str, Any] = {  # CLAIM_SECONDS counts one table call at these (shared.config)
+        "retry_total": TABLE_RETRIES,
+        "retry_backoff_factor": TABLE_BACKOFF_SECONDS,
         "retry_mode": RetryMode.Fixed,
-        "connection_timeout": 5,
-        "read_timeout": 15,
+        "connection_timeout": TABLE_CONNECT_SECONDS,
+        "read_timeout": TABLE_READ_SECONDS,
     }
     if settings.storage.connection_string:
         tables = TableServiceClient.from_connection_string(settings.storage.connection_string, **table_options)

@@ -60,6 +60,17 @@ CONNECT_TIMEOUT_SECONDS = 5
 #: The token endpoint: connect and read timeouts, and one retry; so a token takes at most about 31 s.
 TOKEN_CONNECT_SECONDS, TOKEN_READ_SECONDS, TOKEN_RETRIES = 5, 10, 1
 TOKEN_SECONDS = (TOKEN_RETRIES + 1) * (TOKEN_CONNECT_SECONDS + TOKEN_READ_SECONDS) + 1
+#: The table client (``shared.app``): connect and read timeouts, retries and the pause between them; so one table
+#: call takes at most about 61 s.
+TABLE_CONNECT_SECONDS, TABLE_READ_SECONDS, TABLE_RETRIES, TABLE_BACKOFF_SECONDS = 5, 15, 2, 0.5
+TABLE_CALL_SECONDS = (TABLE_RETRIES + 1) * (
+    TABLE_CONNECT_SECONDS + TABLE_READ_SECONDS
+) + TABLE_RETRIES * TABLE_BACKOFF_SECONDS
+#: The host's queue message lease: a message whose invocation died is received again no sooner than this (10 minutes,
+#: renewed every 5 while the invocation runs; functions-queues.md section 3). A claim must run out before it.
+QUEUE_LEASE_SECONDS = 600
+#: Added to a claim's length, for clock steps between the instances that compare it.
+CLAIM_MARGIN_SECONDS = 5
 #: The in-process wait of one invocation is at most this; the previous release allowed up to 3600 (per call).
 MAX_RETRY_BUDGET_SECONDS = 30
 #: POLL_TIMEOUT_SECONDS is at most 30 days.
@@ -161,6 +172,15 @@ class Settings:
     requests_table: str = DEFAULTS["DELETION_REQUESTS_TABLE"]  # the request ledger and the sweep's first-seen record
     ledger_retention_days: int = 30  # LEDGER_RETENTION_DAYS: finished rows are pruned this long after they finished
     notes: tuple[str, ...] = ()  # settings that were accepted, but not as given: logged once at start
+
+    @property
+    def claim_seconds(self) -> float:
+        """CLAIM_SECONDS, the request ledger's claim: one invocation's longest work after it claimed the row (no call
+        starts after INVOCATION_WORK_SECONDS; the in-process waits; one call started just before that, with a fresh
+        token; the table write that follows it) and a margin. At most 552 s with the largest settings, so a claim has
+        always run out when the host's lease (600 s) gives a dead invocation's message to another."""
+        call = TOKEN_SECONDS + CONNECT_TIMEOUT_SECONDS + self.read_timeout
+        return float(self.work_seconds + self.retry_budget + call + TABLE_CALL_SECONDS + CLAIM_MARGIN_SECONDS)
 
     @property
     def delete_poison_queue(self) -> str:

@@ -166,6 +166,9 @@ class PollMessage:
     subscriptions: tuple[SubscriptionState, ...] = ()  # every subscription the request knows of (hints, issue 16)
     subscriptions_listed: bool = False  # a hop of this request listed the customer's subscriptions
     via_subscription: tuple[str, ...] = ()  # orders whose PATCH was refused 800063/800077: settled by a subscription
+    deleting_at: datetime | None = None  # when a hop of this request last decided to send the DELETE (issue 18)
+    row_key: str | None = None  # the request's ledger row (its eventId); None: written by a release without rows
+    absent_at_first_look: bool = False  # the request's first look found no customer (its outcome unrecorded yet)
 
     def __post_init__(self) -> None:
         if self.stage == "poll" and not self.customer_seen:  # a poll stage was listed, so the customer was seen
@@ -197,6 +200,9 @@ class PollMessage:
                 "subscriptions": [s.to_hint() for s in self.subscriptions],
                 "subscriptionsListed": self.subscriptions_listed,
                 "ordersViaSubscription": list(self.via_subscription),
+                "deletingAt": iso(self.deleting_at) if self.deleting_at else None,
+                "requestRow": self.row_key,
+                "absentAtFirstLook": self.absent_at_first_look,
             },
             separators=(",", ":"),
         )
@@ -357,6 +363,14 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         via = _optional(data, "ordersViaSubscription", [])
         if not isinstance(via, list) or not all(is_order_id(o) for o in via) or len(set(via)) != len(via):
             raise ValueError("ordersViaSubscription is not a list of distinct order ids")
+        raw_deleting = _optional(data, "deletingAt", None)
+        deleting_at = None if raw_deleting is None else parse_iso(raw_deleting)
+        absent = _optional(data, "absentAtFirstLook", False)
+        if not isinstance(absent, bool):
+            raise ValueError("absentAtFirstLook is not a boolean")
+        row_key = _optional(data, "requestRow", None)
+        if row_key is not None and not (is_guid(row_key) and row_key == row_key.lower()):
+            raise ValueError("requestRow is not a lower-case GUID")
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidMessageError(
             f"poll message is malformed: {str(exc)[:100]}", customer_id=customer_id, correlation_id=correlation_id
@@ -387,6 +401,9 @@ def parse_poll_message(body: bytes | str) -> PollMessage:
         subscriptions,
         subscriptions_listed,
         tuple(via),
+        deleting_at,
+        row_key,
+        absent,
     )
 
 

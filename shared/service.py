@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -89,9 +89,8 @@ def policy_for(s: Settings) -> core.Policy:
         hop_work=float(s.work_seconds),
         pickup=s.max_polling_interval,
         call_time=call_time,
-        # A DELETE decided just before the cut-off lands within one invocation's work time (in-process waits
-        # included: the budget allows no wait past it) and one more call.
-        settle=s.work_seconds + call_time + 5.0,
+        # A decided DELETE has landed once the claim it was sent under has run out (``deletingAt`` + CLAIM_SECONDS).
+        settle=s.claim_seconds,
         delete_refusal_timeout=float(s.delete_refusal_timeout),
         clear_subscriptions=s.clear_subscriptions,
     )
@@ -169,7 +168,7 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
             msg.insertion_time or now,
         )
         _bind(req, 0)
-        _publish(deps, req, core.reject_invalid_request(exc.reason), original=body, key=_ledger_key(deps, req))
+        _run(deps, req, core.reject_invalid_request(exc.reason), original=body, hop_no=0)
         return
     req = _Request(
         "delete_customer",
@@ -182,7 +181,7 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
     _bind(req, 0)
     _logger(req).info("received deletion request (dryRun=%s, delivery %s)", request.dry_run, msg.dequeue_count)
     start = core.begin_request(request, delivery=int(msg.dequeue_count or 1), now=now, policy=deps.policy)
-    _run(deps, req, start, original=body)
+    _run(deps, req, start, original=body, hop_no=0)
 
 
 def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
@@ -213,7 +212,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
             now=now,
             policy=deps.policy,
         )
-        _run(deps, req, start, original=body)
+        _run(deps, req, start, original=body, hop_no=None)
         return
     req = _Request("poll_orders", invocation_id, poll.correlation_id, poll.customer_id, poll.requested_at, poll.dry_run)
     _bind(req, poll.attempt + 1)
@@ -226,7 +225,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
         len(poll.orders),
     )
     start = core.begin_poll(poll, delivery=int(msg.dequeue_count or 1), now=now, policy=deps.policy)
-    _run(deps, req, start, original=body)
+    _run(deps, req, start, original=body, hop_no=poll.attempt + 1, legacy=poll.row_key is None)
 
 
 # -- execute and publish --------------------------------------------------------------------------------------------
@@ -239,34 +238,49 @@ def _ledger_key(deps: Deps, req: _Request) -> ledger.RequestKey | None:
     return ledger.request_key(req.customer_id, req.correlation_id, req.requested_at, req.dry_run)
 
 
-def _run(deps: Deps, req: _Request, start: core.Hop | core.Continue | core.Finish, *, original: bytes | str) -> None:
+@dataclass
+class _Claim:
+    """The row as this invocation last wrote it (with its etag), while it holds the request's claim."""
+
+    row: dict[str, Any] | None = None
+    held: bool = False  # the claim was written by this invocation (it may have been lost since: see ``row``)
+
+
+def _run(
+    deps: Deps,
+    req: _Request,
+    start: core.Hop | core.Continue | core.Finish,
+    *,
+    original: bytes | str,
+    hop_no: int | None,
+    legacy: bool = False,
+) -> None:
+    """One hop: claim the request's row, then step the core, executing its calls, until it continues or finishes.
+    ``hop_no``: the incoming message's hop (``None``: an unreadable poll message). ``legacy``: the message was written
+    by a release without rows."""
     key = _ledger_key(deps, req)
     if not isinstance(start, core.Hop):
-        try:
-            _publish(deps, req, start, original=original, key=key)
-        except TableError as exc:  # decided without Partner Center (protected, invalid, unreadable, past the end)
-            _logger(req).warning("the request ledger could not take the outcome (%s): published without it", exc)
-            _publish(deps, req, start, original=original, key=None)
+        _run_without_calls(deps, req, start, original=original, key=key, hop_no=hop_no)
         return
-    unreadable: TableError | None = None
-    if key is not None and deps.tables is not None:
-        # Before the first Partner Center call: a decided request makes none. A row that cannot be read is an
-        # observation for the core (no call is sent; the request continues on the poll queue, as in an outage).
-        try:
-            row = deps.tables.get(key.customer_id, key.event_id)
-        except TableError as exc:
-            unreadable = exc
-        else:
-            seen = ledger.on_hop_start(row, key)
-            if isinstance(seen, ledger.Republish):
-                _republish(deps, req, seen, original=original)
-                return
-            if isinstance(seen, ledger.Unrelated):
-                _logger(req).warning("the ledger's row is not this request's (%s): going on without it", seen.why)
-                key = None
-            elif row is None:  # the request's first hop: its row, with what was just read (no second read)
-                _record_progress(deps, req, key, stage=start.chain.stage, hop=start.chain.attempt, delay=0, absent=True)
+    if deps.tables is None:
+        raise RuntimeError("the request ledger (DELETION_REQUESTS_TABLE) is required to run a hop")
+    if key is None:  # a hop always has GUID ids (see ``ledger.request_key``); refuse rather than work unclaimed
+        _publish(deps, req, core.refuse_unclaimed(start, "the request has no ledger key"), original=original)
+        return
     policy = deps.policy
+    claim = _Claim()
+    unreadable: TableError | None = None
+    try:
+        claimed = _claim(deps, req, key, start, hop_no=hop_no, legacy=legacy, claim=claim, original=original)
+    except TableError as exc:  # no call is sent; the core decides what a missing claim means
+        unreadable = exc
+    else:
+        if claimed is None:
+            return
+        start = claimed
+        if not isinstance(start, core.Hop):  # the row's state puts this hop past a milestone
+            _publish(deps, req, start, original=original, key=key, claim=claim)
+            return
     budget = Budget(policy.hop_work, float(deps.settings.retry_budget), deps.monotonic)
     hop: core.Hop = start
     observation: core.Observation | None = None
@@ -274,25 +288,97 @@ def _run(deps: Deps, req: _Request, start: core.Hop | core.Continue | core.Finis
         hop, command = core.step(hop, observation, now=deps.clock(), elapsed=budget.elapsed(), policy=policy)
         if isinstance(command, core.Finish):
             try:
-                _publish(deps, req, command, original=original, key=key)
+                _publish(deps, req, command, original=original, key=key, claim=claim)
             except TableError as exc:
-                retry = core.outcome_unrecorded(hop, command, deps.clock(), policy, str(exc))
-                if retry is None:
-                    _logger(req).warning(
-                        "the request ledger could not take the outcome (%s): published without it", exc
-                    )
-                    _publish(deps, req, command, original=original, key=None)
-                else:
-                    _publish(deps, req, retry, original=original, key=key)
+                _logger(req).warning("the request ledger could not take the outcome (%s): nothing published", exc)
+                _publish(
+                    deps,
+                    req,
+                    core.outcome_unrecorded(hop, command, deps.clock(), policy, str(exc)),
+                    original=original,
+                    key=key,
+                    claim=claim,
+                )
             return
-        if isinstance(command, core.Continue):
-            _publish(deps, req, command, original=original, key=key)
+        if isinstance(command, (core.Continue, core.Retry)):
+            _publish(deps, req, command, original=original, key=key, claim=claim)
             return
-        if unreadable is not None:  # the first call is not sent: the core decides what a missing read means
+        if unreadable is not None:  # the first call is not sent: the core decides what a missing claim means
             observation = core.Failure(core.FailureKind.STORAGE, description=str(unreadable), where=command.describe())
             unreadable = None
             continue
+        if isinstance(command, core.DeleteCustomer):
+            lost = _mark_deleting(deps, req, key, claim)
+            if lost is not None:  # no DELETE without the claim: the core continues as in an outage
+                observation = core.Failure(core.FailureKind.STORAGE, description=lost, where=command.describe())
+                continue
         observation = _execute(deps, req, hop.chain, command, budget)
+
+
+def _claim(
+    deps: Deps,
+    req: _Request,
+    key: ledger.RequestKey,
+    start: core.Hop,
+    *,
+    hop_no: int | None,
+    legacy: bool,
+    claim: _Claim,
+    original: bytes | str,
+) -> core.Hop | core.Continue | core.Finish | None:
+    """Claim the request's row before the hop's first call (``shared.ledger``). Returns the hop to run, from the row's
+    state, or what to publish instead; ``None``: the hop is over (re-scheduled, or nothing left to do). Raises
+    ``TableError`` when the row cannot be read or claimed."""
+    table = deps.tables
+    assert table is not None
+    line = _logger(req)
+    chain = start.chain if start.entry is not core.Entry.UNREADABLE else None
+    for _attempt in range(LEDGER_ATTEMPTS):
+        now = deps.clock()
+        decision = ledger.on_hop_start(
+            table.get(key.customer_id, key.event_id),
+            key,
+            hop=hop_no,
+            chain=chain,
+            invocation=req.invocation_id,
+            now=now,
+            claim_seconds=deps.settings.claim_seconds,
+            legacy=legacy,
+        )
+        if isinstance(decision, ledger.Republish):
+            _republish(deps, req, decision, original=original)
+            return None
+        if isinstance(decision, ledger.Done):
+            line.info("nothing left to do for this message (%s): completed without a call", decision.why)
+            return None
+        if isinstance(decision, ledger.Unrelated):
+            line.warning("the ledger's row is not this request's (%s): refusing to work on it", decision.why)
+            _publish(deps, req, core.refuse_unclaimed(start, decision.why), original=original)
+            return None
+        if isinstance(decision, ledger.Wait):
+            again = original if req.function == "poll_orders" else start.chain.to_text()
+            deps.publisher.send(deps.settings.poll_queue, again, delay=decision.delay)
+            line.info(
+                "the request is claimed by invocation %s until %s: this message comes back in %ds, no call made",
+                decision.holder,
+                decision.until.isoformat(timespec="seconds"),
+                decision.delay,
+            )
+            return None
+        try:
+            etag = _write_row(table, decision.write)
+        except TableConflictError:
+            continue  # another hop claimed first, or the retried write met its own first attempt: read again
+        claim.row, claim.held = {**decision.write.row, "etag": etag}, True
+        if etag is None:
+            claim.row = table.get(key.customer_id, key.event_id)
+        merged = decision.chain
+        if merged is None or merged == start.chain:
+            return start
+        if req.function == "poll_orders":  # the row's state: decided again from it, as a first delivery
+            return core.begin_poll(merged, delivery=1, now=deps.clock(), policy=deps.policy)
+        return replace(start, chain=merged)
+    raise TableError(f"the request's row changed {LEDGER_ATTEMPTS} times while this hop claimed it")
 
 
 def _execute(deps: Deps, req: _Request, chain: PollMessage, call: core.Call, budget: Budget) -> core.Observation:
@@ -375,27 +461,74 @@ def _summary(observation: core.Observation, call: core.Call) -> str:
     return "ok"
 
 
+def _run_without_calls(
+    deps: Deps,
+    req: _Request,
+    start: core.Continue | core.Finish,
+    *,
+    original: bytes | str,
+    key: ledger.RequestKey | None,
+    hop_no: int | None,
+) -> None:
+    """What the core decided without a call: a hand-over or a wait (``Continue``), or an outcome (protected, invalid,
+    past the hard end). A hand-over reads the row first: an outcome decided, or a later hop, makes it unnecessary, and
+    the row's first handling keeps the request's cut-off. Nothing is claimed, and a table fault changes nothing."""
+    if isinstance(start, core.Continue):
+        if key is not None and deps.tables is not None and hop_no is not None:
+            try:
+                row = deps.tables.get(key.customer_id, key.event_id)
+            except TableError as exc:
+                _logger(req).warning("the request ledger could not be read (%s): handing over without it", exc)
+            else:
+                seen = ledger.on_handover(row, key, hop=hop_no)
+                if isinstance(seen, ledger.Republish):
+                    _republish(deps, req, seen, original=original)
+                    return
+                if isinstance(seen, ledger.Done):
+                    _logger(req).info("nothing left to do for this message (%s): completed without a call", seen.why)
+                    return
+                if isinstance(seen, ledger.Proceed):
+                    start = replace(start, message=ledger.chain_from_row(row, start.message, None))
+        _publish(deps, req, start, original=original, key=key)
+        return
+    try:
+        _publish(deps, req, start, original=original, key=key)
+    except TableError as exc:  # decided without Partner Center (protected, invalid, past the end)
+        retry = core.decided_unrecorded(request=req.function == "delete_customer", policy=deps.policy, why=str(exc))
+        if retry is not None:
+            _publish(deps, req, retry, original=original)
+            return
+        _logger(req).warning("the request ledger could not take the outcome (%s): published without it", exc)
+        _publish(deps, req, start, original=original, key=None)
+
+
 def _publish(
     deps: Deps,
     req: _Request,
-    command: core.Continue | core.Finish,
+    command: core.Continue | core.Finish | core.Retry,
     *,
     original: bytes | str,
     key: ledger.RequestKey | None = None,
+    claim: _Claim | None = None,
 ) -> None:
-    """The only place a poll message, a poison copy or an outcome event is sent (and a ledger row written)."""
+    """The only place a poll message, a poison copy or an outcome event is sent (and the ledger row released or
+    decided). ``claim``: the hop's claim, released after the next poll message is sent."""
     s = deps.settings
     line = _logger(req)
+    if isinstance(command, core.Retry):  # only poll_orders retries its own message (``core.Retry``)
+        deps.publisher.send(s.poll_queue, original, delay=command.delay)
+        line.warning("%s: this message comes back in %ds, as it is", command.why, command.delay)
+        return
     if isinstance(command, core.Continue):
-        deps.publisher.send(s.poll_queue, command.message.to_text(), delay=command.delay)
+        message = command.message if key is None else replace(command.message, row_key=key.event_id)
+        text = message.to_text()
+        deps.publisher.send(s.poll_queue, text, delay=command.delay)
         # A refused DELETE after every order read cancelled is worth a warning each time: something the app cannot
         # see (or clear) blocks the customer, and the request will end failed at DELETE_REFUSAL_TIMEOUT_SECONDS.
         refused = command.message.cause == core.Cause.DELETE_REFUSED.value
         line.log(logging.WARNING if refused else logging.INFO, "%s: next hop in %ds", command.why, command.delay)
-        if key is not None:
-            _record_progress(
-                deps, req, key, stage=command.message.stage, hop=command.message.attempt, delay=command.delay
-            )
+        if key is not None and claim is not None and claim.held:
+            _release(deps, req, key, claim, message, text, command.delay)
         return
     event = outcome_event(
         outcome=command.outcome.value,
@@ -410,7 +543,10 @@ def _publish(
         dry_run=req.dry_run,
     )
     if key is not None:
-        decided = _decide_once(deps, req, key, command, event)
+        decided = _decide_once(deps, req, key, command, event, claim)
+        if isinstance(decided, ledger.Done):
+            line.info("outcome %s not published: %s, and carries the request on", command.outcome.value, decided.why)
+            return
         if decided is not None:
             _republish(deps, req, decided, original=original)
             return
@@ -424,24 +560,29 @@ LEDGER_ATTEMPTS = 3
 
 
 def _decide_once(
-    deps: Deps, req: _Request, key: ledger.RequestKey, command: core.Finish, event: str
-) -> ledger.Republish | None:
+    deps: Deps, req: _Request, key: ledger.RequestKey, command: core.Finish, event: str, claim: _Claim | None
+) -> ledger.Republish | ledger.Done | None:
     """Write this hop's outcome into the request's row, unless one is there already: then that stored one is what
-    is published (returned). ``None``: this hop's outcome is the request's (written, or the row is not this
-    request's). A table fault raises ``TableError`` before anything is published (the caller asks the core what
-    then: ``core.outcome_unrecorded``)."""
+    is published (returned). ``Done``: another invocation took the claim since; it carries the request on. ``None``:
+    this hop's outcome is the request's (written, or the row is not this request's). A table fault raises
+    ``TableError`` before anything is published (the caller asks the core what then: ``core.outcome_unrecorded``)."""
     table = deps.tables
     assert table is not None  # a key is only made with a table
+    held = claim is not None and claim.held
+    row = claim.row if held and claim is not None and claim.row is not None else None
     for attempt in range(LEDGER_ATTEMPTS + 1):
+        if row is None or attempt > 0:
+            row = table.get(key.customer_id, key.event_id)
         plan = ledger.on_finish(
-            table.get(key.customer_id, key.event_id),
+            row,
             key,
             outcome=command.outcome.value,
             event=event,
             poison=command.poison.value,
             now=deps.clock(),
+            invocation=req.invocation_id if held else None,
         )
-        if isinstance(plan, ledger.Republish):
+        if isinstance(plan, (ledger.Republish, ledger.Done)):
             return plan
         if isinstance(plan, ledger.Unrelated):
             _logger(req).warning("the outcome is published without the ledger (%s)", plan.why)
@@ -456,41 +597,68 @@ def _decide_once(
     raise TableError(f"the request's row changed {LEDGER_ATTEMPTS} times while this hop wrote its outcome")
 
 
-def _write_row(table: TablePort, plan: ledger.Insert | ledger.Replace) -> None:
-    """The ledger core's write: an insert, or a replace on the etag it was read with."""
+def _write_row(table: TablePort, plan: ledger.Insert | ledger.Replace) -> str | None:
+    """The ledger core's write: an insert, or a replace on the etag it was read with. Returns the new etag."""
     if isinstance(plan, ledger.Insert):
-        table.insert(plan.row)
-    else:
-        table.replace(plan.row, plan.etag)
+        return table.insert(plan.row)
+    return table.replace(plan.row, plan.etag)
 
 
-def _record_progress(
-    deps: Deps, req: _Request, key: ledger.RequestKey, *, stage: str, hop: int, delay: int, absent: bool = False
-) -> None:
-    """Where the request stands, for the status API (at a request's first hop, and after each poll message). Best
-    effort: the poll message carries the state. ``absent``: the caller has just read that there is no row."""
+def _mark_deleting(deps: Deps, req: _Request, key: ledger.RequestKey, claim: _Claim) -> str | None:
+    """Right before the DELETE: the ``deleting`` write on the claim's etag. ``None``: written, the claim is this
+    invocation's; otherwise why no DELETE may be sent."""
     table = deps.tables
     assert table is not None
     now = deps.clock()
+    plan = ledger.on_deleting(
+        claim.row, key, invocation=req.invocation_id, now=now, claim_seconds=deps.settings.claim_seconds
+    )
+    if plan is None:
+        return "this invocation does not hold the request's claim"
     try:
-        for attempt in range(LEDGER_ATTEMPTS):
-            plan = ledger.on_progress(
-                None if absent and attempt == 0 else table.get(key.customer_id, key.event_id),
-                key,
-                stage=stage,
-                hop=hop,
-                next_step_at=now + timedelta(seconds=delay),
-                now=now,
-            )
-            if plan is None:
-                return
-            try:
-                _write_row(table, plan)
-            except TableConflictError:
-                continue
-            return
+        etag = _write_row(table, plan)
+    except TableConflictError:
+        try:  # another invocation claimed the row, or the retried write met its own first attempt: read to know
+            row = table.get(key.customer_id, key.event_id)
+        except TableError as exc:
+            claim.row = None
+            return f"the deleting mark could not be confirmed ({exc})"
+        mine = {k: plan.row.get(k) for k in ("claimBy", "deletingAt", "stage")}
+        if row is not None and all(row.get(k) == v for k, v in mine.items()):
+            claim.row = row
+            return None
+        claim.row = None
+        return "another invocation claimed the request since this hop did"
     except TableError as exc:
-        _logger(req).warning("the ledger's progress was not recorded (%s); the next hop records it", exc)
+        claim.row = None
+        return f"the deleting mark could not be written ({exc})"
+    claim.row = {**plan.row, "etag": etag} if etag is not None else table.get(key.customer_id, key.event_id)
+    return None
+
+
+def _release(
+    deps: Deps, req: _Request, key: ledger.RequestKey, claim: _Claim, message: PollMessage, text: str, delay: int
+) -> None:
+    """After the next poll message is sent: the row takes it as the request's state, and the claim is released. Best
+    effort: a row that cannot take it keeps the claim until it runs out, and the next hop claims it then."""
+    table = deps.tables
+    assert table is not None
+    now = deps.clock()
+    plan = ledger.on_release(
+        claim.row,
+        key,
+        invocation=req.invocation_id,
+        message=message,
+        message_text=text,
+        next_step_at=now + timedelta(seconds=delay),
+        now=now,
+    )
+    if plan is None:
+        return
+    try:
+        _write_row(table, plan)
+    except TableError as exc:  # a conflict too: the claim was taken over; the new holder writes the row
+        _logger(req).warning("the ledger's row was not released (%s); the next hop claims it when it runs out", exc)
 
 
 def _republish(deps: Deps, req: _Request, stored: ledger.Republish, *, original: bytes | str) -> None:

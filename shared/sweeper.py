@@ -329,7 +329,7 @@ def _write_record(deps: Deps, changes: RecordChanges, record: RecordResult) -> N
     if table is None or not changes.writes:
         return
     began = deps.monotonic()
-    writes: list[tuple[Callable[[], None], str]] = [
+    writes: list[tuple[Callable[[], object], str]] = [
         *((functools.partial(table.insert, row), "added") for row in changes.add),
         *((functools.partial(table.replace, row, etag), "rewritten") for row, etag in changes.rewrite),
         *((functools.partial(table.delete, FIRST_SEEN_PARTITION, c, etag), "pruned") for c, etag in changes.prune),

@@ -134,27 +134,29 @@ class TableStore:
         except (AzureError, OSError) as exc:
             raise TableError(f"reading table {self._table} failed ({_describe(exc)})") from exc
 
-    def insert(self, row: Mapping[str, Any]) -> None:
-        """Create ``row``; ``TableConflictError`` if it exists already."""
+    def insert(self, row: Mapping[str, Any]) -> str | None:
+        """Create ``row``; ``TableConflictError`` if it exists already. Returns the new etag (``None``: not told)."""
         entity = _entity(row)
         try:
             try:
-                self._table_client().create_entity(entity)
+                return _etag(self._table_client().create_entity(entity))
             except ResourceNotFoundError:
                 self._create_table()
-                self._table_client().create_entity(entity)
+                return _etag(self._table_client().create_entity(entity))
         except ResourceExistsError as exc:
             raise TableConflictError(f"the row exists already in table {self._table}") from exc
         except (AzureError, OSError) as exc:
             raise TableError(f"writing table {self._table} failed ({_describe(exc)})") from exc
 
-    def replace(self, row: Mapping[str, Any], etag: str) -> None:
+    def replace(self, row: Mapping[str, Any], etag: str) -> str | None:
         """Replace ``row`` only if it still has ``etag`` (``If-Match``); ``TableConflictError`` if it changed or is
-        gone."""
+        gone. Returns the new etag (``None``: not told)."""
         entity = _entity(row)
         try:
-            self._table_client().update_entity(
-                entity, mode="replace", etag=etag, match_condition=MatchConditions.IfNotModified
+            return _etag(
+                self._table_client().update_entity(
+                    entity, mode="replace", etag=etag, match_condition=MatchConditions.IfNotModified
+                )
             )
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
             raise TableConflictError(f"the row changed or is gone in table {self._table}") from exc
@@ -189,6 +191,12 @@ def _entity(row: Mapping[str, Any]) -> dict[str, Any]:
     check_key(entity.get("PartitionKey"), "PartitionKey")  # type: ignore[arg-type]
     check_key(entity.get("RowKey"), "RowKey")  # type: ignore[arg-type]
     return entity
+
+
+def _etag(metadata: Any) -> str | None:
+    """The etag of a write's answer (the SDK returns the response metadata as a dict)."""
+    etag = metadata.get("etag") if isinstance(metadata, Mapping) else None
+    return etag if isinstance(etag, str) else None
 
 
 def _row(entity: Any) -> Row:

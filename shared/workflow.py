@@ -18,14 +18,17 @@ Rules (README, "Guarantees"):
   ``cancelled``. A PATCH answer, an earlier read and anything a poll message says only decide what to read first.
 * **Cheap hops.** A hop stops reading once one order is known to be still open, except that it always reads and
   cancels orders that still need a cancel (new ones, or ones that fell back).
-* **Milestones.** No DELETE at or after the cut-off C (``first_handled_at + POLL_TIMEOUT``, earlier for a chain
-  started by a redelivery). From C to D = C' + settle nothing happens, so that a DELETE already sent by a sibling
-  chain (a fork) has landed. From D the *final check* classifies the request from fresh reads (``timed_out``, or
-  ``failed`` for a refusal, or gone). From H (``first_handled_at + POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)``,
-  less one call) one last look at the customer ends the request whatever happens.
+* **Milestones.** No DELETE at or after the cut-off C (``first_handled_at + POLL_TIMEOUT``; the first handling is
+  the ledger row's). From C the *final check* classifies the request from fresh reads (``timed_out``, ``failed`` for
+  a refusal, or gone), and writes nothing. If a hop decided a DELETE (``deleting_at``), the final check starts no
+  earlier than ``CLAIM_SECONDS`` after that (D), so that the DELETE has landed, even one sent by an invocation that
+  paused past its claim. From H (``first_handled_at + POLL_TIMEOUT + max(POLL_MAX_INTERVAL, 900)``, less one hop)
+  one look at the customer ends the request whatever happens.
+* **One invocation at a time.** The service runs a hop only under the request ledger's claim (``shared.ledger``), so
+  two chains of one request never work at once; the core decides as if its hop were the request's only one.
 * **A refused DELETE** is tried again on later hops, from fresh reads. Still refused ``DELETE_REFUSAL_TIMEOUT``
-  after the first refusal (which the poll message carries, so chains forked after it share the deadline), the request
-  ends ``failed``, naming the blockers Partner Center quotes.
+  after the first refusal (which the state carries), the request ends ``failed``, naming the blockers Partner
+  Center quotes.
 * **Bounded work.** No call starts after ``policy.hop_work`` seconds of the invocation; the rest is handed to the
   next hop. Longer waits (throttling, outages, crashes) always continue on the poll queue.
 """
@@ -80,14 +83,17 @@ __all__ = [
     "PatchSubscription",
     "Poison",
     "Policy",
+    "Retry",
     "begin_poll",
     "begin_request",
+    "decided_unrecorded",
     "is_cancelled",
     "milestones",
     "needs_cancel",
     "normalise_status",
     "outcome_unrecorded",
     "poll_delay",
+    "refuse_unclaimed",
     "reject_invalid_request",
     "step",
     "unreadable_poll",
@@ -99,10 +105,6 @@ CANCELLING = frozenset({"pending"})
 #: How far in the future a poll message's times may lie (clock skew between instances) before it is unreadable.
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_DELAY = 7 * 24 * 3600 - 1
-#: After the hard end, a failed last look is tried this many more times, POLL_INTERVAL_SECONDS apart (at most ...
-LAST_TRIES = 3
-#: ... at most this far apart, so that they fit into the bound whatever POLL_INTERVAL_SECONDS is.
-LAST_LOOK_SECONDS = 60
 #: An order PATCH refused with one of these (a licence order, seat-based SaaS) is cleared through its subscription.
 VIA_SUBSCRIPTION_CODES = frozenset({"800063", "800077"})
 STALE_ETAG_CODE = "2055"  # a subscription PATCH with a stale If-Match: read it again, PATCH again
@@ -165,7 +167,7 @@ class FailureKind(Enum):
     REFUSED = "refused"  # any other 4xx: Partner Center's considered refusal
     UNSAFE = "unsafe"  # a value was not the documented shape: nothing was sent
     OUT_OF_TIME = "out_of_time"  # the invocation's work time ran out inside a logical call (a further page, a renewal)
-    STORAGE = "storage"  # the request ledger's table could not be read before the call: the call was not made
+    STORAGE = "storage"  # the request ledger could not be claimed (or the claim was lost): the call was not made
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ class Policy:
     protected: frozenset[str] = frozenset()
     hop_work: float = 10.0  # no call starts after this many seconds of an invocation
     pickup: float = 10.0  # the host's maxPollingInterval: how late a due message may be picked up
-    settle: float = 60.0  # the longest a DELETE decided before C can take to land (work + waits + one call)
+    settle: float = 150.0  # CLAIM_SECONDS: the longest a decided DELETE can take to land (a claim's length)
     call_time: float = 35.0  # the longest one call can take (connect + read timeout)
     retry_after_max: int = 900
     delete_refusal_timeout: float = 1800.0  # DELETE_REFUSAL_TIMEOUT_SECONDS
@@ -310,7 +312,17 @@ class Finish:
     subscriptions: tuple[SubscriptionState, ...] = ()
 
 
-Command = Call | Continue | Finish
+@dataclass(frozen=True)
+class Retry:
+    """Send the invocation's own message again, as it is, hidden for ``delay`` seconds: a message without a chain of
+    its own (an unreadable poll message) or decided before any call, whose outcome the request ledger cannot take
+    now."""
+
+    delay: int
+    why: str
+
+
+Command = Call | Continue | Finish | Retry
 
 
 # -- observations -------------------------------------------------------------------------------------------------
@@ -338,7 +350,7 @@ class Failure:
             return f"refused to continue: {self.description}"
         words = self.description or "no description"
         if self.kind is FailureKind.STORAGE:
-            return f"the request ledger could not be read, so {self.where} was not sent: {words}"
+            return f"the request ledger could not be used, so {self.where} was not sent: {words}"
         if self.status is None:
             return f"no answer from Partner Center to {self.where}: {words}"
         verb = (
@@ -467,14 +479,16 @@ def milestones(chain: PollMessage, policy: Policy) -> tuple[datetime, datetime, 
     """(C, D, H): DELETE cut-off, start of the final check, hard end. See the module docstring."""
     timeout = timedelta(seconds=policy.timeout)
     normal_cut = chain.first_handled_at + timeout
-    cut = min(chain.delete_by, normal_cut) if chain.delete_by else normal_cut  # a message can only shorten it
-    final = normal_cut + timedelta(seconds=policy.settle)
+    # deleteBy: written by an earlier release for a redelivered request; a message can only shorten the cut-off.
+    cut = min(chain.delete_by, normal_cut) if chain.delete_by else normal_cut
+    final = normal_cut
+    if chain.deleting_at is not None:  # a DELETE was decided: it has landed CLAIM_SECONDS later
+        final = max(final, chain.deleting_at + timedelta(seconds=policy.settle))
     # The final check gets a few attempts at the longest back-off, and the chain still ends within the documented
-    # bound: POLL_TIMEOUT_SECONDS + max(POLL_MAX_INTERVAL_SECONDS, 900 s), counting one pickup and one call.
+    # bound: POLL_TIMEOUT_SECONDS + max(POLL_MAX_INTERVAL_SECONDS, 900 s), counting one pickup and one hop.
     one_hop = policy.pickup + policy.hop_work + policy.call_time  # picked up late, all its work time, one more call
-    reserve = one_hop + LAST_TRIES * (_last_look_delay(policy) + one_hop)
-    window = min(policy.final_window - reserve, policy.settle + max(2 * policy.max_interval, 30))
-    hard = normal_cut + timedelta(seconds=max(window, policy.settle + 1))
+    window = min(policy.final_window - one_hop, policy.settle + max(2 * policy.max_interval, 30))
+    hard = max(normal_cut + timedelta(seconds=max(window, policy.settle + 1)), final + timedelta(seconds=1))
     return cut, final, hard
 
 
@@ -501,8 +515,8 @@ def unreadable_poll(
 ) -> Hop | Finish:
     """A poll message this release cannot read: ``failed`` (a redrive is possible), never ``rejected``.
 
-    Like every path that gives up, it first looks whether the customer is already gone (a sibling chain may have
-    deleted it), when the customer can be read exactly and is not protected.
+    Like every path that gives up, it first looks whether the customer is already gone (an earlier hop of the request
+    may have deleted it), when the customer can be read exactly and is not protected.
     """
     text = f"could not read a poll message ({reason})"
     if customer_id is None or correlation_id is None or dry_run is None:
@@ -550,14 +564,9 @@ def begin_request(request: DeletionRequest, *, delivery: int, now: datetime, pol
         dry_run=request.dry_run,
     )
     if delivery > 1:
-        # An earlier delivery died, maybe after it started a chain of its own (we cannot know). This chain's
-        # cut-off is the earliest the other one can have: its first handling was no earlier than requestedAt.
-        chain = replace(
-            chain,
-            delete_by=request.requested_at + timedelta(seconds=policy.timeout),
-            recoveries=1,
-            cause=Cause.RECOVERY.value,
-        )
+        # An earlier delivery died, maybe after its first calls. Its first handling was no earlier than requestedAt;
+        # the service replaces this with the ledger row's first handling when it can read the row.
+        chain = replace(chain, first_handled_at=request.requested_at, recoveries=1, cause=Cause.RECOVERY.value)
         return Continue(
             chain,
             _recovery_delay(chain, now, policy),
@@ -587,22 +596,16 @@ def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Poli
         )
     cut, final, hard = milestones(chain, policy)
     if delivery > 1:
-        if now >= hard:
-            if chain.last_looks >= LAST_TRIES:  # every last look died or failed: end here, without another call
-                hop = Hop(
-                    chain,
-                    Entry.POLL,
-                    Mode.FINAL,
-                    tuple(o.id for o in chain.orders),
-                    {o.id: o.status for o in chain.orders},
-                    sub_hints={s.id: s for s in chain.subscriptions},
-                )
-                return _timed_out(hop, policy, unchecked=True)
-            return Continue(
-                replace(chain, recoveries=chain.recoveries + 1, last_looks=chain.last_looks + 1),
-                _last_look_delay(policy),
-                "the last look died with its invocation: handed over for another",
+        if now >= hard:  # the look at the hard end died with its invocation: end here, without another call
+            hop = Hop(
+                chain,
+                Entry.POLL,
+                Mode.FINAL,
+                tuple(o.id for o in chain.orders),
+                {o.id: o.status for o in chain.orders},
+                sub_hints={s.id: s for s in chain.subscriptions},
             )
+            return _timed_out(hop, policy, unchecked=True)
         nxt = replace(chain, recoveries=chain.recoveries + 1, cause=chain.cause or Cause.RECOVERY.value)
         return Continue(
             nxt,
@@ -613,7 +616,7 @@ def begin_poll(chain: PollMessage, *, delivery: int, now: datetime, policy: Poli
         return Continue(
             replace(chain, attempt=chain.attempt + 1),
             _seconds(final - now),
-            "past the DELETE cut-off: waiting for the final check",
+            "past the DELETE cut-off, and a DELETE was decided: waiting until it has landed, for the final check",
         )
     mode = Mode.NORMAL if now < cut else Mode.FINAL
     hints = {o.id: o.status for o in chain.orders}
@@ -644,19 +647,21 @@ def step(
         if observation is None:
             raise ValueError(f"{hop.pending.describe()} is pending: an observation is required")
         hop, decided = _absorb(replace(hop, pending=None), hop.pending, observation, now, policy)
-        if isinstance(decided, (Continue, Finish)):
+        if isinstance(decided, (Continue, Finish, Retry)):
             return hop, decided
         if decided is not None:  # a gone check or a blocker listing: it obeys the work budget like any other call
             late = _out_of_time(hop, now, elapsed, policy)
             if late is not None and hop.refused_delete is not None:  # no time to name more: the refusal stands
                 return hop, _refusal_failed(hop, now, policy, None)
-            return _issue(hop, late or decided)
-    return _issue(hop, _decide(hop, now, elapsed, policy))
+            return _issue(hop, late or decided, now)
+    return _issue(hop, _decide(hop, now, elapsed, policy), now)
 
 
-def _issue(hop: Hop, command: Command) -> tuple[Hop, Command]:
-    if isinstance(command, (Continue, Finish)):
+def _issue(hop: Hop, command: Command, now: datetime) -> tuple[Hop, Command]:
+    if isinstance(command, (Continue, Finish, Retry)):
         return hop, command
+    if isinstance(command, DeleteCustomer):  # the state records it: the final check waits until it has landed
+        hop = replace(hop, chain=replace(hop.chain, deleting_at=now))
     return replace(hop, pending=command), command
 
 
@@ -826,6 +831,8 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
         return hop, _refusal_failed(hop, now, policy, None)
     if kind is FailureKind.UNSAFE:
         return hop, _fail(hop, f.text())
+    if kind is FailureKind.STORAGE:  # nothing was sent, and no outcome is decided without the ledger: wait for it
+        return hop, _table_wait(hop, now, policy, f.text())
     if hop.entry is Entry.UNREADABLE:  # one look only: gone, or the failure stands (said to be unchecked)
         return hop, (
             _gone(hop, f) if kind is FailureKind.NOT_FOUND else _fail(hop, hop.gone_check or "", checked=False)
@@ -833,7 +840,7 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     if kind is FailureKind.OUT_OF_TIME:
         return hop, _no_time_left(hop, now, policy)
     if _past_hard_end(hop, now, policy) and not (kind is FailureKind.NOT_FOUND or kind is FailureKind.REFUSED):
-        return hop, _last_look_failed(hop, policy, f.text())
+        return hop, _timed_out(hop, policy, unchecked=True)  # the look at the hard end failed: the end
     if kind is FailureKind.THROTTLED:
         return hop, _wait(
             hop, now, policy, Cause.THROTTLED, f"last Retry-After {_fmt(f.retry_after)}", retry_after=f.retry_after
@@ -842,8 +849,6 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
         isinstance(call, (GetOrder, CancelOrder, DeleteCustomer, PatchSubscription, CancelAzureEntitlement))
         and hop.gone_check is None
     )
-    if kind is FailureKind.STORAGE:  # nothing was sent: continue on the poll queue, as in a Partner Center outage
-        return hop, _wait(hop, now, policy, Cause.OUTAGE, f.text(), what="the request ledger")
     if kind in (FailureKind.TRANSIENT, FailureKind.AUTH) or (kind is FailureKind.CONFLICT and not conflict_has_meaning):
         lost = (
             "the DELETE may have landed with its answer lost; the next hop reads again: "
@@ -984,34 +989,44 @@ def _refusal_failed(hop: Hop, now: datetime, policy: Policy, listed: list[Any] |
     )
 
 
-def outcome_unrecorded(hop: Hop, finish: Finish, now: datetime, policy: Policy, why: str) -> Continue | None:
-    """The hop decided ``finish``, but the request ledger could not take it (``why``): continue on the poll queue, as
-    in an outage, and the next hop reads everything again and decides from the world as it then is. ``None``: publish
-    ``finish`` without the ledger, because continuing would change what it means (``not_found`` at the request's
-    first look would become ``deleted``; an unreadable message's one look has no chain to continue) or would pass the
-    hard end."""
-    if finish.outcome in (Outcome.NOT_FOUND, Outcome.REJECTED) or hop.entry is Entry.UNREADABLE:
-        return None
-    if _past_hard_end(hop, now, policy):
-        return None
+def refuse_unclaimed(hop: Hop, why: str) -> Finish:
+    """The request's ledger row cannot be claimed by this request (``why``: it is another's, or unreadable as a row):
+    no call is made, because no hop may work unclaimed. ``failed``, with an equivalent request in the poison queue."""
+    return _fail(
+        hop, f"refused to continue: the request ledger's row for this request cannot be used ({why}); no call was made"
+    )
+
+
+def outcome_unrecorded(hop: Hop, finish: Finish, now: datetime, policy: Policy, why: str) -> Continue | Retry:
+    """The hop decided ``finish``, but the request ledger could not take it (``why``). Nothing is published without
+    the ledger (another message of the request could decide otherwise, unseen): the request continues on the poll
+    queue, as in an outage, past the hard end if need be, and the next hop reads everything again and decides from
+    the world as it then is. ``not_found`` at the request's first look is carried on (``absent_at_first_look``), so
+    that a later look at a customer still absent means the same."""
     detail = f"the request ledger could not take the outcome {finish.outcome.value} ({why})"
-    return _wait(hop, now, policy, Cause.OUTAGE, detail, what="the request ledger")
+    if hop.entry is Entry.UNREADABLE:
+        return Retry(policy.interval, detail)
+    if finish.outcome is Outcome.NOT_FOUND and hop.entry is Entry.REQUEST and not hop.chain.dry_run:
+        hop = replace(hop, chain=replace(hop.chain, absent_at_first_look=True))
+    return _table_wait(hop, now, policy, detail)
+
+
+def decided_unrecorded(*, request: bool, policy: Policy, why: str) -> Retry | None:
+    """An outcome decided before any call (protected, invalid, past the hard end) that the request ledger cannot take
+    now. A poll message is tried again later, as it is. ``None``: a request's own first delivery publishes it without
+    the ledger (sent again, a bare request would become another request; every delivery of it decides the same,
+    from the message alone)."""
+    return None if request else Retry(policy.interval, f"the request ledger could not take the outcome ({why})")
+
+
+def _table_wait(hop: Hop, now: datetime, policy: Policy, detail: str) -> Continue:
+    """The request ledger cannot be claimed or written: continue on the poll queue with the outage back-off, past the
+    hard end if need be (then the next hop only looks and ends)."""
+    return _wait(hop, now, policy, Cause.OUTAGE, detail, what="the request ledger", beyond_end=True)
 
 
 def _past_hard_end(hop: Hop, now: datetime, policy: Policy) -> bool:
     return hop.mode is Mode.FINAL and now >= milestones(hop.chain, policy)[2]
-
-
-def _last_look_failed(hop: Hop, policy: Policy, why: str) -> Command:
-    """After the hard end a failed look is tried a few more times, POLL_INTERVAL_SECONDS apart; then the end."""
-    if hop.chain.last_looks >= LAST_TRIES:
-        return _timed_out(hop, policy, unchecked=True)
-    message = replace(hop.chain, last_looks=hop.chain.last_looks + 1)  # cause and orders stay as they were
-    return Continue(message, _last_look_delay(policy), f"the last look failed ({why}): trying again")
-
-
-def _last_look_delay(policy: Policy) -> int:
-    return min(policy.interval, LAST_LOOK_SECONDS)
 
 
 def _busy(hop: Hop, order_id: str) -> Hop:
@@ -1026,7 +1041,8 @@ def _busy(hop: Hop, order_id: str) -> Hop:
 
 
 def _check_gone(hop: Hop, failure_text: str) -> tuple[Hop, Command]:
-    """Paths that give up first check whether the customer is already gone (a sibling chain may have deleted it)."""
+    """Paths that give up first check whether the customer is already gone (an earlier DELETE of this request, whose
+    answer was lost, may have removed it)."""
     return replace(hop, gone_check=failure_text), GetCustomer()
 
 
@@ -1063,7 +1079,7 @@ def _no_time_left(hop: Hop, now: datetime, policy: Policy) -> Command:
     if hop.entry is Entry.UNREADABLE:
         return _fail(hop, hop.gone_check or "", checked=False)
     if _past_hard_end(hop, now, policy):
-        return _last_look_failed(hop, policy, f"the final reads did not fit into {policy.hop_work:g}s")
+        return _timed_out(hop, policy, unchecked=True)  # the final reads did not fit: the end
     # Soon, but not in a tight loop when the work never fits (1 s, 2 s, 4 s ... up to POLL_INTERVAL_SECONDS).
     want = min(policy.interval, 2 ** min(hop.chain.setbacks, 20))
     return _continue(
@@ -1105,7 +1121,8 @@ def _next_call(hop: Hop, now: datetime, policy: Policy) -> Call | None:
         return ListEntitlements()  # the request's first listing: its orders are cancelled beside the subscriptions
     for order_id in hop.order_ids:  # cancel what was read as needing it, before reading the next one
         if (
-            order_id in hop.fresh
+            hop.mode is Mode.NORMAL
+            and order_id in hop.fresh
             and needs_cancel(hop.fresh[order_id])
             and order_id not in hop.patched
             and order_id not in hop.via_sub
@@ -1442,9 +1459,10 @@ def _continue(
     want: float,
     why: str,
     progress: bool = False,
+    beyond_end: bool = False,
 ) -> Continue:
     message = _message(hop, cause, detail, progress=progress, now=now)
-    return Continue(message, _schedule(want, now, message, policy), why)
+    return Continue(message, _schedule(want, now, message, policy, beyond_end=beyond_end), why)
 
 
 def _wait(
@@ -1456,6 +1474,7 @@ def _wait(
     *,
     retry_after: float | None = None,
     what: str = "Partner Center",
+    beyond_end: bool = False,
 ) -> Continue:
     """Throttled, an outage, a refused DELETE: continue later, with a delay that grows while nothing progresses."""
     if cause is Cause.THROTTLED:  # at least Retry-After (1-900 s), spread up to half again, never beyond 900 s
@@ -1474,7 +1493,7 @@ def _wait(
         wait = min(policy.max_interval, policy.interval * 2 ** min(hop.chain.setbacks, 20))
         want = max(1.0, wait - _spread(hop.chain, wait))
         why = f"{what} unavailable ({detail})"
-    return _continue(hop, now, policy, cause, detail, want=want, why=why)
+    return _continue(hop, now, policy, cause, detail, want=want, why=why, beyond_end=beyond_end)
 
 
 def _spread(chain: PollMessage, wait: float) -> float:
@@ -1485,7 +1504,7 @@ def _spread(chain: PollMessage, wait: float) -> float:
     return wait / 2 * int.from_bytes(digest[:4], "big") / 2**32
 
 
-def _schedule(want: float, now: datetime, chain: PollMessage, policy: Policy) -> int:
+def _schedule(want: float, now: datetime, chain: PollMessage, policy: Policy, *, beyond_end: bool = False) -> int:
     """The delay, kept inside the milestones: no hop is scheduled past the cut-off, the final check or the end."""
     cut, final, hard = milestones(chain, policy)
     if now < cut:
@@ -1500,6 +1519,8 @@ def _schedule(want: float, now: datetime, chain: PollMessage, policy: Policy) ->
         return _seconds(final - now)
     if now < final:
         return _seconds(final - now)
+    if now >= hard and beyond_end:  # only the request ledger's waits continue past the hard end
+        return _seconds(timedelta(seconds=want))
     return max(0, min(_seconds(timedelta(seconds=want)), _seconds(hard - now)))
 
 
@@ -1525,19 +1546,19 @@ def _fail(hop: Hop, text: str, *, checked: bool = True) -> Finish:
 def _gone(hop: Hop, failure: Failure) -> Finish:
     """The customer does not exist. ``not_found`` only at the request's own first look, or for a dry run.
 
-    Anywhere else a sibling chain of this request (a fork after a host died) may have deleted it, and reported
-    ``deleted``; so this chain reports ``deleted`` too. Outcomes of one request never disagree on this.
+    Anywhere else an earlier hop of this request may have deleted it (a DELETE whose answer was lost, or a hop that
+    died after its DELETE), so the request reports ``deleted``.
     """
     chain = hop.chain
     said = f"GET customer: {failure.text()}"
     if chain.dry_run:
         return _finish(hop, Outcome.NOT_FOUND, f"Partner Center has no such customer ({said}); nothing was changed")
-    if hop.entry is Entry.REQUEST and not hop.looked:
+    if (hop.entry is Entry.REQUEST and not hop.looked) or (chain.absent_at_first_look and not chain.customer_seen):
         return _finish(hop, Outcome.NOT_FOUND, f"Partner Center has no such customer when the request arrived ({said})")
     if chain.customer_seen or hop.looked:
         why = (
             "it existed when this request first looked, so this request's DELETE (whose answer was lost, or sent "
-            "by a sibling hop) or another request removed it"
+            "by a hop that died) or another request removed it"
         )
     else:
         why = (

@@ -225,6 +225,7 @@ class FakeTable:
         self.rows[key] = {**row, "etag": self._etag()}
         if "insert" in self.fail_after:
             raise TableError("insert answer lost (fake)")
+        return self.rows[key]["etag"]
 
     def replace(self, row, etag):
         key = (row["PartitionKey"], row["RowKey"])
@@ -234,6 +235,7 @@ class FakeTable:
         self.rows[key] = {**row, "etag": self._etag()}
         if "replace" in self.fail_after:
             raise TableError("replace answer lost (fake)")
+        return self.rows[key]["etag"]
 
     def delete(self, partition, row_key, etag):
         key = (partition, row_key)

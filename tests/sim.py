@@ -511,19 +511,21 @@ class SimTable:
         self._read()
         return [dict(r) for (pk, _), r in sorted(self.rows.items()) if pk == check_key(partition)]
 
-    def insert(self, row: dict[str, Any]) -> None:
+    def insert(self, row: dict[str, Any]) -> str:
         key = (row["PartitionKey"], row["RowKey"])
         if key in self.rows:
             self._read()
             raise TableConflictError("the row exists (simulated 409)")
         self._write("insert", key, lambda: self.rows.__setitem__(key, {**row, "etag": f"e{next(self._versions)}"}))
+        return self.rows[key]["etag"]
 
-    def replace(self, row: dict[str, Any], etag: str) -> None:
+    def replace(self, row: dict[str, Any], etag: str) -> str:
         key = (row["PartitionKey"], row["RowKey"])
         if key not in self.rows or self.rows[key]["etag"] != etag:
             self._read()
             raise TableConflictError("the row changed (simulated 412)")
         self._write("replace", key, lambda: self.rows.__setitem__(key, {**row, "etag": f"e{next(self._versions)}"}))
+        return self.rows[key]["etag"]
 
     def delete(self, partition: str, row_key: str, etag: str) -> None:
         key = (partition, row_key)

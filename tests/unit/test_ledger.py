@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared import ledger
+from shared import config, ledger, service
 from shared.config import Settings
-from shared.messages import event_id, iso
+from shared.messages import OrderState, PollMessage, event_id, iso
 from shared.service import Deps, handle_deletion_request, handle_poll
 from shared.tables import TableConflictError, TableError
 from tests.fakes import Clock, FakeCustomer, FakeOrder, FakePartnerCenter, FakePublisher, FakeTable, queue_message
@@ -48,6 +49,34 @@ def test_the_key_is_the_customer_and_the_event_id_and_only_guids_get_one():
         assert ledger.request_key(customer, correlation, T, False) is None
 
 
+CLAIM = 150.0
+
+
+def start(row, hop=1, *, invocation="inv-a", now=T, chain=None, legacy=False):
+    return ledger.on_hop_start(
+        row,
+        KEY,
+        hop=hop,
+        chain=chain if chain is not None else message(hop - 1 if hop else 0),
+        invocation=invocation,
+        now=now,
+        claim_seconds=CLAIM,
+        legacy=legacy,
+    )
+
+
+def message(attempt=0, **changes):
+    base = PollMessage(CUSTOMER, CORRELATION, (), attempt, T, T, stage="discover")
+    return replace(base, **changes)
+
+
+def claimed(row=None, hop=1, **kw):
+    """The row as the claim of ``hop`` writes it."""
+    plan = start(row, hop, **kw)
+    assert isinstance(plan, ledger.Claim), plan
+    return {**plan.write.row, "etag": f"e{hop}"}
+
+
 def test_the_first_finish_inserts_the_outcome_and_every_later_one_republishes_it():
     first = ledger.on_finish(None, KEY, outcome="timed_out", event=event("timed_out"), poison="equivalent", now=T)
     assert isinstance(first, ledger.Insert)
@@ -60,17 +89,112 @@ def test_the_first_finish_inserts_the_outcome_and_every_later_one_republishes_it
     )
     later = ledger.on_finish(row, KEY, outcome="deleted", event=event("deleted"), poison="none", now=T)
     assert later == ledger.Republish(event("timed_out"), "equivalent", "timed_out")
-    assert ledger.on_hop_start(row, KEY) == later
+    assert start(row) == later
+    assert ledger.on_handover(row, KEY, hop=3) == later
 
 
-def test_a_row_with_progress_only_is_replaced_with_the_outcome_on_its_etag():
-    progress = ledger.on_progress(None, KEY, stage="poll", hop=1, next_step_at=T + timedelta(seconds=30), now=T)
-    assert isinstance(progress, ledger.Insert) and progress.row["nextStepAt"] == iso(T + timedelta(seconds=30))
-    row = {**progress.row, "etag": "e7"}
-    assert ledger.on_hop_start(row, KEY) == ledger.Proceed()
-    plan = ledger.on_finish(row, KEY, outcome="deleted", event=event(), poison="none", now=T)
-    assert isinstance(plan, ledger.Replace) and plan.etag == "e7" and plan.row["outcome"] == "deleted"
-    assert "etag" not in plan.row and plan.row["hop"] == 1
+def test_the_first_hop_claims_by_inserting_the_row_with_its_first_handling():
+    plan = start(None, 0, chain=message(0, first_handled_at=T - timedelta(seconds=5)))
+    assert isinstance(plan, ledger.Claim) and isinstance(plan.write, ledger.Insert)
+    row = plan.write.row
+    assert (row["hop"], row["claimBy"], row["claimUntil"]) == (0, "inv-a", iso(T + timedelta(seconds=CLAIM)))
+    assert row["firstHandledAt"] == iso(T - timedelta(seconds=5)) and row["deletingAt"] == ""
+
+
+def test_a_live_claim_of_another_invocation_reschedules_the_message_for_after_it():
+    row = claimed(hop=2)
+    wait = start(row, 2, invocation="inv-b", now=T + timedelta(seconds=10))
+    assert isinstance(wait, ledger.Wait) and wait.holder == "inv-a"
+    assert wait.delay == CLAIM - 10 + 1 and wait.until == T + timedelta(seconds=CLAIM)
+    # the holder is an earlier hop, which releases right after it sent this message: look again soon
+    early = start(row, 3, invocation="inv-b", now=T + timedelta(seconds=10))
+    assert isinstance(early, ledger.Wait) and early.delay == ledger.EARLIER_HOP_RECHECK_SECONDS
+    # once the claim has run out (its invocation died), the next message claims it: no chain is ever dropped
+    taken = start(row, 2, invocation="inv-b", now=T + timedelta(seconds=CLAIM))
+    assert isinstance(taken, ledger.Claim) and taken.write.row["claimBy"] == "inv-b"
+    assert isinstance(taken.write, ledger.Replace) and taken.write.etag == "e2"
+
+
+def test_a_message_completes_without_a_call_only_when_a_later_hop_exists_or_its_own_hop_ran_to_its_end():
+    row = claimed(hop=4)
+    assert isinstance(start(row, 3, invocation="inv-b"), ledger.Done)  # a later hop claimed the row
+    assert isinstance(ledger.on_handover(row, KEY, hop=3), ledger.Done)
+    released = ledger.on_release(
+        row, KEY, invocation="inv-a", message=message(4), message_text=message(4).to_text(), next_step_at=T, now=T
+    )
+    assert isinstance(released, ledger.Replace) and released.row["claimUntil"] == ""
+    after = {**released.row, "etag": "e9"}
+    done = start(after, 4, invocation="inv-b")  # hop 4 sent hop 5's message, then released: a twin of 4 has no work
+    assert isinstance(done, ledger.Done) and "ran to its end" in done.why
+    assert isinstance(start(after, 5, invocation="inv-c"), ledger.Claim)  # hop 5 works
+    assert isinstance(ledger.on_handover(after, KEY, hop=5), ledger.Proceed)
+
+
+def test_the_row_is_the_state_for_the_hop_it_was_left_for():
+    row = claimed(hop=1, chain=message(0, first_handled_at=T - timedelta(seconds=40)))
+    sent = message(1, orders=(OrderState("a" * 33, "pending"),), stage="poll", customer_seen=True)
+    plan = ledger.on_release(
+        row, KEY, invocation="inv-a", message=sent, message_text=sent.to_text(), next_step_at=T, now=T
+    )
+    assert plan is not None
+    after = {**plan.row, "etag": "e5"}
+    assert after["stateHop"] == 2
+    twin = message(1, recoveries=1, cause="recovery")  # a hand-over's copy of hop 2, with other hints
+    claim = start(after, 2, invocation="inv-b", chain=twin)
+    assert isinstance(claim, ledger.Claim) and claim.chain is not None
+    assert claim.chain.orders == sent.orders and claim.chain.recoveries == 1 and claim.chain.cause == "recovery"
+    assert claim.chain.first_handled_at == T - timedelta(seconds=40)  # the row's first handling, not the message's
+    forged = message(7, first_handled_at=T + timedelta(seconds=600))  # another hop: only the first handling is taken
+    claim = start(after, 8, invocation="inv-c", chain=forged)
+    assert isinstance(claim, ledger.Claim) and claim.chain is not None
+    assert claim.chain.first_handled_at == T - timedelta(seconds=40) and claim.chain.attempt == 7
+
+
+def test_the_deleting_write_needs_the_claim_and_records_when_a_delete_was_decided():
+    row = claimed(hop=3)
+    later = T + timedelta(seconds=20)
+    plan = ledger.on_deleting(row, KEY, invocation="inv-a", now=later, claim_seconds=CLAIM)
+    assert isinstance(plan, ledger.Replace) and plan.etag == "e3"
+    assert (plan.row["stage"], plan.row["deletingAt"]) == ("deleting", iso(later))
+    assert plan.row["claimUntil"] == iso(later + timedelta(seconds=CLAIM))  # it covers the DELETE call
+    assert ledger.on_deleting(row, KEY, invocation="inv-b", now=later, claim_seconds=CLAIM) is None
+    assert ledger.on_deleting(stored_row(), KEY, invocation="inv-a", now=later, claim_seconds=CLAIM) is None
+    # the mark is kept when the claim is released, and every later hop's state carries it
+    marked = {**plan.row, "etag": "e4"}
+    released = ledger.on_release(
+        marked, KEY, invocation="inv-a", message=message(3), message_text=message(3).to_text(), next_step_at=T, now=T
+    )
+    assert released is not None and released.row["deletingAt"] == iso(later)
+    claim = start({**released.row, "etag": "e5"}, 4, invocation="inv-b")
+    assert isinstance(claim, ledger.Claim) and claim.chain is not None and claim.chain.deleting_at == later
+
+
+def test_a_message_of_the_previous_release_marks_a_delete_possibly_in_flight():
+    plan = start(None, 3, legacy=True)
+    assert isinstance(plan, ledger.Claim) and plan.write.row["deletingAt"] == iso(T)
+    assert plan.chain is not None and plan.chain.deleting_at == T
+    row = {**stored_row(), "outcome": None, "event": None, "hop": 1, "claimUntil": "", "deletingAt": ""}
+    plan = start(row, 3, legacy=True)
+    assert isinstance(plan, ledger.Claim) and plan.write.row["deletingAt"] == iso(T)
+
+
+def test_a_finish_under_a_claim_another_invocation_took_publishes_nothing():
+    row = {**claimed(hop=3), "claimBy": "inv-b"}
+    lost = ledger.on_finish(row, KEY, outcome="timed_out", event=event(), poison="none", now=T, invocation="inv-a")
+    assert isinstance(lost, ledger.Done)
+    mine = ledger.on_finish(
+        {**row, "claimBy": "inv-a"}, KEY, outcome="deleted", event=event(), poison="none", now=T, invocation="inv-a"
+    )
+    assert isinstance(mine, ledger.Replace) and mine.row["outcome"] == "deleted" and mine.row["claimUntil"] == ""
+
+
+def test_a_release_without_the_claim_writes_nothing():
+    row = claimed(hop=2)
+    text = message(2).to_text()
+    kw = {"message": message(2), "message_text": text, "next_step_at": T, "now": T}
+    assert ledger.on_release(row, KEY, invocation="inv-b", **kw) is None
+    assert ledger.on_release(stored_row(), KEY, invocation="inv-a", **kw) is None
+    assert ledger.on_release({**row, "claimUntil": ""}, KEY, invocation="inv-a", **kw) is None
 
 
 @pytest.mark.parametrize(
@@ -87,11 +211,13 @@ def test_a_row_that_is_not_this_requests_is_never_used(change, why):
     """A row never turns a dry run into a real request, nor one request into another."""
     row = stored_row(**change)
     for plan in (
-        ledger.on_hop_start(row, KEY),
+        start(row),
+        ledger.on_handover(row, KEY, hop=1),
         ledger.on_finish(row, KEY, outcome="deleted", event=event(), poison="none", now=T),
     ):
         assert isinstance(plan, ledger.Unrelated) and why in plan.why
-    assert ledger.on_progress(row, KEY, stage="poll", hop=2, next_step_at=T, now=T) is None
+    running = {**claimed(hop=1), **change}
+    assert ledger.on_deleting(running, KEY, invocation="inv-a", now=T, claim_seconds=CLAIM) is None
 
 
 @pytest.mark.parametrize(
@@ -105,14 +231,7 @@ def test_a_row_that_is_not_this_requests_is_never_used(change, why):
     ],
 )
 def test_a_stored_outcome_that_cannot_be_read_is_not_republished(change):
-    assert isinstance(ledger.on_hop_start({**stored_row(), **change}, KEY), ledger.Unrelated)
-
-
-def test_progress_never_overwrites_an_outcome_or_a_later_hop():
-    assert ledger.on_progress(stored_row(), KEY, stage="poll", hop=3, next_step_at=T, now=T) is None
-    later = {**stored_row(), "outcome": None, "event": None, "hop": 5}
-    assert ledger.on_progress(later, KEY, stage="poll", hop=4, next_step_at=T, now=T) is None
-    assert isinstance(ledger.on_progress(later, KEY, stage="poll", hop=5, next_step_at=T, now=T), ledger.Replace)
+    assert isinstance(start({**stored_row(), **change}), ledger.Unrelated)
 
 
 def test_a_large_event_is_kept_in_two_properties_and_read_back_whole():
@@ -120,13 +239,39 @@ def test_a_large_event_is_kept_in_two_properties_and_read_back_whole():
     plan = ledger.on_finish(None, KEY, outcome="failed", event=big, poison="equivalent", now=T)
     assert isinstance(plan, ledger.Insert)
     assert len(plan.row["event"]) == ledger.EVENT_PART_CHARS and plan.row["event"] + plan.row["event2"] == big
-    assert ledger.on_hop_start({**plan.row, "etag": "e"}, KEY) == ledger.Republish(big, "equivalent", "failed")
+    assert start({**plan.row, "etag": "e"}) == ledger.Republish(big, "equivalent", "failed")
     too_big = ledger.on_finish(None, KEY, outcome="failed", event="x" * 60_001, poison="none", now=T)
     assert isinstance(too_big, ledger.Unrelated) and "more than a row holds" in too_big.why
 
 
 def test_a_stored_poison_that_is_not_a_poison_copy_is_not_trusted():
-    assert isinstance(ledger.on_hop_start({**stored_row(), "poison": "everything"}, KEY), ledger.Unrelated)
+    assert isinstance(start({**stored_row(), "poison": "everything"}), ledger.Unrelated)
+
+
+def test_the_claim_outlasts_one_invocations_longest_work_and_runs_out_before_the_hosts_lease(tmp_path):
+    """CLAIM_SECONDS' two bounds. Lower: a live hop never loses its claim to a hop that thinks it dead. Upper: a
+    message whose invocation died comes back after the host's lease (10 minutes), when its claim has run out, so a
+    redelivery never waits for a dead claim."""
+    for env in (
+        {},
+        {"INVOCATION_WORK_SECONDS": "120", "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "30"},
+        {
+            "INVOCATION_WORK_SECONDS": "120",
+            "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "30",
+            "PARTNER_CENTER_TIMEOUT_SECONDS": "300",
+        },
+        {
+            "INVOCATION_WORK_SECONDS": "1",
+            "PARTNER_CENTER_RETRY_BUDGET_SECONDS": "0",
+            "PARTNER_CENTER_TIMEOUT_SECONDS": "1",
+        },
+    ):
+        s = Settings.from_env({**ENV, **env}, app_root=tmp_path)
+        one_call = config.TOKEN_SECONDS + config.CONNECT_TIMEOUT_SECONDS + s.read_timeout
+        work = s.work_seconds + s.retry_budget + one_call + config.TABLE_CALL_SECONDS
+        assert work < s.claim_seconds < config.QUEUE_LEASE_SECONDS, (env, s.claim_seconds)
+        assert service.policy_for(s).settle == s.claim_seconds
+    assert config.TABLE_CALL_SECONDS == 61  # three attempts at 5 + 15 s, two pauses of 0.5 s (shared.app)
 
 
 # -- the service, on fakes --------------------------------------------------------------------------------------------
@@ -161,9 +306,8 @@ def test_a_redelivery_after_the_outcome_was_written_republishes_it_unchanged_and
     deps.clock.advance(120)
     # the host died after the outcome was sent, before it completed the message: the same message again
     handle_deletion_request(request(dry_run=True, delivery=2), "inv2", deps)
-    polls = deps.publisher.on(POLLS)
-    assert len(polls) == 1  # a redelivery hands over, as before; the next hop finds the outcome decided
-    handle_poll(queue_message(polls[0][0], id="p1", dequeue_count=1, inserted=T), "inv3", deps)
+    # the hand-over reads the row first: the outcome is decided, so it is published again and nothing is handed over
+    assert deps.publisher.on(POLLS) == []
     assert deps.publisher.on(OUTCOMES) == [first, first] and len(pc.calls) == calls
     row = deps.tables.get(CUSTOMER, event_id(CORRELATION, T, dry_run=True))
     assert row is not None and row["outcome"] == "dry_run" and row["event"] == first[0].decode()
@@ -187,7 +331,7 @@ def test_a_table_that_cannot_be_read_before_the_first_call_continues_on_the_poll
     ((body, delay),) = deps.publisher.on(POLLS)
     poll = json.loads(body)
     assert pc.calls == [] and deps.publisher.on(OUTCOMES) == [] and delay >= 1
-    assert poll["cause"] == "outage" and "request ledger could not be read" in poll["causeDetail"]
+    assert poll["cause"] == "outage" and "request ledger could not be used" in poll["causeDetail"]
     table.fail = set()  # the table is back: the next hop works
     handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv2", deps)
     assert pc.calls  # it called Partner Center this time
@@ -212,12 +356,20 @@ def test_a_table_that_cannot_take_the_outcome_continues_the_request_and_publishe
             raise TableError("503 (fake)")
         return real_get(partition, row_key)
 
-    table.get = get
+    real_replace = table.replace
+
+    def replace_(row, etag):
+        if down["on"]:
+            raise TableError("503 (fake)")
+        return real_replace(row, etag)
+
+    table.get, table.replace = get, replace_
     real_insert = table.insert
 
     def insert(row):
-        real_insert(row)
-        down["on"] = True  # after the first hop's progress row, the table goes down
+        etag = real_insert(row)
+        down["on"] = True  # after the first hop's claim, the table goes down
+        return etag
 
     table.insert = insert
     handle_deletion_request(request(dry_run=True), "inv1", deps)  # no exception
@@ -226,6 +378,7 @@ def test_a_table_that_cannot_take_the_outcome_continues_the_request_and_publishe
     assert "could not take the outcome dry_run" in json.loads(body)["causeDetail"]
     down["on"] = False
     table.insert = real_insert
+    table.rows[(CUSTOMER, event_id(CORRELATION, T, dry_run=True))]["claimUntil"] = ""  # the claim ran out meanwhile
     handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv2", deps)
     ((event_body, _),) = deps.publisher.on(OUTCOMES)
     assert json.loads(event_body)["outcome"] == "dry_run"
@@ -257,13 +410,16 @@ def test_each_poll_message_sent_records_the_stage_the_hop_and_the_next_steps_tim
     assert row is not None and "outcome" not in row and "event" not in row
     assert row["stage"] == json.loads(body)["stage"] and row["hop"] == json.loads(body)["attempt"]
     assert row["nextStepAt"] == iso(T + timedelta(seconds=delay)) and row["dryRun"] is False
+    # the row is the state: the message it left for the next hop, and its claim released
+    assert row["state"] == body.decode() and row["stateHop"] == 1 and row["claimUntil"] == ""
+    assert json.loads(body)["requestRow"] == event_id(CORRELATION, T)
 
 
-def test_a_progress_write_that_fails_is_logged_and_the_request_goes_on(tmp_path, caplog):
-    deps, _ = world(tmp_path, orders={"b" * 33: FakeOrder("completed")}, table=FakeTable(fail={"insert"}))
+def test_a_release_that_fails_is_logged_and_the_request_goes_on(tmp_path, caplog):
+    deps, pc = world(tmp_path, orders={"b" * 33: FakeOrder("completed")}, table=FakeTable(fail={"replace"}))
     handle_deletion_request(request(), "inv1", deps)
-    assert len(deps.publisher.on(POLLS)) == 1
-    assert "progress was not recorded" in caplog.text
+    assert len(deps.publisher.on(POLLS)) == 1 and pc.calls  # claimed by the insert; the release failed
+    assert "was not released" in caplog.text
 
 
 # -- retention ---------------------------------------------------------------------------------------------------------
@@ -309,3 +465,71 @@ def test_a_dry_run_and_a_real_request_in_the_same_second_are_two_requests_with_t
     outcomes = [json.loads(b) for b, _ in deps.publisher.on(OUTCOMES)]
     assert [o["outcome"] for o in outcomes] == ["dry_run", "deleted"]
     assert outcomes[0]["eventId"] == dry.event_id and outcomes[1]["eventId"] == real.event_id
+
+
+# -- claims, through the service ---------------------------------------------------------------------------------------
+
+
+def first_poll(deps):
+    """Run the request's first hop; return its poll message's text and delay."""
+    handle_deletion_request(request(), "inv1", deps)
+    ((body, delay),) = deps.publisher.on(POLLS)
+    return body, delay
+
+
+def test_a_twin_message_waits_for_a_live_claim_and_makes_no_call(tmp_path):
+    deps, pc = world(tmp_path, orders={"b" * 33: FakeOrder("completed")})
+    body, _ = first_poll(deps)
+    row_key = (CUSTOMER, event_id(CORRELATION, T))
+    # another invocation claimed hop 1 a moment ago and is still working on it
+    deps.tables.rows[row_key].update(hop=1, claimBy="inv-other", claimUntil=iso(T + timedelta(seconds=100)))
+    calls = len(pc.calls)
+    handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv2", deps)
+    assert len(pc.calls) == calls and deps.publisher.on(OUTCOMES) == []
+    again, delay = deps.publisher.on(POLLS)[-1]
+    assert again == body and delay == 101  # the same message, back just after the claim runs out
+
+
+def test_a_message_whose_hop_already_ran_completes_without_a_call(tmp_path):
+    deps, pc = world(tmp_path, orders={"b" * 33: FakeOrder("completed")})
+    body, _ = first_poll(deps)
+    handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv2", deps)
+    sent, calls = len(deps.publisher.on(POLLS)), len(pc.calls)
+    # the host died after hop 1 sent hop 2's message: hop 1's message comes back, as a twin
+    handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv3", deps)
+    assert len(deps.publisher.on(POLLS)) == sent and len(pc.calls) == calls
+
+
+def test_no_delete_is_sent_once_another_invocation_took_the_claim(tmp_path):
+    deps, pc = world(tmp_path, orders={"b" * 33: FakeOrder("cancelled")})
+    body, _ = first_poll(deps)
+    table = deps.tables
+    real_replace = table.replace
+
+    def replace_(row, etag):
+        if row.get("stage") == "deleting":  # another invocation claimed the row just before this hop's mark
+            raise TableConflictError("changed (fake)")
+        return real_replace(row, etag)
+
+    table.replace = replace_
+    handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv2", deps)
+    assert pc.count("delete_customer") == 0 and deps.publisher.on(OUTCOMES) == []
+    nxt = json.loads(deps.publisher.on(POLLS)[-1][0])
+    assert nxt["cause"] == "outage" and "another invocation claimed" in nxt["causeDetail"]
+    table.replace = real_replace
+    row = table.rows[(CUSTOMER, event_id(CORRELATION, T))]
+    row["claimUntil"] = ""  # that invocation's claim ran out
+    deps.clock.advance(60)
+    handle_poll(queue_message(json.dumps(nxt), id="p2", dequeue_count=1, inserted=T), "inv3", deps)
+    assert pc.count("delete_customer") == 1 and json.loads(deps.publisher.on(OUTCOMES)[0][0])["outcome"] == "deleted"
+    decided = table.rows[(CUSTOMER, event_id(CORRELATION, T))]
+    assert decided["deletingAt"] == iso(T + timedelta(seconds=60)) and decided["outcome"] == "deleted"
+
+
+def test_an_unreadable_poll_message_during_a_table_outage_comes_back_as_it_was(tmp_path):
+    deps, pc = world(tmp_path, table=FakeTable(fail={"get", "insert", "replace"}))
+    body = json.dumps({"schemaVersion": 1, "kind": "poll", "customerTenantId": CUSTOMER, "correlationId": CORRELATION})
+    handle_poll(queue_message(body.encode(), id="p1", dequeue_count=1, inserted=T), "inv1", deps)
+    assert pc.calls == [] and deps.publisher.on(OUTCOMES) == []
+    ((again, delay),) = deps.publisher.on(POLLS)
+    assert again in (body, body.encode()) and delay == 30

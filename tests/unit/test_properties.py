@@ -21,7 +21,7 @@ from shared.ids import GUID_RE
 from shared.messages import parse_deletion_request
 from shared.partner_center import PartnerCenterClient, RetryPolicy
 from shared.service import Deps, handle_deletion_request
-from tests.fakes import Clock, FakePartnerCenter, FakePublisher, queue_message
+from tests.fakes import Clock, FakePartnerCenter, FakePublisher, FakeTable, queue_message
 
 BASE = "https://pc.test"
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
@@ -86,7 +86,7 @@ def deps_with_real_client(tmp_path):
     settings_ = Settings.from_env(
         {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "PROTECTED_CUSTOMER_IDS": PROTECTED}, app_root=tmp_path
     )
-    return Deps(settings=settings_, partner_center=client, publisher=FakePublisher(), clock=Clock())
+    return Deps(settings=settings_, partner_center=client, publisher=FakePublisher(), clock=Clock(), tables=FakeTable())
 
 
 def stub_partner_center(rsps, entitlement_ids, subscription_ids=()):
@@ -182,6 +182,7 @@ def test_protected_customer_is_never_touched_in_any_form(body):
         partner_center=pc,
         publisher=publisher,
         clock=Clock(),
+        tables=FakeTable(),
     )
     for delivery in (1, 2, 5):
         handle_deletion_request(queue_message(body, dequeue_count=delivery), "inv", deps)

@@ -11,7 +11,15 @@ import pytest
 from shared.config import Settings
 from shared.errors import RefusedError, ThrottledError
 from shared.service import Deps, handle_deletion_request, handle_poll
-from tests.fakes import Clock, FakeCustomer, FakeOrder, FakePartnerCenter, FakePublisher, queue_message
+from tests.fakes import (
+    Clock,
+    FakeCustomer,
+    FakeOrder,
+    FakePartnerCenter,
+    FakePublisher,
+    FakeTable,
+    queue_message,
+)
 
 CUST = "eebd1b55-5360-4438-a11d-5c06918c3014"
 OTHER = "0a0b0c0d-0000-4000-8000-000000000001"
@@ -42,6 +50,7 @@ def world(tmp_path):
         publisher=pub,
         clock=clock,
         monotonic=clock.monotonic,
+        tables=FakeTable(),
     )
     return pc, pub, clock, deps
 
@@ -475,6 +484,7 @@ def test_poll_messages_of_the_previous_release_are_run_and_never_trusted(world):
         pc.customers[customer] = FakeCustomer(still_open or {O1: FakeOrder(status="pending", pending_reads=10**6)})
         clock.now = clock.start + timedelta(seconds=60)
         pc.calls.clear()
+        deps.tables = FakeTable()  # the recorded messages share request ids: each is its own request here
         before = len(pub.json_on(OUT))
         # the fake fails on a premature DELETE
         handle_poll(queue_message(item["message"], id=f"old-{item['what']}"), "inv", deps)

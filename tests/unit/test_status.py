@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import pytest
 
 from shared import ledger
-from shared.messages import iso
+from shared.messages import PollMessage, iso
 from shared.status import MAX_RESULTS, ByCorrelation, ByCustomer, Reply, answer, parse_query
 from tests.unit.test_ledger import CORRELATION, CUSTOMER, T, event, stored_row
 
@@ -57,8 +58,20 @@ def test_a_400_never_returns_the_raw_input_as_markup_or_at_length():
 def progress_row(correlation=CORRELATION, requested=T, hop=2):
     key = ledger.request_key(CUSTOMER, correlation, requested, False)
     assert key is not None
-    plan = ledger.on_progress(None, key, stage="poll", hop=hop, next_step_at=requested, now=requested)
-    assert isinstance(plan, ledger.Insert)
+    chain = PollMessage(CUSTOMER, correlation, (), hop - 1, requested, requested, stage="poll", customer_seen=True)
+    claim = ledger.on_hop_start(None, key, hop=hop, chain=chain, invocation="inv", now=requested, claim_seconds=150.0)
+    assert isinstance(claim, ledger.Claim)
+    sent = replace(chain, attempt=hop)
+    plan = ledger.on_release(
+        {**claim.write.row, "etag": "e0"},
+        key,
+        invocation="inv",
+        message=sent,
+        message_text=sent.to_text(),
+        next_step_at=requested,
+        now=requested,
+    )
+    assert isinstance(plan, ledger.Replace)
     return {**plan.row, "etag": "e"}
 
 

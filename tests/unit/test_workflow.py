@@ -43,8 +43,10 @@ POLICY = Policy(
     settle=60,
     call_time=35,
 )
-# The hard end keeps room for the last looks, whole hops: 900 - 55 - 3 x (30 + 55) = 590 < 60 + 2 x 600.
-CUT, FINAL, HARD = T0 + timedelta(seconds=3600), T0 + timedelta(seconds=3660), T0 + timedelta(seconds=3600 + 590)
+# The final check starts at the cut-off unless a DELETE was decided (then CLAIM_SECONDS after that decision). The hard
+# end keeps room for one whole hop: 900 - 55 = 845 < 60 + 2 x 600.
+CUT = FINAL = T0 + timedelta(seconds=3600)
+HARD = T0 + timedelta(seconds=3600 + 845)
 
 
 def order(status):
@@ -100,7 +102,7 @@ def _drive(start, world, *, now, elapsed, policy):
     calls: list[core.Call] = []
     while True:
         hop, cmd = core.step(hop, obs, now=now, elapsed=elapsed(len(calls)) if elapsed else 0.0, policy=policy)
-        if isinstance(cmd, (Continue, Finish)):
+        if isinstance(cmd, (Continue, Finish, core.Retry)):
             return calls, cmd
         calls.append(cmd)
         answers = script.get(cmd)
@@ -450,9 +452,8 @@ def test_a_409_on_a_cancel_means_in_progress():
 def test_a_redelivered_request_hands_over_without_a_call():
     last = core.begin_request(request(), delivery=2, now=T0 + timedelta(seconds=600), policy=POLICY)
     assert isinstance(last, Continue) and last.message.stage == "discover" and last.message.recoveries == 1
-    assert last.message.first_handled_at == T0 + timedelta(seconds=600)
-    # the earliest sibling cut-off
-    assert last.message.delete_by == T0 - timedelta(seconds=5) + timedelta(seconds=POLICY.timeout)
+    # its first handling was no earlier than requestedAt; the service puts the ledger row's in when it can read it
+    assert last.message.first_handled_at == T0 - timedelta(seconds=5) and last.message.delete_by is None
     assert last.delay == POLICY.interval
 
 
@@ -517,14 +518,20 @@ def test_no_hop_is_scheduled_past_the_last_moment_it_could_confirm():
 
 
 def test_between_the_cut_off_and_the_final_check_nothing_is_called():
-    last = poll_hop(poll((A, "pending")), now=CUT + timedelta(seconds=1))
-    assert isinstance(last, Continue) and last.delay == 59
+    """The final check waits CLAIM_SECONDS (``settle``) after a decided DELETE, so that it has landed; without one it
+    starts at the cut-off."""
+    decided = replace(poll((A, "pending")), deleting_at=CUT - timedelta(seconds=30))
+    assert core.milestones(decided, POLICY)[1] == CUT + timedelta(seconds=30)
+    last = poll_hop(decided, now=CUT + timedelta(seconds=1))
+    assert isinstance(last, Continue) and last.delay == 29 and "a DELETE was decided" in last.why
+    hop = poll_hop(poll((A, "pending")), now=CUT + timedelta(seconds=1))
+    assert isinstance(hop, core.Hop) and hop.mode is core.Mode.FINAL
 
 
 def test_a_delete_is_never_sent_at_or_after_the_cut_off():
     hop = poll_hop(poll((A, "cancelled")), now=CUT - timedelta(seconds=1))
     calls, last = drive(hop, {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A])}, now=CUT)
-    assert DeleteCustomer() not in calls and isinstance(last, Continue) and last.delay == 60
+    assert DeleteCustomer() not in calls and isinstance(last, Continue) and last.delay == 0  # the final check next
 
 
 def test_a_throttled_hop_respects_the_deadline():
@@ -548,14 +555,16 @@ def test_the_final_check_classifies_from_fresh_reads():
     assert last.poison is Poison.EQUIVALENT
 
 
-def test_the_final_check_reproduces_a_refusal_a_sibling_chain_may_have_reported():
-    window = refused(400, "900117", "You have passed your 60-day cancellation window.")
-    _calls, last = drive(
+def test_the_final_check_writes_nothing():
+    """It classifies from fresh reads only: an order that fell back is reported open, never PATCHed after the cut-off
+    (one hop of the request works at a time, so no other chain's refusal needs reproducing)."""
+    calls, last = drive(
         poll_hop(poll((A, "completed")), now=FINAL),
-        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window},
+        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), ListEntitlements(): Answer([A])},
         now=FINAL,
     )
-    assert last.outcome is Outcome.FAILED and "900117" in last.detail
+    assert not any(isinstance(c, CancelOrder) for c in calls)
+    assert last.outcome is Outcome.TIMED_OUT and f"orders still open: {A}" in last.detail
 
 
 def test_the_final_check_finds_the_customer_gone():
@@ -612,9 +621,7 @@ def test_timed_out_names_earlier_delete_refusals_when_the_cut_off_hop_recorded_o
 )
 def test_timed_out_names_the_recorded_cause_when_the_final_check_could_not_read(cause, words):
     message = poll((A, "pending"), cause=cause, cause_detail="last: something")
-    for _ in range(core.LAST_TRIES + 1):
-        _calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): Answer({}), GetOrder(A): OUTAGE}, now=HARD)
-        message = last.message if isinstance(last, Continue) else message
+    _calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): Answer({}), GetOrder(A): OUTAGE}, now=HARD)
     assert last.outcome is Outcome.TIMED_OUT and words in last.detail and f"orders last seen open: {A}" in last.detail
 
 
@@ -628,41 +635,59 @@ def test_a_final_check_that_keeps_failing_ends_at_the_hard_end():
     )
     assert last.delay == 10  # never past the hard end
     message = poll((A, "pending"), cause="outage", cause_detail="503")
-    for look in range(core.LAST_TRIES):  # a few more tries at the last look, POLL_INTERVAL apart
-        calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): OUTAGE}, now=HARD)
-        assert calls == [GetCustomer()] and isinstance(last, Continue) and last.delay == POLICY.interval
-        assert last.message.last_looks == look + 1 and last.message.cause == "outage"
-        message = last.message
-    calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): OUTAGE}, now=HARD)
+    calls, last = drive(poll_hop(message, now=HARD), {GetCustomer(): OUTAGE}, now=HARD)  # one look, then the end
+    assert calls == [GetCustomer()] and isinstance(last, Finish)
     assert last.outcome is Outcome.TIMED_OUT and "unavailable" in last.detail and "could not be checked" in last.detail
 
 
 def test_after_the_hard_end_a_look_still_classifies_a_refusal():
-    window = refused(400, "900117", "You have passed your 60-day cancellation window.")
+    gone = refused(403, "800002", "not allowed")
     _calls, last = drive(
         poll_hop(poll((A, "completed")), now=HARD + timedelta(seconds=999)),
-        {GetCustomer(): Answer({}), GetOrder(A): order("completed"), CancelOrder(A): window},
+        {GetCustomer(): gone},
         now=HARD + timedelta(seconds=999),
     )
-    assert last.outcome is Outcome.FAILED and "900117" in last.detail
+    assert last.outcome is Outcome.FAILED and "800002" in last.detail
 
 
-def test_a_last_look_that_keeps_dying_is_retried_then_ends_without_another_call():
-    message = poll((A, "pending"), cause="recovery")
-    for look in range(core.LAST_TRIES):
-        last = poll_hop(message, now=HARD + timedelta(seconds=5), delivery=2)
-        assert isinstance(last, Continue) and last.message.last_looks == look + 1
-        message = last.message
-    last = poll_hop(message, now=HARD + timedelta(seconds=5), delivery=2)
+def test_a_look_at_the_hard_end_that_died_ends_the_request_without_another_call():
+    last = poll_hop(poll((A, "pending"), cause="recovery"), now=HARD + timedelta(seconds=5), delivery=2)
     assert isinstance(last, Finish) and last.outcome is Outcome.TIMED_OUT and "could not be checked" in last.detail
 
 
 def test_the_hard_end_keeps_the_documented_bound():
-    """The last look and its retries, each picked up late and taking a whole call, end within the bound."""
+    """The look at the hard end, picked up late and taking a whole hop, ends within the bound."""
     bound = POLICY.timeout + max(POLICY.max_interval, 900)
     one_hop = POLICY.pickup + POLICY.hop_work + POLICY.call_time
-    last_looks = (core.LAST_TRIES + 1) * one_hop + core.LAST_TRIES * POLICY.interval
-    assert (HARD - T0).total_seconds() + last_looks <= bound
+    assert (HARD - T0).total_seconds() + one_hop <= bound
+    decided = replace(poll((A, "pending")), deleting_at=CUT - timedelta(seconds=1))
+    assert core.milestones(decided, POLICY)[2] == HARD  # a decided DELETE's wait fits before it
+
+
+def test_the_request_ledgers_waits_go_on_past_the_hard_end_and_decide_nothing_without_it():
+    storage = core.Failure(core.FailureKind.STORAGE, description="503", where="GET customer")
+    calls, last = drive(
+        poll_hop(poll((A, "pending")), now=HARD + timedelta(seconds=60)),
+        {GetCustomer(): storage},
+        now=HARD + timedelta(seconds=60),
+    )
+    assert calls == [] and isinstance(last, Continue) and last.delay >= 1
+    assert "request ledger" in (last.message.cause_detail or "")
+    finish = core.Finish(Outcome.NOT_FOUND, "gone")
+    first = core.begin_request(request(), delivery=1, now=T0, policy=POLICY)
+    assert isinstance(first, core.Hop)
+    carried = core.outcome_unrecorded(first, finish, T0, POLICY, "503")
+    assert isinstance(carried, Continue) and carried.message.absent_at_first_look
+    # the next hop finds the customer still absent: not_found, as the first look decided, not deleted
+    _calls, last = drive(poll_hop(carried.message), {GetCustomer(): NOT_FOUND, core.ListSubscriptions(): NOT_FOUND})
+    assert last.outcome is Outcome.NOT_FOUND
+    unreadable = core.unreadable_poll(
+        "bad", customer_id=CUST, correlation_id=CORR, dry_run=False, requested_at=T0, now=T0, policy=POLICY
+    )
+    assert isinstance(unreadable, core.Hop)
+    assert isinstance(core.outcome_unrecorded(unreadable, finish, T0, POLICY, "503"), core.Retry)
+    assert isinstance(core.decided_unrecorded(request=False, policy=POLICY, why="503"), core.Retry)
+    assert core.decided_unrecorded(request=True, policy=POLICY, why="503") is None
 
 
 def test_a_hint_never_causes_a_change_without_a_read():
