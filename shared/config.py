@@ -61,8 +61,8 @@ CONNECT_TIMEOUT_SECONDS = 5
 TOKEN_CONNECT_SECONDS, TOKEN_READ_SECONDS, TOKEN_RETRIES = 5, 10, 1
 TOKEN_SECONDS = (TOKEN_RETRIES + 1) * (TOKEN_CONNECT_SECONDS + TOKEN_READ_SECONDS) + 1
 #: The table client (``shared.app``): connect and read timeouts, retries and the pause between them; so one table
-#: call takes at most about 61 s.
-TABLE_CONNECT_SECONDS, TABLE_READ_SECONDS, TABLE_RETRIES, TABLE_BACKOFF_SECONDS = 5, 15, 2, 0.5
+#: call takes at most about 16.5 s (a single-entity operation takes milliseconds; a longer fault is an outage).
+TABLE_CONNECT_SECONDS, TABLE_READ_SECONDS, TABLE_RETRIES, TABLE_BACKOFF_SECONDS = 3, 5, 1, 0.5
 TABLE_CALL_SECONDS = (TABLE_RETRIES + 1) * (
     TABLE_CONNECT_SECONDS + TABLE_READ_SECONDS
 ) + TABLE_RETRIES * TABLE_BACKOFF_SECONDS
@@ -177,7 +177,7 @@ class Settings:
     def claim_seconds(self) -> float:
         """CLAIM_SECONDS, the request ledger's claim: one invocation's longest work after it claimed the row (no call
         starts after INVOCATION_WORK_SECONDS; the in-process waits; one call started just before that, with a fresh
-        token; the table write that follows it) and a margin. At most 552 s with the largest settings, so a claim has
+        token; the table write that follows it) and a margin. At most 508 s with the largest settings, so a claim has
         always run out when the host's lease (600 s) gives a dead invocation's message to another."""
         call = TOKEN_SECONDS + CONNECT_TIMEOUT_SECONDS + self.read_timeout
         return float(self.work_seconds + self.retry_budget + call + TABLE_CALL_SECONDS + CLAIM_MARGIN_SECONDS)

@@ -397,9 +397,7 @@ def on_release(
     etag = _held(row, key, invocation)
     if row is None or etag is None or len(message_text) > MAX_EVENT_CHARS:
         return None
-    deleting = _time(row.get("deletingAt"))
-    if message.deleting_at is not None and (deleting is None or message.deleting_at > deleting):
-        deleting = message.deleting_at
+    deleting = message.deleting_at  # the hop's own view: cleared once its DELETE was answered (``shared.workflow``)
     kept = {k: v for k, v in _without_etag(row).items() if k not in ("state", "state2")}
     return Replace(
         {

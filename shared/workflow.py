@@ -644,9 +644,14 @@ def step(
 ) -> tuple[Hop, Command]:
     """Fold the observation of the pending call into the hop, then decide the next command."""
     if hop.pending is not None:
+        pending = hop.pending
         if observation is None:
-            raise ValueError(f"{hop.pending.describe()} is pending: an observation is required")
-        hop, decided = _absorb(replace(hop, pending=None), hop.pending, observation, now, policy)
+            raise ValueError(f"{pending.describe()} is pending: an observation is required")
+        if isinstance(pending, DeleteCustomer) and _answered(observation):
+            # Partner Center answered this DELETE (or never got it): nothing can land later, so the final check
+            # need not wait for it. An answer lost (5xx, a timeout) keeps the mark.
+            hop = replace(hop, chain=replace(hop.chain, deleting_at=None))
+        hop, decided = _absorb(replace(hop, pending=None), pending, observation, now, policy)
         if isinstance(decided, (Continue, Finish, Retry)):
             return hop, decided
         if decided is not None:  # a gone check or a blocker listing: it obeys the work budget like any other call
@@ -655,6 +660,11 @@ def step(
                 return hop, _refusal_failed(hop, now, policy, None)
             return _issue(hop, late or decided, now)
     return _issue(hop, _decide(hop, now, elapsed, policy), now)
+
+
+def _answered(observation: Observation) -> bool:
+    """Whether a call certainly had its effect or certainly none: a 2xx, a considered refusal, or never sent."""
+    return isinstance(observation, Answer) or observation.kind not in (FailureKind.TRANSIENT, FailureKind.OUT_OF_TIME)
 
 
 def _issue(hop: Hop, command: Command, now: datetime) -> tuple[Hop, Command]:

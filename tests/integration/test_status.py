@@ -41,9 +41,10 @@ def test_a_running_request_shows_its_stage_and_next_step(world, api, make_custom
     correlation = str(uuid.uuid4())
     world.request({"customerTenantId": customer["id"], "correlationId": correlation})
 
-    def running():
+    def running():  # the first hop's claim creates the row; its poll message gives the next step's time
         resp = devenv.http_get(f"{base}/{correlation}", key=key)
-        return resp.json()["requests"][0] if resp.status_code == 200 else None
+        shown = resp.json()["requests"][0] if resp.status_code == 200 else None
+        return shown if shown and shown["nextStepAt"] else None
 
     shown = devenv.wait_for(running, 30, what="the request's row")
     assert shown["outcome"] is None and shown["stage"] in ("poll", "confirm", "discover") and shown["nextStepAt"]

@@ -159,14 +159,20 @@ def test_the_deleting_write_needs_the_claim_and_records_when_a_delete_was_decide
     assert plan.row["claimUntil"] == iso(later + timedelta(seconds=CLAIM))  # it covers the DELETE call
     assert ledger.on_deleting(row, KEY, invocation="inv-b", now=later, claim_seconds=CLAIM) is None
     assert ledger.on_deleting(stored_row(), KEY, invocation="inv-a", now=later, claim_seconds=CLAIM) is None
-    # the mark is kept when the claim is released, and every later hop's state carries it
+    # a DELETE whose answer was lost keeps the mark when the claim is released, and every later hop's state has it
     marked = {**plan.row, "etag": "e4"}
+    lost = message(3, deleting_at=later)
     released = ledger.on_release(
-        marked, KEY, invocation="inv-a", message=message(3), message_text=message(3).to_text(), next_step_at=T, now=T
+        marked, KEY, invocation="inv-a", message=lost, message_text=lost.to_text(), next_step_at=T, now=T
     )
     assert released is not None and released.row["deletingAt"] == iso(later)
     claim = start({**released.row, "etag": "e5"}, 4, invocation="inv-b")
     assert isinstance(claim, ledger.Claim) and claim.chain is not None and claim.chain.deleting_at == later
+    # a DELETE Partner Center answered (refused) cannot land later: the hop's state clears the mark
+    answered = ledger.on_release(
+        marked, KEY, invocation="inv-a", message=message(3), message_text=message(3).to_text(), next_step_at=T, now=T
+    )
+    assert answered is not None and answered.row["deletingAt"] == ""
 
 
 def test_a_message_of_the_previous_release_marks_a_delete_possibly_in_flight():
@@ -271,7 +277,8 @@ def test_the_claim_outlasts_one_invocations_longest_work_and_runs_out_before_the
         work = s.work_seconds + s.retry_budget + one_call + config.TABLE_CALL_SECONDS
         assert work < s.claim_seconds < config.QUEUE_LEASE_SECONDS, (env, s.claim_seconds)
         assert service.policy_for(s).settle == s.claim_seconds
-    assert config.TABLE_CALL_SECONDS == 61  # three attempts at 5 + 15 s, two pauses of 0.5 s (shared.app)
+    assert config.TABLE_CALL_SECONDS == 16.5  # two attempts at 3 + 5 s, one pause of 0.5 s (shared.app)
+    assert Settings.from_env(ENV, app_root=tmp_path).claim_seconds == 101.5  # 10 + 4 + (31 + 5 + 30) + 16.5 + 5
 
 
 # -- the service, on fakes --------------------------------------------------------------------------------------------

@@ -671,7 +671,7 @@ def test_the_request_ledgers_waits_go_on_past_the_hard_end_and_decide_nothing_wi
         {GetCustomer(): storage},
         now=HARD + timedelta(seconds=60),
     )
-    assert calls == [] and isinstance(last, Continue) and last.delay >= 1
+    assert calls == [GetCustomer()] and isinstance(last, Continue) and last.delay >= 1  # asked; the service sent none
     assert "request ledger" in (last.message.cause_detail or "")
     finish = core.Finish(Outcome.NOT_FOUND, "gone")
     first = core.begin_request(request(), delivery=1, now=T0, policy=POLICY)
@@ -1248,3 +1248,13 @@ def test_a_hint_that_a_subscription_is_final_never_replaces_a_read():
     world = {ListEntitlements(): Answer([]), core.ListSubscriptions(): Answer([sub(NCE_ID)])}
     calls, last = drive(poll_hop(poll(subscriptions=(forged,))), world)
     assert DeleteCustomer() not in calls and isinstance(last, Continue)
+
+
+def test_a_delete_partner_center_answered_leaves_no_wait_for_the_final_check_and_a_lost_one_does():
+    start = poll_hop(poll((A, "cancelled")), now=T0 + timedelta(seconds=100))
+    world = {GetOrder(A): order("cancelled"), ListEntitlements(): Answer([A])}
+    _, refused_once = drive(start, {**world, DeleteCustomer(): refused(400, "800000", "no", "DELETE /c")})
+    assert isinstance(refused_once, Continue) and refused_once.message.deleting_at is None
+    _, lost = drive(start, {**world, DeleteCustomer(): OUTAGE})
+    assert isinstance(lost, Continue) and lost.message.deleting_at == T0 + timedelta(seconds=100)
+    assert core.milestones(lost.message, POLICY)[1] == CUT  # decided long before the cut-off: no wait left
