@@ -135,6 +135,7 @@ class Claim:
 
     write: Insert | Replace
     chain: PollMessage | None
+    taken_over: str | None = None  # the invocation whose claim ran out unreleased (it died, or paused past it)
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,12 @@ def on_hop_start(
     claimed = {**_without_etag(row), **_claim_fields(invocation, claimed_hop, now, claim_seconds)}
     if legacy and not claimed.get("deletingAt"):  # a release without claims may have a DELETE in flight
         claimed["deletingAt"] = iso(now)
-    return Claim(Replace(claimed, etag), chain_from_row(claimed, chain, hop) if chain is not None else None)
+    holder = row.get("claimBy") if row.get("claimUntil") and row.get("claimBy") != invocation[:100] else None
+    return Claim(
+        Replace(claimed, etag),
+        chain_from_row(claimed, chain, hop) if chain is not None else None,
+        str(holder)[:100] if holder else None,
+    )
 
 
 def on_handover(row: Mapping[str, Any] | None, key: RequestKey, *, hop: int) -> Proceed | Done | Republish | Unrelated:

@@ -369,6 +369,8 @@ def _claim(
             etag = _write_row(table, decision.write)
         except TableConflictError:
             continue  # another hop claimed first, or the retried write met its own first attempt: read again
+        if decision.taken_over is not None:
+            line.warning("took over the claim of invocation %s, which ran out unreleased", decision.taken_over)
         claim.row, claim.held = {**decision.write.row, "etag": etag}, True
         if etag is None:
             claim.row = table.get(key.customer_id, key.event_id)

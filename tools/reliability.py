@@ -579,12 +579,18 @@ def chain_forks(state_dir: Path) -> dict:
         r"poll hop (\d+), stage \w+ \(message ([^,]+), delivery \d+\)"
         r".*correlation=([0-9a-f-]+) .*invocation=([0-9a-f-]+)\)"
     )
+    claims: Counter[str] = Counter()
     for path in state_dir.glob("host*.log"):
         for line in path.read_text(errors="replace").splitlines():
+            for what, words in CLAIM_LINES.items():
+                if words in line:
+                    claims[what] += 1
             if m := hop_line.search(line):
                 hop_of[m.group(4)] = (m.group(3), int(m.group(1)), m.group(2))
-            elif "handed over" in line and (m := re.search(r"invocation=([0-9a-f-]+)\)", line)):
-                handovers.add(m.group(1))
+            elif any(w in line for w in ("handed over", "nothing left to do", "is claimed by invocation")) and (
+                m := re.search(r"invocation=([0-9a-f-]+)\)", line)
+            ):
+                handovers.add(m.group(1))  # it ran nothing of the hop: a hand-over, a twin that found it done, a wait
             elif (m := EXECUTED_LINE.search(line)) and m["function"] == "poll_orders" and m["status"] == "Succeeded":
                 succeeded.add(m["id"])
     messages: dict[tuple[str, int], set[str]] = defaultdict(set)
@@ -595,7 +601,19 @@ def chain_forks(state_dir: Path) -> dict:
         "worst": max((len(v) for v in messages.values()), default=0),
         "forked": sum(1 for v in messages.values() if len(v) > 1),
         "recoveries": len(handovers),
+        "claims": {k: claims[k] for k in CLAIM_LINES},
     }
+
+
+#: What the host logs say about the request ledger's claims (shared.service), counted by ``chain_forks``.
+CLAIM_LINES = {
+    "waited": "is claimed by invocation",  # a message came back later: another invocation held the claim
+    "done": "nothing left to do for this message",  # a twin or stale message that found a later hop: no call
+    "taken_over": "took over the claim of invocation",  # a claim that ran out unreleased (its invocation died)
+    "lost": "another invocation claimed the request since",  # a hop lost its claim before its DELETE: none sent
+    "lost_at_outcome": "holds the request's claim now",  # a hop lost its claim before its outcome: not published
+    "not_released": "was not released",
+}
 
 
 def table(r: dict) -> str:
@@ -665,7 +683,16 @@ def table(r: dict) -> str:
             "forked chains: most copies of one hop (hops run by more than one copy)",
             f"{r['forks']['worst']} ({r['forks']['forked']})",
         ),
-        ("hand-overs after a redelivery (an invocation died)", r["forks"]["recoveries"]),
+        ("hand-overs after a redelivery, twins that found their hop done, waits for a claim", r["forks"]["recoveries"]),
+        (
+            "claims: waited for / taken over after they ran out / lost (before a DELETE, before an outcome)",
+            (
+                lambda c: (
+                    f"{c['waited']} / {c['taken_over']} / {c['lost'] + c['lost_at_outcome']} "
+                    f"({c['lost']}, {c['lost_at_outcome']})"
+                )
+            )(r["forks"]["claims"]),
+        ),
         ("wall time", f"{r['wall_seconds']} s"),
     ]
     lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
