@@ -125,7 +125,10 @@ class Unrelated:
 
 @dataclass(frozen=True)
 class Proceed:
-    """No outcome is decided yet, and no later hop exists: a hand-over goes on."""
+    """No outcome is decided yet, and no later hop exists: a hand-over goes on. ``expire``: first end the claim this
+    message's earlier delivery died holding."""
+
+    expire: Replace | None = None
 
 
 @dataclass(frozen=True)
@@ -217,10 +220,13 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _claim_fields(invocation: str, hop: int, now: datetime, claim_seconds: float) -> dict[str, Any]:
+def _claim_fields(
+    invocation: str, hop: int, now: datetime, claim_seconds: float, message_id: str = ""
+) -> dict[str, Any]:
     return {
         "hop": hop,
         "claimBy": invocation[:100],
+        "claimMessage": message_id[:100],
         "claimUntil": iso(now + timedelta(seconds=claim_seconds)),
         "updatedAt": iso(now),
     }
@@ -249,13 +255,14 @@ def on_hop_start(
     now: datetime,
     claim_seconds: float,
     legacy: bool = False,
+    message_id: str = "",
 ) -> Claim | Wait | Done | Republish | Unrelated:
     """Before a hop's first Partner Center call: claim the row, or say why not. ``hop``: the message's hop number
     (``None`` for an unreadable poll message, which has none and is never "earlier"). ``legacy``: the message has no
     row key (the previous release wrote it), so a DELETE of that release may be in flight: a new row records a
     ``deletingAt`` now, and the final check waits for it as for its own."""
     if row is None:
-        fields = _claim_fields(invocation, hop or 0, now, claim_seconds)
+        fields = _claim_fields(invocation, hop or 0, now, claim_seconds, message_id)
         first = chain.first_handled_at if chain is not None else now
         created = {
             **_identity(key),
@@ -286,7 +293,7 @@ def on_hop_start(
     if not isinstance(etag, str):
         return Unrelated("the row was read without an etag")
     claimed_hop = hop if hop is not None else (_int(row.get("hop")) or 0)
-    claimed = {**_without_etag(row), **_claim_fields(invocation, claimed_hop, now, claim_seconds)}
+    claimed = {**_without_etag(row), **_claim_fields(invocation, claimed_hop, now, claim_seconds, message_id)}
     if legacy and not claimed.get("deletingAt"):  # a release without claims may have a DELETE in flight
         claimed["deletingAt"] = iso(now)
     holder = row.get("claimBy") if row.get("claimUntil") and row.get("claimBy") != invocation[:100] else None
@@ -297,9 +304,15 @@ def on_hop_start(
     )
 
 
-def on_handover(row: Mapping[str, Any] | None, key: RequestKey, *, hop: int) -> Proceed | Done | Republish | Unrelated:
+def on_handover(
+    row: Mapping[str, Any] | None, key: RequestKey, *, hop: int, message_id: str = "", now: datetime | None = None
+) -> Proceed | Done | Republish | Unrelated:
     """A redelivery hands its request to a fresh poll message of ``hop`` (no call, no claim): unless the row shows the
-    outcome decided, or a later hop (then the hand-over would only add a message that finds nothing to do)."""
+    outcome decided, or a later hop (then the hand-over would only add a message that finds nothing to do). A live
+    claim taken by an earlier delivery of this same message (``message_id``) is that delivery's, which died: the host
+    gives a message again only after its lease ran out, and the lease is renewed while an invocation runs. So the
+    hand-over ends it (its expiry set to now, on its etag), and the fresh message need not wait for it. An invocation
+    that was only paused, not dead, then loses the claim: its ``deleting`` and outcome writes are refused."""
     if row is None:
         return Proceed()
     why = _mismatch(row, key)
@@ -309,7 +322,19 @@ def on_handover(row: Mapping[str, Any] | None, key: RequestKey, *, hop: int) -> 
     if stored is not None:
         return stored
     later = _later(row, hop)
-    return Done(later) if later is not None else Proceed()
+    if later is not None:
+        return Done(later)
+    until, etag = _time(row.get("claimUntil")), row.get("etag")
+    if (
+        now is not None
+        and message_id
+        and row.get("claimMessage") == message_id[:100]
+        and until is not None
+        and until > now
+        and isinstance(etag, str)
+    ):
+        return Proceed(Replace({**_without_etag(row), "claimUntil": iso(now), "updatedAt": iso(now)}, etag))
+    return Proceed()
 
 
 def chain_from_row(row: Mapping[str, Any] | None, chain: PollMessage, hop: int | None) -> PollMessage:

@@ -106,6 +106,7 @@ class _Request:
     customer_id: str | None
     requested_at: datetime
     dry_run: bool = False
+    message_id: str = ""  # the queue message's id: a redelivery of it has the same
 
 
 class _Log(logging.LoggerAdapter[logging.Logger]):
@@ -166,6 +167,7 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
             exc.correlation_id or derived_correlation_id(str(msg.id or "")),
             exc.customer_id,
             msg.insertion_time or now,
+            message_id=str(msg.id or ""),
         )
         _bind(req, 0)
         _run(deps, req, core.reject_invalid_request(exc.reason), original=body, hop_no=0)
@@ -177,6 +179,7 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
         request.customer_id,
         request.requested_at,
         request.dry_run,
+        str(msg.id or ""),
     )
     _bind(req, 0)
     _logger(req).info("received deletion request (dryRun=%s, delivery %s)", request.dry_run, msg.dequeue_count)
@@ -198,6 +201,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
             customer,
             requested_at or msg.insertion_time or now,
             bool(dry_run),
+            str(msg.id or ""),
         )
         _bind(req, 0)
         _logger(req).warning(
@@ -214,7 +218,15 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
         )
         _run(deps, req, start, original=body, hop_no=None)
         return
-    req = _Request("poll_orders", invocation_id, poll.correlation_id, poll.customer_id, poll.requested_at, poll.dry_run)
+    req = _Request(
+        "poll_orders",
+        invocation_id,
+        poll.correlation_id,
+        poll.customer_id,
+        poll.requested_at,
+        poll.dry_run,
+        str(msg.id or ""),
+    )
     _bind(req, poll.attempt + 1)
     _logger(req).info(
         "poll hop %d, stage %s (message %s, delivery %s): %d order(s) known",
@@ -279,7 +291,11 @@ def _run(
             return
         start = claimed
         if not isinstance(start, core.Hop):  # the row's state puts this hop past a milestone
-            _publish(deps, req, start, original=original, key=key, claim=claim)
+            try:
+                _publish(deps, req, start, original=original, key=key, claim=claim)
+            except TableError as exc:
+                retry = core.decided_unrecorded(request=False, policy=policy, why=str(exc))
+                _publish(deps, req, retry or start, original=original)
             return
     budget = Budget(policy.hop_work, float(deps.settings.retry_budget), deps.monotonic)
     hop: core.Hop = start
@@ -344,6 +360,7 @@ def _claim(
             now=now,
             claim_seconds=deps.settings.claim_seconds,
             legacy=legacy,
+            message_id=req.message_id,
         )
         if isinstance(decision, ledger.Republish):
             _republish(deps, req, decision, original=original)
@@ -356,7 +373,7 @@ def _claim(
             _publish(deps, req, core.refuse_unclaimed(start, decision.why), original=original)
             return None
         if isinstance(decision, ledger.Wait):
-            again = original if req.function == "poll_orders" else start.chain.to_text()
+            again = original if req.function == "poll_orders" else replace(start.chain, row_key=key.event_id).to_text()
             deps.publisher.send(deps.settings.poll_queue, again, delay=decision.delay)
             line.info(
                 "the request is claimed by invocation %s until %s: this message comes back in %ds, no call made",
@@ -482,7 +499,7 @@ def _run_without_calls(
             except TableError as exc:
                 _logger(req).warning("the request ledger could not be read (%s): handing over without it", exc)
             else:
-                seen = ledger.on_handover(row, key, hop=hop_no)
+                seen = ledger.on_handover(row, key, hop=hop_no, message_id=req.message_id, now=deps.clock())
                 if isinstance(seen, ledger.Republish):
                     _republish(deps, req, seen, original=original)
                     return
@@ -491,6 +508,8 @@ def _run_without_calls(
                     return
                 if isinstance(seen, ledger.Proceed):
                     start = replace(start, message=ledger.chain_from_row(row, start.message, None))
+                    if seen.expire is not None:
+                        _expire_claim(deps, req, seen.expire)
         _publish(deps, req, start, original=original, key=key)
         return
     try:
@@ -502,6 +521,18 @@ def _run_without_calls(
             return
         _logger(req).warning("the request ledger could not take the outcome (%s): published without it", exc)
         _publish(deps, req, start, original=original, key=None)
+
+
+def _expire_claim(deps: Deps, req: _Request, plan: ledger.Replace) -> None:
+    """A redelivered message's earlier delivery died holding the request's claim (the host's lease ran out, so it no
+    longer runs): end that claim now, on its etag, so that the hand-over's message need not wait for it. Best effort."""
+    assert deps.tables is not None
+    try:
+        _write_row(deps.tables, plan)
+    except TableError as exc:  # a conflict too: the row changed, so the claim is someone else's concern now
+        _logger(req).info("the dead delivery's claim was left to run out (%s)", exc)
+    else:
+        _logger(req).info("ended the claim of this message's earlier delivery, which died holding it")
 
 
 def _publish(

@@ -931,8 +931,7 @@ def _on_failure(hop: Hop, call: Call, f: Failure, now: datetime, policy: Policy)
     if kind is FailureKind.NOT_FOUND:
         return _check_gone(hop, f"{f.text()}; but GET customer still finds it")
     # Any refusal of the DELETE can pass (orders still cancelling, an order we cannot see): keep trying, until
-    # DELETE_REFUSAL_TIMEOUT_SECONDS after the first refusal. The poll message carries that first refusal, so chains
-    # forked after it agree on the deadline.
+    # DELETE_REFUSAL_TIMEOUT_SECONDS after the first refusal, which the request's state carries.
     first = hop.chain.first_delete_refusal_at or now
     chain = replace(hop.chain, delete_refusals=hop.chain.delete_refusals + 1, first_delete_refusal_at=first)
     hop = replace(hop, chain=chain)

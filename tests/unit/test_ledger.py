@@ -540,3 +540,35 @@ def test_an_unreadable_poll_message_during_a_table_outage_comes_back_as_it_was(t
     assert pc.calls == [] and deps.publisher.on(OUTCOMES) == []
     ((again, delay),) = deps.publisher.on(POLLS)
     assert again in (body, body.encode()) and delay == 30
+
+
+class _Died(BaseException):
+    """The host killed the invocation."""
+
+
+def test_a_redelivery_ends_the_claim_its_own_dead_delivery_held_so_the_hand_over_need_not_wait(tmp_path):
+    deps, pc = world(tmp_path, orders={"b" * 33: FakeOrder("completed")})
+    body, _ = first_poll(deps)
+    real = pc.get_order
+
+    def dies(*args, **kwargs):
+        raise _Died()
+
+    pc.get_order = dies
+    with pytest.raises(_Died):  # hop 1 claimed the row, then its host was killed
+        handle_poll(queue_message(body, id="p1", dequeue_count=1, inserted=T), "inv2", deps)
+    row_key = (CUSTOMER, event_id(CORRELATION, T))
+    assert deps.tables.rows[row_key]["claimBy"] == "inv2" and deps.tables.rows[row_key]["claimMessage"] == "p1"
+    pc.get_order = real
+    deps.clock.advance(30)  # the lease ran out: the same message again, a hand-over
+    handle_poll(queue_message(body, id="p1", dequeue_count=2, inserted=T), "inv3", deps)
+    assert deps.tables.rows[row_key]["claimUntil"] == iso(T + timedelta(seconds=30))  # ended, not released
+    handed, _ = deps.publisher.on(POLLS)[-1]
+    calls = len(pc.calls)
+    handle_poll(queue_message(handed, id="p2", dequeue_count=1, inserted=T), "inv4", deps)
+    assert len(pc.calls) > calls and deps.tables.rows[row_key]["claimBy"] == "inv4"  # it worked, without waiting
+    # another message's redelivery never ends a live claim
+    live = {**claimed(hop=2), "claimMessage": "p1"}
+    assert ledger.on_handover(live, KEY, hop=2, message_id="p9", now=T + timedelta(seconds=10)) == ledger.Proceed()
+    ended = ledger.on_handover(live, KEY, hop=2, message_id="p1", now=T + timedelta(seconds=10))
+    assert isinstance(ended, ledger.Proceed) and ended.expire is not None and ended.expire.etag == "e2"
