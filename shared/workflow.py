@@ -155,7 +155,7 @@ class Entry(Enum):
 
 class Mode(Enum):
     NORMAL = "normal"  # before the cut-off: cancel, poll, confirm, DELETE
-    FINAL = "final"  # from D: classify from fresh reads, never DELETE; from H on, a few more tries, then the end
+    FINAL = "final"  # from D: classify from fresh reads, write nothing; from H on, one look, then the end
 
 
 class FailureKind(Enum):

@@ -609,7 +609,7 @@ def chain_forks(state_dir: Path) -> dict:
 CLAIM_LINES = {
     "waited": "is claimed by invocation",  # a message came back later: another invocation held the claim
     "done": "nothing left to do for this message",  # a twin or stale message that found a later hop: no call
-    "taken_over": "took over the claim of invocation",  # a claim that ran out unreleased (its invocation died)
+    "taken_over": "took over the claim of invocation",  # unreleased: ended by its message's redelivery, or ran out
     "lost": "another invocation claimed the request since",  # a hop lost its claim before its DELETE: none sent
     "lost_at_outcome": "holds the request's claim now",  # a hop lost its claim before its outcome: not published
     "not_released": "was not released",
@@ -685,7 +685,7 @@ def table(r: dict) -> str:
         ),
         ("hand-overs after a redelivery, twins that found their hop done, waits for a claim", r["forks"]["recoveries"]),
         (
-            "claims: waited for / taken over after they ran out / lost (before a DELETE, before an outcome)",
+            "claims: waited for / taken over (their invocation died) / lost (before a DELETE, before an outcome)",
             (
                 lambda c: (
                     f"{c['waited']} / {c['taken_over']} / {c['lost'] + c['lost_at_outcome']} "
