@@ -369,6 +369,10 @@ class DeletionModel(RuleBasedStateMachine):
             latest = hard
             if chain.cause_detail and "request ledger" in chain.cause_detail:
                 continue  # the ledger's waits go on past the hard end: no outcome is decided without it
+            if chain.cause == core.Cause.RECOVERY.value:
+                # a hand-over is sent when the host gives a message again, which the app does not schedule: past the
+                # hard end it is due at once (its hop only looks and ends)
+                latest = max(hard, T0 + timedelta(seconds=at))
             if any(q == POLL and b == body and m != mid for q, m, b, _, _ in self.queues.sent):
                 # a message sent again as it was: after another invocation's claim, or for the ledger
                 latest = max(hard, T0 + timedelta(seconds=at)) + timedelta(seconds=self.policy.settle + 1)
