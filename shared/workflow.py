@@ -180,7 +180,7 @@ class Policy:
     protected: frozenset[str] = frozenset()
     hop_work: float = 10.0  # no call starts after this many seconds of an invocation
     pickup: float = 10.0  # the host's maxPollingInterval: how late a due message may be picked up
-    settle: float = 150.0  # CLAIM_SECONDS: the longest a decided DELETE can take to land (a claim's length)
+    settle: float = 150.0  # CLAIM_SECONDS (the service sets it): how long a decided DELETE can take to land
     call_time: float = 35.0  # the longest one call can take (connect + read timeout)
     retry_after_max: int = 900
     delete_refusal_timeout: float = 1800.0  # DELETE_REFUSAL_TIMEOUT_SECONDS
