@@ -280,6 +280,9 @@ def _run(
         _publish(deps, req, core.refuse_unclaimed(start, "the request has no ledger key"), original=original)
         return
     policy = deps.policy
+    # The work budget starts before the claim is read and written, so the claim (counted from a moment after this)
+    # outlasts every call the hop starts: slow table calls take from the hop's work time, never from the claim's.
+    budget = Budget(policy.hop_work, float(deps.settings.retry_budget), deps.monotonic)
     claim = _Claim()
     unreadable: TableError | None = None
     try:
@@ -297,7 +300,6 @@ def _run(
                 retry = core.decided_unrecorded(request=False, policy=policy, why=str(exc))
                 _publish(deps, req, retry or start, original=original)
             return
-    budget = Budget(policy.hop_work, float(deps.settings.retry_budget), deps.monotonic)
     hop: core.Hop = start
     observation: core.Observation | None = None
     while True:

@@ -572,3 +572,23 @@ def test_a_redelivery_ends_the_claim_its_own_dead_delivery_held_so_the_hand_over
     assert ledger.on_handover(live, KEY, hop=2, message_id="p9", now=T + timedelta(seconds=10)) == ledger.Proceed()
     ended = ledger.on_handover(live, KEY, hop=2, message_id="p1", now=T + timedelta(seconds=10))
     assert isinstance(ended, ledger.Proceed) and ended.expire is not None and ended.expire.etag == "e2"
+
+
+def test_slow_table_calls_before_the_first_call_take_from_the_work_time_not_from_the_claim(tmp_path):
+    """The claim runs CLAIM_SECONDS from a moment after the work budget started, so no call starts after the claim
+    could have run out, however slow the row's read and claim were."""
+    deps, pc = world(tmp_path, orders={"b" * 33: FakeOrder("completed")})
+    ticks = {"t": 0.0}
+    deps.monotonic = lambda: ticks["t"]
+    table = deps.tables
+    real_get = table.get
+
+    def slow_get(partition, row_key):
+        ticks["t"] += deps.settings.work_seconds  # the read alone takes the whole work time
+        return real_get(partition, row_key)
+
+    table.get = slow_get
+    handle_deletion_request(request(), "inv1", deps)
+    assert pc.calls == []  # claimed, but no call started: the rest goes to the next hop
+    ((body, _),) = deps.publisher.on(POLLS)
+    assert json.loads(body)["cause"] == "out_of_time"
