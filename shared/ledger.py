@@ -163,9 +163,13 @@ class Done:
 EARLIER_HOP_RECHECK_SECONDS = 5
 
 
+#: The hop of a request message (``delete_customer``); a poll message's is ``hop_number``.
+REQUEST_HOP = 0
+
+
 def hop_number(chain: PollMessage, *, request: bool) -> int:
-    """The hop a message starts: 0 for a request's first delivery, ``attempt + 1`` for a poll message."""
-    return 0 if request else chain.attempt + 1
+    """The hop a message starts: REQUEST_HOP for a request's first delivery, ``attempt + 1`` for a poll message."""
+    return REQUEST_HOP if request else chain.attempt + 1
 
 
 def _identity(key: RequestKey) -> dict[str, Any]:
@@ -245,6 +249,19 @@ def _later(row: Mapping[str, Any], hop: int) -> str | None:
     return None
 
 
+def _settled(row: Mapping[str, Any], key: RequestKey, hop: int | None) -> Republish | Unrelated | Done | None:
+    """What ends a message's hop before anything else, from the row: it is another request's, its outcome is decided,
+    or a later hop exists (``hop`` ``None``: never "earlier"). ``None``: none of these."""
+    why = _mismatch(row, key)
+    if why is not None:
+        return Unrelated(why)
+    stored = _stored(row, key)
+    if stored is not None:
+        return stored
+    later = _later(row, hop) if hop is not None else None
+    return Done(later) if later is not None else None
+
+
 def on_hop_start(
     row: Mapping[str, Any] | None,
     key: RequestKey,
@@ -272,15 +289,9 @@ def on_hop_start(
             "deletingAt": iso(now) if legacy else "",
         }
         return Claim(Insert(created), chain_from_row(created, chain, hop) if chain is not None else None)
-    why = _mismatch(row, key)
-    if why is not None:
-        return Unrelated(why)
-    stored = _stored(row, key)
-    if stored is not None:
-        return stored
-    later = _later(row, hop) if hop is not None else None
-    if later is not None:
-        return Done(later)
+    settled = _settled(row, key, hop)
+    if settled is not None:
+        return settled
     until = _time(row.get("claimUntil"))
     if until is not None and until > now and row.get("claimBy") != invocation[:100]:
         remaining = (until - now).total_seconds()
@@ -315,15 +326,9 @@ def on_handover(
     that was only paused, not dead, then loses the claim: its ``deleting`` and outcome writes are refused."""
     if row is None:
         return Proceed()
-    why = _mismatch(row, key)
-    if why is not None:
-        return Unrelated(why)
-    stored = _stored(row, key)
-    if stored is not None:
-        return stored
-    later = _later(row, hop)
-    if later is not None:
-        return Done(later)
+    settled = _settled(row, key, hop)
+    if settled is not None:
+        return settled
     until, etag = _time(row.get("claimUntil")), row.get("etag")
     if (
         now is not None

@@ -170,7 +170,7 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
             message_id=str(msg.id or ""),
         )
         _bind(req, 0)
-        _run(deps, req, core.reject_invalid_request(exc.reason), original=body, hop_no=0)
+        _run(deps, req, core.reject_invalid_request(exc.reason), original=body, hop_no=ledger.REQUEST_HOP)
         return
     req = _Request(
         "delete_customer",
@@ -184,7 +184,7 @@ def handle_deletion_request(msg: QueueMessageLike, invocation_id: str, deps: Dep
     _bind(req, 0)
     _logger(req).info("received deletion request (dryRun=%s, delivery %s)", request.dry_run, msg.dequeue_count)
     start = core.begin_request(request, delivery=int(msg.dequeue_count or 1), now=now, policy=deps.policy)
-    _run(deps, req, start, original=body, hop_no=0)
+    _run(deps, req, start, original=body, hop_no=ledger.REQUEST_HOP)
 
 
 def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
@@ -237,7 +237,7 @@ def handle_poll(msg: QueueMessageLike, invocation_id: str, deps: Deps) -> None:
         len(poll.orders),
     )
     start = core.begin_poll(poll, delivery=int(msg.dequeue_count or 1), now=now, policy=deps.policy)
-    _run(deps, req, start, original=body, hop_no=poll.attempt + 1, legacy=poll.row_key is None)
+    _run(deps, req, start, original=body, hop_no=ledger.hop_number(poll, request=False), legacy=poll.row_key is None)
 
 
 # -- execute and publish --------------------------------------------------------------------------------------------
