@@ -1258,3 +1258,49 @@ def test_a_delete_partner_center_answered_leaves_no_wait_for_the_final_check_and
     _, lost = drive(start, {**world, DeleteCustomer(): OUTAGE})
     assert isinstance(lost, Continue) and lost.message.deleting_at == T0 + timedelta(seconds=100)
     assert core.milestones(lost.message, POLICY)[1] == CUT  # decided long before the cut-off: no wait left
+
+
+# -- the core is pure ---------------------------------------------------------------------------------------------
+
+#: What the core's modules may import: the standard library's pure parts and the app's own pure modules.
+PURE_IMPORTS = frozenset(
+    {
+        "__future__",
+        "collections.abc",
+        "dataclasses",
+        "datetime",
+        "enum",
+        "hashlib",
+        "json",
+        "math",
+        "re",
+        "typing",
+        "uuid",
+        "shared.errors",
+        "shared.hop",
+        "shared.ids",
+        "shared.messages",
+        "shared.subscriptions",
+    }
+)
+
+
+@pytest.mark.parametrize("module", ["hop", "workflow", "ledger", "messages", "subscriptions", "ids"])
+def test_the_core_imports_nothing_that_does_io(module: str) -> None:
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).parents[2] / "shared" / f"{module}.py").read_text(encoding="utf-8"))
+    imported = {
+        name
+        for node in ast.walk(tree)
+        for name in (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    }
+    assert imported, "the parse found no import at all"
+    assert imported <= PURE_IMPORTS, f"shared/{module}.py imports {sorted(imported - PURE_IMPORTS)}"
