@@ -103,17 +103,17 @@ integration: setup
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup tests/functions tests/integration
 
 ## reliability: many deletions under injected faults, outages and host kills, in both profiles (one: PROFILES=harsh);
-## prints the tables kept in the README
+## prints the tables kept in docs/reliability.md
 PROFILES ?= standard harsh
 reliability: setup
 	@for profile in $(PROFILES); do $(PY) -m tools.reliability --profile $$profile || exit 1; done
 
 ## bench: this app side by side with Microsoft's busy loop on the emulator, a full sandbox under the rate limit, and
-## cold start; prints the tables kept in the README (about 20 minutes; exit status 1 if a gated target is missed)
+## cold start; prints the tables kept in docs/performance.md (about 20 minutes; exit status 1 if a gated target is missed)
 bench: setup
 	$(PY) -m tools.bench
 
-## emulator / host: run one piece by hand (see the README)
+## emulator / host: run one piece by hand (see docs/local-development.md)
 emulator: setup
 	$(PY) -m tools.pc_emulator --port 8443 --state-dir .local/emulator
 

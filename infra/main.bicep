@@ -2,7 +2,7 @@
 // Modelled on Microsoft's azd templates (Azure-Samples/functions-quickstart-python-azd-timer, ...-python-http-azd,
 // ...-python-azd-otel): the same Azure Verified Modules and versions, the same layout (app/api.bicep, app/rbac.bicep,
 // app/vnet.bicep, app/storage-PrivateEndpoint.bicep), plus the app's own parts: the queues, the app settings of the
-// README's contract, and a Key Vault for the Partner Center client secret (app/keyvault.bicep).
+// docs/contract.md, and a Key Vault for the Partner Center client secret (app/keyvault.bicep).
 targetScope = 'subscription'
 
 @minLength(1)
@@ -84,7 +84,7 @@ param maximumInstanceCount int = 100
 @allowed([512, 2048, 4096])
 param instanceMemoryMB int = 2048
 
-// ---- The app's settings (README "Contract" -> "App settings"; defaults as in shared/config.py and shared/sweep.py) ----
+// ---- The app's settings (docs/contract.md, "Settings"; defaults as in shared/config.py and shared/sweep.py) ----
 param deleteCustomerQueue string = 'customer-deletions'
 param pollOrdersQueue string = 'customer-deletion-polls'
 param deletionOutcomesQueue string = 'customer-deletion-outcomes'
@@ -157,7 +157,7 @@ var queueNames = [
   sweepReportsQueueName
 ]
 
-// Every setting of the README's contract table. PARTNER_CENTER_CLIENT_SECRET is a Key Vault reference (api module);
+// Every setting of docs/contract.md's table. PARTNER_CENTER_CLIENT_SECRET is a Key Vault reference (api module);
 // PARTNER_CENTER_CLIENT_CERTIFICATE_PATH is not set: Flex Consumption cannot load certificates.
 var contractAppSettings = {
   DELETE_CUSTOMER_QUEUE: deleteQueueName

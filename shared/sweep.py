@@ -3,7 +3,7 @@
 Nothing here does I/O or reads a clock; ``shared.sweeper`` lists the customers, calls these functions, enqueues the
 deletion requests and writes the report. Every decision of a sweep is made here, so it is tested as a table.
 
-Safety rules (see the README, "The sweep"):
+Safety rules (see docs/sweep.md):
 * A customer is selected only when ``SWEEP_INCLUDE`` (case-insensitive ``re.search``) matches its company name or its
   default domain, ``SWEEP_EXCLUDE`` matches neither, its id is a canonical GUID that its company profile agrees with,
   it is listed once, it is not in ``PROTECTED_CUSTOMER_IDS``, and neither text is over 256 characters.

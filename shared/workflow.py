@@ -12,7 +12,7 @@ The service executes each call command (``GetCustomer``, ``ListEntitlements``, `
 poison). Only this module decides; the service never looks at an order status. The words it decides in (the
 commands, the observations, ``Hop`` and ``Policy``) are in ``shared.hop``, and are exported here too.
 
-Rules (README, "Guarantees"):
+Rules (docs/guarantees.md):
 
 * **A DELETE is proven by fresh reads.** A hop sends ``DeleteCustomer`` only when, in that same hop, it listed the
   customer's entitlements and read by GET every order the request knows of (found before or now), and each read
@@ -427,7 +427,7 @@ def _absorb(hop: Hop, call: Call, obs: Observation, now: datetime, policy: Polic
     if isinstance(call, CancelOrder):
         # Whatever the answer says, the order counts as open for the rest of this hop, and the next hop reads it: a
         # read at once would cost a call per order and mostly find it still cancelling ("cancelled" is no proof). Its
-        # hint is "pending", never "cancelled": the previous release trusts hints (README, "Mixed versions").
+        # hint is "pending", never "cancelled": the previous release trusts hints (UPGRADING.md, "Mixed versions").
         hop = replace(hop, patched=hop.patched | {call.order_id}, fresh=_without(hop.fresh, call.order_id))
         return _busy(hop, call.order_id), None
     # DeleteCustomer answered 2xx.

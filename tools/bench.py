@@ -1,7 +1,7 @@
 """`make bench`: this app side by side with Microsoft's busy loop
 (tools.seed_loop), on the same emulated Partner Center.
 
-Not a test: it prints figures, and gates only the targets of issue 8 (README, "Performance"). Scenarios:
+Not a test: it prints figures, and gates only the targets of issue 8 (docs/performance.md). Scenarios:
 
 * ``headline``: 2 orders per customer that read cancelled 5 minutes after their cancel; 10 customers per side. The app
   runs at ``POLL_INTERVAL_SECONDS=5`` (the seed's own interval, gated) and, in the same run, at the default settings

@@ -13,7 +13,7 @@ loopback ingestion endpoint (``tools.ingestion``), and counts the envelopes and 
 
 Bytes are the envelopes' uncompressed JSON, which is what Application Insights meters as ingested data. It prints
 a table per phase and kind (log records ``MessageData``, dependency calls ``RemoteDependencyData``, metrics
-``MetricData``) and the monthly figures the README's cost model gives. Nothing leaves loopback.
+``MetricData``) and the monthly figures of the cost model in docs/performance.md. Nothing leaves loopback.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ param location string = resourceGroup().location
 param tags object = {}
 param applicationInsightsName string = ''
 param appServicePlanId string
-@description('The app\'s own settings (the README\'s contract); the identity and telemetry settings below win over them.')
+@description('The app\'s own settings (docs/contract.md); the identity and telemetry settings below win over them.')
 param appSettings object = {}
 param runtimeName string
 param runtimeVersion string
@@ -47,12 +47,12 @@ var baseAppSettings = {
   // instead of forwarding each log record to the host.
   // No PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME, on purpose: it would limit the export to one logger's tree and drop
   // the SDKs' warnings and errors with it. The app raises the SDK loggers to Warning instead, so their INFO chatter
-  // (HTTP dumps, the exporter's own sends) is not exported, and an idle worker exports no log record (README,
-  // Observability: "Levels, not a logger name").
+  // (HTTP dumps, the exporter's own sends) is not exported, and an idle worker exports no log record
+  // (docs/operations.md, "Levels, not a logger name").
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   // No PYTHON_THREADPOOL_THREAD_COUNT, on purpose: the worker's default pool (min(32, cpus + 4) threads) is enough.
   // A message waiting for a thread keeps its lease, INVOCATION_WORK_SECONDS counts from the function's start, and
-  // Partner Center's rate limit, not the thread count, bounds the throughput (README, Reliability: "The thread pool").
+  // Partner Center's rate limit, not the thread count, bounds the throughput (docs/reliability.md).
   // DefaultAzureCredential and ManagedIdentityCredential() in the worker pick the user-assigned identity from
   // AZURE_CLIENT_ID; without it they look for a system-assigned identity, which this app does not have.
   AZURE_CLIENT_ID: identityClientId

@@ -4,7 +4,7 @@ Azurite runs over HTTPS (a certificate from the emulator's CA) with ``--oauth ba
 test's own producer each use a real ``ClientSecretCredential`` of the emulator's storage identity, with the host's
 local-development settings ``AzureWebJobsStorage__queueServiceUri/__tenantId/__clientId/__clientSecret`` and
 ``AZURE_AUTHORITY_HOST``. What Azurite's basic OAuth checks, and what it does not (the signature), is asserted here
-too, so the limits stated in the README are tested facts.
+too, so the limits stated in docs/local-development.md are tested facts.
 """
 
 from __future__ import annotations

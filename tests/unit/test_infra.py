@@ -9,7 +9,7 @@ What they prove, each against the code rather than a list kept by hand:
 * every queue the app reads or writes, and the poison queue of each trigger, is created by the storage account, from
   the same variables the app settings use;
 * every role definition id is the built-in role its variable and comment name (table below, from Microsoft's docs),
-  and the app's identity gets exactly the roles the README's deploy section justifies;
+  and the app's identity gets exactly the roles docs/deploy.md justifies;
 * azure.yaml, main.bicep, main.parameters.json and the modules agree: parameters passed are declared, required ones
   are passed, outputs used exist, the azd service name is the ``azd-service-name`` tag.
 
@@ -44,7 +44,7 @@ BUILT_IN_ROLES = {
     "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
     "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
 }
-# What the function app's identity must hold, and only that (README "Deploying to Azure", rbac.bicep's comments).
+# What the function app's identity must hold, and only that (docs/deploy.md, "Roles"; rbac.bicep's comments).
 APP_IDENTITY_ROLES = {
     "Storage Blob Data Owner",
     "Storage Queue Data Contributor",
@@ -459,7 +459,7 @@ def check_app_settings(src: Sources) -> None:
     # drop the SDKs' warnings and errors.
     assert "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME" not in settings
     assert "quiet_sdk_loggers()" in src["shared/app.py"]
-    # The worker's default thread pool, measured enough under make reliability (README, "The thread pool").
+    # The worker's default thread pool, measured enough under make reliability (docs/reliability.md).
     assert "PYTHON_THREADPOOL_THREAD_COUNT" not in settings
     assert settings.get("AZURE_CLIENT_ID") == "identityClientId"
     assert settings.get("AzureWebJobsStorage__clientId") == "identityClientId"
@@ -500,7 +500,7 @@ def check_setting_defaults(src: Sources) -> None:
             f"{m.group(1)} must come from the azd variable {name}, not {mapped[m.group(1)]}"
         )
         default = code_default(name)
-        if name == "SWEEP_SCHEDULE":  # no default in code: the README's example, as local.settings.example.json has it
+        if name == "SWEEP_SCHEDULE":  # no default in code: the contract's example, as in local.settings.example.json
             default = example[name]
         if default is None:  # required (the tenant and client id): no default anywhere
             assert param.default is None and env.group(2) is None, f"{name} has no default in the code, so none here"

@@ -4,7 +4,7 @@
 Hypothesis' stateful testing draws each history: requests (duplicates, dry runs, protected and unknown customers),
 deliveries in any order with a crash planned at any boundary, time passing, throttling, outages, lost answers and slow
 calls, new purchases, orders that fall back, and stale or forged poll messages. After every step, and once more after
-a final drain with a healthy host, it checks the invariants of the README ("Guarantees"):
+a final drain with a healthy host, it checks the invariants of docs/guarantees.md:
 
 1. No DELETE unless, in that same invocation, a fresh entitlements listing was made and every order the request
    knows of (its poll message's, and the listing's) read cancelled by GET.
@@ -193,7 +193,7 @@ class DeletionModel(RuleBasedStateMachine):
     def deliver(self, data):
         visible = self.queues.visible((REQ, POLL))
         msg = visible[data.draw(st.integers(0, len(visible) - 1), label="message")]
-        # A message is not killed on every one of its deliveries: the host survives some (README: "Known limits").
+        # A message is not killed on every one of its deliveries: the host survives some (docs/guarantees.md).
         crash_at = (
             data.draw(st.none() | st.integers(0, 30), label="crash at boundary")
             if msg.crashes < MAX_DEQUEUE - 2
@@ -400,7 +400,7 @@ class DeletionModel(RuleBasedStateMachine):
         # The ledger decides once: every repeat of a request's outcome is the stored event, byte for byte. The one
         # difference allowed: an outcome decided without Partner Center (protected, invalid, unreadable, past the
         # hard end) while the table was unavailable is published without the ledger, and its repeats may differ in
-        # finishedAt only (README, "Known limits"); a request without a row (its customer id not a GUID) too.
+        # finishedAt only (docs/guarantees.md); a request without a row (its customer id not a GUID) too.
         texts, contents = defaultdict(set), defaultdict(set)
         for q, _, body, _, _ in self.queues.sent:
             if q == OUT:

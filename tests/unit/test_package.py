@@ -76,6 +76,7 @@ MUST_NOT_SHIP_FILES = [
     "local.settings.azure.json",
     "pyproject.toml",
     "README.md",
+    "UPGRADING.md",
     ".funcignore",
     ".gitignore",
 ]

@@ -6,7 +6,7 @@ due message up at most ``pickup`` seconds late and each hop taking at most ``hop
     the DELETE comes at most  max(POLL_INTERVAL_SECONDS, 0.1 * (c + hop + 1)) + pickup + 2 * hop + 1  after ``c``
 
 (the first read at or after ``c``, then the rest of that confirming hop: the other reads, the listing, the DELETE; the
-last second is the grid's rounding). The benchmark's target (README, "Performance") is max(POLL_INTERVAL_SECONDS,
+last second is the grid's rounding). The benchmark's target (docs/performance.md) is max(POLL_INTERVAL_SECONDS,
 0.1 * c) + ``maxPollingInterval`` + 1 s. Nothing here is timed: the schedule is simulated with the core's own
 ``poll_delay``.
 """
