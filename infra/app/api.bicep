@@ -52,7 +52,7 @@ var baseAppSettings = {
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   // No PYTHON_THREADPOOL_THREAD_COUNT, on purpose: the worker's default pool (min(32, cpus + 4) threads) is enough.
   // A message waiting for a thread keeps its lease, INVOCATION_WORK_SECONDS counts from the function's start, and
-  // Partner Center's rate limit, not the thread count, bounds the throughput (docs/reliability.md).
+  // Partner Center's rate limit, not the thread count, bounds the throughput (docs/local-development.md, "Local Functions host"; docs/reliability.md).
   // DefaultAzureCredential and ManagedIdentityCredential() in the worker pick the user-assigned identity from
   // AZURE_CLIENT_ID; without it they look for a system-assigned identity, which this app does not have.
   AZURE_CLIENT_ID: identityClientId

@@ -459,7 +459,7 @@ def check_app_settings(src: Sources) -> None:
     # drop the SDKs' warnings and errors.
     assert "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME" not in settings
     assert "quiet_sdk_loggers()" in src["shared/app.py"]
-    # The worker's default thread pool, measured enough under make reliability (docs/reliability.md).
+    # The worker's default thread pool is enough under make reliability (docs/local-development.md).
     assert "PYTHON_THREADPOOL_THREAD_COUNT" not in settings
     assert settings.get("AZURE_CLIENT_ID") == "identityClientId"
     assert settings.get("AzureWebJobsStorage__clientId") == "identityClientId"
