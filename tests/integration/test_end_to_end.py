@@ -6,6 +6,7 @@ Assertions are on the emulator's request log and state and on the outcome events
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import datetime
 
@@ -186,6 +187,9 @@ def test_duplicate_requests_delete_once(world, make_customer):
     customer = make_customer([{"cancelAfterReads": 2}])
     world.start()
     correlation = str(uuid.uuid4())
+    # requestedAt is the insertion time in whole seconds: start the three sends early in a second, so that they are
+    # inserted within it (one request, one eventId) and never straddle two seconds (two requests).
+    time.sleep(1.05 - time.time() % 1)
     for _ in range(3):  # sent within a second: one request (one eventId), whose row the first delivery claims
         world.request({"customerTenantId": customer["id"], "correlationId": correlation})
     events = world.outcomes(1, timeout=90)
