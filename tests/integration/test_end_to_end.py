@@ -14,8 +14,8 @@ import pytest
 
 from tools import devenv
 
-#: A request past POLL_TIMEOUT ends after the settle time (work + a token + a call + 5 s, about 48 s here), the final
-#: check and, if Partner Center is down, a few last looks: minutes, not seconds.
+#: A request past POLL_TIMEOUT ends after the final check (CLAIM_SECONDS later when a DELETE's answer was lost) and,
+#: if Partner Center is down, its tries until the hard end: minutes, not seconds.
 DEADLINE_WAIT = 240
 
 
