@@ -29,6 +29,7 @@ __all__ = [
     "is_loopback_host",
     "queue_name_problem",
     "reset_settings",
+    "storage_connection",
     "table_name_problem",
 ]
 
@@ -377,6 +378,16 @@ def is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def storage_connection(env: Mapping[str, str]) -> StorageConnection:
+    """The storage ``env`` names, as the app reads it (a connection string, or the host's identity-based
+    ``AzureWebJobsStorage__...`` settings). Raises ConfigurationError, naming each problem, when it is unusable."""
+    problems: list[str] = []
+    storage = _storage_connection(env, problems)
+    if problems or storage is None:
+        raise ConfigurationError(problems or ["AzureWebJobsStorage is required"])
+    return storage
 
 
 def _storage_connection(env: Mapping[str, str], problems: list[str]) -> StorageConnection | None:

@@ -5,9 +5,14 @@
     python -m tools.queues redrive                # move every message of <DELETE_CUSTOMER_QUEUE>-poison back, unchanged
     python -m tools.queues show first-seen        # the sweep's record: when it first saw each customer (a table)
     python -m tools.queues request <correlation id>  # the request ledger's rows of that correlation id, as stored
+    python -m tools.queues --account-name <account> redrive   # a storage account in Azure, with your own sign-in
 
-Connection string and queue names come from the settings file (``--settings``, default local.settings.json) or, when
-it is missing, from the environment, with the app's defaults. ``show`` peeks (up to 32 messages) and consumes nothing.
+Storage and queue names come from the settings file (``--settings``, default local.settings.json) or, when it is
+missing, from the environment, with the app's defaults. Storage is read as the app reads it: ``AzureWebJobsStorage``
+as a connection string, or identity-based with the host's ``AzureWebJobsStorage__...`` settings and the app's choice of
+credential (``shared.auth.storage_credential``). ``--account-name`` replaces the settings' storage with that account's
+endpoints and DefaultAzureCredential (``az login``, ``azd auth login``), for an account without shared keys, as
+``azd up`` makes it. ``show`` peeks (up to 32 messages) and consumes nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from shared.config import DEFAULTS
 from shared.sweep import read_policy
@@ -35,13 +42,39 @@ def load(settings_path: str) -> dict[str, str]:
     return values
 
 
-def show_request(conn: str, table: str, correlation_id: str) -> int:
-    """Print the ledger's rows of one correlation id (a redrive shares it), newest first, as stored."""
+def storage_clients(values: dict[str, str], account_name: str | None = None) -> tuple[Queues, Any]:
+    """The app's queues (``tools.devenv.Queues``) and its table service, as ``values`` name them, or ``account_name``'s
+    with DefaultAzureCredential. Raises ConfigurationError, naming the setting, when neither is usable."""
     from azure.data.tables import TableServiceClient
+    from azure.identity import DefaultAzureCredential
 
+    from shared.auth import storage_credential
+    from shared.config import ConfigurationError, storage_connection
+
+    if account_name is not None:
+        if not re.fullmatch(r"[a-z0-9]{3,24}", account_name):
+            raise ConfigurationError([f"--account-name must be a storage account name (got {account_name[:40]!r})"])
+        credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        return (
+            Queues(account_url=f"https://{account_name}.queue.core.windows.net", credential=credential),
+            TableServiceClient(f"https://{account_name}.table.core.windows.net", credential=credential),
+        )
+    storage = storage_connection(values)
+    if storage.connection_string:
+        return Queues(storage.connection_string), TableServiceClient.from_connection_string(storage.connection_string)
+    assert storage.queue_service_uri and storage.table_service_uri  # storage_connection refuses one without them
+    credential = storage_credential(storage)
+    return (
+        Queues(account_url=storage.queue_service_uri, credential=credential),
+        TableServiceClient(storage.table_service_uri, credential=credential),
+    )
+
+
+def show_request(tables: Any, table: str, correlation_id: str) -> int:
+    """Print the ledger's rows of one correlation id (a redrive shares it), newest first, as stored."""
     from shared.tables import TableStore
 
-    rows = TableStore(TableServiceClient.from_connection_string(conn), table).query_by("correlationId", correlation_id)
+    rows = TableStore(tables, table).query_by("correlationId", correlation_id)
     for r in sorted(rows, key=lambda r: str(r.get("requestedAt")), reverse=True):
         shown = {k: v for k, v in r.items() if k != "event"}
         if isinstance(r.get("event"), str):
@@ -52,14 +85,12 @@ def show_request(conn: str, table: str, correlation_id: str) -> int:
     return 0 if rows else 1
 
 
-def show_first_seen(conn: str, table: str) -> int:
+def show_first_seen(tables: Any, table: str) -> int:
     """Print the sweep's first-seen record, oldest first."""
-    from azure.data.tables import TableServiceClient
-
     from shared.sweep import FIRST_SEEN_PARTITION
     from shared.tables import TableStore
 
-    rows = TableStore(TableServiceClient.from_connection_string(conn), table).query_partition(FIRST_SEEN_PARTITION)
+    rows = TableStore(tables, table).query_partition(FIRST_SEEN_PARTITION)
     for r in sorted(rows, key=lambda r: (str(r.get("firstSeen")), str(r.get("RowKey")))):
         print(f"{r.get('RowKey')}  first seen {r.get('firstSeen')}")
     print(f"{len(rows)} customer(s) in the first-seen record ({table}, partition {FIRST_SEEN_PARTITION})")
@@ -69,6 +100,11 @@ def show_first_seen(conn: str, table: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.queues", description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default=str(ROOT / "local.settings.json"))
+    parser.add_argument(
+        "--account-name",
+        help="a storage account in Azure, reached with your own sign-in (DefaultAzureCredential) instead of the "
+        "settings' storage; queue and table names still come from the settings",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send", help="put a deletion request (text as given) on the request queue")
     send.add_argument("body")
@@ -82,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from azure.core.exceptions import ResourceNotFoundError
-    from azure.storage.queue import QueueServiceClient
 
     values = load(args.settings)
-    conn = values.get("AzureWebJobsStorage")
-    if not conn:
-        parser.error("AzureWebJobsStorage is not set (settings file or environment)")
+    if values.get("REQUESTS_CA_BUNDLE"):  # as the host gives the app its settings: the CA of a local TLS endpoint
+        os.environ["REQUESTS_CA_BUNDLE"] = values["REQUESTS_CA_BUNDLE"]
+    from shared.config import ConfigurationError
+
+    try:
+        queues, tables = storage_clients(values, args.account_name)
+    except ConfigurationError as e:
+        parser.error("; ".join(e.problems))
     names = {
         k: (values.get(k) or DEFAULTS[k]).lower()
         for k in ("DELETE_CUSTOMER_QUEUE", "POLL_ORDERS_QUEUE", "DELETION_OUTCOMES_QUEUE")
@@ -108,10 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if reports is not None:
         queue_of["reports"] = reports
-    service = QueueServiceClient.from_connection_string(conn)
+    service = queues.service
 
     if args.command == "send":
-        queues = Queues(conn)
         queues.ensure(queue_of["requests"])
         print(f"sent message {queues.send(queue_of['requests'], args.body)} to {queue_of['requests']}")
         return 0
@@ -122,13 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         if not is_guid(args.correlation_id):
             parser.error("the correlation id must be a GUID")
         return show_request(
-            conn,
+            tables,
             values.get("DELETION_REQUESTS_TABLE") or DEFAULTS["DELETION_REQUESTS_TABLE"],
             args.correlation_id.lower(),
         )
 
     if args.command == "show" and args.which == "first-seen":
-        return show_first_seen(conn, values.get("DELETION_REQUESTS_TABLE") or DEFAULTS["DELETION_REQUESTS_TABLE"])
+        return show_first_seen(tables, values.get("DELETION_REQUESTS_TABLE") or DEFAULTS["DELETION_REQUESTS_TABLE"])
 
     if args.command == "show":
         try:
@@ -153,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     poison = service.get_queue_client(queue_of["poison"])
     target = service.get_queue_client(queue_of["requests"])
     moved = 0
+    queues.ensure(queue_of["requests"])  # a missing request queue would fail the first send, not read as "moved 0"
     try:
         while True:
             page = list(

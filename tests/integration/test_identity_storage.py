@@ -165,6 +165,33 @@ def test_the_apps_own_composition_root_with_a_token(oauth_azurite, oauth_tables,
         reset_settings()
 
 
+def test_the_queues_cli_redrives_and_reads_with_a_token(oauth_azurite, oauth_tables, pc, id_queues, tmp_path, capsys):
+    """tools.queues with identity settings only (as an account without shared keys needs): it redrives the poison
+    queue, unchanged, and shows a queue and the ledger, each call with a storage token from the emulator."""
+    from tools import queues
+
+    settings = identity_settings(pc, oauth_azurite, oauth_tables, DELETION_REQUESTS_TABLE=f"id{uuid.uuid4().hex[:12]}")
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"Values": settings}))
+    requests_q, poison = settings["DELETE_CUSTOMER_QUEUE"], settings["DELETE_CUSTOMER_QUEUE"] + "-poison"
+    bodies = [json.dumps({"customerTenantId": str(uuid.uuid4()), "dryRun": True}) for _ in range(3)]
+    id_queues.ensure(poison)
+    for body in bodies:
+        id_queues.send(poison, body)
+    stored = sorted(id_queues.peek_raw(poison))
+
+    assert queues.main(["--settings", str(path), "redrive"]) == 0
+    assert f"moved 3 message(s) from {poison} to {requests_q}" in capsys.readouterr().out
+    assert id_queues.peek_raw(poison) == []
+    assert sorted(id_queues.peek_raw(requests_q)) == stored  # the stored text, unchanged
+
+    assert queues.main(["--settings", str(path), "show", "requests"]) == 0
+    out = capsys.readouterr().out
+    assert f"3 message(s) on {requests_q}" in out and all(json.loads(b)["customerTenantId"] in out for b in bodies)
+    assert queues.main(["--settings", str(path), "request", str(uuid.uuid4())]) == 1  # no rows: a table read
+    assert "0 request(s) with correlation id" in capsys.readouterr().out
+
+
 # -- Azurite really checks tokens (and what it does not check) ---------------------------------------------------------
 
 
