@@ -18,7 +18,7 @@ Not a test: it prints figures, and gates only the targets of issue 8 (docs/perfo
 Every figure comes from outside the app: the emulator's request log and state (when each order turned cancelled,
 when each DELETE landed), the host's invocation log lines, and the seed processes' own start and end times.
 
-    python -m tools.bench [--scenarios headline,60s,instant,sandbox,2026] [--customers 10]
+    python -m tools.bench [--scenarios headline,60s,instant,2026,sandbox] [--customers 10]
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ def finish_seed(world: World, procs: list[tuple[subprocess.Popen, str]]) -> list
         if proc.returncode == 0:
             results[cid] = json.loads(out.strip().splitlines()[-1])
         else:
-            print(f"  seed loop for {cid} failed: {err.strip()[-300:]}", flush=True)
+            last = (err.strip().splitlines() or ["no output"])[-1]  # the exception line, not a cut traceback
+            print(f"  seed loop for {cid} failed: {last[:300]}", flush=True)
     log, state = world.pc.requests_log(), world.pc.state()
     per = []
     for _, cid in procs:
